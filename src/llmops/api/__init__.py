@@ -1,0 +1,1 @@
+"""Thin routers: parse the typed request, hand it on, shape the response."""

@@ -1,0 +1,54 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from llmops.api import deps
+from llmops.api.generation import (
+    Collected,
+    check_request,
+    collect,
+    new_id,
+    now,
+    stream_choices,
+    text_requests,
+)
+from llmops.api.sse import event, sse_response
+from llmops.engines.base import TextEngine, TextRequest
+from llmops.errors import InvalidRequest
+from llmops.protocol.completions import Completion, CompletionChoice, CompletionRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    cfg, engine = deps.pool(request).text_engine(body.model)
+    check_request(body, cfg)
+    prompt = body.prompt_text()
+    if prompt is None:
+        raise InvalidRequest("send one prompt per request (a list of several prompts is not supported)",
+                             param="prompt")
+    reqs = text_requests(body, cfg, body.requested_max_tokens(), prompt=prompt)
+    if body.stream:
+        return await sse_response(_events(engine, reqs, body))
+    done = await collect(engine, reqs)
+    choices = [CompletionChoice(index=i, text=text, finish_reason=done.finish[i] or "stop")
+               for i, text in enumerate(done.texts)]
+    result = Completion(id=new_id("cmpl"), created=now(), model=body.model, choices=choices, usage=done.usage())
+    return JSONResponse(result.model_dump())
+
+
+async def _events(engine: TextEngine, reqs: list[TextRequest], body: CompletionRequest) -> AsyncIterator[bytes]:
+    totals = Collected(texts=[], finish=[])
+    chunk_id, created = new_id("cmpl"), now()
+    async for index, text, finish in stream_choices(engine, reqs, totals):
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
+        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[choice]))
+    if body.include_usage():
+        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[],
+                               usage=totals.usage()))

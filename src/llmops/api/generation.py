@@ -1,0 +1,97 @@
+"""What chat and completions share: request translation, the n choices, the usage totals."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from llmops.engines.base import Message, SamplingParams, TextChunk, TextEngine, TextRequest, TokenUsage
+from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
+from llmops.protocol.common import SamplingFields, Usage
+from llmops.scheduling.fanout import generate_choices
+from llmops.settings import ModelConfig
+
+log = logging.getLogger("llmops.api")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def check_request(req: SamplingFields, cfg: ModelConfig) -> None:
+    field_name = req.unsupported_field()
+    if field_name:
+        raise UnsupportedParameter(f"'{field_name}' is not supported by this server", param=field_name)
+    if req.n > cfg.limits.max_n:
+        raise InvalidRequest(f"n must be at most {cfg.limits.max_n} for model {cfg.name!r}", param="n")
+
+
+def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None, *,
+                  prompt: str | None = None, messages: tuple[Message, ...] | None = None) -> list[TextRequest]:
+    """One engine request per choice. With a seed, choice i uses seed + i so the n answers differ."""
+    base_id = new_id("req")
+    out = []
+    for i in range(req.n):
+        fields = req.sampling_fields()
+        if req.seed is not None:
+            fields["seed"] = req.seed + i
+        sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
+                                  **fields)
+        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages))
+    return out
+
+
+@dataclass
+class Collected:
+    texts: list[str]
+    finish: list[str | None]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_seen: list[bool] = field(default_factory=list)
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     total_tokens=self.prompt_tokens + self.completion_tokens)
+
+    def add_usage(self, usage: TokenUsage) -> None:
+        self.prompt_tokens = max(self.prompt_tokens, usage.prompt_tokens)  # one prompt, counted once
+        self.completion_tokens += usage.completion_tokens
+
+
+async def collect(engine: TextEngine, requests: list[TextRequest]) -> Collected:
+    out = Collected(texts=[""] * len(requests), finish=[None] * len(requests))
+    async for index, chunk in _engine_errors(generate_choices(engine, requests)):
+        out.texts[index] += chunk.text
+        if chunk.finish_reason:
+            out.finish[index] = chunk.finish_reason
+        if chunk.usage:
+            out.add_usage(chunk.usage)
+    return out
+
+
+async def _engine_errors(chunks: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
+    """An unexpected engine exception fails this request only, as a 500 without internals."""
+    try:
+        async for item in chunks:
+            yield item
+    except LLMOpsError:
+        raise
+    except Exception as exc:
+        log.exception("engine failed while serving a request")
+        raise internal_error(exc) from exc
+
+
+async def stream_choices(engine: TextEngine, requests: list[TextRequest],
+                         totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
+    """(index, text, finish_reason) as they come; usage accumulates into `totals`."""
+    async for index, chunk in _engine_errors(generate_choices(engine, requests)):
+        if chunk.usage:
+            totals.add_usage(chunk.usage)
+        yield index, chunk.text, chunk.finish_reason

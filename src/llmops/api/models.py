@@ -1,0 +1,24 @@
+"""GET /v1/models and GET /v1/models/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from llmops.api import deps
+from llmops.errors import ModelNotFound
+from llmops.protocol.models import ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    created = request.app.state.started_at
+    return ModelList(data=[ModelCard(id=name, created=created) for name in deps.pool(request).names()])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    if model_id not in deps.pool(request).names():
+        raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
+    return ModelCard(id=model_id, created=request.app.state.started_at)

@@ -1,0 +1,29 @@
+"""GET /health (liveness: the process answers) and GET /ready (readiness: every model loaded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from llmops.api import deps
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    pool = deps.pool(request)
+    models: dict[str, Any] = {
+        name: {"state": h.state, **h.detail} for name, h in pool.states().items()
+    }
+    is_ready = pool.ready()
+    body = {"status": "ready" if is_ready else "not_ready", "models": models}
+    headers = {} if is_ready else {"Retry-After": "5"}
+    return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)

@@ -1,0 +1,49 @@
+"""Server-sent events for streamed completions: `data: {json}` events, then `data: [DONE]`. An error
+after the stream started becomes a final `data: {"error": ...}` event."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from llmops.errors import LLMOpsError, error_body, internal_error
+
+log = logging.getLogger("llmops.api")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event(payload: BaseModel | dict[str, Any]) -> bytes:
+    data = payload.model_dump_json(exclude_none=False) if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+async def _guard(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for item in events:
+            yield item
+        yield b"data: [DONE]\n\n"
+    except LLMOpsError as exc:
+        yield event(error_body(exc))
+    except Exception as exc:
+        log.exception("stream failed after it started")
+        yield event(error_body(internal_error(exc)))
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    """Start the stream only once its first event exists, so errors raised before any output (unknown
+    model, context too long) are still plain HTTP errors with their status code."""
+    first = await anext(events)
+    return StreamingResponse(_guard(_chain(first, events)), media_type="text/event-stream",
+                             headers=SSE_HEADERS)

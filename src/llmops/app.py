@@ -1,0 +1,101 @@
+"""The app factory: middleware order, routers, error handlers and the lifespan that loads the engines.
+
+Nothing happens at import time; `create_app(settings)` builds everything from the settings it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmops import __version__
+from llmops.api import chat, completions, models, ops
+from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
+from llmops.middleware.body_limit import BodyLimitMiddleware
+from llmops.middleware.request_id import RequestIdMiddleware
+from llmops.scheduling.pool import ModelPool
+from llmops.settings import Settings
+
+log = logging.getLogger("llmops.app")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.start_loading()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.started_at = int(time.time())
+    for router in (chat.router, completions.router, models.router, ops.router):
+        app.include_router(router)
+    install_error_handlers(app)
+    build_middleware(app, settings)
+    return app
+
+
+def build_middleware(app: FastAPI, settings: Settings) -> None:
+    """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
+
+    1. request_id  - every response, errors included, carries X-Request-Id
+    2. body_limit  - oversized bodies get 413 before anything parses them
+    """
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+
+
+def _respond(exc: LLMOpsError) -> JSONResponse:
+    status, body, headers = error_response_parts(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidRequest:
+    errors: list[Any] = list(exc.errors())
+    if not errors:
+        return InvalidRequest("invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest(f"request body is not valid JSON: {first.get('msg', '')}")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "missing":
+        return InvalidRequest(f"missing required parameter '{param}'", param=param)
+    return InvalidRequest(f"invalid value for '{param}': {first.get('msg', 'invalid')}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_llmops(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LLMOpsError)
+        return _respond(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _respond(_validation_error(exc))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return _respond(http_status_error(exc.status_code, str(exc.detail)))
+
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _respond(internal_error(exc))
+
+    app.add_exception_handler(LLMOpsError, on_llmops)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_other)

@@ -1,0 +1,80 @@
+"""`llmops serve | models | config check`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from llmops.errors import ConfigError, LLMOpsError
+from llmops.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the configured models")
+    serve.add_argument("--config", help="YAML config file (default: the embedded Gemma model)")
+    serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
+    models = sub.add_parser("models", help="list the configured models")
+    models.add_argument("--config")
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and every engine's options")
+    check.add_argument("--config")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+
+
+def _check_engines(settings: Settings) -> None:
+    from llmops.engines.registry import parse_options
+
+    for i, m in enumerate(settings.models):
+        parse_options(m.engine, m.options, f"models[{i}]")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from llmops.app import create_app
+
+    settings = _load(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    for m in settings.models:
+        print(f"{m.name}\t{m.kind}\t{m.engine}\t{m.options}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    _check_engines(settings)
+    print(f"config ok: {len(settings.models)} model(s) on {settings.host}:{settings.port}")
+    for m in settings.models:
+        print(f"  {m.name} ({m.kind}, engine {m.engine})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"llmops: {exc.message}", file=sys.stderr)
+        return 2
+    except LLMOpsError as exc:
+        print(f"llmops: {exc.message}", file=sys.stderr)
+        return 1

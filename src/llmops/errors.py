@@ -1,0 +1,147 @@
+"""The exception tree, and the one table from exception to HTTP status and OpenAI error type.
+
+    LLMOpsError                      every error this project raises on purpose
+    ├── ConfigError                  invalid settings; the server refuses to start
+    ├── EngineUnavailable            an engine's optional backend is not installed
+    ├── InvalidRequest               400 invalid_request_error, names the `param`
+    │   ├── ContextLengthExceeded    400, code context_length_exceeded
+    │   └── UnsupportedParameter     400, a parameter this model or engine does not support
+    ├── NotFound                     404 (unknown route, unknown job)
+    │   └── ModelNotFound            404, code model_not_found
+    ├── MethodNotAllowed             405
+    ├── PayloadTooLarge              413
+    ├── ServiceUnavailable           503 + Retry-After (not ready, shutting down)
+    └── EngineError                  500 for that request only; the server keeps serving
+
+Code raises; it never returns error values. `error_response_parts` is the only place that turns an
+exception into a status code, and `http_status_error` the only place that maps a bare HTTP status
+(from the framework's own routing) into this tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class LLMOpsError(Exception):
+    """Base of every error raised on purpose. `param` names the offending request field, if any."""
+
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(LLMOpsError):
+    """The settings are invalid; raised before the server starts."""
+
+
+class EngineUnavailable(LLMOpsError):
+    """An engine's optional dependency is missing; the message says which extra to install."""
+
+
+class InvalidRequest(LLMOpsError):
+    """The request is malformed or a field is out of range."""
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class NotFound(LLMOpsError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(LLMOpsError):
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(LLMOpsError):
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(LLMOpsError):
+    """Not ready yet, or draining. Clients should retry after `retry_after` seconds."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class EngineError(LLMOpsError):
+    """The engine failed on this request. The request fails with 500; the engine keeps serving."""
+
+    code = "engine_error"
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    type: str
+
+
+# The one table. Order matters: the first class an exception is an instance of wins.
+ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
+    (InvalidRequest, ErrorKind(400, "invalid_request_error")),
+    (NotFound, ErrorKind(404, "invalid_request_error")),
+    (MethodNotAllowed, ErrorKind(405, "invalid_request_error")),
+    (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
+    (ServiceUnavailable, ErrorKind(503, "service_unavailable_error")),
+    (EngineError, ErrorKind(500, "server_error")),
+    (LLMOpsError, ErrorKind(500, "server_error")),
+)
+
+_STATUS_TO_ERROR: dict[int, type[LLMOpsError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    503: ServiceUnavailable,
+}
+
+
+def kind_of(exc: LLMOpsError) -> ErrorKind:
+    for cls, kind in ERROR_TABLE:
+        if isinstance(exc, cls):
+            return kind
+    raise AssertionError("LLMOpsError is in the table")  # pragma: no cover
+
+
+def error_body(exc: LLMOpsError) -> dict[str, Any]:
+    """The OpenAI error envelope for `exc`."""
+    kind = kind_of(exc)
+    return {"error": {"message": exc.message, "type": kind.type, "param": exc.param, "code": exc.code}}
+
+
+def error_response_parts(exc: LLMOpsError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON body, extra headers) for an exception."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ServiceUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return kind_of(exc).status, error_body(exc), headers
+
+
+def internal_error(exc: BaseException) -> EngineError:
+    """An unexpected exception, as the error the client sees (no internals leak)."""
+    return EngineError(f"internal error while serving the request ({type(exc).__name__})")
+
+
+def http_status_error(status: int, detail: str) -> LLMOpsError:
+    """An error for a bare HTTP status raised by routing (unknown path, wrong method)."""
+    cls = _STATUS_TO_ERROR.get(status, LLMOpsError)
+    return cls(detail)

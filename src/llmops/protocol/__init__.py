@@ -1,0 +1,1 @@
+"""OpenAI wire schemas: pure pydantic, no I/O, nothing imported from the rest of llmops."""

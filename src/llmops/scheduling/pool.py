@@ -1,0 +1,91 @@
+"""The served models: one engine per configured model, loaded in the background at start-up so /health
+answers at once and /ready tells when every model is loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from llmops.engines.base import Engine, EngineHealth, TextEngine
+from llmops.engines.registry import build_engine
+from llmops.errors import ModelNotFound, ServiceUnavailable
+from llmops.settings import ModelConfig, Settings
+
+log = logging.getLogger("llmops.pool")
+
+
+@dataclass
+class Served:
+    config: ModelConfig
+    engine: Engine
+    error: str | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def health(self) -> EngineHealth:
+        h = self.engine.health()
+        if self.error:
+            h.detail["error"] = self.error
+        return h
+
+
+class ModelPool:
+    def __init__(self, settings: Settings) -> None:
+        self._models: dict[str, Served] = {}
+        for i, cfg in enumerate(settings.models):
+            engine = build_engine(cfg.engine, cfg.name, cfg.options, f"models[{i}]")
+            self._models[cfg.name] = Served(cfg, engine)
+        self._loader: asyncio.Task[None] | None = None
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def start_loading(self) -> None:
+        self._loader = asyncio.create_task(self._load_all(), name="llmops-load-models")
+
+    async def wait_loaded(self) -> None:
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
+    async def _load_all(self) -> None:
+        for served in self._models.values():  # one at a time: loads compete for the same cores
+            try:
+                await served.engine.start()
+                log.info("model %s loaded (%s)", served.config.name, served.config.engine)
+            except Exception as exc:
+                served.error = f"{type(exc).__name__}: {exc}"
+                log.error("model %s failed to load: %s", served.config.name, served.error)
+            finally:
+                served.loaded.set()
+
+    async def close(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        for served in self._models.values():
+            try:
+                await served.engine.close()
+            except Exception:
+                log.exception("closing model %s failed", served.config.name)
+
+    def states(self) -> dict[str, EngineHealth]:
+        return {name: served.health() for name, served in self._models.items()}
+
+    def ready(self) -> bool:
+        return all(s.health().state == "ready" for s in self._models.values())
+
+    def get(self, name: str, kind: str) -> Served:
+        served = self._models.get(name)
+        if served is None or served.config.kind != kind:
+            known = [n for n, s in self._models.items() if s.config.kind == kind]
+            raise ModelNotFound(f"model {name!r} does not exist; {kind} models here: {', '.join(known) or 'none'}",
+                                param="model")
+        state = served.health().state
+        if state != "ready":
+            raise ServiceUnavailable(f"model {name!r} is {state}", retry_after=5)
+        return served
+
+    def text_engine(self, name: str) -> tuple[ModelConfig, TextEngine]:
+        served = self.get(name, "chat")
+        if not isinstance(served.engine, TextEngine):
+            raise ModelNotFound(f"model {name!r} does not generate text", param="model")
+        return served.config, served.engine

