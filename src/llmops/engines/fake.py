@@ -52,7 +52,7 @@ class FakeTextEngine:
             return self.options.reply
         if request.messages is not None:
             return f"Echo: {last_user_text(request.messages)}"
-        return f" echo: {request.prompt}"
+        return f"echo: {request.prompt}"
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
         prepared = prepare_fallback(request)

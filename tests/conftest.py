@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from llmops.app import create_app
+from llmops.settings import load_settings
+from tests.helpers import write_config
+
+FAKE_MODELS = [
+    {"name": "fake", "engine": "fake"},
+    {"name": "fake-fixed", "engine": "fake", "options": {"reply": "one two three four five six"},
+     "limits": {"max_n": 3}},
+    {"name": "fake-tiny-context", "engine": "fake", "options": {"context_length": 16}},
+]
+
+
+@pytest.fixture
+def fake_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "fake.yaml", FAKE_MODELS)
+
+
+@pytest.fixture
+def client(fake_config: Path) -> Iterator[TestClient]:
+    app = create_app(load_settings(fake_config))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for _ in range(100):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.01)
+        yield c

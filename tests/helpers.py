@@ -1,0 +1,65 @@
+"""Test helpers: a real `llmops serve` process on a loopback port, and config files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, models: list[dict[str, Any]], **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump({"models": models, **extra}))
+    return path
+
+
+@contextmanager
+def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[str, str] | None = None,
+                args: list[str] | None = None) -> Iterator[str]:
+    """Run `python -m llmops serve` on a free loopback port until /ready answers 200; stop it after."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llmops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    log = open(config.with_suffix(".log") if config else os.devnull, "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, base, ready_timeout)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {base} not ready after {timeout} s")
