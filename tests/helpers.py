@@ -29,8 +29,8 @@ def write_config(path: Path, models: list[dict[str, Any]], **extra: Any) -> Path
 
 @contextmanager
 def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[str, str] | None = None,
-                args: list[str] | None = None) -> Iterator[str]:
-    """Run `python -m llmops serve` on a free loopback port until /ready answers 200; stop it after."""
+                args: list[str] | None = None, wait_for: str = "/ready") -> Iterator[str]:
+    """Run `python -m llmops serve` on a free loopback port until `wait_for` answers 200; stop it after."""
     port = free_port()
     cmd = [sys.executable, "-m", "llmops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
     if config is not None:
@@ -39,7 +39,7 @@ def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, base, ready_timeout)
+        _wait_ready(proc, base + wait_for, ready_timeout)
         yield base
     finally:
         proc.terminate()
@@ -51,15 +51,15 @@ def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[
         log.close()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], base: str, timeout: float) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"server at {base} not ready after {timeout} s")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")

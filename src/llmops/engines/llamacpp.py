@@ -118,6 +118,11 @@ class LlamaCppEngine:
             "slots": self.options.n_parallel, "threads": self.threads, "context_length": self.context_length,
             "chat_template": "model" if self._use_model_template else "fallback"})
 
+    @property
+    def internal_address(self) -> str | None:
+        """llama.cpp's own listener (loopback, random port, random key): for tests and debugging."""
+        return str(self._server.listening_address) if self._server is not None else None
+
     # generation ------------------------------------------------------------------------------------
     async def tokenize(self, text: str) -> list[int]:
         return list((await self._post("/tokenize", {"content": text, "add_special": True}))["tokens"])

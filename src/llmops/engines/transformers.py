@@ -123,6 +123,10 @@ class TransformersEngine:
 
         tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The GGUF weights are dequantized on load; what remains of the "gguf quantizer" only blocks saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         tmp = out.with_name(out.name + ".tmp")
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp)

@@ -1,0 +1,60 @@
+"""The README's code blocks, executed: bash and python blocks against a live Gemma server (the default
+config, on a free port and one thread), and the YAML config block through `llmops config check`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmops.cli import main
+from tests.helpers import live_server, write_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(lang: str) -> list[str]:
+    return [body for kind, body in BLOCK.findall(README.read_text()) if kind == lang]
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("xllamacpp")
+    cfg = write_config(tmp_path_factory.mktemp("readme") / "gemma.yaml", [
+        {"name": "gemma-3-270m", "engine": "llamacpp",
+         "options": {"n_threads": 1, "n_parallel": 2, "context_length": 1024}}])
+    with live_server(cfg) as base:
+        yield base.removeprefix("http://")
+
+
+def test_readme_has_runnable_blocks() -> None:
+    assert len(blocks("bash")) >= 2 and len(blocks("python")) >= 1 and len(blocks("yaml")) == 1
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("index", range(len(blocks("bash"))))
+def test_bash_block(gemma_server: str, index: int) -> None:
+    script = blocks("bash")[index].replace("127.0.0.1:8000", gemma_server)
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"error"' not in out.stdout and out.stdout.strip()
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_block(gemma_server: str, index: int) -> None:
+    code = blocks("python")[index].replace("127.0.0.1:8000", gemma_server)
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "gemma-3-270m" in out.stdout
+
+
+def test_yaml_block_is_a_valid_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "readme.yaml"
+    cfg.write_text(blocks("yaml")[0])
+    assert main(["config", "check", "--config", str(cfg)]) == 0
