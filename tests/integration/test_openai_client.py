@@ -30,7 +30,8 @@ def test_chat(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi you"}])
     assert r.choices[0].message.content == "Echo: hi you"
     assert r.choices[0].finish_reason == "stop"
-    assert r.usage is not None and r.usage.completion_tokens == 3
+    assert r.usage is not None
+    assert r.usage.completion_tokens == 3
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
@@ -39,12 +40,14 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: hi you"
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens > 3
 
 
 def test_completions_and_stream(client: openai.OpenAI) -> None:
     r = client.completions.create(model="fake-fixed", prompt="x", max_tokens=2)
-    assert r.choices[0].text == "one two" and r.choices[0].finish_reason == "length"
+    assert r.choices[0].text == "one two"
+    assert r.choices[0].finish_reason == "length"
     pieces = [c.choices[0].text for c in client.completions.create(model="fake-fixed", prompt="x", stream=True)]
     assert "".join(pieces) == "one two three four five six"
 
@@ -88,9 +91,11 @@ def test_ready_waits_for_models(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "slow.yaml", [{"name": "slow", "engine": "fake", "options": {"load_delay_s": 3}}])
     with live_server(cfg, wait_for="/health") as base:
         r = httpx.get(f"{base}/ready")
-        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
         assert r.json()["models"]["slow"]["state"] == "loading"
         assert httpx.get(f"{base}/health").status_code == 200
         busy = httpx.post(f"{base}/v1/chat/completions",
                           json={"model": "slow", "messages": [{"role": "user", "content": "x"}]})
-        assert busy.status_code == 503 and "retry-after" in busy.headers
+        assert busy.status_code == 503
+        assert "retry-after" in busy.headers

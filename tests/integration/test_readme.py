@@ -33,7 +33,9 @@ def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_readme_has_runnable_blocks() -> None:
-    assert len(blocks("bash")) >= 2 and len(blocks("python")) >= 1 and len(blocks("yaml")) == 1
+    assert len(blocks("bash")) >= 2
+    assert len(blocks("python")) >= 1
+    assert len(blocks("yaml")) == 1
 
 
 @pytest.mark.model
@@ -42,7 +44,8 @@ def test_bash_block(gemma_server: str, index: int) -> None:
     script = blocks("bash")[index].replace("127.0.0.1:8000", gemma_server)
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert '"error"' not in out.stdout and out.stdout.strip()
+    assert '"error"' not in out.stdout
+    assert out.stdout.strip()
 
 
 @pytest.mark.model

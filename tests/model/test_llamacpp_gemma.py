@@ -41,7 +41,8 @@ async def test_greedy_completion_and_token_counts(engine: LlamaCppEngine) -> Non
         engine, TextRequest("r", SamplingParams(max_tokens=12, temperature=0), prompt=prompt))
     assert text.strip()
     assert prompt_tokens == len(await engine.tokenize(prompt))
-    assert completion_tokens == 12 and finish == "length"
+    assert completion_tokens == 12
+    assert finish == "length"
 
 
 async def test_chat_through_fallback_template_answers(engine: LlamaCppEngine) -> None:
@@ -49,7 +50,9 @@ async def test_chat_through_fallback_template_answers(engine: LlamaCppEngine) ->
     msgs = (Message("user", "What is the capital of France?"),)
     text, _, _, finish = await run(engine, TextRequest("r", SamplingParams(max_tokens=30, temperature=0),
                                                        messages=msgs))
-    assert text.strip() and "<|im" not in text and not text.startswith(" ")
+    assert text.strip()
+    assert "<|im" not in text
+    assert not text.startswith(" ")
     assert finish in ("stop", "length")
 
 
@@ -67,7 +70,8 @@ async def test_context_length_is_checked(engine: LlamaCppEngine) -> None:
 
 async def test_internal_listener_refuses_requests_without_its_key(engine: LlamaCppEngine) -> None:
     address = engine.internal_address
-    assert address is not None and address.startswith("http://127.0.0.1:")
+    assert address is not None
+    assert address.startswith("http://127.0.0.1:")
     async with httpx.AsyncClient(base_url=address) as c:
         for path in ("/v1/chat/completions", "/completion", "/v1/completions"):
             r = await c.post(path, json={"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]})

@@ -47,7 +47,8 @@ def test_chat_answer_and_usage(client: TestClient) -> None:
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "Echo: hello there"}
     assert body["choices"][0]["finish_reason"] == "stop"
     u = body["usage"]
-    assert u["completion_tokens"] == 3 and u["total_tokens"] == u["prompt_tokens"] + 3
+    assert u["completion_tokens"] == 3
+    assert u["total_tokens"] == u["prompt_tokens"] + 3
 
 
 def test_max_tokens_gives_length(client: TestClient) -> None:
@@ -78,12 +79,14 @@ def test_stream_with_usage(client: TestClient) -> None:
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Echo: hello there"
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
-    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 3
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"]["completion_tokens"] == 3
 
 
 def test_completions_json_and_stream(client: TestClient) -> None:
     body = client.post("/v1/completions", json={"model": "fake", "prompt": "a b"}).json()
-    assert body["object"] == "text_completion" and body["choices"][0]["text"] == "echo: a b"
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == "echo: a b"
     resp = client.post("/v1/completions", json={"model": "fake", "prompt": "a b", "stream": True})
     events = sse_events(resp.text)
     assert "".join(e["choices"][0]["text"] for e in events) == "echo: a b"

@@ -122,7 +122,7 @@ class TransformersEngine:
         import transformers
 
         tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model: Any = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The GGUF weights are dequantized on load; what remains of the "gguf quantizer" only blocks saving.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
