@@ -1,0 +1,66 @@
+"""The real Gemma 3 270M GGUF through transformers (dequantized, converted once and cached)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from llmops.engines.base import Message, SamplingParams, TextRequest
+from llmops.engines.transformers import TransformersEngine, TransformersOptions
+from llmops.errors import ContextLengthExceeded
+from tests.model.conftest import require
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine() -> AsyncIterator[TransformersEngine]:
+    require("transformers")
+    require("torch")
+    e = TransformersEngine("gemma-hf", TransformersOptions(n_threads=1, context_length=256))
+    await e.start()
+    yield e
+    await e.close()
+
+
+async def run(engine: TransformersEngine, request: TextRequest) -> tuple[str, int, int, str | None]:
+    text, usage, finish = "", None, None
+    async for chunk in engine.generate(request):
+        text += chunk.text
+        usage, finish = chunk.usage or usage, chunk.finish_reason or finish
+    assert usage is not None
+    return text, usage.prompt_tokens, usage.completion_tokens, finish
+
+
+async def test_greedy_completion_and_token_counts(engine: TransformersEngine) -> None:
+    prompt = "The capital of France is"
+    text, prompt_tokens, completion_tokens, finish = await run(
+        engine, TextRequest("r", SamplingParams(max_tokens=8, temperature=0), prompt=prompt))
+    assert text.strip()
+    assert prompt_tokens == engine.count_tokens(prompt)
+    assert completion_tokens == 8
+    assert finish == "length"
+
+
+async def test_chat_through_fallback_template(engine: TransformersEngine) -> None:
+    msgs = (Message("user", "What is the capital of France?"),)
+    text, _, completion_tokens, finish = await run(
+        engine, TextRequest("r", SamplingParams(max_tokens=16, temperature=0), messages=msgs))
+    assert text.strip()
+    assert "\nUser:" not in text
+    assert 0 < completion_tokens <= 16
+    assert finish in ("stop", "length")
+
+
+async def test_same_seed_same_text(engine: TransformersEngine) -> None:
+    def req() -> TextRequest:
+        return TextRequest("r", SamplingParams(max_tokens=8, temperature=0.9, seed=99), prompt="Once upon a time")
+
+    assert (await run(engine, req()))[0] == (await run(engine, req()))[0]
+
+
+async def test_context_length_is_checked(engine: TransformersEngine) -> None:
+    with pytest.raises(ContextLengthExceeded):
+        await run(engine, TextRequest("r", SamplingParams(max_tokens=300), prompt="hi"))
