@@ -19,6 +19,12 @@ FAKE_MODELS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/gpu/" in str(item.fspath):
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture
 def fake_config(tmp_path: Path) -> Path:
     return write_config(tmp_path / "fake.yaml", FAKE_MODELS)

@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import chat, completions, models, ops
+from llmops.api import chat, completions, images, models, ops
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.request_id import RequestIdMiddleware
+from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 
@@ -29,6 +30,7 @@ log = logging.getLogger("llmops.app")
 
 def create_app(settings: Settings) -> FastAPI:
     pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
+    image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,13 +38,15 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await image_jobs.close()
             await pool.close()
 
     app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.image_jobs = image_jobs
     app.state.started_at = int(time.time())
-    for router in (chat.router, completions.router, models.router, ops.router):
+    for router in (chat.router, completions.router, images.router, models.router, ops.router):
         app.include_router(router)
     install_error_handlers(app)
     build_middleware(app, settings)

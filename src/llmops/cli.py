@@ -18,8 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: the embedded Gemma model)")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
-    models = sub.add_parser("models", help="list the configured models")
+    models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
     models.add_argument("--config")
+    models_sub = models.add_subparsers(dest="models_command")
+    models_sub.add_parser("list", help="list the configured models (the default)").add_argument("--config")
+    tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
+    tiny.add_argument("dir", help="output folder")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and every engine's options")
@@ -52,6 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "build-tiny-sd":
+        from llmops.engines.tiny_sd import build_tiny_sd
+
+        print(f"built {build_tiny_sd(args.dir, seed=args.seed)}")
+        return 0
     settings = _load(args)
     for m in settings.models:
         print(f"{m.name}\t{m.kind}\t{m.engine}\t{m.options}")

@@ -5,11 +5,13 @@
     ├── EngineUnavailable            an engine's optional backend is not installed
     ├── InvalidRequest               400 invalid_request_error, names the `param`
     │   ├── ContextLengthExceeded    400, code context_length_exceeded
-    │   └── UnsupportedParameter     400, a parameter this model or engine does not support
+    │   ├── UnsupportedParameter     400, a parameter this model or engine does not support
+    │   └── ContentFiltered          400, code content_filter (a safety checker or guardrail blocked it)
     ├── NotFound                     404 (unknown route, unknown job)
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
     ├── PayloadTooLarge              413
+    ├── RequestCancelled             499 (the client cancelled; recorded on jobs, rarely sent)
     ├── ServiceUnavailable           503 + Retry-After (not ready, shutting down)
     └── EngineError                  500 for that request only; the server keeps serving
 
@@ -57,6 +59,10 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class ContentFiltered(InvalidRequest):
+    code = "content_filter"
+
+
 class NotFound(LLMOpsError):
     code = "not_found"
 
@@ -71,6 +77,12 @@ class MethodNotAllowed(LLMOpsError):
 
 class PayloadTooLarge(LLMOpsError):
     code = "payload_too_large"
+
+
+class RequestCancelled(LLMOpsError):
+    """The work was cancelled before it finished (a DELETE on a job, or the client went away)."""
+
+    code = "cancelled"
 
 
 class ServiceUnavailable(LLMOpsError):
@@ -101,6 +113,7 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (NotFound, ErrorKind(404, "invalid_request_error")),
     (MethodNotAllowed, ErrorKind(405, "invalid_request_error")),
     (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
+    (RequestCancelled, ErrorKind(499, "cancelled")),
     (ServiceUnavailable, ErrorKind(503, "service_unavailable_error")),
     (EngineError, ErrorKind(500, "server_error")),
     (LLMOpsError, ErrorKind(500, "server_error")),

