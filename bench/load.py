@@ -1,0 +1,116 @@
+"""The load generator: N concurrent streaming completions against an OpenAI-compatible server, timed
+per request (time to first token, end to end) and in aggregate (output tokens/s)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Sample:
+    ok: bool
+    status: int
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    tokens: int = 0
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens per second after the first one: the decode speed this request saw."""
+        if self.ttft_s is None or self.tokens < 2 or self.e2e_s <= self.ttft_s:
+            return None
+        return (self.tokens - 1) / (self.e2e_s - self.ttft_s)
+
+
+@dataclass
+class Result:
+    target: str
+    concurrency: int
+    requests: int
+    wall_s: float
+    output_tokens: int
+    tokens_per_s: float
+    decode_tps_p50: float | None
+    ttft_p50_s: float | None
+    ttft_p99_s: float | None
+    e2e_p50_s: float | None
+    e2e_p99_s: float | None
+    errors: int
+    rejections: int
+    peak_rss_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+    start = time.perf_counter()
+    sample = Sample(ok=False, status=0)
+    async with client.stream("POST", url, json=body) as r:
+        sample.status = r.status_code
+        if r.status_code != 200:
+            await r.aread()
+            sample.e2e_s = time.perf_counter() - start
+            return sample
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                return sample
+            if sample.ttft_s is None and any(c.get("text") for c in event.get("choices", [])):
+                sample.ttft_s = time.perf_counter() - start
+            if event.get("usage"):
+                sample.tokens = int(event["usage"]["completion_tokens"])
+    sample.ok = True
+    sample.e2e_s = time.perf_counter() - start
+    return sample
+
+
+async def run_load(base_url: str, model: str, concurrency: int, requests: int, max_tokens: int,
+                   prompt: str, headers: dict[str, str] | None = None, timeout_s: float = 600) -> list[Sample]:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    todo = list(range(requests))
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=timeout_s, headers=headers, limits=limits) as client:
+        async def worker() -> None:
+            while todo:
+                todo.pop()
+                try:
+                    samples.append(await one_request(client, f"{base_url}/v1/completions", body))
+                except httpx.HTTPError:
+                    samples.append(Sample(ok=False, status=-1))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples
+
+
+def summarize(target: str, concurrency: int, samples: list[Sample], wall_s: float) -> Result:
+    ok = [s for s in samples if s.ok]
+    tokens = sum(s.tokens for s in ok)
+    ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
+    e2e = [s.e2e_s for s in ok]
+    return Result(
+        target=target, concurrency=concurrency, requests=len(samples), wall_s=round(wall_s, 3),
+        output_tokens=tokens, tokens_per_s=round(tokens / wall_s, 2) if wall_s else 0.0,
+        decode_tps_p50=pct([d for s in ok if (d := s.decode_tps) is not None], 50),
+        ttft_p50_s=pct(ttft, 50), ttft_p99_s=pct(ttft, 99), e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99),
+        errors=sum(1 for s in samples if not s.ok and s.status not in (429, 503)),
+        rejections=sum(1 for s in samples if s.status in (429, 503)))
