@@ -39,7 +39,7 @@ def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, base + wait_for, ready_timeout)
+        wait_ready(proc, base + wait_for, ready_timeout)
         yield base
     finally:
         proc.terminate()
@@ -51,7 +51,7 @@ def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[
         log.close()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -19,7 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmops import __version__
 from llmops.api import chat, completions, images, models, ops
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
+from llmops.lifecycle import Lifecycle
 from llmops.middleware.body_limit import BodyLimitMiddleware
+from llmops.middleware.drain import DrainMiddleware
 from llmops.middleware.request_id import RequestIdMiddleware
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -31,6 +33,7 @@ log = logging.getLogger("llmops.app")
 def create_app(settings: Settings) -> FastAPI:
     pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
     image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued)
+    lifecycle = Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,21 +48,31 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.pool = pool
     app.state.image_jobs = image_jobs
+    app.state.lifecycle = lifecycle
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, ops.router):
         app.include_router(router)
     install_error_handlers(app)
-    build_middleware(app, settings)
+    build_middleware(app, settings, lifecycle)
     return app
 
 
-def build_middleware(app: FastAPI, settings: Settings) -> None:
+async def drain(app: FastAPI) -> bool:
+    """Begin draining (SIGTERM): refuse new work, let admitted work finish. True when all finished."""
+    settings: Settings = app.state.settings
+    app.state.pool.close_admission()
+    return await app.state.lifecycle.drain(settings.shutdown.drain_timeout_s)  # type: ignore[no-any-return]
+
+
+def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
-    2. body_limit  - oversized bodies get 413 before anything parses them
+    2. drain       - counts requests in flight; 503 for new ones once draining
+    3. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     app.add_middleware(RequestIdMiddleware)
 
 

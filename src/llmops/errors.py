@@ -12,7 +12,10 @@
     ├── MethodNotAllowed             405
     ├── PayloadTooLarge              413
     ├── RequestCancelled             499 (the client cancelled; recorded on jobs, rarely sent)
-    ├── ServiceUnavailable           503 + Retry-After (not ready, shutting down)
+    ├── ServiceUnavailable           503 + Retry-After (not ready)
+    │   ├── Overloaded               503, code overloaded (the model's queue is full: refused at once)
+    │   └── ShuttingDown             503, code shutting_down (draining after SIGTERM)
+    ├── DeadlineExceeded             504, code deadline_exceeded (queued or ran past the request's deadline)
     └── EngineError                  500 for that request only; the server keeps serving
 
 Code raises; it never returns error values. `error_response_parts` is the only place that turns an
@@ -95,6 +98,18 @@ class ServiceUnavailable(LLMOpsError):
         self.retry_after = retry_after
 
 
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+
+
+class DeadlineExceeded(LLMOpsError):
+    code = "deadline_exceeded"
+
+
 class EngineError(LLMOpsError):
     """The engine failed on this request. The request fails with 500; the engine keeps serving."""
 
@@ -115,6 +130,7 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
     (RequestCancelled, ErrorKind(499, "cancelled")),
     (ServiceUnavailable, ErrorKind(503, "service_unavailable_error")),
+    (DeadlineExceeded, ErrorKind(504, "timeout_error")),
     (EngineError, ErrorKind(500, "server_error")),
     (LLMOpsError, ErrorKind(500, "server_error")),
 )

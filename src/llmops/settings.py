@@ -38,6 +38,8 @@ class ImageLimits(_Strict):
     min_guidance: float = Field(1.0, ge=0)
     max_guidance: float = Field(20.0, ge=0)
     default_guidance: float = 7.5
+    max_batch_size: int = Field(4, ge=1, description="same-shape requests coalesced into one pipeline call")
+    batch_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for companions")
 
 
 class ModelLimits(_Strict):
@@ -45,6 +47,11 @@ class ModelLimits(_Strict):
 
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none")
     max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices or images per request) accepted")
+    max_running: int | None = Field(None, ge=1, description="requests the engine works on at once; "
+                                    "default: the engine's own capacity (llama.cpp: n_parallel slots)")
+    max_queued: int = Field(64, ge=0, description="requests waiting for a slot; beyond it, 503 at once")
+    default_deadline_s: float = Field(60.0, gt=0, description="deadline when the request sets none")
+    max_deadline_s: float = Field(300.0, gt=0, description="cap on a request's own X-Request-Timeout")
     image: ImageLimits = Field(default_factory=ImageLimits)
 
 
@@ -78,6 +85,10 @@ class ServerLimits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
 
 
+class ShutdownSettings(_Strict):
+    drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
+
+
 class Settings(BaseSettings):
     """Everything the server reads. Field descriptions are the help text of `llmops config check`."""
 
@@ -89,6 +100,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
     @field_validator("models")
     @classmethod

@@ -185,3 +185,40 @@ def test_unsafe_or_impossible_configs_fail_loading_clearly(tmp_path: Path, optio
         assert state["state"] == "failed"
         assert message in state["error"]
         assert c.get("/ready").status_code == 503
+
+
+def test_same_shape_requests_coalesce_into_one_call(client: TestClient) -> None:
+    def detail() -> dict[str, Any]:
+        return dict(client.get("/ready").json()["models"]["tiny-sd"])
+
+    blocker = client.post("/v1/images/jobs", json={"prompt": "x", "size": "512x512", "num_inference_steps": 8}).json()
+    calls = detail()["pipeline_calls"]
+    ids = [client.post("/v1/images/jobs", json={"prompt": f"p{i}", "seed": i, "n": 1 + i % 2, **FAST}).json()["id"]
+           for i in range(3)]
+    odd = client.post("/v1/images/jobs", json={"prompt": "other shape", "size": "256x320",
+                                               "num_inference_steps": 2}).json()["id"]
+    poll(client, blocker["id"], {"succeeded"})
+    jobs = [poll(client, i, {"succeeded"}) for i in ids]
+    poll(client, odd, {"succeeded"})
+    assert [len(j["data"]) for j in jobs] == [1, 2, 1]
+    assert detail()["pipeline_calls"] - calls == 3  # blocker, the three same-shape jobs together, the odd one
+    assert len({j["data"][0]["b64_json"] for j in jobs}) == 3
+
+
+def test_cancelled_member_of_a_batch_leaves_the_others(client: TestClient) -> None:
+    blocker = client.post("/v1/images/jobs", json={"prompt": "x", "size": "512x512", "num_inference_steps": 8}).json()
+    keep = client.post("/v1/images/jobs", json={"prompt": "keep", "size": "256x256", "num_inference_steps": 20})
+    drop = client.post("/v1/images/jobs", json={"prompt": "drop", "size": "256x256", "num_inference_steps": 20})
+    poll(client, blocker["id"], {"succeeded"})
+    poll(client, drop.json()["id"], {"running"})
+    client.delete(f"/v1/images/jobs/{drop.json()['id']}")
+    assert poll(client, keep.json()["id"], {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    assert poll(client, drop.json()["id"], {"succeeded", "failed", "cancelled"})["status"] == "cancelled"
+
+
+def test_sync_image_deadline(client: TestClient) -> None:
+    r = client.post("/v1/images/generations", json={"prompt": "x", "size": "768x768", "num_inference_steps": 50},
+                    headers={"X-Request-Timeout": "0.5"})
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert generate(client).status_code == 200

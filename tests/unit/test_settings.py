@@ -13,7 +13,8 @@ def test_defaults_serve_embedded_gemma_on_loopback(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("LLMOPS_PORT", raising=False)
     s = load_settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert [(m.name, m.engine) for m in s.models] == [("gemma-3-270m", "llamacpp")]
+    assert [(m.name, m.kind, m.engine) for m in s.models] == [("gemma-3-270m", "chat", "llamacpp"),
+                                                               ("tiny-sd", "image", "diffusers")]
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

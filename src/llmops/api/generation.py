@@ -8,10 +8,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from llmops.api.request_meta import RequestMeta
 from llmops.engines.base import Message, SamplingParams, TextChunk, TextEngine, TextRequest, TokenUsage
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
 from llmops.protocol.common import SamplingFields, Usage
-from llmops.scheduling.fanout import generate_choices
+from llmops.scheduling.pool import Served
+from llmops.scheduling.runner import admitted_choices
 from llmops.settings import ModelConfig
 
 log = logging.getLogger("llmops.api")
@@ -65,9 +67,17 @@ class Collected:
         self.completion_tokens += usage.completion_tokens
 
 
-async def collect(engine: TextEngine, requests: list[TextRequest]) -> Collected:
-    out = Collected(texts=[""] * len(requests), finish=[None] * len(requests))
-    async for index, chunk in _engine_errors(generate_choices(engine, requests)):
+Choices = AsyncIterator[tuple[int, TextChunk]]
+
+
+def run_choices(served: Served, engine: TextEngine, requests: list[TextRequest], meta: RequestMeta) -> Choices:
+    """The request's choices, admitted on the model's queue and bound by the request's deadline."""
+    return admitted_choices(served.admission, engine, requests, meta.deadline, meta.priority, meta.admitted)
+
+
+async def collect(choices: Choices, n: int) -> Collected:
+    out = Collected(texts=[""] * n, finish=[None] * n)
+    async for index, chunk in _engine_errors(choices):
         out.texts[index] += chunk.text
         if chunk.finish_reason:
             out.finish[index] = chunk.finish_reason
@@ -88,10 +98,9 @@ async def _engine_errors(chunks: AsyncIterator[tuple[int, TextChunk]]) -> AsyncI
         raise internal_error(exc) from exc
 
 
-async def stream_choices(engine: TextEngine, requests: list[TextRequest],
-                         totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
+async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
     """(index, text, finish_reason) as they come; usage accumulates into `totals`."""
-    async for index, chunk in _engine_errors(generate_choices(engine, requests)):
+    async for index, chunk in _engine_errors(choices):
         if chunk.usage:
             totals.add_usage(chunk.usage)
         yield index, chunk.text, chunk.finish_reason

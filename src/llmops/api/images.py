@@ -15,9 +15,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from llmops.api import deps
+from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.image_params import ImageFields, parse_size, resolve
+from llmops.api.request_meta import request_meta
 from llmops.engines.base import ImageResult
-from llmops.errors import InvalidRequest, NotFound, error_body
+from llmops.errors import DeadlineExceeded, InvalidRequest, NotFound, error_body
 from llmops.protocol.images import (
     GenerateRequest,
     GenerateResponse,
@@ -27,7 +29,8 @@ from llmops.protocol.images import (
     ImagesResponse,
     JobProgress,
 )
-from llmops.scheduling.image_jobs import ImageJobs, Job
+from llmops.scheduling.image_jobs import Batching, ImageJobs, Job
+from llmops.settings import ModelConfig
 
 router = APIRouter()
 _FILE_NAME = r"^imgfile-[0-9a-f]{32}\.png$"
@@ -37,10 +40,14 @@ def jobs(request: Request) -> ImageJobs:
     return cast(ImageJobs, request.app.state.image_jobs)
 
 
-async def wait_for(job: Job, queue: ImageJobs) -> ImageResult:
-    """Wait for a job; if the waiter goes away (client disconnect, shutdown), the job is cancelled."""
+async def wait_for(job: Job, queue: ImageJobs, deadline: float) -> ImageResult:
+    """Wait for a job until its deadline (then 504). If the waiter goes away (client disconnect,
+    shutdown) or the deadline passes, the job is cancelled: it leaves the queue, or stops at its next step."""
     try:
-        await job.done.wait()
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await job.done.wait()
+    except TimeoutError:
+        raise DeadlineExceeded(f"the image request reached its deadline while {job.status}") from None
     finally:
         if not job.done.is_set():
             queue.cancel(job.id)
@@ -50,19 +57,23 @@ async def wait_for(job: Job, queue: ImageJobs) -> ImageResult:
     return job.result
 
 
+def _batching(cfg: ModelConfig) -> Batching:
+    return Batching(cfg.limits.image.max_batch_size, cfg.limits.image.batch_timeout_s)
+
+
 def _fields(body: ImageGenerationRequest) -> ImageFields:
     width, height = parse_size(body.size)
     return ImageFields(body.prompt, body.negative_prompt, width, height, body.num_inference_steps,
                        body.guidance_scale, body.n, body.seed)
 
 
-def _submit(request: Request, body: ImageGenerationRequest) -> Job:
+def _submit(request: Request, body: ImageGenerationRequest) -> tuple[ModelConfig, Job]:
     cfg, engine = deps.pool(request).image_engine(body.model)
     if body.response_format == "url" and deps.settings(request).images.store_dir is None:
         raise InvalidRequest("response_format 'url' needs images.store_dir configured on the server",
                              param="response_format")
     image_request = resolve(cfg, _fields(body), size_params=("size", "size"))
-    return jobs(request).submit(cfg.name, engine, image_request)
+    return cfg, jobs(request).submit(cfg.name, engine, image_request, _batching(cfg))
 
 
 def _store(request: Request, png: bytes) -> str:
@@ -81,7 +92,9 @@ def _data(request: Request, result: ImageResult, response_format: str) -> list[I
 
 @router.post("/v1/images/generations", response_model=ImagesResponse)
 async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
-    result = await wait_for(_submit(request, body), jobs(request))
+    cfg, job = _submit(request, body)
+    deadline = request_meta(request, cfg).deadline
+    result = await cancel_on_disconnect(request, wait_for(job, jobs(request), deadline))
     return ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format))
 
 
@@ -91,8 +104,10 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     fields = ImageFields(body.prompt, body.negative_prompt, body.width, body.height, body.num_inference_steps,
                          body.guidance_scale, 1, body.seed)
     image_request = resolve(cfg, fields)
+    deadline = request_meta(request, cfg).deadline
     started = time.perf_counter()
-    result = await wait_for(jobs(request).submit(cfg.name, engine, image_request), jobs(request))
+    job = jobs(request).submit(cfg.name, engine, image_request, _batching(cfg))
+    result = await cancel_on_disconnect(request, wait_for(job, jobs(request), deadline))
     parameters = {
         "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,
         "num_inference_steps": image_request.steps, "guidance_scale": image_request.guidance_scale,
@@ -116,7 +131,7 @@ def job_view(job: Job, queue: ImageJobs) -> ImageJob:
 async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResponse:
     if body.response_format == "url":
         raise InvalidRequest("image jobs return b64_json images", param="response_format")
-    job = _submit(request, body)
+    _, job = _submit(request, body)
     await asyncio.sleep(0)  # let the worker pick it up if the queue was idle
     view = job_view(job, jobs(request))
     return JSONResponse(view.model_dump(), status_code=202, headers={"Location": f"/v1/images/jobs/{job.id}"})

@@ -23,7 +23,9 @@ async def ready(request: Request) -> JSONResponse:
     models: dict[str, Any] = {
         name: {"state": h.state, **h.detail} for name, h in pool.states().items()
     }
-    is_ready = pool.ready()
-    body = {"status": "ready" if is_ready else "not_ready", "models": models}
+    draining = request.app.state.lifecycle.draining
+    is_ready = pool.ready() and not draining
+    status = "draining" if draining else ("ready" if is_ready else "not_ready")
+    body = {"status": status, "models": models}
     headers = {} if is_ready else {"Retry-After": "5"}
     return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)

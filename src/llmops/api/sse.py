@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -41,9 +41,12 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield item
 
 
-async def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    """Start the stream only once its first event exists, so errors raised before any output (unknown
-    model, context too long) are still plain HTTP errors with their status code."""
+async def sse_response(events: AsyncIterator[bytes],
+                       headers: Callable[[], dict[str, str]] | None = None) -> StreamingResponse:
+    """Start the stream only once its first event exists, so errors raised before any output (full queue,
+    deadline, context too long) are still plain HTTP errors with their status code. `headers` is called
+    after that first event, when admission has said where the request queued."""
     first = await anext(events)
+    extra = headers() if headers else {}
     return StreamingResponse(_guard(_chain(first, events)), media_type="text/event-stream",
-                             headers=SSE_HEADERS)
+                             headers={**SSE_HEADERS, **extra})

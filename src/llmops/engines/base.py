@@ -7,8 +7,7 @@ the plain dataclasses below.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -106,15 +105,21 @@ class ImageRequest:
 class ImageResult:
     images: list[bytes]  # PNG files
     seeds: list[int]
+    filtered: bool = False  # the safety checker flagged one of them: the request must not get them
 
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps), called from the engine's thread
 
 
+def same_shape(a: ImageRequest, b: ImageRequest) -> bool:
+    """Requests that can share one pipeline call (prompts, negative prompts and seeds may differ)."""
+    return (a.width, a.height, a.steps, a.guidance_scale) == (b.width, b.height, b.steps, b.guidance_scale)
+
+
 @runtime_checkable
 class ImageEngine(Engine, Protocol):
-    """An engine that draws images. `cancel` is checked between denoising steps; when it is set the run
-    stops and raises RequestCancelled."""
+    """An engine that draws images, several same-shape requests in one call. `cancelled` is polled between
+    denoising steps; when it answers True the run stops and raises RequestCancelled."""
 
-    async def generate_images(self, request: ImageRequest, on_step: StepCallback | None = None,
-                              cancel: threading.Event | None = None) -> ImageResult: ...
+    async def generate_images(self, requests: Sequence[ImageRequest], on_step: StepCallback | None = None,
+                              cancelled: Callable[[], bool] | None = None) -> list[ImageResult]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from llmops.engines.base import EngineHealth, ImageRequest, ImageResult, StepCal
 from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
-from llmops.errors import ConfigError, ContentFiltered, RequestCancelled
+from llmops.errors import ConfigError, RequestCancelled
 
 SD_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
                 "auto": "AutoPipelineForText2Image"}
@@ -59,6 +59,8 @@ class DiffusersEngine:
         self._dtype = "float32"
         self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"diffusers-{model_name}")
+        self.pipeline_calls = 0
+        self.last_batch_size = 0
 
     async def start(self) -> None:
         require("torch", "diffusers")
@@ -122,7 +124,8 @@ class DiffusersEngine:
             torch.cuda.empty_cache()
 
     def health(self) -> EngineHealth:
-        detail: dict[str, object] = {"device": self._device, "dtype": self._dtype}
+        detail: dict[str, object] = {"device": self._device, "dtype": self._dtype,
+                                     "pipeline_calls": self.pipeline_calls, "last_batch_size": self.last_batch_size}
         if self._device.startswith("cuda") and self._state == "ready":
             import torch
 
@@ -130,41 +133,62 @@ class DiffusersEngine:
             detail["gpu_memory_reserved_bytes"] = int(torch.cuda.memory_reserved())
         return EngineHealth(self._state, detail)
 
-    async def generate_images(self, request: ImageRequest, on_step: StepCallback | None = None,
-                              cancel: threading.Event | None = None) -> ImageResult:
+    async def generate_images(self, requests: Sequence[ImageRequest], on_step: StepCallback | None = None,
+                              cancelled: Callable[[], bool] | None = None) -> list[ImageResult]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, request, on_step, cancel or threading.Event())
+        return await loop.run_in_executor(self._executor, self._run, list(requests), on_step,
+                                          cancelled or (lambda: False))
 
-    def _run(self, request: ImageRequest, on_step: StepCallback | None, cancel: threading.Event) -> ImageResult:
+    def _run(self, requests: list[ImageRequest], on_step: StepCallback | None,
+             cancelled: Callable[[], bool]) -> list[ImageResult]:
+        """One pipeline call for same-shape requests: one prompt, negative prompt and seeded generator per
+        image, so each request gets exactly the images it would get alone."""
         import torch
 
         if self._pipe is None:
             raise RuntimeError("the diffusers engine is not started")
-        base = request.seed if request.seed is not None else random.randrange(2**31)
-        seeds = [base + i for i in range(request.n)]
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        first = requests[0]
+        seeds = [_seeds(r) for r in requests]
+        images = [(r, s) for r, ss in zip(requests, seeds, strict=True) for s in ss]
 
         def step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
-                on_step(step + 1, request.steps)
-            if cancel.is_set():
+                on_step(step + 1, first.steps)
+            if cancelled():
                 raise _Stop
             return kwargs
 
-        if cancel.is_set():
+        if cancelled():
             raise RequestCancelled("cancelled before it started")
+        self.pipeline_calls += 1
+        self.last_batch_size = len(requests)
         try:
             with torch.inference_mode():
                 out = self._pipe(
-                    prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-                    num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                    width=request.width, height=request.height, num_images_per_prompt=request.n,
-                    generator=generators, callback_on_step_end=step_end)
+                    prompt=[r.prompt for r, _ in images], negative_prompt=[r.negative_prompt or "" for r, _ in images],
+                    num_inference_steps=first.steps, guidance_scale=first.guidance_scale, width=first.width,
+                    height=first.height, generator=[torch.Generator("cpu").manual_seed(s) for _, s in images],
+                    callback_on_step_end=step_end)
         except _Stop:
             raise RequestCancelled("cancelled during generation") from None
-        if any(getattr(out, "nsfw_content_detected", None) or []):
-            raise ContentFiltered("the safety checker flagged the generated image")
-        return ImageResult([_png(img) for img in out.images], seeds)
+        return _split(requests, seeds, out)
+
+
+def _seeds(request: ImageRequest) -> list[int]:
+    base = request.seed if request.seed is not None else random.randrange(2**31)
+    return [base + i for i in range(request.n)]
+
+
+def _split(requests: list[ImageRequest], seeds: list[list[int]], out: Any) -> list[ImageResult]:
+    flagged = list(getattr(out, "nsfw_content_detected", None) or [False] * len(out.images))
+    results, i = [], 0
+    for request, request_seeds in zip(requests, seeds, strict=True):
+        if any(flagged[i:i + request.n]):
+            results.append(ImageResult([], request_seeds, filtered=True))
+        else:
+            results.append(ImageResult([_png(img) for img in out.images[i:i + request.n]], request_seeds))
+        i += request.n
+    return results
 
 
 def _png(image: Any) -> bytes:

@@ -25,6 +25,7 @@ class FakeOptions(BaseModel):
     token_delay_s: float = Field(0.0, ge=0, le=10, description="sleep per generated token")
     load_delay_s: float = Field(0.0, ge=0, le=60, description="sleep in start(), to test readiness")
     context_length: int = Field(2048, ge=16)
+    capacity: int = Field(4, ge=1, description="requests it works on at once (admission's default)")
 
 
 class FakeTextEngine:
@@ -34,6 +35,7 @@ class FakeTextEngine:
         self.model_name = model_name
         self.options = options
         self.context_length = options.context_length
+        self.capacity = options.capacity
         self.tokens_generated = 0
         self._state: EngineHealth = EngineHealth("loading")
 

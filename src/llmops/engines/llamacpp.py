@@ -62,6 +62,7 @@ class LlamaCppEngine:
         self.model_name = model_name
         self.options = options
         self.context_length = options.context_length
+        self.capacity = options.n_parallel
         self.threads = options.n_threads or available_cores()
         self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
         self._server: Any = None

@@ -77,5 +77,9 @@ class SamplingFields(BaseModel):
             "frequency_penalty": self.frequency_penalty,
         }
 
+    def service_tier(self) -> str | None:
+        tier = (self.model_extra or {}).get("service_tier")
+        return tier if isinstance(tier, str) else None
+
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

@@ -1,6 +1,10 @@
 """Image jobs: one FIFO queue and one worker per image model. Every image request, synchronous or not, is
 a job here, so queue positions, progress and cancellation mean the same thing everywhere. Finished jobs
-are kept for `ttl_s`, then dropped."""
+are kept for `ttl_s`, then dropped.
+
+Same-shape jobs (size, steps, guidance) coalesce into one pipeline call: the worker takes the first job,
+waits up to `batch_timeout_s` for companions, and runs up to `max_batch_size` together, each with its own
+prompt, seeds and result (the guide's LitServe batching, without its single-dict `predict`)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmops.engines.base import ImageEngine, ImageRequest, ImageResult
-from llmops.errors import LLMOpsError, NotFound, RequestCancelled, ServiceUnavailable, internal_error
+from llmops.engines.base import ImageEngine, ImageRequest, ImageResult, same_shape
+from llmops.errors import (
+    ContentFiltered,
+    LLMOpsError,
+    NotFound,
+    RequestCancelled,
+    ServiceUnavailable,
+    internal_error,
+)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -39,9 +50,16 @@ class Job:
         self.done.set()
 
 
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 4
+    batch_timeout_s: float = 0.05
+
+
 class _ModelQueue:
-    def __init__(self, engine: ImageEngine) -> None:
+    def __init__(self, engine: ImageEngine, batching: Batching) -> None:
         self.engine = engine
+        self.batching = batching
         self.waiting: deque[Job] = deque()
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
@@ -53,11 +71,12 @@ class ImageJobs:
         self._queues: dict[str, _ModelQueue] = {}
         self._jobs: dict[str, Job] = {}
 
-    def submit(self, model: str, engine: ImageEngine, request: ImageRequest) -> Job:
+    def submit(self, model: str, engine: ImageEngine, request: ImageRequest,
+               batching: Batching | None = None) -> Job:
         self._purge()
         queue = self._queues.get(model)
         if queue is None:
-            queue = self._queues[model] = _ModelQueue(engine)
+            queue = self._queues[model] = _ModelQueue(engine, batching or Batching())
             queue.worker = asyncio.create_task(self._work(queue), name=f"llmops-images-{model}")
         if len(queue.waiting) >= self._max_queued:
             raise ServiceUnavailable(f"the image queue of model {model!r} is full", retry_after=5)
@@ -108,21 +127,55 @@ class ImageJobs:
             while not queue.waiting:
                 queue.wakeup.clear()
                 await queue.wakeup.wait()
-            await self._run(queue.engine, queue.waiting.popleft())
+            await self._run(queue.engine, await self._take_batch(queue))
 
-    async def _run(self, engine: ImageEngine, job: Job) -> None:
-        job.status = "running"
+    async def _take_batch(self, queue: _ModelQueue) -> list[Job]:
+        batch = [queue.waiting.popleft()]
+        limit, deadline = queue.batching.max_batch_size, time.monotonic() + queue.batching.batch_timeout_s
+        while len(batch) < limit:
+            for job in [j for j in queue.waiting if same_shape(j.request, batch[0].request)][:limit - len(batch)]:
+                queue.waiting.remove(job)
+                batch.append(job)
+            remaining = deadline - time.monotonic()
+            if len(batch) >= limit or remaining <= 0:
+                break
+            queue.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await queue.wakeup.wait()
+        return batch
+
+    async def _run(self, engine: ImageEngine, batch: list[Job]) -> None:
+        for job in batch:
+            job.status = "running"
 
         def on_step(done: int, total: int) -> None:
-            job.step = done
+            for job in batch:
+                job.step = done
 
         try:
-            result = await engine.generate_images(job.request, on_step, job.cancel)
+            results = await engine.generate_images([j.request for j in batch], on_step,
+                                                   lambda: all(j.cancel.is_set() for j in batch))
         except RequestCancelled as exc:
-            job.finish("cancelled", error=exc)
+            self._finish_all(batch, "cancelled", exc)
         except LLMOpsError as exc:
-            job.finish("failed", error=exc)
+            self._finish_all(batch, "failed", exc)
         except Exception as exc:
-            job.finish("failed", error=internal_error(exc))
+            self._finish_all(batch, "failed", internal_error(exc))
+        else:
+            for job, result in zip(batch, results, strict=True):
+                self._finish_one(job, result)
+
+    @staticmethod
+    def _finish_all(batch: list[Job], status: Status, error: LLMOpsError) -> None:
+        for job in batch:
+            job.finish(status, error=error)
+
+    @staticmethod
+    def _finish_one(job: Job, result: ImageResult) -> None:
+        if job.cancel.is_set():
+            job.finish("cancelled", error=RequestCancelled("cancelled during generation"))
+        elif result.filtered:
+            job.finish("failed", error=ContentFiltered("the safety checker flagged a generated image"))
         else:
             job.finish("succeeded", result=result)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelNotFound, ServiceUnavailable
+from llmops.scheduling.admission import Admission
 from llmops.settings import ModelConfig, Settings
 
 log = logging.getLogger("llmops.pool")
@@ -19,6 +20,7 @@ log = logging.getLogger("llmops.pool")
 class Served:
     config: ModelConfig
     engine: Engine
+    admission: Admission
     error: str | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -34,7 +36,8 @@ class ModelPool:
         self._models: dict[str, Served] = {}
         for i, cfg in enumerate(settings.models):
             engine = build_engine(cfg.engine, cfg.name, cfg.options, f"models[{i}]")
-            self._models[cfg.name] = Served(cfg, engine)
+            running = cfg.limits.max_running or int(getattr(engine, "capacity", 1))
+            self._models[cfg.name] = Served(cfg, engine, Admission(running, cfg.limits.max_queued))
         self._loader: asyncio.Task[None] | None = None
 
     def names(self) -> list[str]:
@@ -68,7 +71,16 @@ class ModelPool:
                 log.exception("closing model %s failed", served.config.name)
 
     def states(self) -> dict[str, EngineHealth]:
-        return {name: served.health() for name, served in self._models.items()}
+        out = {}
+        for name, served in self._models.items():
+            health = served.health()
+            health.detail.update(running=served.admission.running, queued=served.admission.waiting)
+            out[name] = health
+        return out
+
+    def close_admission(self) -> None:
+        for served in self._models.values():
+            served.admission.closed = True
 
     def ready(self) -> bool:
         return all(s.health().state == "ready" for s in self._models.values())
@@ -84,11 +96,11 @@ class ModelPool:
             raise ServiceUnavailable(f"model {name!r} is {state}", retry_after=5)
         return served
 
-    def text_engine(self, name: str) -> tuple[ModelConfig, TextEngine]:
+    def text_engine(self, name: str) -> tuple[Served, TextEngine]:
         served = self.get(name, "chat")
         if not isinstance(served.engine, TextEngine):
             raise ModelNotFound(f"model {name!r} does not generate text", param="model")
-        return served.config, served.engine
+        return served, served.engine
 
     def image_engine(self, name: str | None) -> tuple[ModelConfig, ImageEngine]:
         """The named image model, or the first configured one when `name` is None."""

@@ -1,0 +1,44 @@
+"""The server's life: serving, then draining after SIGTERM.
+
+While draining, /ready answers 503, new requests get 503 `shutting_down`, and every request already
+admitted runs to its complete response; the process exits once none is left or `drain_timeout_s` passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+log = logging.getLogger("llmops.lifecycle")
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop admitting and wait for in-flight requests. True when all finished in time."""
+        self.draining = True
+        started = time.monotonic()
+        log.info("draining: %d request(s) in flight, up to %.0f s", self.in_flight, timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
+            return False
+        log.info("drained in %.2f s", time.monotonic() - started)
+        return True

@@ -1,0 +1,50 @@
+"""Run the app under uvicorn with a graceful drain: the first SIGTERM (or SIGINT) starts draining
+(/ready 503, new requests 503, admitted requests finish, up to shutdown.drain_timeout_s), then uvicorn
+shuts down and the process exits 0. A second signal exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from llmops.app import create_app, drain
+from llmops.settings import Settings
+
+log = logging.getLogger("llmops.server")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self._drain_task: asyncio.Task[None] | None = None
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.info("signal %d: draining", sig)
+        # a signal handler runs between two bytecodes of the loop's thread: hand the work to the loop
+        asyncio.get_event_loop().call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await drain(self.app)
+        finally:
+            self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    DrainingServer(config, app).run()

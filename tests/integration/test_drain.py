@@ -1,0 +1,60 @@
+"""SIGTERM under load: /ready turns 503, new requests get 503, every admitted request (running or queued)
+gets its complete response, and the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import wait_ready, free_port, write_config
+
+REPLY = " ".join(f"w{i}" for i in range(20))
+
+
+async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "drain.yaml", [
+        {"name": "slow", "engine": "fake", "options": {"reply": REPLY, "token_delay_s": 0.05, "capacity": 2}}],
+        shutdown={"drain_timeout_s": 30})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, f"{base}/ready", 60)
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            async def stream() -> str:
+                r = await c.post("/v1/chat/completions", json={
+                    "model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True})
+                return r.text
+
+            async def complete() -> httpx.Response:
+                return await c.post("/v1/completions", json={"model": "slow", "prompt": "x"})
+
+            load = [asyncio.create_task(stream()) for _ in range(3)] + [asyncio.create_task(complete())]
+            while (await c.get("/ready")).json()["models"]["slow"]["queued"] < 2:
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            ready = await c.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["status"] == "draining"
+            refused = await c.post("/v1/completions", json={"model": "slow", "prompt": "late"})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "shutting_down"
+            results = await asyncio.gather(*load)
+        for text in results[:3]:
+            assert text.rstrip().endswith("data: [DONE]")
+            assert "w19" in text
+        plain = results[3]
+        assert plain.status_code == 200
+        assert plain.json()["choices"][0]["text"].endswith("w19")
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
