@@ -1,9 +1,8 @@
-"""Streaming pieces for transformers' `generate`: incremental detokenization with stop strings,
-OpenAI presence/frequency penalties, and a stop flag checked between decode steps."""
+"""Streaming pieces for transformers' `generate`: incremental detokenization with stop strings, and
+OpenAI's presence/frequency penalties."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,34 +50,6 @@ class TextAccumulator:
             self._sent = len(upto)
             if self._emit(piece):
                 self.cancelled = True
-
-
-class Streamer:
-    """transformers BaseStreamer protocol: `put` gets the prompt once, then each new token."""
-
-    def __init__(self, acc: TextAccumulator) -> None:
-        self.acc = acc
-        self._prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.acc.add([int(t) for t in value.reshape(-1).tolist()])
-
-    def end(self) -> None:
-        self.acc.flush()
-
-
-def stopping_criteria(acc: TextAccumulator, cancel: threading.Event) -> Callable[..., Any]:
-    """A StoppingCriteria-compatible callable: stop on a stop string or on cancellation."""
-    import torch
-
-    def should_stop(input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        done = acc.stopped or acc.cancelled or cancel.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-    return should_stop
 
 
 def penalty_processor(prompt_len: int, presence: float, frequency: float) -> Callable[[Any, Any], Any]:

@@ -2,8 +2,8 @@
 on load). Converting a GGUF takes about 35 s for Gemma 270M, so the converted checkpoint is saved under
 `cache_dir` and the next start loads it in seconds.
 
-Requests run one at a time in this engine (a lock around `generate`); each streams through a streamer
-whose stop flag is checked between decode steps.
+Requests that arrive together and sample alike decode as one padded batch (hf_batch.py); each streams
+its own text, and its stop flag is checked between decode steps.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
-from llmops.engines.hf_stream import Streamer, TextAccumulator, penalty_processor, stopping_criteria
+from llmops.engines.hf_batch import Batcher, Row, run_batch
+from llmops.engines.hf_stream import TextAccumulator
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
-from llmops.engines.threads import ThreadStream, run_worker
+from llmops.engines.threads import ThreadStream
 from llmops.engines.weights import resolve_weights
 from llmops.errors import EngineError
 
@@ -41,6 +42,8 @@ class TransformersOptions(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="torch CPU threads (process-wide)")
     chat_template: Literal["auto", "model", "fallback"] = "auto"
     cache_dir: str = Field("~/.cache/llmops/converted", description="where converted GGUF checkpoints go")
+    max_batch_size: int = Field(8, ge=1, description="requests decoded together in one padded batch")
+    batch_timeout_s: float = Field(0.01, ge=0, description="how long a request waits for batch companions")
 
 
 def _is_local(spec: str) -> bool:
@@ -60,7 +63,10 @@ class TransformersEngine:
         self._device = "cpu"
         self._dtype = "float32"
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix=f"transformers-{model_name}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"transformers-{model_name}")
+        self.capacity = options.max_batch_size
+        self._batcher = Batcher(lambda rows: run_batch(self._model, self._tok, rows, self._lock), self._executor,
+                                options.max_batch_size, options.batch_timeout_s)
 
     async def start(self) -> None:
         require("torch", "transformers")
@@ -132,6 +138,7 @@ class TransformersEngine:
         tmp.rename(out)
 
     async def close(self) -> None:
+        await self._batcher.close()
         self._model = None
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._state = "closed"
@@ -142,6 +149,7 @@ class TransformersEngine:
 
     def health(self) -> EngineHealth:
         return EngineHealth(self._state, {"device": self._device, "dtype": self._dtype,
+                                          "recent_batch_sizes": self._batcher.batch_sizes[-8:],
                                           "context_length": self.context_length,
                                           "chat_template": "model" if self._has_template() else "fallback"})
 
@@ -178,32 +186,8 @@ class TransformersEngine:
         stream: ThreadStream[str] = ThreadStream(asyncio.get_running_loop())
         acc = TextAccumulator(lambda t: str(self._tok.decode(t, skip_special_tokens=True)),
                               prepared.stops, stream.push)
-        run_worker(stream, lambda: self._generate(ids, request, budget, acc, stream.cancelled),
-                   self._executor.submit)
+        self._batcher.submit(Row(ids[0].tolist(), request.sampling, budget, acc, stream))
         async for piece in stream.items():
             yield TextChunk(piece)
         finish: Literal["stop", "length"] = "length" if acc.tokens >= budget and not acc.stopped else "stop"
         yield TextChunk("", finish_reason=finish, usage=TokenUsage(int(ids.shape[1]), acc.tokens))
-
-    def _generate(self, ids: Any, request: TextRequest, budget: int, acc: TextAccumulator,
-                  cancel: threading.Event) -> None:
-        import torch
-        import transformers
-
-        s = request.sampling
-        kwargs: dict[str, Any] = {"max_new_tokens": budget, "do_sample": s.temperature > 0}
-        if s.temperature > 0:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
-        processors = transformers.LogitsProcessorList()
-        if s.presence_penalty or s.frequency_penalty:
-            processors.append(penalty_processor(int(ids.shape[1]), s.presence_penalty, s.frequency_penalty))
-        criteria = transformers.StoppingCriteriaList([stopping_criteria(acc, cancel)])
-        with self._lock, torch.inference_mode():
-            if cancel.is_set():
-                return
-            if s.seed is not None:
-                torch.manual_seed(s.seed)
-            self._model.generate(
-                ids.to(self._model.device), attention_mask=torch.ones_like(ids).to(self._model.device),
-                streamer=Streamer(acc), logits_processor=processors, stopping_criteria=criteria,
-                pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id, **kwargs)
