@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench bench-baseline-venv clean
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,bench,dev]'
 	touch $(STAMP)
 
 serve: setup
@@ -26,8 +26,13 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
+# The llama-cpp-python baseline compiles llama.cpp (~10 min), so it lives in its own venv: make bench-baseline-venv
+LLAMA_CPP_PYTHON ?= .bench-venv/bin/python
 bench: setup
-	$(PY) -m bench.run --out bench/results
+	LLAMA_CPP_PYTHON=$(LLAMA_CPP_PYTHON) $(PY) -m bench.run --out bench/results
+
+bench-baseline-venv:
+	test -x $(LLAMA_CPP_PYTHON) || (python3 -m venv .bench-venv && .bench-venv/bin/pip install 'llama-cpp-python[server]')
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

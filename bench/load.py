@@ -59,9 +59,34 @@ def pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def count_tokens(text: str) -> int:
+    """Output tokens of a non-streaming baseline that reports no usage, with Gemma's own tokenizer."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from bench.targets.hf_gemma import tokenizer
+
+        _TOKENIZER = tokenizer()
+    return len(_TOKENIZER(text, add_special_tokens=False)["input_ids"])
+
+
+_TOKENIZER: Any = None
+
+
+async def one_json_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+    """A plain chat request (the guide's baselines do not stream): first token = whole answer."""
+    start = time.perf_counter()
+    r = await client.post(url, json=body)
+    sample = Sample(ok=r.status_code == 200, status=r.status_code, e2e_s=time.perf_counter() - start)
+    if sample.ok:
+        sample.ttft_s = sample.e2e_s
+        sample.tokens = count_tokens(r.json()["choices"][0]["message"]["content"])
+    return sample
+
+
 async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
     start = time.perf_counter()
     sample = Sample(ok=False, status=0)
+    chunks = 0
     async with client.stream("POST", url, json=body) as r:
         sample.status = r.status_code
         if r.status_code != 200:
@@ -74,19 +99,29 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
             event = json.loads(line[6:])
             if "error" in event:
                 return sample
-            if sample.ttft_s is None and any(c.get("text") for c in event.get("choices", [])):
-                sample.ttft_s = time.perf_counter() - start
+            if any(c.get("text") for c in event.get("choices", [])):
+                chunks += 1
+                if sample.ttft_s is None:
+                    sample.ttft_s = time.perf_counter() - start
             if event.get("usage"):
                 sample.tokens = int(event["usage"]["completion_tokens"])
     sample.ok = True
+    sample.tokens = sample.tokens or chunks  # servers that send no usage: one chunk per token
     sample.e2e_s = time.perf_counter() - start
     return sample
 
 
 async def run_load(base_url: str, model: str, concurrency: int, requests: int, max_tokens: int,
-                   prompt: str, headers: dict[str, str] | None = None, timeout_s: float = 600) -> list[Sample]:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+                   prompt: str, headers: dict[str, str] | None = None, timeout_s: float = 600,
+                   mode: str = "stream") -> list[Sample]:
+    if mode == "json":
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                                "max_tokens": max_tokens, "temperature": 0.7}
+        url, send = f"{base_url}/v1/chat/completions", one_json_request
+    else:
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        url, send = f"{base_url}/v1/completions", one_request
     todo = list(range(requests))
     samples: list[Sample] = []
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -95,7 +130,7 @@ async def run_load(base_url: str, model: str, concurrency: int, requests: int, m
             while todo:
                 todo.pop()
                 try:
-                    samples.append(await one_request(client, f"{base_url}/v1/completions", body))
+                    samples.append(await send(client, url, body))
                 except httpx.HTTPError:
                     samples.append(Sample(ok=False, status=-1))
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BASELINES = ("bare-llamacpp",)
+BASELINES = ("bare-llamacpp", "llama-cpp-python", "guide-sequential", "litserve-guide")
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -31,4 +31,6 @@ def markdown(report: dict[str, Any]) -> str:
                  _fmt(r["ttft_p50_s"], 3), _fmt(r["ttft_p99_s"], 3), _fmt(r["e2e_p50_s"]), _fmt(r["e2e_p99_s"]),
                  r["errors"], r["rejections"], _fmt(r["peak_rss_mb"], 0), *ratios]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for name, figures in report.get("scenarios", {}).items():
+        lines += ["", f"Scenario {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())]
     return "\n".join(lines) + "\n"

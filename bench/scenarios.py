@@ -1,0 +1,113 @@
+"""Two scenarios beside the throughput levels, on llmops with the llamacpp engine:
+
+overload: 10x more concurrent streams than the server admits (slots + queue). Rejections must come at
+          once (their latency is reported) and admitted requests must still meet their deadline.
+drain:    SIGTERM while streams are running and queued; every admitted request must complete, new ones
+          get 503, and the process must exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.load import Sample, one_request, pct
+
+
+def _config(tmp: Path, name: str, threads: int, slots: int, queued: int) -> Path:
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump({"log_level": "warning", "shutdown": {"drain_timeout_s": 120}, "models": [
+        {"name": "gemma", "engine": "llamacpp", "options": {"n_threads": threads, "n_parallel": slots},
+         "limits": {"max_queued": queued, "default_deadline_s": 60}}]}))
+    return cfg
+
+
+def _start(cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+async def _ready(base: str) -> None:
+    async with httpx.AsyncClient() as c:
+        for _ in range(600):
+            try:
+                if (await c.get(f"{base}/ready")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(base)
+
+
+def _body(max_tokens: int) -> dict[str, Any]:
+    return {"model": "gemma", "prompt": "Tell me a story. Once upon a time,", "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def _burst(base: str, n: int, max_tokens: int) -> list[Sample]:
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as c:
+        return list(await asyncio.gather(*(one_request(c, f"{base}/v1/completions", _body(max_tokens))
+                                           for _ in range(n))))
+
+
+def overload(threads: int, slots: int, port: int, tmp: Path) -> dict[str, Any]:
+    queued = slots
+    cfg = _config(tmp, "overload", threads, slots, queued)
+    proc = _start(cfg, port, tmp / "overload.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(_ready(base))
+        offered = 10 * (slots + queued)
+        started = time.perf_counter()
+        samples = asyncio.run(_burst(base, offered, 32))
+        wall = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    rejected = [s.e2e_s for s in samples if s.status == 503]
+    admitted = [s for s in samples if s.status == 200]
+    return {"offered": offered, "capacity": slots + queued, "admitted": len(admitted), "rejected": len(rejected),
+            "rejection_latency_p50_ms": _ms(pct(rejected, 50)), "rejection_latency_p99_ms": _ms(pct(rejected, 99)),
+            "admitted_completed": sum(1 for s in admitted if s.ok),
+            "admitted_e2e_p99_s": pct([s.e2e_s for s in admitted if s.ok], 99),
+            "deadline_misses": sum(1 for s in samples if s.status == 504) + sum(1 for s in admitted if not s.ok),
+            "other_errors": sum(1 for s in samples if s.status not in (200, 503, 504)), "wall_s": round(wall, 2)}
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+async def _drain_run(proc: subprocess.Popen[bytes], base: str, n: int) -> tuple[list[Sample], list[int]]:
+    load = asyncio.create_task(_burst(base, n, 48))
+    await asyncio.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(timeout=30) as c:
+        late = [(await c.post(f"{base}/v1/completions", json=_body(8))).status_code for _ in range(4)]
+    return await load, late
+
+
+def drain(threads: int, slots: int, port: int, tmp: Path) -> dict[str, Any]:
+    cfg = _config(tmp, "drain", threads, slots, 64)
+    proc = _start(cfg, port, tmp / "drain.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(_ready(base))
+        samples, late = asyncio.run(_drain_run(proc, base, 2 * slots))
+        code = proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    completed = sum(1 for s in samples if s.ok and s.tokens > 0)
+    return {"in_flight_at_sigterm": len(samples), "completed": completed, "lost": len(samples) - completed,
+            "late_requests_status": late, "exit_code": code}
