@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,bench,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,bench,otel,dev]'
 	touch $(STAMP)
 
 serve: setup

@@ -48,7 +48,9 @@ def _llmops(engine: str, options: dict[str, object]) -> Callable[[int, Path], li
     def command(port: int, tmp: Path) -> list[str]:
         cfg = tmp / f"llmops-{engine}.yaml"
         cfg.write_text(yaml.safe_dump({"log_level": "warning", "models": [
-            {"name": "gemma", "engine": engine, "options": options, "limits": {"default_max_tokens": 512}}]}))
+            # a long deadline: throughput levels queue many requests on purpose (deadlines: see scenarios)
+            {"name": "gemma", "engine": engine, "options": options,
+             "limits": {"default_max_tokens": 512, "default_deadline_s": 600, "max_queued": 256}}]}))
         return [sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)]
     return command
 

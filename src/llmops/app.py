@@ -22,7 +22,11 @@ from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, htt
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.drain import DrainMiddleware
+from llmops.middleware.observe import ObserveMiddleware
 from llmops.middleware.request_id import RequestIdMiddleware
+from llmops.observability.gpu import GpuProbe
+from llmops.observability.metrics import Metrics
+from llmops.observability.tracing import Tracer, build_tracer
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
@@ -30,10 +34,17 @@ from llmops.settings import Settings
 log = logging.getLogger("llmops.app")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
+    """The app for `settings`. `tracer` replaces the one the settings describe (tests use an in-memory one)."""
     pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
-    image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued)
+    metrics = Metrics()
+    image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued,
+                           on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
+    gpu = GpuProbe()
+    metrics.watch(pool.loads, gpu.utilization)
+    obs = settings.observability
+    tracer = tracer or build_tracer(obs.otlp_endpoint, obs.service_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,17 +54,20 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await image_jobs.close()
             await pool.close()
+            tracer.shutdown()
 
     app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool
     app.state.image_jobs = image_jobs
     app.state.lifecycle = lifecycle
+    app.state.metrics = metrics
+    app.state.tracer = tracer
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, ops.router):
         app.include_router(router)
     install_error_handlers(app)
-    build_middleware(app, settings, lifecycle)
+    build_middleware(app, settings, lifecycle, metrics, tracer)
     return app
 
 
@@ -64,15 +78,18 @@ async def drain(app: FastAPI) -> bool:
     return await app.state.lifecycle.drain(settings.shutdown.drain_timeout_s)  # type: ignore[no-any-return]
 
 
-def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle) -> None:
+def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
+                     tracer: Tracer) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
-    2. drain       - counts requests in flight; 503 for new ones once draining
-    3. body_limit  - oversized bodies get 413 before anything parses them
+    2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 413/503 included
+    3. drain       - counts requests in flight; 503 for new ones once draining
+    4. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestIdMiddleware)
 
 

@@ -85,6 +85,13 @@ class ServerLimits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
 
 
+class ObservabilitySettings(_Strict):
+    log_format: Literal["console", "json"] = Field("console", description="json in containers")
+    log_content: bool = Field(False, description="log prompts and outputs (off: never logged)")
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset: tracing off")
+    service_name: str = "llmops"
+
+
 class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
@@ -101,6 +108,7 @@ class Settings(BaseSettings):
     limits: ServerLimits = Field(default_factory=ServerLimits)
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @field_validator("models")
     @classmethod

@@ -42,3 +42,41 @@ def test_fp16_diffusion_on_gpu(tmp_path: Any) -> None:
         assert r.status_code == 200, r.text
         img = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
         assert img.size == (512, 512)
+
+
+def test_nvml_gpu_utilization_metric(tmp_path: Any) -> None:
+    pytest.importorskip("pynvml")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cfg = write_config(tmp_path / "m.yaml", [{"name": "fake", "engine": "fake"}])
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    samples = families["gpu_utilization_percent"].samples
+    assert samples, "NVML reported no GPU"
+    assert all(0 <= s.value <= 100 for s in samples)
+    print("gpu_utilization_percent:", [(s.labels, s.value) for s in samples])
+
+
+def test_tiny_sd_timings_on_gpu(tmp_path: Any) -> None:
+    """Seconds per image on the GPU (fp16), for the record: printed, never asserted against a threshold."""
+    import asyncio
+
+    from llmops.engines.base import ImageRequest
+    from llmops.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+    async def run() -> None:
+        engine = DiffusersEngine("t", DiffusersOptions(model="builtin:tiny-sd", safety_checker=False))
+        await engine.start()
+        for size in (256, 512):
+            req = ImageRequest("r", "x", None, size, size, 30, 7.5, 1, 1)
+            await engine.generate_images([req])  # warm-up
+            started = time.perf_counter()
+            await engine.generate_images([req])
+            print(f"tiny-sd fp16 {size}px 30 steps: {time.perf_counter() - started:.3f} s")
+            batch = [ImageRequest(f"r{i}", "x", None, size, size, 30, 7.5, 1, i) for i in range(4)]
+            started = time.perf_counter()
+            await engine.generate_images(batch)
+            print(f"tiny-sd fp16 {size}px 30 steps, batch of 4: {time.perf_counter() - started:.3f} s")
+        await engine.close()
+
+    asyncio.run(run())

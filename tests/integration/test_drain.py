@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import wait_ready, free_port, write_config
+from tests.helpers import free_port, wait_ready, write_config
 
 REPLY = " ".join(f"w{i}" for i in range(20))
 
@@ -21,7 +21,7 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
         {"name": "slow", "engine": "fake", "options": {"reply": REPLY, "token_delay_s": 0.05, "capacity": 2}}],
         shutdown={"drain_timeout_s": 30})
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],  # noqa: ASYNC220
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -36,7 +36,7 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
                 return await c.post("/v1/completions", json={"model": "slow", "prompt": "x"})
 
             load = [asyncio.create_task(stream()) for _ in range(3)] + [asyncio.create_task(complete())]
-            while (await c.get("/ready")).json()["models"]["slow"]["queued"] < 2:
+            while (await c.get("/ready")).json()["models"]["slow"]["queued"] < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)

@@ -43,7 +43,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     meta = request_meta(request, served.config, body.service_tier())
     messages = tuple(Message(m.role, m.text()) for m in body.messages)
     reqs = text_requests(body, served.config, body.requested_max_tokens(), messages=messages)
-    choices = run_choices(served, engine, reqs, meta)
+    choices = run_choices(request, served, engine, reqs, meta)
     if body.stream:
         return await sse_response(_events(choices, len(reqs), body), meta.headers)
     done = await cancel_on_disconnect(request, collect(choices, len(reqs)))

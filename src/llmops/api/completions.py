@@ -38,7 +38,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                              param="prompt")
     meta = request_meta(request, served.config, body.service_tier())
     reqs = text_requests(body, served.config, body.requested_max_tokens(), prompt=prompt)
-    choices = run_choices(served, engine, reqs, meta)
+    choices = run_choices(request, served, engine, reqs, meta)
     if body.stream:
         return await sse_response(_events(choices, body), meta.headers)
     done = await cancel_on_disconnect(request, collect(choices, len(reqs)))

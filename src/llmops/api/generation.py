@@ -8,10 +8,15 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from fastapi import Request
+
 from llmops.api.request_meta import RequestMeta
 from llmops.engines.base import Message, SamplingParams, TextChunk, TextEngine, TextRequest, TokenUsage
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
+from llmops.middleware.observe import log_fields
+from llmops.observability.inference import InferenceObserver
 from llmops.protocol.common import SamplingFields, Usage
+from llmops.scheduling.admission import Ticket
 from llmops.scheduling.pool import Served
 from llmops.scheduling.runner import admitted_choices
 from llmops.settings import ModelConfig
@@ -70,9 +75,17 @@ class Collected:
 Choices = AsyncIterator[tuple[int, TextChunk]]
 
 
-def run_choices(served: Served, engine: TextEngine, requests: list[TextRequest], meta: RequestMeta) -> Choices:
-    """The request's choices, admitted on the model's queue and bound by the request's deadline."""
-    return admitted_choices(served.admission, engine, requests, meta.deadline, meta.priority, meta.admitted)
+def run_choices(request: Request, served: Served, engine: TextEngine, requests: list[TextRequest],
+                meta: RequestMeta) -> Choices:
+    """The request's choices, admitted on the model's queue, bound by the request's deadline, observed."""
+    obs = InferenceObserver(request.app.state.metrics, request.app.state.tracer, served.config.name,
+                            log_fields(request.scope))
+
+    def on_admit(ticket: Ticket) -> None:
+        meta.admitted(ticket)
+        obs.admitted(ticket)
+
+    return obs.text(admitted_choices(served.admission, engine, requests, meta.deadline, meta.priority, on_admit))
 
 
 async def collect(choices: Choices, n: int) -> Collected:

@@ -8,8 +8,9 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -19,7 +20,10 @@ from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.image_params import ImageFields, parse_size, resolve
 from llmops.api.request_meta import request_meta
 from llmops.engines.base import ImageResult
-from llmops.errors import DeadlineExceeded, InvalidRequest, NotFound, error_body
+from llmops.errors import DeadlineExceeded, InvalidRequest, LLMOpsError, NotFound, error_body
+from llmops.middleware.observe import log_fields
+from llmops.observability.inference import InferenceObserver
+from llmops.observability.metrics import rejection_reason
 from llmops.protocol.images import (
     GenerateRequest,
     GenerateResponse,
@@ -94,7 +98,7 @@ def _data(request: Request, result: ImageResult, response_format: str) -> list[I
 async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
     cfg, job = _submit(request, body)
     deadline = request_meta(request, cfg).deadline
-    result = await cancel_on_disconnect(request, wait_for(job, jobs(request), deadline))
+    result = await _observed(request, cfg.name, wait_for(job, jobs(request), deadline))
     return ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format))
 
 
@@ -107,7 +111,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     deadline = request_meta(request, cfg).deadline
     started = time.perf_counter()
     job = jobs(request).submit(cfg.name, engine, image_request, _batching(cfg))
-    result = await cancel_on_disconnect(request, wait_for(job, jobs(request), deadline))
+    result = await _observed(request, cfg.name, wait_for(job, jobs(request), deadline))
     parameters = {
         "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,
         "num_inference_steps": image_request.steps, "guidance_scale": image_request.guidance_scale,
@@ -115,6 +119,17 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     }
     return GenerateResponse(image_base64=base64.b64encode(result.images[0]).decode(),
                             generation_time=round(time.perf_counter() - started, 2), parameters=parameters)
+
+
+async def _observed(request: Request, model: str, work: Coroutine[Any, Any, ImageResult]) -> ImageResult:
+    obs = InferenceObserver(request.app.state.metrics, request.app.state.tracer, model, log_fields(request.scope))
+    try:
+        result = await cancel_on_disconnect(request, work)
+    except LLMOpsError as exc:
+        obs.images(rejection_reason(exc.code) or "error", 0)
+        raise
+    obs.images("success", len(result.images))
+    return result
 
 
 def job_view(job: Job, queue: ImageJobs) -> ImageJob:

@@ -39,6 +39,8 @@ class LlamaCppOptions(BaseModel):
     n_parallel: int = Field(4, ge=1, le=256, description="slots decoded together (continuous batching)")
     n_threads: int | None = Field(None, ge=1, description="decode threads; default: the cores available")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
+    cpu_poll: int = Field(50, ge=0, le=100, description="llama.cpp threads' busy-wait level (0: sleep, "
+                          "leaving CPU to the HTTP side on small machines; 50: llama.cpp's default)")
     n_batch: int = Field(2048, ge=32)
     n_ubatch: int = Field(512, ge=32)
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to a GPU build; default: llama.cpp's")
@@ -98,6 +100,7 @@ class LlamaCppEngine:
         p.cont_batching = True
         p.cpuparams.n_threads = self.threads
         p.cpuparams_batch.n_threads = o.n_threads_batch or self.threads
+        p.cpuparams.poll = p.cpuparams_batch.poll = o.cpu_poll
         p.n_batch, p.n_ubatch = o.n_batch, o.n_ubatch
         if o.n_gpu_layers is not None:
             p.n_gpu_layers = o.n_gpu_layers

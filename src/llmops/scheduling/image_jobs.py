@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -66,8 +67,10 @@ class _ModelQueue:
 
 
 class ImageJobs:
-    def __init__(self, ttl_s: float, max_queued: int) -> None:
+    def __init__(self, ttl_s: float, max_queued: int,
+                 on_batch: Callable[[str, int], None] | None = None) -> None:
         self._ttl_s, self._max_queued = ttl_s, max_queued
+        self._on_batch = on_batch
         self._queues: dict[str, _ModelQueue] = {}
         self._jobs: dict[str, Job] = {}
 
@@ -127,7 +130,10 @@ class ImageJobs:
             while not queue.waiting:
                 queue.wakeup.clear()
                 await queue.wakeup.wait()
-            await self._run(queue.engine, await self._take_batch(queue))
+            batch = await self._take_batch(queue)
+            if self._on_batch is not None:
+                self._on_batch(batch[0].model, len(batch))
+            await self._run(queue.engine, batch)
 
     async def _take_batch(self, queue: _ModelQueue) -> list[Job]:
         batch = [queue.waiting.popleft()]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelNotFound, ServiceUnavailable
+from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
 from llmops.settings import ModelConfig, Settings
 
@@ -77,6 +78,10 @@ class ModelPool:
             health.detail.update(running=served.admission.running, queued=served.admission.waiting)
             out[name] = health
         return out
+
+    def loads(self) -> dict[str, ModelLoad]:
+        return {name: ModelLoad(s.admission.running, s.admission.waiting, s.health().state)
+                for name, s in self._models.items()}
 
     def close_admission(self) -> None:
         for served in self._models.values():

@@ -1,0 +1,101 @@
+"""Every Prometheus metric, defined in this one module, on a registry owned by the app (nothing global).
+
+The guide's four keep their names: inference_requests_total{model,status}, inference_latency_seconds{model}
+(its buckets, 0.5-60 s), gpu_utilization_percent{gpu} (NVML, where a GPU exists) and
+inference_queue_size{model}. The rest are named like vLLM's where they overlap, with an `llmops_` prefix
+instead of `vllm:`.
+
+One process per container is the design (models are loaded once per process; scale out with replicas),
+so the default registry is process-local and there is no multiprocess mode to configure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+GUIDE_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    running: int
+    waiting: int
+    state: str
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time: queue depth, running requests, model readiness, GPU utilisation."""
+
+    def __init__(self, loads: Callable[[], dict[str, ModelLoad]], gpus: Callable[[], dict[str, float]]) -> None:
+        self._loads, self._gpus = loads, gpus
+
+    def collect(self) -> Iterator[Metric]:
+        loads = self._loads()
+        queue = GaugeMetricFamily("inference_queue_size", "Requests waiting for a slot (the guide's)", labels=["model"])
+        waiting = GaugeMetricFamily("llmops_num_requests_waiting", "Requests waiting for a slot", labels=["model"])
+        running = GaugeMetricFamily("llmops_num_requests_running", "Requests on the engine", labels=["model"])
+        ready = GaugeMetricFamily("llmops_model_ready", "1 when the model is loaded and serving", labels=["model"])
+        for model, load in loads.items():
+            queue.add_metric([model], load.waiting)
+            waiting.add_metric([model], load.waiting)
+            running.add_metric([model], load.running)
+            ready.add_metric([model], 1.0 if load.state == "ready" else 0.0)
+        yield from (queue, waiting, running, ready)
+        gpu = GaugeMetricFamily("gpu_utilization_percent", "GPU utilisation from NVML (the guide's)", labels=["gpu"])
+        for index, percent in self._gpus().items():
+            gpu.add_metric([index], percent)
+        yield gpu
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("inference_requests", "Inference requests by outcome (the guide's)",
+                                ["model", "status"], registry=r)
+        self.latency = Histogram("inference_latency_seconds", "Inference latency (the guide's buckets)", ["model"],
+                                 buckets=GUIDE_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmops_time_to_first_token_seconds", "Time to first token", ["model"],
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("llmops_inter_token_latency_seconds", "Time between streamed tokens", ["model"],
+                             buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("llmops_e2e_request_latency_seconds", "End-to-end request latency", ["model"],
+                             buckets=E2E_BUCKETS, registry=r)
+        self.queue_time = Histogram("llmops_request_queue_time_seconds", "Time spent waiting for a slot", ["model"],
+                                    buckets=E2E_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("llmops_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.generation_tokens = Counter("llmops_generation_tokens", "Tokens generated", ["model"], registry=r)
+        self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
+        self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
+        self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
+                                     registry=r)
+        self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",
+                                      ["route", "method"], buckets=HTTP_BUCKETS, registry=r)
+
+    def watch(self, loads: Callable[[], dict[str, ModelLoad]], gpus: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_LiveCollector(loads, gpus))
+
+    def names(self) -> Iterable[str]:
+        return [m.name for m in self.registry.collect()]
+
+
+REJECTION_REASONS: dict[str, str] = {
+    "overloaded": "overload", "deadline_exceeded": "deadline", "shutting_down": "draining",
+    "rate_limit_exceeded": "rate_limit", "insufficient_quota": "budget", "content_filter": "guardrail",
+}
+
+
+def rejection_reason(code: str | None) -> str | None:
+    return REJECTION_REASONS.get(code or "")

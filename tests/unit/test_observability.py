@@ -1,0 +1,131 @@
+"""Metrics, the access log and tracing, on the in-process app with the fake engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmops.app import create_app
+from llmops.observability.logging import configure_logging
+from llmops.observability.tracing import build_tracer
+from llmops.settings import load_settings
+from tests.helpers import write_config
+
+EXPECTED = {
+    "inference_requests", "inference_latency_seconds", "gpu_utilization_percent", "inference_queue_size",
+    "llmops_time_to_first_token_seconds", "llmops_inter_token_latency_seconds",
+    "llmops_e2e_request_latency_seconds", "llmops_request_queue_time_seconds", "llmops_prompt_tokens",
+    "llmops_generation_tokens", "llmops_num_requests_running", "llmops_num_requests_waiting", "llmops_batch_size",
+    "llmops_images_generated", "llmops_rejections", "llmops_http_requests", "llmops_http_request_duration_seconds",
+    "llmops_model_ready",
+}
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, InMemorySpanExporter]]:
+    cfg = write_config(tmp_path / "o.yaml", [
+        {"name": "fake", "engine": "fake"},
+        {"name": "busy", "engine": "fake", "options": {"capacity": 1, "token_delay_s": 0.2, "reply": "a b c d"},
+         "limits": {"max_queued": 0}}])
+    exporter = InMemorySpanExporter()
+    with TestClient(create_app(load_settings(cfg), tracer=build_tracer(None, "t", exporter)),
+                    raise_server_exceptions=False) as c:
+        for _ in range(100):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.01)
+        yield c, exporter
+
+
+def samples(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = c.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def chat(c: TestClient, model: str = "fake", **extra: object) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": "secret prompt words"}], **extra}
+    return c.post("/v1/chat/completions", json=body).status_code
+
+
+def test_every_metric_is_exposed(app_client: tuple[TestClient, InMemorySpanExporter]) -> None:
+    c, _ = app_client
+    chat(c)
+    families = {fam.name for fam in text_string_to_metric_families(c.get("/metrics").text)}
+    assert families >= EXPECTED - {"gpu_utilization_percent"}  # no GPU here: the family has no samples
+
+
+def test_request_outcomes_tokens_and_latency(app_client: tuple[TestClient, InMemorySpanExporter]) -> None:
+    c, _ = app_client
+    assert chat(c) == 200
+    assert chat(c, stream=True) == 200
+    s = samples(c)
+    assert s[("inference_requests_total", (("model", "fake"), ("status", "success")))] == 2
+    assert s[("llmops_generation_tokens_total", (("model", "fake"),))] == 8  # "Echo: secret prompt words" twice
+    assert s[("llmops_time_to_first_token_seconds_count", (("model", "fake"),))] == 2
+    assert s[("inference_latency_seconds_count", (("model", "fake"),))] == 2
+    assert s[("llmops_model_ready", (("model", "fake"),))] == 1
+    route = (("method", "POST"), ("route", "/v1/chat/completions"), ("status", "200"))
+    assert s[("llmops_http_requests_total", route)] == 2
+
+
+def test_rejections_by_reason(app_client: tuple[TestClient, InMemorySpanExporter]) -> None:
+    c, _ = app_client
+    import threading
+
+    t = threading.Thread(target=chat, args=(c, "busy"))
+    t.start()
+    for _ in range(200):
+        if samples(c).get(("llmops_num_requests_running", (("model", "busy"),))) == 1:
+            break
+        time.sleep(0.01)
+    assert chat(c, "busy") == 503
+    t.join()
+    s = samples(c)
+    assert s[("llmops_rejections_total", (("model", "busy"), ("reason", "overload")))] == 1
+    assert s[("inference_requests_total", (("model", "busy"), ("status", "overload")))] == 1
+
+
+def test_spans_http_admission_engine(app_client: tuple[TestClient, InMemorySpanExporter]) -> None:
+    c, exporter = app_client
+    chat(c)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert {"http POST", "admission", "engine.generate"} <= set(spans)
+    root = spans["http POST"]
+    assert spans["admission"].parent is not None
+    assert spans["admission"].parent.span_id == root.context.span_id
+    assert root.attributes is not None
+    assert root.attributes["http.status_code"] == 200
+
+
+def test_access_log_is_one_json_line_without_content(app_client: tuple[TestClient, InMemorySpanExporter],
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    c, _ = app_client
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("info", "json")
+        capfd.readouterr()
+        c.post("/v1/chat/completions", headers={"X-Request-Id": "req-42"},
+               json={"model": "fake", "messages": [{"role": "user", "content": "secret prompt words"}]})
+        err = capfd.readouterr().err
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"request"' in x]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["request_id"] == "req-42"
+    assert line["model"] == "fake"
+    assert line["status"] == 200
+    assert line["completion_tokens"] == 4
+    assert "queue_ms" in line
+    assert "latency_ms" in line
+    assert "secret" not in err
