@@ -76,8 +76,8 @@ def _llama_cpp_python(threads: int, context: int) -> Callable[[int, Path], list[
     return command
 
 
-def targets(threads: int, slots: int) -> dict[str, Target]:
-    llamacpp = {"n_threads": threads, "n_parallel": slots}
+def targets(threads: int, slots: int, cpu_poll: int) -> dict[str, Target]:
+    llamacpp = {"n_threads": threads, "n_parallel": slots, "cpu_poll": cpu_poll}
     return {
         "llmops-llamacpp": Target("llmops-llamacpp", "gemma", _llmops("llamacpp", llamacpp)),
         "llmops-transformers": Target("llmops-transformers", "gemma", _llmops(
@@ -179,15 +179,18 @@ def main() -> int:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--port", type=int, default=18080)
     p.add_argument("--scenarios", default="overload,drain", help="comma list; empty for none")
+    p.add_argument("--cpu-poll", type=int, default=50, help="llmops' llama.cpp busy-wait level (0-100)")
     a = p.parse_args()
     levels = [int(x) for x in a.concurrency.split(",")]
     out = Path(a.out)
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    known = targets(a.threads, a.slots)
+    known = targets(a.threads, a.slots, a.cpu_poll)
+    scenarios.CPU_POLL = a.cpu_poll
     report: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": {"threads": a.threads, "slots": a.slots, "max_tokens": a.max_tokens, "prompt": PROMPT},
+        "settings": {"threads": a.threads, "slots": a.slots, "max_tokens": a.max_tokens, "cpu_poll": a.cpu_poll,
+                     "prompt": PROMPT},
         "startup_s": {}, "results": []}
     for name in a.targets.split(","):
         startup, results = measure(known[name], levels, lambda c: a.requests or max(4, c), a.max_tokens,
