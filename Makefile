@@ -1,6 +1,7 @@
 # Developer entry points. `make serve` and `make test` are the two commands the README promises.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+SERVE_STAMP := $(VENV)/.serve-stamp
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
@@ -9,14 +10,20 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
+# What serving the embedded default needs, and nothing more, so `make serve` is quick on a fresh clone.
 # torch is installed first and pinned: the CPU build of 2.13.0 (otherwise pip pulls a multi-GB CUDA build).
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers]'
+	touch $(SERVE_STAMP)
+
+# Everything: every engine, the bench baselines, tracing, and the development tools.
+$(STAMP): $(SERVE_STAMP)
 	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,bench,otel,dev]'
 	touch $(STAMP)
 
-serve: setup
+serve: $(SERVE_STAMP)
 	$(VENV)/bin/llmops serve $(if $(CONFIG),--config $(CONFIG))
 
 test: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,11 @@ from typing import Any
 
 import httpx
 import yaml
+
+
+def tool(name: str) -> str | None:
+    """A command on PATH, or installed beside this interpreter (a venv's bin/)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
 def free_port() -> int:
@@ -29,9 +35,9 @@ def write_config(path: Path, models: list[dict[str, Any]], **extra: Any) -> Path
 
 @contextmanager
 def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[str, str] | None = None,
-                args: list[str] | None = None, wait_for: str = "/ready") -> Iterator[str]:
+                args: list[str] | None = None, wait_for: str = "/ready", port: int | None = None) -> Iterator[str]:
     """Run `python -m llmops serve` on a free loopback port until `wait_for` answers 200; stop it after."""
-    port = free_port()
+    port = port or free_port()
     cmd = [sys.executable, "-m", "llmops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
     if config is not None:
         cmd += ["--config", str(config)]

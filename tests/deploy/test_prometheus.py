@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers import tool
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "llmops.json"
-promtool = shutil.which("promtool")
+promtool = tool("promtool")
 needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (Debian package prometheus)")
 
 

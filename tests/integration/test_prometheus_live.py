@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import free_port, live_server, wait_ready, write_config
+from tests.helpers import free_port, live_server, tool, wait_ready, write_config
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "llmops.json"
-prometheus = shutil.which("prometheus")
+prometheus = tool("prometheus")
 pytestmark = pytest.mark.skipif(prometheus is None, reason="prometheus not installed (Debian package prometheus)")
 
 KEY_PANELS = ("Requests per second by outcome", "Latency p50 / p90 / p99", "Time to first token p50 / p99",

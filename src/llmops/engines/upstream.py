@@ -1,0 +1,174 @@
+"""Any OpenAI-compatible server as an engine: vLLM, TGI, llama.cpp's server, another llmops, OpenAI.
+
+Requests stream from the upstream and are re-streamed here, so admission, deadlines, cancellation,
+metrics and (later) keys and limits apply in front of it. Before the first token, a connection error,
+timeout, 429 or 5xx is retried with exponential backoff (honouring Retry-After); consecutive failures open
+a circuit breaker, and while it is open requests fail fast with 503 instead of waiting on a dead upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
+from llmops.engines.breaker import CircuitBreaker
+from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
+
+
+class UpstreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="the upstream's OpenAI base URL, e.g. http://vllm:8000/v1")
+    model: str | None = Field(None, description="model name upstream; default: this model's name")
+    api_key_env: str | None = Field(None, description="environment variable holding the upstream's key")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0, description="longest silence between two streamed chunks")
+    max_retries: int = Field(2, ge=0, le=10, description="retries before the first token")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each retry")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open the circuit")
+    breaker_reset_s: float = Field(30.0, gt=0, description="how long the circuit stays open")
+    capacity: int = Field(64, ge=1, description="requests in flight upstream at once (admission's default)")
+    context_length: int = Field(1_000_000, ge=1, description="only for budgets; the upstream checks its own")
+
+
+class _Retryable(Exception):
+    def __init__(self, error: LLMOpsError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error, self.retry_after = error, retry_after
+
+
+def _error_from(status: int, body: bytes) -> LLMOpsError:
+    try:
+        err = json.loads(body).get("error", {})
+    except (ValueError, AttributeError):
+        err = {}
+    message = f"upstream: {err.get('message') or body[:200].decode(errors='replace') or status}"
+    if status == 400 and err.get("code") == "context_length_exceeded":
+        return ContextLengthExceeded(message, param=err.get("param"))
+    if 400 <= status < 500 and status != 429:
+        return InvalidRequest(message, param=err.get("param"))
+    if status in (429, 503):
+        return ServiceUnavailable(message, retry_after=2, code="upstream_unavailable")
+    return EngineError(message)
+
+
+class UpstreamEngine:
+    Options = UpstreamOptions
+
+    def __init__(self, model_name: str, options: UpstreamOptions) -> None:
+        self.model_name, self.options = model_name, options
+        self.context_length = options.context_length
+        self.capacity = options.capacity
+        self.breaker = CircuitBreaker(options.breaker_failures, options.breaker_reset_s)
+        self._client: httpx.AsyncClient | None = None
+        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
+
+    async def start(self) -> None:
+        key = os.environ.get(self.options.api_key_env) if self.options.api_key_env else None
+        timeout = httpx.Timeout(self.options.read_timeout_s, connect=self.options.connect_timeout_s)
+        self._client = httpx.AsyncClient(
+            base_url=self.options.base_url.rstrip("/"), timeout=timeout,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            limits=httpx.Limits(max_connections=self.capacity + 8))
+        self._state = "ready"
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        self._state = "closed"
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._state, {"upstream": self.options.base_url, "circuit": self.breaker.state,
+                                          "consecutive_failures": self.breaker.failures})
+
+    def _body(self, request: TextRequest) -> tuple[str, dict[str, Any]]:
+        s = request.sampling
+        body: dict[str, Any] = {
+            "model": self.options.model or self.model_name, "stream": True,
+            "stream_options": {"include_usage": True}, "temperature": s.temperature, "top_p": s.top_p,
+            "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+            "max_tokens": s.max_tokens or s.default_max_tokens}
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if request.messages is not None:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            return "/chat/completions", body
+        body["prompt"] = request.prompt or ""
+        return "/completions", body
+
+    async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
+        path, body = self._body(request)
+        delay = self.options.backoff_s
+        for attempt in range(self.options.max_retries + 1):
+            if not self.breaker.allow():
+                raise ServiceUnavailable(f"upstream {self.options.base_url} is failing; circuit open",
+                                         retry_after=self.breaker.retry_after(), code="upstream_unavailable")
+            try:
+                async for chunk in self._stream(path, body):
+                    yield chunk
+                return
+            except _Retryable as exc:
+                self.breaker.failure()
+                if attempt == self.options.max_retries:
+                    raise exc.error from None
+                await asyncio.sleep(max(delay, min(exc.retry_after or 0.0, 10.0)))
+                delay *= 2
+
+    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[TextChunk]:
+        assert self._client is not None, "the upstream engine is not started"
+        started = False
+        try:
+            async with self._client.stream("POST", path, json=body) as r:
+                if r.status_code != 200:
+                    raise self._refused(r.status_code, await r.aread(), r.headers.get("retry-after"))
+                async for chunk in self._parse(r):
+                    if not started:
+                        started = True
+                        self.breaker.success()
+                    yield chunk
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            if started:
+                raise EngineError(f"upstream stream broke: {type(exc).__name__}") from exc
+            error = ServiceUnavailable(f"upstream {self.options.base_url} unreachable ({type(exc).__name__})",
+                                       retry_after=2, code="upstream_unavailable")
+            raise _Retryable(error) from exc
+        if not started:
+            self.breaker.success()
+
+    def _refused(self, status: int, body: bytes, retry_after: str | None) -> Exception:
+        error = _error_from(status, body)
+        if status == 429 or status >= 500:
+            return _Retryable(error, float(retry_after) if retry_after and retry_after.isdigit() else None)
+        self.breaker.success()  # the upstream answered: a client error is not an outage
+        return error
+
+    async def _parse(self, r: httpx.Response) -> AsyncIterator[TextChunk]:
+        finish: Literal["stop", "length"] = "stop"
+        usage: TokenUsage | None = None
+        pieces = 0
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise EngineError(f"upstream: {event['error'].get('message', 'error')}")
+            if event.get("usage"):
+                u = event["usage"]
+                usage = TokenUsage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+            for choice in event.get("choices", []):
+                text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                if choice.get("finish_reason") in ("stop", "length"):
+                    finish = choice["finish_reason"]
+                if text:
+                    pieces += 1
+                    yield TextChunk(text)
+        yield TextChunk("", finish_reason=finish, usage=usage or TokenUsage(0, pieces))

@@ -1,0 +1,112 @@
+"""Every Kubernetes overlay renders, every object validates against the Kubernetes schemas
+(kubernetes-validate --strict, offline), the probes, drain and GPU settings say what the docs promise,
+and the llmops config inside each ConfigMap passes `llmops config check`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmops.cli import main
+from tests.deploy.kustomize_lite import render as render_lite
+from tests.helpers import tool
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+OVERLAYS = ["cpu", "gpu", "vllm"]
+CRDS = {"monitoring.coreos.com/v1"}  # no offline schema: checked structurally below
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
+                             text=True, check=True).stdout
+        return [o for o in yaml.safe_load_all(out) if o]
+    return render_lite(K8S / "overlays" / overlay)
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_strictly(overlay: str, tmp_path: Path) -> None:
+    validate = tool("kubernetes-validate")
+    if validate is None:
+        pytest.skip("kubernetes-validate not installed")
+    objs = render(overlay)
+    files = []
+    for i, obj in enumerate(objs):
+        if obj["apiVersion"] in CRDS:
+            assert obj["spec"]["endpoints"][0]["port"] == "http"
+            continue
+        path = tmp_path / f"{i}-{obj['kind']}.yaml"
+        path.write_text(yaml.safe_dump(obj))
+        files.append(str(path))
+    out = subprocess.run([validate, "--strict", "--kubernetes-version", "1.30.0", *files], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_probes_drain_and_rollout(overlay: str) -> None:
+    objs = render(overlay)
+    dep = by_kind(objs, "Deployment", "llmops-api")
+    spec = dep["spec"]["template"]["spec"]
+    api = next(c for c in spec["containers"] if c["name"] == "api")
+    assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert api["startupProbe"]["httpGet"]["path"] == "/health"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert "preStop" in api["lifecycle"]
+    config = yaml.safe_load(by_kind(objs, "ConfigMap", "llmops-config")["data"]["config.yaml"])
+    assert spec["terminationGracePeriodSeconds"] > config["shutdown"]["drain_timeout_s"] + 5
+    assert all(o["metadata"].get("namespace") == "llmops" for o in objs if o["kind"] != "Namespace")
+    kinds = {o["kind"] for o in objs}
+    assert {"Service", "ConfigMap", "PersistentVolumeClaim", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "ServiceMonitor", "NetworkPolicy"} <= kinds
+    assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "redis" for o in objs)
+
+
+def test_gpu_overlay_asks_for_a_gpu_on_gpu_nodes() -> None:
+    spec = by_kind(render("gpu"), "Deployment", "llmops-api")["spec"]["template"]["spec"]
+    api = spec["containers"][0]
+    assert api["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_vllm_overlay_puts_llmops_in_front_of_vllm() -> None:
+    objs = render("vllm")
+    assert by_kind(objs, "Deployment", "vllm")["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "vllm/vllm-openai")
+    config = yaml.safe_load(by_kind(objs, "ConfigMap", "llmops-config")["data"]["config.yaml"])
+    upstream = next(m for m in config["models"] if m["engine"] == "upstream")
+    assert upstream["options"]["base_url"] == "http://vllm:8000/v1"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_configmap_config_is_valid(overlay: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(by_kind(render(overlay), "ConfigMap", "llmops-config")["data"]["config.yaml"])
+    assert main(["config", "check", "--config", str(cfg)]) == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_lite_renderer_matches_kubectl(overlay: str) -> None:
+    kubectl = tool("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: nothing to compare the small renderer with")
+
+    def key(o: dict[str, Any]) -> tuple[str, str]:
+        return o["kind"], o["metadata"]["name"]
+
+    real = sorted(render(overlay), key=key)
+    lite = sorted(render_lite(K8S / "overlays" / overlay), key=key)
+    assert [key(o) for o in real] == [key(o) for o in lite]
+    for a, b in zip(real, lite, strict=True):
+        assert a["spec" if "spec" in a else "metadata"] == b["spec" if "spec" in b else "metadata"], key(a)
