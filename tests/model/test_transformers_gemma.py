@@ -11,7 +11,7 @@ import pytest_asyncio
 from llmops.engines.base import Message, SamplingParams, TextRequest
 from llmops.engines.transformers import TransformersEngine, TransformersOptions
 from llmops.errors import ContextLengthExceeded
-from tests.model.conftest import require
+from tests.model.conftest import require, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -24,15 +24,6 @@ async def engine() -> AsyncIterator[TransformersEngine]:
     await e.start()
     yield e
     await e.close()
-
-
-async def run(engine: TransformersEngine, request: TextRequest) -> tuple[str, int, int, str | None]:
-    text, usage, finish = "", None, None
-    async for chunk in engine.generate(request):
-        text += chunk.text
-        usage, finish = chunk.usage or usage, chunk.finish_reason or finish
-    assert usage is not None
-    return text, usage.prompt_tokens, usage.completion_tokens, finish
 
 
 async def test_greedy_completion_and_token_counts(engine: TransformersEngine) -> None:

@@ -33,3 +33,10 @@ def test_internal_error_hides_details() -> None:
     exc = errors.internal_error(RuntimeError("secret path /etc/passwd"))
     assert "passwd" not in exc.message
     assert errors.kind_of(exc).status == 500
+
+
+def test_missing_backend_names_the_extra_to_install() -> None:
+    from llmops.engines.registry import require
+
+    with pytest.raises(errors.EngineUnavailable, match=r"pip install 'llmops\[llamacpp\]'"):
+        require("llmops_no_such_backend_module", "llamacpp")
