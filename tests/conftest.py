@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,19 @@ FAKE_MODELS = [
      "limits": {"max_n": 3}},
     {"name": "fake-tiny-context", "engine": "fake", "options": {"context_length": 16}},
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_key_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every app and server in the tests uses a key store of its own, never the user's."""
+    path = tmp_path_factory.mktemp("keys") / "llmops.db"
+    saved = os.environ.get("LLMOPS_AUTH__SQLITE_PATH")
+    os.environ["LLMOPS_AUTH__SQLITE_PATH"] = str(path)
+    yield
+    if saved is None:
+        os.environ.pop("LLMOPS_AUTH__SQLITE_PATH", None)
+    else:
+        os.environ["LLMOPS_AUTH__SQLITE_PATH"] = saved
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

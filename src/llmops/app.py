@@ -17,9 +17,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import chat, completions, images, models, ops
+from llmops.api import admin, chat, completions, images, models, ops
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.lifecycle import Lifecycle
+from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.drain import DrainMiddleware
 from llmops.middleware.observe import ObserveMiddleware
@@ -30,6 +31,7 @@ from llmops.observability.tracing import Tracer, build_tracer
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
+from llmops.stores.keys import KeyStore, build_key_store
 
 log = logging.getLogger("llmops.app")
 
@@ -41,6 +43,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued,
                            on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
+    keys = build_key_store(settings.auth.store, settings.auth.sqlite_path)
     gpu = GpuProbe()
     metrics.watch(pool.loads, gpu.utilization)
     obs = settings.observability
@@ -62,12 +65,13 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.image_jobs = image_jobs
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
+    app.state.keys = keys
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
-    for router in (chat.router, completions.router, images.router, models.router, ops.router):
+    for router in (chat.router, completions.router, images.router, models.router, ops.router, admin.router):
         app.include_router(router)
     install_error_handlers(app)
-    build_middleware(app, settings, lifecycle, metrics, tracer)
+    build_middleware(app, settings, lifecycle, metrics, tracer, keys)
     return app
 
 
@@ -79,16 +83,18 @@ async def drain(app: FastAPI) -> bool:
 
 
 def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
-                     tracer: Tracer) -> None:
+                     tracer: Tracer, keys: KeyStore) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
-    2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 413/503 included
-    3. drain       - counts requests in flight; 503 for new ones once draining
-    4. body_limit  - oversized bodies get 413 before anything parses them
+    2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 401/413/503 included
+    3. auth        - API key -> principal, 401 before anything else is spent on the request
+    4. drain       - counts requests in flight; 503 for new ones once draining
+    5. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
+    app.add_middleware(AuthMiddleware, store=keys, metrics_require_key=settings.auth.metrics_require_key)
     app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestIdMiddleware)
 

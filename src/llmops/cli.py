@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: the embedded Gemma model)")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
+    serve.add_argument("--insecure-no-auth", action="store_true", default=None,
+                       help="allow binding a non-loopback address with no API keys")
     models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
     models.add_argument("--config")
     models_sub = models.add_subparsers(dest="models_command")
@@ -24,6 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
+    keys = sub.add_parser("keys", help="manage API keys in the configured store")
+    keys.add_argument("--config")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
+    create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    for verb in ("show", "revoke"):
+        keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and every engine's options")
@@ -32,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None),
+                         insecure_no_auth=getattr(args, "insecure_no_auth", None))
 
 
 def _check_engines(settings: Settings) -> None:
@@ -49,6 +62,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     configure_logging(settings.log_level, settings.observability.log_format)
     serve(settings)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import json
+
+    from llmops.stores.keys import build_key_store, new_key
+
+    settings = _load(args)
+    store = build_key_store(settings.auth.store, settings.auth.sqlite_path)
+    if args.keys_command == "create":
+        models = tuple(m for m in args.models.split(",") if m)
+        key, secret = new_key(args.name, models, args.priority)
+        store.add(key)
+        print(json.dumps({**key.public(), "secret": secret}, indent=2))
+        print("store the secret now: it is not kept and cannot be shown again", file=sys.stderr)
+    elif args.keys_command == "list":
+        for key in store.all():
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}\t{key.name}\t{key.display}\t{state}\t{','.join(key.models) or '*'}\t{key.priority}")
+    else:
+        key = store.revoke(args.id) if args.keys_command == "revoke" else store.get(args.id)
+        print(json.dumps(key.public(), indent=2))
     return 0
 
 
@@ -75,7 +111,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check}
+    handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -7,6 +7,8 @@
     │   ├── ContextLengthExceeded    400, code context_length_exceeded
     │   ├── UnsupportedParameter     400, a parameter this model or engine does not support
     │   └── ContentFiltered          400, code content_filter (a safety checker or guardrail blocked it)
+    ├── Unauthorized                 401, code invalid_api_key (missing or unknown key)
+    ├── PermissionDenied             403 (this key may not use this model; admin API without the admin key)
     ├── NotFound                     404 (unknown route, unknown job)
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
@@ -64,6 +66,14 @@ class UnsupportedParameter(InvalidRequest):
 
 class ContentFiltered(InvalidRequest):
     code = "content_filter"
+
+
+class Unauthorized(LLMOpsError):
+    code = "invalid_api_key"
+
+
+class PermissionDenied(LLMOpsError):
+    code = "permission_denied"
 
 
 class NotFound(LLMOpsError):
@@ -125,6 +135,8 @@ class ErrorKind:
 # The one table. Order matters: the first class an exception is an instance of wins.
 ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
+    (Unauthorized, ErrorKind(401, "authentication_error")),
+    (PermissionDenied, ErrorKind(403, "permission_error")),
     (NotFound, ErrorKind(404, "invalid_request_error")),
     (MethodNotAllowed, ErrorKind(405, "invalid_request_error")),
     (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
@@ -137,6 +149,8 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
 
 _STATUS_TO_ERROR: dict[int, type[LLMOpsError]] = {
     400: InvalidRequest,
+    401: Unauthorized,
+    403: PermissionDenied,
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,

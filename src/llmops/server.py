@@ -12,7 +12,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from llmops.app import create_app, drain
+from llmops.errors import ConfigError
 from llmops.settings import Settings
+from llmops.stores.keys import build_key_store
 
 log = logging.getLogger("llmops.server")
 
@@ -43,7 +45,21 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address without API keys, unless the operator says so."""
+    if settings.host in LOOPBACK or settings.host.startswith("127.") or settings.insecure_no_auth:
+        return
+    store = build_key_store(settings.auth.store, settings.auth.sqlite_path)
+    if store.key_count() == 0:
+        raise ConfigError(f"refusing to serve {settings.host} with no API keys: anyone who can reach it could use "
+                          "it. Create one (llmops keys create --name NAME) or pass --insecure-no-auth")
+
+
 def serve(settings: Settings) -> None:
+    check_exposure(settings)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=5, lifespan="on")

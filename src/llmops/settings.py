@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmops.errors import ConfigError
@@ -92,6 +92,18 @@ class ObservabilitySettings(_Strict):
     service_name: str = "llmops"
 
 
+class AuthSettings(_Strict):
+    """API keys. With no key in the store, a server on loopback is open (the embedded default); once a key
+    has been created every request needs one (revoking them all does not reopen it). A server bound
+    elsewhere refuses to start without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so."""
+
+    store: Literal["sqlite", "memory"] = "sqlite"
+    sqlite_path: str = Field("~/.local/share/llmops/llmops.db", description="keys survive restarts here")
+    admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
+                                        "Unset: the admin API is disabled")
+    metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
+
+
 class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
@@ -109,6 +121,8 @@ class Settings(BaseSettings):
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
 
     @field_validator("models")
     @classmethod

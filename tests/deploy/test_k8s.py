@@ -67,8 +67,10 @@ def test_deployment_probes_drain_and_rollout(overlay: str) -> None:
     assert spec["terminationGracePeriodSeconds"] > config["shutdown"]["drain_timeout_s"] + 5
     assert all(o["metadata"].get("namespace") == "llmops" for o in objs if o["kind"] != "Namespace")
     kinds = {o["kind"] for o in objs}
-    assert {"Service", "ConfigMap", "PersistentVolumeClaim", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "ServiceMonitor", "NetworkPolicy"} <= kinds
+    assert {"Service", "ConfigMap", "Secret", "PersistentVolumeClaim", "HorizontalPodAutoscaler",
+            "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"} <= kinds
+    admin = next(e for e in api["env"] if e["name"] == "LLMOPS_AUTH__ADMIN_KEY")
+    assert admin["valueFrom"]["secretKeyRef"]["name"] == "llmops-admin"
     assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "redis" for o in objs)
 
 

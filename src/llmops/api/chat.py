@@ -38,6 +38,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    deps.authorize(request, body.model)
     served, engine = deps.pool(request).text_engine(body.model)
     check_request(body, served.config)
     meta = request_meta(request, served.config, body.service_tier())

@@ -30,6 +30,7 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request) -> Response:
+    deps.authorize(request, body.model)
     served, engine = deps.pool(request).text_engine(body.model)
     check_request(body, served.config)
     prompt = body.prompt_text()

@@ -6,8 +6,10 @@ from typing import cast
 
 from fastapi import Request
 
+from llmops.errors import PermissionDenied
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
+from llmops.stores.keys import ApiKey
 
 
 def pool(request: Request) -> ModelPool:
@@ -16,3 +18,15 @@ def pool(request: Request) -> ModelPool:
 
 def settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
+
+
+def api_key(request: Request) -> ApiKey | None:
+    key = request.scope.get("state", {}).get("api_key")
+    return key if isinstance(key, ApiKey) else None
+
+
+def authorize(request: Request, model: str) -> None:
+    """403 when the caller's key may not use `model` (anonymous callers reach here only on an open server)."""
+    key = api_key(request)
+    if key is not None and not key.allows(model):
+        raise PermissionDenied(f"this API key may not use model {model!r}", param="model", code="model_not_allowed")

@@ -73,6 +73,7 @@ def _fields(body: ImageGenerationRequest) -> ImageFields:
 
 def _submit(request: Request, body: ImageGenerationRequest) -> tuple[ModelConfig, Job]:
     cfg, engine = deps.pool(request).image_engine(body.model)
+    deps.authorize(request, cfg.name)
     if body.response_format == "url" and deps.settings(request).images.store_dir is None:
         raise InvalidRequest("response_format 'url' needs images.store_dir configured on the server",
                              param="response_format")
@@ -105,6 +106,7 @@ async def generations(body: ImageGenerationRequest, request: Request) -> ImagesR
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     cfg, engine = deps.pool(request).image_engine(body.model)
+    deps.authorize(request, cfg.name)
     fields = ImageFields(body.prompt, body.negative_prompt, body.width, body.height, body.num_inference_steps,
                          body.guidance_scale, 1, body.seed)
     image_request = resolve(cfg, fields)

@@ -14,7 +14,9 @@ router = APIRouter()
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     created = request.app.state.started_at
-    return ModelList(data=[ModelCard(id=name, created=created) for name in deps.pool(request).names()])
+    key = deps.api_key(request)
+    names = [n for n in deps.pool(request).names() if key is None or key.allows(n)]
+    return ModelList(data=[ModelCard(id=name, created=created) for name in names])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)

@@ -46,7 +46,9 @@ def _timeout(request: Request, cfg: ModelConfig) -> float:
 def _priority(request: Request, service_tier: str | None) -> Priority:
     raw = request.headers.get("x-priority")
     if raw is None:
-        return "batch" if service_tier == "flex" else "interactive"
+        key = request.scope.get("state", {}).get("api_key")
+        default: Priority = key.priority if key is not None else "interactive"
+        return "batch" if service_tier == "flex" else default
     if raw not in ("interactive", "batch"):
         raise InvalidRequest("X-Priority must be 'interactive' or 'batch'", param="X-Priority")
     return "batch" if raw == "batch" else "interactive"
