@@ -24,6 +24,7 @@ from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.drain import DrainMiddleware
 from llmops.middleware.observe import ObserveMiddleware
+from llmops.middleware.rate_limit import RateLimitMiddleware
 from llmops.middleware.request_id import RequestIdMiddleware
 from llmops.observability.gpu import GpuProbe
 from llmops.observability.metrics import Metrics
@@ -89,11 +90,15 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     1. request_id  - every response, errors included, carries X-Request-Id
     2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 401/413/503 included
     3. auth        - API key -> principal, 401 before anything else is spent on the request
-    4. drain       - counts requests in flight; 503 for new ones once draining
-    5. body_limit  - oversized bodies get 413 before anything parses them
+    4. rate_limit  - requests/min per key (or per client IP, X-Forwarded-For from trusted proxies only): 429
+    5. drain       - counts requests in flight; 503 for new ones once draining
+    6. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
+    limits = settings.rate_limits
+    app.add_middleware(RateLimitMiddleware, anonymous_rpm=limits.anonymous_rpm,
+                       trusted_proxies=limits.trusted_proxies, metrics=metrics)
     app.add_middleware(AuthMiddleware, store=keys, metrics_require_key=settings.auth.metrics_require_key)
     app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestIdMiddleware)

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     for verb in ("show", "revoke"):
         keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
@@ -74,7 +75,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     store = build_key_store(settings.auth.store, settings.auth.sqlite_path)
     if args.keys_command == "create":
         models = tuple(m for m in args.models.split(",") if m)
-        key, secret = new_key(args.name, models, args.priority)
+        key, secret = new_key(args.name, models, args.priority, args.rpm)
         store.add(key)
         print(json.dumps({**key.public(), "secret": secret}, indent=2))
         print("store the secret now: it is not kept and cannot be shown again", file=sys.stderr)

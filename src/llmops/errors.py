@@ -9,6 +9,7 @@
     │   └── ContentFiltered          400, code content_filter (a safety checker or guardrail blocked it)
     ├── Unauthorized                 401, code invalid_api_key (missing or unknown key)
     ├── PermissionDenied             403 (this key may not use this model; admin API without the admin key)
+    ├── RateLimited                  429 + Retry-After, code rate_limit_exceeded
     ├── NotFound                     404 (unknown route, unknown job)
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
@@ -76,6 +77,14 @@ class PermissionDenied(LLMOpsError):
     code = "permission_denied"
 
 
+class RateLimited(LLMOpsError):
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(LLMOpsError):
     code = "not_found"
 
@@ -137,6 +146,7 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
     (Unauthorized, ErrorKind(401, "authentication_error")),
     (PermissionDenied, ErrorKind(403, "permission_error")),
+    (RateLimited, ErrorKind(429, "rate_limit_error")),
     (NotFound, ErrorKind(404, "invalid_request_error")),
     (MethodNotAllowed, ErrorKind(405, "invalid_request_error")),
     (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
@@ -174,7 +184,7 @@ def error_body(exc: LLMOpsError) -> dict[str, Any]:
 def error_response_parts(exc: LLMOpsError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, JSON body, extra headers) for an exception."""
     headers: dict[str, str] = {}
-    if isinstance(exc, ServiceUnavailable):
+    if isinstance(exc, ServiceUnavailable | RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
     return kind_of(exc).status, error_body(exc), headers
 

@@ -61,6 +61,8 @@ def check_exposure(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     check_exposure(settings)
     app = create_app(settings)
+    # proxy_headers off: uvicorn would otherwise rewrite the client address from X-Forwarded-For sent by
+    # 127.0.0.1; llmops decides itself whom to believe (rate_limits.trusted_proxies).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", proxy_headers=False)
     DrainingServer(config, app).run()

@@ -104,6 +104,12 @@ class AuthSettings(_Strict):
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
 
 
+class RateLimitSettings(_Strict):
+    anonymous_rpm: int | None = Field(None, ge=1, description="requests/min per client IP without a key; unset: off")
+    trusted_proxies: list[str] = Field(default_factory=list, description="networks (CIDR) whose X-Forwarded-For "
+                                       "is believed; from anyone else the header is ignored")
+
+
 class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
@@ -122,6 +128,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
 
     @field_validator("models")

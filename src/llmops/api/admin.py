@@ -24,6 +24,7 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     models: list[str] = Field(default_factory=list, description="models this key may use; empty: all")
     priority: Literal["interactive", "batch"] = "interactive"
+    rpm: int | None = Field(None, ge=1, description="requests per minute; unset: no limit")
 
 
 def _guard(request: Request) -> KeyStore:
@@ -40,7 +41,7 @@ def _guard(request: Request) -> KeyStore:
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
     store = _guard(request)
-    key, secret = new_key(body.name, tuple(body.models), body.priority)
+    key, secret = new_key(body.name, tuple(body.models), body.priority, body.rpm)
     await asyncio.to_thread(store.add, key)
     return JSONResponse({**key.public(), "secret": secret}, status_code=201)
 

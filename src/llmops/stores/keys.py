@@ -31,13 +31,14 @@ class ApiKey:
     priority: Priority = "interactive"
     created_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
+    rpm: int | None = None  # requests per minute; None: no limit
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "display": self.display, "models": list(self.models),
-                "priority": self.priority, "created_at": int(self.created_at),
+                "priority": self.priority, "rpm": self.rpm, "created_at": int(self.created_at),
                 "revoked_at": int(self.revoked_at) if self.revoked_at else None}
 
 
@@ -45,9 +46,10 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(name: str, models: tuple[str, ...], priority: Priority) -> tuple[ApiKey, str]:
+def new_key(name: str, models: tuple[str, ...], priority: Priority, rpm: int | None = None) -> tuple[ApiKey, str]:
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(f"key_{secrets.token_hex(6)}", name, hash_secret(secret), secret[:16] + "...", models, priority)
+    key = ApiKey(f"key_{secrets.token_hex(6)}", name, hash_secret(secret), secret[:16] + "...", models, priority,
+                 rpm=rpm)
     return key, secret
 
 
@@ -100,8 +102,8 @@ class MemoryKeyStore:
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, display TEXT NOT NULL,
-    models TEXT NOT NULL, priority TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"""
-_COLUMNS = "id, name, hash, display, models, priority, created_at, revoked_at"
+    models TEXT NOT NULL, priority TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL, rpm INTEGER)"""
+_COLUMNS = "id, name, hash, display, models, priority, created_at, revoked_at, rpm"
 
 
 class SqliteKeyStore:
@@ -120,13 +122,13 @@ class SqliteKeyStore:
     def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[ApiKey]:
         with self._lock, self._connect() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM api_keys {where}", args).fetchall()
-        return [ApiKey(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7]) for r in rows]
+        return [ApiKey(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7], r[8]) for r in rows]
 
     def add(self, key: ApiKey) -> None:
         with self._lock, self._connect() as db:
-            db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (key.id, key.name, key.hash, key.display, json.dumps(list(key.models)), key.priority,
-                        key.created_at, key.revoked_at))
+                        key.created_at, key.revoked_at, key.rpm))
 
     def by_hash(self, digest: str) -> ApiKey | None:
         found = self._rows("WHERE hash = ?", (digest,))
