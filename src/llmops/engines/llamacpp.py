@@ -41,6 +41,8 @@ class LlamaCppOptions(BaseModel):
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
     cpu_poll: int = Field(50, ge=0, le=100, description="llama.cpp threads' busy-wait level (0: sleep, "
                           "leaving CPU to the HTTP side on small machines; 50: llama.cpp's default)")
+    log_verbosity: int = Field(2, ge=0, le=5, description="llama.cpp's own log level to stderr: 2 warnings and "
+                               "errors (default here), 3 also per-request info (llama.cpp's default)")
     n_batch: int = Field(2048, ge=32)
     n_ubatch: int = Field(512, ge=32)
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to a GPU build; default: llama.cpp's")
@@ -101,6 +103,7 @@ class LlamaCppEngine:
         p.cpuparams.n_threads = self.threads
         p.cpuparams_batch.n_threads = o.n_threads_batch or self.threads
         p.cpuparams.poll = p.cpuparams_batch.poll = o.cpu_poll
+        p.verbosity = o.log_verbosity
         p.n_batch, p.n_ubatch = o.n_batch, o.n_ubatch
         if o.n_gpu_layers is not None:
             p.n_gpu_layers = o.n_gpu_layers
