@@ -36,13 +36,17 @@ class LLMOpsError(Exception):
     """Base of every error raised on purpose. `param` names the offending request field, if any."""
 
     code: str | None = None
+    retry_after: int | None = None  # seconds; sent as Retry-After when set
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ConfigError(LLMOpsError):
@@ -79,10 +83,7 @@ class PermissionDenied(LLMOpsError):
 
 class RateLimited(LLMOpsError):
     code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class NotFound(LLMOpsError):
@@ -111,10 +112,7 @@ class ServiceUnavailable(LLMOpsError):
     """Not ready yet, or draining. Clients should retry after `retry_after` seconds."""
 
     code = "service_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class Overloaded(ServiceUnavailable):
@@ -184,7 +182,7 @@ def error_body(exc: LLMOpsError) -> dict[str, Any]:
 def error_response_parts(exc: LLMOpsError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, JSON body, extra headers) for an exception."""
     headers: dict[str, str] = {}
-    if isinstance(exc, ServiceUnavailable | RateLimited):
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return kind_of(exc).status, error_body(exc), headers
 

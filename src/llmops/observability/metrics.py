@@ -11,7 +11,7 @@ so the default registry is process-local and there is no multiprocess mode to co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -86,9 +86,6 @@ class Metrics:
 
     def watch(self, loads: Callable[[], dict[str, ModelLoad]], gpus: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LiveCollector(loads, gpus))
-
-    def names(self) -> Iterable[str]:
-        return [m.name for m in self.registry.collect()]
 
 
 REJECTION_REASONS: dict[str, str] = {

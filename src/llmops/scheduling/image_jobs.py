@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmops.engines.base import ImageEngine, ImageRequest, ImageResult, same_shape
+from llmops.engines.batching import gather_batch
 from llmops.errors import (
     ContentFiltered,
     LLMOpsError,
@@ -136,20 +137,9 @@ class ImageJobs:
             await self._run(queue.engine, batch)
 
     async def _take_batch(self, queue: _ModelQueue) -> list[Job]:
-        batch = [queue.waiting.popleft()]
-        limit, deadline = queue.batching.max_batch_size, time.monotonic() + queue.batching.batch_timeout_s
-        while len(batch) < limit:
-            for job in [j for j in queue.waiting if same_shape(j.request, batch[0].request)][:limit - len(batch)]:
-                queue.waiting.remove(job)
-                batch.append(job)
-            remaining = deadline - time.monotonic()
-            if len(batch) >= limit or remaining <= 0:
-                break
-            queue.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await queue.wakeup.wait()
-        return batch
+        first = queue.waiting.popleft()
+        return await gather_batch(first, queue.waiting, lambda j: same_shape(j.request, first.request),
+                                  queue.batching.max_batch_size, queue.batching.batch_timeout_s, queue.wakeup)
 
     async def _run(self, engine: ImageEngine, batch: list[Job]) -> None:
         for job in batch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
@@ -23,7 +23,6 @@ class Served:
     engine: Engine
     admission: Admission
     error: str | None = None
-    loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def health(self) -> EngineHealth:
         h = self.engine.health()
@@ -47,10 +46,6 @@ class ModelPool:
     def start_loading(self) -> None:
         self._loader = asyncio.create_task(self._load_all(), name="llmops-load-models")
 
-    async def wait_loaded(self) -> None:
-        if self._loader is not None:
-            await asyncio.shield(self._loader)
-
     async def _load_all(self) -> None:
         for served in self._models.values():  # one at a time: loads compete for the same cores
             try:
@@ -59,8 +54,6 @@ class ModelPool:
             except Exception as exc:
                 served.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", served.config.name, served.error)
-            finally:
-                served.loaded.set()
 
     async def close(self) -> None:
         if self._loader is not None and not self._loader.done():
