@@ -24,13 +24,13 @@ FAKE_MODELS = [
 def _isolated_key_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every app and server in the tests uses a key store of its own, never the user's."""
     path = tmp_path_factory.mktemp("keys") / "llmops.db"
-    saved = os.environ.get("LLMOPS_AUTH__SQLITE_PATH")
-    os.environ["LLMOPS_AUTH__SQLITE_PATH"] = str(path)
+    saved = os.environ.get("LLMOPS_STATE__SQLITE_PATH")
+    os.environ["LLMOPS_STATE__SQLITE_PATH"] = str(path)
     yield
     if saved is None:
-        os.environ.pop("LLMOPS_AUTH__SQLITE_PATH", None)
+        os.environ.pop("LLMOPS_STATE__SQLITE_PATH", None)
     else:
-        os.environ["LLMOPS_AUTH__SQLITE_PATH"] = saved
+        os.environ["LLMOPS_STATE__SQLITE_PATH"] = saved
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

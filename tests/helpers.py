@@ -69,3 +69,40 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port, its data in `folder` (SAVE writes dump.rdb there)."""
+
+    def __init__(self, folder: Path) -> None:
+        exe = tool("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+                     "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def dump(self) -> bytes:
+        """Everything Redis holds, as the bytes of an RDB snapshot."""
+        import redis
+
+        redis.Redis.from_url(self.url).save()
+        return (self.folder / "dump.rdb").read_bytes()

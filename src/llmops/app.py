@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import admin, chat, completions, images, models, ops
+from llmops.api import admin, chat, completions, images, models, ops, usage
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
@@ -29,10 +29,11 @@ from llmops.middleware.request_id import RequestIdMiddleware
 from llmops.observability.gpu import GpuProbe
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer, build_tracer
+from llmops.pipeline.accounting import Accountant
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
-from llmops.stores.keys import KeyStore, build_key_store
+from llmops.stores import State, build_state
 
 log = logging.getLogger("llmops.app")
 
@@ -44,7 +45,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued,
                            on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
-    keys = build_key_store(settings.auth.store, settings.auth.sqlite_path)
+    state = build_state(settings.state, on_error=lambda op: metrics.store_errors.labels(op).inc())
+    accountant = Accountant(state, settings.spend, metrics)
     gpu = GpuProbe()
     metrics.watch(pool.loads, gpu.utilization)
     obs = settings.observability
@@ -58,6 +60,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
         finally:
             await image_jobs.close()
             await pool.close()
+            await accountant.close()
+            await state.close()
             tracer.shutdown()
 
     app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
@@ -66,13 +70,15 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.image_jobs = image_jobs
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
-    app.state.keys = keys
+    app.state.keys = state.keys
+    app.state.accountant = accountant
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
-    for router in (chat.router, completions.router, images.router, models.router, ops.router, admin.router):
+    for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
+                   admin.router):
         app.include_router(router)
     install_error_handlers(app)
-    build_middleware(app, settings, lifecycle, metrics, tracer, keys)
+    build_middleware(app, settings, lifecycle, metrics, tracer, state)
     return app
 
 
@@ -84,22 +90,23 @@ async def drain(app: FastAPI) -> bool:
 
 
 def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
-                     tracer: Tracer, keys: KeyStore) -> None:
+                     tracer: Tracer, state: State) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
     2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 401/413/503 included
     3. auth        - API key -> principal, 401 before anything else is spent on the request
-    4. rate_limit  - requests/min per key (or per client IP, X-Forwarded-For from trusted proxies only): 429
+    4. rate_limit  - requests/min and in flight per key (requests/min per client IP without a key,
+                     X-Forwarded-For from trusted proxies only): 429
     5. drain       - counts requests in flight; 503 for new ones once draining
     6. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     limits = settings.rate_limits
-    app.add_middleware(RateLimitMiddleware, anonymous_rpm=limits.anonymous_rpm,
+    app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,
                        trusted_proxies=limits.trusted_proxies, metrics=metrics)
-    app.add_middleware(AuthMiddleware, store=keys, metrics_require_key=settings.auth.metrics_require_key)
+    app.add_middleware(AuthMiddleware, store=state.keys, metrics_require_key=settings.auth.metrics_require_key)
     app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestIdMiddleware)
 

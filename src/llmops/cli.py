@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from llmops.errors import ConfigError, LLMOpsError
 from llmops.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from llmops.stores.keys import KeyStore
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
     create.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
+    create.add_argument("--max-concurrent", type=int, default=None, help="requests in flight (default: no limit)")
+    create.add_argument("--budget", type=float, default=None, help="dollars per budget period (default: none)")
+    create.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     for verb in ("show", "revoke"):
         keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
@@ -67,26 +75,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    import json
+    import asyncio
 
-    from llmops.stores.keys import build_key_store, new_key
+    from llmops.stores import build_state
 
     settings = _load(args)
-    store = build_key_store(settings.auth.store, settings.auth.sqlite_path)
+
+    async def run() -> None:
+        state = build_state(settings.state)
+        try:
+            await _keys_command(args, state.keys)
+        finally:
+            await state.close()
+
+    asyncio.run(run())
+    return 0
+
+
+async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
+    import json
+
+    from llmops.stores.keys import KeyLimits, new_key
+
     if args.keys_command == "create":
         models = tuple(m for m in args.models.split(",") if m)
-        key, secret = new_key(args.name, models, args.priority, args.rpm)
-        store.add(key)
+        limits = KeyLimits(args.rpm, args.tpm, args.max_concurrent, args.budget, args.budget_period)
+        key, secret = new_key(args.name, models, args.priority, limits)
+        await store.add(key)
         print(json.dumps({**key.public(), "secret": secret}, indent=2))
         print("store the secret now: it is not kept and cannot be shown again", file=sys.stderr)
     elif args.keys_command == "list":
-        for key in store.all():
+        for key in await store.all():
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}\t{key.name}\t{key.display}\t{state}\t{','.join(key.models) or '*'}\t{key.priority}")
     else:
-        key = store.revoke(args.id) if args.keys_command == "revoke" else store.get(args.id)
+        key = await (store.revoke(args.id) if args.keys_command == "revoke" else store.get(args.id))
         print(json.dumps(key.public(), indent=2))
-    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@
     ├── Unauthorized                 401, code invalid_api_key (missing or unknown key)
     ├── PermissionDenied             403 (this key may not use this model; admin API without the admin key)
     ├── RateLimited                  429 + Retry-After, code rate_limit_exceeded
+    │   └── QuotaExceeded            429, code insufficient_quota (the key's budget is spent)
     ├── NotFound                     404 (unknown route, unknown job)
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
@@ -17,7 +18,9 @@
     ├── RequestCancelled             499 (the client cancelled; recorded on jobs, rarely sent)
     ├── ServiceUnavailable           503 + Retry-After (not ready)
     │   ├── Overloaded               503, code overloaded (the model's queue is full: refused at once)
-    │   └── ShuttingDown             503, code shutting_down (draining after SIGTERM)
+    │   ├── ShuttingDown             503, code shutting_down (draining after SIGTERM)
+    │   ├── SpendLimitReached        503, code spend_limit_reached (the global spend circuit breaker is open)
+    │   └── StoreUnavailable         503, code store_unavailable (Redis unreachable and the policy fails closed)
     ├── DeadlineExceeded             504, code deadline_exceeded (queued or ran past the request's deadline)
     └── EngineError                  500 for that request only; the server keeps serving
 
@@ -86,6 +89,10 @@ class RateLimited(LLMOpsError):
     retry_after = 1
 
 
+class QuotaExceeded(RateLimited):
+    code = "insufficient_quota"
+
+
 class NotFound(LLMOpsError):
     code = "not_found"
 
@@ -121,6 +128,15 @@ class Overloaded(ServiceUnavailable):
 
 class ShuttingDown(ServiceUnavailable):
     code = "shutting_down"
+
+
+class SpendLimitReached(ServiceUnavailable):
+    code = "spend_limit_reached"
+    retry_after = 60
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
 
 
 class DeadlineExceeded(LLMOpsError):

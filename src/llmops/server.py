@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from llmops.app import create_app, drain
 from llmops.errors import ConfigError
 from llmops.settings import Settings
-from llmops.stores.keys import build_key_store
+from llmops.stores import build_state
 
 log = logging.getLogger("llmops.server")
 
@@ -52,10 +52,17 @@ def check_exposure(settings: Settings) -> None:
     """Refuse to serve a non-loopback address without API keys, unless the operator says so."""
     if settings.host in LOOPBACK or settings.host.startswith("127.") or settings.insecure_no_auth:
         return
-    store = build_key_store(settings.auth.store, settings.auth.sqlite_path)
-    if store.key_count() == 0:
+    if asyncio.run(_key_count(settings)) == 0:
         raise ConfigError(f"refusing to serve {settings.host} with no API keys: anyone who can reach it could use "
                           "it. Create one (llmops keys create --name NAME) or pass --insecure-no-auth")
+
+
+async def _key_count(settings: Settings) -> int:
+    state = build_state(settings.state)
+    try:
+        return await state.keys.key_count()
+    finally:
+        await state.close()
 
 
 def serve(settings: Settings) -> None:

@@ -54,6 +54,17 @@ class ModelLimits(_Strict):
     image: ImageLimits = Field(default_factory=ImageLimits)
 
 
+class Pricing(_Strict):
+    """What a request on this model costs, recorded against its key. Tokens are priced per 1K; images per
+    image, plus GPU time at `gpu_usd_per_hour` (the engine seconds of the image's batch, shared by its images),
+    as the guide's cost section reasons from a GPU's hourly price."""
+
+    prompt_usd_per_1k: float = Field(0.0, ge=0)
+    completion_usd_per_1k: float = Field(0.0, ge=0)
+    image_usd: float = Field(0.0, ge=0)
+    gpu_usd_per_hour: float = Field(0.0, ge=0)
+
+
 class ModelConfig(_Strict):
     """One served model: a name clients use, what it does, and which engine runs it."""
 
@@ -62,6 +73,7 @@ class ModelConfig(_Strict):
     engine: str = Field(description="engine name from the registry: llamacpp, transformers, fake, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
     limits: ModelLimits = Field(default_factory=ModelLimits)
+    pricing: Pricing = Field(default_factory=Pricing)
 
 
 def default_models() -> list[ModelConfig]:
@@ -96,11 +108,28 @@ class AuthSettings(_Strict):
     has been created every request needs one (revoking them all does not reopen it). A server bound
     elsewhere refuses to start without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so."""
 
-    store: Literal["sqlite", "memory"] = "sqlite"
-    sqlite_path: str = Field("~/.local/share/llmops/llmops.db", description="keys survive restarts here")
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
+
+
+class StateSettings(_Strict):
+    """Where keys, limit counters and spend live. sqlite: keys and spend in a file (they survive restarts),
+    counters in the process: the embedded default, one process. redis: all of it shared by every replica.
+    memory: nothing survives (tests)."""
+
+    backend: Literal["sqlite", "redis", "memory"] = "sqlite"
+    sqlite_path: str = Field("~/.local/share/llmops/llmops.db", description="the SQLite file (backend sqlite)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="backend redis; env LLMOPS_STATE__REDIS_URL")
+    redis_prefix: str = Field("llmops:", description="prefix of every Redis key this server writes")
+    redis_timeout_s: float = Field(0.25, gt=0, le=10, description="per Redis call; then the on_error policy")
+    on_error: Literal["open", "closed"] = Field("open", description="Redis unreachable: open skips limits and "
+                                                "spend accounting (logged, counted); closed answers 503")
+
+
+class SpendSettings(_Strict):
+    max_usd_per_hour: float | None = Field(None, gt=0, description="global circuit breaker: while the last "
+                                           "hour's spend (all keys) is above this, new requests get 503")
 
 
 class RateLimitSettings(_Strict):
@@ -128,6 +157,8 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    spend: SpendSettings = Field(default_factory=SpendSettings)
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
 
     @field_validator("models")

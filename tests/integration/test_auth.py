@@ -25,8 +25,8 @@ MODELS = [{"name": "fake", "engine": "fake"}, {"name": "other", "engine": "fake"
 @pytest.fixture
 def keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     db = tmp_path / "keys.db"
-    monkeypatch.setenv("LLMOPS_AUTH__SQLITE_PATH", str(db))  # this test's own store, for its servers too
-    cfg = write_config(tmp_path / "auth.yaml", MODELS, auth={"sqlite_path": str(db)})
+    monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(db))  # this test's own store, for its servers too
+    cfg = write_config(tmp_path / "auth.yaml", MODELS, state={"sqlite_path": str(db)})
     return cfg, db
 
 
@@ -62,7 +62,7 @@ def test_keys_gate_requests(keyed: tuple[Path, Path], capsys: pytest.CaptureFixt
         assert main(["keys", "--config", str(cfg), "revoke", key["id"]]) == 0
         time.sleep(1.2)
         assert chat(base, headers={"X-API-Key": secret}).status_code == 401
-    stored = db.read_bytes()
+    stored = b"".join(f.read_bytes() for f in db.parent.glob(db.name + "*"))  # the file and its WAL
     assert secret.encode() not in stored
     assert key["id"].encode() in stored
 

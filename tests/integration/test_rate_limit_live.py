@@ -40,7 +40,7 @@ def test_forwarded_for_from_a_trusted_proxy_is_used(tmp_path: Path) -> None:
 
 
 def test_per_key_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("LLMOPS_AUTH__SQLITE_PATH", str(tmp_path / "keys.db"))
+    monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(tmp_path / "keys.db"))
     cfg = write_config(tmp_path / "rl.yaml", [{"name": "fake", "engine": "fake"}])
     assert main(["keys", "--config", str(cfg), "create", "--name", "small", "--rpm", "2"]) == 0
     secret = json.loads(capsys.readouterr().out)["secret"]

@@ -3,18 +3,33 @@ from __future__ import annotations
 import ipaddress
 
 from llmops.middleware.rate_limit import client_ip
-from llmops.stores.ratelimit import MemoryRateLimiter
+from llmops.stores.counters import gcra, sliding
 
 
 def test_gcra_allows_the_minute_then_one_per_interval() -> None:
-    limiter = MemoryRateLimiter()
-    now = 1000.0
-    decisions = [limiter.hit("a", 3, now) for _ in range(4)]
+    now, tat = 1000.0, None
+    decisions = []
+    for _ in range(4):
+        decision, new_tat = gcra(now, tat, 3)
+        tat = new_tat if new_tat is not None else tat
+        decisions.append(decision)
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
     assert 19.0 < decisions[3].retry_after_s <= 20.0  # one request every 20 s at 3/min
-    assert limiter.hit("a", 3, now + 20.0).allowed
-    assert limiter.hit("b", 3, now).allowed  # subjects are independent
+    assert gcra(now + 20.0, tat, 3)[0].allowed
+
+
+def test_sliding_window_counts_tokens_and_says_when_they_fit() -> None:
+    assert sliding(0, 0, 0.5, 100, 60).allowed
+    refused = sliding(60, 0, 0.5, 100, 60)
+    assert not refused.allowed
+    assert 30.0 <= refused.retry_after_s <= 60.0  # the next window, then part of this one's share fades
+    assert sliding(0, 60, 0.5, 100, 60).allowed  # half the previous window's 60 still counts: 30 + 60 <= 100
+    fade = sliding(0, 100, 0.1, 100, 60)
+    assert not fade.allowed
+    assert abs(fade.retry_after_s - 0.5 * 60) < 1e-6  # 60 fits once the previous window is 60 % gone
+    too_big = sliding(0, 0, 0.0, 100, 500)
+    assert not too_big.allowed
 
 
 def scope(peer: str, xff: str | None) -> dict[str, object]:

@@ -1,23 +1,24 @@
 """The admin API, guarded by the admin key (`auth.admin_key`; `Authorization: Bearer` or `X-Admin-Key`),
 never open: without an admin key configured it answers 403. Keys: create (the secret is in this response
-only), list, show, revoke."""
+only), list, show, revoke. Spend: reports by key, model and day."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from llmops.api import deps
-from llmops.errors import PermissionDenied
+from llmops.api.usage import DayRange, report_rows
+from llmops.errors import InvalidRequest, PermissionDenied
 from llmops.middleware.auth import presented_key
-from llmops.stores.keys import KeyStore, new_key
+from llmops.stores.keys import KeyLimits, KeyStore, new_key
 
 router = APIRouter(prefix="/admin")
+GROUPS = ("key", "model", "day")
 
 
 class KeyCreate(BaseModel):
@@ -25,6 +26,13 @@ class KeyCreate(BaseModel):
     models: list[str] = Field(default_factory=list, description="models this key may use; empty: all")
     priority: Literal["interactive", "batch"] = "interactive"
     rpm: int | None = Field(None, ge=1, description="requests per minute; unset: no limit")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute; unset: no limit")
+    max_concurrent: int | None = Field(None, ge=1, description="requests in flight at once; unset: no limit")
+    budget_usd: float | None = Field(None, ge=0, description="spend allowed per budget period; unset: none")
+    budget_period: Literal["day", "week", "month", "total"] = "month"
+
+    def limits(self) -> KeyLimits:
+        return KeyLimits(self.rpm, self.tpm, self.max_concurrent, self.budget_usd, self.budget_period)
 
 
 def _guard(request: Request) -> KeyStore:
@@ -41,22 +49,35 @@ def _guard(request: Request) -> KeyStore:
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
     store = _guard(request)
-    key, secret = new_key(body.name, tuple(body.models), body.priority, body.rpm)
-    await asyncio.to_thread(store.add, key)
+    key, secret = new_key(body.name, tuple(body.models), body.priority, body.limits())
+    await store.add(key)
     return JSONResponse({**key.public(), "secret": secret}, status_code=201)
 
 
 @router.get("/keys")
 async def list_keys(request: Request) -> dict[str, Any]:
-    store = _guard(request)
-    return {"data": [k.public() for k in await asyncio.to_thread(store.all)]}
+    return {"data": [k.public() for k in await _guard(request).all()]}
 
 
 @router.get("/keys/{key_id}")
 async def show_key(key_id: str, request: Request) -> dict[str, Any]:
-    return (await asyncio.to_thread(_guard(request).get, key_id)).public()
+    return (await _guard(request).get(key_id)).public()
 
 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
-    return (await asyncio.to_thread(_guard(request).revoke, key_id)).public()
+    return (await _guard(request).revoke(key_id)).public()
+
+
+@router.get("/usage")
+async def spend_report(request: Request, group_by: str = Query("key,model,day"), start: str | None = None,
+                       end: str | None = None, key_id: str | None = None) -> dict[str, Any]:
+    """Spend and usage summed over the chosen dimensions (`group_by`: any of key, model, day)."""
+    _guard(request)
+    groups = tuple(g.strip() for g in group_by.split(",") if g.strip())
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise InvalidRequest(f"group_by accepts key, model and day; not {', '.join(unknown)}", param="group_by")
+    days = DayRange.parse(start, end)
+    return {"object": "list", "start": days.first, "end": days.last, "group_by": list(groups),
+            "data": await report_rows(request, days, key_id, groups)}

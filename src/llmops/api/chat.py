@@ -12,6 +12,7 @@ from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.generation import (
     Choices,
     Collected,
+    admit,
     check_request,
     collect,
     new_id,
@@ -44,7 +45,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     meta = request_meta(request, served.config, body.service_tier())
     messages = tuple(Message(m.role, m.text()) for m in body.messages)
     reqs = text_requests(body, served.config, body.requested_max_tokens(), messages=messages)
-    choices = run_choices(request, served, engine, reqs, meta)
+    charge = await admit(request, served.config, sum(len(m.text()) for m in body.messages))
+    choices = run_choices(request, served, engine, reqs, meta, charge)
     if body.stream:
         return await sse_response(_events(choices, len(reqs), body), meta.headers)
     done = await cancel_on_disconnect(request, collect(choices, len(reqs)))

@@ -12,6 +12,7 @@ from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.generation import (
     Choices,
     Collected,
+    admit,
     check_request,
     collect,
     new_id,
@@ -39,7 +40,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                              param="prompt")
     meta = request_meta(request, served.config, body.service_tier())
     reqs = text_requests(body, served.config, body.requested_max_tokens(), prompt=prompt)
-    choices = run_choices(request, served, engine, reqs, meta)
+    charge = await admit(request, served.config, len(prompt))
+    choices = run_choices(request, served, engine, reqs, meta, charge)
     if body.stream:
         return await sse_response(_events(choices, body), meta.headers)
     done = await cancel_on_disconnect(request, collect(choices, len(reqs)))

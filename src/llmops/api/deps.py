@@ -7,6 +7,7 @@ from typing import cast
 from fastapi import Request
 
 from llmops.errors import PermissionDenied
+from llmops.pipeline.accounting import Accountant
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores.keys import ApiKey
@@ -18,6 +19,10 @@ def pool(request: Request) -> ModelPool:
 
 def settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
+
+
+def accountant(request: Request) -> Accountant:
+    return cast(Accountant, request.app.state.accountant)
 
 
 def api_key(request: Request) -> ApiKey | None:

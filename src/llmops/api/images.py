@@ -19,7 +19,7 @@ from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.image_params import ImageFields, parse_size, resolve
 from llmops.api.request_meta import request_meta
-from llmops.engines.base import ImageResult
+from llmops.engines.base import ImageEngine, ImageRequest, ImageResult
 from llmops.errors import DeadlineExceeded, InvalidRequest, LLMOpsError, NotFound, error_body
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
@@ -71,14 +71,26 @@ def _fields(body: ImageGenerationRequest) -> ImageFields:
                        body.guidance_scale, body.n, body.seed)
 
 
-def _submit(request: Request, body: ImageGenerationRequest) -> tuple[ModelConfig, Job]:
+async def _submit(request: Request, body: ImageGenerationRequest) -> tuple[ModelConfig, Job]:
     cfg, engine = deps.pool(request).image_engine(body.model)
     deps.authorize(request, cfg.name)
     if body.response_format == "url" and deps.settings(request).images.store_dir is None:
         raise InvalidRequest("response_format 'url' needs images.store_dir configured on the server",
                              param="response_format")
     image_request = resolve(cfg, _fields(body), size_params=("size", "size"))
-    return cfg, jobs(request).submit(cfg.name, engine, image_request, _batching(cfg))
+    return cfg, await _submit_accounted(request, cfg, engine, image_request)
+
+
+async def _submit_accounted(request: Request, cfg: ModelConfig, engine: ImageEngine, image: ImageRequest) -> Job:
+    """Budget and spend-breaker checks, then the job; its images and engine time are charged when it ends."""
+    accountant = deps.accountant(request)
+    charge = await accountant.admit(deps.api_key(request), cfg)
+
+    def on_done(job: Job) -> None:
+        images = len(job.result.images) if job.result is not None else 0
+        accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
+
+    return jobs(request).submit(cfg.name, engine, image, _batching(cfg), on_done)
 
 
 def _store(request: Request, png: bytes) -> str:
@@ -97,7 +109,7 @@ def _data(request: Request, result: ImageResult, response_format: str) -> list[I
 
 @router.post("/v1/images/generations", response_model=ImagesResponse)
 async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
-    cfg, job = _submit(request, body)
+    cfg, job = await _submit(request, body)
     deadline = request_meta(request, cfg).deadline
     result = await _observed(request, cfg.name, wait_for(job, jobs(request), deadline))
     return ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format))
@@ -112,7 +124,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     image_request = resolve(cfg, fields)
     deadline = request_meta(request, cfg).deadline
     started = time.perf_counter()
-    job = jobs(request).submit(cfg.name, engine, image_request, _batching(cfg))
+    job = await _submit_accounted(request, cfg, engine, image_request)
     result = await _observed(request, cfg.name, wait_for(job, jobs(request), deadline))
     parameters = {
         "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,
@@ -148,7 +160,7 @@ def job_view(job: Job, queue: ImageJobs) -> ImageJob:
 async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResponse:
     if body.response_format == "url":
         raise InvalidRequest("image jobs return b64_json images", param="response_format")
-    _, job = _submit(request, body)
+    _, job = await _submit(request, body)
     await asyncio.sleep(0)  # let the worker pick it up if the queue was idle
     view = job_view(job, jobs(request))
     return JSONResponse(view.model_dump(), status_code=202, headers={"Location": f"/v1/images/jobs/{job.id}"})

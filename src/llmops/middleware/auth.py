@@ -9,13 +9,12 @@ embedded default: `llmops serve` refuses a non-loopback bind without keys)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmops.errors import Unauthorized, error_response_parts
+from llmops.errors import LLMOpsError, Unauthorized, error_response_parts
 from llmops.middleware.observe import log_fields
 from llmops.stores.keys import KeyStore, verify
 
@@ -31,6 +30,13 @@ def presented_key(scope: Scope) -> str | None:
     return key or None
 
 
+async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer from middleware (outside FastAPI's handlers) in the OpenAI envelope."""
+    status, body, extra = error_response_parts(exc)
+    await JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})(scope, receive, send)
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, store: KeyStore, metrics_require_key: bool) -> None:
         self.app, self.store = app, store
@@ -40,7 +46,7 @@ class AuthMiddleware:
     async def _any_keys(self) -> bool:
         checked_at, count = self._active
         if time.monotonic() - checked_at > 1.0:  # keys created by the CLI show up within a second
-            count = await asyncio.to_thread(self.store.key_count)
+            count = await self.store.key_count()
             self._active = (time.monotonic(), count)
         return count > 0
 
@@ -49,16 +55,19 @@ class AuthMiddleware:
         if scope["type"] != "http" or path in self.open_paths or path.startswith("/admin"):
             await self.app(scope, receive, send)
             return
-        if not await self._any_keys():
+        try:
+            keyed = await self._any_keys()
+            secret = presented_key(scope)
+            key = await verify(self.store, secret) if keyed and secret else None
+        except LLMOpsError as exc:  # the store is unreachable and cannot vouch for the key
+            await send_error(exc, scope, receive, send)
+            return
+        if not keyed:
             await self.app(scope, receive, send)
             return
-        secret = presented_key(scope)
-        key = await asyncio.to_thread(verify, self.store, secret) if secret else None
         if key is None:
             message = "invalid API key" if secret else "missing API key: send Authorization: Bearer <key>"
-            status, body, headers = error_response_parts(Unauthorized(message))
-            headers["WWW-Authenticate"] = "Bearer"
-            await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+            await send_error(Unauthorized(message), scope, receive, send, {"WWW-Authenticate": "Bearer"})
             return
         scope.setdefault("state", {})["api_key"] = key
         log_fields(scope)["key_id"] = key.id

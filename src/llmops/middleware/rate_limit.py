@@ -1,4 +1,6 @@
-"""Requests per minute, per API key (its `rpm`) or, without a key, per client IP (`anonymous_rpm`).
+"""Requests per minute and requests in flight, per API key (its `rpm`, `max_concurrent`) or, without a key,
+requests per minute per client IP (`anonymous_rpm`). The counters live in the state store: in the process
+for the embedded default, in Redis for replicas (one shared limit, not one per replica).
 
 The client IP is the TCP peer. `X-Forwarded-For` is believed only when the peer is one of the configured
 `trusted_proxies`, and then the address used is the rightmost one that is not itself a trusted proxy: the
@@ -7,19 +9,23 @@ Over the limit: 429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
+import uuid
 from collections.abc import Sequence
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmops.errors import RateLimited, error_response_parts
+from llmops.errors import LLMOpsError, RateLimited
+from llmops.middleware.auth import send_error
 from llmops.observability.metrics import Metrics
-from llmops.stores.ratelimit import Decision, MemoryRateLimiter
+from llmops.stores.counters import Counters, Decision
+from llmops.stores.keys import ApiKey
 
 EXEMPT = ("/health", "/ready", "/metrics")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+HOLD_TTL_S = 600.0  # an in-flight place not released (a replica died) frees itself after this
 
 
 def client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
@@ -48,37 +54,67 @@ def _headers(d: Decision) -> dict[str, str]:
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, anonymous_rpm: int | None, trusted_proxies: Sequence[str],
-                 metrics: Metrics) -> None:
-        self.app, self.anonymous_rpm, self.metrics = app, anonymous_rpm, metrics
+    def __init__(self, app: ASGIApp, counters: Counters, anonymous_rpm: int | None,
+                 trusted_proxies: Sequence[str], metrics: Metrics) -> None:
+        self.app, self.counters, self.anonymous_rpm, self.metrics = app, counters, anonymous_rpm, metrics
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
-        self.limiter = MemoryRateLimiter()
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin"):
             await self.app(scope, receive, send)
             return
-        key = scope.get("state", {}).get("api_key")
-        subject, rpm = (f"key:{key.id}", key.rpm) if key is not None else (
-            f"ip:{client_ip(scope, self.trusted)}", self.anonymous_rpm)
-        if rpm is None:
-            await self.app(scope, receive, send)
+        key: ApiKey | None = scope.get("state", {}).get("api_key")
+        try:
+            decision = await self._requests(scope, key)
+            holder = await self._hold(key)
+        except LLMOpsError as exc:
+            await send_error(exc, scope, receive, send)
             return
-        decision = self.limiter.hit(subject, rpm)
-        if not decision.allowed:
+        if decision is not None and not decision.allowed:
             self.metrics.rejections.labels("-", "rate_limit").inc()
-            error = RateLimited(f"rate limit of {rpm} requests/min exceeded", retry_after=math.ceil(
-                decision.retry_after_s))
-            status, body, headers = error_response_parts(error)
-            await JSONResponse(body, status_code=status, headers={**headers, **_headers(decision)})(
-                scope, receive, send)
+            error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
+                                retry_after=math.ceil(decision.retry_after_s))
+            await send_error(error, scope, receive, send, _headers(decision))
             return
+        try:
+            await self.app(scope, receive, _with_headers(send, decision))
+        finally:
+            if holder is not None and key is not None:
+                self._release_later(key.id, holder)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
+    def _release_later(self, subject: str, holder: str) -> None:
+        """Release in a task of its own: a cancelled request (client gone) must still give its place back."""
+        task = asyncio.get_running_loop().create_task(self.counters.release(subject, holder))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
-        await self.app(scope, receive, send_with_headers)
+    async def _requests(self, scope: Scope, key: ApiKey | None) -> Decision | None:
+        subject, rpm = (f"key:{key.id}", key.limits.rpm) if key is not None else (
+            f"ip:{client_ip(scope, self.trusted)}", self.anonymous_rpm)
+        return None if rpm is None else await self.counters.hit_requests(subject, rpm)
+
+    async def _hold(self, key: ApiKey | None) -> str | None:
+        """An in-flight place for a key with `max_concurrent`, or 429 when they are all taken."""
+        if key is None or key.limits.max_concurrent is None:
+            return None
+        holder = uuid.uuid4().hex
+        if not await self.counters.acquire(key.id, key.limits.max_concurrent, holder, HOLD_TTL_S):
+            self.metrics.rejections.labels("-", "concurrency").inc()
+            raise RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once",
+                              retry_after=1)
+        return holder
+
+
+def _with_headers(send: Send, decision: Decision | None) -> Send:
+    if decision is None:
+        return send
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            extra = [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
+            message["headers"] = [*message.get("headers", []), *extra]
+        await send(message)
+
+    return send_with_headers

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -79,6 +79,12 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
+        self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
+                             ["model", "key"], registry=r)
+        self.budget_used = Gauge("llmops_budget_used_ratio", "Share of the key's budget spent in this period, "
+                                 "as of its last request", ["key"], registry=r)
+        self.store_errors = Counter("llmops_state_store_errors", "Calls to the shared state store (Redis) that "
+                                    "failed or timed out, by operation", ["op"], registry=r)
         self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
                                      registry=r)
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",
@@ -91,6 +97,7 @@ class Metrics:
 REJECTION_REASONS: dict[str, str] = {
     "overloaded": "overload", "deadline_exceeded": "deadline", "shutting_down": "draining",
     "rate_limit_exceeded": "rate_limit", "insufficient_quota": "budget", "content_filter": "guardrail",
+    "spend_limit_reached": "spend_breaker", "store_unavailable": "store_unavailable",
 }
 
 

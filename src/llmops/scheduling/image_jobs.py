@@ -45,11 +45,15 @@ class Job:
     error: LLMOpsError | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    engine_s: float = 0.0  # this job's share of its batch's engine time
+    on_done: Callable[[Job], None] | None = None  # told once, when the job finishes (cost accounting)
 
     def finish(self, status: Status, *, result: ImageResult | None = None, error: LLMOpsError | None = None) -> None:
         self.status, self.result, self.error = status, result, error
         self.finished_at = time.time()
         self.done.set()
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class ImageJobs:
         self._jobs: dict[str, Job] = {}
 
     def submit(self, model: str, engine: ImageEngine, request: ImageRequest,
-               batching: Batching | None = None) -> Job:
+               batching: Batching | None = None, on_done: Callable[[Job], None] | None = None) -> Job:
         self._purge()
         queue = self._queues.get(model)
         if queue is None:
@@ -84,7 +88,7 @@ class ImageJobs:
             queue.worker = asyncio.create_task(self._work(queue), name=f"llmops-images-{model}")
         if len(queue.waiting) >= self._max_queued:
             raise ServiceUnavailable(f"the image queue of model {model!r} is full", retry_after=5)
-        job = Job(model, request)
+        job = Job(model, request, on_done=on_done)
         self._jobs[job.id] = job
         queue.waiting.append(job)
         queue.wakeup.set()
@@ -149,6 +153,7 @@ class ImageJobs:
             for job in batch:
                 job.step = done
 
+        started = time.perf_counter()
         try:
             results = await engine.generate_images([j.request for j in batch], on_step,
                                                    lambda: all(j.cancel.is_set() for j in batch))
@@ -159,7 +164,9 @@ class ImageJobs:
         except Exception as exc:
             self._finish_all(batch, "failed", internal_error(exc))
         else:
+            share = (time.perf_counter() - started) / len(batch)
             for job, result in zip(batch, results, strict=True):
+                job.engine_s = share
                 self._finish_one(job, result)
 
     @staticmethod

@@ -1,2 +1,45 @@
-"""State behind one interface per kind: API keys today (memory for tests, SQLite for the embedded
-default, surviving restarts)."""
+"""State behind one interface per kind: API keys (keys.py), limit counters (counters.py) and spend
+(ledger.py); `build_state` picks the backend (memory, SQLite for the embedded default, Redis for replicas)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from llmops.settings import StateSettings
+from llmops.stores.counters import Counters, MemoryCounters
+from llmops.stores.keys import KeyStore, SqliteKeyStore
+from llmops.stores.ledger import Ledger, SqliteLedger
+from llmops.stores.sqlite import SqliteDb
+
+
+@dataclass
+class State:
+    keys: KeyStore
+    counters: Counters
+    ledger: Ledger
+    backend: str
+    _close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in self._close:
+            await close()
+
+
+def build_state(settings: StateSettings, on_error: Callable[[str], None] | None = None) -> State:
+    """The stores for `settings`; `on_error(op)` is told of each Redis failure (a metric)."""
+    if settings.backend == "redis":
+        from llmops.stores import redis_store as rs
+
+        client = rs.connect(settings.redis_url, settings.redis_timeout_s)
+        guard = rs.RedisGuard(client, settings.redis_timeout_s, settings.on_error == "open",
+                              on_error or (lambda _: None))
+        p = settings.redis_prefix
+        return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p), "redis",
+                     [client.aclose])
+    db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
+
+    async def close() -> None:
+        db.close()
+
+    return State(SqliteKeyStore(db), MemoryCounters(), SqliteLedger(db), settings.backend, [close])

@@ -1,24 +1,39 @@
 """API keys. Only a SHA-256 hash of each secret is stored (secrets are 256-bit random, so a fast hash is the
 right tool, as for GitHub or Stripe tokens); the secret is shown once, at creation. Lookups compare hashes
-in constant time."""
+in constant time. The key stores are async: the Redis one talks to the network, the others run their
+SQLite work in a thread."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from llmops.errors import NotFound
+from llmops.stores.sqlite import SqliteDb
 
 Priority = Literal["interactive", "batch"]
+BudgetPeriod = Literal["day", "week", "month", "total"]
 SECRET_PREFIX = "sk-llmops-"
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What one key may use. None: no limit."""
+
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (prompt up front, completion when the request settles)
+    max_concurrent: int | None = None  # requests in flight at once
+    budget_usd: float | None = None  # spend allowed per budget period
+    budget_period: BudgetPeriod = "month"  # when the budget resets (UTC calendar periods); total: never
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -31,129 +46,102 @@ class ApiKey:
     priority: Priority = "interactive"
     created_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
-    rpm: int | None = None  # requests per minute; None: no limit
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
 
-    def public(self) -> dict[str, object]:
+    def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "display": self.display, "models": list(self.models),
-                "priority": self.priority, "rpm": self.rpm, "created_at": int(self.created_at),
+                "priority": self.priority, **self.limits.as_dict(), "created_at": int(self.created_at),
                 "revoked_at": int(self.revoked_at) if self.revoked_at else None}
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "models": list(self.models)})
+
+    @staticmethod
+    def from_json(raw: str | bytes) -> ApiKey:
+        data = json.loads(raw)
+        return ApiKey(**{**data, "models": tuple(data["models"]), "limits": KeyLimits(**data["limits"])})
 
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(name: str, models: tuple[str, ...], priority: Priority, rpm: int | None = None) -> tuple[ApiKey, str]:
+def new_key(name: str, models: tuple[str, ...], priority: Priority, limits: KeyLimits | None = None
+            ) -> tuple[ApiKey, str]:
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(f"key_{secrets.token_hex(6)}", name, hash_secret(secret), secret[:16] + "...", models, priority,
-                 rpm=rpm)
+                 limits=limits or KeyLimits())
     return key, secret
 
 
 class KeyStore(Protocol):
-    def add(self, key: ApiKey) -> None: ...
-    def by_hash(self, digest: str) -> ApiKey | None: ...
-    def get(self, key_id: str) -> ApiKey: ...
-    def all(self) -> list[ApiKey]: ...
-    def revoke(self, key_id: str) -> ApiKey: ...
-    def key_count(self) -> int:
+    async def add(self, key: ApiKey) -> None: ...
+    async def by_hash(self, digest: str) -> ApiKey | None: ...
+    async def get(self, key_id: str) -> ApiKey: ...
+    async def all(self) -> list[ApiKey]: ...
+    async def revoke(self, key_id: str) -> ApiKey: ...
+    async def key_count(self) -> int:
         """Keys ever created, revoked ones included: once there is one, every request needs a key."""
         ...
 
 
-def verify(store: KeyStore, secret: str) -> ApiKey | None:
+async def verify(store: KeyStore, secret: str) -> ApiKey | None:
     """The active key whose hash matches `secret`, compared in constant time."""
     digest = hash_secret(secret)
-    key = store.by_hash(digest)
+    key = await store.by_hash(digest)
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.hash, digest):
         return None
     return key
 
 
-class MemoryKeyStore:
-    def __init__(self) -> None:
-        self._keys: dict[str, ApiKey] = {}
-
-    def add(self, key: ApiKey) -> None:
-        self._keys[key.id] = key
-
-    def by_hash(self, digest: str) -> ApiKey | None:
-        return next((k for k in self._keys.values() if hmac.compare_digest(k.hash, digest)), None)
-
-    def get(self, key_id: str) -> ApiKey:
-        if key_id not in self._keys:
-            raise NotFound(f"no API key {key_id!r}", param="id")
-        return self._keys[key_id]
-
-    def all(self) -> list[ApiKey]:
-        return list(self._keys.values())
-
-    def revoke(self, key_id: str) -> ApiKey:
-        key = self.get(key_id)
-        self._keys[key_id] = revoked = ApiKey(**{**key.__dict__, "revoked_at": time.time()})
-        return revoked
-
-    def key_count(self) -> int:
-        return len(self._keys)
+def revoked(key: ApiKey) -> ApiKey:
+    return key if key.revoked_at else dataclasses.replace(key, revoked_at=time.time())
 
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, display TEXT NOT NULL,
-    models TEXT NOT NULL, priority TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL, rpm INTEGER)"""
-_COLUMNS = "id, name, hash, display, models, priority, created_at, revoked_at, rpm"
+def missing(key_id: str) -> NotFound:
+    return NotFound(f"no API key {key_id!r}", param="id")
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS llmops_keys (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, body TEXT NOT NULL)"""
 
 
 class SqliteKeyStore:
-    """Keys in a SQLite file: they survive restarts, and the CLI and the server share them."""
+    """Keys in SQLite: in a file they survive restarts and the CLI and the server share them; `:memory:`
+    for tests."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+    def __init__(self, db: SqliteDb) -> None:
+        self._db = db
+        db.run(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=5)
+    async def _one(self, column: str, value: str) -> ApiKey | None:
+        rows = await self._db.query(f"SELECT body FROM llmops_keys WHERE {column} = ?", (value,))
+        return ApiKey.from_json(rows[0][0]) if rows else None
 
-    def _rows(self, where: str = "", args: tuple[object, ...] = ()) -> list[ApiKey]:
-        with self._lock, self._connect() as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM api_keys {where}", args).fetchall()
-        return [ApiKey(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7], r[8]) for r in rows]
+    async def add(self, key: ApiKey) -> None:
+        await self._db.query("INSERT INTO llmops_keys VALUES (?, ?, ?, ?)",
+                             (key.id, key.hash, key.created_at, key.to_json()))
 
-    def add(self, key: ApiKey) -> None:
-        with self._lock, self._connect() as db:
-            db.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (key.id, key.name, key.hash, key.display, json.dumps(list(key.models)), key.priority,
-                        key.created_at, key.revoked_at, key.rpm))
+    async def by_hash(self, digest: str) -> ApiKey | None:
+        return await self._one("hash", digest)
 
-    def by_hash(self, digest: str) -> ApiKey | None:
-        found = self._rows("WHERE hash = ?", (digest,))
-        return found[0] if found else None
+    async def get(self, key_id: str) -> ApiKey:
+        key = await self._one("id", key_id)
+        if key is None:
+            raise missing(key_id)
+        return key
 
-    def get(self, key_id: str) -> ApiKey:
-        found = self._rows("WHERE id = ?", (key_id,))
-        if not found:
-            raise NotFound(f"no API key {key_id!r}", param="id")
-        return found[0]
+    async def all(self) -> list[ApiKey]:
+        rows = await self._db.query("SELECT body FROM llmops_keys ORDER BY created_at")
+        return [ApiKey.from_json(r[0]) for r in rows]
 
-    def all(self) -> list[ApiKey]:
-        return self._rows("ORDER BY created_at")
+    async def revoke(self, key_id: str) -> ApiKey:
+        key = revoked(await self.get(key_id))
+        await self._db.query("UPDATE llmops_keys SET body = ? WHERE id = ?", (key.to_json(), key_id))
+        return key
 
-    def revoke(self, key_id: str) -> ApiKey:
-        self.get(key_id)
-        with self._lock, self._connect() as db:
-            db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                       (time.time(), key_id))
-        return self.get(key_id)
-
-    def key_count(self) -> int:
-        with self._lock, self._connect() as db:
-            return int(db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
-
-
-def build_key_store(kind: str, sqlite_path: str) -> KeyStore:
-    return SqliteKeyStore(sqlite_path) if kind == "sqlite" else MemoryKeyStore()
+    async def key_count(self) -> int:
+        return int((await self._db.query("SELECT COUNT(*) FROM llmops_keys"))[0][0])

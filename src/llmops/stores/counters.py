@@ -1,0 +1,130 @@
+"""Counters for limits: requests/min (GCRA), tokens/min (a sliding window that can be corrected after the
+fact) and requests in flight. The decisions are pure functions of the stored numbers, so the in-memory
+counters here and the Redis ones (stores/redis.py, the same math in Lua-guarded atomic steps) agree.
+
+GCRA (the generic cell rate algorithm) keeps one timestamp per subject: bursts up to the minute's
+allowance, then one request every 60/limit seconds, and an exact Retry-After. Tokens use two fixed
+one-minute windows weighted by how far into the current one we are (the sliding-window approximation
+Cloudflare and Redis' own docs describe): prompt tokens are added when the request is admitted and the
+completion tokens when it settles, so one counter takes both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_s: float
+    reset_s: float  # when the allowance is full again
+
+
+class Counters(Protocol):
+    async def hit_requests(self, subject: str, per_minute: int) -> Decision:
+        """Count one request against `per_minute`, unless that would exceed it."""
+        ...
+
+    async def hit_tokens(self, subject: str, per_minute: int, count: int) -> Decision:
+        """Add `count` tokens, unless that would exceed `per_minute` over the sliding minute."""
+        ...
+
+    async def add_tokens(self, subject: str, count: int) -> None:
+        """Settle tokens after the fact (completion tokens; a correction of the prompt estimate, maybe < 0)."""
+        ...
+
+    async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
+        """Take one of `limit` in-flight places for `holder`; a holder that never releases expires after ttl_s."""
+        ...
+
+    async def release(self, subject: str, holder: str) -> None: ...
+
+
+def gcra(now: float, tat: float | None, per_minute: int) -> tuple[Decision, float | None]:
+    """The decision for one request, and the new theoretical arrival time to store (None: store nothing)."""
+    interval = WINDOW_S / per_minute
+    tat = max(tat if tat is not None else now, now)
+    allow_at = tat - WINDOW_S + interval
+    if now < allow_at:
+        return Decision(False, per_minute, 0, allow_at - now, tat - now), None
+    new_tat = tat + interval
+    remaining = int((WINDOW_S - (new_tat - now)) / interval)
+    return Decision(True, per_minute, max(0, remaining), 0.0, new_tat - now), new_tat
+
+
+def window_index(now: float) -> tuple[int, float]:
+    """(index of the current one-minute window, fraction of it elapsed)."""
+    return int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
+
+
+def sliding(current: float, previous: float, elapsed: float, per_minute: int, count: int) -> Decision:
+    """May `count` more tokens go in, given the current and previous window totals?"""
+    used = current + previous * (1.0 - elapsed)
+    remaining = max(0, int(per_minute - used))
+    reset = WINDOW_S * (1.0 - elapsed) + (WINDOW_S if current > 0 else 0.0)
+    if used + count <= per_minute:
+        return Decision(True, per_minute, max(0, remaining - count), 0.0, reset)
+    if count > per_minute:  # can never fit: say so rather than make the client retry forever
+        return Decision(False, per_minute, remaining, WINDOW_S, reset)
+    room = per_minute - count
+    if current <= room:  # wait for the previous window's share to fade
+        need = 1.0 - (room - current) / previous
+        return Decision(False, per_minute, remaining, max(0.0, (need - elapsed) * WINDOW_S), reset)
+    # wait for the next window, then for the current window's share (then previous) to fade
+    fade = 1.0 - room / current
+    return Decision(False, per_minute, remaining, WINDOW_S * (1.0 - elapsed) + fade * WINDOW_S, reset)
+
+
+class MemoryCounters:
+    """One process's counters: the embedded default (and SQLite) backend. Replicas share Redis ones."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._windows: dict[str, dict[int, float]] = {}
+        self._holders: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _now() -> float:
+        return time.time()
+
+    async def hit_requests(self, subject: str, per_minute: int) -> Decision:
+        decision, tat = gcra(self._now(), self._tat.get(subject), per_minute)
+        if tat is not None:
+            self._tat[subject] = tat
+        return decision
+
+    def _window(self, subject: str) -> tuple[dict[int, float], int, float]:
+        index, elapsed = window_index(self._now())
+        windows = self._windows.setdefault(subject, {})
+        for old in [w for w in windows if w < index - 1]:
+            del windows[old]
+        return windows, index, elapsed
+
+    async def hit_tokens(self, subject: str, per_minute: int, count: int) -> Decision:
+        windows, index, elapsed = self._window(subject)
+        decision = sliding(windows.get(index, 0.0), windows.get(index - 1, 0.0), elapsed, per_minute, count)
+        if decision.allowed:
+            windows[index] = windows.get(index, 0.0) + count
+        return decision
+
+    async def add_tokens(self, subject: str, count: int) -> None:
+        windows, index, _ = self._window(subject)
+        windows[index] = windows.get(index, 0.0) + count
+
+    async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
+        now = self._now()
+        holders = {h: exp for h, exp in self._holders.get(subject, {}).items() if exp > now}
+        self._holders[subject] = holders
+        if len(holders) >= limit:
+            return False
+        holders[holder] = now + ttl_s
+        return True
+
+    async def release(self, subject: str, holder: str) -> None:
+        self._holders.get(subject, {}).pop(holder, None)

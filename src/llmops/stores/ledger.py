@@ -1,0 +1,111 @@
+"""Spend: each request's cost recorded against its key and model, summed for budgets (per key and budget
+period), for the global spend circuit breaker (all keys, the last hour) and for reports (by day, key, model).
+SQLite here (a file for the embedded default, `:memory:` for the memory backend); Redis in stores/redis.py."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from llmops.stores.sqlite import SqliteDb
+
+ANONYMOUS = "-"  # the key id spend is recorded under when the server runs without keys
+
+
+@dataclass(frozen=True)
+class SpendEntry:
+    key_id: str
+    model: str
+    cost_usd: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    at: float = 0.0  # unix time; 0: now
+
+    def stamped(self) -> SpendEntry:
+        return self if self.at else SpendEntry(**{**self.__dict__, "at": time.time()})
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    day: str
+    key_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    cost_usd: float
+
+
+class Ledger(Protocol):
+    async def record(self, entry: SpendEntry) -> None: ...
+
+    async def key_spend(self, key_id: str, since: float) -> float:
+        """What `key_id` spent from `since` (a UTC day boundary) until now."""
+        ...
+
+    async def hour_spend(self) -> float:
+        """What every key together spent in the last 60 minutes."""
+        ...
+
+    async def report(self, first_day: str, last_day: str, key_id: str | None = None) -> list[SpendRow]:
+        """One row per (day, key, model) between the two UTC days (YYYY-MM-DD, inclusive)."""
+        ...
+
+
+def day_of(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def days_between(first_day: str, last_day: str, limit: int = 400) -> list[str]:
+    start = datetime.strptime(first_day, "%Y-%m-%d")
+    count = min(limit, (datetime.strptime(last_day, "%Y-%m-%d") - start).days + 1)
+    return [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(max(0, count))]
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS llmops_spend (at REAL NOT NULL, day TEXT NOT NULL, key_id TEXT NOT NULL,
+       model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+       images INTEGER NOT NULL, cost_usd REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS llmops_spend_key_at ON llmops_spend (key_id, at)",
+    "CREATE INDEX IF NOT EXISTS llmops_spend_at ON llmops_spend (at)",
+    "CREATE INDEX IF NOT EXISTS llmops_spend_day ON llmops_spend (day)",
+)
+
+
+class SqliteLedger:
+    def __init__(self, db: SqliteDb) -> None:
+        self._db = db
+        for statement in _SCHEMA:
+            db.run(statement)
+
+    async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self._db.query(sql, args)
+
+    async def record(self, entry: SpendEntry) -> None:
+        e = entry.stamped()
+        await self._query("INSERT INTO llmops_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (e.at, day_of(e.at), e.key_id, e.model, e.prompt_tokens, e.completion_tokens, e.images,
+                           e.cost_usd))
+
+    async def key_spend(self, key_id: str, since: float) -> float:
+        rows = await self._query("SELECT TOTAL(cost_usd) FROM llmops_spend WHERE key_id = ? AND at >= ?",
+                                 (key_id, since))
+        return float(rows[0][0])
+
+    async def hour_spend(self) -> float:
+        rows = await self._query("SELECT TOTAL(cost_usd) FROM llmops_spend WHERE at >= ?", (time.time() - 3600,))
+        return float(rows[0][0])
+
+    async def report(self, first_day: str, last_day: str, key_id: str | None = None) -> list[SpendRow]:
+        where, args = "day BETWEEN ? AND ?", [first_day, last_day]
+        if key_id is not None:
+            where, args = where + " AND key_id = ?", [*args, key_id]
+        rows = await self._query(
+            "SELECT day, key_id, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images), "
+            f"TOTAL(cost_usd) FROM llmops_spend WHERE {where} GROUP BY day, key_id, model ORDER BY day, key_id, model",
+            tuple(args))
+        return [SpendRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7])) for r in rows]

@@ -1,0 +1,251 @@
+"""The Redis backend: keys, counters and spend shared by every replica, each change one atomic step
+(a Lua script or a MULTI). Every call has a short timeout; when Redis cannot be reached the configured
+policy decides: fail-open (limits and spend accounting are skipped, keys seen before keep working from the
+last copy, logged and counted) or fail-closed (503 store_unavailable). Never a 500, never a hang.
+Unknown secrets are never admitted either way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from llmops.errors import StoreUnavailable
+from llmops.stores.counters import Decision, gcra, sliding, window_index
+from llmops.stores.keys import ApiKey, missing, revoked
+from llmops.stores.ledger import SpendEntry, SpendRow, day_of, days_between
+
+log = logging.getLogger("llmops.stores")
+T = TypeVar("T")
+_NONE: Any = object()  # no fail-open fallback: the call always fails closed
+
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tat == nil or tat < now then tat = now end
+if now >= tat - window + interval then
+  redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
+end
+return {tostring(now), tostring(tat)}
+"""
+_TOKENS = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur + prev * (1 - tonumber(ARGV[3])) + tonumber(ARGV[2]) <= tonumber(ARGV[1]) then
+  redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], 180)
+end
+return {tostring(cur), tostring(prev)}
+"""
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
+
+
+class RedisGuard:
+    """Runs one Redis call under the timeout and the failure policy."""
+
+    def __init__(self, client: aioredis.Redis, timeout_s: float, fail_open: bool,
+                 on_error: Callable[[str], None]) -> None:
+        self.client, self.timeout_s, self.fail_open, self._on_error = client, timeout_s, fail_open, on_error
+        self._logged_at = 0.0
+
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]], fallback: T = _NONE) -> T:
+        try:
+            return await asyncio.wait_for(fn(), self.timeout_s * 2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._on_error(op)
+            open_ = self.fail_open and fallback is not _NONE
+            if time.monotonic() - self._logged_at > 10:  # one line per 10 s, not one per request
+                self._logged_at = time.monotonic()
+                log.warning("redis unreachable during %s (%s): failing %s", op, type(exc).__name__,
+                            "open" if open_ else "closed")
+            if open_:
+                return fallback
+            raise StoreUnavailable("the shared state store (Redis) is unreachable; retry shortly") from exc
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                   retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True)
+
+
+class RedisKeyStore:
+    def __init__(self, guard: RedisGuard, prefix: str) -> None:
+        self.g, self.p = guard, prefix
+        self._known: dict[str, ApiKey] = {}  # last copy of each key seen: fail-open serves from it
+        self._count = 1  # until Redis says otherwise, assume keys exist (never open up by accident)
+
+    async def add(self, key: ApiKey) -> None:
+        async def run() -> None:
+            async with self.g.client.pipeline(transaction=True) as pipe:
+                pipe.set(f"{self.p}key:{key.id}", key.to_json())
+                pipe.set(f"{self.p}keyhash:{key.hash}", key.to_json())
+                pipe.sadd(f"{self.p}keys", key.id)
+                await pipe.execute()
+        await self.g.call("keys.add", run)
+
+    async def by_hash(self, digest: str) -> ApiKey | None:
+        known = self._known.get(digest)
+        raw = await self.g.call("keys.lookup", lambda: self.g.client.get(f"{self.p}keyhash:{digest}"),
+                                _NONE if known is None else known.to_json())
+        key = ApiKey.from_json(raw) if raw else None
+        if key is not None:
+            self._known[digest] = key
+        return key
+
+    async def get(self, key_id: str) -> ApiKey:
+        raw = await self.g.call("keys.get", lambda: self.g.client.get(f"{self.p}key:{key_id}"))
+        if not raw:
+            raise missing(key_id)
+        return ApiKey.from_json(raw)
+
+    async def all(self) -> list[ApiKey]:
+        async def run() -> list[str | None]:
+            ids = sorted(str(i) for i in await self.g.client.smembers(f"{self.p}keys"))
+            return [str(v) if v else None for v in await self.g.client.mget([f"{self.p}key:{i}" for i in ids])] \
+                if ids else []
+        keys = [ApiKey.from_json(raw) for raw in await self.g.call("keys.all", run) if raw]
+        return sorted(keys, key=lambda k: k.created_at)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        key = revoked(await self.get(key_id))
+
+        async def run() -> None:
+            async with self.g.client.pipeline(transaction=True) as pipe:
+                pipe.set(f"{self.p}key:{key.id}", key.to_json())
+                pipe.set(f"{self.p}keyhash:{key.hash}", key.to_json())
+                await pipe.execute()
+        await self.g.call("keys.revoke", run)
+        self._known.pop(key.hash, None)
+        return key
+
+    async def key_count(self) -> int:
+        self._count = int(await self.g.call("keys.count", lambda: self.g.client.scard(f"{self.p}keys"),
+                                            self._count))
+        return self._count
+
+
+class RedisCounters:
+    def __init__(self, guard: RedisGuard, prefix: str) -> None:
+        self.g, self.p = guard, prefix
+        self._gcra = guard.client.register_script(_GCRA)
+        self._tokens = guard.client.register_script(_TOKENS)
+        self._acquire = guard.client.register_script(_ACQUIRE)
+
+    async def hit_requests(self, subject: str, per_minute: int) -> Decision:
+        allow = Decision(True, per_minute, per_minute, 0.0, 0.0)
+        raw = await self.g.call("limits.requests", lambda: self._gcra(
+            keys=[f"{self.p}rpm:{subject}"], args=[60.0 / per_minute, 60.0]), None)
+        return allow if raw is None else gcra(float(raw[0]), float(raw[1]), per_minute)[0]
+
+    async def hit_tokens(self, subject: str, per_minute: int, count: int) -> Decision:
+        index, elapsed = window_index(time.time())
+        keys = [f"{self.p}tpm:{subject}:{index}", f"{self.p}tpm:{subject}:{index - 1}"]
+        raw = await self.g.call("limits.tokens", lambda: self._tokens(keys=keys, args=[per_minute, count, elapsed]),
+                                None)
+        if raw is None:
+            return Decision(True, per_minute, per_minute, 0.0, 0.0)
+        return sliding(float(raw[0]), float(raw[1]), elapsed, per_minute, count)
+
+    async def add_tokens(self, subject: str, count: int) -> None:
+        key = f"{self.p}tpm:{subject}:{window_index(time.time())[0]}"
+
+        async def run() -> None:
+            async with self.g.client.pipeline(transaction=True) as pipe:
+                pipe.incrbyfloat(key, count)
+                pipe.expire(key, 180)
+                await pipe.execute()
+        await self.g.call("limits.tokens", run, None)
+
+    async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
+        got = await self.g.call("limits.concurrency", lambda: self._acquire(
+            keys=[f"{self.p}inflight:{subject}"], args=[limit, ttl_s, holder]), 1)
+        return bool(int(got))
+
+    async def release(self, subject: str, holder: str) -> None:
+        await self.g.call("limits.concurrency", lambda: self.g.client.zrem(f"{self.p}inflight:{subject}", holder),
+                          0)
+
+
+class RedisLedger:
+    """Per day: a hash of (key, model, field) totals and a hash of key totals; per minute: the total spend,
+    kept two hours for the circuit breaker."""
+
+    def __init__(self, guard: RedisGuard, prefix: str) -> None:
+        self.g, self.p = guard, prefix
+
+    async def record(self, entry: SpendEntry) -> None:
+        e = entry.stamped()
+        day, minute, cell = day_of(e.at), int(e.at // 60), f"{e.key_id}|{e.model}|"
+
+        async def run() -> None:
+            async with self.g.client.pipeline(transaction=True) as pipe:
+                spend = f"{self.p}spend:{day}"
+                pipe.hincrby(spend, cell + "requests", 1)
+                pipe.hincrby(spend, cell + "prompt_tokens", e.prompt_tokens)
+                pipe.hincrby(spend, cell + "completion_tokens", e.completion_tokens)
+                pipe.hincrby(spend, cell + "images", e.images)
+                pipe.hincrbyfloat(spend, cell + "cost_usd", e.cost_usd)
+                pipe.hincrbyfloat(f"{self.p}keyspend:{day}", e.key_id, e.cost_usd)
+                pipe.incrbyfloat(f"{self.p}spendmin:{minute}", e.cost_usd)
+                pipe.expire(f"{self.p}spendmin:{minute}", 7200)
+                await pipe.execute()
+        await self.g.call("spend.record", run, None)
+
+    async def key_spend(self, key_id: str, since: float) -> float:
+        days = days_between(day_of(since), day_of(time.time()))
+
+        async def run() -> float:
+            async with self.g.client.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hget(f"{self.p}keyspend:{day}", key_id)
+                return sum(float(v) for v in await pipe.execute() if v)
+        return await self.g.call("spend.key", run, 0.0)
+
+    async def hour_spend(self) -> float:
+        now = int(time.time() // 60)
+        keys = [f"{self.p}spendmin:{m}" for m in range(now - 59, now + 1)]
+
+        async def run() -> float:
+            return sum(float(v) for v in await self.g.client.mget(keys) if v)
+        return await self.g.call("spend.hour", run, 0.0)
+
+    async def report(self, first_day: str, last_day: str, key_id: str | None = None) -> list[SpendRow]:
+        days = days_between(first_day, last_day)
+
+        async def run() -> list[dict[str, str]]:
+            async with self.g.client.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(f"{self.p}spend:{day}")
+                return list(await pipe.execute())
+        rows = []
+        for day, cells in zip(days, await self.g.call("spend.report", run), strict=True):
+            rows += _rows(day, cells, key_id)
+        return rows
+
+
+def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]:
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for cell, value in cells.items():
+        key, model, name = cell.rsplit("|", 2)
+        if key_id is None or key == key_id:
+            totals.setdefault((key, model), {})[name] = float(value)
+    return [SpendRow(day, key, model, int(t.get("requests", 0)), int(t.get("prompt_tokens", 0)),
+                     int(t.get("completion_tokens", 0)), int(t.get("images", 0)), t.get("cost_usd", 0.0))
+            for (key, model), t in sorted(totals.items())]

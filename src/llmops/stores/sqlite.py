@@ -1,0 +1,34 @@
+"""One SQLite connection shared by the SQLite-backed stores (keys, spend): autocommit, WAL so the CLI and
+the server can use the file at once, and statements run in a worker thread under a lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+
+class SqliteDb:
+    def __init__(self, path: str | Path) -> None:
+        target = str(path)
+        if target != ":memory:":
+            file = Path(target).expanduser()
+            file.parent.mkdir(parents=True, exist_ok=True)
+            target = str(file)
+        self._db = sqlite3.connect(target, timeout=5, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        if target != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+
+    def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await asyncio.to_thread(self.run, sql, args)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

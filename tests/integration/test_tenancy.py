@@ -1,0 +1,197 @@
+"""Tenancy on real servers: limits shared through a real Redis by two server processes, keys and spend that
+survive a restart (SQLite and Redis), tokens/min, budgets, the spend circuit breaker, and Redis going away."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmops.cli import main
+from tests.helpers import RedisServer, live_server, write_config
+
+ADMIN = "admin-secret-for-tests"
+# $1 per completion token and $0.1 per prompt token (the fake engine echoes the prompt's words)
+PRICED = [{"name": "fake", "engine": "fake", "pricing": {"prompt_usd_per_1k": 100, "completion_usd_per_1k": 1000}}]
+
+
+@pytest.fixture(autouse=True)
+def own_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(tmp_path / "state.db"))  # env beats the YAML
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def config(tmp_path: Path, name: str, backend: str, redis: RedisServer | None = None, **extra: Any) -> Path:
+    state: dict[str, Any] = {"backend": backend}
+    if redis is not None:
+        state["redis_url"] = redis.url
+    state.update(extra.pop("state", {}))
+    return write_config(tmp_path / f"{name}.yaml", PRICED, state=state, **extra)
+
+
+def create_key(cfg: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
+    assert main(["keys", "--config", str(cfg), "create", "--name", "t", *flags]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def chat(base: str, secret: str | None, words: int = 3, max_tokens: int = 16) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    content = " ".join(["word"] * words)
+    return httpx.post(f"{base}/v1/chat/completions", headers=headers, timeout=30,
+                      json={"model": "fake", "max_tokens": max_tokens, "messages": [{"role": "user",
+                                                                                    "content": content}]})
+
+
+def settle() -> None:
+    time.sleep(0.3)  # accounting settles in a background task right after the response
+
+
+def test_two_servers_on_one_redis_enforce_one_limit(tmp_path: Path, redis_server: RedisServer,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, "shared", "redis", redis_server)
+    secret = create_key(cfg, capsys, "--rpm", "4")["secret"]
+    with live_server(cfg) as a, live_server(cfg) as b:
+        codes = [chat(base, secret).status_code for base in (a, b) * 4]
+    assert sorted(codes) == [200] * 4 + [429] * 4  # four in total, not four per process
+    assert codes[:4] == [200] * 4
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_restart_keeps_keys_and_spend(tmp_path: Path, redis_server: RedisServer, backend: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, backend, backend, redis_server)
+    key = create_key(cfg, capsys, "--budget", "1000", "--budget-period", "day")
+    with live_server(cfg) as base:
+        first = chat(base, key["secret"])
+        assert first.status_code == 200
+        settle()
+    with live_server(cfg) as base:
+        usage = httpx.get(f"{base}/v1/usage", headers={"Authorization": f"Bearer {key['secret']}"}).json()
+        assert chat(base, key["secret"]).status_code == 200
+    used = first.json()["usage"]
+    expected = used["prompt_tokens"] * 0.1 + used["completion_tokens"] * 1.0
+    assert usage["key_id"] == key["id"]
+    assert usage["budget"]["spent_usd"] == pytest.approx(expected)
+    assert usage["data"][0]["requests"] == 1
+    assert usage["data"][0]["completion_tokens"] == used["completion_tokens"]
+    stored = redis_server.dump() if backend == "redis" else b"".join(
+        f.read_bytes() for f in tmp_path.glob("state.db*"))
+    assert key["secret"].encode() not in stored
+    assert key["id"].encode() in stored
+
+
+def test_tokens_per_minute_count_prompt_and_completion(tmp_path: Path, redis_server: RedisServer,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, "tpm", "redis", redis_server)
+    secret = create_key(cfg, capsys, "--tpm", "100")["secret"]
+    with live_server(cfg) as base:
+        used = 0
+        for _ in range(10):
+            r = chat(base, secret, words=10, max_tokens=10)
+            if r.status_code != 200:
+                break
+            used += r.json()["usage"]["total_tokens"]
+            settle()
+        assert r.status_code == 429
+        assert "tokens/min" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) >= 1
+        assert 60 < used <= 100  # ~20 tokens a request: refused once the next would pass 100
+
+
+def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, "budget", "sqlite", auth={"admin_key": ADMIN})
+    key = create_key(cfg, capsys, "--budget", "5", "--budget-period", "month")
+    other = create_key(cfg, capsys)
+    with live_server(cfg) as base:
+        first = chat(base, key["secret"])  # ~15 prompt + 3 completion tokens: $4.50 of $5
+        settle()
+        assert chat(base, key["secret"]).status_code == 200  # $9: over, but admitted while under
+        settle()
+        refused = chat(base, key["secret"])
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+        assert chat(base, other["secret"]).status_code == 200  # another key's budget is its own
+        settle()
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        by_key = httpx.get(f"{base}/admin/usage", params={"group_by": "key"}, headers=admin).json()["data"]
+        by_model = httpx.get(f"{base}/admin/usage", params={"group_by": "model,day"}, headers=admin).json()["data"]
+        metrics = httpx.get(f"{base}/metrics").text
+    used = first.json()["usage"]
+    each = used["prompt_tokens"] * 0.1 + used["completion_tokens"] * 1.0
+    assert 2.5 < each < 5  # two requests pass the $5 budget
+    spend = {row["key_id"]: row["cost_usd"] for row in by_key}
+    assert spend == {key["id"]: pytest.approx(2 * each), other["id"]: pytest.approx(each)}
+    assert len(by_model) == 1
+    assert by_model[0]["model"] == "fake"
+    assert by_model[0]["requests"] == 3
+    assert f'llmops_spend_usd_total{{key="{key["id"]}",model="fake"}} {2 * each}' in metrics
+    assert 'reason="budget"' in metrics
+
+
+def test_spend_circuit_breaker(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "breaker", "memory", spend={"max_usd_per_hour": 5})
+    with live_server(cfg) as base:
+        assert chat(base, None).status_code == 200  # $4.50
+        settle()
+        assert chat(base, None).status_code == 200  # $9: the breaker opens after this one
+        settle()
+        r = chat(base, None)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "spend_limit_reached"
+        assert r.headers["retry-after"] == "60"
+
+
+def test_redis_going_away_fails_open_or_closed_as_configured(
+        tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    opened = config(tmp_path, "open", "redis", redis_server, state={"on_error": "open"})
+    closed = config(tmp_path, "closed", "redis", redis_server, state={"on_error": "closed"})
+    secret = create_key(opened, capsys, "--rpm", "100", "--budget", "1000")["secret"]
+    with live_server(opened) as fail_open, live_server(closed) as fail_closed:
+        assert chat(fail_open, secret).status_code == 200
+        assert chat(fail_closed, secret).status_code == 200
+        redis_server.stop()
+        started = time.monotonic()
+        still_served = chat(fail_open, secret)
+        refused = chat(fail_closed, secret)
+        unknown = chat(fail_open, "sk-llmops-never-issued")
+        elapsed = time.monotonic() - started
+        metrics = httpx.get(f"{fail_open}/metrics").text
+    assert still_served.status_code == 200  # a key seen before keeps working, limits skipped
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "store_unavailable"
+    assert unknown.status_code == 503  # an unknown secret is never let in
+    assert elapsed < 10  # each call gives up after the short timeout: no hang
+    assert "llmops_state_store_errors_total" in metrics
+    assert 'op="keys.lookup"' in metrics
+
+
+def test_concurrent_requests_per_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    slow = [{"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.2}}]
+    cfg = write_config(tmp_path / "conc.yaml", slow, state={"backend": "sqlite"})
+    secret = create_key(cfg, capsys, "--max-concurrent", "1")["secret"]
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {"model": "fake", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "a b c d"}]}
+    with live_server(cfg) as base, httpx.Client(timeout=30) as client:
+        with client.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as first:
+            lines = first.iter_lines()
+            next(lines)  # the first request is streaming
+            second = client.post(f"{base}/v1/chat/completions", json=body, headers=headers)
+            assert second.status_code == 429
+            assert "in flight" in second.json()["error"]["message"]
+            list(lines)
+        time.sleep(0.2)  # the place is given back right after the stream ends
+        assert client.post(f"{base}/v1/chat/completions", json=body, headers=headers).status_code == 200

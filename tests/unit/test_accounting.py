@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from llmops.api.usage import group
+from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
+from llmops.observability.metrics import Metrics
+from llmops.pipeline.accounting import Accountant, cost_usd
+from llmops.pipeline.budget import period_bounds
+from llmops.settings import ModelConfig, SpendSettings, StateSettings
+from llmops.stores import build_state
+from llmops.stores.keys import KeyLimits, new_key
+from llmops.stores.ledger import SpendRow
+
+MODEL = ModelConfig(name="m", engine="fake", pricing={"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 2.0,
+                                                        "image_usd": 0.5, "gpu_usd_per_hour": 3.6})
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def test_budget_periods_are_utc_calendar_periods() -> None:
+    now = ts("2026-11-27T15:30:00")  # a Friday
+    assert period_bounds("day", now) == (ts("2026-11-27T00:00:00"), ts("2026-11-28T00:00:00"))
+    assert period_bounds("week", now) == (ts("2026-11-23T00:00:00"), ts("2026-11-30T00:00:00"))
+    assert period_bounds("month", now) == (ts("2026-11-01T00:00:00"), ts("2026-12-01T00:00:00"))
+    assert period_bounds("month", ts("2026-12-31T23:00:00"))[1] == ts("2027-01-01T00:00:00")
+    assert period_bounds("total", now) == (0.0, None)
+
+
+def test_cost_from_the_price_table() -> None:
+    assert cost_usd(MODEL, 1000, 500, 0, 0.0) == pytest.approx(2.0)
+    assert cost_usd(MODEL, 0, 0, 2, 10.0) == pytest.approx(1.0 + 10 * 3.6 / 3600)
+
+
+def test_report_groups_sum_over_the_other_dimensions() -> None:
+    rows = [SpendRow("2026-11-26", "k1", "a", 1, 10, 5, 0, 0.5), SpendRow("2026-11-27", "k1", "b", 2, 20, 5, 0, 1.0),
+            SpendRow("2026-11-27", "k2", "a", 1, 1, 1, 1, 0.25)]
+    by_key = group(rows, ("key",))
+    assert by_key == [
+        {"key_id": "k1", "requests": 3, "prompt_tokens": 30, "completion_tokens": 10, "images": 0, "cost_usd": 1.5},
+        {"key_id": "k2", "requests": 1, "prompt_tokens": 1, "completion_tokens": 1, "images": 1, "cost_usd": 0.25}]
+    assert [r["model"] for r in group(rows, ("model",))] == ["a", "b"]
+
+
+def test_accountant_budget_tokens_and_breaker() -> None:
+    async def run() -> None:
+        state = build_state(StateSettings(backend="memory"))
+        accountant = Accountant(state, SpendSettings(max_usd_per_hour=10.0), Metrics())
+        key, _ = new_key("k", (), "interactive", KeyLimits(tpm=100, budget_usd=3.0, budget_period="day"))
+        charge = await accountant.admit(key, MODEL, prompt_chars=200)  # ~50 tokens counted up front
+        assert charge.estimated_prompt == 50
+        with pytest.raises(RateLimited, match="tokens/min"):
+            await accountant.admit(key, MODEL, prompt_chars=240)  # 60 more would pass 100
+        accountant.settle(charge, prompt_tokens=40, completion_tokens=1000)  # $0.04 + $2
+        await accountant.close()
+        with pytest.raises(RateLimited):  # 1040 tokens this minute now
+            await accountant.admit(key, MODEL, prompt_chars=4)
+        unlimited, _ = new_key("u", (), "interactive", KeyLimits(budget_usd=3.0, budget_period="day"))
+        accountant.settle(await accountant.admit(unlimited, MODEL), completion_tokens=1500)  # $3: spent
+        await accountant.close()
+        with pytest.raises(QuotaExceeded) as info:
+            await accountant.admit(unlimited, MODEL)
+        assert info.value.retry_after is not None
+        assert 0 < info.value.retry_after <= 86400
+        accountant.settle(await accountant.admit(None, MODEL), completion_tokens=3000)  # $6: $11 this hour
+        await accountant.close()
+        with pytest.raises(SpendLimitReached):
+            await accountant.admit(None, MODEL)
+        rows = await state.ledger.report("2000-01-01", "2100-01-01")
+        assert sum(r.cost_usd for r in rows) == pytest.approx(11.04)
+        await state.close()
+
+    asyncio.run(run())
