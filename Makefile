@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench bench-baseline-venv clean
+.PHONY: setup serve test lint bench bench-tenancy bench-baseline-venv clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ lint: setup
 LLAMA_CPP_PYTHON ?= .bench-venv/bin/python
 bench: setup
 	LLAMA_CPP_PYTHON=$(LLAMA_CPP_PYTHON) $(PY) -m bench.run --out bench/results
+
+# What API keys and limits add per request, with each state backend (starts its own redis-server)
+bench-tenancy: setup
+	$(PY) -m bench.tenancy --out bench/results
 
 bench-baseline-venv:
 	test -x $(LLAMA_CPP_PYTHON) || (python3 -m venv .bench-venv && .bench-venv/bin/pip install 'llama-cpp-python[server]')

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--max-concurrent", type=int, default=None, help="requests in flight (default: no limit)")
     create.add_argument("--budget", type=float, default=None, help="dollars per budget period (default: none)")
     create.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
+    create.add_argument("--secret-only", action="store_true", help="print only the secret (for scripts)")
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     for verb in ("show", "revoke"):
         keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
@@ -102,8 +103,8 @@ async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
         limits = KeyLimits(args.rpm, args.tpm, args.max_concurrent, args.budget, args.budget_period)
         key, secret = new_key(args.name, models, args.priority, limits)
         await store.add(key)
-        print(json.dumps({**key.public(), "secret": secret}, indent=2))
-        print("store the secret now: it is not kept and cannot be shown again", file=sys.stderr)
+        print(secret if args.secret_only else json.dumps({**key.public(), "secret": secret}, indent=2))
+        print(f"created {key.id}: store the secret now, it is not kept and cannot be shown again", file=sys.stderr)
     elif args.keys_command == "list":
         for key in await store.all():
             state = "revoked" if key.revoked_at else "active"

@@ -3,6 +3,7 @@ config, on a free port and one thread), and the YAML config block through `llmop
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,8 +19,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 
-def blocks(lang: str) -> list[str]:
-    return [body for kind, body in BLOCK.findall(README.read_text()) if kind == lang]
+KEYED = "llmops keys create"  # blocks that create a key run against a server of their own
+
+
+def blocks(lang: str, keyed: bool = False) -> list[str]:
+    found = [body for kind, body in BLOCK.findall(README.read_text()) if kind == lang]
+    return [b for b in found if (KEYED in b) == keyed]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +44,23 @@ def test_readme_has_runnable_blocks() -> None:
     assert len(blocks("bash")) >= 2
     assert len(blocks("python")) >= 1
     assert len(blocks("yaml")) >= 1
+    assert len(blocks("bash", keyed=True)) == 1
+
+
+@pytest.mark.parametrize("index", range(len(blocks("bash", keyed=True))))
+def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
+    """Creating a key makes the server keyed, so this block gets a fresh store and a server of its own
+    (the fake engine under the README's model name)."""
+    monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(tmp_path / "keys.db"))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # `llmops` of this venv
+    cfg = write_config(tmp_path / "keyed.yaml", [{"name": "gemma-3-270m", "engine": "fake"}])
+    with live_server(cfg) as base:
+        script = blocks("bash", keyed=True)[index].replace("http://127.0.0.1:8000", base)
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"error"' not in out.stdout
+    assert '"chat.completion"' in out.stdout
+    assert '"object":"usage"' in out.stdout.replace(" ", "")
 
 
 @pytest.mark.model

@@ -25,6 +25,7 @@ from llmops.stores.ledger import SpendEntry, SpendRow, day_of, days_between
 log = logging.getLogger("llmops.stores")
 T = TypeVar("T")
 _NONE: Any = object()  # no fail-open fallback: the call always fails closed
+KEY_FRESH_S = 1.0
 
 _GCRA = """
 local t = redis.call('TIME')
@@ -88,7 +89,7 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
 class RedisKeyStore:
     def __init__(self, guard: RedisGuard, prefix: str) -> None:
         self.g, self.p = guard, prefix
-        self._known: dict[str, ApiKey] = {}  # last copy of each key seen: fail-open serves from it
+        self._known: dict[str, tuple[ApiKey, float]] = {}  # last copy of each key seen, and when
         self._count = 1  # until Redis says otherwise, assume keys exist (never open up by accident)
 
     async def add(self, key: ApiKey) -> None:
@@ -101,12 +102,16 @@ class RedisKeyStore:
         await self.g.call("keys.add", run)
 
     async def by_hash(self, digest: str) -> ApiKey | None:
-        known = self._known.get(digest)
+        """A key read in the last second is used as is (a revocation reaches every replica within a second);
+        when Redis is unreachable and the policy is fail-open, the last copy of a key seen before."""
+        known, read_at = self._known.get(digest, (None, 0.0))
+        if known is not None and time.monotonic() - read_at < KEY_FRESH_S:
+            return known
         raw = await self.g.call("keys.lookup", lambda: self.g.client.get(f"{self.p}keyhash:{digest}"),
                                 _NONE if known is None else known.to_json())
         key = ApiKey.from_json(raw) if raw else None
         if key is not None:
-            self._known[digest] = key
+            self._known[digest] = (key, time.monotonic())
         return key
 
     async def get(self, key_id: str) -> ApiKey:
