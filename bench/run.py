@@ -47,7 +47,8 @@ class Target:
 def _llmops(engine: str, options: dict[str, object]) -> Callable[[int, Path], list[str]]:
     def command(port: int, tmp: Path) -> list[str]:
         cfg = tmp / f"llmops-{engine}.yaml"
-        cfg.write_text(yaml.safe_dump({"log_level": "warning", "models": [
+        # no response cache: every request must reach the engine to be a fair comparison
+        cfg.write_text(yaml.safe_dump({"log_level": "warning", "cache": {"enabled": False}, "models": [
             # a long deadline: throughput levels queue many requests on purpose (deadlines: see scenarios)
             {"name": "gemma", "engine": engine, "options": options,
              "limits": {"default_max_tokens": 512, "default_deadline_s": 600, "max_queued": 256}}]}))

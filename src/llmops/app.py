@@ -30,6 +30,10 @@ from llmops.observability.gpu import GpuProbe
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer, build_tracer
 from llmops.pipeline.accounting import Accountant
+from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.guardrails import Guardrails
+from llmops.pipeline.routing import Router
+from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
@@ -45,8 +49,11 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued,
                            on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
-    state = build_state(settings.state, on_error=lambda op: metrics.store_errors.labels(op).inc())
+    state = build_state(settings.state, on_error=lambda op: metrics.store_errors.labels(op).inc(),
+                        cache_entries=settings.cache.max_entries)
     accountant = Accountant(state, settings.spend, metrics)
+    guardrails = Guardrails(settings.guardrails, metrics)  # loads classifiers: a bad one fails at start
+    prompts = PromptRegistry(settings.prompts.dir)  # refuses a published prompt that changed
     gpu = GpuProbe()
     metrics.watch(pool.loads, gpu.utilization)
     obs = settings.observability
@@ -72,6 +79,11 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.keys = state.keys
     app.state.accountant = accountant
+    app.state.guardrails = guardrails
+    app.state.prompts = prompts
+    app.state.router = Router(settings.routes)
+    app.state.cacher = ResponseCacher(state.cache, settings.cache, metrics)
+    app.state.background = set()  # shadow requests in flight
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,

@@ -1,4 +1,4 @@
-"""`llmops serve | models | config check`."""
+"""`llmops serve | models | keys | prompts | config check`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     for verb in ("show", "revoke"):
         keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
+    prompts = sub.add_parser("prompts", help="versioned prompt templates")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    publish = prompts_sub.add_parser("publish", help="record new versions in DIR/published.json (published "
+                                     "versions may never change)")
+    publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and every engine's options")
@@ -126,6 +131,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmops.prompts.registry import publish
+
+    added = publish(Path(args.dir))
+    print("\n".join(f"published {name}" for name in added) or "nothing new to publish")
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _load(args)
     _check_engines(settings)
@@ -137,7 +152,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys}
+    handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys,
+                "prompts": cmd_prompts}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -8,11 +8,12 @@ when it is called.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmops.engines.weights import EMBEDDED_GEMMA
@@ -132,6 +133,95 @@ class SpendSettings(_Strict):
                                            "hour's spend (all keys) is above this, new requests get 503")
 
 
+class CacheSettings(_Strict):
+    """Exact-match response cache for deterministic requests (temperature 0, or a seed given), chat,
+    completions and images. In the process (LRU) with the sqlite/memory state backends; in Redis, shared by
+    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store)."""
+
+    enabled: bool = True
+    max_entries: int = Field(1024, ge=1, description="LRU size (in-process cache)")
+    ttl_s: float = Field(3600, gt=0, description="how long an answer is served from the cache")
+    max_entry_bytes: int = Field(4_000_000, ge=1024, description="larger answers are not cached")
+
+
+Stage = Literal["input", "output"]
+PiiEntity = Literal["email", "phone", "card", "iban"]
+
+
+class GuardrailRule(_Strict):
+    """One guardrail: a detector, the hook points it runs at, and what a finding does. `block` refuses
+    (400 content_filter; mid-stream: a final error event), `redact` replaces what was found (PII),
+    `flag` lets it through and counts it (metric + log line)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    detector: Literal["injection", "pii", "blocklist", "regex"]
+    stages: list[Stage] = Field(default_factory=lambda: list[Stage](["input"]), min_length=1)
+    action: Literal["block", "redact", "flag"] = "block"
+    entities: list[PiiEntity] = Field(default_factory=lambda: list[PiiEntity](["email", "phone", "card", "iban"]))
+    terms: list[str] = Field(default_factory=list, description="blocklist: words or phrases, case-insensitive")
+    patterns: list[str] = Field(default_factory=list, description="regex: Python regular expressions")
+    classifier: str | None = Field(None, description="injection: 'module:factory' of a classifier whose "
+                                   "score(text) >= threshold also counts as a finding")
+    threshold: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> GuardrailRule:
+        if self.action == "redact" and self.detector == "injection":
+            raise ValueError("an injection rule can block or flag, not redact")
+        if self.detector == "blocklist" and not self.terms:
+            raise ValueError("a blocklist rule needs terms")
+        if self.detector == "regex":
+            if not self.patterns:
+                raise ValueError("a regex rule needs patterns")
+            for pattern in self.patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"invalid pattern {pattern!r}: {exc}") from None
+        return self
+
+
+class GuardrailSettings(_Strict):
+    max_input_chars: int | None = Field(None, ge=1, description="longer inputs get 400 content_filter")
+    max_input_tokens: int | None = Field(None, ge=1, description="the same, in estimated tokens (4 chars each)")
+    rules: list[GuardrailRule] = Field(default_factory=list)
+
+
+class Variant(_Strict):
+    model: str
+    weight: float = Field(1.0, gt=0)
+
+
+class Shadow(_Strict):
+    model: str = Field(description="a candidate that gets a copy of the traffic; its answers are logged only")
+    sample: float = Field(1.0, gt=0, le=1, description="share of requests mirrored")
+
+
+class RouteConfig(_Strict):
+    """A model name clients use that is an alias over weighted variants (A/B), with fallbacks and a shadow."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    variants: list[Variant] = Field(min_length=1)
+    sticky: Literal["key", "user", "none"] = Field("key", description="key: one variant per API key (or per "
+                                                   "`user` without a key); user: per `user`; none: per request")
+    fallbacks: list[str] = Field(default_factory=list, description="tried in order when the chosen variant "
+                                 "fails or is overloaded before answering")
+    shadow: Shadow | None = None
+
+
+class PromptVariant(_Strict):
+    version: str
+    weight: float = Field(1.0, gt=0)
+
+
+class PromptSettings(_Strict):
+    dir: str | None = Field(None, description="folder of versioned prompts: <id>/<version>.yaml, and "
+                            "published.json written by `llmops prompts publish`")
+    experiments: dict[str, list[PromptVariant]] = Field(default_factory=dict, description="prompt id -> "
+                                                        "weighted versions, for requests that name no version; "
+                                                        "sticky per API key (or `user`)")
+
+
 class RateLimitSettings(_Strict):
     anonymous_rpm: int | None = Field(None, ge=1, description="requests/min per client IP without a key; unset: off")
     trusted_proxies: list[str] = Field(default_factory=list, description="networks (CIDR) whose X-Forwarded-For "
@@ -159,6 +249,10 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     spend: SpendSettings = Field(default_factory=SpendSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
 
     @field_validator("models")
@@ -169,6 +263,19 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         return models
+
+    @model_validator(mode="after")
+    def _routes_name_models(self) -> Settings:
+        models = {m.name for m in self.models}
+        for i, route in enumerate(self.routes):
+            if route.name in models:
+                raise ValueError(f"routes[{i}].name {route.name!r} is also a model name")
+            named = [v.model for v in route.variants] + route.fallbacks + ([route.shadow.model] if route.shadow else [])
+            unknown = sorted(set(named) - models)
+            if unknown:
+                raise ValueError(f"routes[{i}] ({route.name}) names models that are not configured: "
+                                 f"{', '.join(unknown)}")
+        return self
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

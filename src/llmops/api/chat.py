@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from llmops.api import deps
+from llmops.api import textcall
 from llmops.api.disconnect import cancel_on_disconnect
-from llmops.api.generation import (
-    Choices,
-    Collected,
-    admit,
-    check_request,
-    collect,
-    new_id,
-    now,
-    run_choices,
-    stream_choices,
-    text_requests,
-)
-from llmops.api.request_meta import request_meta
+from llmops.api.generation import Choices, Collected, collect, new_id, now, stream_choices
 from llmops.api.sse import event, sse_response
 from llmops.engines.base import Message
 from llmops.protocol.chat import (
@@ -39,30 +28,30 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    deps.authorize(request, body.model)
-    served, engine = deps.pool(request).text_engine(body.model)
-    check_request(body, served.config)
-    meta = request_meta(request, served.config, body.service_tier())
-    messages = tuple(Message(m.role, m.text()) for m in body.messages)
-    reqs = text_requests(body, served.config, body.requested_max_tokens(), messages=messages)
-    charge = await admit(request, served.config, sum(len(m.text()) for m in body.messages))
-    choices = run_choices(request, served, engine, reqs, meta, charge)
+    messages = [Message(m.role, m.text()) for m in body.messages]
+    call = await textcall.prepare(request, body, "chat", messages=messages)
+    hit = await textcall.cached(call)
+    if hit is not None:
+        if body.stream:
+            return await sse_response(_replay(hit, body), call.headers)
+        return JSONResponse(hit, headers=call.headers())
+    choices = textcall.run(call, body)
     if body.stream:
-        return await sse_response(_events(choices, len(reqs), body), meta.headers)
-    done = await cancel_on_disconnect(request, collect(choices, len(reqs)))
-    out = [ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=_finish(done, i))
+        return await sse_response(_events(choices, body, call), call.headers)
+    done = await cancel_on_disconnect(request, collect(choices, body.n))
+    result = _completion(done, body.model, new_id("chatcmpl"), now()).model_dump()
+    await textcall.store(call, result)
+    return JSONResponse(result, headers=call.headers())
+
+
+def _completion(done: Collected, model: str, chunk_id: str, created: int) -> ChatCompletion:
+    out = [ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=done.finish[i] or "stop")
            for i, text in enumerate(done.texts)]
-    result = ChatCompletion(id=new_id("chatcmpl"), created=now(), model=body.model, choices=out,
-                            usage=done.usage())
-    return JSONResponse(result.model_dump(), headers=meta.headers())
+    return ChatCompletion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
 
 
-def _finish(done: Collected, i: int) -> str:
-    return done.finish[i] or "stop"
-
-
-async def _events(choices: Choices, n: int, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
-    totals = Collected(texts=[], finish=[])
+async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
+    totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("chatcmpl"), now()
 
     def chunk(choices: list[ChatChunkChoice]) -> bytes:
@@ -70,7 +59,7 @@ async def _events(choices: Choices, n: int, body: ChatCompletionRequest) -> Asyn
 
     pieces = stream_choices(choices, totals)
     first = await anext(pieces, None)  # errors before any output surface as plain HTTP errors
-    for i in range(n):
+    for i in range(body.n):
         yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
     if first is not None:
         yield chunk([_piece(*first)])
@@ -79,6 +68,23 @@ async def _events(choices: Choices, n: int, body: ChatCompletionRequest) -> Asyn
     if body.include_usage():
         yield event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=[],
                                         usage=totals.usage()))
+    await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
+
+
+async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    """A cached answer as the stream the model would have sent."""
+    cached = ChatCompletion.model_validate(hit)
+
+    def chunk(choices: list[ChatChunkChoice]) -> bytes:
+        return event(ChatCompletionChunk(id=cached.id, created=cached.created, model=cached.model, choices=choices))
+
+    for c in cached.choices:
+        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
+        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(content=c.message.content))])
+        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)])
+    if body.include_usage():
+        yield event(ChatCompletionChunk(id=cached.id, created=cached.created, model=cached.model, choices=[],
+                                        usage=cached.usage))
 
 
 def _piece(index: int, text: str, finish: str | None) -> ChatChunkChoice:

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from llmops.api import deps
+from llmops.api import textcall
 from llmops.api.disconnect import cancel_on_disconnect
-from llmops.api.generation import (
-    Choices,
-    Collected,
-    admit,
-    check_request,
-    collect,
-    new_id,
-    now,
-    run_choices,
-    stream_choices,
-    text_requests,
-)
-from llmops.api.request_meta import request_meta
+from llmops.api.generation import Choices, Collected, collect, new_id, now, stream_choices
 from llmops.api.sse import event, sse_response
 from llmops.errors import InvalidRequest
 from llmops.protocol.completions import Completion, CompletionChoice, CompletionRequest
@@ -31,32 +20,48 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    deps.authorize(request, body.model)
-    served, engine = deps.pool(request).text_engine(body.model)
-    check_request(body, served.config)
     prompt = body.prompt_text()
     if prompt is None:
         raise InvalidRequest("send one prompt per request (a list of several prompts is not supported)",
                              param="prompt")
-    meta = request_meta(request, served.config, body.service_tier())
-    reqs = text_requests(body, served.config, body.requested_max_tokens(), prompt=prompt)
-    charge = await admit(request, served.config, len(prompt))
-    choices = run_choices(request, served, engine, reqs, meta, charge)
+    call = await textcall.prepare(request, body, "completions", prompt=prompt)
+    hit = await textcall.cached(call)
+    if hit is not None:
+        if body.stream:
+            return await sse_response(_replay(hit, body), call.headers)
+        return JSONResponse(hit, headers=call.headers())
+    choices = textcall.run(call, body)
     if body.stream:
-        return await sse_response(_events(choices, body), meta.headers)
-    done = await cancel_on_disconnect(request, collect(choices, len(reqs)))
+        return await sse_response(_events(choices, body, call), call.headers)
+    done = await cancel_on_disconnect(request, collect(choices, body.n))
+    result = _completion(done, body.model, new_id("cmpl"), now()).model_dump()
+    await textcall.store(call, result)
+    return JSONResponse(result, headers=call.headers())
+
+
+def _completion(done: Collected, model: str, chunk_id: str, created: int) -> Completion:
     out = [CompletionChoice(index=i, text=text, finish_reason=done.finish[i] or "stop")
            for i, text in enumerate(done.texts)]
-    result = Completion(id=new_id("cmpl"), created=now(), model=body.model, choices=out, usage=done.usage())
-    return JSONResponse(result.model_dump(), headers=meta.headers())
+    return Completion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
 
 
-async def _events(choices: Choices, body: CompletionRequest) -> AsyncIterator[bytes]:
-    totals = Collected(texts=[], finish=[])
+async def _events(choices: Choices, body: CompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
+    totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("cmpl"), now()
     async for index, text, finish in stream_choices(choices, totals):
         choice = CompletionChoice(index=index, text=text, finish_reason=finish)
         yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[choice]))
     if body.include_usage():
-        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[],
-                               usage=totals.usage()))
+        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[], usage=totals.usage()))
+    await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
+
+
+async def _replay(hit: dict[str, Any], body: CompletionRequest) -> AsyncIterator[bytes]:
+    cached = Completion.model_validate(hit)
+    for c in cached.choices:
+        for choice in (CompletionChoice(index=c.index, text=c.text, finish_reason=None),
+                       CompletionChoice(index=c.index, text="", finish_reason=c.finish_reason)):
+            yield event(Completion(id=cached.id, created=cached.created, model=cached.model, choices=[choice]))
+    if body.include_usage():
+        yield event(Completion(id=cached.id, created=cached.created, model=cached.model, choices=[],
+                               usage=cached.usage))

@@ -8,6 +8,9 @@ from fastapi import Request
 
 from llmops.errors import PermissionDenied
 from llmops.pipeline.accounting import Accountant
+from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.routing import Router
+from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores.keys import ApiKey
@@ -23,6 +26,18 @@ def settings(request: Request) -> Settings:
 
 def accountant(request: Request) -> Accountant:
     return cast(Accountant, request.app.state.accountant)
+
+
+def router(request: Request) -> Router:
+    return cast(Router, request.app.state.router)
+
+
+def prompts(request: Request) -> PromptRegistry:
+    return cast(PromptRegistry, request.app.state.prompts)
+
+
+def cacher(request: Request) -> ResponseCacher:
+    return cast(ResponseCacher, request.app.state.cacher)
 
 
 def api_key(request: Request) -> ApiKey | None:

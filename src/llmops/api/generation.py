@@ -8,19 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import Request
-
-from llmops.api import deps
-from llmops.api.request_meta import RequestMeta
-from llmops.engines.base import Message, SamplingParams, TextChunk, TextEngine, TextRequest, TokenUsage
+from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
-from llmops.middleware.observe import log_fields
-from llmops.observability.inference import InferenceObserver
-from llmops.pipeline.accounting import Accountant, Charge
 from llmops.protocol.common import SamplingFields, Usage
-from llmops.scheduling.admission import Ticket
-from llmops.scheduling.pool import Served
-from llmops.scheduling.runner import admitted_choices
 from llmops.settings import ModelConfig
 
 log = logging.getLogger("llmops.api")
@@ -76,47 +66,6 @@ class Collected:
 Choices = AsyncIterator[tuple[int, TextChunk]]
 
 
-async def admit(request: Request, cfg: ModelConfig, prompt_chars: int) -> Charge:
-    """Budget, spend breaker and tokens/min checks for the caller; the returned charge is settled later."""
-    return await deps.accountant(request).admit(deps.api_key(request), cfg, prompt_chars)
-
-
-def run_choices(request: Request, served: Served, engine: TextEngine, requests: list[TextRequest],
-                meta: RequestMeta, charge: Charge) -> Choices:
-    """The request's choices, admitted on the model's queue, bound by the request's deadline, observed,
-    and accounted (tokens and cost) when they end, however they end."""
-    obs = InferenceObserver(request.app.state.metrics, request.app.state.tracer, served.config.name,
-                            log_fields(request.scope))
-
-    def on_admit(ticket: Ticket) -> None:
-        meta.admitted(ticket)
-        obs.admitted(ticket)
-
-    choices = admitted_choices(served.admission, engine, requests, meta.deadline, meta.priority, on_admit)
-    return _settled(obs.text(choices), deps.accountant(request), charge)
-
-
-async def _settled(choices: Choices, accountant: Accountant, charge: Charge) -> Choices:
-    """Pass the chunks through; at the end settle the tokens. A choice cut short (cancelled, failed) has no
-    usage chunk: its streamed chunks are counted as tokens, and the prompt as estimated."""
-    prompt, completion = 0, 0
-    chunks: dict[int, int] = {}
-    reported: set[int] = set()
-    try:
-        async for index, chunk in choices:
-            chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
-            if chunk.usage:
-                prompt = max(prompt, chunk.usage.prompt_tokens)
-                completion += chunk.usage.completion_tokens
-                reported.add(index)
-            yield index, chunk
-    finally:
-        completion += sum(n for i, n in chunks.items() if i not in reported)
-        if chunks and not prompt:
-            prompt = charge.estimated_prompt
-        accountant.settle(charge, prompt, completion)
-
-
 async def collect(choices: Choices, n: int) -> Collected:
     out = Collected(texts=[""] * n, finish=[None] * n)
     async for index, chunk in _engine_errors(choices):
@@ -141,8 +90,12 @@ async def _engine_errors(chunks: AsyncIterator[tuple[int, TextChunk]]) -> AsyncI
 
 
 async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
-    """(index, text, finish_reason) as they come; usage accumulates into `totals`."""
+    """(index, text, finish_reason) as they come; text, finish reasons (where `totals` has room for the
+    choice) and usage accumulate into `totals`."""
     async for index, chunk in _engine_errors(choices):
         if chunk.usage:
             totals.add_usage(chunk.usage)
+        if index < len(totals.texts):
+            totals.texts[index] += chunk.text
+            totals.finish[index] = chunk.finish_reason or totals.finish[index]
         yield index, chunk.text, chunk.finish_reason

@@ -24,6 +24,7 @@ from llmops.errors import DeadlineExceeded, InvalidRequest, LLMOpsError, NotFoun
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
 from llmops.observability.metrics import rejection_reason
+from llmops.pipeline.guardrails import Guardrails
 from llmops.protocol.images import (
     GenerateRequest,
     GenerateResponse,
@@ -63,6 +64,13 @@ async def wait_for(job: Job, queue: ImageJobs, deadline: float) -> ImageResult:
 
 def _batching(cfg: ModelConfig) -> Batching:
     return Batching(cfg.limits.image.max_batch_size, cfg.limits.image.batch_timeout_s)
+
+
+def _guarded(request: Request, body: ImageGenerationRequest) -> ImageGenerationRequest:
+    """The input guardrails over the prompts (a block raises; a redaction changes the prompt)."""
+    guard: Guardrails = request.app.state.guardrails
+    texts = guard.check_input([body.prompt, body.negative_prompt or ""])
+    return body.model_copy(update={"prompt": texts[0], "negative_prompt": texts[1] or body.negative_prompt})
 
 
 def _fields(body: ImageGenerationRequest) -> ImageFields:
@@ -108,18 +116,31 @@ def _data(request: Request, result: ImageResult, response_format: str) -> list[I
 
 
 @router.post("/v1/images/generations", response_model=ImagesResponse)
-async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
+async def generations(body: ImageGenerationRequest, request: Request) -> JSONResponse:
+    """Seeded b64_json requests are deterministic: they are answered from the response cache when it has them."""
+    body = _guarded(request, body)
+    cacher = deps.cacher(request)
+    key = cacher.key(request, "images", body.model_dump(exclude={"user"}),
+                     body.seed is not None and body.response_format == "b64_json")
+    cfg_name = body.model or deps.pool(request).image_engine(None)[0].name
+    hit = await cacher.get(key, cfg_name)
+    if hit is not None:
+        deps.authorize(request, cfg_name)
+        return JSONResponse(hit, headers={"X-Cache": "hit"})
     cfg, job = await _submit(request, body)
     deadline = request_meta(request, cfg).deadline
     result = await _observed(request, cfg.name, wait_for(job, jobs(request), deadline))
-    return ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format))
+    out = ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format)).model_dump()
+    await cacher.put(key, out)
+    return JSONResponse(out, headers={"X-Cache": "miss" if key else "bypass"})
 
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     cfg, engine = deps.pool(request).image_engine(body.model)
     deps.authorize(request, cfg.name)
-    fields = ImageFields(body.prompt, body.negative_prompt, body.width, body.height, body.num_inference_steps,
+    prompt, negative = request.app.state.guardrails.check_input([body.prompt, body.negative_prompt or ""])
+    fields = ImageFields(prompt, negative or body.negative_prompt, body.width, body.height, body.num_inference_steps,
                          body.guidance_scale, 1, body.seed)
     image_request = resolve(cfg, fields)
     deadline = request_meta(request, cfg).deadline
@@ -160,7 +181,7 @@ def job_view(job: Job, queue: ImageJobs) -> ImageJob:
 async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResponse:
     if body.response_format == "url":
         raise InvalidRequest("image jobs return b64_json images", param="response_format")
-    _, job = await _submit(request, body)
+    _, job = await _submit(request, _guarded(request, body))
     await asyncio.sleep(0)  # let the worker pick it up if the queue was idle
     view = job_view(job, jobs(request))
     return JSONResponse(view.model_dump(), status_code=202, headers={"Location": f"/v1/images/jobs/{job.id}"})

@@ -15,12 +15,13 @@ router = APIRouter()
 async def list_models(request: Request) -> ModelList:
     created = request.app.state.started_at
     key = deps.api_key(request)
-    names = [n for n in deps.pool(request).names() if key is None or key.allows(n)]
+    every = deps.pool(request).names() + deps.router(request).names()  # models, then routed aliases
+    names = [n for n in every if key is None or key.allows(n)]
     return ModelList(data=[ModelCard(id=name, created=created) for name in names])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request) -> ModelCard:
-    if model_id not in deps.pool(request).names():
+    if model_id not in deps.pool(request).names() + deps.router(request).names():
         raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
     return ModelCard(id=model_id, created=request.app.state.started_at)

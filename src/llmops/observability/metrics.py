@@ -85,6 +85,15 @@ class Metrics:
                                  "as of its last request", ["key"], registry=r)
         self.store_errors = Counter("llmops_state_store_errors", "Calls to the shared state store (Redis) that "
                                     "failed or timed out, by operation", ["op"], registry=r)
+        self.guardrail_actions = Counter("llmops_guardrail_actions", "Guardrail findings, by rule, hook point "
+                                         "and the rule's action", ["rule", "stage", "action"], registry=r)
+        self.cache_requests = Counter("llmops_cache_requests", "Response cache lookups: hit, miss or bypass",
+                                      ["model", "result"], registry=r)
+        self.variant_requests = Counter("llmops_route_requests", "Requests to a routed alias, by the variant "
+                                        "that served them (role: primary, fallback, shadow)",
+                                        ["route", "variant", "role"], registry=r)
+        self.prompt_requests = Counter("llmops_prompt_requests", "Requests that used a versioned prompt",
+                                       ["prompt", "version"], registry=r)
         self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
                                      registry=r)
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",

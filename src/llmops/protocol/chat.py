@@ -29,9 +29,18 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class PromptRef(BaseModel):
+    """A versioned prompt from the server's registry; its messages come before the request's own."""
+
+    id: str = Field(min_length=1, max_length=64)
+    version: str | None = Field(None, max_length=64, description="default: the latest, or the experiment's pick")
+    variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(default_factory=list)
     max_completion_tokens: int | None = Field(None, ge=1)
+    prompt: PromptRef | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

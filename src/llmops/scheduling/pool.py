@@ -83,12 +83,18 @@ class ModelPool:
     def ready(self) -> bool:
         return all(s.health().state == "ready" for s in self._models.values())
 
-    def get(self, name: str, kind: str) -> Served:
+    def config(self, name: str, kind: str) -> ModelConfig:
+        """The configuration of a `kind` model, loaded or not (404 when there is none)."""
         served = self._models.get(name)
         if served is None or served.config.kind != kind:
             known = [n for n, s in self._models.items() if s.config.kind == kind]
             raise ModelNotFound(f"model {name!r} does not exist; {kind} models here: {', '.join(known) or 'none'}",
                                 param="model")
+        return served.config
+
+    def get(self, name: str, kind: str) -> Served:
+        self.config(name, kind)
+        served = self._models[name]
         state = served.health().state
         if state != "ready":
             raise ServiceUnavailable(f"model {name!r} is {state}", retry_after=5)

@@ -1,5 +1,6 @@
-"""State behind one interface per kind: API keys (keys.py), limit counters (counters.py) and spend
-(ledger.py); `build_state` picks the backend (memory, SQLite for the embedded default, Redis for replicas)."""
+"""State behind one interface per kind: API keys (keys.py), limit counters (counters.py), spend
+(ledger.py) and cached responses (cache.py); `build_state` picks the backend (memory, SQLite for the
+embedded default, Redis for replicas)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llmops.settings import StateSettings
+from llmops.stores.cache import MemoryCache, ResponseCache
 from llmops.stores.counters import Counters, MemoryCounters
 from llmops.stores.keys import KeyStore, SqliteKeyStore
 from llmops.stores.ledger import Ledger, SqliteLedger
@@ -18,6 +20,7 @@ class State:
     keys: KeyStore
     counters: Counters
     ledger: Ledger
+    cache: ResponseCache
     backend: str
     _close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -26,7 +29,8 @@ class State:
             await close()
 
 
-def build_state(settings: StateSettings, on_error: Callable[[str], None] | None = None) -> State:
+def build_state(settings: StateSettings, on_error: Callable[[str], None] | None = None,
+                cache_entries: int = 1024) -> State:
     """The stores for `settings`; `on_error(op)` is told of each Redis failure (a metric)."""
     if settings.backend == "redis":
         from llmops.stores import redis_store as rs
@@ -35,11 +39,12 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
         guard = rs.RedisGuard(client, settings.redis_timeout_s, settings.on_error == "open",
                               on_error or (lambda _: None))
         p = settings.redis_prefix
-        return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p), "redis",
-                     [client.aclose])
+        return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p),
+                     rs.RedisCache(guard, p), "redis", [client.aclose])
     db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
 
     async def close() -> None:
         db.close()
 
-    return State(SqliteKeyStore(db), MemoryCounters(), SqliteLedger(db), settings.backend, [close])
+    return State(SqliteKeyStore(db), MemoryCounters(), SqliteLedger(db), MemoryCache(cache_entries), settings.backend,
+                 [close])

@@ -254,3 +254,22 @@ def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]
     return [SpendRow(day, key, model, int(t.get("requests", 0)), int(t.get("prompt_tokens", 0)),
                      int(t.get("completion_tokens", 0)), int(t.get("images", 0)), t.get("cost_usd", 0.0))
             for (key, model), t in sorted(totals.items())]
+
+
+class RedisCache:
+    def __init__(self, guard: RedisGuard, prefix: str) -> None:
+        self.g, self.p = guard, prefix
+
+    async def get(self, key: str) -> str | None:
+        try:
+            value = await self.g.call("cache.get", lambda: self.g.client.get(f"{self.p}cache:{key}"), None)
+        except StoreUnavailable:  # fail-closed applies to limits and keys; a cache miss is always safe
+            return None
+        return str(value) if value is not None else None
+
+    async def put(self, key: str, value: str, ttl_s: float) -> None:
+        try:
+            await self.g.call("cache.put", lambda: self.g.client.set(f"{self.p}cache:{key}", value,
+                                                                     px=int(ttl_s * 1000)), None)
+        except StoreUnavailable:
+            return

@@ -1,0 +1,53 @@
+"""The response cache: exact match on the normalised request, for deterministic requests only
+(temperature 0, or a seed given). A hit returns the stored body unchanged, replayed as a stream to a
+streaming request; a request opts out with `Cache-Control: no-cache` or `no-store`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from fastapi import Request
+
+from llmops.observability.metrics import Metrics
+from llmops.settings import CacheSettings
+from llmops.stores.cache import ResponseCache
+
+Result = Literal["hit", "miss", "bypass"]
+
+
+def cache_key(kind: str, payload: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, **payload}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def opted_out(request: Request) -> bool:
+    directives = request.headers.get("cache-control", "").lower()
+    return "no-cache" in directives or "no-store" in directives
+
+
+class ResponseCacher:
+    def __init__(self, store: ResponseCache, settings: CacheSettings, metrics: Metrics) -> None:
+        self.store, self.settings, self.metrics = store, settings, metrics
+
+    def key(self, request: Request, kind: str, payload: dict[str, Any], deterministic: bool) -> str | None:
+        """The cache key, or None when this request must not use the cache."""
+        if not self.settings.enabled or not deterministic or opted_out(request):
+            return None
+        return cache_key(kind, payload)
+
+    async def get(self, key: str | None, model: str) -> dict[str, Any] | None:
+        if key is None:
+            self.metrics.cache_requests.labels(model, "bypass").inc()
+            return None
+        raw = await self.store.get(key)
+        self.metrics.cache_requests.labels(model, "hit" if raw is not None else "miss").inc()
+        return json.loads(raw) if raw is not None else None
+
+    async def put(self, key: str | None, body: dict[str, Any]) -> None:
+        if key is None:
+            return
+        raw = json.dumps(body, separators=(",", ":"))
+        if len(raw) <= self.settings.max_entry_bytes:
+            await self.store.put(key, raw, self.settings.ttl_s)

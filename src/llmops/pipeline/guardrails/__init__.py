@@ -1,0 +1,140 @@
+"""Guardrails as pipeline stages with typed outcomes at named hook points: `input` (before the request
+reaches a model), `output` (the whole answer) and per streamed chunk (`StreamGuard`, the same output rules
+applied as text flows, holding back only a short tail so a match split across chunks is still caught).
+
+Each rule's action comes from settings: block → ContentFiltered (400 content_filter; mid-stream, a final
+error event), redact → the span replaced by `[REDACTED:<kind>]`, flag → let through. Every finding is
+counted in `llmops_guardrail_actions_total{rule,stage,action}` and logged (rule, stage, kinds; never the
+text)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from llmops.errors import ContentFiltered
+from llmops.observability.metrics import Metrics
+from llmops.pipeline.guardrails.detectors import Detector, Finding, build_detector
+from llmops.settings import GuardrailRule, GuardrailSettings, Stage
+
+log = logging.getLogger("llmops.guardrails")
+Outcome = Literal["allow", "redact", "block"]
+HOLD_CHARS = 64  # a streamed tail kept back until the next chunk: longer than any span a rule redacts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    text: str  # redacted when outcome is redact
+    findings: tuple[tuple[GuardrailRule, Finding], ...] = ()
+
+
+def redact(text: str, findings: list[Finding]) -> str:
+    out, last = [], 0
+    for f in sorted(findings, key=lambda f: f.start):
+        if f.start < last:
+            continue
+        out += [text[last:f.start], f"[REDACTED:{f.kind}]"]
+        last = f.end
+    return "".join(out) + text[last:]
+
+
+class Guardrails:
+    def __init__(self, settings: GuardrailSettings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self._rules: list[tuple[GuardrailRule, Detector]] = [(r, build_detector(r)) for r in settings.rules]
+
+    def active(self, stage: Stage) -> bool:
+        return any(stage in rule.stages for rule, _ in self._rules)
+
+    def check(self, stage: Stage, text: str, record: bool = True) -> Verdict:
+        """Run every rule of `stage` over `text`; the strongest action wins (block > redact > allow)."""
+        outcome: Outcome = "allow"
+        hits: list[tuple[GuardrailRule, Finding]] = []
+        for rule, detector in self._rules:
+            if stage not in rule.stages:
+                continue
+            found = detector.find(text)
+            hits += [(rule, f) for f in found]
+            if found and rule.action == "block":
+                outcome = "block"
+            elif found and rule.action == "redact" and outcome == "allow":
+                outcome = "redact"
+        if record:
+            self.record(stage, hits)
+        if outcome == "redact":
+            text = redact(text, [f for rule, f in hits if rule.action == "redact"])
+        return Verdict(outcome, text, tuple(hits))
+
+    def record(self, stage: Stage, hits: list[tuple[GuardrailRule, Finding]]) -> None:
+        """One metric increment and one log line per rule that found something."""
+        by_rule: dict[str, tuple[GuardrailRule, set[str]]] = {}
+        for rule, f in hits:
+            by_rule.setdefault(rule.name, (rule, set()))[1].add(f.kind)
+        for rule, kinds in by_rule.values():
+            self.metrics.guardrail_actions.labels(rule.name, stage, rule.action).inc()
+            log.info("guardrail %s %s at %s: %s", rule.name, rule.action, stage, ",".join(sorted(kinds)))
+
+    def check_input(self, texts: list[str]) -> list[str]:
+        """The input limits, then the input rules; the texts as the model should see them."""
+        total = sum(len(t) for t in texts)
+        limit = self.settings.max_input_chars
+        if limit is not None and total > limit:
+            raise ContentFiltered(f"the input is {total} characters; this server accepts at most {limit}",
+                                  param="messages")
+        token_limit = self.settings.max_input_tokens
+        if token_limit is not None and (total + 3) // 4 > token_limit:
+            raise ContentFiltered(f"the input is about {(total + 3) // 4} tokens; this server accepts at most "
+                                  f"{token_limit}", param="messages")
+        out = []
+        for text in texts:
+            verdict = self.check("input", text)
+            if verdict.outcome == "block":
+                raise ContentFiltered(_blocked("input", verdict), param="messages")
+            out.append(verdict.text)
+        return out
+
+    def check_output(self, text: str) -> str:
+        verdict = self.check("output", text)
+        if verdict.outcome == "block":
+            raise ContentFiltered(_blocked("output", verdict))
+        return verdict.text
+
+    def stream(self) -> StreamGuard:
+        return StreamGuard(self)
+
+
+def _blocked(stage: str, verdict: Verdict) -> str:
+    rules = sorted({rule.name for rule, _ in verdict.findings if rule.action == "block"})
+    return f"the {stage} was blocked by guardrail {', '.join(rules)}"
+
+
+class StreamGuard:
+    """The output rules over a stream: `feed` each chunk and send what it returns; `flush` at the end."""
+
+    def __init__(self, guardrails: Guardrails) -> None:
+        self._g = guardrails
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        self._pending += text
+        verdict = self._g.check("output", self._pending, record=False)
+        if verdict.outcome == "block":
+            self._g.record("output", list(verdict.findings))
+            raise ContentFiltered(_blocked("output", verdict))
+        cut = max(0, len(self._pending) - HOLD_CHARS)
+        for _, f in verdict.findings:  # never cut through a finding: it is redacted whole, later
+            if f.start < cut < f.end:
+                cut = f.start
+        if cut == 0:
+            return ""
+        done = [(rule, f) for rule, f in verdict.findings if f.end <= cut]  # counted once, when sent
+        self._g.record("output", done)
+        emitted = redact(self._pending[:cut], [f for rule, f in done if rule.action == "redact"])
+        self._pending = self._pending[cut:]
+        return emitted
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return self._g.check_output(rest) if rest else ""
