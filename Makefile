@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench bench-tenancy bench-baseline-venv clean
+.PHONY: setup serve test lint bench bench-tenancy bench-controls bench-baseline-venv clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ bench: setup
 # What API keys and limits add per request, with each state backend (starts its own redis-server)
 bench-tenancy: setup
 	$(PY) -m bench.tenancy --out bench/results
+
+# Response-cache hit latency (Gemma, Redis) and the guardrail detectors' precision/recall
+bench-controls: setup
+	$(PY) -m bench.cache --out bench/results
+	$(PY) -m bench.guardrails --out bench/results
 
 bench-baseline-venv:
 	test -x $(LLAMA_CPP_PYTHON) || (python3 -m venv .bench-venv && .bench-venv/bin/pip install 'llama-cpp-python[server]')

@@ -142,8 +142,14 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from llmops.observability.metrics import Metrics
+    from llmops.pipeline.guardrails import Guardrails
+    from llmops.prompts.registry import PromptRegistry
+
     settings = _load(args)
     _check_engines(settings)
+    Guardrails(settings.guardrails, Metrics())  # classifiers import
+    PromptRegistry(settings.prompts.dir)  # published prompts unchanged
     print(f"config ok: {len(settings.models)} model(s) on {settings.host}:{settings.port}")
     for m in settings.models:
         print(f"  {m.name} ({m.kind}, engine {m.engine})")
