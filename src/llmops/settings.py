@@ -142,6 +142,9 @@ class CacheSettings(_Strict):
     max_entries: int = Field(1024, ge=1, description="LRU size (in-process cache)")
     ttl_s: float = Field(3600, gt=0, description="how long an answer is served from the cache")
     max_entry_bytes: int = Field(4_000_000, ge=1024, description="larger answers are not cached")
+    scope: Literal["global", "key"] = Field("global", description="global: one cache for every caller (an "
+                                            "identical request gets the stored answer); key: each API key has "
+                                            "its own entries, so no caller can learn what another asked")
 
 
 Stage = Literal["input", "output"]

@@ -35,6 +35,9 @@ class ResponseCacher:
         """The cache key, or None when this request must not use the cache."""
         if not self.settings.enabled or not deterministic or opted_out(request):
             return None
+        if self.settings.scope == "key":
+            key = request.scope.get("state", {}).get("api_key")
+            payload = {**payload, "api_key": key.id if key is not None else None}
         return cache_key(kind, payload)
 
     async def get(self, key: str | None, model: str) -> dict[str, Any] | None:
