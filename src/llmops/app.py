@@ -66,6 +66,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             yield
         finally:
             await image_jobs.close()
+            for task in list(app.state.background):  # shadow requests: nobody waits for their answers
+                task.cancel()
             await pool.close()
             await accountant.close()
             await state.close()

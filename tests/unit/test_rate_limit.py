@@ -45,3 +45,20 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
     assert client_ip(scope("10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.7"), trusted) == "1.2.3.4"
     assert client_ip(scope("10.0.0.5", None), trusted) == "10.0.0.5"
     assert client_ip(scope("127.0.0.1", "1.2.3.4"), []) == "127.0.0.1"
+
+
+def test_memory_counters_forget_subjects_whose_state_ran_out() -> None:
+    import asyncio
+
+    from llmops.stores.counters import MemoryCounters
+
+    async def run() -> int:
+        clock = [1000.0]
+        counters = MemoryCounters(clock=lambda: clock[0])
+        for i in range(MemoryCounters.PRUNE_EVERY - 1):
+            await counters.hit_requests(f"ip:{i}", 60)
+        clock[0] += 120.0  # two minutes later every allowance is full again
+        await counters.hit_requests("ip:new", 60)  # the sweep runs on this call
+        return len(counters._tat)  # the subjects it still holds state for
+
+    assert asyncio.run(run()) == 1

@@ -11,6 +11,7 @@ completion tokens when it settles, so one counter takes both."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,19 +83,32 @@ def sliding(current: float, previous: float, elapsed: float, per_minute: int, co
 
 
 class MemoryCounters:
-    """One process's counters: the embedded default (and SQLite) backend. Replicas share Redis ones."""
+    """One process's counters: the embedded default (and SQLite) backend. Replicas share Redis ones.
+    Subjects whose state has run out (a client IP seen once) are pruned, so memory stays bounded by the
+    subjects active in the last minute or two."""
 
-    def __init__(self) -> None:
+    PRUNE_EVERY = 1024  # calls between sweeps
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._now = clock
         self._tat: dict[str, float] = {}
         self._windows: dict[str, dict[int, float]] = {}
         self._holders: dict[str, dict[str, float]] = {}
+        self._calls = 0
 
-    @staticmethod
-    def _now() -> float:
-        return time.time()
+    def _maybe_prune(self, now: float) -> None:
+        self._calls += 1
+        if self._calls % self.PRUNE_EVERY:
+            return
+        self._tat = {s: tat for s, tat in self._tat.items() if tat > now}
+        current = window_index(now)[0]
+        self._windows = {s: w for s, w in self._windows.items() if any(i >= current - 1 for i in w)}
+        self._holders = {s: h for s, h in self._holders.items() if any(exp > now for exp in h.values())}
 
     async def hit_requests(self, subject: str, per_minute: int) -> Decision:
-        decision, tat = gcra(self._now(), self._tat.get(subject), per_minute)
+        now = self._now()
+        self._maybe_prune(now)
+        decision, tat = gcra(now, self._tat.get(subject), per_minute)
         if tat is not None:
             self._tat[subject] = tat
         return decision
