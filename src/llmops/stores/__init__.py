@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from llmops.errors import ConfigError
 from llmops.settings import StateSettings
 from llmops.stores.cache import MemoryCache, ResponseCache
 from llmops.stores.counters import Counters, MemoryCounters
@@ -33,7 +34,10 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
                 cache_entries: int = 1024) -> State:
     """The stores for `settings`; `on_error(op)` is told of each Redis failure (a metric)."""
     if settings.backend == "redis":
-        from llmops.stores import redis_store as rs
+        try:
+            from llmops.stores import redis_store as rs
+        except ImportError as exc:
+            raise ConfigError("state.backend redis needs the redis client: pip install 'llmops[redis]'") from exc
 
         client = rs.connect(settings.redis_url, settings.redis_timeout_s)
         guard = rs.RedisGuard(client, settings.redis_timeout_s, settings.on_error == "open",
