@@ -80,6 +80,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     app.state.keys = state.keys
+    app.state.state = state
     app.state.accountant = accountant
     app.state.guardrails = guardrails
     app.state.prompts = prompts

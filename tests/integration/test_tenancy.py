@@ -163,6 +163,7 @@ def test_redis_going_away_fails_open_or_closed_as_configured(
     with live_server(opened) as fail_open, live_server(closed) as fail_closed:
         assert chat(fail_open, secret).status_code == 200
         assert chat(fail_closed, secret).status_code == 200
+        assert httpx.get(f"{fail_open}/ready").json()["state"] == {"backend": "redis", "reachable": True}
         redis_server.stop()
         started = time.monotonic()
         still_served = chat(fail_open, secret)
@@ -170,6 +171,9 @@ def test_redis_going_away_fails_open_or_closed_as_configured(
         unknown = chat(fail_open, "sk-llmops-never-issued")
         elapsed = time.monotonic() - started
         metrics = httpx.get(f"{fail_open}/metrics").text
+        ready = httpx.get(f"{fail_open}/ready")
+    assert ready.status_code == 200  # readiness is about this pod: restarting it would not bring Redis back
+    assert ready.json()["state"] == {"backend": "redis", "reachable": False}
     assert still_served.status_code == 200  # a key seen before keeps working, limits skipped
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "store_unavailable"

@@ -33,6 +33,10 @@ async def ready(request: Request) -> JSONResponse:
     draining = request.app.state.lifecycle.draining
     is_ready = pool.ready() and not draining
     status = "draining" if draining else ("ready" if is_ready else "not_ready")
-    body = {"status": status, "models": models}
+    state = request.app.state.state
+    body = {"status": status, "models": models,
+            # informative only: with on_error open the server serves without Redis, and with closed it
+            # answers 503 per request; restarting pods would not bring Redis back
+            "state": {"backend": state.backend, "reachable": await state.reachable()}}
     headers = {} if is_ready else {"Retry-After": "5"}
     return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)

@@ -24,6 +24,11 @@ class State:
     cache: ResponseCache
     backend: str
     _close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _ping: Callable[[], Awaitable[bool]] | None = None
+
+    async def reachable(self) -> bool:
+        """Whether the shared store answers now (always true for the in-process backends)."""
+        return await self._ping() if self._ping is not None else True
 
     async def close(self) -> None:
         for close in self._close:
@@ -44,7 +49,7 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
                               on_error or (lambda _: None))
         p = settings.redis_prefix
         return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p),
-                     rs.RedisCache(guard, p), "redis", [client.aclose])
+                     rs.RedisCache(guard, p), "redis", [client.aclose], guard.ping)
     db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
 
     async def close() -> None:

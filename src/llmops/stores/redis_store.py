@@ -81,6 +81,13 @@ class RedisGuard:
             raise StoreUnavailable("the shared state store (Redis) is unreachable; retry shortly") from exc
 
 
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.client.ping(), self.timeout_s * 2))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                    retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True)
