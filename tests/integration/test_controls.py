@@ -72,11 +72,15 @@ GUARDS = {"rules": [
 ]}
 
 
+LONG = "Here is a long answer that runs on for a while before it says the launch codes and then " + "more " * 200
+
+
 def test_guardrails(tmp_path: Path) -> None:
     leaky = {"name": "leaky", "engine": "fake", "options": {
         "reply": "Sure, happy to help with that request. Write to ops@example.com for the details, and after "
                  "the usual approval steps have been completed by the team I will send the launch codes tomorrow."}}
-    cfg = write_config(tmp_path / "guard.yaml", [{"name": "fake", "engine": "fake"}, leaky], guardrails=GUARDS)
+    slow = {"name": "slow-leaky", "engine": "fake", "options": {"reply": LONG, "token_delay_s": 0.02}}
+    cfg = write_config(tmp_path / "guard.yaml", [{"name": "fake", "engine": "fake"}, leaky, slow], guardrails=GUARDS)
     with live_server(cfg) as base:
         c = client(base)
         with pytest.raises(openai.BadRequestError) as blocked:
@@ -97,6 +101,16 @@ def test_guardrails(tmp_path: Path) -> None:
         assert json.loads(events[-1])["error"]["code"] == "content_filter"  # stopped mid-stream
         assert metric(base, "llmops_guardrail_actions_total", rule="injection", action="block") == 1
         assert metric(base, "llmops_guardrail_actions_total", rule="secrets", stage="output") == 1
+        stopped_at = tokens_generated(base, "slow-leaky")
+        with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=30, json={
+                "model": "slow-leaky", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+            last = [line for line in r.iter_lines() if line.startswith("data: ")][-1]
+        assert json.loads(last.removeprefix("data: "))["error"]["code"] == "content_filter"
+        time.sleep(0.3)
+        after_block = tokens_generated(base, "slow-leaky")
+        time.sleep(1.0)  # an engine still running would make ~50 more tokens in this second
+        assert tokens_generated(base, "slow-leaky") == after_block
+        assert after_block - stopped_at < len(LONG.split())  # stopped at the block, not at the end
 
 
 def test_ab_routing_sticky_and_shadow(tmp_path: Path) -> None:

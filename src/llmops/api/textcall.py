@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +59,18 @@ class TextCall:
         if self.prompt_version is not None:
             out["X-LLMOps-Prompt-Version"] = f"{self.prompt_version[0]}/{self.prompt_version[1]}"
         return out
+
+
+@asynccontextmanager
+async def closing(items: Choices) -> AsyncIterator[Choices]:
+    """Close the source generator when the consumer stops early (an error, a disconnect), so the engine
+    stops now rather than when the generator is garbage-collected."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _subject(request: Request) -> str | None:
@@ -179,25 +193,27 @@ async def _fallback(call: TextCall, body: Any) -> Choices:
         log_fields(call.request.scope).update(variant=name)
         if call.plan.route is not None:
             metrics.variant_requests.labels(call.plan.route, name, "primary" if i == 0 else "fallback").inc()
-        yield first
-        async for item in choices:
-            yield item
+        async with closing(choices):
+            yield first
+            async for item in choices:
+                yield item
         return
 
 
 async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
     """Output rules per choice as chunks arrive; a finish flushes that choice's held-back tail."""
     guards: dict[int, Any] = {}
-    async for index, chunk in choices:
-        stream = guards.setdefault(index, guard.stream())
-        text = stream.feed(chunk.text) if chunk.text else ""
-        if chunk.finish_reason is not None:
-            text += stream.flush()
-            if text:  # the held-back tail goes out before the finish
-                yield index, TextChunk(text)
-                text = ""
-        if text or chunk.finish_reason is not None or chunk.usage is not None:
-            yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
+    async with closing(choices):  # a block stops the engine at once, not when the generator is collected
+        async for index, chunk in choices:
+            stream = guards.setdefault(index, guard.stream())
+            text = stream.feed(chunk.text) if chunk.text else ""
+            if chunk.finish_reason is not None:
+                text += stream.flush()
+                if text:  # the held-back tail goes out before the finish
+                    yield index, TextChunk(text)
+                    text = ""
+            if text or chunk.finish_reason is not None or chunk.usage is not None:
+                yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
 
 
 async def _settled(call: TextCall, choices: Choices) -> Choices:
@@ -207,13 +223,14 @@ async def _settled(call: TextCall, choices: Choices) -> Choices:
     chunks: dict[int, int] = {}
     reported: set[int] = set()
     try:
-        async for index, chunk in choices:
-            chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
-            if chunk.usage:
-                prompt = max(prompt, chunk.usage.prompt_tokens)
-                completion += chunk.usage.completion_tokens
-                reported.add(index)
-            yield index, chunk
+        async with closing(choices):
+            async for index, chunk in choices:
+                chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                if chunk.usage:
+                    prompt = max(prompt, chunk.usage.prompt_tokens)
+                    completion += chunk.usage.completion_tokens
+                    reported.add(index)
+                yield index, chunk
     finally:
         completion += sum(n for i, n in chunks.items() if i not in reported)
         if chunks and not prompt:
