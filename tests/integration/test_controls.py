@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from llmops.cli import main
-from tests.helpers import live_server, write_config
+from tests.helpers import RedisServer, live_server, write_config
 
 SLOW = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.05}}
 
@@ -63,6 +63,18 @@ def test_response_cache(tmp_path: Path) -> None:
         assert c.chat.completions.with_raw_response.create(**seeded).headers["x-cache"] == "miss"
         assert c.chat.completions.with_raw_response.create(**seeded).headers["x-cache"] == "hit"
         assert metric(base, "llmops_cache_requests_total", result="hit") == 3
+
+
+def test_replicas_share_the_cache_through_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    cfg = write_config(tmp_path / "shared.yaml", [SLOW], state={"backend": "redis", "redis_url": redis_server.url})
+    ask: dict[str, Any] = {"model": "fake", "seed": 1, "messages": [{"role": "user", "content": "a b c"}]}
+    with live_server(cfg) as a, live_server(cfg) as b:
+        first = client(a).chat.completions.with_raw_response.create(**ask)
+        second = client(b).chat.completions.with_raw_response.create(**ask)
+        assert first.headers["x-cache"] == "miss"
+        assert second.headers["x-cache"] == "hit"  # answered by the other replica's entry
+        assert second.http_response.json() == first.http_response.json()
+        assert tokens_generated(b, "fake") == 0
 
 
 GUARDS = {"rules": [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ PRICED = [{"name": "fake", "engine": "fake", "pricing": {"prompt_usd_per_1k": 10
 @pytest.fixture(autouse=True)
 def own_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(tmp_path / "state.db"))  # env beats the YAML
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def config(tmp_path: Path, name: str, backend: str, redis: RedisServer | None = None, **extra: Any) -> Path:
