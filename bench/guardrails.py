@@ -35,11 +35,12 @@ class Score:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
 
-def labelled(which: str, holdout: bool | None = None) -> list[dict[str, Any]]:
-    """The examples of one set; `holdout` True: only those written after the rules were last tuned,
-    False: only the ones they were tuned on, None: all."""
+def labelled(which: str, round_: int | None = None) -> list[dict[str, Any]]:
+    """The examples of one set, all of them or one round: 0 the examples the rules were first written
+    against, 1 a held-out set written next (the rules were then revised against its misses), 2 a second
+    held-out set written before that revision and never tuned on."""
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["set"] == which and (holdout is None or r.get("holdout", False) == holdout)]
+    return [r for r in rows if r["set"] == which and (round_ is None or int(r.get("holdout", 0)) == round_)]
 
 
 def evaluate(detector: Detector, rows: list[dict[str, Any]]) -> Score:
@@ -70,13 +71,15 @@ def main() -> None:
     args = parser.parse_args()
     pii = PiiDetector(["email", "phone", "card", "iban"])
     scores = {}
-    for part, holdout in (("tuning set", False), ("held-out set", True)):
-        scores[f"injection (rules), {part}"] = evaluate(InjectionDetector(), labelled("injection", holdout))
-        scores[f"pii (email, phone, card, iban), {part}"] = evaluate(pii, labelled("pii", holdout))
+    for part, round_ in (("round 0 (tuning)", 0), ("round 1 (tuning, was held out)", 1),
+                         ("round 2 (held out)", 2)):
+        scores[f"injection (rules), {part}"] = evaluate(InjectionDetector(), labelled("injection", round_))
+        scores[f"pii (email, phone, card, iban), {part}"] = evaluate(pii, labelled("pii", round_))
     data = DATA.relative_to(DATA.parents[2])
     lines = ["# Guardrail detectors on the labelled set", "",
-             f"Data: {data}. The rules were tuned on the tuning set; the held-out set was "
-             "written afterwards and not tuned on.", "",
+             f"Data: {data}. Round 0: the examples the rules were written against. Round 1: written next, "
+             "held out at first (injection recall 0.500, PII precision and recall 0.833), then the rules were "
+             "revised against its misses. Round 2: written before that revision, never tuned on.", "",
              "| detector | examples | precision | recall | missed | false alarms |", "|---|---|---|---|---|---|"]
     for name, s in scores.items():
         lines.append(f"| {name} | {s.tp + s.fp + s.fn + s.tn} | {s.precision:.3f} | {s.recall:.3f} | "

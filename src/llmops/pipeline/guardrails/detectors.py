@@ -42,6 +42,12 @@ _PRIOR = r"(?:all\s+|any\s+|the\s+|your\s+|my\s+)?(?:previous|prior|above|earlie
 _RULES = r"(?:instructions?|prompts?|rules|directions|guidelines|directives|context|constraints)"
 INJECTION_PATTERNS = (
     rf"\b{_OVERRIDE}\s+{_PRIOR}\s+{_RULES}",
+    rf"\b{_OVERRIDE}\s+(?:all\s+|any\s+|the\s+|your\s+|these\s+|those\s+)?{_RULES}\b",
+    rf"\b(?:stop|quit|cease|no\s+longer)\s+(?:following|obeying|respecting)\s+(?:all\s+|any\s+|the\s+|your\s+)?"
+    rf"(?:\w+\s+)?{_RULES}",
+    r"\b(?:system|admin|administrator|developer|security|safety)\s+override\b",
+    r"\byou\s+(?:now\s+)?(?:have|had|are\s+under)\s+no\s+(?:rules|restrictions|limits|limitations|filters|guidelines|"
+    r"content\s+polic(?:y|ies))",
     rf"\b{_OVERRIDE}\s+(?:all\s+|everything\s+)?(?:that\s+)?(?:you\s+were\s+|you've\s+been\s+)?(?:told|said)\b",
     r"\b(?:reveal|show|print|display|output|repeat|leak|tell\s+me)\s+(?:me\s+)?(?:your|the)\s+"
     r"(?:full\s+|hidden\s+|secret\s+|initial\s+|original\s+)?(?:system\s+prompt|system\s+message|instructions|prompt)",
@@ -86,8 +92,9 @@ def iban_ok(iban: str) -> bool:
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})"
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.I)  # mod-97 keeps it honest
+_PHONE = re.compile(r"(?<![\w+])(?<![A-Za-z]-)"  # not inside a word, nor a code like SN-2024-000123
+                    r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})"
                     r"(?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)")
 
 
