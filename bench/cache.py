@@ -8,8 +8,6 @@ llama.cpp with the in-process cache, and the fake engine with the Redis cache (a
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -21,7 +19,8 @@ import httpx
 import yaml
 from tests.helpers import RedisServer, live_server
 
-from bench.tenancy import percentile
+from bench.load import pct
+from bench.report import run_meta, save
 
 GEMMA = {"name": "m", "engine": "llamacpp", "options": {"n_threads": 2, "n_parallel": 1, "context_length": 1024}}
 FAKE = {"name": "m", "engine": "fake", "options": {"token_delay_s": 0.0}}
@@ -49,8 +48,8 @@ def run_case(stack: ExitStack, tmp: Path, name: str, config: dict[str, Any], pro
         raise RuntimeError("the cache did not behave as measured: expected misses, then hits")
     miss_ms, hit_ms = [t for t, _ in misses], [t for t, _ in hits]
     return {"case": name, "misses": len(miss_ms), "hits": len(hit_ms),
-            "miss_p50_ms": round(statistics.median(miss_ms), 2), "miss_p99_ms": round(percentile(miss_ms, 0.99), 2),
-            "hit_p50_ms": round(statistics.median(hit_ms), 2), "hit_p99_ms": round(percentile(hit_ms, 0.99), 2)}
+            "miss_p50_ms": round(statistics.median(miss_ms), 2), "miss_p99_ms": round(pct(miss_ms, 99) or 0.0, 2),
+            "hit_p50_ms": round(statistics.median(hit_ms), 2), "hit_p99_ms": round(pct(hit_ms, 99) or 0.0, 2)}
 
 
 def main() -> None:
@@ -67,8 +66,7 @@ def main() -> None:
                          args.prompts, args.repeats),
                 run_case(stack, tmp, "fake engine, Redis cache", {"models": [FAKE], "state": {
                     "backend": "redis", "redis_url": redis.url}}, args.prompts, args.repeats)]
-    meta = {"machine": f"{platform.machine()}, {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    meta = run_meta()
     lines = ["# Response cache latency", "",
              f"Non-streaming chat, temperature 0, max_tokens 32, one keep-alive client; {meta['machine']}, "
              f"{meta['date']}.", "",
@@ -76,11 +74,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['misses']} | {r['miss_p50_ms']} | {r['miss_p99_ms']} | {r['hits']} | "
               f"{r['hit_p50_ms']} | {r['hit_p99_ms']} |" for r in rows]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out / "cache.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(args.out, "cache", "\n".join(lines) + "\n", {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

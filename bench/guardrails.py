@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report import save
 from llmops.pipeline.guardrails.detectors import Detector, InjectionDetector, PiiDetector
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "guardrails_labelled.jsonl"
@@ -84,10 +85,7 @@ def main() -> None:
     for name, s in scores.items():
         lines.append(f"| {name} | {s.tp + s.fp + s.fn + s.tn} | {s.precision:.3f} | {s.recall:.3f} | "
                      f"{'; '.join(s.misses) or '-'} | {'; '.join(s.false_alarms) or '-'} |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "guardrails.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(args.out, "guardrails", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

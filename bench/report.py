@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import platform
+import time
+from pathlib import Path
 from typing import Any
 
 BASELINES = ("bare-llamacpp", "llama-cpp-python", "guide-sequential", "litserve-guide")
@@ -34,3 +38,19 @@ def markdown(report: dict[str, Any]) -> str:
     for name, figures in report.get("scenarios", {}).items():
         lines += ["", f"Scenario {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())]
     return "\n".join(lines) + "\n"
+
+
+def run_meta(**extra: Any) -> dict[str, Any]:
+    """Where and when a bench ran, for the results files."""
+    return {**extra, "machine": f"{platform.machine()}, {platform.python_version()}",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def save(out: str, name: str, text: str, data: dict[str, Any] | None = None) -> None:
+    """Write `name`.md (and `name`.json when there is data) under `out`, and print the markdown."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(text)
+    print(text)

@@ -9,8 +9,6 @@ latency is each keyed run's percentile minus the open run's.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -22,17 +20,15 @@ import httpx
 import yaml
 from tests.helpers import RedisServer, live_server
 
+from bench.load import pct
+from bench.report import run_meta, save
+
 ADMIN = "bench-admin-key"
 MODEL = {"name": "fake", "engine": "fake", "options": {"reply": "ok"},
          "pricing": {"prompt_usd_per_1k": 0.001, "completion_usd_per_1k": 0.002}}
 LIMITS = {"name": "bench", "rpm": 1_000_000, "tpm": 100_000_000, "max_concurrent": 64, "budget_usd": 1_000_000,
           "budget_period": "month"}
 BODY = {"model": "fake", "max_tokens": 1, "messages": [{"role": "user", "content": "hello there"}]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def start(stack: ExitStack, tmp: Path, name: str, state: dict[str, Any] | None) -> httpx.Client:
@@ -72,7 +68,7 @@ def measure(clients: list[httpx.Client], requests: int) -> list[list[float]]:
 
 def row(name: str, times: list[float]) -> dict[str, Any]:
     return {"case": name, "requests": len(times), "p50_ms": round(statistics.median(times), 3),
-            "p99_ms": round(percentile(times, 0.99), 3), "mean_ms": round(statistics.fmean(times), 3)}
+            "p99_ms": round(pct(times, 99) or 0.0, 3), "mean_ms": round(statistics.fmean(times), 3)}
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -103,13 +99,8 @@ def main() -> None:
         clients = [start(stack, tmp, f"case{i}", state) for i, (_, state) in enumerate(cases)]
         times = measure(clients, args.requests)
         rows = [row(name, t) for (name, _), t in zip(cases, times, strict=True)]
-    meta = {"requests": args.requests, "machine": f"{platform.machine()}, {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tenancy.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out / "tenancy.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    meta = run_meta(requests=args.requests)
+    save(args.out, "tenancy", markdown(rows, meta), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

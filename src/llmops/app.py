@@ -38,6 +38,7 @@ from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores import State, build_state
+from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.app")
 
@@ -66,8 +67,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             yield
         finally:
             await image_jobs.close()
-            for task in list(app.state.background):  # shadow requests: nobody waits for their answers
-                task.cancel()
+            app.state.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
             await accountant.close()
             await state.close()
@@ -86,7 +86,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.prompts = prompts
     app.state.router = Router(settings.routes)
     app.state.cacher = ResponseCacher(state.cache, settings.cache, metrics)
-    app.state.background = set()  # shadow requests in flight
+    app.state.background = TaskSet()  # shadow requests in flight
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,

@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from llmops.api import textcall
-from llmops.api.disconnect import cancel_on_disconnect
-from llmops.api.generation import Choices, Collected, collect, new_id, now, stream_choices
-from llmops.api.sse import event, sse_response
+from llmops.api.generation import Choices, Collected, new_id, now, stream_choices
+from llmops.api.sse import event
 from llmops.engines.base import Message
 from llmops.protocol.chat import (
     AssistantMessage,
@@ -30,18 +28,9 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     messages = [Message(m.role, m.text()) for m in body.messages]
     call = await textcall.prepare(request, body, "chat", messages=messages)
-    hit = await textcall.cached(call)
-    if hit is not None:
-        if body.stream:
-            return await sse_response(_replay(hit, body), call.headers)
-        return JSONResponse(hit, headers=call.headers())
-    choices = textcall.run(call, body)
-    if body.stream:
-        return await sse_response(_events(choices, body, call), call.headers)
-    done = await cancel_on_disconnect(request, collect(choices, body.n))
-    result = _completion(done, body.model, new_id("chatcmpl"), now()).model_dump()
-    await textcall.store(call, result)
-    return JSONResponse(result, headers=call.headers())
+    return await textcall.respond(call, body, replay=lambda hit: _replay(hit, body),
+                                  events=lambda choices: _events(choices, body, call),
+                                  complete=lambda done: _completion(done, body.model, new_id("chatcmpl"), now()))
 
 
 def _completion(done: Collected, model: str, chunk_id: str, created: int) -> ChatCompletion:

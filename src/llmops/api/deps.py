@@ -9,10 +9,12 @@ from fastapi import Request
 from llmops.errors import PermissionDenied
 from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
+from llmops.stores import State
 from llmops.stores.keys import ApiKey
 
 
@@ -38,6 +40,14 @@ def prompts(request: Request) -> PromptRegistry:
 
 def cacher(request: Request) -> ResponseCacher:
     return cast(ResponseCacher, request.app.state.cacher)
+
+
+def guardrails(request: Request) -> Guardrails:
+    return cast(Guardrails, request.app.state.guardrails)
+
+
+def state(request: Request) -> State:
+    return cast(State, request.app.state.state)
 
 
 def api_key(request: Request) -> ApiKey | None:

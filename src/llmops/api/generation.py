@@ -68,12 +68,8 @@ Choices = AsyncIterator[tuple[int, TextChunk]]
 
 async def collect(choices: Choices, n: int) -> Collected:
     out = Collected(texts=[""] * n, finish=[None] * n)
-    async for index, chunk in _engine_errors(choices):
-        out.texts[index] += chunk.text
-        if chunk.finish_reason:
-            out.finish[index] = chunk.finish_reason
-        if chunk.usage:
-            out.add_usage(chunk.usage)
+    async for _ in stream_choices(choices, out):
+        pass
     return out
 
 

@@ -24,7 +24,6 @@ from llmops.errors import DeadlineExceeded, InvalidRequest, LLMOpsError, NotFoun
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
 from llmops.observability.metrics import rejection_reason
-from llmops.pipeline.guardrails import Guardrails
 from llmops.protocol.images import (
     GenerateRequest,
     GenerateResponse,
@@ -66,11 +65,15 @@ def _batching(cfg: ModelConfig) -> Batching:
     return Batching(cfg.limits.image.max_batch_size, cfg.limits.image.batch_timeout_s)
 
 
-def _guarded(request: Request, body: ImageGenerationRequest) -> ImageGenerationRequest:
+def _guard_prompts(request: Request, prompt: str, negative: str | None) -> tuple[str, str | None]:
     """The input guardrails over the prompts (a block raises; a redaction changes the prompt)."""
-    guard: Guardrails = request.app.state.guardrails
-    texts = guard.check_input([body.prompt, body.negative_prompt or ""])
-    return body.model_copy(update={"prompt": texts[0], "negative_prompt": texts[1] or body.negative_prompt})
+    prompt, checked = deps.guardrails(request).check_input([prompt, negative or ""])
+    return prompt, checked or negative
+
+
+def _guarded(request: Request, body: ImageGenerationRequest) -> ImageGenerationRequest:
+    prompt, negative = _guard_prompts(request, body.prompt, body.negative_prompt)
+    return body.model_copy(update={"prompt": prompt, "negative_prompt": negative})
 
 
 def _fields(body: ImageGenerationRequest) -> ImageFields:
@@ -139,8 +142,8 @@ async def generations(body: ImageGenerationRequest, request: Request) -> JSONRes
 async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     cfg, engine = deps.pool(request).image_engine(body.model)
     deps.authorize(request, cfg.name)
-    prompt, negative = request.app.state.guardrails.check_input([body.prompt, body.negative_prompt or ""])
-    fields = ImageFields(prompt, negative or body.negative_prompt, body.width, body.height, body.num_inference_steps,
+    prompt, negative = _guard_prompts(request, body.prompt, body.negative_prompt)
+    fields = ImageFields(prompt, negative, body.width, body.height, body.num_inference_steps,
                          body.guidance_scale, 1, body.seed)
     image_request = resolve(cfg, fields)
     deadline = request_meta(request, cfg).deadline

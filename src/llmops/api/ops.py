@@ -33,7 +33,7 @@ async def ready(request: Request) -> JSONResponse:
     draining = request.app.state.lifecycle.draining
     is_ready = pool.ready() and not draining
     status = "draining" if draining else ("ready" if is_ready else "not_ready")
-    state = request.app.state.state
+    state = deps.state(request)
     body = {"status": status, "models": models,
             # informative only: with on_error open the server serves without Redis, and with closed it
             # answers 503 per request; restarting pods would not bring Redis back

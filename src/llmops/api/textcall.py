@@ -9,19 +9,22 @@ keyed on the chosen variant, not the alias, so an A/B arm never serves the other
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from llmops.api import deps
-from llmops.api.generation import Choices, check_request, collect, text_requests
+from llmops.api.disconnect import cancel_on_disconnect
+from llmops.api.generation import Choices, Collected, check_request, collect, text_requests
 from llmops.api.request_meta import RequestMeta, request_meta
-from llmops.engines.base import Message, TextChunk
+from llmops.api.sse import sse_response
+from llmops.engines.base import Message, TextChunk, TextRequest
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
@@ -108,8 +111,8 @@ async def prepare(request: Request, body: Any, kind: Kind, *, messages: list[Mes
         messages = rendered + (messages or [])
     if kind == "chat" and not messages:
         raise InvalidRequest("messages must hold at least one message (or reference a prompt)", param="messages")
-    guard: Guardrails = request.app.state.guardrails
-    texts = guard.check_input([m.content for m in messages] if messages is not None else [prompt or ""])
+    inputs = [m.content for m in messages] if messages is not None else [prompt or ""]
+    texts = deps.guardrails(request).check_input(inputs)
     if messages is not None:
         messages = [Message(m.role, t) for m, t in zip(messages, texts, strict=True)]
     else:
@@ -147,22 +150,45 @@ async def store(call: TextCall, body: dict[str, Any]) -> None:
     await deps.cacher(call.request).put(call.cache_key, body)
 
 
+async def respond(call: TextCall, body: Any, *, replay: Callable[[dict[str, Any]], AsyncIterator[bytes]],
+                  events: Callable[[Choices], AsyncIterator[bytes]],
+                  complete: Callable[[Collected], BaseModel]) -> Response:
+    """The answer as JSON or SSE: from the cache when it has it, else from the engine (and then cached).
+    The route gives the formats: `replay` a cached body as events, `events` for live chunks, `complete`
+    for the whole answer."""
+    hit = await cached(call)
+    if hit is not None:
+        if body.stream:
+            return await sse_response(replay(hit), call.headers)
+        return JSONResponse(hit, headers=call.headers())
+    choices = run(call, body)
+    if body.stream:
+        return await sse_response(events(choices), call.headers)
+    done = await cancel_on_disconnect(call.request, collect(choices, body.n))
+    result = complete(done).model_dump()
+    await store(call, result)
+    return JSONResponse(result, headers=call.headers())
+
+
 def run(call: TextCall, body: Any) -> Choices:
     """The answer's chunks: the chain of models tried in order, output guardrails applied as text flows,
     tokens and cost settled at the end however it ends; a shadow copy started if the route has one."""
     if call.plan.shadow is not None:
         _start_shadow(call, body, call.plan.shadow)
-    guard: Guardrails = call.request.app.state.guardrails
+    guard = deps.guardrails(call.request)
     chunks = _fallback(call, body)
     if guard.active("output"):
         chunks = _guarded(chunks, guard)
     return _settled(call, chunks)
 
 
+def _requests(call: TextCall, body: Any, config: ModelConfig) -> list[TextRequest]:
+    return text_requests(body, config, body.requested_max_tokens(), prompt=call.prompt, messages=call.messages)
+
+
 def _attempt(call: TextCall, body: Any, name: str) -> Choices:
     served, engine = deps.pool(call.request).text_engine(name)
-    reqs = text_requests(body, served.config, body.requested_max_tokens(), prompt=call.prompt,
-                         messages=call.messages)
+    reqs = _requests(call, body, served.config)
     obs = InferenceObserver(call.request.app.state.metrics, call.request.app.state.tracer, name,
                             log_fields(call.request.scope))
 
@@ -247,8 +273,7 @@ def _start_shadow(call: TextCall, body: Any, model: str) -> None:
     async def mirror() -> None:
         try:
             served, engine = deps.pool(request).text_engine(model)
-            reqs = text_requests(body, served.config, body.requested_max_tokens(), prompt=call.prompt,
-                                 messages=call.messages)
+            reqs = _requests(call, body, served.config)
             done = await collect(admitted_choices(served.admission, engine, reqs, call.meta.deadline, "batch",
                                                   lambda _: None), len(reqs))
             request.app.state.metrics.variant_requests.labels(route, model, "shadow").inc()
@@ -259,8 +284,5 @@ def _start_shadow(call: TextCall, body: Any, model: str) -> None:
         except Exception:
             log.exception("shadow %s failed on request %s", model, request_id)
 
-    tasks: set[asyncio.Task[None]] = request.app.state.background
-    task = asyncio.get_running_loop().create_task(mirror())
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    request.app.state.background.spawn(mirror())
 

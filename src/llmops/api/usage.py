@@ -59,7 +59,7 @@ def group(rows: list[SpendRow], groups: tuple[str, ...]) -> list[dict[str, Any]]
 
 async def report_rows(request: Request, days: DayRange, key_id: str | None,
                       groups: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = await deps.accountant(request).state.ledger.report(days.first, days.last, key_id)
+    rows = await deps.state(request).ledger.report(days.first, days.last, key_id)
     return group(rows, groups)
 
 
@@ -73,7 +73,7 @@ async def usage(request: Request, start: str | None = None, end: str | None = No
     budget: dict[str, Any] | None = None
     if limits.budget_usd is not None:
         period_start, period_end = period_bounds(limits.budget_period, time.time())
-        spent = await deps.accountant(request).state.ledger.key_spend(key.id, period_start)
+        spent = await deps.state(request).ledger.key_spend(key.id, period_start)
         budget = {"limit_usd": limits.budget_usd, "period": limits.budget_period, "spent_usd": round(spent, 8),
                   "remaining_usd": round(max(0.0, limits.budget_usd - spent), 8),
                   "period_start": day_of(period_start) if period_start else None,

@@ -9,7 +9,6 @@ Over the limit: 429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import math
 import uuid
@@ -22,6 +21,7 @@ from llmops.middleware.auth import send_error
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
+from llmops.tasks import TaskSet
 
 EXEMPT = ("/health", "/ready", "/metrics")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,7 +58,7 @@ class RateLimitMiddleware:
                  trusted_proxies: Sequence[str], metrics: Metrics) -> None:
         self.app, self.counters, self.anonymous_rpm, self.metrics = app, counters, anonymous_rpm, metrics
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases = TaskSet()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -86,9 +86,7 @@ class RateLimitMiddleware:
 
     def _release_later(self, subject: str, holder: str) -> None:
         """Release in a task of its own: a cancelled request (client gone) must still give its place back."""
-        task = asyncio.get_running_loop().create_task(self.counters.release(subject, holder))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._releases.spawn(self.counters.release(subject, holder))
 
     async def _requests(self, scope: Scope, key: ApiKey | None) -> Decision | None:
         subject, rpm = (f"key:{key.id}", key.limits.rpm) if key is not None else (

@@ -14,7 +14,6 @@ Settling runs in a background task so that a cancelled request (client gone) is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from llmops.settings import ModelConfig, SpendSettings
 from llmops.stores import State
 from llmops.stores.keys import ApiKey
 from llmops.stores.ledger import ANONYMOUS, SpendEntry
+from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
 REFRESH_S = 1.0
@@ -62,7 +62,7 @@ class Accountant:
         self.state, self.spend, self.metrics = state, spend, metrics
         self._key_spend: dict[str, tuple[float, float, float]] = {}  # key -> (period start, usd, read at)
         self._hour: tuple[float, float] = (0.0, -math.inf)  # (usd, read at)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0) -> Charge:
         await self._check_breaker(model.name)
@@ -118,10 +118,7 @@ class Accountant:
         if charge.settled:
             return
         charge.settled = True
-        task = asyncio.get_running_loop().create_task(
-            self._settle(charge, prompt_tokens, completion_tokens, images, engine_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._settle(charge, prompt_tokens, completion_tokens, images, engine_s))
 
     async def _settle(self, charge: Charge, prompt: int, completion: int, images: int, engine_s: float) -> None:
         try:
@@ -147,5 +144,4 @@ class Accountant:
             self._key_spend[key_id] = (cached[0], cached[1] + cost, cached[2])
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait()
