@@ -86,12 +86,11 @@ async def _engine_errors(chunks: AsyncIterator[tuple[int, TextChunk]]) -> AsyncI
 
 
 async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
-    """(index, text, finish_reason) as they come; text, finish reasons (where `totals` has room for the
-    choice) and usage accumulate into `totals`."""
+    """(index, text, finish_reason) as they come; texts, finish reasons and usage accumulate into `totals`
+    (sized for the request's n choices)."""
     async for index, chunk in _engine_errors(choices):
         if chunk.usage:
             totals.add_usage(chunk.usage)
-        if index < len(totals.texts):
-            totals.texts[index] += chunk.text
-            totals.finish[index] = chunk.finish_reason or totals.finish[index]
+        totals.texts[index] += chunk.text
+        totals.finish[index] = chunk.finish_reason or totals.finish[index]
         yield index, chunk.text, chunk.finish_reason

@@ -66,12 +66,15 @@ class RedisGuard:
         self.client, self.timeout_s, self.fail_open, self._on_error = client, timeout_s, fail_open, on_error
         self._logged_at = 0.0
 
-    async def call(self, op: str, fn: Callable[[], Awaitable[T]], fallback: T = _NONE) -> T:
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]], fallback: T = _NONE, *,
+                   always_open: bool = False) -> T:
+        """`fn()` under the timeout. On failure: `fallback` when the policy is open (or `always_open`, for
+        calls whose failure is harmless, like a cache lookup), else 503 store_unavailable."""
         try:
             return await asyncio.wait_for(fn(), self.timeout_s * 2)
         except (RedisError, OSError, TimeoutError) as exc:
             self._on_error(op)
-            open_ = self.fail_open and fallback is not _NONE
+            open_ = (self.fail_open or always_open) and fallback is not _NONE
             if time.monotonic() - self._logged_at > 10:  # one line per 10 s, not one per request
                 self._logged_at = time.monotonic()
                 log.warning("redis unreachable during %s (%s): failing %s", op, type(exc).__name__,
@@ -79,7 +82,6 @@ class RedisGuard:
             if open_:
                 return fallback
             raise StoreUnavailable("the shared state store (Redis) is unreachable; retry shortly") from exc
-
 
     async def ping(self) -> bool:
         try:
@@ -264,19 +266,16 @@ def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]
 
 
 class RedisCache:
+    """Fail-closed applies to limits and keys; a cache miss is always safe, so the cache always fails open."""
+
     def __init__(self, guard: RedisGuard, prefix: str) -> None:
         self.g, self.p = guard, prefix
 
     async def get(self, key: str) -> str | None:
-        try:
-            value = await self.g.call("cache.get", lambda: self.g.client.get(f"{self.p}cache:{key}"), None)
-        except StoreUnavailable:  # fail-closed applies to limits and keys; a cache miss is always safe
-            return None
+        value = await self.g.call("cache.get", lambda: self.g.client.get(f"{self.p}cache:{key}"), None,
+                                  always_open=True)
         return str(value) if value is not None else None
 
     async def put(self, key: str, value: str, ttl_s: float) -> None:
-        try:
-            await self.g.call("cache.put", lambda: self.g.client.set(f"{self.p}cache:{key}", value,
-                                                                     px=int(ttl_s * 1000)), None)
-        except StoreUnavailable:
-            return
+        await self.g.call("cache.put", lambda: self.g.client.set(f"{self.p}cache:{key}", value, px=int(ttl_s * 1000)),
+                          None, always_open=True)
