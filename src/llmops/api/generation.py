@@ -43,7 +43,8 @@ def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None,
             fields["seed"] = req.seed + i
         sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
                                   **fields)
-        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages))
+        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages,
+                               stream=bool(getattr(req, "stream", True))))
     return out
 
 

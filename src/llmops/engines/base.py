@@ -40,6 +40,7 @@ class TextRequest:
     sampling: SamplingParams
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
+    stream: bool = True  # False: the caller wants only the whole answer (engines may skip per-token delivery)
 
 
 @dataclass(frozen=True)
