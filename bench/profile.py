@@ -28,14 +28,19 @@ from bench.report import run_meta, save
 from bench.run import PROMPT, stop, targets, wait_ready
 
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
-GROUPS = (  # first match wins: where a frame's file lives
-    ("llmops.engines", "/llmops/engines/"), ("llmops.api", "/llmops/api/"), ("llmops.pipeline", "/llmops/pipeline/"),
-    ("llmops.scheduling", "/llmops/scheduling/"), ("llmops.observability", "/llmops/observability/"),
-    ("llmops.middleware", "/llmops/middleware/"), ("llmops (other)", "/llmops/"), ("pydantic", "/pydantic"),
-    ("starlette", "/starlette/"), ("fastapi", "/fastapi/"), ("uvicorn", "/uvicorn/"), ("h11/httptools", "/h11/"),
-    ("httptools", "/httptools/"), ("prometheus_client", "/prometheus_client/"), ("opentelemetry", "/opentelemetry/"),
-    ("anyio", "/anyio/"), ("asyncio", "/asyncio/"), ("json", "/json/"), ("structlog", "/structlog/"),
-    ("logging", "/logging/"), ("threading", "threading.py"), ("concurrent", "/concurrent/"))
+GROUPS = (  # first match wins: where a frame's file lives (py-spy names it relative to its sys.path entry)
+    ("llmops.engines", "llmops/engines/"), ("llmops.api", "llmops/api/"), ("llmops.pipeline", "llmops/pipeline/"),
+    ("llmops.scheduling", "llmops/scheduling/"), ("llmops.observability", "llmops/observability/"),
+    ("llmops.middleware", "llmops/middleware/"), ("llmops.stores", "llmops/stores/"), ("llmops (other)", "llmops/"),
+    ("pydantic", "pydantic"), ("starlette", "starlette/"), ("fastapi", "fastapi/"), ("uvicorn", "uvicorn/"),
+    ("h11", "h11/"), ("httptools", "httptools/"), ("prometheus_client", "prometheus_client/"),
+    ("opentelemetry", "opentelemetry/"), ("anyio", "anyio/"), ("asyncio", "asyncio/"), ("json", "json/"),
+    ("structlog", "structlog/"), ("logging", "logging/"), ("threading", "threading.py"),
+    ("concurrent", "concurrent/"), ("httpx", "httpx/"), ("httpcore", "httpcore/"))
+
+
+def _group(path: str) -> str:
+    return next((g for g, marker in GROUPS if path.startswith(marker) or "/" + marker in path), "other")
 
 
 def fold(raw: str) -> tuple[int, collections.Counter[str], collections.Counter[str], collections.Counter[str]]:
@@ -64,8 +69,7 @@ def _name(frame: str) -> tuple[str, str]:
     if not m:
         return frame.strip(), "other"
     path = m["file"]
-    group = next((g for g, marker in GROUPS if marker in path), "other")
-    return f"{m['func']} ({path.rsplit('/', 1)[-1]})", group
+    return f"{m['func']} ({path})", _group(path)
 
 
 def record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:

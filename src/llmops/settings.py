@@ -76,6 +76,15 @@ class ModelConfig(_Strict):
     limits: ModelLimits = Field(default_factory=ModelLimits)
     pricing: Pricing = Field(default_factory=Pricing)
 
+    @model_validator(mode="after")
+    def _compile_follows_image_limits(self) -> ModelConfig:
+        """A compiled diffusers model warms up the batch sizes and size its image limits will send it."""
+        if self.engine == "diffusers" and self.options.get("compile"):
+            image = self.limits.image
+            self.options.setdefault("compile_batch_sizes", list(range(1, image.max_batch_size + 1)))
+            self.options.setdefault("compile_size", image.default_size)
+        return self
+
 
 def default_models() -> list[ModelConfig]:
     """The embedded defaults: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp, and the tiny Stable Diffusion
