@@ -26,6 +26,7 @@ from llmops.api.request_meta import RequestMeta, request_meta
 from llmops.api.sse import sse_response
 from llmops.engines.base import Message, TextChunk, TextRequest
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
+from llmops.eval import online as online_eval
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
 from llmops.pipeline.accounting import Charge
@@ -248,15 +249,20 @@ async def _settled(call: TextCall, choices: Choices) -> Choices:
     prompt, completion = 0, 0
     chunks: dict[int, int] = {}
     reported: set[int] = set()
+    answer: list[str] = []  # choice 0's text, for online evaluation
     try:
         async with closing(choices):
             async for index, chunk in choices:
                 chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                if index == 0 and chunk.text:
+                    answer.append(chunk.text)
                 if chunk.usage:
                     prompt = max(prompt, chunk.usage.prompt_tokens)
                     completion += chunk.usage.completion_tokens
                     reported.add(index)
                 yield index, chunk
+        online_eval.observe(call.request.app, call.plan.route, call.served, call.messages or call.prompt,
+                            "".join(answer))
     finally:
         completion += sum(n for i, n in chunks.items() if i not in reported)
         if chunks and not prompt:
@@ -277,6 +283,7 @@ def _start_shadow(call: TextCall, body: Any, model: str) -> None:
             done = await collect(admitted_choices(served.admission, engine, reqs, call.meta.deadline, "batch",
                                                   lambda _: None), len(reqs))
             request.app.state.metrics.variant_requests.labels(route, model, "shadow").inc()
+            online_eval.observe(request.app, call.plan.route, model, call.messages or call.prompt, done.texts[0])
             log.info("shadow %s answered request %s: %d completion tokens%s", model, request_id,
                      done.completion_tokens, f": {done.texts!r}" if content else "")
         except LLMOpsError as exc:
