@@ -212,7 +212,8 @@ class EvalScorer(_Strict):
                              "(default: the kind)")
     ignore_case: bool = Field(True, description="exact/contains: compare case-insensitively, whitespace collapsed")
     reference: str | None = Field(None, description="used when a row has none (live traffic has none)")
-    pattern: str | None = Field(None, description="regex: the pattern (default: the row's reference)")
+    pattern: str | None = Field(None, description="regex: the pattern (default: the row's "
+                         "metadata.pattern)")
     json_schema: dict[str, Any] | None = Field(None, description="json_schema: the schema (default: the row's "
                                                "metadata.schema)")
     rel_tol: float = Field(0.01, ge=0, description="numeric: relative tolerance")

@@ -51,10 +51,11 @@ def compare(records: Records, a: str, b: str, label: str, seed: int) -> dict[str
             if x.get("error") is None and y.get("error") is None
             and x["scores"].get(label) is not None and y["scores"].get(label) is not None]
     result = paired([x for x, _ in used], [y for _, y in used], seed)
-    return {"a": a, "b": b, "scorer": label, "n": result.n, "diff": _num(result.diff.mean),
-            "low": _num(result.diff.low), "high": _num(result.diff.high),
-            "p_sign_flip": round(result.p_sign_flip, 4), "p_wilcoxon": round(result.p_wilcoxon, 4),
-            "wins": result.wins, "ties": result.ties, "losses": result.losses}
+    out = {"a": a, "b": b, "scorer": label, "n": result.n, "diff": _num(result.diff.mean),
+           "low": _num(result.diff.low), "high": _num(result.diff.high),
+           "p_sign_flip": round(result.p_sign_flip, 4), "p_wilcoxon": round(result.p_wilcoxon, 4),
+           "wins": result.wins, "ties": result.ties, "losses": result.losses}
+    return {**out, "better": better(out)}
 
 
 def summarise(records: Records, targets: Sequence[str], labels: Sequence[str], seed: int = 0,
@@ -65,7 +66,8 @@ def summarise(records: Records, targets: Sequence[str], labels: Sequence[str], s
         "comparisons": [compare(records, targets[0], b, label, seed) for b in targets[1:] for label in labels],
         "malformed_rows": list(malformed), "seed": seed,
         "method": "mean with percentile bootstrap 95% CI (10000 resamples); paired: b - a on rows both "
-                  "answered, sign-flip permutation and Wilcoxon signed-rank p-values",
+                  "answered, sign-flip permutation and Wilcoxon signed-rank p-values; a side is better when "
+                  "the difference's CI excludes 0 and p (sign-flip) < 0.05",
     }
     return summary
 
@@ -76,14 +78,17 @@ def _ci(score: dict[str, Any]) -> str:
     return f"{score['mean']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
 
-def _verdict(c: dict[str, Any]) -> str:
+def better(c: dict[str, Any], alpha: float = 0.05) -> str | None:
+    """The better side, when the CI of the difference excludes 0 and the sign-flip test agrees; else None."""
+    if c["n"] == 0 or c["low"] is None or c["p_sign_flip"] >= alpha:
+        return None
+    return str(c["b"]) if c["low"] > 0 else str(c["a"]) if c["high"] < 0 else None
+
+
+def verdict(c: dict[str, Any]) -> str:
     if c["n"] == 0 or c["low"] is None:
         return "no paired rows"
-    if c["low"] > 0:
-        return f"**{c['b']} better**"
-    if c["high"] < 0:
-        return f"**{c['a']} better**"
-    return "no clear difference"
+    return f"**{c['better']} better**" if c.get("better") else "no clear difference"
 
 
 def markdown(summary: dict[str, Any], title: str) -> str:
@@ -104,10 +109,10 @@ def markdown(summary: dict[str, Any], title: str) -> str:
         lines += ["", "Paired comparison (b - a on the rows both answered):", "",
                   "| a | b | scorer | n | diff [95 % CI] | p (sign-flip) | p (Wilcoxon) | b wins/ties/losses | "
                   "verdict |", "|---|---|---|---|---|---|---|---|---|"]
-        for c in summary["comparisons"]:
+        for c in (c for c in summary["comparisons"] if c["n"]):
             diff = "n/a" if c["diff"] is None else f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
             lines.append(f"| {c['a']} | {c['b']} | {c['scorer']} | {c['n']} | {diff} | {c['p_sign_flip']:.4f} | "
-                         f"{c['p_wilcoxon']:.4f} | {c['wins']}/{c['ties']}/{c['losses']} | {_verdict(c)} |")
+                         f"{c['p_wilcoxon']:.4f} | {c['wins']}/{c['ties']}/{c['losses']} | {verdict(c)} |")
     for c in summary.get("pairwise", []):
         lines += ["", f"Pairwise judge ({c['judge']}, both orders): {c['b']} vs {c['a']}: "
                   f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses; preference for {c['b']} "

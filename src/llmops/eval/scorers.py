@@ -63,11 +63,11 @@ def contains(spec: EvalScorer, answer: str, item: Item) -> float | None:
         return None
     options = [normalise(r, spec.ignore_case) for r in ref.split("|")]  # "|" separates accepted answers
     found = normalise(answer, spec.ignore_case)
-    return float(any(o and o in found for o in options))
+    return float(any(o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", found) for o in options))
 
 
 def regex(spec: EvalScorer, answer: str, item: Item) -> float | None:
-    pattern = spec.pattern or _reference(spec, item)
+    pattern = spec.pattern or item.metadata.get("pattern")
     if pattern is None:
         return None
     flags = re.IGNORECASE if spec.ignore_case else 0
