@@ -48,14 +48,15 @@ def _reference_block(item: Item) -> str:
     return f"\nA reference answer (correct, maybe phrased differently):\n{item.reference}\n" if item.reference else ""
 
 
-def model_scorer(spec: EvalScorer, default_base_url: str | None) -> ScoreFn:
+def model_scorer(spec: EvalScorer, default_base_url: str | None) -> tuple[ScoreFn, openai.AsyncOpenAI]:
+    """The scoring function and its client (the caller closes it)."""
     base_url = spec.base_url or default_base_url
     if not spec.model or not base_url:
         raise ConfigError(f"scorer {spec.label()}: {spec.kind} needs a model and a base_url (or --server)")
     client = client_for(base_url, spec.api_key_env)
     if spec.kind == "embedding":
-        return embedding_scorer(client, spec.model)
-    return judge_scorer(client, spec.model, spec.rubric or DEFAULT_RUBRIC)
+        return embedding_scorer(client, spec.model), client
+    return judge_scorer(client, spec.model, spec.rubric or DEFAULT_RUBRIC), client
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -122,4 +122,6 @@ async def run(plan: RunPlan, progress_stream: TextIO | None = None) -> int:
         progress.close()
         for client in clients.values():
             await client.close()
+        for scorer in plan.scorers:
+            await scorer.close()
     return len(todo)

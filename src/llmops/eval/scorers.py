@@ -39,6 +39,11 @@ class Scorer:
     label: str
     kind: str
     score: ScoreFn
+    client: Any = None  # the endpoint's client (embedding, judge), closed with `close`
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
 
 
 def normalise(text: str, ignore_case: bool) -> str:
@@ -137,7 +142,8 @@ def build(spec: EvalScorer, default_base_url: str | None) -> Scorer:
         return Scorer(spec.label(), spec.kind, local)
     from llmops.eval.models import model_scorer
 
-    return Scorer(spec.label(), spec.kind, model_scorer(spec, default_base_url))
+    fn, client = model_scorer(spec, default_base_url)
+    return Scorer(spec.label(), spec.kind, fn, client)
 
 
 def check_spec(spec: EvalScorer) -> None:
