@@ -142,8 +142,8 @@ def build(spec: EvalScorer, default_base_url: str | None) -> Scorer:
         return Scorer(spec.label(), spec.kind, local)
     from llmops.eval.models import model_scorer
 
-    fn, client = model_scorer(spec, default_base_url)
-    return Scorer(spec.label(), spec.kind, fn, client)
+    remote, client = model_scorer(spec, default_base_url)
+    return Scorer(spec.label(), spec.kind, remote, client)
 
 
 def check_spec(spec: EvalScorer) -> None:
