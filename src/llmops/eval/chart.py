@@ -43,7 +43,8 @@ def _scores(ax: Any, targets: list[dict[str, Any]], labels: list[str]) -> None:
             means.append(s["mean"])
             errs[0].append(s["mean"] - s["low"])
             errs[1].append(s["high"] - s["mean"])
-        ax.bar(xs, means, width, yerr=errs, capsize=4, label=f"{t['name']} ({t['errors']} errors)")
+        bars = ax.bar(xs, means, width, yerr=errs, capsize=4, label=f"{t['name']} ({t['errors']} errors)")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2, label_type="center")
     ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(labels))], labels)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean score (95 % CI)")
@@ -71,15 +72,15 @@ def _costs(ax: Any, targets: list[dict[str, Any]]) -> None:
     p50 = [t["latency_s"]["p50"] or 0 for t in targets]
     p95 = [t["latency_s"]["p95"] or 0 for t in targets]
     ys = range(len(names))
-    ax.barh([y + 0.2 for y in ys], p95, 0.4, label="p95", color="tab:orange")
     ax.barh([y - 0.2 for y in ys], p50, 0.4, label="p50", color="tab:blue")
-    ax.set_yticks(list(ys), names, fontsize=8)
+    ax.barh([y + 0.2 for y in ys], p95, 0.4, label="p95", color="tab:orange")
+    labels = [f"{t['name']}\ncost {_usd(t['cost_usd'])}\n{t['tokens']['completion']} tokens out" for t in targets]
+    ax.set_yticks(list(ys), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("latency per row, s")
-    costs = ", ".join(f"{t['name']}: {_usd(t['cost_usd'])}" for t in targets)
-    ax.set_title(f"Latency (cost: {costs})", fontsize=8)
+    ax.set_title("Latency and cost")
     ax.legend(fontsize=8)
 
 
 def _usd(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:.5f}"
+    return "n/a" if value is None else f"USD {value:.6f}"

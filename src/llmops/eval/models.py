@@ -55,7 +55,7 @@ def model_scorer(spec: EvalScorer, default_base_url: str | None) -> tuple[ScoreF
         raise ConfigError(f"scorer {spec.label()}: {spec.kind} needs a model and a base_url (or --server)")
     client = client_for(base_url, spec.api_key_env)
     if spec.kind == "embedding":
-        return embedding_scorer(client, spec.model), client
+        return embedding_scorer(client, spec.model, spec.reference), client
     return judge_scorer(client, spec.model, spec.rubric or DEFAULT_RUBRIC), client
 
 
@@ -66,14 +66,16 @@ def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / norm
 
 
-def embedding_scorer(client: openai.AsyncOpenAI, model: str) -> ScoreFn:
+def embedding_scorer(client: openai.AsyncOpenAI, model: str, fallback: str | None = None) -> ScoreFn:
+    """Cosine similarity of the answer's and the reference's embeddings (the row's, else `fallback`)."""
     async def score(answer: str, item: Item) -> float | None:
-        if item.reference is None:
+        reference = item.reference if item.reference is not None else fallback
+        if reference is None:
             return None
         if not answer.strip():
             return 0.0
         try:
-            reply = await client.embeddings.create(model=model, input=[answer, item.reference])
+            reply = await client.embeddings.create(model=model, input=[answer, reference])
         except openai.APIError as exc:
             raise ScorerError(f"embedding model {model}: {exc.message}") from exc
         vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
