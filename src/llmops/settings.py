@@ -216,6 +216,9 @@ class EvalScorer(_Strict):
                          "metadata.pattern)")
     json_schema: dict[str, Any] | None = Field(None, description="json_schema: the schema (default: the row's "
                                                "metadata.schema)")
+    json_in_text: bool = Field(False, description="json_valid/json_schema: accept the first JSON object or array "
+                               "found in the answer's text (default: the whole answer must be JSON, a ``` fence "
+                               "allowed)")
     rel_tol: float = Field(0.01, ge=0, description="numeric: relative tolerance")
     abs_tol: float = Field(0.0, ge=0, description="numeric: absolute tolerance")
     model: str | None = Field(None, description="embedding/judge: the model to ask")

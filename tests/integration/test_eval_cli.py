@@ -107,3 +107,17 @@ def test_compare_runs_with_a_pairwise_judge(spec: Path, server: str, tmp_path: P
     (pair,) = summary["pairwise"]
     assert (pair["wins"], pair["ties"], pair["losses"], pair["mean"]) == (0, 6, 0, 0.5)
     assert (tmp_path / "c" / "report.png").exists()
+
+
+def test_rescore_without_asking_again(spec: Path, server: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run(spec, server, out, "model=good", extra=("--limit", "2")) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    data = yaml.safe_load(spec.read_text())
+    data["scorers"] = [{"kind": "contains"}, {"kind": "exact"}, {"kind": "regex", "pattern": "^It is"}]
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["eval", "report", str(out), "--rescore"]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    scores = summary["targets"][0]["scores"]
+    assert (scores["contains"]["mean"], scores["exact"]["mean"], scores["regex"]["mean"]) == (1.0, 0.0, 1.0)
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)  # nothing asked again

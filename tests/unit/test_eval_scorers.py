@@ -61,6 +61,10 @@ def test_json_valid_and_schema() -> None:
     assert score("json_schema", '{"name": "Alice", "age": 30}', item) == 1.0
     assert score("json_schema", '{"name": "Alice", "age": "30"}', item) == 0.0
     assert score("json_schema", "not json", item) == 0.0
+    wrapped = 'JSON: {"name": "Alice", "age": 30} as asked'
+    assert score("json_schema", wrapped, item) == 0.0  # strict: the whole answer must be JSON
+    assert score("json_schema", wrapped, item, json_in_text=True) == 1.0
+    assert score("json_valid", "x [1, 2 } {bad", item, json_in_text=True) == 0.0
     assert score("json_schema", "{}", Item("q")) is None
     with pytest.raises(ConfigError, match="bad JSON schema"):
         build(EvalScorer(kind="json_schema", json_schema={"type": "nonsense"}), None)

@@ -34,6 +34,8 @@ def add_eval_parser(sub: Any) -> None:
     run.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     report = ev_sub.add_parser("report", help="rewrite a run's report from its results")
     report.add_argument("run")
+    report.add_argument("--rescore", action="store_true", help="score the stored answers again with the spec's "
+                        "current scorers (no target is asked again)")
     report.add_argument("--seed", type=int, default=0)
     cmp = ev_sub.add_parser("compare", help="compare two stored runs (the first is the baseline)")
     cmp.add_argument("run_a")

@@ -15,7 +15,7 @@ from llmops.eval import report as reports
 from llmops.eval.chart import write_chart
 from llmops.eval.cli import RUN_FILE, load_run
 from llmops.eval.dataset import load_rows, load_spec
-from llmops.eval.runner import RunPlan, read_results
+from llmops.eval.runner import RESULTS, RunPlan, item_of, read_results, score_all
 from llmops.eval.runner import run as run_plan
 from llmops.eval.scorers import build
 from llmops.eval.targets import parse_target
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> str:
     folder = Path(args.out)
     scorers = [build(s, server) for s in spec.scorers]
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"spec": str(Path(args.spec).resolve()), "split": args.split, "server": server,
+    meta = {"spec": args.spec, "split": args.split, "server": server,
             "targets": [t.model_dump(exclude_none=True) for t in targets], "scorers": [s.label for s in scorers],
             "rows": [r.id for r in rows], "malformed_rows": [f"{spec.path(args.split)}:{m}" for m in malformed],
             "started": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -76,7 +76,30 @@ def _emit(folder: Path, summary: dict[str, Any], title: str) -> str:
 
 def report(args: argparse.Namespace) -> str:
     folder = Path(args.run)
-    return _write(folder, load_run(folder), args.seed)
+    meta = load_run(folder)
+    if args.rescore:
+        meta = asyncio.run(_rescore(folder, meta))
+    return _write(folder, meta, args.seed)
+
+
+async def _rescore(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Score every stored answer again with the spec's scorers as they are now; rewrite the results."""
+    spec = load_spec(Path(meta["spec"]))
+    rows = {r.id: r for r in load_rows(spec.path(meta["split"]), "skip")[0]}
+    scorers = [build(s, meta["server"]) for s in spec.scorers]
+    records = read_results(folder)
+    try:
+        for record in records.values():
+            row = rows.get(record["row"])
+            if record.get("error") is None and row is not None:
+                record["scores"], record["score_errors"] = await score_all(scorers, record["answer"], item_of(row))
+    finally:
+        for scorer in scorers:
+            await scorer.close()
+    (folder / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    meta = {**meta, "scorers": [s.label for s in scorers]}
+    (folder / RUN_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def _tagged(folder: Path, meta: dict[str, Any], tag: str, clash: set[str]) -> tuple[list[str], reports.Records]:

@@ -82,16 +82,28 @@ def regex(spec: EvalScorer, answer: str, item: Item) -> float | None:
         raise ScorerError(f"bad pattern {pattern!r}: {exc}") from exc
 
 
-def parse_json(answer: str) -> Any:
-    """The answer as JSON, allowing a ``` fence around it (models add one); ValueError if it is not JSON."""
+def parse_json(answer: str, in_text: bool = False) -> Any:
+    """The answer as JSON, allowing a ``` fence around it (models add one); with `in_text`, the first JSON
+    object or array anywhere in it. ValueError if there is none."""
     text = answer.strip()
     fenced = _FENCE.match(text)
-    return json.loads(fenced.group(1) if fenced else text)
+    try:
+        return json.loads(fenced.group(1) if fenced else text)
+    except ValueError:
+        if not in_text:
+            raise
+    decoder = json.JSONDecoder()
+    for start in (i for i, c in enumerate(text) if c in "{["):
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except ValueError:
+            continue
+    raise ValueError("no JSON object or array in the answer")
 
 
 def json_valid(spec: EvalScorer, answer: str, item: Item) -> float | None:
     try:
-        parse_json(answer)
+        parse_json(answer, spec.json_in_text)
     except ValueError:
         return 0.0
     return 1.0
@@ -102,7 +114,7 @@ def json_schema(spec: EvalScorer, answer: str, item: Item) -> float | None:
     if schema is None:
         return None
     try:
-        value = parse_json(answer)
+        value = parse_json(answer, spec.json_in_text)
     except ValueError:
         return 0.0
     import jsonschema
