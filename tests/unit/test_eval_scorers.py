@@ -113,8 +113,8 @@ def test_embedding_similarity_against_a_fake_endpoint() -> None:
     assert asyncio.run(scorer("It is Paris", Item("q", "Paris"))) == pytest.approx(0.8)
     assert asyncio.run(scorer("Berlin", Item("q", "Paris"))) == 0.0
     assert asyncio.run(scorer("x", Item("q"))) is None
-    assert (calls[0]["path"], calls[0]["model"], calls[0]["input"]) == ("/v1/embeddings", "embed",
-                                                                        ["It is Paris", "Paris"])
+    assert calls[0] == {"path": "/v1/embeddings", "model": "embed", "input": ["It is Paris", "Paris"],
+                        "encoding_format": "float"}
     assert len(calls) == 2  # no reference: no call
 
 

@@ -75,7 +75,7 @@ def embedding_scorer(client: openai.AsyncOpenAI, model: str, fallback: str | Non
         if not answer.strip():
             return 0.0
         try:
-            reply = await client.embeddings.create(model=model, input=[answer, reference])
+            reply = await client.embeddings.create(model=model, input=[answer, reference], encoding_format="float")
         except openai.APIError as exc:
             raise ScorerError(f"embedding model {model}: {exc.message}") from exc
         vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
