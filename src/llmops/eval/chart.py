@@ -44,7 +44,8 @@ def _scores(ax: Any, targets: list[dict[str, Any]], labels: list[str]) -> None:
             errs[0].append(s["mean"] - s["low"])
             errs[1].append(s["high"] - s["mean"])
         bars = ax.bar(xs, means, width, yerr=errs, capsize=4, label=f"{t['name']} ({t['errors']} errors)")
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2, label_type="center")
+        for bar, mean in zip(bars, means, strict=True):  # the value at the bar's foot, clear of the whiskers
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.01, f"{mean:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(labels))], labels)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean score (95 % CI)")
@@ -56,7 +57,7 @@ def _differences(ax: Any, comparisons: list[dict[str, Any]]) -> None:
     shown = [c for c in comparisons if c["diff"] is not None]
     names = [f"{c['b']} - {c['a']}\n{c['scorer']} (p={c['p_sign_flip']:.3g})" for c in shown]
     for y, c in enumerate(shown):
-        colour = "tab:green" if c["low"] > 0 else "tab:red" if c["high"] < 0 else "tab:gray"
+        colour = {c["b"]: "tab:green", c["a"]: "tab:red"}.get(c.get("better") or "", "tab:gray")
         ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["low"]], [c["high"] - c["diff"]]], fmt="o",
                     color=colour, capsize=5)
     ax.axvline(0, color="black", linewidth=0.8)
@@ -64,7 +65,8 @@ def _differences(ax: Any, comparisons: list[dict[str, Any]]) -> None:
     ax.set_ylim(-0.5, max(0.5, len(shown) - 0.5))
     ax.invert_yaxis()
     ax.set_xlabel("paired difference in mean score (95 % CI)")
-    ax.set_title("Difference against the baseline" if shown else "No comparison (one target)")
+    ax.set_title("Difference against the baseline (green/red: called better/worse)" if shown else
+                 "No comparison (one target)", fontsize=9)
 
 
 def _costs(ax: Any, targets: list[dict[str, Any]]) -> None:
