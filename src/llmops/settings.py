@@ -250,6 +250,13 @@ class OnlineEval(_Strict):
     window: int = Field(100, ge=1, description="the gauge is the mean of the last `window` scores")
     scorers: list[EvalScorer] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _endpoints(self) -> OnlineEval:
+        for scorer in self.scorers:
+            if scorer.kind in ("embedding", "judge") and not scorer.base_url:
+                raise ValueError(f"online scorer {scorer.label()} needs a base_url (the server's own /v1 works)")
+        return self
+
 
 class RouteConfig(_Strict):
     """A model name clients use that is an alias over weighted variants (A/B), with fallbacks and a shadow."""

@@ -83,6 +83,8 @@ def test_scorer_specs_are_validated() -> None:
         EvalScorer(kind="judge")
     with pytest.raises(ValueError, match="not a regular expression"):
         EvalScorer(kind="regex", pattern="(")
+    with pytest.raises(ValueError, match="needs a base_url"):
+        OnlineEval(scorers=[EvalScorer(kind="judge", model="m")])
 
 
 def fake_openai(handler: Callable[[dict[str, Any]], dict[str, Any]], calls: list[dict[str, Any]]) -> openai.AsyncOpenAI:

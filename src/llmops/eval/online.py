@@ -74,9 +74,12 @@ def observe(app: Any, route: str | None, variant: str, request: Sequence[Message
     The evaluator is built on first use from the app's settings and lives on `app.state`."""
     if route is None:
         return
-    evaluator: OnlineEvaluator | None = getattr(app.state, "online_eval", None)
-    if evaluator is None:
-        state = app.state
-        evaluator = OnlineEvaluator(state.settings.routes, state.metrics, state.background.spawn)
-        state.online_eval = evaluator
-    evaluator.observe(route, variant, request, answer)
+    try:
+        evaluator: OnlineEvaluator | None = getattr(app.state, "online_eval", None)
+        if evaluator is None:
+            state = app.state
+            evaluator = OnlineEvaluator(state.settings.routes, state.metrics, state.background.spawn)
+            state.online_eval = evaluator
+        evaluator.observe(route, variant, request, answer)
+    except Exception:  # the answer has been given; evaluation must never fail it
+        log.exception("online evaluation of route %s could not start", route)
