@@ -27,8 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 2.0}},
         {"name": "bad", "engine": "fake", "options": {"reply": "I do not know."}},
         {"name": "judge", "engine": "fake", "options": {"reply": "Looks fine. Score: 8 [[A]]"}},
-    ], state={"backend": "memory"}, routes=[{"name": "chat", "sticky": "user",
-                                             "variants": [{"model": "good"}, {"model": "bad"}]}])
+    ], state={"backend": "memory"})
     CONFIG[:] = [cfg]
     with live_server(cfg) as base:
         yield base
@@ -122,13 +121,3 @@ def test_rescore_without_asking_again(spec: Path, server: str, tmp_path: Path) -
     scores = summary["targets"][0]["scores"]
     assert (scores["contains"]["mean"], scores["exact"]["mean"], scores["regex"]["mean"]) == (1.0, 0.0, 1.0)
     assert len((out / "results.jsonl").read_text().splitlines()) == len(lines)  # nothing asked again
-
-
-def test_route_variants_are_asked_through_the_route(spec: Path, server: str, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert run(spec, server, out, "name=g,route=chat,model=good", "name=b,route=chat,model=bad",
-               extra=("--limit", "3")) == 0
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert {(r["target"], r["served_by"]) for r in records} == {("g", "good"), ("b", "bad")}  # X-LLMOps-Variant
-    summary = json.loads((out / "report.json").read_text())
-    assert [t["scores"]["contains"]["mean"] for t in summary["targets"]] == [1.0, 0.0]

@@ -13,9 +13,7 @@ from llmops.errors import ConfigError
 from llmops.eval.dataset import Row
 from llmops.eval.progress import Progress
 from llmops.eval.report import better, markdown, summarise
-from llmops.eval.targets import parse_target, through_route
-from llmops.pipeline.routing import pick, point
-from llmops.settings import RouteConfig
+from llmops.eval.targets import parse_target
 
 FACTS = str(Path(__file__).resolve().parents[2] / "evals" / "facts.yaml")
 
@@ -27,13 +25,6 @@ def test_parse_target() -> None:
     ext = parse_target("name=ext,model=m,base_url=https://example.com/v1,api_key_env=KEY,prompt_usd_per_1k=0.1")
     assert (ext.base_url, ext.api_key_env, ext.prompt_usd_per_1k) == ("https://example.com/v1", "KEY", 0.1)
     assert parse_target("name=b,route=chat,model=gemma").route == "chat"
-    route = RouteConfig(name="chat", sticky="user", variants=[{"model": "a", "weight": 9}, {"model": "b"}])  # type: ignore[list-item]
-    for variant in ("a", "b"):
-        routed = through_route(parse_target(f"route=chat,model={variant}"), route)
-        assert routed.user is not None
-        assert pick([("a", 9), ("b", 1)], point("chat", routed.user)) == variant
-    unsticky = route.model_copy(update={"sticky": "none"})
-    assert through_route(parse_target("route=chat,model=a"), unsticky).user is None
     with pytest.raises(ConfigError, match="key=value"):
         parse_target("gemma")
     with pytest.raises(ConfigError, match="invalid"):

@@ -18,43 +18,31 @@ from llmops.eval.dataset import load_rows, load_spec
 from llmops.eval.runner import RESULTS, RunPlan, item_of, read_results, score_all
 from llmops.eval.runner import run as run_plan
 from llmops.eval.scorers import build
-from llmops.eval.targets import Target, parse_target, through_route
-from llmops.settings import Pricing, RouteConfig, load_settings
+from llmops.eval.targets import parse_target
+from llmops.settings import Pricing, load_settings
 
 log = logging.getLogger("llmops.eval")
 
 
-def _server_config(args: argparse.Namespace) -> tuple[str, dict[str, Pricing], dict[str, RouteConfig]]:
-    """The server's URL, its price table and its routes (from --config; without it, defaults and none)."""
+def _server_and_prices(args: argparse.Namespace) -> tuple[str, dict[str, Pricing]]:
     if args.config is None:
-        return args.server or "http://127.0.0.1:8000/v1", {}, {}
+        return args.server or "http://127.0.0.1:8000/v1", {}
     settings = load_settings(args.config)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return (args.server or f"http://{host}:{settings.port}/v1", {m.name: m.pricing for m in settings.models},
-            {r.name: r for r in settings.routes})
-
-
-def _targets(args: argparse.Namespace, routes: dict[str, RouteConfig]) -> list[Target]:
-    targets = [parse_target(t) for t in args.target]
-    for i, t in enumerate(targets):
-        if t.route is not None and t.route in routes:
-            targets[i] = through_route(t, routes[t.route])
-        elif t.route is not None and args.config is not None:
-            raise ConfigError(f"target {t.name}: the server's config has no route {t.route!r}")
-    return targets
+    return args.server or f"http://{host}:{settings.port}/v1", {m.name: m.pricing for m in settings.models}
 
 
 def run(args: argparse.Namespace) -> str:
     spec = load_spec(Path(args.spec))
     on_error = args.on_error or spec.on_error
     rows, malformed = load_rows(spec.path(args.split), on_error, args.limit)
-    server, prices, routes = _server_config(args)
-    targets = _targets(args, routes)
+    targets = [parse_target(t) for t in args.target]
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"target names must be unique: {', '.join(names)} (give each a name=...)")
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    server, prices = _server_and_prices(args)
     folder = Path(args.out)
     scorers = [build(s, server) for s in spec.scorers]
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,7 @@ does the work: routing, templates, guardrails, accounting), or any external Open
 call goes over HTTP with the official openai client.
 
 On the command line a target is `key=value` pairs: `name=smol,model=smollm2-135m`, `model=gemma,prompt=qa@2`,
-`name=b,route=chat,model=gemma-3-270m` (a route's variant: asked through the route when the server's config is
-given and its stickiness allows, else the variant's model directly), or
+`name=b,route=chat,model=gemma-3-270m` (a route's variant: the variant's model, labelled with its route), or
 `name=ext,model=gpt-4o-mini,base_url=https://api.openai.com/v1,api_key_env=OPENAI_API_KEY`."""
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmops.errors import ConfigError
 from llmops.eval.dataset import EvalSpec, Row
-from llmops.pipeline.routing import pick, point
-from llmops.settings import RouteConfig
 
 NOT_NEEDED = "not-needed-on-localhost"
 
@@ -33,9 +30,7 @@ class Target(BaseModel):
     base_url: str | None = Field(None, description="default: the eval's --server")
     api_key_env: str | None = None
     prompt: str | None = Field(None, description="a versioned prompt, `id` or `id@version`")
-    route: str | None = Field(None, description="the route whose variant `model` is")
-    user: str | None = Field(None, description="sent as `user`: with a route, one that the route's sticky "
-                             "assignment maps to this variant (see through_route)")
+    route: str | None = Field(None, description="the route whose variant `model` is (a label)")
     prompt_usd_per_1k: float | None = Field(None, ge=0)
     completion_usd_per_1k: float | None = Field(None, ge=0)
 
@@ -44,20 +39,6 @@ class Target(BaseModel):
             return None
         prompt_id, _, version = self.prompt.partition("@")
         return {"id": prompt_id, "version": version or None, "variables": row.prompt_variables()}
-
-
-def through_route(target: Target, route: RouteConfig) -> Target:
-    """Ask the route itself, with a `user` that its sticky assignment maps to the target's variant, so the
-    answer comes through the route (fallbacks included; X-LLMOps-Variant says who answered). Needs
-    `sticky: user`, or `sticky: key` with no API key; otherwise the variant's model is asked directly."""
-    options = [(v.model, v.weight) for v in route.variants]
-    if route.sticky == "none" or target.model not in dict(options) or target.api_key_env:
-        return target
-    for i in range(10_000):
-        user = f"llmops-eval-{i}"
-        if pick(options, point(route.name, user)) == target.model:
-            return target.model_copy(update={"user": user})
-    return target
 
 
 def parse_target(text: str) -> Target:
@@ -106,9 +87,8 @@ async def ask(client: openai.AsyncOpenAI, target: Target, row: Row, spec: EvalSp
     started = time.perf_counter()
     try:
         raw = await client.chat.completions.with_raw_response.create(
-            model=target.route if target.route and target.user else target.model, messages=cast(Any, messages),
-            max_tokens=spec.max_tokens, temperature=spec.temperature, seed=spec.seed, extra_body=extra or None,
-            user=target.user or openai.omit)
+            model=target.model, messages=cast(Any, messages), max_tokens=spec.max_tokens,
+            temperature=spec.temperature, seed=spec.seed, extra_body=extra or None)
         reply = raw.parse()
     except openai.APIStatusError as exc:
         raise TargetError(f"HTTP {exc.status_code}: {_message(exc)}") from exc
