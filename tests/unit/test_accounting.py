@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmops.api.usage import group
-from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
 from llmops.app import create_app
+from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
 from llmops.observability.metrics import Metrics
 from llmops.pipeline.accounting import Accountant, cost_usd, estimate_tokens, worst_case_text_usd
 from llmops.pipeline.budget import period_bounds
