@@ -58,6 +58,16 @@ async def _prepared(request: Request, work: ImageWork) -> Call:
     return await stages.prepare(deps.services(request), deps.context(request), work)
 
 
+async def _generated(request: Request, call: Call, work: ImageWork) -> ImageResult:
+    """The images, cancelled if the client goes away; a request that never reached its job gives back its
+    budget reservation (a job settles its own when it finishes)."""
+    try:
+        return await cancel_on_disconnect(request, images.generate(call.services, call, work))
+    finally:
+        if call.served == "":
+            stages.settle_unused(call.services, call)
+
+
 def _store(request: Request, png: bytes) -> str:
     folder = Path(cast(str, deps.settings(request).images.store_dir)).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +97,7 @@ async def generations(body: ImageGenerationRequest, request: Request) -> JSONRes
     if call.hit is not None:
         return JSONResponse(call.hit, headers=call.headers())
     assert isinstance(call.work, ImageWork)
-    result = await cancel_on_disconnect(request, images.generate(call.services, call, call.work))
+    result = await _generated(request, call, call.work)
     out = ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format)).model_dump()
     await stages.cache_store(call.services, call, out)
     return JSONResponse(out, headers=call.headers())
@@ -104,7 +114,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     call = await _prepared(request, ImageWork(body.model, body.prompt, body.negative_prompt, 1, resolve_for, None))
     assert isinstance(call.work, ImageWork)
     assert call.work.request is not None
-    result = await cancel_on_disconnect(request, images.generate(call.services, call, call.work))
+    result = await _generated(request, call, call.work)
     image_request = call.work.request
     parameters = {
         "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,

@@ -109,7 +109,11 @@ async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
     work.prompt(call, services)
     input_guardrails(services, call)
     await budget(services, call)
-    await cache_lookup(services, call)
+    try:
+        await cache_lookup(services, call)
+    except BaseException:
+        settle_unused(services, call)
+        raise
     return call
 
 
