@@ -1,8 +1,9 @@
 """Online evaluation: a sample of a route's answers (its variants' and its shadow's) is scored in the
 background with the route's `online_eval` scorers, and `llmops_eval_score{route,variant,scorer}` is the mean of
-the last `window` scores. The pipeline hands over each finished answer with `observe(app, route, variant,
-request, answer)`: it samples, schedules the scoring on the app's background tasks and returns at once, so the
-user's answer never waits; a scorer that fails counts in `llmops_eval_errors_total`, never as a zero."""
+the last `window` scores. The pipeline holds one OnlineEvaluator (built with the app's services) and hands over
+each finished answer with `observe(route, variant, request, answer)`: it samples, schedules the scoring on the
+app's background tasks and returns at once, so the user's answer never waits; a scorer that fails counts in
+`llmops_eval_errors_total`, never as a zero."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ class OnlineEvaluator:
         """Score this answer later, if the route evaluates online and the sample picks it. Never blocks."""
         if route is None or route not in self._configs or self._rng() >= self._configs[route].sample:
             return
-        self._spawn(self._score(route, variant, Item(question_of(request)), answer))
+        try:
+            self._spawn(self._score(route, variant, Item(question_of(request)), answer))
+        except Exception:  # the answer has been given; evaluation must never fail it
+            log.exception("online evaluation of route %s could not start", route)
 
     async def _score(self, route: str, variant: str, item: Item, answer: str) -> None:
         for scorer in self._scorers[route]:
@@ -66,20 +70,3 @@ def question_of(request: Sequence[Message] | str | None) -> str:
         return request or ""
     users = [m.content for m in request if m.role == "user"]
     return users[-1] if users else ""
-
-
-def observe(app: Any, route: str | None, variant: str, request: Sequence[Message] | str | None,
-            answer: str) -> None:
-    """The pipeline's one call: hand over a finished answer of a routed request (a variant's or the shadow's).
-    The evaluator is built on first use from the app's settings and lives on `app.state`."""
-    if route is None:
-        return
-    try:
-        evaluator: OnlineEvaluator | None = getattr(app.state, "online_eval", None)
-        if evaluator is None:
-            state = app.state
-            evaluator = OnlineEvaluator(state.settings.routes, state.metrics, state.background.spawn)
-            state.online_eval = evaluator
-        evaluator.observe(route, variant, request, answer)
-    except Exception:  # the answer has been given; evaluation must never fail it
-        log.exception("online evaluation of route %s could not start", route)
