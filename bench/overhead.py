@@ -56,7 +56,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
-def _command(case: str, port: int, tmp: Path) -> list[str]:
+def server_command(case: str, port: int, tmp: Path) -> list[str]:
     if case == "bare-fastapi":
         return [sys.executable, "-m", "bench.targets.bare_fastapi", "--port", str(port), "--reply", REPLY]
     model = {"name": "fake", "engine": "fake", "options": {"reply": REPLY, "capacity": 256},
@@ -73,7 +73,8 @@ def _command(case: str, port: int, tmp: Path) -> list[str]:
 
 def start(case: str, port: int, tmp: Path, stack: ExitStack) -> Server:
     log = stack.enter_context((tmp / f"{case}.log").open("w"))
-    proc = subprocess.Popen(_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     server = Server(case, port, proc)
     wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
     if case == "llmops-keyed-sqlite":

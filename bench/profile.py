@@ -4,6 +4,7 @@ such millisecond is taken from llama.cpp's decode threads or the HTTP side), and
 functions and modules that hold it most. The result is a table, not a flame graph:
 
     python -m bench.profile --out bench/results [--concurrency 16,64] [--mode chat-stream]
+    python -m bench.profile --engine fake --name profile-fake   # the gateway alone: no model work at all
 
 needs py-spy (`pip install py-spy`; the bench extra) and permission to ptrace the server (root, or
 kernel.yama.ptrace_scope=0).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import run_load, summarize
+from bench.overhead import server_command as overhead_command
 from bench.report import run_meta, save
 from bench.run import PROMPT, stop, targets, wait_ready
 
@@ -80,19 +82,19 @@ def record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
 
 
 def profile_level(base: str, pid: int, concurrency: int, mode: str, max_tokens: int, rate: int,
-                  tmp: Path) -> dict[str, Any]:
+                  tmp: Path, model: str = "gemma", requests: int = 0) -> dict[str, Any]:
     raw = tmp / f"profile-{concurrency}.txt"
     spy = record(pid, raw, rate)
     time.sleep(1.0)  # py-spy attaches
     started = time.perf_counter()
-    samples = asyncio.run(run_load(base, "gemma", concurrency, concurrency, max_tokens, PROMPT, mode=mode,
+    samples = asyncio.run(run_load(base, model, concurrency, requests or concurrency, max_tokens, PROMPT, mode=mode,
                                    temperature=0))
     wall = time.perf_counter() - started
     spy.send_signal(signal.SIGINT)
     _, err = spy.communicate(timeout=120)
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
-    result = summarize("llmops-llamacpp", concurrency, samples, wall)
+    result = summarize(model, concurrency, samples, wall)
     total, own, incl, groups = fold(raw.read_text())
     per_token = 1000 / rate / max(1, result.output_tokens)
     return {"concurrency": concurrency, "mode": mode, "tokens": result.output_tokens,
@@ -104,8 +106,10 @@ def profile_level(base: str, pid: int, concurrency: int, mode: str, max_tokens: 
 
 
 def markdown(levels: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    engine = "llamacpp engine, Gemma 3 270M" if meta["engine"] == "llamacpp" else \
+        "fake engine (64-word answer, no model work: the gateway alone)"
     lines = ["# Where the per-token time goes (py-spy, GIL-holding samples)", "",
-             f"llmops, llamacpp engine, Gemma 3 270M, {meta['mode']}, {meta['max_tokens']} tokens per request, "
+             f"llmops, {engine}, {meta['mode']}, {meta['max_tokens']} tokens per request, "
              f"py-spy --gil at {meta['rate']} Hz; {meta['machine']}, {meta['date']}. Milliseconds are GIL-held "
              "time per output token (samples / rate / tokens); a loaded shared machine stretches them all alike.", ""]
     for lv in levels:
@@ -133,22 +137,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--port", type=int, default=18090)
+    p.add_argument("--engine", choices=["llamacpp", "fake"], default="llamacpp")
+    p.add_argument("--requests", type=int, default=0, help="per level (default: the concurrency)")
     a = p.parse_args()
     tmp = Path(a.out) / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    target = targets(a.threads, a.slots, 50)["llmops-llamacpp"]
+    if a.engine == "fake":
+        command, model = overhead_command("llmops-open", a.port, tmp), "fake"
+    else:
+        command, model = targets(a.threads, a.slots, 50)["llmops-llamacpp"].command(a.port, tmp), "gemma"
     log = (tmp / "profile-server.log").open("w")
-    proc = subprocess.Popen(target.command(a.port, tmp), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{a.port}"
     try:
-        wait_ready(proc, base + target.ready_path, 600)
-        asyncio.run(run_load(base, "gemma", 1, 1, 8, PROMPT, mode=a.mode))  # warm-up
-        levels = [profile_level(base, proc.pid, int(c), a.mode, a.max_tokens, a.rate, tmp)
+        wait_ready(proc, base + "/ready", 600)
+        asyncio.run(run_load(base, model, 1, 1, 8, PROMPT, mode=a.mode))  # warm-up
+        levels = [profile_level(base, proc.pid, int(c), a.mode, a.max_tokens, a.rate, tmp, model, a.requests)
                   for c in a.concurrency.split(",")]
     finally:
         stop(proc)
         log.close()
-    meta = run_meta(mode=a.mode, max_tokens=a.max_tokens, rate=a.rate)
+    meta = run_meta(mode=a.mode, max_tokens=a.max_tokens, rate=a.rate, engine=a.engine)
     save(a.out, a.name, markdown(levels, meta), {"meta": meta, "levels": levels})
 
 

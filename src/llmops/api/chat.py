@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
+from llmops.api.chunks import ChunkEncoder
 from llmops.api.sse import event
 from llmops.engines.base import Message
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
@@ -42,21 +43,17 @@ def _completion(done: Collected, model: str, chunk_id: str, created: int) -> Cha
 async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
     totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("chatcmpl"), now()
-
-    def chunk(choices: list[ChatChunkChoice]) -> bytes:
-        return event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=choices))
-
+    encode = ChunkEncoder("chat", chunk_id, created, body.model)  # the models' bytes, no model per token
     pieces = stream_choices(choices, totals)
     first = await anext(pieces, None)  # errors before any output surface as plain HTTP errors
     for i in range(body.n):
-        yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        yield encode.role(i)
     if first is not None:
-        yield chunk([_piece(*first)])
+        yield encode.piece(*first)
         async for item in pieces:
-            yield chunk([_piece(*item)])
+            yield encode.piece(*item)
     if body.include_usage():
-        yield event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=[],
-                                        usage=totals.usage()))
+        yield encode.usage(totals.usage())
     await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
 
 
@@ -76,7 +73,3 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
                                         usage=cached.usage))
 
 
-def _piece(index: int, text: str, finish: str | None) -> ChatChunkChoice:
-    if finish is not None:
-        return ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)
-    return ChatChunkChoice(index=index, delta=ChatDelta(content=text))
