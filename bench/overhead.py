@@ -13,6 +13,7 @@ streams (keep-alive, one connection per worker), so little of the client's own C
 machine.
 
     python -m bench.overhead --out bench/results [--repeats 3] [--requests 400]
+    python -m bench.overhead --baseline-src /path/to/old/checkout/src   # adds llmops-open@baseline: before/after
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,9 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
+BASELINE = "llmops-open@baseline"  # the open server from another source tree (--baseline-src)
+
+
 def server_command(case: str, port: int, tmp: Path) -> list[str]:
     if case == "bare-fastapi":
         return [sys.executable, "-m", "bench.targets.bare_fastapi", "--port", str(port), "--reply", REPLY]
@@ -66,15 +71,18 @@ def server_command(case: str, port: int, tmp: Path) -> list[str]:
                               "state": {"backend": "sqlite", "sqlite_path": str(tmp / f"{case}-{port}.db")}}
     if case == "llmops-keyed-sqlite":
         config["auth"] = {"admin_key": ADMIN}
-    path = tmp / f"{case}.yaml"
+    path = tmp / f"{case.replace('@', '-')}.yaml"
     path.write_text(yaml.safe_dump(config))
     return [sys.executable, "-m", "llmops", "serve", "--config", str(path), "--port", str(port)]
 
 
-def start(case: str, port: int, tmp: Path, stack: ExitStack) -> Server:
-    log = stack.enter_context((tmp / f"{case}.log").open("w"))
+def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str | None = None) -> Server:
+    log = stack.enter_context((tmp / f"{case.replace('@', '-')}.log").open("w"))
+    env = dict(os.environ)
+    if case == BASELINE and baseline_src:
+        env["PYTHONPATH"] = os.pathsep.join([baseline_src, *env.get("PYTHONPATH", "").split(os.pathsep)])
     proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     server = Server(case, port, proc)
     wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
     if case == "llmops-keyed-sqlite":
@@ -181,13 +189,14 @@ def measure(server: Server, requests: int, streams: int) -> dict[str, Any]:
             "rps_16": 2 * requests / wall, "stream_tokens": tokens, "cpu_us_per_token": cpu_us_per_token}
 
 
-def run(repeats: int, requests: int, streams: int, port: int, tmp: Path) -> list[dict[str, Any]]:
+def run(cases: tuple[str, ...], repeats: int, requests: int, streams: int, port: int, tmp: Path,
+        baseline_src: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for rep in range(repeats):
-        order = CASES[rep % len(CASES):] + CASES[:rep % len(CASES)]
+        order = cases[rep % len(cases):] + cases[:rep % len(cases)]
         for case in order:
             with ExitStack() as stack:
-                server = start(case, port, tmp, stack)
+                server = start(case, port, tmp, stack, baseline_src)
                 try:
                     row = measure(server, requests, streams)
                 finally:
@@ -198,13 +207,13 @@ def run(repeats: int, requests: int, streams: int, port: int, tmp: Path) -> list
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], cases: tuple[str, ...] = CASES) -> dict[str, Any]:
     """Per case: medians with spread; against bare-fastapi: added p50/p99 ms, rps ratio, CPU ratio, paired
     within each repeat."""
     reps = sorted({r["repeat"] for r in rows})
     by = {(r["case"], r["repeat"]): r for r in rows}
     out: dict[str, Any] = {}
-    for case in CASES:
+    for case in cases:
         mine = [by[(case, rep)] for rep in reps if (case, rep) in by]
         pairs = [(by[(case, rep)], by[("bare-fastapi", rep)]) for rep in reps
                  if (case, rep) in by and ("bare-fastapi", rep) in by]
@@ -249,11 +258,14 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--streams", type=int, default=64, help="streamed answers per repeat (64 tokens each)")
     p.add_argument("--port", type=int, default=18095)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    p.add_argument("--baseline-src", default=None, help="another checkout's src/: adds the case " + BASELINE)
     a = p.parse_args()
+    cases = tuple(a.cases.split(",")) + ((BASELINE,) if a.baseline_src else ())
     with tempfile.TemporaryDirectory() as folder:
-        rows = run(a.repeats, a.requests, a.streams, a.port, Path(folder))
-    meta = run_meta(repeats=a.repeats, requests=a.requests, streams=a.streams)
-    save(a.out, a.name, markdown(summarize(rows), meta), {"meta": meta, "rows": rows})
+        rows = run(cases, a.repeats, a.requests, a.streams, a.port, Path(folder), a.baseline_src)
+    meta = run_meta(repeats=a.repeats, requests=a.requests, streams=a.streams, baseline_src=a.baseline_src)
+    save(a.out, a.name, markdown(summarize(rows, cases), meta), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":
