@@ -3,8 +3,8 @@ N concurrent streams run, keeping only samples of a thread that holds the GIL (o
 such millisecond is taken from llama.cpp's decode threads or the HTTP side), and folds them into the
 functions and modules that hold it most. The result is a table, not a flame graph:
 
-    python -m bench.profile --out bench/results [--concurrency 16,64] [--mode chat-stream]
-    python -m bench.profile --engine fake --name profile-fake   # the gateway alone: no model work at all
+    python -m bench.profile_tokens --out bench/results [--concurrency 16,64] [--mode chat-stream]
+    python -m bench.profile_tokens --engine fake --name profile-fake   # the gateway alone: no model work at all
 
 needs py-spy (`pip install py-spy`; the bench extra) and permission to ptrace the server (root, or
 kernel.yama.ptrace_scope=0).
