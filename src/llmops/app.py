@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
 from llmops.api import admin, chat, completions, images, models, ops, usage
+from llmops.api.console import install_console, install_cors
+from llmops.api.signed_urls import UrlSigner
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
@@ -63,6 +65,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.start_loading()
+        await app.state.url_signer.load()
         try:
             yield
         finally:
@@ -73,7 +76,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await state.close()
             tracer.shutdown()
 
-    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.http.docs else None)
     app.state.settings = settings
     app.state.pool = pool
     app.state.image_jobs = image_jobs
@@ -89,11 +93,14 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.background = TaskSet()  # shadow requests in flight
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
+    app.state.url_signer = UrlSigner(settings.images, state.cache if state.backend == "redis" else None)
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
                    admin.router):
         app.include_router(router)
+    install_console(app, settings.http)
     install_error_handlers(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
+    install_cors(app, settings.http)  # outermost: preflights never reach auth
     return app
 
 

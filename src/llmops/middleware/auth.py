@@ -3,7 +3,8 @@ Missing or unknown → 401 in the OpenAI envelope. The key found is put in `scop
 the handlers (allowed models, priority) and its id in the access log, never the secret. Once a key has
 been created the server stays keyed: revoking every key does not reopen it.
 
-/health and /ready are always open; /metrics is open unless `auth.metrics_require_key`; /admin is guarded
+/health and /ready are always open, and so are the console and docs pages (api/console.py) and signed
+image URLs (api/signed_urls.py: the signature is checked by the handler); /metrics is open unless `auth.metrics_require_key`; /admin is guarded
 by the admin key in its own router. With no key in the store, the server is open (a loopback-only
 embedded default: `llmops serve` refuses a non-loopback bind without keys)."""
 
@@ -14,6 +15,8 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmops.api.console import is_open
+from llmops.api.signed_urls import signed_request
 from llmops.errors import LLMOpsError, Unauthorized, error_response_parts
 from llmops.middleware.observe import log_fields
 from llmops.stores.keys import KeyStore, verify
@@ -52,7 +55,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.open_paths or path.startswith("/admin"):
+        if (scope["type"] != "http" or path in self.open_paths or path.startswith("/admin") or is_open(path)
+                or signed_request(path, scope.get("query_string", b""))):
             await self.app(scope, receive, send)
             return
         try:

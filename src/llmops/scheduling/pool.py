@@ -68,7 +68,8 @@ class ModelPool:
         out = {}
         for name, served in self._models.items():
             health = served.health()
-            health.detail.update(running=served.admission.running, queued=served.admission.waiting)
+            health.detail.update(kind=served.config.kind, running=served.admission.running,
+                                 queued=served.admission.waiting)
             out[name] = health
         return out
 
