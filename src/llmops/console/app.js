@@ -52,7 +52,8 @@ function el(tag, attrs = {}, ...children) {
   for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
   return node;
 }
-const fmtUsd = (v) => v === null || v === undefined ? "–" : `$${Number(v).toFixed(v < 0.01 && v > 0 ? 6 : 4)}`;
+const fmtUsd = (v) => v === null || v === undefined ? "–"
+  : `$${Number(v).toFixed(v >= 1 || v === 0 ? 2 : v >= 0.01 ? 4 : 6)}`;
 const fmtInt = (v) => v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US");
 const fmtMs = (ms) => ms === null ? "–" : ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 const fmtDate = (s) => s ? new Date(s * 1000).toISOString().slice(0, 16).replace("T", " ") : "–";
