@@ -5,35 +5,81 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmops.errors import ConfigError, LLMOpsError
-from llmops.settings import Settings, load_settings
+from llmops.settings import Settings, StateSettings, load_settings
 
 if TYPE_CHECKING:
     from llmops.stores.keys import KeyStore
 
 
+STORE_HELP = """where keys and spend live: the state store. By default a per-user SQLite file,
+~/.local/share/llmops/llmops.db (state.sqlite_path; env LLMOPS_STATE__SQLITE_PATH), shared by every
+`llmops serve` of this user that does not name another; with state.backend redis, in Redis
+(state.redis_url). --store PATH (a SQLite file) or --store redis://HOST:PORT/DB picks another one.
+--config and --store are accepted before or after any subcommand."""
+
+
+def _common() -> argparse.ArgumentParser:
+    """--config and --store, accepted at every level (`llmops --config X keys create` = `llmops keys create
+    --config X`). SUPPRESS keeps a level that does not give them from resetting what another level gave."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="YAML config file (default: the embedded Gemma and tiny-sd models)")
+    common.add_argument("--store", default=argparse.SUPPRESS, metavar="PATH|URL",
+                        help="the state store holding keys and spend: a SQLite file or a redis:// URL "
+                        "(default: state.* of the config; see below)")
+    return common
+
+
+class _Sub:
+    """Adds subcommands that all take the common options and say where keys and spend live."""
+
+    def __init__(self, parent: argparse.ArgumentParser, dest: str, common: argparse.ArgumentParser,
+                 required: bool = True) -> None:
+        self.sub = parent.add_subparsers(dest=dest, required=required)
+        self.common = common
+
+    def add(self, name: str, summary: str, **kw: object) -> argparse.ArgumentParser:
+        return self.sub.add_parser(name, help=summary, description=summary, parents=[self.common], epilog=STORE_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kw)  # type: ignore[arg-type]
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.")
-    sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the configured models")
-    serve.add_argument("--config", help="YAML config file (default: the embedded Gemma model)")
+    common = _common()
+    p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.",
+                                parents=[common], epilog=STORE_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = _Sub(p, "command", common)
+    serve = top.add("serve", "serve the configured models")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
     serve.add_argument("--insecure-no-auth", action="store_true", default=None,
                        help="allow binding a non-loopback address with no API keys")
-    models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
-    models.add_argument("--config")
-    models_sub = models.add_subparsers(dest="models_command")
-    models_sub.add_parser("list", help="list the configured models (the default)").add_argument("--config")
-    tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
+    models = _Sub(top.add("models", "list the configured models, or build the tiny image model"), "models_command",
+                  common, required=False)
+    models.add("list", "list the configured models (the default)")
+    tiny = models.add("build-tiny-sd", "build the tiny Stable Diffusion pipeline (random weights)")
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
-    keys = sub.add_parser("keys", help="manage API keys in the configured store")
-    keys.add_argument("--config")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
+    keys = _Sub(top.add("keys", "manage API keys in the state store (the first key makes servers "
+                        "using that store require keys)"), "keys_command", common)
+    _key_create_args(keys.add("create", "create a key; its secret is printed once"))
+    keys.add("list", "list keys (never their secrets)")
+    for verb in ("show", "revoke"):
+        keys.add(verb, f"{verb} a key").add_argument("id")
+    prompts = _Sub(top.add("prompts", "versioned prompt templates"), "prompts_command", common)
+    publish = prompts.add("publish", "record new versions in DIR/published.json (published versions may never "
+                          "change)")
+    publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
+    config = _Sub(top.add("config", "configuration tools"), "config_command", common)
+    config.add("check", "validate a config file and every engine's options")
+    return p
+
+
+def _key_create_args(create: argparse.ArgumentParser) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
@@ -43,24 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--budget", type=float, default=None, help="dollars per budget period (default: none)")
     create.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     create.add_argument("--secret-only", action="store_true", help="print only the secret (for scripts)")
-    keys_sub.add_parser("list", help="list keys (never their secrets)")
-    for verb in ("show", "revoke"):
-        keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
-    prompts = sub.add_parser("prompts", help="versioned prompt templates")
-    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
-    publish = prompts_sub.add_parser("publish", help="record new versions in DIR/published.json (published "
-                                     "versions may never change)")
-    publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
-    config = sub.add_parser("config", help="configuration tools")
-    config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config file and every engine's options")
-    check.add_argument("--config")
-    return p
+
+
+def _store_override(store: str | None) -> dict[str, str] | None:
+    if not store:
+        return None
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        return {"backend": "redis", "redis_url": store}
+    return {"backend": "sqlite", "sqlite_path": store}
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None),
-                         insecure_no_auth=getattr(args, "insecure_no_auth", None))
+    return load_settings(getattr(args, "config", None), host=getattr(args, "host", None),
+                         port=getattr(args, "port", None), insecure_no_auth=getattr(args, "insecure_no_auth", None),
+                         state=_store_override(getattr(args, "store", None)))
+
+
+def store_location(settings: Settings) -> str:
+    """Where keys and spend live, in words."""
+    st = settings.state
+    if st.backend == "sqlite":
+        return f"the SQLite file {Path(st.sqlite_path).expanduser()}"
+    if st.backend == "redis":
+        return f"Redis at {st.redis_url} (prefix {st.redis_prefix})"
+    return "memory (nothing is kept)"
 
 
 def _check_engines(settings: Settings) -> None:
@@ -90,12 +142,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def run() -> None:
         state = build_state(settings.state)
         try:
+            first = args.keys_command == "create" and await state.keys.key_count() == 0
             await _keys_command(args, state.keys)
         finally:
             await state.close()
+        if first:
+            print(_first_key_warning(settings), file=sys.stderr)
 
     asyncio.run(run())
     return 0
+
+
+def _first_key_warning(settings: Settings) -> str:
+    default = StateSettings.model_fields["sqlite_path"].default
+    shared = settings.state.backend == "sqlite" and settings.state.sqlite_path == default
+    who = "Every server using this store (the default `llmops serve` and `make serve` of this user included)" \
+        if shared else "Every server using this store"
+    return (f"warning: this is the first key in {store_location(settings)}. {who} now requires an API key on "
+            "every request, and revoking the keys does not reopen it. Use --store (or state.sqlite_path) for a "
+            "store of its own.")
 
 
 async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
@@ -111,7 +176,10 @@ async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
         print(secret if args.secret_only else json.dumps({**key.public(), "secret": secret}, indent=2))
         print(f"created {key.id}: store the secret now, it is not kept and cannot be shown again", file=sys.stderr)
     elif args.keys_command == "list":
-        for key in await store.all():
+        keys = await store.all()
+        if not keys:
+            print("no keys: servers using this store are open on loopback", file=sys.stderr)
+        for key in keys:
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}\t{key.name}\t{key.display}\t{state}\t{','.join(key.models) or '*'}\t{key.priority}")
     else:
@@ -132,8 +200,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from llmops.prompts.registry import publish
 
     added = publish(Path(args.dir))

@@ -4,9 +4,10 @@ the handlers (allowed models, priority) and its id in the access log, never the 
 been created the server stays keyed: revoking every key does not reopen it.
 
 /health and /ready are always open, and so are the console and docs pages (api/console.py) and signed
-image URLs (api/signed_urls.py: the signature is checked by the handler); /metrics is open unless `auth.metrics_require_key`; /admin is guarded
-by the admin key in its own router. With no key in the store, the server is open (a loopback-only
-embedded default: `llmops serve` refuses a non-loopback bind without keys)."""
+image URLs (api/signed_urls.py: the signature is checked by the handler); /metrics is open unless
+`auth.metrics_require_key`; /admin is guarded by the admin key in its own router. With no key in the
+store, the server is open (a loopback-only embedded default: `llmops serve` refuses a non-loopback bind
+without keys)."""
 
 from __future__ import annotations
 
