@@ -159,9 +159,14 @@ class SpendSettings(_Strict):
 class CacheSettings(_Strict):
     """Exact-match response cache for deterministic requests (temperature 0, or a seed given), chat,
     completions and images. In the process (LRU) with the sqlite/memory state backends; in Redis, shared by
-    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store)."""
+    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store).
 
-    enabled: bool = True
+    Off by default: clients of an OpenAI-compatible server expect the model to run (a benchmark or an
+    evaluation that repeats a prompt would otherwise measure the cache), and the default global scope tells
+    a caller that someone asked the same before. Turn it on where repeated deterministic requests are
+    expected; every response says what happened in `X-Cache`."""
+
+    enabled: bool = Field(False, description="serve repeated deterministic requests from the cache")
     max_entries: int = Field(1024, ge=1, description="LRU size (in-process cache)")
     ttl_s: float = Field(3600, gt=0, description="how long an answer is served from the cache")
     max_entry_bytes: int = Field(4_000_000, ge=1024, description="larger answers are not cached")

@@ -35,7 +35,7 @@ def test_lru_evicts_the_least_recent_and_expires() -> None:
 
 
 def test_keys_bypass_and_scope() -> None:
-    cacher = ResponseCacher(MemoryCache(8), CacheSettings(), Metrics())
+    cacher = ResponseCacher(MemoryCache(8), CacheSettings(enabled=True), Metrics())
     assert cacher.key(request(), "chat", PAYLOAD, True) == cacher.key(request(), "chat", PAYLOAD, True)
     assert cacher.key(request(), "chat", PAYLOAD, False) is None  # not deterministic
     assert cacher.key(request({"Cache-Control": "no-cache"}), "chat", PAYLOAD, True) is None
@@ -43,5 +43,11 @@ def test_keys_bypass_and_scope() -> None:
     one, two = new_key("a", (), "interactive")[0], new_key("b", (), "interactive")[0]
     shared = cacher.key(request(key=one), "chat", PAYLOAD, True)
     assert shared == cacher.key(request(key=two), "chat", PAYLOAD, True)  # global scope: one entry
-    scoped = ResponseCacher(MemoryCache(8), CacheSettings(scope="key"), Metrics())
+    scoped = ResponseCacher(MemoryCache(8), CacheSettings(enabled=True, scope="key"), Metrics())
     assert scoped.key(request(key=one), "chat", PAYLOAD, True) != scoped.key(request(key=two), "chat", PAYLOAD, True)
+
+
+def test_the_cache_is_off_by_default() -> None:
+    """A repeated deterministic request runs the model unless the operator turned the cache on."""
+    cacher = ResponseCacher(MemoryCache(8), CacheSettings(), Metrics())
+    assert cacher.key(request(), "chat", PAYLOAD, True) is None
