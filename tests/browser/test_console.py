@@ -93,6 +93,16 @@ def test_docs_render_offline_without_a_key(page: Any) -> None:
     shot(page, "docs-redoc")
 
 
+def test_model_states_and_queues(page: Any) -> None:
+    page.goto("/console/#models")
+    card = page.locator("#models-body .card", has_text="fake-slow")
+    expect(card).to_contain_text("ready")
+    expect(card).to_contain_text("Queued")
+    if has_diffusers():
+        expect(page.locator("#models-body .card", has_text="tiny-sd")).to_contain_text("image")
+    shot(page, "console-models")
+
+
 @pytest.mark.parametrize("view", ["playground", "images", "usage", "keys", "spend", "models"])
 def test_accessibility(page: Any, view: str) -> None:
     """axe-core's WCAG 2 A/AA rules (labels, names, contrast, landmarks) on each view, with no violation."""
@@ -152,6 +162,7 @@ def test_keys_create_show_once_and_revoke(page: Any, server: str) -> None:
     page.goto("/console/#usage")
     expect(page.locator("#usage-body")).to_contain_text("browser-team")
     expect(page.locator("#usage-body")).to_contain_text("$5.00 per month")
+    shot(page, "console-usage")
 
     page.goto("/console/#keys")
     page.once("dialog", lambda dialog: dialog.accept())
