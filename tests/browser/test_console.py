@@ -5,6 +5,7 @@ creation and revocation. The key tests run last: once a key exists the server st
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,13 @@ def test_keyboard_reaches_every_control_of_the_playground(page: Any) -> None:
     expect(page.locator(".msg.user").last).to_have_text(re.compile("typed with the keyboard"))
 
 
+def wait_until_keyed(server: str) -> None:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server}/v1/models").status_code != 401:
+        assert time.monotonic() < deadline, "the server did not become keyed"
+        time.sleep(0.05)
+
+
 def test_keys_create_show_once_and_revoke(page: Any, server: str) -> None:
     page.goto("/console/#keys")
     expect(page.locator("#keys-table tbody")).to_contain_text("admin key")
@@ -155,6 +163,7 @@ def test_keys_create_show_once_and_revoke(page: Any, server: str) -> None:
     expect(page.locator("#new-secret")).to_be_hidden()
     assert page.locator("#secret-value").inner_text() == ""
 
+    wait_until_keyed(server)  # the server rechecks whether it has keys once a second
     assert httpx.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
     # the new key's usage page, with the key entered in the console
     page.fill("#api-key", secret)
