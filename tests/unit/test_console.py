@@ -120,3 +120,13 @@ def test_cors_origins_are_an_allow_list_of_origins(origin: str) -> None:
 
 def test_ready_tells_each_models_kind(keyed: TestClient) -> None:
     assert keyed.get("/ready").json()["models"]["fake"]["kind"] == "chat"
+
+
+def test_pages_and_assets_do_not_spend_the_anonymous_rate_limit() -> None:
+    s = load_settings(None, models=MODELS, state={"backend": "memory"}, rate_limits={"anonymous_rpm": 1})
+    with TestClient(create_app(s)) as c:
+        for _ in range(3):
+            for path in ("/console/", "/console/app.js", "/docs", "/docs-assets/swagger-ui.css", "/openapi.json"):
+                assert c.get(path).status_code == 200, path
+        assert c.get("/v1/models").status_code == 200
+        assert c.get("/v1/models").status_code == 429  # the API itself is still limited

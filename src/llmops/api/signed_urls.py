@@ -4,7 +4,9 @@ without the API key (an `<img src>`, a download), until they expire; a bad or ex
 
 The secret is `images.url_secret` when set. Unset, it is generated once: kept in the process with the
 sqlite and memory backends (one process), and shared through Redis with the redis backend, so any replica
-can serve a URL another one signed (the first replica to start writes it; the others read it)."""
+can serve a URL another one signed (the first replica to start writes it; the others read it). Two replicas
+starting in the same instant can each keep their own (the store has no set-if-absent here); deployments
+with several replicas that must never disagree set `images.url_secret` (the Kubernetes manifests' Secret)."""
 
 from __future__ import annotations
 

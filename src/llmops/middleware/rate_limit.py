@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmops.api.console import is_open  # console and docs pages and assets
 from llmops.errors import LLMOpsError, RateLimited
 from llmops.middleware.auth import send_error
 from llmops.observability.metrics import Metrics
@@ -62,7 +63,7 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin"):
+        if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin") or is_open(path):
             await self.app(scope, receive, send)
             return
         key: ApiKey | None = scope.get("state", {}).get("api_key")
