@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import live_server, write_config
 
 sync_api = pytest.importorskip("playwright.sync_api")
+sync_api.expect.set_options(timeout=30_000)  # a busy CI machine: waits for a condition, never a threshold
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ADMIN_KEY = "admin-browser-test-secret"
