@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                                 parents=[common], epilog=STORE_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     top = _Sub(p, "command", common)
-    serve = top.add("serve", "serve the configured models")
+    serve = top.add("serve", "serve the configured models, the web console (/console) and the API docs (/docs)")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
     serve.add_argument("--insecure-no-auth", action="store_true", default=None,

@@ -56,8 +56,10 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if (scope["type"] != "http" or path in self.open_paths or path.startswith("/admin") or is_open(path)
-                or signed_request(path, scope.get("query_string", b""))):
+        if scope["type"] != "http" or path in self.open_paths or path.startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+        if is_open(path) or signed_request(path, scope.get("query_string", b"")):  # pages; signed image URLs
             await self.app(scope, receive, send)
             return
         try:

@@ -63,7 +63,10 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin") or is_open(path):
+        if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+        if is_open(path):  # the console's and the docs' pages and assets
             await self.app(scope, receive, send)
             return
         key: ApiKey | None = scope.get("state", {}).get("api_key")
