@@ -68,9 +68,9 @@ class ModelPool:
         out = {}
         for name, served in self._models.items():
             health = served.health()
-            health.detail.update(kind=served.config.kind, running=served.admission.running,
-                                 queued=served.admission.waiting)
+            health.detail.update(running=served.admission.running, queued=served.admission.waiting)
             out[name] = health
+            health.detail["kind"] = served.config.kind  # chat or image: the console picks its models by it
         return out
 
     def loads(self) -> dict[str, ModelLoad]:
