@@ -77,7 +77,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             tracer.shutdown()
 
     app = FastAPI(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if settings.http.docs else None)
+                  openapi_url="/openapi.json" if settings.web.docs else None)
     app.state.settings = settings
     app.state.pool = pool
     app.state.image_jobs = image_jobs
@@ -97,10 +97,10 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
                    admin.router):
         app.include_router(router)
-    install_console(app, settings.http)
+    install_console(app, settings.web)
     install_error_handlers(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
-    install_cors(app, settings.http)  # outermost: preflights never reach auth
+    install_cors(app, settings.web)  # outermost: preflights never reach auth
     return app
 
 

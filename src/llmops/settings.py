@@ -88,32 +88,14 @@ def default_models() -> list[ModelConfig]:
 
 
 class ImageSettings(_Strict):
-    store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
-    job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
-    max_queued: int = Field(32, ge=1, description="image jobs waiting per model; beyond it, 503")
     url_ttl_s: float = Field(3600, gt=0, le=7 * 86400, description="how long a signed image URL "
                              "(response_format=url) can be fetched without a key")
     url_secret: SecretStr | None = Field(None, description="HMAC secret signing image URLs; env "
                                          "LLMOPS_IMAGES__URL_SECRET. Unset: generated at start (with "
                                          "state.backend redis, shared by the replicas through Redis)")
-
-
-class HttpSettings(_Strict):
-    """What browsers see: the console at /console, the API docs at /docs and /redoc (local assets, no key
-    needed, the schema only), and CORS for other origins (off unless `cors_origins` lists some)."""
-
-    console: bool = Field(True, description="serve the web console at /console (and redirect / to it)")
-    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from "
-                                    "a browser (e.g. https://app.example.com); empty: CORS off")
-
-    @field_validator("cors_origins")
-    @classmethod
-    def _origins(cls, origins: list[str]) -> list[str]:
-        bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
-        if bad:
-            raise ValueError(f"origins are scheme://host[:port] with no path; not {', '.join(bad)}")
-        return origins
+    store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
+    job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
+    max_queued: int = Field(32, ge=1, description="image jobs waiting per model; beyond it, 503")
 
 
 class ServerLimits(_Strict):
@@ -263,6 +245,24 @@ class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
 
+class WebSettings(_Strict):
+    """What browsers see: the console at /console, the API docs at /docs and /redoc (local assets, no key
+    needed, the schema only), and CORS for other origins (off unless `cors_origins` lists some)."""
+
+    console: bool = Field(True, description="serve the web console at /console (and redirect / to it)")
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from "
+                                    "a browser (e.g. https://app.example.com); empty: CORS off")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
+        if bad:
+            raise ValueError(f"origins are scheme://host[:port] with no path; not {', '.join(bad)}")
+        return origins
+
+
 class Settings(BaseSettings):
     """Everything the server reads. Field descriptions are the help text of `llmops config check`."""
 
@@ -273,10 +273,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
-    http: HttpSettings = Field(default_factory=HttpSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)

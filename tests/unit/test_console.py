@@ -80,7 +80,7 @@ def test_the_schema_shows_nothing_secret(keyed: TestClient) -> None:
 
 
 def test_console_and_docs_can_be_turned_off() -> None:
-    for c in keyed_client(http={"console": False, "docs": False}):
+    for c in keyed_client(web={"console": False, "docs": False}):
         secret = c.headers["X-Test-Secret"]
         for path in ("/", "/console/", "/docs", "/redoc", "/openapi.json"):
             assert c.get(path, headers={"Authorization": f"Bearer {secret}"}).status_code == 404, path
@@ -95,7 +95,7 @@ def test_cors_is_off_by_default(keyed: TestClient) -> None:
 
 
 def test_cors_allows_listed_origins_only() -> None:
-    for c in keyed_client(http={"cors_origins": ["https://app.example.com"]}):
+    for c in keyed_client(web={"cors_origins": ["https://app.example.com"]}):
         preflight = c.options("/v1/chat/completions", headers={
             "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization,content-type"})
@@ -115,7 +115,7 @@ def test_cors_allows_listed_origins_only() -> None:
 @pytest.mark.parametrize("origin", ["*", "https://app.example.com/path", "app.example.com"])
 def test_cors_origins_are_an_allow_list_of_origins(origin: str) -> None:
     with pytest.raises(ConfigError, match="cors_origins"):
-        load_settings(None, models=MODELS, http={"cors_origins": [origin]})
+        load_settings(None, models=MODELS, web={"cors_origins": [origin]})
 
 
 def test_ready_tells_each_models_kind(keyed: TestClient) -> None:

@@ -1,6 +1,6 @@
 """What a browser gets: the web console (static files shipped in `llmops/console`, at /console, with /
 redirecting there), the API docs at /docs and /redoc with their assets served from the installed
-`fastapi-offline` package (no CDN), and CORS for the origins `http.cors_origins` allows.
+`fastapi-offline` package (no CDN), and CORS for the origins `web.cors_origins` allows.
 
 None of these pages needs a key: the console asks for one and keeps it in the browser's session storage,
 and the docs show the OpenAPI schema only. Everything the console does goes through the public API."""
@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
-from llmops.settings import HttpSettings
+from llmops.settings import WebSettings
 
 CONSOLE = "/console"
 DOCS_ASSETS = "/docs-assets"
@@ -37,16 +37,16 @@ def docs_assets_dir() -> Path:
     return Path(str(files("fastapi_offline") / "static"))
 
 
-def install_console(app: FastAPI, http: HttpSettings) -> None:
-    """The console and the docs, as `http` enables them."""
-    if http.console:
+def install_console(app: FastAPI, web: WebSettings) -> None:
+    """The console and the docs, as `web` enables them."""
+    if web.console:
         app.mount(CONSOLE, StaticFiles(directory=console_dir(), html=True), name="console")
 
         @app.get("/", include_in_schema=False)
         async def root() -> RedirectResponse:
             return RedirectResponse(CONSOLE + "/", status_code=307)
 
-    if http.docs:
+    if web.docs:
         _install_docs(app)
 
 
@@ -70,11 +70,11 @@ def _install_docs(app: FastAPI) -> None:
                               redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
-def install_cors(app: FastAPI, http: HttpSettings) -> None:
+def install_cors(app: FastAPI, web: WebSettings) -> None:
     """CORS for the allow-listed origins only; without any, no CORS headers at all (browsers then refuse
     cross-origin calls). Added last, so it is the outermost layer: preflights are answered before auth."""
-    if http.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=http.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+    if web.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
                            max_age=600)
 
