@@ -22,64 +22,25 @@ STORE_HELP = """where keys and spend live: the state store. By default a per-use
 --config and --store are accepted before or after any subcommand."""
 
 
-def _common() -> argparse.ArgumentParser:
-    """--config and --store, accepted at every level (`llmops --config X keys create` = `llmops keys create
-    --config X`). SUPPRESS keeps a level that does not give them from resetting what another level gave."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS,
-                        help="YAML config file (default: the embedded Gemma and tiny-sd models)")
-    common.add_argument("--store", default=argparse.SUPPRESS, metavar="PATH|URL",
-                        help="the state store holding keys and spend: a SQLite file or a redis:// URL "
-                        "(default: state.* of the config; see below)")
-    return common
-
-
-class _Sub:
-    """Adds subcommands that all take the common options and say where keys and spend live."""
-
-    def __init__(self, parent: argparse.ArgumentParser, dest: str, common: argparse.ArgumentParser,
-                 required: bool = True) -> None:
-        self.sub = parent.add_subparsers(dest=dest, required=required)
-        self.common = common
-
-    def add(self, name: str, summary: str, **kw: object) -> argparse.ArgumentParser:
-        return self.sub.add_parser(name, help=summary, description=summary, parents=[self.common], epilog=STORE_HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kw)  # type: ignore[arg-type]
-
-
 def _parser() -> argparse.ArgumentParser:
-    common = _common()
-    p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.",
-                                parents=[common], epilog=STORE_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = _Sub(p, "command", common)
-    serve = top.add("serve", "serve the configured models, the web console (/console) and the API docs (/docs)")
+    p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the configured models, the web console (/console) and the API "
+                           "docs (/docs)")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
     serve.add_argument("--insecure-no-auth", action="store_true", default=None,
                        help="allow binding a non-loopback address with no API keys")
-    models = _Sub(top.add("models", "list the configured models, or build the tiny image model"), "models_command",
-                  common, required=False)
-    models.add("list", "list the configured models (the default)")
-    tiny = models.add("build-tiny-sd", "build the tiny Stable Diffusion pipeline (random weights)")
+    models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
+    models_sub = models.add_subparsers(dest="models_command")
+    models_sub.add_parser("list", help="list the configured models (the default)")
+    tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
-    keys = _Sub(top.add("keys", "manage API keys in the state store (the first key makes servers "
-                        "using that store require keys)"), "keys_command", common)
-    _key_create_args(keys.add("create", "create a key; its secret is printed once"))
-    keys.add("list", "list keys (never their secrets)")
-    for verb in ("show", "revoke"):
-        keys.add(verb, f"{verb} a key").add_argument("id")
-    prompts = _Sub(top.add("prompts", "versioned prompt templates"), "prompts_command", common)
-    publish = prompts.add("publish", "record new versions in DIR/published.json (published versions may never "
-                          "change)")
-    publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
-    config = _Sub(top.add("config", "configuration tools"), "config_command", common)
-    config.add("check", "validate a config file and every engine's options")
-    return p
-
-
-def _key_create_args(create: argparse.ArgumentParser) -> None:
+    keys = sub.add_parser("keys", help="manage API keys in the state store (the first key makes the servers "
+                          "using that store require keys)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True)
     create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
@@ -89,6 +50,60 @@ def _key_create_args(create: argparse.ArgumentParser) -> None:
     create.add_argument("--budget", type=float, default=None, help="dollars per budget period (default: none)")
     create.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     create.add_argument("--secret-only", action="store_true", help="print only the secret (for scripts)")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    for verb in ("show", "revoke"):
+        keys_sub.add_parser(verb, help=f"{verb} a key").add_argument("id")
+    prompts = sub.add_parser("prompts", help="versioned prompt templates")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    publish = prompts_sub.add_parser("publish", help="record new versions in DIR/published.json (published "
+                                     "versions may never change)")
+    publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("check", help="validate a config file and every engine's options")
+    _uniform(p)  # last: every (sub)command, whoever added it, takes --config and --store and says where keys live
+    return p
+
+
+COMMON = {"--config": "YAML config file (default: the embedded models)",
+          "--store": "the state store holding keys and spend: a SQLite file or a redis:// URL (default: the "
+                     "config's state section; see below)"}
+
+
+def _uniform(parser: argparse.ArgumentParser) -> None:
+    """Every parser in the tree lists --config and --store and ends its help with where keys and spend live.
+    Their values are taken out of the command line before parsing (`_hoist`), so they mean the same at every
+    level, before or after any subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                child.description = child.description or helps.get(name)
+                _uniform(child)
+    for flag, text in COMMON.items():
+        if flag not in parser._option_string_actions:
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=text,
+                                metavar="PATH|URL" if flag == "--store" else "FILE")
+    parser.epilog = STORE_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _hoist(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Take `--config X` / `--store X` (or `--config=X`) out of `argv`, wherever they stand."""
+    rest: list[str] = []
+    found: dict[str, str] = {}
+    tokens = iter(argv)
+    for token in tokens:
+        name, eq, value = token.partition("=")
+        if name not in COMMON or token == "--":
+            rest.append(token)
+            continue
+        given = value if eq else next(tokens, None)
+        if given is None:
+            rest.append(token)  # argparse says that it needs a value
+        else:
+            found[name[2:]] = given
+    return rest, found
 
 
 def _store_override(store: str | None) -> dict[str, str] | None:
@@ -223,7 +238,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    rest, common = _hoist(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(rest)
+    for name, value in common.items():
+        setattr(args, name, value)
     handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys,
                 "prompts": cmd_prompts}
     try:

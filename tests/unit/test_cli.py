@@ -100,3 +100,12 @@ def test_every_help_says_where_keys_and_spend_live(argv: list[str], capsys: pyte
     assert "~/.local/share/llmops/llmops.db" in text
     assert "--config" in text
     assert "--store" in text
+
+
+def test_the_equals_form_and_a_missing_value(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", f"--config={cfg}", "list"]) == 0
+    assert capsys.readouterr().out.startswith("from-the-config\t")
+    with pytest.raises(SystemExit) as done:
+        main(["models", "list", "--config"])
+    assert done.value.code == 2
+    assert "--config" in capsys.readouterr().err
