@@ -13,9 +13,6 @@ import pytest
 
 from tests.helpers import live_server, write_config
 
-sync_api = pytest.importorskip("playwright.sync_api")
-sync_api.expect.set_options(timeout=30_000)  # a busy CI machine: waits for a condition, never a threshold
-
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ADMIN_KEY = "admin-browser-test-secret"
 CHAT_MODELS: list[dict[str, Any]] = [
@@ -51,6 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
     exe = shutil.which("chromium")
     if exe is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")

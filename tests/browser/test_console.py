@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import ADMIN_KEY, has_diffusers, shot, sync_api
+from tests.browser.conftest import ADMIN_KEY, has_diffusers, shot
 
+sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
+expect.set_options(timeout=30_000)  # a busy CI machine: waits for a condition, never a threshold
 AXE = Path(__file__).parent / "data" / "axe.min.js"
 
 
