@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from llmops.api.console import console_dir
 from llmops.app import create_app
 from llmops.errors import ConfigError
+from llmops.pipeline.services import Services
 from llmops.settings import load_settings
 from llmops.stores.keys import new_key
 
@@ -27,7 +28,8 @@ def keyed_client(**settings: Any) -> Iterator[TestClient]:
     app = create_app(s)
     with TestClient(app, raise_server_exceptions=False) as c:
         key, secret = new_key("k", (), "interactive")
-        c.portal.call(app.state.keys.add, key)  # type: ignore[union-attr]
+        services: Services = app.state.services
+        c.portal.call(services.state.keys.add, key)
         c.headers["X-Test-Secret"] = secret
         yield c
 

@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from llmops.api.signed_urls import UrlSigner
 from llmops.app import create_app
 from llmops.errors import PermissionDenied
+from llmops.pipeline.services import Services
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.settings import ImageSettings, load_settings
 from llmops.stores.cache import MemoryCache
 from llmops.stores.keys import new_key
@@ -75,8 +76,9 @@ def keyed(tmp_path: Path) -> TestClient:
 def test_a_signed_url_needs_no_key_on_a_keyed_server(keyed: TestClient) -> None:
     with keyed as c:
         key, secret = new_key("k", (), "interactive")
-        c.portal.call(c.app.state.keys.add, key)  # type: ignore[attr-defined,union-attr]
-        signer: UrlSigner = c.app.state.url_signer  # type: ignore[attr-defined]
+        services: Services = c.app.state.services  # type: ignore[attr-defined]
+        c.portal.call(services.state.keys.add, key)
+        signer = services.url_signer
         url = f"/v1/images/files/{NAME}"
         assert c.get(url).status_code == 401
         assert c.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code == 200

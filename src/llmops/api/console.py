@@ -2,8 +2,9 @@
 redirecting there), the API docs at /docs and /redoc with their assets served from the installed
 `fastapi-offline` package (no CDN), and CORS for the origins `web.cors_origins` allows.
 
-None of these pages needs a key: the console asks for one and keeps it in the browser's session storage,
-and the docs show the OpenAPI schema only. Everything the console does goes through the public API."""
+None of these pages needs a key (which paths they are is `http_edge.browser_page`'s): the console asks for
+one and keeps it in the browser's session storage, and the docs show the OpenAPI schema only. Everything
+the console does goes through the public API."""
 
 from __future__ import annotations
 
@@ -16,13 +17,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
+from llmops.http_edge import CONSOLE, DOCS_ASSETS
 from llmops.settings import WebSettings
 
-CONSOLE = "/console"
-DOCS_ASSETS = "/docs-assets"
-# Paths a browser opens before it has a key (the auth middleware lets them through).
-OPEN_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
-OPEN_PREFIXES = (CONSOLE, DOCS_ASSETS)
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Admin-Key", "X-Request-Id", "X-Priority",
                 "X-Request-Timeout", "Cache-Control"]
 CORS_EXPOSED = ["X-Request-Id", "X-Cache", "X-Queue-Position", "X-Queue-Time-Ms", "Retry-After",
@@ -77,8 +74,3 @@ def install_cors(app: FastAPI, web: WebSettings) -> None:
         app.add_middleware(CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
                            max_age=600)
-
-
-def is_open(path: str) -> bool:
-    """Whether `path` is a browser page or asset that needs no key."""
-    return path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in OPEN_PREFIXES)

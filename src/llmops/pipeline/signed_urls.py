@@ -1,6 +1,8 @@
 """Signed, expiring image URLs: `/v1/images/files/<name>?expires=<unix s>&sig=<hex>`, where `sig` is
 HMAC-SHA256 over "<name>:<expires>" with a server secret. Like OpenAI's image URLs they can be fetched
 without the API key (an `<img src>`, a download), until they expire; a bad or expired signature gets 403.
+The auth middleware lets a signed request through (`http_edge.signed_image_request`); `api/images.py`
+verifies it with the app's one `UrlSigner` (`Services.url_signer`, loaded in the lifespan).
 
 The secret is `images.url_secret` when set. Unset, it is generated once: kept in the process with the
 sqlite and memory backends (one process), and shared through Redis with the redis backend, so any replica
@@ -20,7 +22,6 @@ from llmops.errors import PermissionDenied
 from llmops.settings import ImageSettings
 from llmops.stores.cache import ResponseCache
 
-FILES_PREFIX = "/v1/images/files/"
 _SHARED = "signed-url-secret"
 _SHARED_TTL_S = 10 * 365 * 86400.0
 
@@ -74,9 +75,3 @@ def _new_secret() -> bytes:
 
 def _sign(secret: bytes, name: str, expires: int) -> str:
     return hmac.new(secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
-
-
-def signed_request(path: str, query_string: bytes) -> bool:
-    """A request for a stored image that carries a signature: it is its own credential (the handler checks
-    it), so the auth middleware lets it through without a key."""
-    return path.startswith(FILES_PREFIX) and b"sig=" in query_string

@@ -1,0 +1,76 @@
+"""The HTTP edge, in one place: which paths skip which middleware (probes, ops, admin, the console and docs
+pages, signed image URLs), where the per-request values live in the ASGI scope (the caller's key, the
+access-log fields), and how an error becomes a response.
+
+Middleware and the API routers read these; the pipeline never does (it gets a `pipeline.context.RequestContext`
+built from them once, by the router)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from llmops.errors import LLMOpsError, error_response_parts
+from llmops.stores.keys import ApiKey
+
+PROBES = ("/health", "/ready")  # always open: no key, no rate limit, not counted in flight
+OPS = (*PROBES, "/metrics")  # not rate limited, not counted in flight, not logged when they succeed
+ADMIN_PREFIX = "/admin"  # guarded by the admin key in its own router
+UNKNOWN_MODEL = "-"  # the model label of refusals made before the body (and its model) is read
+CONSOLE = "/console"  # the web console's pages and assets (api/console.py)
+DOCS_ASSETS = "/docs-assets"  # the API docs' local scripts and styles
+# Pages a browser opens before it has a key: no key, no rate limit (they are static or the schema only).
+BROWSER_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+BROWSER_PREFIXES = (CONSOLE, DOCS_ASSETS)
+IMAGE_FILES = "/v1/images/files/"  # stored images; a signed URL is its own credential (pipeline/signed_urls.py)
+
+
+def browser_page(path: str) -> bool:
+    """Whether `path` is a console or docs page or asset: open without a key and not rate limited."""
+    return path in BROWSER_PATHS or any(path == p or path.startswith(p + "/") for p in BROWSER_PREFIXES)
+
+
+def signed_image_request(path: str, query_string: bytes) -> bool:
+    """A request for a stored image that carries a signature: the auth middleware lets it through without
+    a key, and the handler verifies the signature (403 when bad or expired)."""
+    return path.startswith(IMAGE_FILES) and b"sig=" in query_string
+
+
+def log_fields(scope: Scope) -> dict[str, Any]:
+    """The access-log line's extra fields for this request (model, tokens, queue time...)."""
+    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("log_fields", {})
+    return fields
+
+
+def api_key(scope: Scope) -> ApiKey | None:
+    """The key the auth middleware verified for this request (None on an open server)."""
+    key = scope.get("state", {}).get("api_key")
+    return key if isinstance(key, ApiKey) else None
+
+
+def set_api_key(scope: Scope, key: ApiKey) -> None:
+    scope.setdefault("state", {})["api_key"] = key
+    log_fields(scope)["key_id"] = key.id
+
+
+def presented_key(scope: Scope) -> str | None:
+    headers = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return key or None
+
+
+def error_response(exc: LLMOpsError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The OpenAI envelope for `exc`, with its status and Retry-After / x-should-retry headers."""
+    status, body, extra = error_response_parts(exc)
+    return JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})
+
+
+async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer from middleware (outside FastAPI's handlers) in the OpenAI envelope."""
+    await error_response(exc, headers)(scope, receive, send)
