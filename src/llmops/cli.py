@@ -1,4 +1,4 @@
-"""`llmops serve | models | keys | prompts | config check`."""
+"""`llmops serve | models | keys | prompts | config check | eval`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmops.errors import ConfigError, LLMOpsError
+from llmops.eval.cli import add_eval_parser, cmd_eval
 from llmops.settings import Settings, StateSettings, load_settings
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("check", help="validate a config file and every engine's options")
+    add_eval_parser(sub)
     _uniform(p)  # last: every (sub)command, whoever added it, takes --config and --store and says where keys live
     return p
 
@@ -243,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in common.items():
         setattr(args, name, value)
     handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys,
-                "prompts": cmd_prompts}
+                "prompts": cmd_prompts, "eval": cmd_eval}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -96,6 +96,14 @@ class Metrics:
                                         ["route", "variant", "role"], registry=r)
         self.prompt_requests = Counter("llmops_prompt_requests", "Requests that used a versioned prompt",
                                        ["prompt", "version"], registry=r)
+        self.eval_score = Gauge("llmops_eval_score", "Mean score (0-1) of the last sampled answers of a route's "
+                                "variant or shadow, by scorer (online evaluation)", ["route", "variant", "scorer"],
+                                registry=r)
+        self.eval_samples = Counter("llmops_eval_samples", "Answers scored online, by route, variant and scorer",
+                                    ["route", "variant", "scorer"], registry=r)
+        self.eval_errors = Counter("llmops_eval_errors", "Online scorings that failed (a judge or embedding "
+                                   "endpoint error), by route, variant and scorer", ["route", "variant", "scorer"],
+                                   registry=r)
         self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
                                      registry=r)
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmops.eval.online import OnlineEvaluator
 from llmops.lifecycle import Lifecycle
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
@@ -38,3 +39,7 @@ class Services:
     lifecycle: Lifecycle
     started_at: int
     background: TaskSet = field(default_factory=TaskSet)  # shadow requests in flight
+    online_eval: OnlineEvaluator = field(init=False)  # scores sampled routed answers (llmops_eval_score)
+
+    def __post_init__(self) -> None:
+        self.online_eval = OnlineEvaluator(self.settings.routes, self.metrics, self.background.spawn)
