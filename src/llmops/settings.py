@@ -88,6 +88,11 @@ def default_models() -> list[ModelConfig]:
 
 
 class ImageSettings(_Strict):
+    url_ttl_s: float = Field(3600, gt=0, le=7 * 86400, description="how long a signed image URL "
+                             "(response_format=url) can be fetched without a key")
+    url_secret: SecretStr | None = Field(None, description="HMAC secret signing image URLs; env "
+                                         "LLMOPS_IMAGES__URL_SECRET. Unset: generated at start (with "
+                                         "state.backend redis, shared by the replicas through Redis)")
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
     max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
@@ -142,9 +147,14 @@ class SpendSettings(_Strict):
 class CacheSettings(_Strict):
     """Exact-match response cache for deterministic requests (temperature 0, or a seed given), chat,
     completions and images. In the process (LRU) with the sqlite/memory state backends; in Redis, shared by
-    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store)."""
+    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store).
 
-    enabled: bool = True
+    Off by default: clients of an OpenAI-compatible server expect the model to run (a benchmark or an
+    evaluation that repeats a prompt would otherwise measure the cache), and the default global scope tells
+    a caller that someone asked the same before. Turn it on where repeated deterministic requests are
+    expected; every response says what happened in `X-Cache`."""
+
+    enabled: bool = Field(False, description="serve repeated deterministic requests from the cache")
     max_entries: int = Field(1024, ge=1, description="LRU size (in-process cache)")
     ttl_s: float = Field(3600, gt=0, description="how long an answer is served from the cache")
     max_entry_bytes: int = Field(4_000_000, ge=1024, description="larger answers are not cached")
@@ -300,6 +310,24 @@ class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
 
+class WebSettings(_Strict):
+    """What browsers see: the console at /console, the API docs at /docs and /redoc (local assets, no key
+    needed, the schema only), and CORS for other origins (off unless `cors_origins` lists some)."""
+
+    console: bool = Field(True, description="serve the web console at /console (and redirect / to it)")
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from "
+                                    "a browser (e.g. https://app.example.com); empty: CORS off")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
+        if bad:
+            raise ValueError(f"origins are scheme://host[:port] with no path; not {', '.join(bad)}")
+        return origins
+
+
 class Settings(BaseSettings):
     """Everything the server reads. Field descriptions are the help text of `llmops config check`."""
 
@@ -313,6 +341,7 @@ class Settings(BaseSettings):
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)

@@ -79,6 +79,7 @@ class ModelPool:
             health = served.health()
             health.detail.update(running=served.admission.on_engine, queued=served.admission.queued)
             out[name] = health
+            health.detail["kind"] = served.config.kind  # chat or image: the console picks its models by it
         return out
 
     def loads(self) -> dict[str, ModelLoad]:
