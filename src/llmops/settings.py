@@ -113,6 +113,35 @@ class AuthSettings(_Strict):
                                         "Unset: the admin API is disabled")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
 
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        problem = admin_key_problem(key.get_secret_value()) if key is not None else None
+        if problem:
+            raise ValueError(f"the admin key {problem}: the server refuses to start with it. Unset "
+                             "LLMOPS_AUTH__ADMIN_KEY to disable the admin API, or set a random one, e.g. "
+                             "`openssl rand -hex 32`")
+        return key
+
+
+ADMIN_KEY_MIN_CHARS = 16
+PLACEHOLDER_WORDS = ("replace-me", "replace_me", "replaceme", "changeme", "change-me", "change_me",
+                     "placeholder", "example", "your-admin-key", "xxxx")
+
+
+def admin_key_problem(key: str) -> str | None:
+    """Why `key` must not guard the admin API (empty, short, repetitive or a documented placeholder), or None."""
+    if not key.strip():
+        return "is empty (an empty key would let anyone in)"
+    if len(key) < ADMIN_KEY_MIN_CHARS:
+        return f"is shorter than {ADMIN_KEY_MIN_CHARS} characters"
+    if len(set(key)) < 6:
+        return "uses fewer than 6 distinct characters"
+    lowered = key.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder value (like deploy/k8s's replace-me-before-deploying)"
+    return None
+
 
 class StateSettings(_Strict):
     """Where keys, limit counters and spend live. sqlite: keys and spend in a file (they survive restarts),
