@@ -116,7 +116,8 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     5. drain       - counts requests in flight; 503 for new ones once draining
     6. body_limit  - oversized bodies get 413 before anything parses them
     """
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       max_headers=settings.http.max_headers)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,

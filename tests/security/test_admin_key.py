@@ -36,4 +36,5 @@ def test_unset_admin_key_disables_and_a_random_one_is_accepted(monkeypatch: pyte
     assert load_settings().auth.admin_key is None
     monkeypatch.setenv("LLMOPS_AUTH__ADMIN_KEY", "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a")
     key = load_settings().auth.admin_key
-    assert key is not None and key.get_secret_value() == "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a"
+    assert key is not None
+    assert key.get_secret_value() == "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a"
