@@ -1,8 +1,8 @@
 """uvicorn's HTTP/1.1 protocols (h11 and httptools) with the limits they lack, the same on both:
 
 - a request head (request line + headers) larger than `http.max_header_bytes` is refused with 431 and the
-  connection closed, while it is being read (h11 enforces it itself through its incomplete-event size;
-  httptools has no limit, so the bytes are counted in its callbacks);
+  connection closed, while it is being read (h11 bounds its buffer through its incomplete-event size and
+  each parsed head is measured; httptools has no limit, so the bytes are counted in its callbacks);
 - a connection must send a complete request head within `http.head_timeout_s` of its first byte (or of
   opening): an idle or half-sent connection is closed instead of holding a file descriptor forever;
 - a request body that stops arriving for `http.body_idle_timeout_s` closes the connection;
@@ -18,6 +18,7 @@ import asyncio
 import importlib.util
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmops.settings import HttpSettings
@@ -91,12 +92,31 @@ class _Guard:
 
 
 class GuardedH11(_Guard, H11Protocol):
+    _head_too_large = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        parse = self.conn.next_event
+
+        def next_event() -> Any:  # a head that arrived whole in one read is measured here
+            event = parse()
+            if isinstance(event, h11.Request) and _head_size(event) > self.limits.max_header_bytes:
+                self._head_too_large = True
+                raise h11.RemoteProtocolError("request head too large")
+            return event
+
+        self.conn.next_event = next_event  # type: ignore[method-assign]
+
     def send_400_response(self, msg: str) -> None:
-        incomplete = len(self.conn.trailing_data[0]) if self.conn.trailing_data else 0
-        if incomplete > self.limits.max_header_bytes:  # h11's "receive buffer too long"
+        buffered = len(self.conn.trailing_data[0])
+        if self._head_too_large or buffered > self.limits.max_header_bytes:  # h11's "receive buffer too long"
             self._send_431()
             return
         super().send_400_response(msg)
+
+
+def _head_size(event: h11.Request) -> int:
+    return len(event.method) + len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
 
 
 def _httptools_class() -> type[asyncio.Protocol]:
