@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
 from llmops.api import admin, chat, completions, images, models, ops, usage
+from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
@@ -93,6 +94,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
                    admin.router):
         app.include_router(router)
     install_error_handlers(app)
+    install_error_schema(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
     return app
 
