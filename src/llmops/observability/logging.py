@@ -61,6 +61,9 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     for name in QUIET_LIBRARIES:  # their INFO lines (one per internal HTTP call...) are noise here
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     warnings.showwarning = _log_warning
+    # transformers and diffusers print through handlers of their own (not this stream): errors only
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     if fmt == "json":
         os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside JSON lines
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
