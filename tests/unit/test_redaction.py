@@ -16,13 +16,19 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llmops.middleware.observe import ObserveMiddleware, method_label
+from llmops.observability import redaction
 from llmops.observability.logging import configure_logging, log_step
 from llmops.observability.metrics import Metrics, ModelLoad
 from llmops.observability.redaction import redact_text
 from llmops.observability.tracing import build_tracer
+from llmops.stores import keys
 
 KEY = "sk-llmops-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-abcdef"
 ADMIN = "an-admin-key-of-enough-length-42"
+
+
+def test_the_key_format_is_the_stores() -> None:
+    assert redaction.SECRET_PREFIX == keys.SECRET_PREFIX
 
 
 @pytest.mark.parametrize(("text", "gone"), [

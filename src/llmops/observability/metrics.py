@@ -15,11 +15,12 @@ so the default registry is process-local and there is no multiprocess mode to co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +61,17 @@ class _LiveCollector(Collector):
         for index, percent in self._gpus().items():
             gpu.add_metric([index], percent)
         yield gpu
+
+
+class _LoopCollector(Collector):
+    """asyncio tasks alive in the server's event loop, read at scrape time (a leak shows as growth)."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the loop (tests): nothing to report
+            return
+        yield GaugeMetricFamily("llmops_event_loop_tasks", "asyncio tasks alive in the event loop", value=tasks)
 
 
 UNKNOWN_MODEL = "unknown"
@@ -152,6 +164,8 @@ class Metrics:
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",
                                       ["route", "method"], buckets=HTTP_BUCKETS, registry=r)
 
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds...
+        r.register(_LoopCollector())
         for metric in vars(self).values():
             if isinstance(metric, _ClosedModel):
                 metric.model_names = self.model_names

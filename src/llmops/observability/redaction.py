@@ -13,8 +13,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from llmops.stores.keys import SECRET_PREFIX
-
+SECRET_PREFIX = "sk-llmops-"  # stores/keys.py's (not imported: logging must import nothing of the app)
 MASK = "[REDACTED]"
 _VALUE = r"[^\s\"'&,;)}\]<>]+"
 _PATTERNS = (
