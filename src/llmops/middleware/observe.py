@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmops.errors import error_response_parts, internal_error
+from llmops.errors import internal_error
+from llmops.http_edge import error_response, log_fields
 from llmops.observability.logging import request_logger
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
@@ -30,11 +29,6 @@ log = logging.getLogger("llmops.errors")
 
 def method_label(method: str) -> str:
     return method if method in METHODS else "OTHER"
-
-
-def log_fields(scope: Scope) -> dict[str, Any]:
-    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("log_fields", {})
-    return fields
 
 
 def _route(scope: Scope) -> str:
@@ -71,8 +65,7 @@ class ObserveMiddleware:
                 if sent == "started":  # half a response is out: only closing the connection can tell
                     raise
                 if sent == "none":
-                    code, body, headers = error_response_parts(internal_error(exc))
-                    await JSONResponse(body, status_code=code, headers=headers)(scope, receive, send_status)
+                    await error_response(internal_error(exc))(scope, receive, send_status)
             finally:
                 span.set_attribute("http.status_code", status)
                 self._record(scope, status, time.perf_counter() - started)
