@@ -22,6 +22,7 @@ MODELS: list[dict[str, Any]] = [
     {"name": "fake", "engine": "fake", "options": {"context_length": 1_000_000}},
     {"name": "fake-slow", "engine": "fake", "options": {"token_delay_s": 0.05, "capacity": 64},
      "limits": {"max_queued": 256}},
+    {"name": "image", "kind": "image", "engine": "fake-image"},
     {"name": "priced", "engine": "fake", "options": {"token_delay_s": 0.02, "capacity": 64},
      "pricing": {"prompt_usd_per_1k": 0.1, "completion_usd_per_1k": 10.0}},
 ]
@@ -69,7 +70,7 @@ def start_attacked(tmp: Path, models: list[dict[str, Any]] | None = None, env: d
                            **{**SETTINGS, **settings})
         with live_server(cfg, env={"LLMOPS_AUTH__ADMIN_KEY": ADMIN, **(env or {})}) as base:
             server = Attacked(base, cfg.with_suffix(".log"), store)
-            server.make_key("low", models=["fake", "fake-slow"], max_concurrent=4)
+            server.make_key("low", models=["fake", "fake-slow", "image"], max_concurrent=4)
             server.make_key("other")
             server.make_key("revoked")
             httpx.delete(f"{base}/admin/keys/{server.keys['revoked']['id']}", headers=server.admin, timeout=10)

@@ -162,6 +162,7 @@ def test_lone_surrogates_are_400_naming_the_field(attacked: Attacked) -> None:
     assert_error(post_json(attacked, "/v1/images/generations", image), 400, param="prompt")
     paired = '{"model":"fake","messages":[{"role":"user","content":"smile \\ud83d\\ude00"}]}'
     assert post_json(attacked, "/v1/chat/completions", paired).status_code == 200  # a valid pair is text
+    assert post_json(attacked, "/v1/images/generations", '{"prompt":"a \\ud83d\\ude00 cat"}').status_code == 200
 
 
 @pytest.mark.parametrize(("path", "body", "param"), [
@@ -308,7 +309,7 @@ def test_image_files_path_traversal(attacked: Attacked, name: str) -> None:
 def test_a_low_privilege_key_cannot_reach_beyond_itself(attacked: Attacked) -> None:
     low = attacked.auth("low")
     models = httpx.get(f"{attacked.base}/v1/models", headers=low).json()["data"]
-    assert {m["id"] for m in models} == {"fake", "fake-slow"}
+    assert {m["id"] for m in models} == {"fake", "fake-slow", "image"}
     usage = httpx.get(f"{attacked.base}/v1/usage", headers=low).json()
     assert usage["key_id"] == attacked.keys["low"]["id"]
     assert_error(httpx.delete(f"{attacked.base}/admin/keys/{attacked.keys['other']['id']}", headers=low), 403)
@@ -326,9 +327,8 @@ def test_an_injection_in_the_prompt_is_refused(attacked: Attacked) -> None:
     assert_error(answered, 400, code="content_filter")
 
 
-# --- fixed on i12-pipeline (budget reservation, image-store symlinks, failed models) ---------------------------
+# --- budget reservation, image-store symlinks, failed models (fixed by i12-pipeline) ----------------------
 
-@pytest.mark.xfail(strict=True, reason="fixed on i12-pipeline")
 def test_a_budget_holds_under_concurrency(attacked: Attacked) -> None:
     key = attacked.make_key("budgeted", budget_usd=0.005, budget_period="day")
     one_request = (2 * 0.1 + 8 * 10.0) / 1000  # 2 prompt words, 8 completion tokens at most
@@ -349,14 +349,12 @@ def test_a_budget_holds_under_concurrency(attacked: Attacked) -> None:
     assert set(statuses) <= {200, 429}
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on i12-pipeline")
 def test_a_symlink_in_the_image_store_is_not_followed(attacked: Attacked) -> None:
     name = "imgfile-" + "ab" * 16 + ".png"
     (attacked.store / name).symlink_to(attacked.log)
     assert_error(httpx.get(f"{attacked.base}/v1/images/files/{name}", headers=attacked.auth("low")), 404)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on i12-pipeline")
 def test_a_model_that_fails_to_load_says_why(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file")

@@ -23,7 +23,6 @@ from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
 from llmops.errors import ConfigError, RequestCancelled
-from llmops.observability.logging import log_step
 
 SD_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
                 "auto": "AutoPipelineForText2Image"}
@@ -91,8 +90,7 @@ class DiffusersEngine:
         if not self.options.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         cls = getattr(diffusers, SD_PIPELINES[self.options.pipeline])
-        with log_step("loading the diffusers pipeline", model=self.model_name):
-            pipe = cls.from_pretrained(source, **kwargs)
+        pipe = cls.from_pretrained(source, **kwargs)
         if self.options.safety_checker and getattr(pipe, "safety_checker", None) is None:
             raise ConfigError(f"model {self.model_name} has no safety checker; set safety_checker: false to serve "
                               "it without one (internal deployments only)")
