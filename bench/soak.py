@@ -172,7 +172,8 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "soak.yaml"
-        cfg.write_text(yaml.safe_dump({"models": MODELS, "log_level": "warning", "state": {"backend": "memory"},
+        state = {"backend": "sqlite", "sqlite_path": str(Path(tmp) / "soak.db")}  # memory would keep every spend row
+        cfg.write_text(yaml.safe_dump({"models": MODELS, "log_level": "warning", "state": state,
                                        "auth": {"admin_key": ADMIN}, "observability": {"log_format": "json"}}))
         with live_server(cfg) as base:
             made = httpx.post(f"{base}/admin/keys", headers={"X-Admin-Key": ADMIN}, json={"name": "soak"}).json()
