@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmops import __version__
 from llmops.api import admin, chat, completions, images, models, ops, usage
 from llmops.api.console import install_console, install_cors
+from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, http_status_error, internal_error
 from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
@@ -90,6 +91,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
         app.include_router(router)
     install_console(app, settings.web)
     install_error_handlers(app, metrics)
+    install_error_schema(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
     install_cors(app, settings.web)  # outermost: preflights never reach auth
     return app
@@ -114,7 +116,8 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     5. drain       - counts requests in flight; 503 for new ones once draining
     6. body_limit  - oversized bodies get 413 before anything parses them
     """
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       max_headers=settings.http.max_headers)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,

@@ -144,7 +144,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmops.server import serve
 
     settings = _load(args)
-    configure_logging(settings.log_level, settings.observability.log_format)
+    admin = settings.auth.admin_key
+    configure_logging(settings.log_level, settings.observability.log_format,
+                      secrets=(admin.get_secret_value() if admin else None,))
     serve(settings)
     return 0
 

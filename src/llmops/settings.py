@@ -104,6 +104,26 @@ class ServerLimits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
 
 
+class HttpSettings(_Strict):
+    """The HTTP server's own limits (uvicorn, on h11 or httptools; the same behaviour on both: see
+    llmops/http_protocol.py). An idle or half-sent connection is closed, never kept forever."""
+
+    implementation: Literal["auto", "h11", "httptools"] = Field("auto", description="HTTP/1.1 parser; auto: "
+                                                               "httptools when installed, else h11")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; larger: 431, closed")
+    max_headers: int = Field(100, ge=8, description="header fields per request; more: 431")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this")
+    head_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head "
+                                  "within this of its first byte (or of opening); else closed")
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="a request body that stops arriving for this "
+                                       "long closes the connection")
+    max_connections: int = Field(1000, ge=1, description="open connections; beyond it new ones are closed "
+                                 "at once (keep it below the process's file limit, ulimit -n)")
+    limit_concurrency: int | None = Field(None, ge=1, description="uvicorn's limit on connections + requests "
+                                          "in progress; beyond it plain 503. Unset: none")
+    backlog: int = Field(2048, ge=1, description="the listening socket's accept queue")
+
+
 class ObservabilitySettings(_Strict):
     log_format: Literal["console", "json"] = Field("console", description="json in containers")
     log_content: bool = Field(False, description="log prompts and outputs (off: never logged)")
@@ -121,6 +141,35 @@ class AuthSettings(_Strict):
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
     key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists "
                                  "(keys created by the CLI take effect this soon; tests use 0)")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        problem = admin_key_problem(key.get_secret_value()) if key is not None else None
+        if problem:
+            raise ValueError(f"the admin key {problem}: the server refuses to start with it. Unset "
+                             "LLMOPS_AUTH__ADMIN_KEY to disable the admin API, or set a random one, e.g. "
+                             "`openssl rand -hex 32`")
+        return key
+
+
+ADMIN_KEY_MIN_CHARS = 16
+PLACEHOLDER_WORDS = ("replace-me", "replace_me", "replaceme", "changeme", "change-me", "change_me",
+                     "placeholder", "example", "your-admin-key", "xxxx")
+
+
+def admin_key_problem(key: str) -> str | None:
+    """Why `key` must not guard the admin API (empty, short, repetitive or a documented placeholder), or None."""
+    if not key.strip():
+        return "is empty (an empty key would let anyone in)"
+    if len(key) < ADMIN_KEY_MIN_CHARS:
+        return f"is shorter than {ADMIN_KEY_MIN_CHARS} characters"
+    if len(set(key)) < 6:
+        return "uses fewer than 6 distinct characters"
+    lowered = key.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder value (like deploy/k8s's replace-me-before-deploying)"
+    return None
 
 
 class StateSettings(_Strict):
@@ -338,6 +387,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
