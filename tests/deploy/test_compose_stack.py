@@ -167,7 +167,8 @@ def new_key(url: str, **limits: Any) -> tuple[str, str]:
 
 def test_ready_on_both_replicas(stack: Stack) -> None:
     urls = stack.api_urls()
-    assert len(urls) == 2 and len(set(urls)) == 2
+    assert len(urls) == 2
+    assert len(set(urls)) == 2
     for url in urls:
         r = httpx.get(url + "/ready", timeout=10)
         assert r.status_code == 200, r.text
@@ -183,7 +184,8 @@ def test_healthcheck_non_root_and_read_only(stack: Stack) -> None:
         ids = subprocess.run(["docker", "exec", c, "id", "-u"], capture_output=True, text=True, check=True)
         assert ids.stdout.strip() == "10001"
         probe = subprocess.run(["docker", "exec", c, "touch", "/opt/venv/x"], capture_output=True, text=True)
-        assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+        assert probe.returncode != 0
+        assert "Read-only file system" in probe.stderr
 
 
 def test_chat_answer(stack: Stack) -> None:
@@ -193,7 +195,8 @@ def test_chat_answer(stack: Stack) -> None:
     out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                                          max_tokens=8)
     assert out.choices[0].message.content
-    assert out.usage is not None and out.usage.completion_tokens > 0
+    assert out.usage is not None
+    assert out.usage.completion_tokens > 0
 
 
 def test_key_created_on_one_replica_works_on_the_other(stack: Stack) -> None:
@@ -271,4 +274,6 @@ def test_down_then_up_keeps_keys_and_spend(stack: Stack) -> None:
     r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=10)
     assert r.status_code == 200, r.text
     after = spend(url)
-    assert after is not None and after["requests"] == before["requests"] and after["cost_usd"] == before["cost_usd"]
+    assert after is not None
+    assert after["requests"] == before["requests"]
+    assert after["cost_usd"] == before["cost_usd"]

@@ -146,7 +146,8 @@ def test_redis_keeps_its_data_on_a_volume_with_aof() -> None:
         redis = by_kind(render(overlay), "StatefulSet", "redis")
         spec = redis["spec"]
         container = spec["template"]["spec"]["containers"][0]
-        assert "--appendonly" in container["args"] and container["args"][container["args"].index("--appendonly") + 1] == "yes"
+        args = container["args"]
+        assert args[args.index("--appendonly") + 1] == "yes"
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
         claim = next(c for c in spec["volumeClaimTemplates"] if c["metadata"]["name"] == mount["name"])
         assert claim["spec"]["resources"]["requests"]["storage"]
@@ -171,7 +172,8 @@ def test_ingress_tls_streaming_and_body_limit() -> None:
 def test_keda_overlay_scales_to_zero_on_the_queue_metrics() -> None:
     objs = render("keda")
     scaled = by_kind(objs, "ScaledObject", "llmops-api")["spec"]
-    assert scaled["minReplicaCount"] == 0 and scaled["scaleTargetRef"]["name"] == "llmops-api"
+    assert scaled["minReplicaCount"] == 0
+    assert scaled["scaleTargetRef"]["name"] == "llmops-api"
     queries = {t["name"]: t["metadata"]["query"] for t in scaled["triggers"] if t["type"] == "prometheus"}
     assert "llmops_num_requests_waiting" in queries["queue"]
     assert "nginx_ingress_controller_requests" in queries["ingress"]  # the only signal while no pod runs
