@@ -16,7 +16,7 @@ from tests.helpers import tool
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.services"])
 def test_hadolint(name: str) -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
