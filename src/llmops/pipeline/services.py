@@ -13,6 +13,7 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -34,6 +35,7 @@ class Services:
     router: Router
     cacher: ResponseCacher
     image_jobs: ImageJobs
+    url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int
     background: TaskSet = field(default_factory=TaskSet)  # shadow requests in flight
