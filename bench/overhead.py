@@ -40,7 +40,7 @@ from bench.load import pct
 from bench.report import run_meta, save, spread
 from bench.run import stop, wait_ready
 
-ADMIN = "bench-admin-key"
+ADMIN = "bench-admin-key-0123456789abcdef"
 REPLY = " ".join(f"w{i}" for i in range(64))
 LIMITS = {"name": "bench", "rpm": 100_000_000, "tpm": 1_000_000_000, "max_concurrent": 256,
           "budget_usd": 1_000_000, "budget_period": "month"}
@@ -84,7 +84,11 @@ def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str |
     proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
     server = Server(case, port, proc)
-    wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
+    except RuntimeError as exc:
+        log.flush()
+        raise RuntimeError(f"{case}: {exc}\n{Path(log.name).read_text()[-2000:]}") from None
     if case == "llmops-keyed-sqlite":
         created = httpx.post(f"http://127.0.0.1:{port}/admin/keys", json=LIMITS,
                              headers={"Authorization": f"Bearer {ADMIN}"})
