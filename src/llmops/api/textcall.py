@@ -9,6 +9,7 @@ keyed on the chosen variant, not the alias, so an A/B arm never serves the other
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from llmops.api import deps
+from llmops.api import chat_controls, deps
 from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.generation import Choices, Collected, check_request, collect, text_requests
 from llmops.api.request_meta import RequestMeta, request_meta
@@ -114,7 +115,7 @@ async def prepare(request: Request, body: Any, kind: Kind, *, messages: list[Mes
     inputs = [m.content for m in messages] if messages is not None else [prompt or ""]
     texts = deps.guardrails(request).check_input(inputs)
     if messages is not None:
-        messages = [Message(m.role, t) for m, t in zip(messages, texts, strict=True)]
+        messages = [dataclasses.replace(m, content=t) for m, t in zip(messages, texts, strict=True)]
     else:
         prompt = texts[0]
     if plan.route is not None:
@@ -132,7 +133,8 @@ def _cache_payload(call: TextCall, body: Any) -> dict[str, Any]:
     return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
             "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
             "messages": [[m.role, m.content] for m in call.messages] if call.messages is not None else None,
-            "prompt": call.prompt, "prompt_version": list(call.prompt_version) if call.prompt_version else None}
+            "prompt": call.prompt, "prompt_version": list(call.prompt_version) if call.prompt_version else None,
+            "controls": chat_controls.cache_part(body)}
 
 
 async def cached(call: TextCall) -> dict[str, Any] | None:
@@ -189,6 +191,7 @@ def _requests(call: TextCall, body: Any, config: ModelConfig) -> list[TextReques
 def _attempt(call: TextCall, body: Any, name: str) -> Choices:
     served, engine = deps.pool(call.request).text_engine(name)
     reqs = _requests(call, body, served.config)
+    chat_controls.check_capabilities(engine, reqs)
     obs = InferenceObserver(call.request.app.state.metrics, call.request.app.state.tracer, name,
                             log_fields(call.request.scope))
 
@@ -238,8 +241,8 @@ async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
                 if text:  # the held-back tail goes out before the finish
                     yield index, TextChunk(text)
                     text = ""
-            if text or chunk.finish_reason is not None or chunk.usage is not None:
-                yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
+            if text or chunk.finish_reason is not None or chunk.usage is not None or chunk.tool_calls:
+                yield index, TextChunk(text, chunk.finish_reason, chunk.usage, chunk.tool_calls)
 
 
 async def _settled(call: TextCall, choices: Choices) -> Choices:
