@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import admin, chat, completions, images, models, ops, usage
+from llmops.api import admin, chat, completions, embeddings, images, models, ops, unsupported, usage
 from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
@@ -90,8 +90,9 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
-                   admin.router):
+                   admin.router, embeddings.router):
         app.include_router(router)
+    app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
     return app

@@ -19,14 +19,32 @@ from typing import Any
 from llmops.engines.base import TextChunk, TextRequest, ToolCallDelta, ToolSpec
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+SAFE_INTEGER = 2**53 - 1  # the integers JSON interoperates on (RFC 8259): a bound for unbounded ones
 MAX_PARALLEL_CALLS = 4
 _TRIGGER_WORD = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
+
+
+def bounded(schema: Any) -> Any:
+    """`schema` with every unbounded integer limited to +-(2^53 - 1): a small model at temperature 0 can
+    otherwise write digits until max_tokens, and the answer never closes."""
+    if isinstance(schema, list):
+        return [bounded(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGER
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -SAFE_INTEGER
+    return out
 
 
 def _function_schema(function: dict[str, Any]) -> dict[str, Any]:
     fn = function.get("function", function)
     params = fn.get("parameters") or {"type": "object"}
-    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": bounded(params)},
             "required": ["name", "arguments"]}
 
 
@@ -54,7 +72,7 @@ def grammar_fields(request: TextRequest) -> dict[str, Any]:
         return fields
     if request.structured is not None:
         schema = request.structured.schema if request.structured.type == "json_schema" else None
-        return {"json_schema": schema or {"type": "object"}}
+        return {"json_schema": bounded(schema) if schema else {"type": "object"}}
     return {}
 
 

@@ -18,6 +18,7 @@ ENGINES: dict[str, str] = {
     "transformers": "llmops.engines.transformers:TransformersEngine",
     "diffusers": "llmops.engines.diffusers:DiffusersEngine",
     "upstream": "llmops.engines.upstream:UpstreamEngine",
+    "sentence-transformers": "llmops.engines.embeddings:SentenceTransformersEngine",
 }
 
 

@@ -54,6 +54,15 @@ class InferenceObserver:
         finally:
             self._finish(status, prompt, completion)
 
+    def rejected(self, exc: LLMOpsError) -> str:
+        """The outcome label for a request refused with `exc` (counted as a rejection when it is one)."""
+        return self._rejected(exc)
+
+    def embedded(self, status: str, prompt_tokens: int, inputs: int) -> None:
+        """An embeddings request ended: requests, latency and prompt tokens as for text; inputs counted."""
+        self.metrics.embedding_inputs.labels(self.model).inc(inputs if status == "success" else 0)
+        self._finish(status, prompt_tokens, 0)
+
     def _rejected(self, exc: LLMOpsError) -> str:
         reason = rejection_reason(exc.code)
         if reason is not None:

@@ -55,7 +55,7 @@ CHAT: dict[str, Fate] = {
     "tools": _h("function tools through llama.cpp's template-driven tool calling; 400 on other engines"),
     "tool_choice": _h("auto, none, required, or one named function"),
     "parallel_tool_calls": _h("false: at most one call per answer"),
-    "service_tier": _h("`flex`/`batch`: batch priority in admission; `auto`/`default`: interactive"),
+    "service_tier": _h("`flex`: batch priority in admission; others: the key's priority (or interactive)"),
     "top_logprobs": _r(),
     "audio": _r("text only"),
     "modalities": _r("text only"),

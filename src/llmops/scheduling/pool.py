@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelNotFound, ServiceUnavailable
 from llmops.observability.metrics import ModelLoad
@@ -114,3 +114,9 @@ class ModelPool:
         if not isinstance(served.engine, ImageEngine):
             raise ModelNotFound(f"model {name!r} does not generate images", param="model")
         return served.config, served.engine
+
+    def embedding_engine(self, name: str) -> tuple[Served, EmbeddingEngine]:
+        served = self.get(name, "embeddings")
+        if not isinstance(served.engine, EmbeddingEngine):
+            raise ModelNotFound(f"model {name!r} does not embed text", param="model")
+        return served, served.engine
