@@ -33,6 +33,7 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.semantic_cache import build_semantic_cache
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -86,6 +87,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.prompts = prompts
     app.state.router = Router(settings.routes)
     app.state.cacher = ResponseCacher(state.cache, settings.cache, metrics)
+    app.state.semantic_cache = build_semantic_cache(settings, pool)  # None unless cache.semantic.enabled
     app.state.background = TaskSet()  # shadow requests in flight
     app.state.tracer = tracer
     app.state.started_at = int(time.time())

@@ -30,8 +30,10 @@ from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnava
 from llmops.middleware.observe import log_fields
 from llmops.observability.inference import InferenceObserver
 from llmops.pipeline.accounting import Charge
+from llmops.pipeline.cache import opted_out
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Plan
+from llmops.pipeline.semantic_cache import Lookup, SemanticCache, namespace, normalise
 from llmops.scheduling.admission import Ticket
 from llmops.scheduling.runner import admitted_choices
 from llmops.settings import ModelConfig
@@ -55,6 +57,8 @@ class TextCall:
     served: str = ""  # the model that answered (a fallback, maybe)
     prompt_version: tuple[str, str] | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    semantic: Lookup | None = None  # the semantic cache's lookup, kept to store the answer under
+    cache_payload: dict[str, Any] = field(default_factory=dict)  # what the exact cache keys on
 
     def headers(self) -> dict[str, str]:
         out = {**self.meta.headers(), **self.extra_headers}
@@ -130,17 +134,21 @@ async def prepare(request: Request, body: Any, kind: Kind, *, messages: list[Mes
 
 
 def _cache_payload(call: TextCall, body: Any) -> dict[str, Any]:
-    return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
+    payload = {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
             "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
             "messages": [[m.role, m.content] for m in call.messages] if call.messages is not None else None,
             "prompt": call.prompt, "prompt_version": list(call.prompt_version) if call.prompt_version else None,
             "controls": chat_controls.cache_part(body)}
+    call.cache_payload = payload  # the semantic cache's namespace is this, less the messages
+    return payload
 
 
 async def cached(call: TextCall) -> dict[str, Any] | None:
     """The stored answer, if there is one (and then the call's accounting is settled: no engine work)."""
     found = await deps.cacher(call.request).get(call.cache_key, call.config.name)
     call.extra_headers["X-Cache"] = "bypass" if call.cache_key is None else "hit" if found else "miss"
+    if found is None:
+        found = await _semantic_lookup(call)
     log_fields(call.request.scope)["cache"] = call.extra_headers["X-Cache"]
     if found is not None:
         call.served = call.config.name
@@ -150,6 +158,29 @@ async def cached(call: TextCall) -> dict[str, Any] | None:
 
 async def store(call: TextCall, body: dict[str, Any]) -> None:
     await deps.cacher(call.request).put(call.cache_key, body)
+    semantic = call.request.app.state.semantic_cache
+    if semantic is not None and call.semantic is not None:
+        await semantic.store(call.semantic, body)
+
+
+async def _semantic_lookup(call: TextCall) -> dict[str, Any] | None:
+    """The semantic cache (opt-in), for chat requests not opted out: X-Cache says hit as for an exact one."""
+    semantic: SemanticCache | None = call.request.app.state.semantic_cache
+    if semantic is None or call.kind != "chat" or call.messages is None or opted_out(call.request):
+        return None
+    payload = {**call.cache_payload, "messages": None}
+    try:
+        call.semantic = await semantic.lookup(namespace(payload), normalise([(m.role, m.content)
+                                                                              for m in call.messages]))
+    except LLMOpsError as exc:  # the embeddings model not ready or overloaded: a miss, never a failure
+        log.info("semantic cache skipped: %s", exc.code)
+        return None
+    if call.semantic.body is None:
+        call.extra_headers.setdefault("X-Cache", "miss")
+        return None
+    call.extra_headers["X-Cache"] = "hit"
+    call.request.app.state.metrics.cache_requests.labels(call.config.name, "semantic_hit").inc()
+    return call.semantic.body
 
 
 async def respond(call: TextCall, body: Any, *, replay: Callable[[dict[str, Any]], AsyncIterator[bytes]],
