@@ -74,7 +74,8 @@ class SentenceTransformersEngine:
         except Exception:
             self._state = "failed"
             raise
-        size = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        size = int(dimension() if dimension else self._model.get_sentence_embedding_dimension())
         self.dimensions_allowed = tuple(sorted({size, *self.options.dimensions}))
         self._worker = asyncio.create_task(self._run(), name=f"embed-{self.model_name}")
         self._state = "ready"
