@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EngineHealth, Message, TextCapabilities, TextChunk, TextRequest, TokenUsage
 from llmops.engines.chat_format import chatml_tools_template
-from llmops.engines.constrained import grammar_fields, tool_call_stream
+from llmops.engines.constrained import CALL_OPEN, grammar_fields, tool_call_stream, tools_preamble
 from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
@@ -170,11 +170,15 @@ class LlamaCppEngine:
     async def _prepare(self, request: TextRequest) -> PreparedPrompt:
         if request.messages is None or not self._use_model_template:
             return prepare_fallback(request)
-        body: dict[str, Any] = {"messages": [_wire_message(m) for m in request.messages]}
+        messages = [_wire_message(m) for m in request.messages]
+        body: dict[str, Any] = {"messages": messages}
         if request.tools is not None:
             body["tools"] = list(request.tools.functions)
-        rendered = await self._post("/apply-template", body)
-        return PreparedPrompt(str(rendered["prompt"]), request.sampling.stop, False)
+        prompt = str((await self._post("/apply-template", body))["prompt"])
+        if request.tools is not None and CALL_OPEN not in prompt:  # the template has no place for tools
+            body["messages"] = [{"role": "system", "content": tools_preamble(request.tools)}, *messages]
+            prompt = str((await self._post("/apply-template", body))["prompt"])
+        return PreparedPrompt(prompt, request.sampling.stop, False)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
         prepared = await self._prepare(request)
