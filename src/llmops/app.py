@@ -70,6 +70,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await image_jobs.close()
             app.state.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
+            if app.state.semantic_cache is not None:
+                await app.state.semantic_cache.close()
             await accountant.close()
             await state.close()
             tracer.shutdown()

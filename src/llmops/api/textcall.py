@@ -135,10 +135,10 @@ async def prepare(request: Request, body: Any, kind: Kind, *, messages: list[Mes
 
 def _cache_payload(call: TextCall, body: Any) -> dict[str, Any]:
     payload = {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
-            "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
-            "messages": [[m.role, m.content] for m in call.messages] if call.messages is not None else None,
-            "prompt": call.prompt, "prompt_version": list(call.prompt_version) if call.prompt_version else None,
-            "controls": chat_controls.cache_part(body)}
+               "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
+               "messages": [[m.role, m.content] for m in call.messages] if call.messages is not None else None,
+               "prompt": call.prompt, "prompt_version": list(call.prompt_version) if call.prompt_version else None,
+               "controls": chat_controls.cache_part(body)}
     call.cache_payload = payload  # the semantic cache's namespace is this, less the messages
     return payload
 

@@ -61,6 +61,7 @@ class Entry:
 class VectorIndex(Protocol):
     async def nearest(self, space: str, vector: list[float]) -> tuple[float, str] | None: ...
     async def add(self, space: str, vector: list[float], body: str, ttl_s: float) -> None: ...
+    async def close(self) -> None: ...
 
 
 class MemoryIndex:
@@ -80,6 +81,9 @@ class MemoryIndex:
         scored = [(cosine(vector, e.vector), e.body) for e in entries.values()]
         return max(scored, default=None, key=lambda s: s[0])
 
+    async def close(self) -> None:
+        self._spaces.clear()
+
     async def add(self, space: str, vector: list[float], body: str, ttl_s: float) -> None:
         entries = self._spaces.setdefault(space, OrderedDict())
         key = hashlib.sha256(json.dumps(vector).encode()).hexdigest()
@@ -98,6 +102,9 @@ class RedisIndex:
 
     def _key(self, space: str) -> str:
         return f"{self.prefix}semcache:{space}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
     async def nearest(self, space: str, vector: list[float]) -> tuple[float, str] | None:
         try:
@@ -145,6 +152,9 @@ class SemanticCache:
         if found is not None and found[0] >= self.threshold:
             return Lookup(space, vector, json.loads(found[1]), found[0])
         return Lookup(space, vector, None, found[0] if found else 0.0)
+
+    async def close(self) -> None:
+        await self.index.close()
 
     async def store(self, lookup: Lookup, body: dict[str, Any]) -> None:
         raw = json.dumps(body, separators=(",", ":"))
