@@ -21,7 +21,7 @@ $(SERVE_STAMP): pyproject.toml
 
 # Everything: every engine, the bench baselines, tracing, and the development tools.
 $(STAMP): $(SERVE_STAMP)
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,embeddings,redis,bench,otel,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,embeddings,redis,bench,otel,eval,dev]'
 	touch $(STAMP)
 
 serve: $(SERVE_STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,15 @@ async def scores(pairs: list[dict[str, Any]]) -> list[float]:
     engine = SentenceTransformersEngine("minilm", EmbeddingOptions(n_threads=1))
     await engine.start()
     try:
-        async def embed(texts: Any) -> list[list[float]]:
+        async def embed(texts: Any, deadline: float, priority: Any) -> list[list[float]]:
             return (await engine.embed(list(texts))).vectors
 
         out = []
         for pair in pairs:
             cache = SemanticCache(MemoryIndex(8), embed, threshold=0.0, ttl_s=60, max_entry_bytes=10_000)
-            first = await cache.lookup("bench", normalise([("user", pair["a"])]))
+            first = await cache.lookup("bench", normalise([("user", pair["a"])]), deadline=time.monotonic() + 60)
             await cache.store(first, {"answer": pair["a"]})
-            second = await cache.lookup("bench", normalise([("user", pair["b"])]))
+            second = await cache.lookup("bench", normalise([("user", pair["b"])]), deadline=time.monotonic() + 60)
             out.append(second.score)
         return out
     finally:

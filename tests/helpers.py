@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,3 +106,14 @@ class RedisServer:
 
         redis.Redis.from_url(self.url).save()
         return (self.folder / "dump.rdb").read_bytes()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `check` until it holds (True) or `timeout` passes (False): a wait for a condition, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from llmops.errors import ConfigError, LLMOpsError
+from llmops.eval.cli import add_eval_parser, cmd_eval
 from llmops.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and every engine's options")
     check.add_argument("--config")
+    add_eval_parser(sub)
     return p
 
 
@@ -159,7 +161,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys,
-                "prompts": cmd_prompts}
+                "prompts": cmd_prompts, "eval": cmd_eval}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -95,7 +95,9 @@ def default_models() -> list[ModelConfig]:
 class ImageSettings(_Strict):
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
-    max_queued: int = Field(32, ge=1, description="image jobs waiting per model; beyond it, 503")
+    max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
+                                   "(image jobs wait in the model's one admission queue); when set, it is the "
+                                   "default of every image model's limits.max_queued")
 
 
 class ServerLimits(_Strict):
@@ -117,6 +119,8 @@ class AuthSettings(_Strict):
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
+    key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists "
+                                 "(keys created by the CLI take effect this soon; tests use 0)")
 
 
 class StateSettings(_Strict):
@@ -136,6 +140,8 @@ class StateSettings(_Strict):
 class SpendSettings(_Strict):
     max_usd_per_hour: float | None = Field(None, gt=0, description="global circuit breaker: while the last "
                                            "hour's spend (all keys) is above this, new requests get 503")
+    refresh_s: float = Field(1.0, ge=0, description="how often each key's and the hour's spend is re-read from "
+                             "the store (other replicas' spend shows within this; tests use 0)")
 
 
 class SemanticCacheSettings(_Strict):
@@ -218,6 +224,64 @@ class Shadow(_Strict):
     sample: float = Field(1.0, gt=0, le=1, description="share of requests mirrored")
 
 
+ScorerKind = Literal["exact", "contains", "regex", "json_valid", "json_schema", "numeric", "embedding", "judge"]
+
+
+class EvalScorer(_Strict):
+    """One scorer of `llmops eval` (per dataset) or of a route's live traffic. Scores are in [0, 1]; a scorer
+    that does not apply to a row (no reference to compare with) gives no score rather than a zero."""
+
+    kind: ScorerKind
+    name: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,64}$", description="label in reports and metrics "
+                             "(default: the kind)")
+    ignore_case: bool = Field(True, description="exact/contains: compare case-insensitively, whitespace collapsed")
+    reference: str | None = Field(None, description="used when a row has none (live traffic has none)")
+    pattern: str | None = Field(None, description="regex: the pattern (default: the row's "
+                         "metadata.pattern)")
+    json_schema: dict[str, Any] | None = Field(None, description="json_schema: the schema (default: the row's "
+                                               "metadata.schema)")
+    json_in_text: bool = Field(False, description="json_valid/json_schema: accept the first JSON object or array "
+                               "found in the answer's text (default: the whole answer must be JSON, a ``` fence "
+                               "allowed)")
+    rel_tol: float = Field(0.01, ge=0, description="numeric: relative tolerance")
+    abs_tol: float = Field(0.0, ge=0, description="numeric: absolute tolerance")
+    model: str | None = Field(None, description="embedding/judge: the model to ask")
+    base_url: str | None = Field(None, description="embedding/judge: an OpenAI-compatible /v1 URL (default: the "
+                                 "eval's server)")
+    api_key_env: str | None = Field(None, description="environment variable holding the endpoint's API key")
+    rubric: str | None = Field(None, description="judge: what a good answer is (default: correct, complete, "
+                               "concise)")
+
+    @model_validator(mode="after")
+    def _usable(self) -> EvalScorer:
+        if self.kind in ("embedding", "judge") and not self.model:
+            raise ValueError(f"a {self.kind} scorer needs a model")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from exc
+        return self
+
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class OnlineEval(_Strict):
+    """Score a sample of a route's answers (variants and shadow) in the background: llmops_eval_score."""
+
+    sample: float = Field(0.1, gt=0, le=1, description="share of answers scored")
+    window: int = Field(100, ge=1, description="the gauge is the mean of the last `window` scores")
+    scorers: list[EvalScorer] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> OnlineEval:
+        for scorer in self.scorers:
+            if scorer.kind in ("embedding", "judge") and not scorer.base_url:
+                raise ValueError(f"online scorer {scorer.label()} needs a base_url (the server's own /v1 works)")
+        return self
+
+
 class RouteConfig(_Strict):
     """A model name clients use that is an alias over weighted variants (A/B), with fallbacks and a shadow."""
 
@@ -228,6 +292,7 @@ class RouteConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list, description="tried in order when the chosen variant "
                                  "fails or is overloaded before answering")
     shadow: Shadow | None = None
+    online_eval: OnlineEval | None = Field(None, description="score live answers (llmops_eval_score)")
 
 
 class PromptVariant(_Strict):
@@ -296,6 +361,16 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"routes[{i}] ({route.name}) names models that are not configured: "
                                  f"{', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _legacy_image_queue(self) -> Settings:
+        """`images.max_queued` (deprecated) is the default of each image model's `limits.max_queued`."""
+        legacy = self.images.max_queued
+        if legacy is not None:
+            for m in self.models:
+                if m.kind == "image" and "max_queued" not in m.limits.model_fields_set:
+                    m.limits.max_queued = legacy
         return self
 
     def model(self, name: str) -> ModelConfig | None:

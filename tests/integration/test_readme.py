@@ -76,7 +76,9 @@ def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index
 @pytest.mark.parametrize("index", range(len(blocks("bash"))))
 def test_bash_block(gemma_server: str, index: int) -> None:
     script = blocks("bash")[index].replace("127.0.0.1:8000", gemma_server)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `llmops` of this venv
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=README.parent, env=env)
     assert out.returncode == 0, out.stderr
     assert '"error"' not in out.stdout
     assert out.stdout.strip()

@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from llmops.api import chat_controls, textcall
-from llmops.api.generation import Choices, Collected, new_id, now, stream_choices
+from llmops.api import textcall, tool_calls
 from llmops.api.sse import event
+from llmops.pipeline import chat_controls
+from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -26,13 +27,13 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     messages = chat_controls.messages(body)
     call = await textcall.prepare(request, body, "chat", messages=messages)
-    return await textcall.respond(call, body, replay=lambda hit: _replay(hit, body),
+    return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
                                   complete=lambda done: _completion(done, body.model, new_id("chatcmpl"), now()))
 
 
 def _completion(done: Collected, model: str, chunk_id: str, created: int) -> ChatCompletion:
-    out = [ChatChoice(index=i, message=chat_controls.assistant_message(text, done.calls.get(i, [])),
+    out = [ChatChoice(index=i, message=tool_calls.assistant_message(text, done.calls.get(i, [])),
                       finish_reason=done.finish[i] or "stop") for i, text in enumerate(done.texts)]
     return ChatCompletion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
 
@@ -71,7 +72,7 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
     for c in cached.choices:
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(
-            content=c.message.content, tool_calls=chat_controls.replay_deltas(c.message) or None))])
+            content=c.message.content, tool_calls=tool_calls.replay_deltas(c.message) or None))])
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)])
     if body.include_usage():
         yield event(ChatCompletionChunk(id=cached.id, created=cached.created, model=cached.model, choices=[],
@@ -86,7 +87,7 @@ def _pieces(index: int, text: str, finish: str | None, totals: Collected,
     if not calls:
         return [_piece(index, text, finish)]
     out = [ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
-                                                        tool_calls=chat_controls.call_deltas(calls)))]
+                                                        tool_calls=tool_calls.call_deltas(calls)))]
     return [*out, _piece(index, "", finish)] if finish is not None else out
 
 

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmops.errors import LLMOpsError, kind_of
+
 GUIDE_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -96,6 +98,14 @@ class Metrics:
                                         ["route", "variant", "role"], registry=r)
         self.prompt_requests = Counter("llmops_prompt_requests", "Requests that used a versioned prompt",
                                        ["prompt", "version"], registry=r)
+        self.eval_score = Gauge("llmops_eval_score", "Mean score (0-1) of the last sampled answers of a route's "
+                                "variant or shadow, by scorer (online evaluation)", ["route", "variant", "scorer"],
+                                registry=r)
+        self.eval_samples = Counter("llmops_eval_samples", "Answers scored online, by route, variant and scorer",
+                                    ["route", "variant", "scorer"], registry=r)
+        self.eval_errors = Counter("llmops_eval_errors", "Online scorings that failed (a judge or embedding "
+                                   "endpoint error), by route, variant and scorer", ["route", "variant", "scorer"],
+                                   registry=r)
         self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
                                      registry=r)
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",
@@ -105,12 +115,29 @@ class Metrics:
         self.registry.register(_LiveCollector(loads, gpus))
 
 
+    def reject(self, model: str, error: LLMOpsError, reason: str | None = None) -> str | None:
+        """Count a refusal in llmops_rejections_total once (the first site that sees it names the model):
+        every 429 and 503, plus deadlines and guardrail blocks. The reason, or None when `error` is not a
+        refusal."""
+        reason = reason or rejection_reason(error.code, kind_of(error).status)
+        if reason is None or error.counted:
+            return reason
+        self.rejections.labels(model, reason).inc()
+        error.counted = True
+        return reason
+
+
 REJECTION_REASONS: dict[str, str] = {
     "overloaded": "overload", "deadline_exceeded": "deadline", "shutting_down": "draining",
     "rate_limit_exceeded": "rate_limit", "insufficient_quota": "budget", "content_filter": "guardrail",
     "spend_limit_reached": "spend_breaker", "store_unavailable": "store_unavailable",
+    "model_failed": "model_failed", "service_unavailable": "not_ready", "upstream_unavailable": "upstream",
 }
 
 
-def rejection_reason(code: str | None) -> str | None:
-    return REJECTION_REASONS.get(code or "")
+def rejection_reason(code: str | None, status: int | None = None) -> str | None:
+    """The rejections label for an error code; any other 429/503 counts as `rate_limit`/`unavailable`."""
+    reason = REJECTION_REASONS.get(code or "")
+    if reason is None and status in (429, 503):
+        return "rate_limit" if status == 429 else "unavailable"
+    return reason

@@ -5,11 +5,13 @@ shapes the answer), so "What's the capital of France?" can answer "what is the c
 another model's or another prompt version's question. In the process by default; in Redis (shared by
 replicas) with the redis state backend. A lookup failure is a miss: the cache never fails a request.
 
-Its interface is small: `lookup(namespace, text) -> Lookup` (the hit, if any, and the vector to store
-under) and `store(lookup, body)`; pipeline code calls nothing else."""
+Its interface is small: `lookup(namespace, text, deadline=, priority=) -> Lookup` (the hit, if any, and the
+vector to store under) and `store(lookup, body)`; the cache stage (pipeline/stages.py) calls nothing else.
+The embedding waits at the embeddings model's admission like any request to it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,14 +22,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from llmops.errors import ConfigError
+from llmops.errors import ConfigError, DeadlineExceeded
+from llmops.scheduling.admission import Priority
 
 if TYPE_CHECKING:
     from llmops.scheduling.pool import ModelPool
     from llmops.settings import Settings
 
 log = logging.getLogger("llmops.semantic_cache")
-Embed = Callable[[Sequence[str]], Awaitable[list[list[float]]]]
+Embed = Callable[[Sequence[str], float, Priority], Awaitable[list[list[float]]]]  # texts, deadline, priority
 
 
 def normalise(messages: Sequence[tuple[str, str]]) -> str:
@@ -146,8 +149,9 @@ class SemanticCache:
         self.index, self.embed, self.threshold = index, embed, threshold
         self.ttl_s, self.max_entry_bytes = ttl_s, max_entry_bytes
 
-    async def lookup(self, space: str, text: str) -> Lookup:
-        vector = (await self.embed([text]))[0]
+    async def lookup(self, space: str, text: str, *, deadline: float, priority: Priority = "interactive") -> Lookup:
+        """`deadline` (time.monotonic()) bounds the embedding, its wait at admission included."""
+        vector = (await self.embed([text], deadline, priority))[0]
         found = await self.index.nearest(space, vector)
         if found is not None and found[0] >= self.threshold:
             return Lookup(space, vector, json.loads(found[1]), found[0])
@@ -171,9 +175,14 @@ def build_semantic_cache(settings: Settings, pool: ModelPool) -> SemanticCache |
     if model is None or model.kind != "embeddings":
         raise ConfigError(f"cache.semantic.model {cfg.model!r} is not an embeddings model of this server")
 
-    async def embed(texts: Sequence[str]) -> list[list[float]]:
-        _, engine = pool.embedding_engine(cfg.model)
-        return (await engine.embed(list(texts))).vectors
+    async def embed(texts: Sequence[str], deadline: float, priority: Priority) -> list[list[float]]:
+        served, engine = pool.embedding_engine(cfg.model)
+        async with served.admission.slot(deadline, priority):
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return (await engine.embed(list(texts))).vectors
+            except TimeoutError:
+                raise DeadlineExceeded("the semantic cache's embedding ran past the request's deadline") from None
 
     index: VectorIndex
     if settings.state.backend == "redis":

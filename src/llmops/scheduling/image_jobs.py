@@ -1,10 +1,12 @@
-"""Image jobs: one FIFO queue and one worker per image model. Every image request, synchronous or not, is
-a job here, so queue positions, progress and cancellation mean the same thing everywhere. Finished jobs
-are kept for `ttl_s`, then dropped.
+"""Image jobs: the batcher behind each image model's admission. Every image request, synchronous or not, is
+a job here, so progress and cancellation mean the same thing everywhere. Finished jobs are kept for
+`ttl_s`, then dropped.
 
-Same-shape jobs (size, steps, guidance) coalesce into one pipeline call: the worker takes the first job,
-waits up to `batch_timeout_s` for companions, and runs up to `max_batch_size` together, each with its own
-prompt, seeds and result (the guide's LitServe batching, without its single-dict `predict`)."""
+A job first takes a place in the model's `Admission` (the same queue, limits, priorities, deadlines and
+metrics as text: a full queue is refused at once, before the job exists). Once granted, it waits in the
+batcher (still counted as queued) until the worker runs it: same-shape jobs (size, steps, guidance)
+coalesce into one pipeline call, the worker taking the first job, waiting up to `batch_timeout_s` for
+companions and running up to `max_batch_size` together, each with its own prompt, seeds and result."""
 
 from __future__ import annotations
 
@@ -20,14 +22,8 @@ from typing import Literal
 
 from llmops.engines.base import ImageEngine, ImageRequest, ImageResult, same_shape
 from llmops.engines.batching import gather_batch
-from llmops.errors import (
-    ContentFiltered,
-    LLMOpsError,
-    NotFound,
-    RequestCancelled,
-    ServiceUnavailable,
-    internal_error,
-)
+from llmops.errors import ContentFiltered, LLMOpsError, NotFound, RequestCancelled, internal_error
+from llmops.scheduling.admission import Admission, Place, Priority
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -47,11 +43,17 @@ class Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     engine_s: float = 0.0  # this job's share of its batch's engine time
     on_done: Callable[[Job], None] | None = None  # told once, when the job finishes (cost accounting)
+    place: Place | None = None  # its place at the model's admission, given back when it finishes
+    admitting: asyncio.Task[None] | None = None  # waits for the place to be granted
 
     def finish(self, status: Status, *, result: ImageResult | None = None, error: LLMOpsError | None = None) -> None:
+        if self.done.is_set():
+            return
         self.status, self.result, self.error = status, result, error
         self.finished_at = time.time()
         self.done.set()
+        if self.place is not None:
+            self.place.release()
         if self.on_done is not None:
             self.on_done(self)
 
@@ -71,28 +73,52 @@ class _ModelQueue:
         self.worker: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class Submission:
+    """Where a job goes and how it is scheduled."""
+
+    model: str
+    engine: ImageEngine
+    admission: Admission
+    batching: Batching
+    priority: Priority
+    deadline: float  # time.monotonic(): the job fails with 504 if still waiting for admission then
+
+
 class ImageJobs:
-    def __init__(self, ttl_s: float, max_queued: int,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
-        self._ttl_s, self._max_queued = ttl_s, max_queued
+    def __init__(self, ttl_s: float, on_batch: Callable[[str, int], None] | None = None) -> None:
+        self._ttl_s = ttl_s
         self._on_batch = on_batch
         self._queues: dict[str, _ModelQueue] = {}
         self._jobs: dict[str, Job] = {}
 
-    def submit(self, model: str, engine: ImageEngine, request: ImageRequest,
-               batching: Batching | None = None, on_done: Callable[[Job], None] | None = None) -> Job:
+    def submit(self, to: Submission, request: ImageRequest, on_done: Callable[[Job], None] | None = None) -> Job:
+        """A new job with a place at the model's admission (503 now when its queue is full)."""
         self._purge()
-        queue = self._queues.get(model)
+        place = to.admission.enter(to.priority, staged=True)
+        queue = self._queues.get(to.model)
         if queue is None:
-            queue = self._queues[model] = _ModelQueue(engine, batching or Batching())
-            queue.worker = asyncio.create_task(self._work(queue), name=f"llmops-images-{model}")
-        if len(queue.waiting) >= self._max_queued:
-            raise ServiceUnavailable(f"the image queue of model {model!r} is full", retry_after=5)
-        job = Job(model, request, on_done=on_done)
+            queue = self._queues[to.model] = _ModelQueue(to.engine, to.batching)
+            queue.worker = asyncio.create_task(self._work(queue), name=f"llmops-images-{to.model}")
+        job = Job(to.model, request, on_done=on_done, place=place)
         self._jobs[job.id] = job
-        queue.waiting.append(job)
-        queue.wakeup.set()
+        job.admitting = asyncio.create_task(self._admit(job, queue, to.deadline), name=f"llmops-admit-{job.id}")
         return job
+
+    async def _admit(self, job: Job, queue: _ModelQueue, deadline: float) -> None:
+        assert job.place is not None
+        try:
+            await job.place.wait(deadline)
+        except LLMOpsError as exc:  # its deadline passed while it waited
+            job.finish("failed", error=exc)
+            return
+        except asyncio.CancelledError:
+            if not job.done.is_set():
+                job.finish("cancelled", error=RequestCancelled("cancelled while queued"))
+            return
+        if not job.done.is_set():
+            queue.waiting.append(job)
+            queue.wakeup.set()
 
     def get(self, job_id: str) -> Job:
         self._purge()
@@ -102,21 +128,31 @@ class ImageJobs:
         return job
 
     def position(self, job: Job) -> int | None:
+        """Jobs ahead of this one: those in the batcher, then those ahead of it at admission."""
         queue = self._queues.get(job.model)
-        if job.status != "queued" or queue is None:
+        if job.status != "queued" or queue is None or job.place is None:
             return None
-        return next((i for i, j in enumerate(queue.waiting) if j is job), None)
+        if job in queue.waiting:
+            return queue.waiting.index(job)
+        ahead = job.place.queue_position()
+        return None if ahead is None else len(queue.waiting) + ahead
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         job.cancel.set()
         queue = self._queues.get(job.model)
-        if job.status == "queued" and queue is not None and job in queue.waiting:
-            queue.waiting.remove(job)
+        if job.status == "queued" and not job.done.is_set():
+            if queue is not None and job in queue.waiting:
+                queue.waiting.remove(job)
             job.finish("cancelled", error=RequestCancelled("cancelled while queued"))
+            if job.admitting is not None:
+                job.admitting.cancel()
         return job
 
     async def close(self) -> None:
+        for job in self._jobs.values():
+            if job.admitting is not None:
+                job.admitting.cancel()
         for queue in self._queues.values():
             for job in queue.waiting:
                 job.cancel.set()
@@ -148,6 +184,8 @@ class ImageJobs:
     async def _run(self, engine: ImageEngine, batch: list[Job]) -> None:
         for job in batch:
             job.status = "running"
+            if job.place is not None:
+                job.place.start()
 
         def on_step(done: int, total: int) -> None:
             for job in batch:

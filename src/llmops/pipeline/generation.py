@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from llmops.api import chat_controls
 from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage, ToolCallDelta
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
+from llmops.pipeline import chat_controls
 from llmops.protocol.common import SamplingFields, Usage
 from llmops.settings import ModelConfig
 

@@ -1,7 +1,8 @@
 """Chat's output controls between the wire and the engine: `response_format` (structured output), `tools`,
 `tool_choice`, `parallel_tool_calls`, and tool turns in the history. Parsing lives in protocol/chat.py; this
 module translates them into the engine's dataclasses, refuses them for an engine that cannot honour them
-(400 naming the field), and keys the response cache on them."""
+(400 naming the field), and keys the response cache on them. Formatting tool calls into answers is the
+edge's (api/chat.py)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,11 @@ from llmops.engines.base import (
     StructuredOutput,
     TextRequest,
     ToolCall,
-    ToolCallDelta,
     ToolSpec,
     capabilities,
 )
 from llmops.errors import UnsupportedParameter
-from llmops.protocol.chat import (
-    AssistantMessage,
-    ChatCompletionRequest,
-    ChatMessage,
-    FunctionCall,
-    FunctionDelta,
-    NamedToolChoice,
-    ToolCallDeltaOut,
-    ToolCallOut,
-)
+from llmops.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 
 def messages(body: ChatCompletionRequest) -> list[Message]:
@@ -94,23 +85,3 @@ def cache_part(body: Any) -> dict[str, Any] | None:
             "tools": [t.model_dump() for t in defs or []],
             "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
             "parallel_tool_calls": body.parallel_tool_calls, "tool_turns": turns}
-
-
-# formatting: tool calls in answers, stream deltas and replays ---------------------------------------------
-def assistant_message(text: str, calls: Sequence[ToolCallDelta]) -> AssistantMessage:
-    if not calls:
-        return AssistantMessage(content=text)
-    out = [ToolCallOut(id=c.id or f"call_{c.index}", function=FunctionCall(name=c.name or "", arguments=c.arguments))
-           for c in calls]
-    return AssistantMessage(content=text or None, tool_calls=out)
-
-
-def call_deltas(calls: Sequence[ToolCallDelta]) -> list[ToolCallDeltaOut]:
-    return [ToolCallDeltaOut(index=c.index, id=c.id, type="function" if c.id else None,
-                             function=FunctionDelta(name=c.name, arguments=c.arguments)) for c in calls]
-
-
-def replay_deltas(message: AssistantMessage) -> list[ToolCallDeltaOut]:
-    calls = [ToolCallDelta(i, c.id, c.function.name, c.function.arguments)
-             for i, c in enumerate(message.tool_calls or [])]
-    return call_deltas(calls)
