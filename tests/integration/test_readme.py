@@ -56,6 +56,13 @@ def test_readme_has_runnable_blocks() -> None:
     assert len(blocks("bash", keyed=True)) == 1
 
 
+def test_bash_blocks_find_llmops_where_make_serve_installed_it() -> None:
+    """`make serve` installs `llmops` into .venv/bin, which is not on a user's PATH."""
+    for block in blocks("bash") + blocks("bash", keyed=True):
+        if re.search(r"(^|[\s$(])llmops\s", block):
+            assert ".venv/bin" in block, block
+
+
 @pytest.mark.parametrize("index", range(len(blocks("bash", keyed=True))))
 def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
     """Creating a key makes the server keyed, so this block gets a fresh store and a server of its own

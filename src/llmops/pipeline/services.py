@@ -14,6 +14,7 @@ from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
 from llmops.pipeline.semantic_cache import SemanticCache
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -35,6 +36,7 @@ class Services:
     router: Router
     cacher: ResponseCacher
     image_jobs: ImageJobs
+    url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int
     semantic_cache: SemanticCache | None = None  # None unless cache.semantic.enabled
