@@ -192,7 +192,7 @@ class LlamaCppEngine:
             "stream_options": {"include_usage": True}, "cache_prompt": True,
         }
         if s.seed is not None:
-            body["seed"] = s.seed
+            body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
         body.update(grammar_fields(request))
         chunks = self._stream(body, len(tokens))
         if prepared.fallback_chat:
