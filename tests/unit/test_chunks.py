@@ -68,3 +68,13 @@ def test_events_are_valid_json_that_round_trips_the_text() -> None:
         assert raw.startswith(b"data: ")
         assert raw.endswith(b"\n\n")
         assert json.loads(raw[6:])["choices"][0]["delta"]["content"] == text
+
+
+def test_a_tool_call_choice_goes_through_its_model_in_the_same_frame() -> None:
+    from llmops.api.tool_calls import call_deltas
+    from llmops.engines.base import ToolCallDelta
+
+    calls = call_deltas([ToolCallDelta(0, "call_1", "get_weather", '{"city": "Paris"}')])
+    choice = ChatChunkChoice(index=0, delta=ChatDelta(content=None, tool_calls=calls))
+    enc = ChunkEncoder("chat", "id-1", 5, "m")
+    assert enc.choice(choice) == chat("id-1", 5, "m", [choice])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from pydantic import BaseModel
+
 from llmops.protocol.common import Usage
 
 _string = json.encoder.encode_basestring  # the C encoder: quotes and escapes, non-ASCII kept as is
@@ -58,6 +60,10 @@ class ChunkEncoder:
     def piece(self, index: int, text: str, finish: str | None) -> bytes:
         """What the routes send for one (index, text, finish) of the stream."""
         return self.text(index, text) if finish is None else self.finish(index, finish, text)
+
+    def choice(self, choice: BaseModel) -> bytes:
+        """A rarer choice (a tool-call delta) through its model, in the same frame."""
+        return self._event(choice.model_dump_json())
 
     def usage(self, usage: Usage) -> bytes:
         """The closing usage event (no choices)."""

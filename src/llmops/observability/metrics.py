@@ -144,6 +144,8 @@ class Metrics:
         self.generation_tokens = Counter("llmops_generation_tokens", "Tokens generated", ["model"], registry=r)
         self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.embedding_inputs = Counter("llmops_embedding_inputs", "Texts (or token-id lists) embedded", ["model"],
+                                        registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
