@@ -60,6 +60,9 @@ class LlamaCppOptions(BaseModel):
     model: str = Field(EMBEDDED_GEMMA, description="GGUF path, or pypi:<package> shipping one")
     context_length: int = Field(4096, ge=64, description="tokens per request (per slot)")
     n_parallel: int = Field(4, ge=1, le=256, description="slots decoded together (continuous batching)")
+    queue_ahead: int | None = Field(None, ge=0, le=256, description="requests admitted beyond the slots, "
+                                    "templated and waiting in llama.cpp's own queue so a finished slot refills "
+                                    "at once; default: n_parallel")
     n_threads: int | None = Field(None, ge=1, description="decode threads; default: the cores available")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
     cpu_poll: int = Field(50, ge=0, le=100, description="llama.cpp threads' busy-wait level (0: sleep, "
@@ -102,13 +105,16 @@ class LlamaCppEngine:
         self.model_name = model_name
         self.options = options
         self.context_length = options.context_length
-        self.capacity = options.n_parallel
+        # admission lets this many run: the slots, plus requests already prepared and queued inside llama.cpp
+        # (otherwise a slot idles while the next request is templated, a loopback call competing with decode)
+        ahead = options.n_parallel if options.queue_ahead is None else options.queue_ahead
+        self.capacity = options.n_parallel + ahead
         self.threads = options.n_threads or available_cores()
         self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
         self._server: Any = None
         self._key = secrets.token_urlsafe(32)
         self._http: httpx.AsyncClient | None = None
-        self._executor = ThreadPoolExecutor(options.n_parallel + 2, thread_name_prefix=f"llamacpp-{model_name}")
+        self._executor = ThreadPoolExecutor(self.capacity + 2, thread_name_prefix=f"llamacpp-{model_name}")
         self._use_model_template = False
 
     # lifecycle -------------------------------------------------------------------------------------
