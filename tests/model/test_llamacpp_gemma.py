@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -92,3 +93,11 @@ async def test_a_request_that_does_not_stream_gets_the_same_answer_in_one_piece(
     assert chunks[0].text == (await run(engine, req(True)))[0]
     assert chunks[1].usage is not None
     assert chunks[1].usage.completion_tokens == 16
+
+
+async def test_requests_beyond_the_slots_wait_in_llama_cpp_queue_and_complete(engine: LlamaCppEngine) -> None:
+    assert engine.capacity == 2 * engine.options.n_parallel  # queue_ahead defaults to n_parallel
+    reqs = [TextRequest(f"r{i}", SamplingParams(max_tokens=8, temperature=0), prompt=f"Count to {i}:")
+            for i in range(engine.capacity)]
+    results = await asyncio.gather(*(run(engine, r) for r in reqs))
+    assert [r[2] for r in results] == [8] * engine.capacity
