@@ -15,12 +15,12 @@ setup: $(STAMP)
 $(SERVE_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers,classify]'
 	touch $(SERVE_STAMP)
 
 # Everything: every engine, the bench baselines, tracing, and the development tools.
 $(STAMP): $(SERVE_STAMP)
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,redis,bench,otel,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,classify,redis,bench,otel,dev]'
 	touch $(STAMP)
 
 serve: $(SERVE_STAMP)
