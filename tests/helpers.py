@@ -106,3 +106,12 @@ class RedisServer:
 
         redis.Redis.from_url(self.url).save()
         return (self.folder / "dump.rdb").read_bytes()
+
+
+def encode_image(image: Any, fmt: str = "PNG", **save: Any) -> bytes:
+    """A PIL image as the bytes of an image file."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()

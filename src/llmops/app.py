@@ -17,8 +17,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import admin, chat, completions, images, models, ops, usage
-from llmops.errors import InvalidRequest, LLMOpsError, error_response_parts, http_status_error, internal_error
+from llmops.api import admin, chat, classifications, completions, images, inference_v2, models, ops, usage
+from llmops.errors import (
+    InvalidRequest,
+    LLMOpsError,
+    error_format,
+    error_response_parts,
+    http_status_error,
+    internal_error,
+)
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
@@ -90,7 +97,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.state.tracer = tracer
     app.state.started_at = int(time.time())
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
-                   admin.router):
+                   admin.router, classifications.router, inference_v2.router):
         app.include_router(router)
     install_error_handlers(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
@@ -126,8 +133,8 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     app.add_middleware(RequestIdMiddleware)
 
 
-def _respond(exc: LLMOpsError) -> JSONResponse:
-    status, body, headers = error_response_parts(exc)
+def _respond(exc: LLMOpsError, request: Request) -> JSONResponse:
+    status, body, headers = error_response_parts(exc, error_format(request.url.path))
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -146,21 +153,21 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_llmops(_: Request, exc: Exception) -> JSONResponse:
+    async def on_llmops(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LLMOpsError)
-        return _respond(exc)
+        return _respond(exc, request)
 
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _respond(_validation_error(exc))
+        return _respond(_validation_error(exc), request)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return _respond(http_status_error(exc.status_code, str(exc.detail)))
+        return _respond(http_status_error(exc.status_code, str(exc.detail)), request)
 
     async def on_other(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _respond(internal_error(exc))
+        return _respond(internal_error(exc), request)
 
     app.add_exception_handler(LLMOpsError, on_llmops)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -78,6 +78,8 @@ class Metrics:
         self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
+        self.images_classified = Counter("llmops_images_classified", "Images classified (cache hits included)",
+                                         ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
                              ["model", "key"], registry=r)
