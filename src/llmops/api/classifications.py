@@ -46,13 +46,13 @@ def _parse_json(raw: bytes) -> ClassificationRequest:
 
 
 async def _parse_form(request: Request) -> tuple[str | None, int | None, ClassifyInputs]:
-    form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
     encoded = []
-    for i, part in enumerate(form.getlist("file")):
-        if isinstance(part, str):
-            raise InvalidRequest("'file' must be an uploaded file", param="file")
-        encoded.append((await part.read(), f"file[{i}] ({part.filename or 'unnamed'})"))
-    model, raw_k = form.get("model"), form.get("top_k")
+    async with request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS) as form:
+        for i, part in enumerate(form.getlist("file")):
+            if isinstance(part, str):
+                raise InvalidRequest("'file' must be an uploaded file", param="file")
+            encoded.append((await part.read(), f"file[{i}] ({part.filename or 'unnamed'})"))
+        model, raw_k = form.get("model"), form.get("top_k")
     k = None
     if raw_k is not None:
         try:

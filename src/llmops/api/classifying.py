@@ -1,9 +1,9 @@
 """One classification request on its way through, for both the Open Inference Protocol and
 /v1/classifications:
 
-    model + key permission → budget and breaker → cache lookup (identical images, same top_k)
-    → decode (off the event loop, within limits) → admission → engine (deadline, disconnect)
-    → cost per image + metrics → cache store
+    model + key permission → decode (off the event loop, within limits: a bad image is a 400 before
+    anything is counted) → budget and breaker → cache lookup (identical images, same top_k)
+    → admission → engine (deadline, disconnect) → cost per image + metrics → cache store
 
 The routes only parse their wire format into `ClassifyInputs` and format the `Classified` result.
 """
@@ -104,37 +104,36 @@ def image_limits(cfg: ModelConfig) -> ImageLimits:
 
 async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int) -> Classified:
     cfg = tgt.config
+    images: list[Any] = []
+    if inputs.pixels is None:
+        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(cfg))
     cacher = deps.cacher(request)
     key = cacher.key(request, "classify", {"model": cfg.name, "top_k": k, "inputs": inputs.fingerprint()}, True)
     accountant = deps.accountant(request)
     charge = await accountant.admit(deps.api_key(request), cfg)  # a cached answer passes the budget too
     obs = InferenceObserver(request.app.state.metrics, request.app.state.tracer, cfg.name, log_fields(request.scope))
     meta = request_meta(request, cfg)
-    images, engine_s, status = 0, 0.0, "error"
+    classified, engine_s, status = 0, 0.0, "error"
     try:
         hit = await cacher.get(key, cfg.name)
         if hit is not None:
             status = "success"
             return Classified(cfg.name, hit["classes"], {"X-Cache": "hit"})
-        work = _classify(tgt, inputs, k, meta, obs)
-        classes, engine_s = await cancel_on_disconnect(request, work)
-        images, status = inputs.count, "success"
+        job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
+        classes, engine_s = await cancel_on_disconnect(request, _classify(tgt, job, meta, obs))
+        classified, status = inputs.count, "success"
         await cacher.put(key, {"classes": classes})
         return Classified(cfg.name, classes, {**meta.headers(), "X-Cache": "miss" if key else "bypass"})
     except LLMOpsError as exc:
         status = rejection_reason(exc.code) or ("cancelled" if exc.code == "cancelled" else "error")
         raise
     finally:
-        accountant.settle(charge, images=images, engine_s=engine_s)
+        accountant.settle(charge, images=classified, engine_s=engine_s)
         obs.classified(status, inputs.count if status == "success" else 0)
 
 
-async def _classify(tgt: Target, inputs: ClassifyInputs, k: int, meta: RequestMeta,
+async def _classify(tgt: Target, job: ClassifyRequest, meta: RequestMeta,
                     obs: InferenceObserver) -> tuple[Classes, float]:
-    images: list[Any] = []
-    if inputs.pixels is None:
-        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt.config))
-    job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
     async with tgt.served.admission.slot(meta.deadline, meta.priority) as ticket:
         meta.admitted(ticket)
         obs.admitted(ticket)

@@ -14,11 +14,11 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmops.errors import LLMOpsError, Unauthorized, error_response_parts
+from llmops.errors import LLMOpsError, Unauthorized, error_format, error_response_parts
 from llmops.middleware.observe import log_fields
 from llmops.stores.keys import KeyStore, verify
 
-OPEN_PATHS = ("/health", "/ready")
+OPEN_PATHS = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -32,8 +32,8 @@ def presented_key(scope: Scope) -> str | None:
 
 async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
                      headers: dict[str, str] | None = None) -> None:
-    """Answer from middleware (outside FastAPI's handlers) in the OpenAI envelope."""
-    status, body, extra = error_response_parts(exc)
+    """Answer from middleware (outside FastAPI's handlers) in the path's envelope (OpenAI, or V2 under /v2)."""
+    status, body, extra = error_response_parts(exc, error_format(scope.get("path", "")))
     await JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})(scope, receive, send)
 
 
