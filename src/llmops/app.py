@@ -18,14 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
 from llmops.api import admin, chat, classifications, completions, images, inference_v2, models, ops, usage
-from llmops.errors import (
-    InvalidRequest,
-    LLMOpsError,
-    error_format,
-    error_response_parts,
-    http_status_error,
-    internal_error,
-)
+from llmops.errors import InvalidRequest, LLMOpsError, error_format, http_status_error, internal_error
+from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
 from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
@@ -40,12 +34,12 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.services import Services
 from llmops.prompts.registry import PromptRegistry
-from llmops.scheduling.image_jobs import ImageJobs
+from llmops.scheduling.image_jobs import ClassifyJobs, ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores import State, build_state
-from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.app")
 
@@ -54,8 +48,9 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     """The app for `settings`. `tracer` replaces the one the settings describe (tests use an in-memory one)."""
     pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
     metrics = Metrics()
-    image_jobs = ImageJobs(settings.images.job_ttl_s, settings.images.max_queued,
+    image_jobs = ImageJobs(settings.images.job_ttl_s,
                            on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
+    classify_jobs = ClassifyJobs(0.0, on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
     state = build_state(settings.state, on_error=lambda op: metrics.store_errors.labels(op).inc(),
                         cache_entries=settings.cache.max_entries)
@@ -74,41 +69,32 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             yield
         finally:
             await image_jobs.close()
-            app.state.background.cancel()  # shadow requests: nobody waits for their answers
+            await classify_jobs.close()
+            services.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
             await accountant.close()
             await state.close()
             tracer.shutdown()
 
     app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.pool = pool
-    app.state.image_jobs = image_jobs
-    app.state.lifecycle = lifecycle
-    app.state.metrics = metrics
-    app.state.keys = state.keys
-    app.state.state = state
-    app.state.accountant = accountant
-    app.state.guardrails = guardrails
-    app.state.prompts = prompts
-    app.state.router = Router(settings.routes)
-    app.state.cacher = ResponseCacher(state.cache, settings.cache, metrics)
-    app.state.background = TaskSet()  # shadow requests in flight
-    app.state.tracer = tracer
-    app.state.started_at = int(time.time())
+    services = Services(settings=settings, pool=pool, metrics=metrics, tracer=tracer, state=state,
+                        accountant=accountant, guardrails=guardrails, prompts=prompts, router=Router(settings.routes),
+                        cacher=ResponseCacher(state.cache, settings.cache, metrics), image_jobs=image_jobs,
+                        classify_jobs=classify_jobs, lifecycle=lifecycle, started_at=int(time.time()))
+    app.state.services = services
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
                    admin.router, classifications.router, inference_v2.router):
         app.include_router(router)
-    install_error_handlers(app)
+    install_error_handlers(app, metrics)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
     return app
 
 
 async def drain(app: FastAPI) -> bool:
     """Begin draining (SIGTERM): refuse new work, let admitted work finish. True when all finished."""
-    settings: Settings = app.state.settings
-    app.state.pool.close_admission()
-    return await app.state.lifecycle.drain(settings.shutdown.drain_timeout_s)  # type: ignore[no-any-return]
+    services: Services = app.state.services
+    services.pool.close_admission()
+    return await services.lifecycle.drain(services.settings.shutdown.drain_timeout_s)
 
 
 def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
@@ -124,18 +110,16 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     6. body_limit  - oversized bodies get 413 before anything parses them
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,
                        trusted_proxies=limits.trusted_proxies, metrics=metrics)
-    app.add_middleware(AuthMiddleware, store=state.keys, metrics_require_key=settings.auth.metrics_require_key)
+    app.add_middleware(AuthMiddleware, store=state.keys, metrics_require_key=settings.auth.metrics_require_key,
+                       metrics=metrics, refresh_s=settings.auth.key_refresh_s)
     app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
     app.add_middleware(RequestIdMiddleware)
 
 
-def _respond(exc: LLMOpsError, request: Request) -> JSONResponse:
-    status, body, headers = error_response_parts(exc, error_format(request.url.path))
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
@@ -152,22 +136,26 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"invalid value for '{param}': {first.get('msg', 'invalid')}", param=param)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error becomes the OpenAI envelope, or under /v2 the Open Inference Protocol's
+    (http_edge.error_response); every refusal not counted where it happened is counted here, so each 429 and
+    503 is in llmops_rejections_total once."""
     async def on_llmops(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LLMOpsError)
-        return _respond(exc, request)
+        metrics.reject(str(log_fields(request.scope).get("model", UNKNOWN_MODEL)), exc)
+        return error_response(exc, fmt=error_format(request.url.path))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _respond(_validation_error(exc), request)
+        return error_response(_validation_error(exc), fmt=error_format(request.url.path))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return _respond(http_status_error(exc.status_code, str(exc.detail)), request)
+        return error_response(http_status_error(exc.status_code, str(exc.detail)), fmt=error_format(request.url.path))
 
     async def on_other(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _respond(internal_error(exc), request)
+        return error_response(internal_error(exc), fmt=error_format(request.url.path))
 
     app.add_exception_handler(LLMOpsError, on_llmops)
     app.add_exception_handler(RequestValidationError, on_validation)

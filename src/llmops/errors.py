@@ -17,13 +17,16 @@
     ├── PayloadTooLarge              413
     ├── RequestCancelled             499 (the client cancelled; recorded on jobs, rarely sent)
     ├── ServiceUnavailable           503 + Retry-After (not ready)
+    │   ├── ModelNotReady            503 + Retry-After: 5 (the model is still loading)
     │   ├── Overloaded               503, code overloaded (the model's queue is full: refused at once)
     │   ├── ShuttingDown             503, code shutting_down (draining after SIGTERM)
     │   ├── SpendLimitReached        503, code spend_limit_reached (the global spend circuit breaker is open)
+    │   ├── ModelFailed              503, code model_failed, no Retry-After, x-should-retry: false (failed to load)
     │   └── StoreUnavailable         503, code store_unavailable (Redis unreachable and the policy fails closed)
     ├── DeadlineExceeded             504, code deadline_exceeded (queued or ran past the request's deadline)
     └── EngineError                  500 for that request only; the server keeps serving
 
+Retry-After values live here, on the classes (Overloaded and RateLimited compute theirs per request).
 Code raises; it never returns error values. `error_response_parts` is the only place that turns an
 exception into a status code, and `http_status_error` the only place that maps a bare HTTP status
 (from the framework's own routing) into this tree.
@@ -42,12 +45,14 @@ class LLMOpsError(Exception):
 
     code: str | None = None
     retry_after: int | None = None  # seconds; sent as Retry-After when set
+    retryable: bool | None = None  # False: `x-should-retry: false` (the openai SDKs stop retrying)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.counted = False  # already in llmops_rejections_total (observability.metrics.Metrics.reject)
         if code is not None:
             self.code = code
         if retry_after is not None:
@@ -121,7 +126,13 @@ class ServiceUnavailable(LLMOpsError):
     """Not ready yet, or draining. Clients should retry after `retry_after` seconds."""
 
     code = "service_unavailable"
-    retry_after = 1
+    retry_after: int | None = 1
+
+
+class ModelNotReady(ServiceUnavailable):
+    """The model is still loading (or closed); code stays service_unavailable."""
+
+    retry_after = 5
 
 
 class Overloaded(ServiceUnavailable):
@@ -130,11 +141,20 @@ class Overloaded(ServiceUnavailable):
 
 class ShuttingDown(ServiceUnavailable):
     code = "shutting_down"
+    retry_after = 5
 
 
 class SpendLimitReached(ServiceUnavailable):
     code = "spend_limit_reached"
     retry_after = 60
+
+
+class ModelFailed(ServiceUnavailable):
+    """The model failed to load: retrying will not help until an operator fixes it; the message names the cause."""
+
+    code = "model_failed"
+    retry_after = None
+    retryable = False
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -209,6 +229,8 @@ def error_response_parts(exc: LLMOpsError, fmt: ErrorFormat = "openai") -> tuple
     headers: dict[str, str] = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    if exc.retryable is not None:
+        headers["x-should-retry"] = "true" if exc.retryable else "false"
     return kind_of(exc).status, error_body(exc, fmt), headers
 
 

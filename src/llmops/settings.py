@@ -113,7 +113,9 @@ def default_models() -> list[ModelConfig]:
 class ImageSettings(_Strict):
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
-    max_queued: int = Field(32, ge=1, description="image jobs waiting per model; beyond it, 503")
+    max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
+                                   "(image jobs wait in the model's one admission queue); when set, it is the "
+                                   "default of every image model's limits.max_queued")
 
 
 class ServerLimits(_Strict):
@@ -135,6 +137,8 @@ class AuthSettings(_Strict):
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
+    key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists "
+                                 "(keys created by the CLI take effect this soon; tests use 0)")
 
 
 class StateSettings(_Strict):
@@ -154,6 +158,8 @@ class StateSettings(_Strict):
 class SpendSettings(_Strict):
     max_usd_per_hour: float | None = Field(None, gt=0, description="global circuit breaker: while the last "
                                            "hour's spend (all keys) is above this, new requests get 503")
+    refresh_s: float = Field(1.0, ge=0, description="how often each key's and the hour's spend is re-read from "
+                             "the store (other replicas' spend shows within this; tests use 0)")
 
 
 class CacheSettings(_Strict):
@@ -301,6 +307,16 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"routes[{i}] ({route.name}) names models that are not configured: "
                                  f"{', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _legacy_image_queue(self) -> Settings:
+        """`images.max_queued` (deprecated) is the default of each image model's `limits.max_queued`."""
+        legacy = self.images.max_queued
+        if legacy is not None:
+            for m in self.models:
+                if m.kind == "image" and "max_queued" not in m.limits.model_fields_set:
+                    m.limits.max_queued = legacy
         return self
 
     def model(self, name: str) -> ModelConfig | None:

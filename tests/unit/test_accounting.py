@@ -1,19 +1,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from llmops.api.usage import group
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
+from llmops.app import create_app
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.accounting import Accountant, cost_usd
+from llmops.pipeline.accounting import Accountant, cost_usd, estimate_tokens, worst_case_text_usd
 from llmops.pipeline.budget import period_bounds
-from llmops.settings import ModelConfig, SpendSettings, StateSettings
+from llmops.settings import ModelConfig, SpendSettings, StateSettings, load_settings
 from llmops.stores import build_state
 from llmops.stores.keys import KeyLimits, new_key
 from llmops.stores.ledger import SpendRow
+from tests.helpers import write_config
 
 MODEL = ModelConfig(name="m", engine="fake", pricing={"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 2.0,
                                                         "image_usd": 0.5, "gpu_usd_per_hour": 3.6})
@@ -76,3 +82,30 @@ def test_accountant_budget_tokens_and_breaker() -> None:
         await state.close()
 
     asyncio.run(run())
+
+
+def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
+    """20 requests at once on a $0.005 budget: each reserves its worst case when admitted, so the key spends
+    at most the budget plus one request's worst case (without reservations all 20 were admitted)."""
+    priced = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02},
+              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
+    cfg = write_config(tmp_path / "c.yaml", [priced], auth={"admin_key": "admin-secret", "key_refresh_s": 0},
+                       state={"backend": "memory"}, spend={"refresh_s": 0})
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hello there"}]}
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 0.005, "budget_period": "day"},
+                      headers={"Authorization": "Bearer admin-secret"}).json()
+        auth = {"Authorization": f"Bearer {made['secret']}"}
+        services = c.app.state.services  # type: ignore[attr-defined]
+        worst = worst_case_text_usd(services.settings.models[0], estimate_tokens(len("hello there")), 2, 1)
+        with ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth).status_code,
+                                  range(20)))
+        assert 429 in codes
+        assert 200 in codes
+        deadline = time.monotonic() + 30
+        while services.accountant.reserved(made["id"]) > 0:  # settling runs just after each response
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
+    assert spent <= 0.005 + worst

@@ -3,20 +3,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from starlette.requests import Request
-
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.cache import ResponseCacher, opted_out
 from llmops.settings import CacheSettings
 from llmops.stores.cache import MemoryCache
-from llmops.stores.keys import new_key
 
 PAYLOAD = {"model": "m", "messages": [["user", "hi"]], "sampling": {"temperature": 0}}
-
-
-def request(headers: dict[str, str] | None = None, key: Any = None) -> Request:
-    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw, "state": {"api_key": key}})
 
 
 def test_lru_evicts_the_least_recent_and_expires() -> None:
@@ -36,12 +28,18 @@ def test_lru_evicts_the_least_recent_and_expires() -> None:
 
 def test_keys_bypass_and_scope() -> None:
     cacher = ResponseCacher(MemoryCache(8), CacheSettings(), Metrics())
-    assert cacher.key(request(), "chat", PAYLOAD, True) == cacher.key(request(), "chat", PAYLOAD, True)
-    assert cacher.key(request(), "chat", PAYLOAD, False) is None  # not deterministic
-    assert cacher.key(request({"Cache-Control": "no-cache"}), "chat", PAYLOAD, True) is None
-    assert cacher.key(request(), "chat", PAYLOAD, True) != cacher.key(request(), "completions", PAYLOAD, True)
-    one, two = new_key("a", (), "interactive")[0], new_key("b", (), "interactive")[0]
-    shared = cacher.key(request(key=one), "chat", PAYLOAD, True)
-    assert shared == cacher.key(request(key=two), "chat", PAYLOAD, True)  # global scope: one entry
+
+    def key(c: ResponseCacher, kind: str, payload: Any, *, opt_out: bool = False, key_id: str | None = None) -> Any:
+        return c.key(kind, payload, opt_out=opt_out, key_id=key_id)
+
+    assert key(cacher, "chat", PAYLOAD) == key(cacher, "chat", PAYLOAD)
+    assert key(cacher, "chat", None) is None  # not deterministic
+    assert opted_out("no-cache")
+    assert opted_out("max-age=0, No-Store")
+    assert not opted_out(None)
+    assert key(cacher, "chat", PAYLOAD, opt_out=True) is None
+    assert key(cacher, "chat", PAYLOAD) != key(cacher, "completions", PAYLOAD)
+    shared = key(cacher, "chat", PAYLOAD, key_id="one")
+    assert shared == key(cacher, "chat", PAYLOAD, key_id="two")  # global scope: one entry
     scoped = ResponseCacher(MemoryCache(8), CacheSettings(scope="key"), Metrics())
-    assert scoped.key(request(key=one), "chat", PAYLOAD, True) != scoped.key(request(key=two), "chat", PAYLOAD, True)
+    assert key(scoped, "chat", PAYLOAD, key_id="one") != key(scoped, "chat", PAYLOAD, key_id="two")

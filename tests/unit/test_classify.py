@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,11 @@ def data() -> Digits:
     return digits()
 
 
-@pytest.fixture
-def client(tmp_path: Path, tiny_resnet_dir: Path) -> Iterator[TestClient]:
+def serve(tmp_path: Path, tiny_resnet_dir: Path, **classify: Any) -> Iterator[TestClient]:
+    limits = {"max_image_bytes": 100_000, "max_pixels": 1_000_000, "max_images": 8, **classify}
     models = [
         {"name": "digits", "kind": "classify", "engine": "classifier",
-         "options": {"model": str(tiny_resnet_dir), "n_threads": 1},
-         "limits": {"classify": {"max_image_bytes": 100_000, "max_pixels": 1_000_000, "max_images": 8}},
+         "options": {"model": str(tiny_resnet_dir), "n_threads": 1}, "limits": {"classify": limits},
          "pricing": {"image_usd": 0.001}},
         {"name": "fake", "engine": "fake"},
     ]
@@ -52,6 +52,17 @@ def client(tmp_path: Path, tiny_resnet_dir: Path) -> Iterator[TestClient]:
         while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         yield c
+
+
+@pytest.fixture
+def client(tmp_path: Path, tiny_resnet_dir: Path) -> Iterator[TestClient]:
+    yield from serve(tmp_path, tiny_resnet_dir)
+
+
+@pytest.fixture
+def slow_batches(tmp_path: Path, tiny_resnet_dir: Path) -> Iterator[TestClient]:
+    """The first request of a batch waits up to 2 s for companions, up to 8 requests in one model call."""
+    yield from serve(tmp_path, tiny_resnet_dir, max_batch_size=8, batch_timeout_s=2.0)
 
 
 def b64(data: bytes) -> str:
@@ -213,9 +224,10 @@ def test_identical_images_hit_the_cache_and_cost_per_image(client: TestClient, d
     assert first.json()["outputs"] == second.json()["outputs"]
     assert client.post(INFER, json=request, headers={"Cache-Control": "no-cache"}).headers["x-cache"] == "bypass"
     metrics = client.get("/metrics").text
-    assert 'llmops_images_classified_total{model="digits"} 6.0' in metrics
-    assert 'inference_requests_total{model="digits",status="success"} 3.0' in metrics
-    assert 'llmops_batch_size_count{model="digits"} 2.0' in metrics  # two engine calls: the hit ran none
+    assert 'llmops_images_classified_total{model="digits"} 4.0' in metrics  # the hit ran nothing
+    assert 'inference_requests_total{model="digits",status="success"} 2.0' in metrics
+    assert 'llmops_cache_requests_total{model="digits",result="hit"} 1.0' in metrics
+    assert 'llmops_batch_size_count{model="digits"} 2.0' in metrics
     assert spent(client) == pytest.approx(0.004)  # 4 images ran, at $0.001 each; the hit cost nothing
 
 
@@ -231,7 +243,7 @@ def spent(client: TestClient) -> float:
 
 
 def test_key_permissions(client: TestClient, data: Digits) -> None:
-    store = client.app.state.keys  # type: ignore[attr-defined]
+    store = client.app.state.services.state.keys  # type: ignore[attr-defined]
     only_fake, fake_secret = new_key("only-fake", ("fake",), "interactive", KeyLimits())
     digits_key, digits_secret = new_key("digits", ("digits",), "interactive", KeyLimits())
     client.portal.call(store.add, only_fake)  # type: ignore[union-attr]
@@ -249,3 +261,22 @@ def test_key_permissions(client: TestClient, data: Digits) -> None:
     assert denied.json()["error"]["code"] == "model_not_allowed"
     assert client.post(INFER, json=request, headers={"X-API-Key": digits_secret}).status_code == 200
     assert client.get("/v2/health/live").status_code == 200  # probes stay open
+
+
+def test_concurrent_requests_share_one_model_call(slow_batches: TestClient, data: Digits) -> None:
+    picks = data.test[12:20]  # eight the model gets right (it misses test[5] and test[11])
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: slow_batches.post(INFER, json=bytes_request([digit_png(data, i)])), picks))
+    labels = [next(o for o in a.json()["outputs"] if o["name"] == "label")["data"][0] for a in answers]
+    assert labels == [str(data.labels[i]) for i in picks]
+    metrics = slow_batches.get("/metrics").text
+    assert 'llmops_images_classified_total{model="digits"} 8.0' in metrics
+    calls = float(metrics.split('llmops_batch_size_count{model="digits"} ')[1].split()[0])
+    assert calls < 8  # a full batch of 8 runs at once, without waiting out the 2 s
+
+
+def test_deadline_while_waiting_for_a_batch(slow_batches: TestClient, data: Digits) -> None:
+    request = bytes_request([digit_png(data, data.test[0])])
+    resp = slow_batches.post(INFER, json=request, headers={"X-Request-Timeout": "0.2"})
+    v2_error(resp, 504, "deadline")
+    assert 'llmops_rejections_total{model="digits",reason="deadline"} 1.0' in slow_batches.get("/metrics").text

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmops.app import create_app
+from llmops.engines.base import TextChunk
+from llmops.errors import Overloaded, RequestCancelled
+from llmops.observability.inference import InferenceObserver
 from llmops.observability.logging import configure_logging
+from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import build_tracer
 from llmops.settings import load_settings
 from tests.helpers import write_config
@@ -129,3 +134,27 @@ def test_access_log_is_one_json_line_without_content(app_client: tuple[TestClien
     assert "queue_ms" in line
     assert "latency_ms" in line
     assert "secret" not in err
+
+
+def test_a_client_that_goes_away_is_cancelled_not_an_error() -> None:
+    """A stream closed by its consumer (Starlette closes it when the client disconnects), and a synchronous
+    request cancelled on disconnect, count as status="cancelled" in inference_requests_total."""
+    metrics = Metrics()
+    tracer = build_tracer(None, "t")
+
+    async def chunks() -> AsyncIterator[tuple[int, TextChunk]]:
+        for word in ("a", "b", "c"):
+            yield 0, TextChunk(word)
+
+    async def run() -> None:
+        stream = InferenceObserver(metrics, tracer, "m", {}).text(chunks())
+        await anext(stream)
+        await stream.aclose()  # the client left after the first chunk
+        InferenceObserver(metrics, tracer, "m", {}).images_failed(RequestCancelled("the client disconnected"))
+        overloaded = InferenceObserver(metrics, tracer, "m", {})
+        overloaded.images_failed(Overloaded("full"))
+
+    asyncio.run(run())
+    assert metrics.requests.labels("m", "cancelled")._value.get() == 2
+    assert metrics.requests.labels("m", "error")._value.get() == 0
+    assert metrics.rejections.labels("m", "overload")._value.get() == 1

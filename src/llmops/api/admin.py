@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from llmops.api import deps
 from llmops.api.usage import DayRange, report_rows
 from llmops.errors import InvalidRequest, PermissionDenied
-from llmops.middleware.auth import presented_key
+from llmops.http_edge import presented_key
 from llmops.stores.keys import KeyLimits, KeyStore, new_key
 
 router = APIRouter(prefix="/admin")
@@ -42,7 +42,7 @@ def _guard(request: Request) -> KeyStore:
     given = request.headers.get("x-admin-key") or presented_key(request.scope) or ""
     if not hmac.compare_digest(given.encode(), admin.get_secret_value().encode()):
         raise PermissionDenied("a valid admin key is required")
-    store: KeyStore = request.app.state.keys
+    store: KeyStore = deps.state(request).keys
     return store
 
 

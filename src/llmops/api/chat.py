@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
-from llmops.api.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.api.sse import event
 from llmops.engines.base import Message
+from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.protocol.chat import (
     AssistantMessage,
     ChatChoice,
@@ -28,7 +28,7 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     messages = [Message(m.role, m.text()) for m in body.messages]
     call = await textcall.prepare(request, body, "chat", messages=messages)
-    return await textcall.respond(call, body, replay=lambda hit: _replay(hit, body),
+    return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
                                   complete=lambda done: _completion(done, body.model, new_id("chatcmpl"), now()))
 

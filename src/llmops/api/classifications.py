@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from llmops.api.classifying import ClassifyInputs, check_count, classify, target, top_k
+from llmops.api.classifying import ClassifyInputs, classify, target, top_k
 from llmops.errors import InvalidRequest
 from llmops.protocol.classifications import (
     Classification,
@@ -72,8 +72,7 @@ async def classifications(request: Request) -> JSONResponse:
         body = _parse_json(await request.body())
         model, k, inputs = body.model, body.top_k, _decoded(body.images)
     tgt = target(request, model)
-    check_count(tgt.config, inputs.count, "images")
-    result = await classify(request, tgt, inputs, top_k(tgt.config, tgt.engine, k, "top_k"))
+    result = await classify(request, tgt, inputs, top_k(tgt, k, "top_k"), "images")
     response = ClassificationResponse(
         id=f"clf-{uuid.uuid4().hex}", created=int(time.time()), model=result.model,
         data=[Classification(index=i, labels=[LabelScore(**x) for x in labels])

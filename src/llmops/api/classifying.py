@@ -1,18 +1,12 @@
-"""One classification request on its way through, for both the Open Inference Protocol and
-/v1/classifications:
-
-    model + key permission → decode (off the event loop, within limits: a bad image is a 400 before
-    anything is counted) → budget and breaker → cache lookup (identical images, same top_k)
-    → admission → engine (deadline, disconnect) → cost per image + metrics → cache store
-
-The routes only parse their wire format into `ClassifyInputs` and format the `Classified` result.
-"""
+"""What the Open Inference Protocol routes and /v1/classifications share: find the model (404, 403, 503), check
+top_k, decode the images off the event loop within the model's limits (a bad image is a 400 before anything is
+counted or charged), then the pipeline (pipeline/classify.py: budget, cache, admission, the batcher, cost per
+image, metrics) and the cache store. The routes only parse their wire format and format the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +15,12 @@ from fastapi import Request
 
 from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
-from llmops.api.request_meta import RequestMeta, request_meta
-from llmops.engines.base import ClassifyEngine, ClassifyRequest, Label
-from llmops.errors import DeadlineExceeded, InvalidRequest, LLMOpsError, ModelNotFound
+from llmops.engines.base import ClassifyEngine, ClassifyRequest
+from llmops.errors import InvalidRequest
 from llmops.media.image_input import ImageLimits, decode_images
-from llmops.middleware.observe import log_fields
-from llmops.observability.inference import InferenceObserver
-from llmops.observability.metrics import rejection_reason
-from llmops.scheduling.pool import Served
+from llmops.pipeline import stages
+from llmops.pipeline.classify import ClassifyWork, check_count
+from llmops.pipeline.classify import classify as run_classify
 from llmops.settings import ModelConfig
 
 Classes = list[list[dict[str, Any]]]  # per image: [{"label", "score", "index"}, ...] best first
@@ -61,40 +53,27 @@ class Classified:
 
 @dataclass
 class Target:
-    served: Served
+    config: ModelConfig
     engine: ClassifyEngine
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.served.config
 
 
 def target(request: Request, name: str | None) -> Target:
-    """The named classify model (the first configured one when None), loaded, and allowed for this key."""
-    if name is None:
-        name = next((m.name for m in deps.settings(request).models if m.kind == "classify"), "")
-    served = deps.pool(request).get(name, "classify")
-    if not isinstance(served.engine, ClassifyEngine):
-        raise ModelNotFound(f"model {name!r} does not classify images", param="model")
+    """The named classify model (the first configured one when None), allowed for this key, loaded."""
+    pool = deps.pool(request)
+    name = name or pool.default_model("classify")
+    pool.config(name, "classify")
     deps.authorize(request, name)
-    return Target(served, served.engine)
+    served, engine = pool.classify_engine(name)
+    return Target(served.config, engine)
 
 
-def top_k(cfg: ModelConfig, engine: ClassifyEngine, requested: Any, param: str) -> int:
+def top_k(tgt: Target, requested: Any, param: str) -> int:
+    labels = len(tgt.engine.labels)
     if requested is None:
-        return min(cfg.limits.classify.default_top_k, len(engine.labels))
-    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= len(engine.labels):
-        raise InvalidRequest(f"{param} must be an integer from 1 to {len(engine.labels)} (the model's classes)",
-                             param=param)
+        return min(tgt.config.limits.classify.default_top_k, labels)
+    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= labels:
+        raise InvalidRequest(f"{param} must be an integer from 1 to {labels} (the model's classes)", param=param)
     return requested
-
-
-def check_count(cfg: ModelConfig, count: int, param: str) -> None:
-    limit = cfg.limits.classify.max_images
-    if count > limit:
-        raise InvalidRequest(f"{count} images in one request; the limit is {limit}", param=param)
-    if count < 1:
-        raise InvalidRequest("no images to classify", param=param)
 
 
 def image_limits(cfg: ModelConfig) -> ImageLimits:
@@ -102,50 +81,18 @@ def image_limits(cfg: ModelConfig) -> ImageLimits:
     return ImageLimits(c.max_image_bytes, c.max_pixels, tuple(c.formats))
 
 
-async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int) -> Classified:
-    cfg = tgt.config
+async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int, count_param: str) -> Classified:
     images: list[Any] = []
     if inputs.pixels is None:
-        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(cfg))
-    cacher = deps.cacher(request)
-    key = cacher.key(request, "classify", {"model": cfg.name, "top_k": k, "inputs": inputs.fingerprint()}, True)
-    accountant = deps.accountant(request)
-    charge = await accountant.admit(deps.api_key(request), cfg)  # a cached answer passes the budget too
-    obs = InferenceObserver(request.app.state.metrics, request.app.state.tracer, cfg.name, log_fields(request.scope))
-    meta = request_meta(request, cfg)
-    classified, engine_s, status = 0, 0.0, "error"
-    try:
-        hit = await cacher.get(key, cfg.name)
-        if hit is not None:
-            status = "success"
-            return Classified(cfg.name, hit["classes"], {"X-Cache": "hit"})
-        job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
-        classes, engine_s = await cancel_on_disconnect(request, _classify(tgt, job, meta, obs))
-        classified, status = inputs.count, "success"
-        await cacher.put(key, {"classes": classes})
-        return Classified(cfg.name, classes, {**meta.headers(), "X-Cache": "miss" if key else "bypass"})
-    except LLMOpsError as exc:
-        status = rejection_reason(exc.code) or ("cancelled" if exc.code == "cancelled" else "error")
-        raise
-    finally:
-        accountant.settle(charge, images=classified, engine_s=engine_s)
-        obs.classified(status, inputs.count if status == "success" else 0)
-
-
-async def _classify(tgt: Target, job: ClassifyRequest, meta: RequestMeta,
-                    obs: InferenceObserver) -> tuple[Classes, float]:
-    async with tgt.served.admission.slot(meta.deadline, meta.priority) as ticket:
-        meta.admitted(ticket)
-        obs.admitted(ticket)
-        obs.metrics.batch_size.labels(tgt.config.name).observe(job.count)
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(max(0.0, meta.deadline - time.monotonic())):
-                (result,) = await tgt.engine.classify([job])
-        except TimeoutError:
-            raise DeadlineExceeded("the classification ran past its deadline") from None
-        return [[_label(label) for label in labels] for labels in result], time.perf_counter() - started
-
-
-def _label(label: Label) -> dict[str, Any]:
-    return {"label": label.label, "score": label.score, "index": label.index}
+        check_count(tgt.config, inputs.count, count_param)  # before decoding any
+        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt.config))
+    job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
+    work = ClassifyWork(tgt.config.name, job, inputs.fingerprint(), count_param)
+    services = deps.services(request)
+    call = await stages.prepare(services, deps.context(request), work)
+    if call.hit is not None:
+        return Classified(call.config.name, call.hit["classes"], call.headers())
+    result = await cancel_on_disconnect(request, run_classify(services, call, work))
+    classes = [[{"label": x.label, "score": x.score, "index": x.index} for x in labels] for labels in result]
+    await stages.cache_store(services, call, {"classes": classes})
+    return Classified(call.served, classes, call.headers())

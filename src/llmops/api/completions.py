@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
-from llmops.api.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.api.sse import event
 from llmops.errors import InvalidRequest
+from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.protocol.completions import Completion, CompletionChoice, CompletionRequest
 
 router = APIRouter()
@@ -23,7 +23,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         raise InvalidRequest("send one prompt per request (a list of several prompts is not supported)",
                              param="prompt")
     call = await textcall.prepare(request, body, "completions", prompt=prompt)
-    return await textcall.respond(call, body, replay=lambda hit: _replay(hit, body),
+    return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
                                   complete=lambda done: _completion(done, body.model, new_id("cmpl"), now()))
 

@@ -1,4 +1,5 @@
-"""Typed access to what the lifespan put on the app."""
+"""What a router reads from the app and the HTTP request: the typed services, and the request's
+`RequestContext` (built once per request, from the values the edge middleware left in the scope)."""
 
 from __future__ import annotations
 
@@ -6,57 +7,65 @@ from typing import cast
 
 from fastapi import Request
 
-from llmops.errors import PermissionDenied
+from llmops import http_edge
 from llmops.pipeline.accounting import Accountant
-from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.cache import ResponseCacher, opted_out
+from llmops.pipeline.context import RequestContext, parse_priority, parse_timeout
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
-from llmops.prompts.registry import PromptRegistry
+from llmops.pipeline.services import Services
+from llmops.pipeline.stages import authorize as authorize_model
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores import State
 from llmops.stores.keys import ApiKey
 
 
+def services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)
+
+
+def context(request: Request) -> RequestContext:
+    """The request's context for the pipeline; 400 for a malformed X-Request-Timeout or X-Priority."""
+    headers = request.headers
+    return RequestContext(
+        key=api_key(request), request_id=str(request.scope.get("state", {}).get("request_id", "-")),
+        timeout_s=parse_timeout(headers.get("x-request-timeout")), priority=parse_priority(headers.get("x-priority")),
+        cache_opt_out=opted_out(headers.get("cache-control")), log=http_edge.log_fields(request.scope))
+
+
 def pool(request: Request) -> ModelPool:
-    return cast(ModelPool, request.app.state.pool)
+    return services(request).pool
 
 
 def settings(request: Request) -> Settings:
-    return cast(Settings, request.app.state.settings)
+    return services(request).settings
 
 
 def accountant(request: Request) -> Accountant:
-    return cast(Accountant, request.app.state.accountant)
+    return services(request).accountant
 
 
 def router(request: Request) -> Router:
-    return cast(Router, request.app.state.router)
-
-
-def prompts(request: Request) -> PromptRegistry:
-    return cast(PromptRegistry, request.app.state.prompts)
+    return services(request).router
 
 
 def cacher(request: Request) -> ResponseCacher:
-    return cast(ResponseCacher, request.app.state.cacher)
+    return services(request).cacher
 
 
 def guardrails(request: Request) -> Guardrails:
-    return cast(Guardrails, request.app.state.guardrails)
+    return services(request).guardrails
 
 
 def state(request: Request) -> State:
-    return cast(State, request.app.state.state)
+    return services(request).state
 
 
 def api_key(request: Request) -> ApiKey | None:
-    key = request.scope.get("state", {}).get("api_key")
-    return key if isinstance(key, ApiKey) else None
+    return http_edge.api_key(request.scope)
 
 
 def authorize(request: Request, model: str) -> None:
     """403 when the caller's key may not use `model` (anonymous callers reach here only on an open server)."""
-    key = api_key(request)
-    if key is not None and not key.allows(model):
-        raise PermissionDenied(f"this API key may not use model {model!r}", param="model", code="model_not_allowed")
+    authorize_model(api_key(request), model)

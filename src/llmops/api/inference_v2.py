@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from llmops import __version__
 from llmops.api import deps
-from llmops.api.classifying import ClassifyInputs, Target, check_count, classify, target, top_k
+from llmops.api.classifying import ClassifyInputs, Target, classify, target, top_k
 from llmops.errors import InvalidRequest, ModelNotFound
 from llmops.protocol.inference_v2 import (
     Datatype,
@@ -53,7 +53,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    ok = deps.pool(request).ready() and not request.app.state.lifecycle.draining
+    ok = deps.pool(request).ready() and not deps.services(request).lifecycle.draining
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
 
@@ -94,10 +94,9 @@ async def infer(name: str, body: InferenceRequest, request: Request) -> JSONResp
         raise InvalidRequest(f"model {name!r} takes one input (BYTES images or an FP32 tensor); got "
                              f"{len(body.inputs)}", param="inputs")
     wanted = _wanted_outputs(body)
-    k = top_k(tgt.config, tgt.engine, (body.parameters or {}).get("top_k"), "parameters.top_k")
+    k = top_k(tgt, (body.parameters or {}).get("top_k"), "parameters.top_k")
     inputs = _inputs(tgt, body.inputs[0])
-    check_count(tgt.config, inputs.count, "inputs[0].shape")
-    result = await classify(request, tgt, inputs, k)
+    result = await classify(request, tgt, inputs, k, "inputs[0].shape")
     outputs = [_output(o, result.classes) for o in wanted]
     response = InferenceResponse(model_name=result.model, id=body.id, outputs=outputs)
     return JSONResponse(response.model_dump(exclude_none=True), headers=result.headers)

@@ -13,7 +13,7 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    created = request.app.state.started_at
+    created = deps.services(request).started_at
     key = deps.api_key(request)
     every = deps.pool(request).names() + deps.router(request).names()  # models, then routed aliases
     names = [n for n in every if key is None or key.allows(n)]
@@ -24,4 +24,4 @@ async def list_models(request: Request) -> ModelList:
 async def get_model(model_id: str, request: Request) -> ModelCard:
     if model_id not in deps.pool(request).names() + deps.router(request).names():
         raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
-    return ModelCard(id=model_id, created=request.app.state.started_at)
+    return ModelCard(id=model_id, created=deps.services(request).started_at)

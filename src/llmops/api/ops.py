@@ -9,13 +9,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmops.api import deps
+from llmops.errors import ModelNotReady
 
 router = APIRouter()
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    registry = deps.services(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -30,7 +31,7 @@ async def ready(request: Request) -> JSONResponse:
     models: dict[str, Any] = {
         name: {"state": h.state, **h.detail} for name, h in pool.states().items()
     }
-    draining = request.app.state.lifecycle.draining
+    draining = deps.services(request).lifecycle.draining
     is_ready = pool.ready() and not draining
     status = "draining" if draining else ("ready" if is_ready else "not_ready")
     state = deps.state(request)
@@ -38,5 +39,5 @@ async def ready(request: Request) -> JSONResponse:
             # informative only: with on_error open the server serves without Redis, and with closed it
             # answers 503 per request; restarting pods would not bring Redis back
             "state": {"backend": state.backend, "reachable": await state.reachable()}}
-    headers = {} if is_ready else {"Retry-After": "5"}
+    headers = {} if is_ready else {"Retry-After": str(ModelNotReady.retry_after)}
     return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)

@@ -14,6 +14,7 @@ from llmops.errors import ConfigError, EngineUnavailable
 
 ENGINES: dict[str, str] = {
     "fake": "llmops.engines.fake:FakeTextEngine",
+    "fake-image": "llmops.engines.fake_image:FakeImageEngine",
     "llamacpp": "llmops.engines.llamacpp:LlamaCppEngine",
     "transformers": "llmops.engines.transformers:TransformersEngine",
     "diffusers": "llmops.engines.diffusers:DiffusersEngine",

@@ -11,48 +11,31 @@ from __future__ import annotations
 
 import time
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmops.errors import LLMOpsError, Unauthorized, error_format, error_response_parts
-from llmops.middleware.observe import log_fields
+from llmops.errors import LLMOpsError, Unauthorized
+from llmops.http_edge import ADMIN_PREFIX, PROBES, UNKNOWN_MODEL, presented_key, send_error, set_api_key
+from llmops.observability.metrics import Metrics
 from llmops.stores.keys import KeyStore, verify
-
-OPEN_PATHS = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")
-
-
-def presented_key(scope: Scope) -> str | None:
-    headers = dict(scope["headers"])
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
-    return key or None
-
-
-async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
-                     headers: dict[str, str] | None = None) -> None:
-    """Answer from middleware (outside FastAPI's handlers) in the path's envelope (OpenAI, or V2 under /v2)."""
-    status, body, extra = error_response_parts(exc, error_format(scope.get("path", "")))
-    await JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})(scope, receive, send)
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, store: KeyStore, metrics_require_key: bool) -> None:
-        self.app, self.store = app, store
-        self.open_paths = OPEN_PATHS if metrics_require_key else (*OPEN_PATHS, "/metrics")
+    def __init__(self, app: ASGIApp, store: KeyStore, metrics_require_key: bool, metrics: Metrics,
+                 refresh_s: float = 1.0) -> None:
+        self.app, self.store, self.metrics, self.refresh_s = app, store, metrics, refresh_s
+        self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
         self._active: tuple[float, int] = (0.0, 0)
 
     async def _any_keys(self) -> bool:
         checked_at, count = self._active
-        if time.monotonic() - checked_at > 1.0:  # keys created by the CLI show up within a second
+        if time.monotonic() - checked_at >= self.refresh_s:  # keys created by the CLI show up this soon
             count = await self.store.key_count()
             self._active = (time.monotonic(), count)
         return count > 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.open_paths or path.startswith("/admin"):
+        if scope["type"] != "http" or path in self.open_paths or path.startswith(ADMIN_PREFIX):
             await self.app(scope, receive, send)
             return
         try:
@@ -60,6 +43,7 @@ class AuthMiddleware:
             secret = presented_key(scope)
             key = await verify(self.store, secret) if keyed and secret else None
         except LLMOpsError as exc:  # the store is unreachable and cannot vouch for the key
+            self.metrics.reject(UNKNOWN_MODEL, exc)
             await send_error(exc, scope, receive, send)
             return
         if not keyed:
@@ -69,6 +53,5 @@ class AuthMiddleware:
             message = "invalid API key" if secret else "missing API key: send Authorization: Bearer <key>"
             await send_error(Unauthorized(message), scope, receive, send, {"WWW-Authenticate": "Bearer"})
             return
-        scope.setdefault("state", {})["api_key"] = key
-        log_fields(scope)["key_id"] = key.id
+        set_api_key(scope, key)
         await self.app(scope, receive, send)

@@ -3,27 +3,26 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmops.errors import ShuttingDown, error_response_parts
+from llmops.errors import ShuttingDown
+from llmops.http_edge import OPS, UNKNOWN_MODEL, send_error
 from llmops.lifecycle import Lifecycle
-
-UNCOUNTED = ("/health", "/ready", "/metrics")
+from llmops.observability.metrics import Metrics
 
 
 class DrainMiddleware:
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
-        self.app = app
-        self.lifecycle = lifecycle
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.app, self.lifecycle, self.metrics = app, lifecycle, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNCOUNTED:
+        if scope["type"] != "http" or scope["path"] in OPS:
             await self.app(scope, receive, send)
             return
         if self.lifecycle.draining:
-            status, body, headers = error_response_parts(ShuttingDown("the server is shutting down", retry_after=5))
-            await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+            error = ShuttingDown("the server is shutting down")
+            self.metrics.reject(UNKNOWN_MODEL, error)
+            await send_error(error, scope, receive, send)
             return
         self.lifecycle.enter()
         try:

@@ -5,20 +5,15 @@ tokens, queue time...); prompts and outputs are never added unless `log_content`
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmops.http_edge import log_fields
 from llmops.observability.logging import request_logger
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
 
 UNLOGGED = ("/health", "/ready", "/metrics")
-
-
-def log_fields(scope: Scope) -> dict[str, Any]:
-    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("log_fields", {})
-    return fields
 
 
 def _route(scope: Scope) -> str:

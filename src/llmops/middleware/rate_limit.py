@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmops.errors import LLMOpsError, RateLimited
-from llmops.middleware.auth import send_error
+from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, api_key, send_error
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
 from llmops.tasks import TaskSet
 
-EXEMPT = ("/health", "/ready", "/metrics")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 HOLD_TTL_S = 600.0  # an in-flight place not released (a replica died) frees itself after this
 
@@ -62,20 +61,21 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in EXEMPT or path.startswith("/admin"):
+        if scope["type"] != "http" or path in OPS or path.startswith(ADMIN_PREFIX):
             await self.app(scope, receive, send)
             return
-        key: ApiKey | None = scope.get("state", {}).get("api_key")
+        key = api_key(scope)
         try:
             decision = await self._requests(scope, key)
             holder = await self._hold(key)
         except LLMOpsError as exc:
+            self.metrics.reject(UNKNOWN_MODEL, exc)
             await send_error(exc, scope, receive, send)
             return
         if decision is not None and not decision.allowed:
-            self.metrics.rejections.labels("-", "rate_limit").inc()
             error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
                                 retry_after=math.ceil(decision.retry_after_s))
+            self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
             await send_error(error, scope, receive, send, _headers(decision))
             return
         try:
@@ -99,9 +99,9 @@ class RateLimitMiddleware:
             return None
         holder = uuid.uuid4().hex
         if not await self.counters.acquire(key.id, key.limits.max_concurrent, holder, HOLD_TTL_S):
-            self.metrics.rejections.labels("-", "concurrency").inc()
-            raise RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once",
-                              retry_after=1)
+            error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
+            self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
+            raise error
         return holder
 
 

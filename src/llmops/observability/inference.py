@@ -1,17 +1,28 @@
 """Observing one inference request as its output flows: time to first token, inter-token latency,
-end-to-end latency, token counts, queue time, outcome; into metrics, the access-log line and spans."""
+end-to-end latency, token counts, queue time, outcome; into metrics, the access-log line and spans.
+
+Outcomes (`inference_requests_total{status}`): success; cancelled (the client went away, or cancelled the
+job: not an error); a refusal's reason (overload, deadline, budget...: also in llmops_rejections_total);
+error (the engine failed)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from llmops.engines.base import TextChunk
-from llmops.errors import LLMOpsError
-from llmops.observability.metrics import Metrics, rejection_reason
+from llmops.errors import LLMOpsError, RequestCancelled
+from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
-from llmops.scheduling.admission import Ticket
+
+
+class Admitted(Protocol):
+    """What admission told (scheduling.admission.Ticket)."""
+
+    position: int
+    queued_s: float
 
 
 class InferenceObserver:
@@ -22,7 +33,7 @@ class InferenceObserver:
         self._engine: Any = None
         log["model"] = model
 
-    def admitted(self, ticket: Ticket) -> None:
+    def admitted(self, ticket: Admitted) -> None:
         self.metrics.queue_time.labels(self.model).observe(ticket.queued_s)
         self.log.update(queue_position=ticket.position, queue_ms=round(ticket.queued_s * 1000, 1))
         self._admission.end()
@@ -48,17 +59,21 @@ class InferenceObserver:
                     completion += chunk.usage.completion_tokens
                 yield index, chunk
             status = "success"
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+            status = "cancelled"
+            raise
         except LLMOpsError as exc:
-            status = self._rejected(exc)
+            status = self.outcome(exc)
             raise
         finally:
             self._finish(status, prompt, completion)
 
-    def _rejected(self, exc: LLMOpsError) -> str:
-        reason = rejection_reason(exc.code)
-        if reason is not None:
-            self.metrics.rejections.labels(self.model, reason).inc()
-            return reason
+    def outcome(self, exc: BaseException) -> str:
+        """The status label for a request that ended with `exc` (a refusal is counted as one, once)."""
+        if isinstance(exc, (asyncio.CancelledError, RequestCancelled)):
+            return "cancelled"
+        if isinstance(exc, LLMOpsError):
+            return self.metrics.reject(self.model, exc) or "error"
         return "error"
 
     def _finish(self, status: str, prompt: int, completion: int) -> None:
@@ -74,6 +89,9 @@ class InferenceObserver:
         for span in (self._admission, self._engine):
             if span is not None:
                 span.end()
+
+    def images_failed(self, exc: BaseException) -> None:
+        self.images(self.outcome(exc), 0)
 
     def images(self, status: str, count: int) -> None:
         elapsed = time.perf_counter() - self.started

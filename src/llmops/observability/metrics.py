@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmops.errors import LLMOpsError, kind_of
+
 GUIDE_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -78,8 +80,8 @@ class Metrics:
         self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
-        self.images_classified = Counter("llmops_images_classified", "Images classified (cache hits included)",
-                                         ["model"], registry=r)
+        self.images_classified = Counter("llmops_images_classified",
+                                         "Images classified by a model (cache hits are not)", ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
                              ["model", "key"], registry=r)
@@ -105,12 +107,29 @@ class Metrics:
         self.registry.register(_LiveCollector(loads, gpus))
 
 
+    def reject(self, model: str, error: LLMOpsError, reason: str | None = None) -> str | None:
+        """Count a refusal in llmops_rejections_total once (the first site that sees it names the model):
+        every 429 and 503, plus deadlines and guardrail blocks. The reason, or None when `error` is not a
+        refusal."""
+        reason = reason or rejection_reason(error.code, kind_of(error).status)
+        if reason is None or error.counted:
+            return reason
+        self.rejections.labels(model, reason).inc()
+        error.counted = True
+        return reason
+
+
 REJECTION_REASONS: dict[str, str] = {
     "overloaded": "overload", "deadline_exceeded": "deadline", "shutting_down": "draining",
     "rate_limit_exceeded": "rate_limit", "insufficient_quota": "budget", "content_filter": "guardrail",
     "spend_limit_reached": "spend_breaker", "store_unavailable": "store_unavailable",
+    "model_failed": "model_failed", "service_unavailable": "not_ready", "upstream_unavailable": "upstream",
 }
 
 
-def rejection_reason(code: str | None) -> str | None:
-    return REJECTION_REASONS.get(code or "")
+def rejection_reason(code: str | None, status: int | None = None) -> str | None:
+    """The rejections label for an error code; any other 429/503 counts as `rate_limit`/`unavailable`."""
+    reason = REJECTION_REASONS.get(code or "")
+    if reason is None and status in (429, 503):
+        return "rate_limit" if status == 429 else "unavailable"
+    return reason

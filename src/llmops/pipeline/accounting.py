@@ -2,14 +2,19 @@
 
 - the global spend circuit breaker: while the last hour's spend (all keys) is above `spend.max_usd_per_hour`,
   new requests get 503 spend_limit_reached (the guide's "cost circuit breakers");
-- the key's budget: spent in the current period >= budget → 429 insufficient_quota;
+- the key's budget, reserved: each request reserves its worst-case cost (the prompt estimate plus its
+  max_tokens, or its images plus its deadline's engine time, at the model's prices) when admitted, and the
+  reservation is replaced by the real cost when it settles. A request is refused (429 insufficient_quota)
+  while spent + reserved >= budget; the check and the reservation happen without an await between them, so
+  concurrent requests in one process see each other and a key overshoots its budget by at most one request's
+  worst-case cost (per replica: reservations are not shared through Redis, spend is);
 - the key's tokens/min: the prompt's tokens are counted when the request is admitted (estimated at four
   characters per token, since the engine tokenizes later), and the completion's when it settles, together
   with the correction of the estimate to the engine's exact prompt count;
 - the cost from the model's price table, recorded against the key and model.
 
-Spend totals are read from the store at most once a second per key (and for the breaker); this process's own
-spend is added to them at once, so one replica is exact and replicas see each other within a second.
+Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker); this
+process's own spend is added to them at once, so one replica is exact and replicas see each other within it.
 Settling runs in a background task so that a cancelled request (client gone) is still accounted."""
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from llmops.stores.ledger import ANONYMOUS, SpendEntry
 from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
-REFRESH_S = 1.0
 CHARS_PER_TOKEN = 4
 
 
@@ -44,11 +48,23 @@ class Charge:
     key: ApiKey | None
     model: ModelConfig
     estimated_prompt: int = 0
+    reserved_usd: float = 0.0  # held against the key's budget until the request settles
     settled: bool = field(default=False)
 
     @property
     def key_id(self) -> str:
         return self.key.id if self.key is not None else ANONYMOUS
+
+
+def worst_case_text_usd(model: ModelConfig, prompt_tokens: int, max_tokens: int | None, n: int) -> float:
+    """A text request's most expensive outcome: its prompt, and every choice using all its max_tokens."""
+    completion = (max_tokens if max_tokens is not None else model.limits.default_max_tokens) * n
+    return cost_usd(model, prompt_tokens, completion, 0, 0.0)
+
+
+def worst_case_image_usd(model: ModelConfig, images: int, engine_s: float) -> float:
+    """An image request's most expensive outcome: its n images and engine time up to its deadline."""
+    return cost_usd(model, 0, 0, images, engine_s)
 
 
 def cost_usd(model: ModelConfig, prompt_tokens: int, completion_tokens: int, images: int, engine_s: float) -> float:
@@ -62,51 +78,78 @@ class Accountant:
         self.state, self.spend, self.metrics = state, spend, metrics
         self._key_spend: dict[str, tuple[float, float, float]] = {}  # key -> (period start, usd, read at)
         self._hour: tuple[float, float] = (0.0, -math.inf)  # (usd, read at)
+        self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
         self._tasks = TaskSet()
 
-    async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0) -> Charge:
+    async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
+                    worst_case_usd: float = 0.0) -> Charge:
+        """Breaker, budget (reserving `worst_case_usd`) and tokens/min; raises the refusal."""
         await self._check_breaker(model.name)
         charge = Charge(key, model, estimate_tokens(prompt_chars) if prompt_chars else 0)
         if key is None:
             return charge
-        await self._check_budget(key, model.name)
+        await self._reserve(key, model.name, charge, worst_case_usd)
         if key.limits.tpm is not None and charge.estimated_prompt:
-            decision = await self.state.counters.hit_tokens(key.id, key.limits.tpm, charge.estimated_prompt)
+            try:
+                decision = await self.state.counters.hit_tokens(key.id, key.limits.tpm, charge.estimated_prompt)
+            except BaseException:
+                self._release(charge)
+                raise
             if not decision.allowed:
-                self.metrics.rejections.labels(model.name, "token_limit").inc()
-                raise RateLimited(f"token limit of {key.limits.tpm} tokens/min exceeded (this prompt: about "
-                                  f"{charge.estimated_prompt} tokens)", retry_after=math.ceil(decision.retry_after_s))
+                self._release(charge)
+                error = RateLimited(f"token limit of {key.limits.tpm} tokens/min exceeded (this prompt: about "
+                                    f"{charge.estimated_prompt} tokens)", retry_after=math.ceil(decision.retry_after_s))
+                self.metrics.reject(model.name, error, "token_limit")
+                raise error
         return charge
+
+    def reserved(self, key_id: str) -> float:
+        return self._reserved.get(key_id, 0.0)
+
+    def _release(self, charge: Charge) -> None:
+        if charge.reserved_usd:
+            left = self._reserved.get(charge.key_id, 0.0) - charge.reserved_usd
+            self._reserved[charge.key_id] = max(0.0, left)
+            charge.reserved_usd = 0.0
 
     async def _check_breaker(self, model: str) -> None:
         ceiling = self.spend.max_usd_per_hour
         if ceiling is None:
             return
         usd, read_at = self._hour
-        if time.monotonic() - read_at > REFRESH_S:
+        if time.monotonic() - read_at >= self.spend.refresh_s:
             usd = await self.state.ledger.hour_spend()
             self._hour = (usd, time.monotonic())
         if usd >= ceiling:
-            self.metrics.rejections.labels(model, "spend_breaker").inc()
-            raise SpendLimitReached(f"spend circuit breaker open: ${usd:.2f} in the last hour is above the "
-                                    f"${ceiling:.2f} ceiling; new requests are refused until it falls back")
+            error = SpendLimitReached(f"spend circuit breaker open: ${usd:.2f} in the last hour is above the "
+                                      f"${ceiling:.2f} ceiling; new requests are refused until it falls back")
+            self.metrics.reject(model, error)
+            raise error
 
-    async def _check_budget(self, key: ApiKey, model: str) -> None:
+    async def _reserve(self, key: ApiKey, model: str, charge: Charge, worst_case_usd: float) -> None:
+        """Check the budget and reserve the request's worst case, atomically in this process (no await
+        between reading what is reserved and adding to it)."""
         budget = key.limits.budget_usd
         if budget is None:
             return
         start, end = period_bounds(key.limits.budget_period, time.time())
         spent = await self.key_spend(key, start)
+        reserved = self._reserved.get(key.id, 0.0)
         self.metrics.budget_used.labels(key.id).set(spent / budget if budget else 1.0)
-        if spent >= budget:
-            self.metrics.rejections.labels(model, "budget").inc()
+        if spent + reserved >= budget:
             resets = f"; it resets in {math.ceil((end - time.time()) / 3600)} h" if end else ""
-            raise QuotaExceeded(f"this API key's budget of ${budget:.2f} per {key.limits.budget_period} is spent "
-                                f"(${spent:.4f}){resets}", retry_after=math.ceil(end - time.time()) if end else None)
+            held = f", ${reserved:.4f} more held by requests in flight" if reserved else ""
+            error = QuotaExceeded(f"this API key's budget of ${budget:.2f} per {key.limits.budget_period} is "
+                                  f"spent (${spent:.4f}{held}){resets}",
+                                  retry_after=math.ceil(end - time.time()) if end else None)
+            self.metrics.reject(model, error)
+            raise error
+        self._reserved[key.id] = reserved + worst_case_usd
+        charge.reserved_usd = worst_case_usd
 
     async def key_spend(self, key: ApiKey, start: float) -> float:
         cached = self._key_spend.get(key.id)
-        if cached is not None and cached[0] == start and time.monotonic() - cached[2] <= REFRESH_S:
+        if cached is not None and cached[0] == start and time.monotonic() - cached[2] < self.spend.refresh_s:
             return cached[1]
         spent = await self.state.ledger.key_spend(key.id, start)
         self._key_spend[key.id] = (start, spent, time.monotonic())
@@ -132,9 +175,11 @@ class Accountant:
             cost = cost_usd(model, prompt, completion, images, engine_s)
             await self.state.ledger.record(SpendEntry(charge.key_id, model.name, cost, prompt, completion, images))
             self.metrics.spend.labels(model.name, charge.key_id).inc(cost)
-            self._add_local(charge.key_id, cost)
+            self._add_local(charge.key_id, cost)  # the real cost replaces the reservation in one step
         except Exception:  # accounting must never take the server down; the store logs its own failures
             log.exception("could not record a request's usage")
+        finally:
+            self._release(charge)
 
     def _add_local(self, key_id: str, cost: float) -> None:
         usd, read_at = self._hour

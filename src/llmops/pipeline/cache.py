@@ -1,14 +1,13 @@
 """The response cache: exact match on the normalised request, for deterministic requests only
 (temperature 0, or a seed given). A hit returns the stored body unchanged, replayed as a stream to a
-streaming request; a request opts out with `Cache-Control: no-cache` or `no-store`."""
+streaming request; a request opts out with `Cache-Control: no-cache` or `no-store` (read at the edge into
+`RequestContext.cache_opt_out`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from typing import Any, Literal
-
-from fastapi import Request
 
 from llmops.observability.metrics import Metrics
 from llmops.settings import CacheSettings
@@ -22,8 +21,8 @@ def cache_key(kind: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def opted_out(request: Request) -> bool:
-    directives = request.headers.get("cache-control", "").lower()
+def opted_out(cache_control: str | None) -> bool:
+    directives = (cache_control or "").lower()
     return "no-cache" in directives or "no-store" in directives
 
 
@@ -31,13 +30,12 @@ class ResponseCacher:
     def __init__(self, store: ResponseCache, settings: CacheSettings, metrics: Metrics) -> None:
         self.store, self.settings, self.metrics = store, settings, metrics
 
-    def key(self, request: Request, kind: str, payload: dict[str, Any], deterministic: bool) -> str | None:
-        """The cache key, or None when this request must not use the cache."""
-        if not self.settings.enabled or not deterministic or opted_out(request):
+    def key(self, kind: str, payload: dict[str, Any] | None, *, opt_out: bool, key_id: str | None) -> str | None:
+        """The cache key, or None when this request must not use the cache (`payload` None: not deterministic)."""
+        if not self.settings.enabled or payload is None or opt_out:
             return None
         if self.settings.scope == "key":
-            key = request.scope.get("state", {}).get("api_key")
-            payload = {**payload, "api_key": key.id if key is not None else None}
+            payload = {**payload, "api_key": key_id}
         return cache_key(kind, payload)
 
     async def get(self, key: str | None, model: str) -> dict[str, Any] | None:

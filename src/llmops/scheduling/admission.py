@@ -28,6 +28,7 @@ class _Waiter:
     rank: int
     seq: int
     granted: asyncio.Future[None] = field(compare=False)
+    staged: bool = field(default=False, compare=False)  # granted, it waits for a batch before it runs
 
 
 @dataclass
@@ -38,10 +39,57 @@ class Ticket:
     queued_s: float = 0.0
 
 
+class Place:
+    """One request's place at admission: granted a running slot already, or waiting in the queue. Made by
+    `Admission.enter` (which refuses at once when the queue is full), then awaited with `wait`, then
+    given back with `release` however the work ends."""
+
+    def __init__(self, admission: Admission, waiter: _Waiter | None, position: int, staged: bool) -> None:
+        self._admission, self._waiter, self.position = admission, waiter, position
+        self._staged = staged  # counted as queued (in `Admission.staged`) from its grant until `start`
+        self._released = False
+
+    def start(self) -> None:
+        """A staged place's work reaches the engine (a batcher calls it): it stops counting as queued."""
+        if self._staged and self.granted:
+            self._staged = False
+            self._admission.staged -= 1
+
+    @property
+    def granted(self) -> bool:
+        return self._waiter is None or (self._waiter.granted.done() and not self._waiter.granted.cancelled())
+
+    def queue_position(self) -> int | None:
+        """Requests ahead of this one now (None once it runs)."""
+        if self._waiter is None or self.granted:
+            return None
+        return self._admission.ahead_of(self._waiter)
+
+    async def wait(self, deadline: float) -> Ticket:
+        """Until a slot is granted (504 when `deadline`, a `time.monotonic()` time, passes first)."""
+        if self._waiter is None:
+            return Ticket(self.position)
+        return await self._admission.wait(self._waiter, self.position, deadline)
+
+    def release(self) -> None:
+        """Give the slot back, or leave the queue; idempotent."""
+        if self._released:
+            return
+        self._released = True
+        if self._staged and self.granted:
+            self._staged = False
+            self._admission.staged -= 1
+        if self._waiter is None:
+            self._admission.release()
+        elif not self._admission.abandon(self._waiter) and not self._waiter.granted.cancelled():
+            self._admission.release()  # granted (not withdrawn earlier): give the slot back
+
+
 class Admission:
     def __init__(self, max_running: int, max_queued: int) -> None:
         self.max_running, self.max_queued = max_running, max_queued
         self.running = 0
+        self.staged = 0  # granted places not on the engine yet (waiting for their batch): queued, to a reader
         self._heap: list[_Waiter] = []
         self._seq = itertools.count()
         self.closed = False
@@ -50,58 +98,71 @@ class Admission:
     def waiting(self) -> int:
         return sum(1 for w in self._heap if not w.granted.done())
 
+    @property
+    def queued(self) -> int:
+        """What waits, for metrics and /ready: the queue, plus staged places waiting for their batch."""
+        return self.waiting + self.staged
+
+    @property
+    def on_engine(self) -> int:
+        return self.running - self.staged
+
     @asynccontextmanager
     async def slot(self, deadline: float, priority: Priority = "interactive") -> AsyncIterator[Ticket]:
         """Hold a running slot for the body of the `async with`. `deadline` is a `time.monotonic()` time."""
-        ticket = await self._acquire(deadline, priority)
+        place = self.enter(priority)
         try:
-            yield ticket
+            yield await place.wait(deadline)
         finally:
-            self._release()
+            place.release()
 
-    async def _acquire(self, deadline: float, priority: Priority) -> Ticket:
+    def enter(self, priority: Priority = "interactive", *, staged: bool = False) -> Place:
+        """A place now: a running slot if one is free and nobody waits, else a place in the queue; 503 at
+        once when the queue is full or admission is closed (draining). `staged`: the work waits for a batch
+        once granted, and counts as queued until `Place.start`."""
         if self.closed:
-            raise ShuttingDown("the server is shutting down", retry_after=5)
+            raise ShuttingDown("the server is shutting down")
         if self.running < self.max_running and not self.waiting:
             self.running += 1
-            return Ticket(position=0)
+            self.staged += staged
+            return Place(self, None, 0, staged)
         if self.waiting >= self.max_queued:
             raise Overloaded(f"{self.running} requests running and {self.waiting} queued: try again shortly",
                              retry_after=self._retry_after())
-        return await self._wait(deadline, priority)
-
-    async def _wait(self, deadline: float, priority: Priority) -> Ticket:
-        waiter = _Waiter(_RANK[priority], next(self._seq), asyncio.get_running_loop().create_future())
-        position = sum(1 for w in self._heap if not w.granted.done() and w < waiter)
+        waiter = _Waiter(_RANK[priority], next(self._seq), asyncio.get_running_loop().create_future(), staged)
+        position = self.ahead_of(waiter)
         heapq.heappush(self._heap, waiter)
+        return Place(self, waiter, position, staged)
+
+    def ahead_of(self, waiter: _Waiter) -> int:
+        return sum(1 for w in self._heap if not w.granted.done() and w < waiter)
+
+    async def wait(self, waiter: _Waiter, position: int, deadline: float) -> Ticket:
         started = time.monotonic()
         try:
             async with asyncio.timeout(max(0.0, deadline - started)):
                 await asyncio.shield(waiter.granted)
         except TimeoutError:
-            if not self._abandon(waiter):
+            if waiter.granted.done() and not waiter.granted.cancelled():
                 return Ticket(position, time.monotonic() - started)  # granted just as the deadline hit
             raise DeadlineExceeded(f"the request waited {time.monotonic() - started:.1f} s in the queue and "
                                    "reached its deadline before it could run") from None
-        except BaseException:
-            if not self._abandon(waiter):
-                self._release()
-            raise
         return Ticket(position, time.monotonic() - started)
 
-    def _abandon(self, waiter: _Waiter) -> bool:
+    def abandon(self, waiter: _Waiter) -> bool:
         """Withdraw a waiter. False when it had already been granted a slot (the caller then owns it)."""
         if waiter.granted.done():
             return False
         waiter.granted.cancel()
         return True
 
-    def _release(self) -> None:
+    def release(self) -> None:
         self.running -= 1
         while self._heap and self.running < self.max_running:
             waiter = heapq.heappop(self._heap)
             if not waiter.granted.done():
                 self.running += 1
+                self.staged += waiter.staged
                 waiter.granted.set_result(None)
 
     def _retry_after(self) -> int:

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import ClassifyEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
-from llmops.errors import ModelNotFound, ServiceUnavailable
+from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
 from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
 from llmops.settings import ModelConfig, Settings
@@ -31,13 +31,24 @@ class Served:
         return h
 
 
+def _max_running(cfg: ModelConfig, engine: Engine) -> int:
+    """Slots on the engine: the configured number, else the engine's capacity (for an image or classify model,
+    a whole batch: its granted jobs wait in the batcher so that they can coalesce)."""
+    if cfg.limits.max_running is not None:
+        return cfg.limits.max_running
+    if cfg.kind == "image":
+        return cfg.limits.image.max_batch_size
+    if cfg.kind == "classify":
+        return cfg.limits.classify.max_batch_size
+    return int(getattr(engine, "capacity", 1))
+
+
 class ModelPool:
     def __init__(self, settings: Settings) -> None:
         self._models: dict[str, Served] = {}
         for i, cfg in enumerate(settings.models):
             engine = build_engine(cfg.engine, cfg.name, cfg.options, f"models[{i}]")
-            running = cfg.limits.max_running or int(getattr(engine, "capacity", 1))
-            self._models[cfg.name] = Served(cfg, engine, Admission(running, cfg.limits.max_queued))
+            self._models[cfg.name] = Served(cfg, engine, Admission(_max_running(cfg, engine), cfg.limits.max_queued))
         self._loader: asyncio.Task[None] | None = None
 
     def names(self) -> list[str]:
@@ -68,12 +79,12 @@ class ModelPool:
         out = {}
         for name, served in self._models.items():
             health = served.health()
-            health.detail.update(running=served.admission.running, queued=served.admission.waiting)
+            health.detail.update(running=served.admission.on_engine, queued=served.admission.queued)
             out[name] = health
         return out
 
     def loads(self) -> dict[str, ModelLoad]:
-        return {name: ModelLoad(s.admission.running, s.admission.waiting, s.health().state)
+        return {name: ModelLoad(s.admission.on_engine, s.admission.queued, s.health().state)
                 for name, s in self._models.items()}
 
     def close_admission(self) -> None:
@@ -96,8 +107,10 @@ class ModelPool:
         self.config(name, kind)
         served = self._models[name]
         state = served.health().state
+        if state == "failed" or served.error is not None:
+            raise ModelFailed(f"model {name!r} failed to load: {served.error or 'see /ready'}", param="model")
         if state != "ready":
-            raise ServiceUnavailable(f"model {name!r} is {state}", retry_after=5)
+            raise ModelNotReady(f"model {name!r} is {state}")
         return served
 
     def text_engine(self, name: str) -> tuple[Served, TextEngine]:
@@ -106,11 +119,22 @@ class ModelPool:
             raise ModelNotFound(f"model {name!r} does not generate text", param="model")
         return served, served.engine
 
-    def image_engine(self, name: str | None) -> tuple[ModelConfig, ImageEngine]:
+    def default_image_model(self) -> str:
+        return self.default_model("image")
+
+    def default_model(self, kind: str) -> str:
+        """The first configured model of `kind` ("" when there is none)."""
+        return next((n for n, s in self._models.items() if s.config.kind == kind), "")
+
+    def classify_engine(self, name: str) -> tuple[Served, ClassifyEngine]:
+        served = self.get(name, "classify")
+        if not isinstance(served.engine, ClassifyEngine):
+            raise ModelNotFound(f"model {name!r} does not classify images", param="model")
+        return served, served.engine
+
+    def image_engine(self, name: str | None) -> tuple[Served, ImageEngine]:
         """The named image model, or the first configured one when `name` is None."""
-        if name is None:
-            name = next((n for n, s in self._models.items() if s.config.kind == "image"), "")
-        served = self.get(name, "image")
+        served = self.get(name or self.default_image_model(), "image")
         if not isinstance(served.engine, ImageEngine):
-            raise ModelNotFound(f"model {name!r} does not generate images", param="model")
-        return served.config, served.engine
+            raise ModelNotFound(f"model {served.config.name!r} does not generate images", param="model")
+        return served, served.engine

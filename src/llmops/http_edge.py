@@ -1,0 +1,61 @@
+"""The HTTP edge, in one place: which paths skip which middleware, where the per-request values live in the
+ASGI scope (the caller's key, the access-log fields), and how an error becomes a response.
+
+Middleware and the API routers read these; the pipeline never does (it gets a `pipeline.context.RequestContext`
+built from them once, by the router)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from llmops.errors import ErrorFormat, LLMOpsError, error_format, error_response_parts
+from llmops.stores.keys import ApiKey
+
+# always open (Kubernetes probes, and the Open Inference Protocol's)
+PROBES = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")  # no key, no rate limit, not counted in flight
+OPS = (*PROBES, "/metrics")  # not rate limited, not counted in flight, not logged when they succeed
+ADMIN_PREFIX = "/admin"  # guarded by the admin key in its own router
+UNKNOWN_MODEL = "-"  # the model label of refusals made before the body (and its model) is read
+
+
+def log_fields(scope: Scope) -> dict[str, Any]:
+    """The access-log line's extra fields for this request (model, tokens, queue time...)."""
+    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("log_fields", {})
+    return fields
+
+
+def api_key(scope: Scope) -> ApiKey | None:
+    """The key the auth middleware verified for this request (None on an open server)."""
+    key = scope.get("state", {}).get("api_key")
+    return key if isinstance(key, ApiKey) else None
+
+
+def set_api_key(scope: Scope, key: ApiKey) -> None:
+    scope.setdefault("state", {})["api_key"] = key
+    log_fields(scope)["key_id"] = key.id
+
+
+def presented_key(scope: Scope) -> str | None:
+    headers = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return key or None
+
+
+def error_response(exc: LLMOpsError, headers: dict[str, str] | None = None,
+                   fmt: ErrorFormat = "openai") -> JSONResponse:
+    """The OpenAI envelope for `exc` (or, `fmt` v2, the Open Inference Protocol's), with its status and
+    Retry-After / x-should-retry headers."""
+    status, body, extra = error_response_parts(exc, fmt)
+    return JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})
+
+
+async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer from middleware (outside FastAPI's handlers) in the path's envelope (OpenAI; V2 under /v2)."""
+    await error_response(exc, headers, error_format(scope.get("path", "")))(scope, receive, send)

@@ -1,0 +1,169 @@
+"""The request path, in one place. Every kind of work (chat, completions, images; later embeddings,
+classification) goes through the same stages in this order:
+
+    route → prompt → input guardrails → budget and breaker (reservation) → cache
+          → admission → engine (with fallbacks) → output guardrails → accounting → cache store
+
+`prepare` runs the stages up to the cache lookup, the same for every kind. The rest runs where the work's
+output flows: `pipeline.text.run` (chunks, fallbacks, output guardrails as text streams, accounting at the
+end) and `pipeline.images.generate` (a job behind the model's admission, accounting when it finishes).
+
+A kind plugs in through a small adapter, `Work`: which models serve it, the texts the guardrails read, its
+worst-case cost, and its cache payload. api/ parses the request into a Work, calls the pipeline and formats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from llmops.errors import PermissionDenied
+from llmops.pipeline.accounting import Charge
+from llmops.pipeline.context import RequestContext
+from llmops.pipeline.routing import Plan
+from llmops.pipeline.services import Services
+from llmops.scheduling.admission import Priority, Ticket
+from llmops.settings import ModelConfig
+from llmops.stores.keys import ApiKey
+
+STAGES = ("route", "prompt", "input_guardrails", "budget", "cache", "admission", "engine", "output_guardrails",
+          "accounting", "cache_store")
+ModelKind = Literal["chat", "image", "classify"]
+
+
+class Work(Protocol):
+    """One kind of work's adapter to the pipeline."""
+
+    @property
+    def kind(self) -> str:
+        """The cache namespace: "chat", "completions", "images", ..."""
+
+    @property
+    def model_kind(self) -> ModelKind:
+        """Which configured models serve it."""
+
+    @property
+    def model(self) -> str | None:
+        """As requested (an alias, maybe); None: the first model of its kind."""
+
+    @property
+    def user(self) -> str | None:
+        """The request's `user` (sticky routing without a key)."""
+
+    @property
+    def service_tier(self) -> str | None: ...
+
+    def check(self, config: ModelConfig) -> None:
+        """Refuse (4xx) what the chosen model does not accept."""
+
+    def prompt(self, call: Call, services: Services) -> None:
+        """Stage `prompt`: render a referenced prompt template into the work (most kinds: nothing)."""
+
+    def texts(self) -> list[str]:
+        """What the input guardrails read."""
+
+    def with_texts(self, texts: list[str]) -> None:
+        """Take the texts back as the guardrails left them (redacted)."""
+
+    def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
+        """The most this work can cost on `config`: the budget reserves it until the work settles."""
+
+    def cache_payload(self, call: Call) -> dict[str, Any] | None:
+        """The normalised request the cache keys on, or None when its answer is not deterministic."""
+
+
+@dataclass
+class Call:
+    """One request on its way through the stages; what each stage decided."""
+
+    services: Services
+    ctx: RequestContext
+    work: Work
+    plan: Plan
+    config: ModelConfig  # the chosen model's (a fallback's, once one answered)
+    deadline: float  # time.monotonic()
+    priority: Priority
+    charge: Charge | None = None
+    cache_key: str | None = None
+    hit: dict[str, Any] | None = None  # the stored answer, when the cache had it
+    served: str = ""  # the model that answered
+    ticket: Ticket | None = None  # what admission said (position, time queued)
+    prompt_version: tuple[str, str] | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        out = dict(self.extra_headers)
+        if self.ticket is not None:
+            out.update({"X-Queue-Position": str(self.ticket.position),
+                        "X-Queue-Time-Ms": str(round(self.ticket.queued_s * 1000))})
+        if self.plan.route is not None and self.served:
+            out["X-LLMOps-Variant"] = self.served
+        if self.prompt_version is not None:
+            out["X-LLMOps-Prompt-Version"] = f"{self.prompt_version[0]}/{self.prompt_version[1]}"
+        return out
+
+
+async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
+    """The stages before the engine, in order; raises the request's refusal (4xx, 503). On return the
+    budget holds a reservation (`call.charge`) and `call.hit` is the cached answer, if any (then settled)."""
+    call = route(services, ctx, work)
+    work.prompt(call, services)
+    input_guardrails(services, call)
+    await budget(services, call)
+    await cache_lookup(services, call)
+    return call
+
+
+def route(services: Services, ctx: RequestContext, work: Work) -> Call:
+    """Alias → variant and fallbacks; the key may use the requested model; the model accepts the work."""
+    pool = services.pool
+    requested = work.model or (pool.default_model(work.model_kind) if work.model_kind != "chat" else "")
+    plan = services.router.plan(requested, ctx.subject, work.user) if work.model_kind == "chat" else \
+        Plan(requested, None, (requested,))
+    authorize(ctx.key, plan.requested)
+    config = pool.config(plan.chain[0], work.model_kind)
+    work.check(config)
+    if plan.route is not None:
+        ctx.log.update(alias=plan.route)
+    return Call(services, ctx, work, plan, config, ctx.deadline(config), ctx.priority_for(work.service_tier))
+
+
+def authorize(key: ApiKey | None, model: str) -> None:
+    """403 when the caller's key may not use `model` (anonymous callers reach here only on an open server)."""
+    if key is not None and not key.allows(model):
+        raise PermissionDenied(f"this API key may not use model {model!r}", param="model", code="model_not_allowed")
+
+
+def input_guardrails(services: Services, call: Call) -> None:
+    call.work.with_texts(services.guardrails.check_input(call.work.texts()))
+
+
+async def budget(services: Services, call: Call) -> None:
+    """The spend breaker, the key's budget (reserving the worst case) and tokens/min."""
+    chars = sum(len(t) for t in call.work.texts())
+    accountant = services.accountant
+    estimate = call.work.worst_case_usd(call.config, -(-chars // 4), call.deadline - call.ctx.received)
+    call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind == "chat" else 0,
+                                         estimate)
+
+
+async def cache_lookup(services: Services, call: Call) -> None:
+    cacher = services.cacher
+    call.cache_key = cacher.key(call.work.kind, call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
+                                key_id=call.ctx.subject)
+    call.hit = await cacher.get(call.cache_key, call.config.name)
+    result = "bypass" if call.cache_key is None else "hit" if call.hit is not None else "miss"
+    call.extra_headers["X-Cache"] = call.ctx.log["cache"] = result
+    if call.hit is not None:
+        call.served = call.config.name
+        settle_unused(services, call)
+
+
+def settle_unused(services: Services, call: Call) -> None:
+    """The work will not run (a cache hit, a refusal after the budget stage): give its reservation back."""
+    if call.charge is not None:
+        services.accountant.settle(call.charge)
+
+
+async def cache_store(services: Services, call: Call, body: dict[str, Any]) -> None:
+    await services.cacher.put(call.cache_key, body)
+

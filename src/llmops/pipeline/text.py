@@ -1,0 +1,228 @@
+"""Text work (chat, completions) through the stages: the `Work` adapter, and the stages from admission on
+as the chunks flow: admission → engine, falling back on failure before the first token → guardrails(out,
+per chunk) → token and cost accounting. The cache is keyed on the chosen variant, not the alias, so an A/B
+arm never serves the other arm's answers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llmops.engines.base import Message, TextChunk, TextRequest
+from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
+from llmops.observability.inference import InferenceObserver
+from llmops.pipeline.accounting import worst_case_text_usd
+from llmops.pipeline.generation import Choices, check_request, collect, text_requests
+from llmops.pipeline.guardrails import Guardrails
+from llmops.pipeline.services import Services
+from llmops.pipeline.stages import Call
+from llmops.scheduling.admission import Ticket
+from llmops.scheduling.runner import admitted_choices
+from llmops.settings import ModelConfig
+
+log = logging.getLogger("llmops.pipeline")
+TextKind = Literal["chat", "completions"]
+FALLBACK_ON = (ServiceUnavailable, EngineError)  # overloaded, not ready, upstream down, engine failure
+
+
+@dataclass
+class TextWork:
+    """A chat or completions request as the pipeline sees it. `body` is the parsed request (its sampling
+    fields, n, max_tokens, a prompt reference for chat)."""
+
+    kind: TextKind
+    body: Any
+    messages: tuple[Message, ...] | None = None
+    prompt_text: str | None = None
+    model_kind: Literal["chat"] = "chat"
+
+    @property
+    def model(self) -> str:
+        return str(self.body.model)
+
+    @property
+    def user(self) -> str | None:
+        return self.body.user  # type: ignore[no-any-return]
+
+    @property
+    def service_tier(self) -> str | None:
+        return self.body.service_tier()  # type: ignore[no-any-return]
+
+    def check(self, config: ModelConfig) -> None:
+        check_request(self.body, config)
+
+    def prompt(self, call: Call, services: Services) -> None:
+        if self.kind == "chat" and getattr(self.body, "prompt", None) is not None:
+            rendered, call.prompt_version = _render_prompt(services, call, self.body)
+            self.messages = (*rendered, *(self.messages or ()))
+        if self.kind == "chat" and not self.messages:
+            raise InvalidRequest("messages must hold at least one message (or reference a prompt)", param="messages")
+
+    def texts(self) -> list[str]:
+        return [m.content for m in self.messages] if self.messages is not None else [self.prompt_text or ""]
+
+    def with_texts(self, texts: list[str]) -> None:
+        if self.messages is not None:
+            self.messages = tuple(Message(m.role, t) for m, t in zip(self.messages, texts, strict=True))
+        else:
+            self.prompt_text = texts[0]
+
+    def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
+        return worst_case_text_usd(config, prompt_tokens, self.body.requested_max_tokens(), self.body.n)
+
+    def cache_payload(self, call: Call) -> dict[str, Any] | None:
+        body = self.body
+        if not (body.temperature == 0 or body.seed is not None):
+            return None
+        return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
+                "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
+                "messages": [[m.role, m.content] for m in self.messages] if self.messages is not None else None,
+                "prompt": self.prompt_text,
+                "prompt_version": list(call.prompt_version) if call.prompt_version else None}
+
+    def requests(self, config: ModelConfig) -> list[TextRequest]:
+        return text_requests(self.body, config, self.body.requested_max_tokens(), prompt=self.prompt_text,
+                             messages=self.messages)
+
+
+def _render_prompt(services: Services, call: Call, body: Any) -> tuple[list[Message], tuple[str, str]]:
+    registry = services.prompts
+    ref = body.prompt
+    version = ref.version
+    experiment = services.settings.prompts.experiments.get(ref.id)
+    if version is None and experiment:
+        options = [(v.version, v.weight) for v in experiment]
+        version = services.router.choose(f"prompt:{ref.id}", options, call.ctx.subject or body.user)
+    template = registry.get(ref.id, version)
+    rendered = [Message(role, text) for role, text in registry.render(template, ref.variables)]
+    services.metrics.prompt_requests.labels(template.id, template.version).inc()
+    call.ctx.log.update(prompt_id=template.id, prompt_version=template.version)
+    return rendered, (template.id, template.version)
+
+
+@asynccontextmanager
+async def closing(items: Choices) -> AsyncIterator[Choices]:
+    """Close the source generator when the consumer stops early (an error, a disconnect), so the engine
+    stops now rather than when the generator is garbage-collected."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def run(services: Services, call: Call, work: TextWork) -> Choices:
+    """The answer's chunks: the chain of models tried in order, output guardrails applied as text flows,
+    tokens and cost settled at the end however it ends; a shadow copy started if the route has one."""
+    if call.plan.shadow is not None:
+        _start_shadow(services, call, work, call.plan.shadow)
+    guard = services.guardrails
+    chunks = _fallback(services, call, work)
+    if guard.active("output"):
+        chunks = _guarded(chunks, guard)
+    return _settled(services, call, chunks)
+
+
+def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choices:
+    served, engine = services.pool.text_engine(name)
+    obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log)
+
+    def on_admit(ticket: Ticket) -> None:
+        call.ticket = ticket
+        obs.admitted(ticket)
+
+    return obs.text(admitted_choices(served.admission, engine, work.requests(served.config), call.deadline,
+                                     call.priority, on_admit))
+
+
+async def _fallback(services: Services, call: Call, work: TextWork) -> Choices:
+    """Try each model of the chain until one produces its first chunk; after that, errors are the answer's."""
+    metrics, chain = services.metrics, call.plan.chain
+    for i, name in enumerate(chain):
+        try:
+            choices = _attempt(services, call, work, name)
+            first = await anext(choices)
+        except StopAsyncIteration:
+            return
+        except FALLBACK_ON as exc:
+            if i == len(chain) - 1:
+                metrics.reject(name, exc)
+                raise
+            log.warning("model %s failed before answering (%s): falling back to %s", name, exc.code, chain[i + 1])
+            continue
+        call.served = name
+        assert call.charge is not None
+        call.charge.model = call.config = services.pool.config(name, "chat")
+        call.ctx.log.update(variant=name)
+        if call.plan.route is not None:
+            metrics.variant_requests.labels(call.plan.route, name, "primary" if i == 0 else "fallback").inc()
+        async with closing(choices):
+            yield first
+            async for item in choices:
+                yield item
+        return
+
+
+async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
+    """Output rules per choice as chunks arrive; a finish flushes that choice's held-back tail."""
+    guards: dict[int, Any] = {}
+    async with closing(choices):  # a block stops the engine at once, not when the generator is collected
+        async for index, chunk in choices:
+            stream = guards.setdefault(index, guard.stream())
+            text = stream.feed(chunk.text) if chunk.text else ""
+            if chunk.finish_reason is not None:
+                text += stream.flush()
+                if text:  # the held-back tail goes out before the finish
+                    yield index, TextChunk(text)
+                    text = ""
+            if text or chunk.finish_reason is not None or chunk.usage is not None:
+                yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
+
+
+async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
+    """Pass the chunks through; at the end settle the tokens. A choice cut short (cancelled, failed) has no
+    usage chunk: its streamed chunks are counted as tokens, and the prompt as estimated."""
+    assert call.charge is not None
+    prompt, completion = 0, 0
+    chunks: dict[int, int] = {}
+    reported: set[int] = set()
+    try:
+        async with closing(choices):
+            async for index, chunk in choices:
+                chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                if chunk.usage:
+                    prompt = max(prompt, chunk.usage.prompt_tokens)
+                    completion += chunk.usage.completion_tokens
+                    reported.add(index)
+                yield index, chunk
+    finally:
+        completion += sum(n for i, n in chunks.items() if i not in reported)
+        if chunks and not prompt:
+            prompt = call.charge.estimated_prompt
+        services.accountant.settle(call.charge, prompt, completion)
+
+
+def _start_shadow(services: Services, call: Call, work: TextWork, model: str) -> None:
+    """Mirror the request to the shadow model as batch work; its answer is logged and counted, never sent."""
+    route, request_id = call.plan.route or "", call.ctx.request_id
+    content = services.settings.observability.log_content
+
+    async def mirror() -> None:
+        try:
+            served, engine = services.pool.text_engine(model)
+            reqs = work.requests(served.config)
+            done = await collect(admitted_choices(served.admission, engine, reqs, call.deadline, "batch",
+                                                  lambda _: None), len(reqs))
+            services.metrics.variant_requests.labels(route, model, "shadow").inc()
+            log.info("shadow %s answered request %s: %d completion tokens%s", model, request_id,
+                     done.completion_tokens, f": {done.texts!r}" if content else "")
+        except LLMOpsError as exc:
+            log.info("shadow %s did not answer request %s: %s", model, request_id, exc.code)
+        except Exception:
+            log.exception("shadow %s failed on request %s", model, request_id)
+
+    services.background.spawn(mirror())
