@@ -10,9 +10,8 @@ import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from llmops.api.classifying import ClassifyInputs, classify, target, top_k
+from llmops.api.classifying import ClassifyInputs, classify, parse_json, target, top_k
 from llmops.errors import InvalidRequest
 from llmops.protocol.classifications import (
     Classification,
@@ -34,15 +33,6 @@ def _decoded(images: list[str]) -> ClassifyInputs:
         except (binascii.Error, ValueError):
             raise InvalidRequest(f"images[{i}] is not valid base64", param=f"images[{i}]") from None
     return ClassifyInputs(encoded=out)
-
-
-def _parse_json(raw: bytes) -> ClassificationRequest:
-    try:
-        return ClassificationRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"invalid value for '{param}': {first['msg']}", param=param) from None
 
 
 async def _parse_form(request: Request) -> tuple[str | None, int | None, ClassifyInputs]:
@@ -69,7 +59,7 @@ async def classifications(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         model, k, inputs = await _parse_form(request)
     else:
-        body = _parse_json(await request.body())
+        body = parse_json(await request.body(), ClassificationRequest)
         model, k, inputs = body.model, body.top_k, _decoded(body.images)
     tgt = target(request, model)
     result = await classify(request, tgt, inputs, top_k(tgt, k, "top_k"), "images")

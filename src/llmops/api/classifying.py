@@ -9,9 +9,10 @@ import asyncio
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 
 from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
@@ -23,6 +24,7 @@ from llmops.pipeline.classify import ClassifyWork, check_count
 from llmops.pipeline.classify import classify as run_classify
 from llmops.settings import ModelConfig
 
+M = TypeVar("M", bound=BaseModel)
 Classes = list[list[dict[str, Any]]]  # per image: [{"label", "score", "index"}, ...] best first
 
 
@@ -65,6 +67,20 @@ def target(request: Request, name: str | None) -> Target:
     deps.authorize(request, name)
     served, engine = pool.classify_engine(name)
     return Target(served.config, engine)
+
+
+def parse_json(raw: bytes, model: type[M]) -> M:
+    """The body as `model` whatever its content type (Triton's client sends JSON without one); 400 naming the
+    first problem."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequest(f"request body is not valid JSON: {first['msg']}") from None
+        param = ".".join(str(p) for p in first["loc"]) or None
+        where = f"'{param}'" if param else "the request body"
+        raise InvalidRequest(f"invalid value for {where}: {first['msg']}", param=param) from None
 
 
 def top_k(tgt: Target, requested: Any, param: str) -> int:

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from llmops import __version__
 from llmops.api import deps
-from llmops.api.classifying import ClassifyInputs, Target, classify, target, top_k
+from llmops.api.classifying import ClassifyInputs, Target, classify, parse_json, target, top_k
 from llmops.errors import InvalidRequest, ModelNotFound
 from llmops.protocol.inference_v2 import (
     Datatype,
@@ -87,9 +87,14 @@ async def model_metadata(name: str, request: Request) -> ModelMetadata:
 
 
 @router.post("/v2/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True)
-async def infer(name: str, body: InferenceRequest, request: Request) -> JSONResponse:
+async def infer(name: str, request: Request) -> JSONResponse:
+    """The body is an InferenceRequest, read whatever its content type (Triton's client sends none)."""
     _classify_config(request, name)
     tgt = target(request, name)
+    if "inference-header-content-length" in request.headers:
+        raise InvalidRequest("the binary tensor data extension is not supported: send the tensors as JSON "
+                             "(tritonclient: binary_data=False)", param="Inference-Header-Content-Length")
+    body = parse_json(await request.body(), InferenceRequest)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"model {name!r} takes one input (BYTES images or an FP32 tensor); got "
                              f"{len(body.inputs)}", param="inputs")
