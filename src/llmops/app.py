@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
 from llmops.api import admin, chat, classifications, completions, images, inference_v2, models, ops, usage
+from llmops.api.console import install_console, install_cors
+from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, error_format, http_status_error, internal_error
 from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
@@ -35,6 +37,7 @@ from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
 from llmops.pipeline.services import Services
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ClassifyJobs, ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -65,6 +68,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.start_loading()
+        await services.url_signer.load()
         try:
             yield
         finally:
@@ -76,17 +80,23 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await state.close()
             tracer.shutdown()
 
-    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.web.docs else None)  # docs: api/console.py, offline
     services = Services(settings=settings, pool=pool, metrics=metrics, tracer=tracer, state=state,
                         accountant=accountant, guardrails=guardrails, prompts=prompts, router=Router(settings.routes),
                         cacher=ResponseCacher(state.cache, settings.cache, metrics), image_jobs=image_jobs,
-                        classify_jobs=classify_jobs, lifecycle=lifecycle, started_at=int(time.time()))
+                        classify_jobs=classify_jobs,
+                        url_signer=UrlSigner(settings.images, state.cache if state.backend == "redis" else None),
+                        lifecycle=lifecycle, started_at=int(time.time()))
     app.state.services = services
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
                    admin.router, classifications.router, inference_v2.router):
         app.include_router(router)
+    install_console(app, settings.web)
     install_error_handlers(app, metrics)
+    install_error_schema(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)
+    install_cors(app, settings.web)  # outermost: preflights never reach auth
     return app
 
 
@@ -109,7 +119,8 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     5. drain       - counts requests in flight; 503 for new ones once draining
     6. body_limit  - oversized bodies get 413 before anything parses them
     """
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       max_headers=settings.http.max_headers)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from llmops.cli import main
 from llmops.errors import ConfigError
 from llmops.server import check_exposure
 from llmops.settings import load_settings
-from tests.helpers import live_server, write_config
+from tests.helpers import eventually, live_server, write_config
 
 MODELS = [{"name": "fake", "engine": "fake"}, {"name": "other", "engine": "fake"}]
 
@@ -26,7 +25,7 @@ MODELS = [{"name": "fake", "engine": "fake"}, {"name": "other", "engine": "fake"
 def keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     db = tmp_path / "keys.db"
     monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(db))  # this test's own store, for its servers too
-    cfg = write_config(tmp_path / "auth.yaml", MODELS, state={"sqlite_path": str(db)})
+    cfg = write_config(tmp_path / "auth.yaml", MODELS, state={"sqlite_path": str(db)}, auth={"key_refresh_s": 0})
     return cfg, db
 
 
@@ -60,8 +59,7 @@ def test_keys_gate_requests(keyed: tuple[Path, Path], capsys: pytest.CaptureFixt
         for open_path in ("/health", "/ready", "/metrics"):
             assert httpx.get(f"{base}{open_path}").status_code == 200
         assert main(["keys", "--config", str(cfg), "revoke", key["id"]]) == 0
-        time.sleep(1.2)
-        assert chat(base, headers={"X-API-Key": secret}).status_code == 401
+        assert eventually(lambda: chat(base, headers={"X-API-Key": secret}).status_code == 401)
     stored = b"".join(f.read_bytes() for f in db.parent.glob(db.name + "*"))  # the file and its WAL
     assert secret.encode() not in stored
     assert key["id"].encode() in stored
@@ -84,19 +82,18 @@ def test_admin_api(keyed: tuple[Path, Path]) -> None:
     cfg, _ = keyed
     with live_server(cfg) as base:
         assert httpx.get(f"{base}/admin/keys").status_code == 403  # no admin key configured: disabled
-    with live_server(cfg, env={"LLMOPS_AUTH__ADMIN_KEY": "admin-secret"}) as base:
+    with live_server(cfg, env={"LLMOPS_AUTH__ADMIN_KEY": "admin-secret-for-the-tests"}) as base:
         assert httpx.get(f"{base}/admin/keys", headers={"X-Admin-Key": "nope"}).status_code == 403
-        admin = {"Authorization": "Bearer admin-secret"}
+        admin = {"Authorization": "Bearer admin-secret-for-the-tests"}
         made = httpx.post(f"{base}/admin/keys", headers=admin, json={"name": "ci", "models": ["other"]})
         assert made.status_code == 201
         secret, key_id = made.json()["secret"], made.json()["id"]
         listed = httpx.get(f"{base}/admin/keys", headers=admin).json()["data"]
         assert [k["id"] for k in listed] == [key_id]
         assert "secret" not in listed[0]
-        time.sleep(1.2)
-        assert chat(base, "other", headers={"X-API-Key": secret}).status_code == 200
+        assert eventually(lambda: chat(base, "other", headers={"X-API-Key": secret}).status_code == 200)
         # the admin key is not an API key
-        assert chat(base, "other", headers={"X-API-Key": "admin-secret"}).status_code == 401
+        assert chat(base, "other", headers={"X-API-Key": "admin-secret-for-the-tests"}).status_code == 401
         assert httpx.get(f"{base}/admin/keys/{key_id}", headers=admin).json()["name"] == "ci"
         assert httpx.delete(f"{base}/admin/keys/{key_id}", headers=admin).json()["revoked_at"] is not None
         assert httpx.get(f"{base}/admin/keys/key_nope", headers=admin).status_code == 404

@@ -47,6 +47,13 @@ def test_readme_has_runnable_blocks() -> None:
     assert len(blocks("bash", keyed=True)) == 1
 
 
+def test_bash_blocks_find_llmops_where_make_serve_installed_it() -> None:
+    """`make serve` installs `llmops` into .venv/bin, which is not on a user's PATH."""
+    for block in blocks("bash") + blocks("bash", keyed=True):
+        if re.search(r"(^|[\s$(])llmops\s", block):
+            assert ".venv/bin" in block, block
+
+
 @pytest.mark.parametrize("index", range(len(blocks("bash", keyed=True))))
 def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
     """Creating a key makes the server keyed, so this block gets a fresh store and a server of its own
@@ -67,7 +74,9 @@ def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index
 @pytest.mark.parametrize("index", range(len(blocks("bash"))))
 def test_bash_block(gemma_server: str, index: int) -> None:
     script = blocks("bash")[index].replace("127.0.0.1:8000", gemma_server)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `llmops` of this venv
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=README.parent, env=env)
     assert out.returncode == 0, out.stderr
     assert '"error"' not in out.stdout
     assert out.stdout.strip()

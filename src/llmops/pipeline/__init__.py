@@ -1,2 +1,3 @@
-"""Stages that need the parsed request: accounting (budgets, tokens/min, cost), and later the cache,
-guardrails and routing. The api layer calls them; they call scheduling and the stores."""
+"""The request path: every kind of work goes through the stages listed in `stages.py` (route, prompt,
+guardrails, budget, cache, admission, engine, output guardrails, accounting, cache store). api/ builds the
+request's context and work and calls it; it calls scheduling, the engines and the stores."""

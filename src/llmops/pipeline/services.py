@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmops.eval.online import OnlineEvaluator
 from llmops.lifecycle import Lifecycle
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
@@ -12,6 +13,7 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ClassifyJobs, ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -34,6 +36,11 @@ class Services:
     cacher: ResponseCacher
     image_jobs: ImageJobs
     classify_jobs: ClassifyJobs
+    url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int
     background: TaskSet = field(default_factory=TaskSet)  # shadow requests in flight
+    online_eval: OnlineEvaluator = field(init=False)  # scores sampled routed answers (llmops_eval_score)
+
+    def __post_init__(self) -> None:
+        self.online_eval = OnlineEvaluator(self.settings.routes, self.metrics, self.background.spawn)

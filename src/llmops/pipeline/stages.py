@@ -107,9 +107,13 @@ async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
     budget holds a reservation (`call.charge`) and `call.hit` is the cached answer, if any (then settled)."""
     call = route(services, ctx, work)
     work.prompt(call, services)
-    input_guardrails(services, call)
+    await input_guardrails(services, call)
     await budget(services, call)
-    await cache_lookup(services, call)
+    try:
+        await cache_lookup(services, call)
+    except BaseException:
+        settle_unused(services, call)
+        raise
     return call
 
 
@@ -133,8 +137,9 @@ def authorize(key: ApiKey | None, model: str) -> None:
         raise PermissionDenied(f"this API key may not use model {model!r}", param="model", code="model_not_allowed")
 
 
-def input_guardrails(services: Services, call: Call) -> None:
-    call.work.with_texts(services.guardrails.check_input(call.work.texts()))
+async def input_guardrails(services: Services, call: Call) -> None:
+    """The input rules; a large input is checked in a worker thread, off the event loop."""
+    call.work.with_texts(await services.guardrails.check_input_async(call.work.texts()))
 
 
 async def budget(services: Services, call: Call) -> None:

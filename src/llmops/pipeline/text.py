@@ -190,20 +190,29 @@ async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
     prompt, completion = 0, 0
     chunks: dict[int, int] = {}
     reported: set[int] = set()
+    answer: list[str] = []  # choice 0's text, for online evaluation
     try:
         async with closing(choices):
             async for index, chunk in choices:
                 chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                if index == 0 and chunk.text:
+                    answer.append(chunk.text)
                 if chunk.usage:
                     prompt = max(prompt, chunk.usage.prompt_tokens)
                     completion += chunk.usage.completion_tokens
                     reported.add(index)
                 yield index, chunk
+        services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
     finally:
         completion += sum(n for i, n in chunks.items() if i not in reported)
         if chunks and not prompt:
             prompt = call.charge.estimated_prompt
         services.accountant.settle(call.charge, prompt, completion)
+
+
+def _request_of(call: Call) -> tuple[Message, ...] | str | None:
+    work = call.work
+    return (work.messages or work.prompt_text) if isinstance(work, TextWork) else None
 
 
 def _start_shadow(services: Services, call: Call, work: TextWork, model: str) -> None:
@@ -218,6 +227,7 @@ def _start_shadow(services: Services, call: Call, work: TextWork, model: str) ->
             done = await collect(admitted_choices(served.admission, engine, reqs, call.deadline, "batch",
                                                   lambda _: None), len(reqs))
             services.metrics.variant_requests.labels(route, model, "shadow").inc()
+            services.online_eval.observe(call.plan.route, model, work.messages or work.prompt_text, done.texts[0])
             log.info("shadow %s answered request %s: %d completion tokens%s", model, request_id,
                      done.completion_tokens, f": {done.texts!r}" if content else "")
         except LLMOpsError as exc:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from llmops.engines.base import ClassifyEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
+from llmops.observability.logging import log_step
 from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
 from llmops.settings import ModelConfig, Settings
@@ -60,8 +61,8 @@ class ModelPool:
     async def _load_all(self) -> None:
         for served in self._models.values():  # one at a time: loads compete for the same cores
             try:
-                await served.engine.start()
-                log.info("model %s loaded (%s)", served.config.name, served.config.engine)
+                with log_step("loading model", model=served.config.name, engine=served.config.engine):
+                    await served.engine.start()  # the first start may assemble or build weights: see its log
             except Exception as exc:
                 served.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", served.config.name, served.error)
@@ -81,6 +82,7 @@ class ModelPool:
             health = served.health()
             health.detail.update(running=served.admission.on_engine, queued=served.admission.queued)
             out[name] = health
+            health.detail["kind"] = served.config.kind  # chat or image: the console picks its models by it
         return out
 
     def loads(self) -> dict[str, ModelLoad]:
