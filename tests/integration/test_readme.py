@@ -35,7 +35,9 @@ def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         {"name": "gemma-3-270m", "engine": "llamacpp",
          "options": {"n_threads": 1, "n_parallel": 2, "context_length": 1024}},
         {"name": "tiny-sd", "kind": "image", "engine": "diffusers",
-         "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}}])
+         "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}},
+        {"name": "tiny-resnet", "kind": "classify", "engine": "classifier",
+         "options": {"model": "builtin:tiny-resnet", "n_threads": 1}}])
     with live_server(cfg) as base:
         yield base.removeprefix("http://")
 
@@ -89,7 +91,7 @@ def test_python_block(gemma_server: str, index: int, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=180,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "gemma-3-270m" in out.stdout or "tiny-sd" in out.stdout
+    assert any(model in out.stdout for model in ("gemma-3-270m", "tiny-sd", "tiny-resnet"))
 
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))
