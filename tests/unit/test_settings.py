@@ -14,7 +14,8 @@ def test_defaults_serve_embedded_gemma_on_loopback(monkeypatch: pytest.MonkeyPat
     s = load_settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert [(m.name, m.kind, m.engine) for m in s.models] == [("gemma-3-270m", "chat", "llamacpp"),
-                                                               ("tiny-sd", "image", "diffusers")]
+                                                               ("tiny-sd", "image", "diffusers"),
+                                                               ("tiny-resnet", "classify", "classifier")]
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
