@@ -17,7 +17,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import admin, chat, classifications, completions, images, inference_v2, models, ops, usage
+from llmops.api import (
+    admin,
+    chat,
+    classifications,
+    completions,
+    embeddings,
+    images,
+    inference_v2,
+    models,
+    ops,
+    unsupported,
+    usage,
+)
 from llmops.api.console import install_console, install_cors
 from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, error_format, http_status_error, internal_error
@@ -36,6 +48,7 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.semantic_cache import build_semantic_cache
 from llmops.pipeline.services import Services
 from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
@@ -76,6 +89,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await classify_jobs.close()
             services.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
+            if services.semantic_cache is not None:
+                await services.semantic_cache.close()
             await accountant.close()
             await state.close()
             tracer.shutdown()
@@ -87,12 +102,14 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
                         cacher=ResponseCacher(state.cache, settings.cache, metrics), image_jobs=image_jobs,
                         classify_jobs=classify_jobs,
                         url_signer=UrlSigner(settings.images, state.cache if state.backend == "redis" else None),
-                        lifecycle=lifecycle, started_at=int(time.time()))
+                        lifecycle=lifecycle, started_at=int(time.time()),
+                        semantic_cache=build_semantic_cache(settings, pool))
     app.state.services = services
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
-                   admin.router, classifications.router, inference_v2.router):
+                   admin.router, embeddings.router, classifications.router, inference_v2.router):
         app.include_router(router)
     install_console(app, settings.web)
+    app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app, metrics)
     install_error_schema(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from llmops.engines.weights import EMBEDDED_GEMMA
+from llmops.engines.weights import EMBEDDED_GEMMA, EMBEDDED_SMOLLM2
 from llmops.errors import ConfigError
 
 
@@ -91,7 +91,7 @@ class ModelConfig(_Strict):
     """One served model: a name clients use, what it does, and which engine runs it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the API model id")
-    kind: Literal["chat", "image", "classify"] = "chat"
+    kind: Literal["chat", "image", "embeddings", "classify"] = "chat"
     engine: str = Field(description="engine name from the registry: llamacpp, transformers, fake, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
     limits: ModelLimits = Field(default_factory=ModelLimits)
@@ -99,13 +99,18 @@ class ModelConfig(_Strict):
 
 
 def default_models() -> list[ModelConfig]:
-    """The embedded defaults: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp, the tiny Stable Diffusion
-    pipeline with seeded random weights (it draws noise; it has no safety checker to run), and the tiny
-    ResNet trained on scikit-learn's digits at first use (held-out accuracy in its llmops.json)."""
+    """The embedded defaults: SmolLM2-135M-Instruct (GGUF Q4_1, its own ChatML template extended to show
+    tools) as the chat model; Gemma 3 270M (base, GGUF Q4_K_M) for completions and as a second model; the
+    tiny Stable Diffusion pipeline with seeded random weights (it draws noise; it has no safety checker to
+    run); all-MiniLM-L6-v2 for embeddings; and the tiny ResNet trained on scikit-learn's digits at first use
+    (its held-out accuracy in its llmops.json)."""
     return [
+        ModelConfig(name="smollm2-135m-instruct", engine="llamacpp",
+                    options={"model": EMBEDDED_SMOLLM2, "chat_template": "chatml-tools"}),
         ModelConfig(name="gemma-3-270m", engine="llamacpp", options={"model": EMBEDDED_GEMMA}),
         ModelConfig(name="tiny-sd", kind="image", engine="diffusers",
                     options={"model": "builtin:tiny-sd", "safety_checker": False}),
+        ModelConfig(name="all-minilm-l6-v2", kind="embeddings", engine="sentence-transformers"),
         ModelConfig(name="tiny-resnet", kind="classify", engine="classifier", options={"model": "builtin:tiny-resnet"}),
     ]
 
@@ -216,6 +221,18 @@ class SpendSettings(_Strict):
                              "the store (other replicas' spend shows within this; tests use 0)")
 
 
+class SemanticCacheSettings(_Strict):
+    """Opt-in: chat requests close enough in meaning to one answered before (cosine similarity of their
+    normalised texts' embeddings at or above `threshold`) get its answer, within the same model, prompt
+    version and request options. In the process, or in Redis with the redis state backend. Measured on
+    labelled paraphrase pairs in bench/semantic_cache.py: pick the threshold from its table."""
+
+    enabled: bool = False
+    model: str = Field("all-minilm-l6-v2", description="the embeddings model (kind: embeddings) it uses")
+    threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity that counts as the same request")
+    max_entries: int = Field(1024, ge=1, description="entries per namespace (model, prompt version, options)")
+
+
 class CacheSettings(_Strict):
     """Exact-match response cache for deterministic requests (temperature 0, or a seed given), chat,
     completions and images. In the process (LRU) with the sqlite/memory state backends; in Redis, shared by
@@ -233,6 +250,7 @@ class CacheSettings(_Strict):
     scope: Literal["global", "key"] = Field("global", description="global: one cache for every caller (an "
                                             "identical request gets the stored answer); key: each API key has "
                                             "its own entries, so no caller can learn what another asked")
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
 Stage = Literal["input", "output"]

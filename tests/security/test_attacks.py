@@ -174,8 +174,10 @@ def test_lone_surrogates_are_400_naming_the_field(attacked: Attacked) -> None:
     ("/generate", {"prompt": "cat", "height": -8}, "height"),
     ("/generate", {"prompt": "cat", "seed": 2**64}, "seed"),
     ("/v1/images/jobs", {"prompt": "cat", "size": "0x512"}, "size"),
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "x"}], "seed": 2**64}, "seed"),
+    ("/v1/completions", {"model": "fake", "prompt": "x", "seed": -(2**63) - 1}, "seed"),
 ])
-def test_bad_image_parameters_are_400_naming_the_field(attacked: Attacked, path: str, body: dict[str, Any],
+def test_bad_image_and_seed_parameters_are_400_naming_the_field(attacked: Attacked, path: str, body: dict[str, Any],
                                                        param: str) -> None:
     assert_error(httpx.post(f"{attacked.base}{path}", headers=attacked.auth("low"), json=body), 400, param=param)
 
@@ -310,6 +312,8 @@ def test_a_low_privilege_key_cannot_reach_beyond_itself(attacked: Attacked) -> N
     low = attacked.auth("low")
     models = httpx.get(f"{attacked.base}/v1/models", headers=low).json()["data"]
     assert {m["id"] for m in models} == {"fake", "fake-slow", "image"}
+    assert_error(httpx.get(f"{attacked.base}/v1/models/priced", headers=low), 404)  # the list hides it: so does this
+    assert httpx.get(f"{attacked.base}/v1/models/fake", headers=low).status_code == 200
     usage = httpx.get(f"{attacked.base}/v1/usage", headers=low).json()
     assert usage["key_id"] == attacked.keys["low"]["id"]
     assert_error(httpx.delete(f"{attacked.base}/admin/keys/{attacked.keys['other']['id']}", headers=low), 403)

@@ -144,6 +144,8 @@ class Metrics:
         self.generation_tokens = Counter("llmops_generation_tokens", "Tokens generated", ["model"], registry=r)
         self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.embedding_inputs = Counter("llmops_embedding_inputs", "Texts (or token-id lists) embedded", ["model"],
+                                        registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
         self.images_classified = Counter("llmops_images_classified",
                                          "Images classified by a model (cache hits are not)", ["model"], registry=r)

@@ -60,6 +60,9 @@ class ClassifyWork:
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         return {"model": call.config.name, "top_k": self.request.top_k, "inputs": self.fingerprint}
 
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        return None  # images have no text to compare
+
 
 def submit(services: Services, call: Call, work: ClassifyWork) -> ClassifyJob:
     """Stage `admission`: a job with a place at the model's admission (503 at once when its queue is full);

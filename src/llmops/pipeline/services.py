@@ -13,6 +13,7 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.semantic_cache import SemanticCache
 from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ClassifyJobs, ImageJobs
@@ -39,6 +40,7 @@ class Services:
     url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int
+    semantic_cache: SemanticCache | None = None  # None unless cache.semantic.enabled
     background: TaskSet = field(default_factory=TaskSet)  # shadow requests in flight
     online_eval: OnlineEvaluator = field(init=False)  # scores sampled routed answers (llmops_eval_score)
 

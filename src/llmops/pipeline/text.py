@@ -5,6 +5,7 @@ arm never serves the other arm's answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +15,11 @@ from typing import Any, Literal
 from llmops.engines.base import Message, TextChunk, TextRequest
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
 from llmops.observability.inference import InferenceObserver
+from llmops.pipeline import chat_controls
 from llmops.pipeline.accounting import worst_case_text_usd
 from llmops.pipeline.generation import Choices, check_request, collect, text_requests
 from llmops.pipeline.guardrails import Guardrails
+from llmops.pipeline.semantic_cache import namespace, normalise
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call
 from llmops.scheduling.admission import Ticket
@@ -66,7 +69,7 @@ class TextWork:
 
     def with_texts(self, texts: list[str]) -> None:
         if self.messages is not None:
-            self.messages = tuple(Message(m.role, t) for m, t in zip(self.messages, texts, strict=True))
+            self.messages = tuple(dataclasses.replace(m, content=t) for m, t in zip(self.messages, texts, strict=True))
         else:
             self.prompt_text = texts[0]
 
@@ -77,11 +80,24 @@ class TextWork:
         body = self.body
         if not (body.temperature == 0 or body.seed is not None):
             return None
+        return self._payload(call)
+
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        """Chat only: the namespace is everything the exact cache keys on but the messages (so the model,
+        prompt version, sampling and output controls must match); the text is the normalised messages."""
+        if self.kind != "chat" or self.messages is None:
+            return None
+        space = namespace({**self._payload(call), "messages": None})
+        return space, normalise([(m.role, m.content) for m in self.messages])
+
+    def _payload(self, call: Call) -> dict[str, Any]:
+        body = self.body
         return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
                 "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
                 "messages": [[m.role, m.content] for m in self.messages] if self.messages is not None else None,
                 "prompt": self.prompt_text,
-                "prompt_version": list(call.prompt_version) if call.prompt_version else None}
+                "prompt_version": list(call.prompt_version) if call.prompt_version else None,
+                "controls": chat_controls.cache_part(body)}
 
     def requests(self, config: ModelConfig) -> list[TextRequest]:
         return text_requests(self.body, config, self.body.requested_max_tokens(), prompt=self.prompt_text,
@@ -129,14 +145,15 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
 
 def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choices:
     served, engine = services.pool.text_engine(name)
+    reqs = work.requests(served.config)
+    chat_controls.check_capabilities(engine, reqs)  # 400 naming a control this model's engine cannot honour
     obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log)
 
     def on_admit(ticket: Ticket) -> None:
         call.ticket = ticket
         obs.admitted(ticket)
 
-    return obs.text(admitted_choices(served.admission, engine, work.requests(served.config), call.deadline,
-                                     call.priority, on_admit))
+    return obs.text(admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit))
 
 
 async def _fallback(services: Services, call: Call, work: TextWork) -> Choices:
@@ -179,8 +196,8 @@ async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
                 if text:  # the held-back tail goes out before the finish
                     yield index, TextChunk(text)
                     text = ""
-            if text or chunk.finish_reason is not None or chunk.usage is not None:
-                yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
+            if text or chunk.finish_reason is not None or chunk.usage is not None or chunk.tool_calls:
+                yield index, TextChunk(text, chunk.finish_reason, chunk.usage, chunk.tool_calls)
 
 
 async def _settled(services: Services, call: Call, choices: Choices) -> Choices:

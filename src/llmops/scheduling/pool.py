@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import ClassifyEngine, Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import ClassifyEngine, EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
 from llmops.observability.logging import log_step
@@ -139,4 +139,10 @@ class ModelPool:
         served = self.get(name or self.default_image_model(), "image")
         if not isinstance(served.engine, ImageEngine):
             raise ModelNotFound(f"model {served.config.name!r} does not generate images", param="model")
+        return served, served.engine
+
+    def embedding_engine(self, name: str) -> tuple[Served, EmbeddingEngine]:
+        served = self.get(name, "embeddings")
+        if not isinstance(served.engine, EmbeddingEngine):
+            raise ModelNotFound(f"model {name!r} does not embed text", param="model")
         return served, served.engine
