@@ -247,8 +247,10 @@ def test_key_permissions(client: TestClient, data: Digits) -> None:
     store = client.app.state.services.state.keys  # type: ignore[attr-defined]
     only_fake, fake_secret = new_key("only-fake", ("fake",), "interactive", KeyLimits())
     digits_key, digits_secret = new_key("digits", ("digits",), "interactive", KeyLimits())
-    client.portal.call(store.add, only_fake)  # type: ignore[union-attr]
-    client.portal.call(store.add, digits_key)  # type: ignore[union-attr]
+    once, once_secret = new_key("once", ("digits",), "interactive", KeyLimits(rpm=1))
+    broke, broke_secret = new_key("broke", ("digits",), "interactive", KeyLimits(budget_usd=0.0005))
+    for key in (only_fake, digits_key, once, broke):
+        client.portal.call(store.add, key)  # type: ignore[union-attr]
     request = bytes_request([digit_png(data, data.test[0])])
     deadline = time.monotonic() + 10  # the auth middleware re-reads the key count once a second
     while client.post(INFER, json=request).status_code != 401 and time.monotonic() < deadline:
@@ -262,6 +264,17 @@ def test_key_permissions(client: TestClient, data: Digits) -> None:
     assert denied.json()["error"]["code"] == "model_not_allowed"
     assert client.post(INFER, json=request, headers={"X-API-Key": digits_secret}).status_code == 200
     assert client.get("/v2/health/live").status_code == 200  # probes stay open
+    assert client.post(INFER, json=request, headers={"X-API-Key": once_secret}).status_code == 200
+    limited = client.post(INFER, json=request, headers={"X-API-Key": once_secret})
+    v2_error(limited, 429)
+    assert "retry-after" in limited.headers
+    broke_auth = {"X-API-Key": broke_secret, "Cache-Control": "no-cache"}  # a cache hit would cost nothing
+    assert client.post(INFER, json=request, headers=broke_auth).status_code == 200  # $0.001: over the $0.0005 budget
+    deadline = time.monotonic() + 10  # the spend is settled in the background
+    while (resp := client.post(INFER, json=request, headers=broke_auth)).status_code == 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    v2_error(resp, 429, "budget")
 
 
 def test_concurrent_requests_share_one_model_call(slow_batches: TestClient, data: Digits) -> None:
