@@ -15,7 +15,7 @@ from llmops.observability.inference import InferenceObserver
 from llmops.pipeline.accounting import worst_case_image_usd
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call, settle_unused
-from llmops.scheduling.image_jobs import Batching, ImageJobs, Job, Submission
+from llmops.scheduling.image_jobs import Batching, BatchJob, ImageRunner, Job, Jobs, Req, Res, Submission
 from llmops.settings import ModelConfig
 
 
@@ -77,7 +77,7 @@ def submit(services: Services, call: Call, work: ImageWork) -> Job:
         accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
 
     lim = served.config.limits
-    to = Submission(served.config.name, engine, served.admission,
+    to = Submission(served.config.name, ImageRunner(engine), served.admission,
                     Batching(lim.image.max_batch_size, lim.image.batch_timeout_s), call.priority, call.deadline)
     try:
         job = services.image_jobs.submit(to, work.request, on_done)
@@ -89,14 +89,15 @@ def submit(services: Services, call: Call, work: ImageWork) -> Job:
     return job
 
 
-async def wait_for(job: Job, queue: ImageJobs, deadline: float) -> ImageResult:
-    """Wait for a job until its deadline (then 504). If the waiter goes away (client disconnect,
-    shutdown) or the deadline passes, the job is cancelled: it leaves the queue, or stops at its next step."""
+async def wait_for(job: BatchJob[Req, Res], queue: Jobs[Req, Res], deadline: float) -> Res:
+    """Wait for a job (an image's, a classification's) until its deadline (then 504). If the waiter goes away
+    (client disconnect, shutdown) or the deadline passes, the job is cancelled: it leaves the queue, or stops
+    at its next step."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             await job.done.wait()
     except TimeoutError:
-        raise DeadlineExceeded(f"the image request reached its deadline while {job.status}") from None
+        raise DeadlineExceeded(f"the request reached its deadline while {job.status}") from None
     finally:
         if not job.done.is_set():
             queue.cancel(job.id)
