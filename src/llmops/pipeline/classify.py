@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from llmops.engines.base import Classes, ClassifyRequest
-from llmops.errors import InvalidRequest, LLMOpsError
+from llmops.errors import InvalidRequest
 from llmops.observability.inference import InferenceObserver
 from llmops.pipeline.accounting import worst_case_image_usd
-from llmops.pipeline.images import wait_for
+from llmops.pipeline.images import submit_job, wait_for
 from llmops.pipeline.services import Services
-from llmops.pipeline.stages import Call, settle_unused
+from llmops.pipeline.stages import Call
 from llmops.scheduling.image_jobs import Batching, ClassifyJob, ClassifyRunner, Submission
 from llmops.settings import ModelConfig
 
@@ -65,28 +65,14 @@ class ClassifyWork:
 
 
 def submit(services: Services, call: Call, work: ClassifyWork) -> ClassifyJob:
-    """Stage `admission`: a job with a place at the model's admission (503 at once when its queue is full);
-    its images and engine time are charged when it ends."""
+    """Stage `admission` for a classification (see images.submit_job)."""
     served, engine = services.pool.classify_engine(call.config.name)
-    charge = call.charge
-    assert charge is not None
-    accountant = services.accountant
-
-    def on_done(job: ClassifyJob) -> None:
-        images = work.request.count if job.result is not None else 0
-        accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
-
     lim = served.config.limits.classify
-    to = Submission(served.config.name, ClassifyRunner(engine), served.admission,
-                    Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline)
-    try:
-        job = services.classify_jobs.submit(to, work.request, on_done)
-    except LLMOpsError as exc:
-        settle_unused(services, call)
-        services.metrics.reject(served.config.name, exc)
-        raise
-    call.served = served.config.name
-    return job
+    count = work.request.count
+    return submit_job(services, call, services.classify_jobs, work.request,
+                      Submission(served.config.name, ClassifyRunner(engine), served.admission,
+                                 Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline),
+                      lambda _: count)
 
 
 async def classify(services: Services, call: Call, work: ClassifyWork) -> Classes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -64,28 +65,36 @@ class ImageWork:
 
 
 def submit(services: Services, call: Call, work: ImageWork) -> Job:
-    """Stage `admission`: a job with a place at the model's admission (503 at once when its queue is full);
-    its images and engine time are charged when it ends."""
+    """Stage `admission` for an image request (see submit_job)."""
     served, engine = services.pool.image_engine(call.config.name)
+    assert work.request is not None
+    lim = served.config.limits.image
+    return submit_job(services, call, services.image_jobs, work.request,
+                      Submission(served.config.name, ImageRunner(engine), served.admission,
+                                 Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline),
+                      lambda result: len(result.images))
+
+
+def submit_job(services: Services, call: Call, jobs: Jobs[Req, Res], request: Req, to: Submission[Req, Res],
+               images_of: Callable[[Res], int]) -> BatchJob[Req, Res]:
+    """Stage `admission` for batched kinds (images, classification): a job with a place at the model's
+    admission (503 at once when its queue is full, counted as a rejection); its images and engine time are
+    charged when it ends."""
     charge = call.charge
     assert charge is not None
-    assert work.request is not None
     accountant = services.accountant
 
-    def on_done(job: Job) -> None:
-        images = len(job.result.images) if job.result is not None else 0
+    def on_done(job: BatchJob[Req, Res]) -> None:
+        images = images_of(job.result) if job.result is not None else 0
         accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
 
-    lim = served.config.limits
-    to = Submission(served.config.name, ImageRunner(engine), served.admission,
-                    Batching(lim.image.max_batch_size, lim.image.batch_timeout_s), call.priority, call.deadline)
     try:
-        job = services.image_jobs.submit(to, work.request, on_done)
+        job = jobs.submit(to, request, on_done)
     except LLMOpsError as exc:
         settle_unused(services, call)
-        services.metrics.reject(served.config.name, exc)
+        services.metrics.reject(to.model, exc)
         raise
-    call.served = served.config.name
+    call.served = to.model
     return job
 
 
