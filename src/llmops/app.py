@@ -64,7 +64,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     """The app for `settings`. `tracer` replaces the one the settings describe (tests use an in-memory one)."""
     pool = ModelPool(settings)  # validates every engine's options now: a bad config fails at start
     metrics = Metrics()
-    image_jobs = ImageJobs(settings.images.job_ttl_s,
+    image_jobs = ImageJobs(settings.images.job_ttl_s, max_kept=settings.images.max_kept_jobs,
                            on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     classify_jobs = ClassifyJobs(0.0, on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()

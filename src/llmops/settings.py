@@ -123,6 +123,8 @@ class ImageSettings(_Strict):
                                          "state.backend redis, shared by the replicas through Redis)")
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
+    max_kept_jobs: int = Field(1000, ge=1, description="at most this many finished image jobs are kept (the "
+                               "oldest go first); only jobs created through /v1/images/jobs are kept at all")
     max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
                                    "(image jobs wait in the model's one admission queue); when set, it is the "
                                    "default of every image model's limits.max_queued")

@@ -110,6 +110,7 @@ async def wait_for(job: BatchJob[Req, Res], queue: Jobs[Req, Res], deadline: flo
     finally:
         if not job.done.is_set():
             queue.cancel(job.id)
+        queue.forget(job.id)  # its waiter is here: nobody reads it back by id
     if job.error is not None:
         raise job.error
     assert job.result is not None

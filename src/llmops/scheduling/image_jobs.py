@@ -143,8 +143,8 @@ class Submission(Generic[Req, Res]):
 
 
 class Jobs(Generic[Req, Res]):
-    def __init__(self, ttl_s: float, on_batch: Callable[[str, int], None] | None = None) -> None:
-        self._ttl_s = ttl_s
+    def __init__(self, ttl_s: float, on_batch: Callable[[str, int], None] | None = None, max_kept: int = 1000) -> None:
+        self._ttl_s, self._max_kept = ttl_s, max_kept
         self._on_batch = on_batch
         self._queues: dict[str, _ModelQueue[Req, Res]] = {}
         self._jobs: dict[str, BatchJob[Req, Res]] = {}
@@ -219,9 +219,23 @@ class Jobs(Generic[Req, Res]):
                 with contextlib.suppress(asyncio.CancelledError):
                     await queue.worker
 
+    def __len__(self) -> int:
+        """Jobs indexed now: queued, running, and finished ones kept to be read back."""
+        return len(self._jobs)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job from the index now: a synchronous request's job, whose waiter has its answer (only jobs
+        created through the jobs API are kept to be read back)."""
+        self._jobs.pop(job_id, None)
+
     def _purge(self) -> None:
+        """Finished jobs are kept for `ttl_s`, and at most `max_kept` of them (the oldest go first)."""
         cutoff = time.time() - self._ttl_s
-        for job_id in [j.id for j in self._jobs.values() if j.finished_at is not None and j.finished_at <= cutoff]:
+        finished = sorted((j.finished_at, j.id) for j in self._jobs.values() if j.finished_at is not None)
+        expired = [job_id for at, job_id in finished if at <= cutoff]
+        kept = len(finished) - len(expired)
+        expired += [job_id for _, job_id in finished[len(expired):][:max(0, kept - self._max_kept)]]
+        for job_id in expired:
             del self._jobs[job_id]
 
     async def _work(self, queue: _ModelQueue[Req, Res]) -> None:
