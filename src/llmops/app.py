@@ -21,6 +21,7 @@ from llmops.api import admin, chat, completions, images, models, ops, usage
 from llmops.errors import InvalidRequest, LLMOpsError, http_status_error, internal_error
 from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
+from llmops.middleware.admission_gate import AdmissionGateMiddleware
 from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.drain import DrainMiddleware
@@ -32,6 +33,7 @@ from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer, build_tracer
 from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.gate import EdgeGate
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
 from llmops.pipeline.services import Services
@@ -84,7 +86,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
                    admin.router):
         app.include_router(router)
     install_error_handlers(app, metrics)
-    build_middleware(app, settings, lifecycle, metrics, tracer, state)
+    build_middleware(app, settings, lifecycle, metrics, tracer, state, EdgeGate(services))
     return app
 
 
@@ -96,7 +98,7 @@ async def drain(app: FastAPI) -> bool:
 
 
 def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
-                     tracer: Tracer, state: State) -> None:
+                     tracer: Tracer, state: State, gate: EdgeGate) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
@@ -106,7 +108,10 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
                      X-Forwarded-For from trusted proxies only): 429
     5. drain       - counts requests in flight; 503 for new ones once draining
     6. body_limit  - oversized bodies get 413 before anything parses them
+    7. admission_gate - 503/404 for a request admission would certainly refuse (full queue, unknown model),
+                     before FastAPI parses its body (and before it is read, when it cannot change the answer)
     """
+    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
