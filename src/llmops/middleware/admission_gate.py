@@ -11,7 +11,7 @@ llmops_rejections_total, and the request never reaches the pipeline to be counte
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +26,13 @@ GATED: dict[str, tuple[Kind, bool]] = {
     "/v1/chat/completions": ("chat", True), "/v1/completions": ("chat", True),
     "/v1/images/generations": ("image", True), "/generate": ("image", False), "/v1/images/jobs": ("image", False),
 }
+
+
+class EdgeRoute(NamedTuple):
+    """What a refusal here leaves in `scope["route"]`: the route's template (its path: gated routes have no
+    parameters), so the HTTP metrics label it as FastAPI's routing would have."""
+
+    path: str
 
 
 class Gate(Protocol):
@@ -65,6 +72,7 @@ class AdmissionGateMiddleware:
             await self.app(scope, receive, send)
             return
         model, error = refused
+        scope["route"] = EdgeRoute(scope["path"])
         known = not isinstance(error, ModelNotFound)  # a name the caller made up stays out of logs and labels
         if known:
             log_fields(scope)["model"] = model
