@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from llmops.cli import main
-from tests.helpers import RedisServer, live_server, write_config
+from tests.helpers import RedisServer, eventually, live_server, write_config
 
 ADMIN = "admin-secret-for-tests"
 # $1 per completion token and $0.1 per prompt token (the fake engine echoes the prompt's words)
@@ -58,6 +60,30 @@ def test_two_servers_on_one_redis_enforce_one_limit(tmp_path: Path, redis_server
         codes = [chat(base, secret).status_code for base in (a, b) * 4]
     assert sorted(codes) == [200] * 4 + [429] * 4  # four in total, not four per process
     assert codes[:4] == [200] * 4
+
+
+def test_two_servers_on_one_redis_share_budget_reservations(tmp_path: Path, redis_server: RedisServer,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """20 requests at once, split across two replicas, on a $0.005 budget: each replica alone would let about
+    ten in (its own reservations reach the budget), together twenty; the shared reservations let the key
+    spend at most the budget plus one request's worst case."""
+    slow = [{"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.3, "capacity": 20},
+             "limits": {"max_queued": 20}, "pricing": {"prompt_usd_per_1k": 0.1, "completion_usd_per_1k": 0.1}}]
+    cfg = write_config(tmp_path / "budget.yaml", slow, state={"backend": "redis", "redis_url": redis_server.url},
+                       spend={"refresh_s": 0})
+    key = create_key(cfg, capsys, "--budget", "0.005", "--budget-period", "day")
+    headers = {"Authorization": f"Bearer {key['secret']}"}
+    # 12 characters: 3 prompt tokens as estimated, and as the fake engine counts them (with the chat format's 2)
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "abcdefghijkl"}]}
+    worst = (3 + 2) * 0.1 / 1000
+    reservations = redis.Redis.from_url(redis_server.url)
+    with live_server(cfg) as a, live_server(cfg) as b, ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda base: httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers,
+                                                      timeout=60).status_code, [a, b] * 10))
+        assert eventually(lambda: reservations.hlen(f"llmops:reserved:{key['id']}") == 0)  # all settled
+        spent = httpx.get(f"{a}/v1/usage", headers=headers).json()["budget"]["spent_usd"]
+    assert sorted(set(codes)) == [200, 429]
+    assert 0.005 <= spent <= 0.005 + worst
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
