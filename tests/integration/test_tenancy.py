@@ -48,8 +48,22 @@ def chat(base: str, secret: str | None, words: int = 3, max_tokens: int = 16) ->
                                                                                     "content": content}]})
 
 
-def settle() -> None:
-    time.sleep(0.3)  # accounting settles in a background task right after the response
+def cost(r: httpx.Response) -> float:
+    """What a request on PRICED costs."""
+    used = r.json()["usage"]
+    return float(used["prompt_tokens"] * 0.1 + used["completion_tokens"] * 1.0)
+
+
+def spent(base: str) -> float:
+    """Every key's spend this server has recorded (llmops_spend_usd_total, all series)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{base}/metrics").text.splitlines()
+               if line.startswith("llmops_spend_usd_total{"))
+
+
+def settled(base: str, usd: float) -> None:
+    """Wait until the server has recorded `usd` in all: accounting settles in a background task right after
+    the response (the tokens/min counter first, then the spend, then the reservation is given back)."""
+    assert eventually(lambda: spent(base) == pytest.approx(usd))
 
 
 def test_two_servers_on_one_redis_enforce_one_limit(tmp_path: Path, redis_server: RedisServer,
@@ -94,7 +108,7 @@ def test_a_restart_keeps_keys_and_spend(tmp_path: Path, redis_server: RedisServe
     with live_server(cfg) as base:
         first = chat(base, key["secret"])
         assert first.status_code == 200
-        settle()
+        settled(base, cost(first))
     with live_server(cfg) as base:
         usage = httpx.get(f"{base}/v1/usage", headers={"Authorization": f"Bearer {key['secret']}"}).json()
         assert chat(base, key["secret"]).status_code == 200
@@ -115,13 +129,14 @@ def test_tokens_per_minute_count_prompt_and_completion(tmp_path: Path, redis_ser
     cfg = config(tmp_path, "tpm", "redis", redis_server)
     secret = create_key(cfg, capsys, "--tpm", "100")["secret"]
     with live_server(cfg) as base:
-        used = 0
+        used, usd = 0, 0.0
         for _ in range(10):
             r = chat(base, secret, words=10, max_tokens=10)
             if r.status_code != 200:
                 break
             used += r.json()["usage"]["total_tokens"]
-            settle()
+            usd += cost(r)
+            settled(base, usd)
         assert r.status_code == 429
         assert "tokens/min" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) >= 1
@@ -134,14 +149,16 @@ def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
     other = create_key(cfg, capsys)
     with live_server(cfg) as base:
         first = chat(base, key["secret"])  # ~15 prompt + 3 completion tokens: $4.50 of $5
-        settle()
-        assert chat(base, key["secret"]).status_code == 200  # $9: over, but admitted while under
-        settle()
+        settled(base, cost(first))
+        second = chat(base, key["secret"])
+        assert second.status_code == 200  # $9: over, but admitted while under
+        settled(base, cost(first) + cost(second))
         refused = chat(base, key["secret"])
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "insufficient_quota"
-        assert chat(base, other["secret"]).status_code == 200  # another key's budget is its own
-        settle()
+        third = chat(base, other["secret"])
+        assert third.status_code == 200  # another key's budget is its own
+        settled(base, cost(first) + cost(second) + cost(third))
         admin = {"Authorization": f"Bearer {ADMIN}"}
         by_key = httpx.get(f"{base}/admin/usage", params={"group_by": "key"}, headers=admin).json()["data"]
         by_model = httpx.get(f"{base}/admin/usage", params={"group_by": "model,day"}, headers=admin).json()["data"]
@@ -161,10 +178,12 @@ def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
 def test_spend_circuit_breaker(tmp_path: Path) -> None:
     cfg = config(tmp_path, "breaker", "memory", spend={"max_usd_per_hour": 5})
     with live_server(cfg) as base:
-        assert chat(base, None).status_code == 200  # $4.50
-        settle()
-        assert chat(base, None).status_code == 200  # $9: the breaker opens after this one
-        settle()
+        first = chat(base, None)
+        assert first.status_code == 200  # $4.50
+        settled(base, cost(first))
+        second = chat(base, None)
+        assert second.status_code == 200  # $9: the breaker opens after this one
+        settled(base, cost(first) + cost(second))
         r = chat(base, None)
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "spend_limit_reached"
@@ -213,5 +232,6 @@ def test_concurrent_requests_per_key(tmp_path: Path, capsys: pytest.CaptureFixtu
             assert second.status_code == 429
             assert "in flight" in second.json()["error"]["message"]
             list(lines)
-        time.sleep(0.2)  # the place is given back right after the stream ends
-        assert client.post(f"{base}/v1/chat/completions", json=body, headers=headers).status_code == 200
+        # the place is given back right after the stream ends (in a task of its own)
+        assert eventually(lambda: client.post(f"{base}/v1/chat/completions", json=body,
+                                              headers=headers).status_code == 200)
