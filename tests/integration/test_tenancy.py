@@ -3,6 +3,7 @@ survive a restart (SQLite and Redis), tokens/min, budgets, the spend circuit bre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,8 @@ import pytest
 import redis
 
 from llmops.cli import main
+from llmops.settings import StateSettings
+from llmops.stores import build_state
 from tests.helpers import RedisServer, eventually, live_server, write_config
 
 ADMIN = "admin-secret-for-tests"
@@ -235,3 +238,28 @@ def test_concurrent_requests_per_key(tmp_path: Path, capsys: pytest.CaptureFixtu
         # the place is given back right after the stream ends (in a task of its own)
         assert eventually(lambda: client.post(f"{base}/v1/chat/completions", json=body,
                                               headers=headers).status_code == 200)
+
+
+def test_a_dead_replicas_reservation_expires(redis_server: RedisServer) -> None:
+    """A replica that dies holds its reservations only until their TTL; a settled one is given back at once."""
+    async def run() -> None:
+        state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+        budgets = state.budgets
+        assert budgets is not None
+        held = await budgets.reserve("k", 0, 1.0, 1.0, "dead-replica", 0.5)
+        assert held is not None
+        assert held.made
+        refused = await budgets.reserve("k", 0, 1.0, 0.1, "other", 60)
+        assert refused is not None
+        assert (refused.made, refused.reserved) == (False, 1.0)
+        deadline = time.monotonic() + 10
+        while not (later := await budgets.reserve("k", 0, 1.0, 0.1, "other", 60)) or not later.made:
+            assert time.monotonic() < deadline, "the dead replica's reservation never expired"
+            await asyncio.sleep(0.05)
+        await budgets.release("k", "other")
+        after = await budgets.reserve("k", 0, 1.0, 0.1, "third", 60)
+        assert after is not None
+        assert after.reserved == 0.0
+        await state.close()
+
+    asyncio.run(run())
