@@ -142,12 +142,12 @@ class Accountant:
         if budget is None:
             return
         start, end = period_bounds(key.limits.budget_period, time.time())
+        shared = None
         if self.state.budgets is not None:
             shared = await self._reserve_shared(key, charge, start, budget, worst_case_usd)
-            if shared is None:
-                return
+        if shared is not None:
             made, spent, reserved = shared
-        else:
+        else:  # in-process backends, or Redis unreachable and failing open: this process's reservations
             spent = await self.key_spend(key, start)
             reserved = self._reserved.get(key.id, 0.0)
             made = spent + reserved < budget
@@ -166,7 +166,7 @@ class Accountant:
     async def _reserve_shared(self, key: ApiKey, charge: Charge, start: float, budget: float,
                               worst_case_usd: float) -> tuple[bool, float, float] | None:
         """Check and reserve in the shared store, atomically for every replica; None when the store is
-        unreachable and fails open (no budget check, as for the other limits)."""
+        unreachable and fails open (then each replica holds its own reservations, as one process does)."""
         assert self.state.budgets is not None
         holder = uuid.uuid4().hex
         ttl = charge.model.limits.max_deadline_s + SETTLE_MARGIN_S
