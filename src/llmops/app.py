@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops import __version__
-from llmops.api import admin, chat, completions, images, models, ops, usage
+from llmops.api import admin, chat, completions, embeddings, images, models, ops, unsupported, usage
+from llmops.api.console import install_console, install_cors
+from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, http_status_error, internal_error
 from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
@@ -36,7 +38,9 @@ from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.gate import EdgeGate
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.semantic_cache import build_semantic_cache
 from llmops.pipeline.services import Services
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -66,27 +70,37 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.start_loading()
+        await services.url_signer.load()
         try:
             yield
         finally:
             await image_jobs.close()
             services.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
+            if services.semantic_cache is not None:
+                await services.semantic_cache.close()
             await accountant.close()
             await state.close()
             tracer.shutdown()
 
-    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.web.docs else None)  # docs: api/console.py, offline
     services = Services(settings=settings, pool=pool, metrics=metrics, tracer=tracer, state=state,
                         accountant=accountant, guardrails=guardrails, prompts=prompts, router=Router(settings.routes),
                         cacher=ResponseCacher(state.cache, settings.cache, metrics), image_jobs=image_jobs,
-                        lifecycle=lifecycle, started_at=int(time.time()))
+                        url_signer=UrlSigner(settings.images, state.cache if state.backend == "redis" else None),
+                        lifecycle=lifecycle, started_at=int(time.time()),
+                        semantic_cache=build_semantic_cache(settings, pool))
     app.state.services = services
     for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
-                   admin.router):
+                   admin.router, embeddings.router):
         app.include_router(router)
+    install_console(app, settings.web)
+    app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app, metrics)
+    install_error_schema(app)
     build_middleware(app, settings, lifecycle, metrics, tracer, state, EdgeGate(services))
+    install_cors(app, settings.web)  # outermost: preflights never reach auth
     return app
 
 
@@ -107,12 +121,16 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     4. rate_limit  - requests/min and in flight per key (requests/min per client IP without a key,
                      X-Forwarded-For from trusted proxies only): 429
     5. drain       - counts requests in flight; 503 for new ones once draining
-    6. body_limit  - oversized bodies get 413 before anything parses them
-    7. admission_gate - 503/404 for a request admission would certainly refuse (full queue, unknown model),
-                     before FastAPI parses its body (and before it is read, when it cannot change the answer)
+    6. admission_gate (no body) - 503 for a full queue when the body cannot change the answer (one model
+                     of the kind, no alias, no cache): before the body is read
+    7. body_limit  - oversized bodies get 413 before anything parses them
+    8. admission_gate (body) - 503/404 for a request admission would certainly refuse (full queue, unknown
+                     model), from the body's model name (json.loads), before FastAPI parses it
     """
-    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=True)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       max_headers=settings.http.max_headers)
+    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=False)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,

@@ -1,37 +1,45 @@
-"""`llmops serve | models | keys | prompts | config check`."""
+"""`llmops serve | models | keys | prompts | config check | eval`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmops.errors import ConfigError, LLMOpsError
-from llmops.settings import Settings, load_settings
+from llmops.eval.cli import add_eval_parser, cmd_eval
+from llmops.settings import Settings, StateSettings, load_settings
 
 if TYPE_CHECKING:
     from llmops.stores.keys import KeyStore
 
 
+STORE_HELP = """where keys and spend live: the state store. By default a per-user SQLite file,
+~/.local/share/llmops/llmops.db (state.sqlite_path; env LLMOPS_STATE__SQLITE_PATH), shared by every
+`llmops serve` of this user that does not name another; with state.backend redis, in Redis
+(state.redis_url). --store PATH (a SQLite file) or --store redis://HOST:PORT/DB picks another one.
+--config and --store are accepted before or after any subcommand."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmops", description="OpenAI-compatible LLM and image serving.")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the configured models")
-    serve.add_argument("--config", help="YAML config file (default: the embedded Gemma model)")
+    serve = sub.add_parser("serve", help="serve the configured models, the web console (/console) and the API "
+                           "docs (/docs)")
     serve.add_argument("--host", help="address to bind (env LLMOPS_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
     serve.add_argument("--insecure-no-auth", action="store_true", default=None,
                        help="allow binding a non-loopback address with no API keys")
     models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
-    models.add_argument("--config")
     models_sub = models.add_subparsers(dest="models_command")
-    models_sub.add_parser("list", help="list the configured models (the default)").add_argument("--config")
+    models_sub.add_parser("list", help="list the configured models (the default)")
     tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
-    keys = sub.add_parser("keys", help="manage API keys in the configured store")
-    keys.add_argument("--config")
+    keys = sub.add_parser("keys", help="manage API keys in the state store (the first key makes the servers "
+                          "using that store require keys)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True)
@@ -53,14 +61,75 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("dir", help="the prompts folder: <id>/<version>.yaml")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config file and every engine's options")
-    check.add_argument("--config")
+    config_sub.add_parser("check", help="validate a config file and every engine's options")
+    add_eval_parser(sub)
+    _uniform(p)  # last: every (sub)command, whoever added it, takes --config and --store and says where keys live
     return p
 
 
+COMMON = {"--config": "YAML config file (default: the embedded models)",
+          "--store": "the state store holding keys and spend: a SQLite file or a redis:// URL (default: the "
+                     "config's state section; see below)"}
+
+
+def _uniform(parser: argparse.ArgumentParser) -> None:
+    """Every parser in the tree lists --config and --store and ends its help with where keys and spend live.
+    Their values are taken out of the command line before parsing (`_hoist`), so they mean the same at every
+    level, before or after any subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                child.description = child.description or helps.get(name)
+                _uniform(child)
+    for flag, text in COMMON.items():
+        if flag not in parser._option_string_actions:
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=text,
+                                metavar="PATH|URL" if flag == "--store" else "FILE")
+    parser.epilog = STORE_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _hoist(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Take `--config X` / `--store X` (or `--config=X`) out of `argv`, wherever they stand."""
+    rest: list[str] = []
+    found: dict[str, str] = {}
+    tokens = iter(argv)
+    for token in tokens:
+        name, eq, value = token.partition("=")
+        if name not in COMMON or token == "--":
+            rest.append(token)
+            continue
+        given = value if eq else next(tokens, None)
+        if given is None:
+            rest.append(token)  # argparse says that it needs a value
+        else:
+            found[name[2:]] = given
+    return rest, found
+
+
+def _store_override(store: str | None) -> dict[str, str] | None:
+    if not store:
+        return None
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        return {"backend": "redis", "redis_url": store}
+    return {"backend": "sqlite", "sqlite_path": store}
+
+
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None),
-                         insecure_no_auth=getattr(args, "insecure_no_auth", None))
+    return load_settings(getattr(args, "config", None), host=getattr(args, "host", None),
+                         port=getattr(args, "port", None), insecure_no_auth=getattr(args, "insecure_no_auth", None),
+                         state=_store_override(getattr(args, "store", None)))
+
+
+def store_location(settings: Settings) -> str:
+    """Where keys and spend live, in words."""
+    st = settings.state
+    if st.backend == "sqlite":
+        return f"the SQLite file {Path(st.sqlite_path).expanduser()}"
+    if st.backend == "redis":
+        return f"Redis at {st.redis_url} (prefix {st.redis_prefix})"
+    return "memory (nothing is kept)"
 
 
 def _check_engines(settings: Settings) -> None:
@@ -75,7 +144,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmops.server import serve
 
     settings = _load(args)
-    configure_logging(settings.log_level, settings.observability.log_format)
+    admin = settings.auth.admin_key
+    configure_logging(settings.log_level, settings.observability.log_format,
+                      secrets=(admin.get_secret_value() if admin else None,))
     serve(settings)
     return 0
 
@@ -90,12 +161,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def run() -> None:
         state = build_state(settings.state)
         try:
+            first = args.keys_command == "create" and await state.keys.key_count() == 0
             await _keys_command(args, state.keys)
         finally:
             await state.close()
+        if first:
+            print(_first_key_warning(settings), file=sys.stderr)
 
     asyncio.run(run())
     return 0
+
+
+def _first_key_warning(settings: Settings) -> str:
+    default = StateSettings.model_fields["sqlite_path"].default
+    shared = settings.state.backend == "sqlite" and settings.state.sqlite_path == default
+    who = "Every server using this store (the default `llmops serve` and `make serve` of this user included)" \
+        if shared else "Every server using this store"
+    return (f"warning: this is the first key in {store_location(settings)}. {who} now requires an API key on "
+            "every request, and revoking the keys does not reopen it. Use --store (or state.sqlite_path) for a "
+            "store of its own.")
 
 
 async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
@@ -111,7 +195,10 @@ async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
         print(secret if args.secret_only else json.dumps({**key.public(), "secret": secret}, indent=2))
         print(f"created {key.id}: store the secret now, it is not kept and cannot be shown again", file=sys.stderr)
     elif args.keys_command == "list":
-        for key in await store.all():
+        keys = await store.all()
+        if not keys:
+            print("no keys: servers using this store are open on loopback", file=sys.stderr)
+        for key in keys:
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}\t{key.name}\t{key.display}\t{state}\t{','.join(key.models) or '*'}\t{key.priority}")
     else:
@@ -132,8 +219,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from llmops.prompts.registry import publish
 
     added = publish(Path(args.dir))
@@ -157,9 +242,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    rest, common = _hoist(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(rest)
+    for name, value in common.items():
+        setattr(args, name, value)
     handlers = {"serve": cmd_serve, "models": cmd_models, "config": cmd_config_check, "keys": cmd_keys,
-                "prompts": cmd_prompts}
+                "prompts": cmd_prompts, "eval": cmd_eval}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -15,6 +15,7 @@
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
     ├── PayloadTooLarge              413
+    ├── HeadersTooLarge              431 (too many header fields)
     ├── RequestCancelled             499 (the client cancelled; recorded on jobs, rarely sent)
     ├── ServiceUnavailable           503 + Retry-After (not ready)
     │   ├── ModelNotReady            503 + Retry-After: 5 (the model is still loading)
@@ -114,6 +115,12 @@ class PayloadTooLarge(LLMOpsError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(LLMOpsError):
+    """Too many header fields (their size is refused by the HTTP server itself, also 431)."""
+
+    code = "headers_too_large"
+
+
 class RequestCancelled(LLMOpsError):
     """The work was cancelled before it finished (a DELETE on a job, or the client went away)."""
 
@@ -184,6 +191,7 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (NotFound, ErrorKind(404, "invalid_request_error")),
     (MethodNotAllowed, ErrorKind(405, "invalid_request_error")),
     (PayloadTooLarge, ErrorKind(413, "invalid_request_error")),
+    (HeadersTooLarge, ErrorKind(431, "invalid_request_error")),
     (RequestCancelled, ErrorKind(499, "cancelled")),
     (ServiceUnavailable, ErrorKind(503, "service_unavailable_error")),
     (DeadlineExceeded, ErrorKind(504, "timeout_error")),

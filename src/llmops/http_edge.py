@@ -1,5 +1,6 @@
-"""The HTTP edge, in one place: which paths skip which middleware, where the per-request values live in the
-ASGI scope (the caller's key, the access-log fields), and how an error becomes a response.
+"""The HTTP edge, in one place: which paths skip which middleware (probes, ops, admin, the console and docs
+pages, signed image URLs), where the per-request values live in the ASGI scope (the caller's key, the
+access-log fields), and how an error becomes a response.
 
 Middleware and the API routers read these; the pipeline never does (it gets a `pipeline.context.RequestContext`
 built from them once, by the router)."""
@@ -18,6 +19,23 @@ PROBES = ("/health", "/ready")  # always open: no key, no rate limit, not counte
 OPS = (*PROBES, "/metrics")  # not rate limited, not counted in flight, not logged when they succeed
 ADMIN_PREFIX = "/admin"  # guarded by the admin key in its own router
 UNKNOWN_MODEL = "-"  # the model label of refusals made before the body (and its model) is read
+CONSOLE = "/console"  # the web console's pages and assets (api/console.py)
+DOCS_ASSETS = "/docs-assets"  # the API docs' local scripts and styles
+# Pages a browser opens before it has a key: no key, no rate limit (they are static or the schema only).
+BROWSER_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+BROWSER_PREFIXES = (CONSOLE, DOCS_ASSETS)
+IMAGE_FILES = "/v1/images/files/"  # stored images; a signed URL is its own credential (pipeline/signed_urls.py)
+
+
+def browser_page(path: str) -> bool:
+    """Whether `path` is a console or docs page or asset: open without a key and not rate limited."""
+    return path in BROWSER_PATHS or any(path == p or path.startswith(p + "/") for p in BROWSER_PREFIXES)
+
+
+def signed_image_request(path: str, query_string: bytes) -> bool:
+    """A request for a stored image that carries a signature: the auth middleware lets it through without
+    a key, and the handler verifies the signature (403 when bad or expired)."""
+    return path.startswith(IMAGE_FILES) and b"sig=" in query_string
 
 
 def log_fields(scope: Scope) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from llmops.app import create_app, drain
 from llmops.errors import ConfigError
+from llmops.http_protocol import protocol_class
 from llmops.settings import Settings
 from llmops.stores import build_state
 
@@ -68,8 +69,17 @@ async def _key_count(settings: Settings) -> int:
 def serve(settings: Settings) -> None:
     check_exposure(settings)
     app = create_app(settings)
-    # proxy_headers off: uvicorn would otherwise rewrite the client address from X-Forwarded-For sent by
-    # 127.0.0.1; llmops decides itself whom to believe (rate_limits.trusted_proxies).
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=5, lifespan="on", proxy_headers=False)
-    DrainingServer(config, app).run()
+    DrainingServer(uvicorn_config(app, settings), app).run()
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn with llmops's logging and limits. proxy_headers off: uvicorn would otherwise rewrite the client
+    address from X-Forwarded-For sent by 127.0.0.1; llmops decides itself whom to believe
+    (rate_limits.trusted_proxies). log_config None and access_log off: uvicorn's loggers go through
+    llmops's one structured stream (observability/logging.py), and llmops.access writes the access line."""
+    http = settings.http
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          log_config=None, access_log=False, timeout_graceful_shutdown=5, lifespan="on",
+                          proxy_headers=False, http=protocol_class(http), timeout_keep_alive=http.keep_alive_timeout_s,
+                          h11_max_incomplete_event_size=http.max_header_bytes, limit_concurrency=http.limit_concurrency,
+                          backlog=http.backlog)

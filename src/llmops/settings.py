@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from llmops.engines.weights import EMBEDDED_GEMMA
+from llmops.engines.weights import EMBEDDED_GEMMA, EMBEDDED_SMOLLM2
 from llmops.errors import ConfigError
 
 
@@ -70,7 +70,7 @@ class ModelConfig(_Strict):
     """One served model: a name clients use, what it does, and which engine runs it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the API model id")
-    kind: Literal["chat", "image"] = "chat"
+    kind: Literal["chat", "image", "embeddings"] = "chat"
     engine: str = Field(description="engine name from the registry: llamacpp, transformers, fake, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
     limits: ModelLimits = Field(default_factory=ModelLimits)
@@ -78,16 +78,26 @@ class ModelConfig(_Strict):
 
 
 def default_models() -> list[ModelConfig]:
-    """The embedded defaults: Gemma 3 270M (base, GGUF Q4_K_M) on llama.cpp, and the tiny Stable Diffusion
-    pipeline with seeded random weights (it draws noise; it has no safety checker to run)."""
+    """The embedded defaults: SmolLM2-135M-Instruct (GGUF Q4_1, its own ChatML template extended to show
+    tools) as the chat model; Gemma 3 270M (base, GGUF Q4_K_M) for completions and as a second model; the
+    tiny Stable Diffusion pipeline with seeded random weights (it draws noise; it has no safety checker to
+    run); all-MiniLM-L6-v2 for embeddings."""
     return [
+        ModelConfig(name="smollm2-135m-instruct", engine="llamacpp",
+                    options={"model": EMBEDDED_SMOLLM2, "chat_template": "chatml-tools"}),
         ModelConfig(name="gemma-3-270m", engine="llamacpp", options={"model": EMBEDDED_GEMMA}),
         ModelConfig(name="tiny-sd", kind="image", engine="diffusers",
                     options={"model": "builtin:tiny-sd", "safety_checker": False}),
+        ModelConfig(name="all-minilm-l6-v2", kind="embeddings", engine="sentence-transformers"),
     ]
 
 
 class ImageSettings(_Strict):
+    url_ttl_s: float = Field(3600, gt=0, le=7 * 86400, description="how long a signed image URL "
+                             "(response_format=url) can be fetched without a key")
+    url_secret: SecretStr | None = Field(None, description="HMAC secret signing image URLs; env "
+                                         "LLMOPS_IMAGES__URL_SECRET. Unset: generated at start (with "
+                                         "state.backend redis, shared by the replicas through Redis)")
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
     max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
@@ -97,6 +107,26 @@ class ImageSettings(_Strict):
 
 class ServerLimits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+
+
+class HttpSettings(_Strict):
+    """The HTTP server's own limits (uvicorn, on h11 or httptools; the same behaviour on both: see
+    llmops/http_protocol.py). An idle or half-sent connection is closed, never kept forever."""
+
+    implementation: Literal["auto", "h11", "httptools"] = Field("auto", description="HTTP/1.1 parser; auto: "
+                                                               "httptools when installed, else h11")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; larger: 431, closed")
+    max_headers: int = Field(100, ge=8, description="header fields per request; more: 431")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this")
+    head_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head "
+                                  "within this of its first byte (or of opening); else closed")
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="a request body that stops arriving for this "
+                                       "long closes the connection")
+    max_connections: int = Field(1000, ge=1, description="open connections; beyond it new ones are closed "
+                                 "at once (keep it below the process's file limit, ulimit -n)")
+    limit_concurrency: int | None = Field(None, ge=1, description="uvicorn's limit on connections + requests "
+                                          "in progress; beyond it plain 503. Unset: none")
+    backlog: int = Field(2048, ge=1, description="the listening socket's accept queue")
 
 
 class ObservabilitySettings(_Strict):
@@ -116,6 +146,35 @@ class AuthSettings(_Strict):
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
     key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists "
                                  "(keys created by the CLI take effect this soon; tests use 0)")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        problem = admin_key_problem(key.get_secret_value()) if key is not None else None
+        if problem:
+            raise ValueError(f"the admin key {problem}: the server refuses to start with it. Unset "
+                             "LLMOPS_AUTH__ADMIN_KEY to disable the admin API, or set a random one, e.g. "
+                             "`openssl rand -hex 32`")
+        return key
+
+
+ADMIN_KEY_MIN_CHARS = 16
+PLACEHOLDER_WORDS = ("replace-me", "replace_me", "replaceme", "changeme", "change-me", "change_me",
+                     "placeholder", "example", "your-admin-key", "xxxx")
+
+
+def admin_key_problem(key: str) -> str | None:
+    """Why `key` must not guard the admin API (empty, short, repetitive or a documented placeholder), or None."""
+    if not key.strip():
+        return "is empty (an empty key would let anyone in)"
+    if len(key) < ADMIN_KEY_MIN_CHARS:
+        return f"is shorter than {ADMIN_KEY_MIN_CHARS} characters"
+    if len(set(key)) < 6:
+        return "uses fewer than 6 distinct characters"
+    lowered = key.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder value (like deploy/k8s's replace-me-before-deploying)"
+    return None
 
 
 class StateSettings(_Strict):
@@ -139,18 +198,36 @@ class SpendSettings(_Strict):
                              "the store (other replicas' spend shows within this; tests use 0)")
 
 
+class SemanticCacheSettings(_Strict):
+    """Opt-in: chat requests close enough in meaning to one answered before (cosine similarity of their
+    normalised texts' embeddings at or above `threshold`) get its answer, within the same model, prompt
+    version and request options. In the process, or in Redis with the redis state backend. Measured on
+    labelled paraphrase pairs in bench/semantic_cache.py: pick the threshold from its table."""
+
+    enabled: bool = False
+    model: str = Field("all-minilm-l6-v2", description="the embeddings model (kind: embeddings) it uses")
+    threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity that counts as the same request")
+    max_entries: int = Field(1024, ge=1, description="entries per namespace (model, prompt version, options)")
+
+
 class CacheSettings(_Strict):
     """Exact-match response cache for deterministic requests (temperature 0, or a seed given), chat,
     completions and images. In the process (LRU) with the sqlite/memory state backends; in Redis, shared by
-    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store)."""
+    replicas, with the redis backend. A request opts out with `Cache-Control: no-cache` (or no-store).
 
-    enabled: bool = True
+    Off by default: clients of an OpenAI-compatible server expect the model to run (a benchmark or an
+    evaluation that repeats a prompt would otherwise measure the cache), and the default global scope tells
+    a caller that someone asked the same before. Turn it on where repeated deterministic requests are
+    expected; every response says what happened in `X-Cache`."""
+
+    enabled: bool = Field(False, description="serve repeated deterministic requests from the cache")
     max_entries: int = Field(1024, ge=1, description="LRU size (in-process cache)")
     ttl_s: float = Field(3600, gt=0, description="how long an answer is served from the cache")
     max_entry_bytes: int = Field(4_000_000, ge=1024, description="larger answers are not cached")
     scope: Literal["global", "key"] = Field("global", description="global: one cache for every caller (an "
                                             "identical request gets the stored answer); key: each API key has "
                                             "its own entries, so no caller can learn what another asked")
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
 Stage = Literal["input", "output"]
@@ -206,6 +283,64 @@ class Shadow(_Strict):
     sample: float = Field(1.0, gt=0, le=1, description="share of requests mirrored")
 
 
+ScorerKind = Literal["exact", "contains", "regex", "json_valid", "json_schema", "numeric", "embedding", "judge"]
+
+
+class EvalScorer(_Strict):
+    """One scorer of `llmops eval` (per dataset) or of a route's live traffic. Scores are in [0, 1]; a scorer
+    that does not apply to a row (no reference to compare with) gives no score rather than a zero."""
+
+    kind: ScorerKind
+    name: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,64}$", description="label in reports and metrics "
+                             "(default: the kind)")
+    ignore_case: bool = Field(True, description="exact/contains: compare case-insensitively, whitespace collapsed")
+    reference: str | None = Field(None, description="used when a row has none (live traffic has none)")
+    pattern: str | None = Field(None, description="regex: the pattern (default: the row's "
+                         "metadata.pattern)")
+    json_schema: dict[str, Any] | None = Field(None, description="json_schema: the schema (default: the row's "
+                                               "metadata.schema)")
+    json_in_text: bool = Field(False, description="json_valid/json_schema: accept the first JSON object or array "
+                               "found in the answer's text (default: the whole answer must be JSON, a ``` fence "
+                               "allowed)")
+    rel_tol: float = Field(0.01, ge=0, description="numeric: relative tolerance")
+    abs_tol: float = Field(0.0, ge=0, description="numeric: absolute tolerance")
+    model: str | None = Field(None, description="embedding/judge: the model to ask")
+    base_url: str | None = Field(None, description="embedding/judge: an OpenAI-compatible /v1 URL (default: the "
+                                 "eval's server)")
+    api_key_env: str | None = Field(None, description="environment variable holding the endpoint's API key")
+    rubric: str | None = Field(None, description="judge: what a good answer is (default: correct, complete, "
+                               "concise)")
+
+    @model_validator(mode="after")
+    def _usable(self) -> EvalScorer:
+        if self.kind in ("embedding", "judge") and not self.model:
+            raise ValueError(f"a {self.kind} scorer needs a model")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from exc
+        return self
+
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class OnlineEval(_Strict):
+    """Score a sample of a route's answers (variants and shadow) in the background: llmops_eval_score."""
+
+    sample: float = Field(0.1, gt=0, le=1, description="share of answers scored")
+    window: int = Field(100, ge=1, description="the gauge is the mean of the last `window` scores")
+    scorers: list[EvalScorer] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> OnlineEval:
+        for scorer in self.scorers:
+            if scorer.kind in ("embedding", "judge") and not scorer.base_url:
+                raise ValueError(f"online scorer {scorer.label()} needs a base_url (the server's own /v1 works)")
+        return self
+
+
 class RouteConfig(_Strict):
     """A model name clients use that is an alias over weighted variants (A/B), with fallbacks and a shadow."""
 
@@ -216,6 +351,7 @@ class RouteConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list, description="tried in order when the chosen variant "
                                  "fails or is overloaded before answering")
     shadow: Shadow | None = None
+    online_eval: OnlineEval | None = Field(None, description="score live answers (llmops_eval_score)")
 
 
 class PromptVariant(_Strict):
@@ -241,6 +377,24 @@ class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
 
+class WebSettings(_Strict):
+    """What browsers see: the console at /console, the API docs at /docs and /redoc (local assets, no key
+    needed, the schema only), and CORS for other origins (off unless `cors_origins` lists some)."""
+
+    console: bool = Field(True, description="serve the web console at /console (and redirect / to it)")
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from "
+                                    "a browser (e.g. https://app.example.com); empty: CORS off")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        bad = [o for o in origins if not re.match(r"^https?://[^/\s]+$", o)]
+        if bad:
+            raise ValueError(f"origins are scheme://host[:port] with no path; not {', '.join(bad)}")
+        return origins
+
+
 class Settings(BaseSettings):
     """Everything the server reads. Field descriptions are the help text of `llmops config check`."""
 
@@ -251,9 +405,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)

@@ -1,5 +1,6 @@
 """A small kustomize renderer for the features deploy/k8s uses (resources, namespace, labels, images,
-strategic-merge patches keyed by kind and name, lists of named items merged by name). Used where kubectl is
+strategic-merge patches keyed by kind and name, lists of named items merged by name, `null` deleting a field,
+`$patch: delete` deleting the object). Used where kubectl is
 absent; where it is present, tests render with `kubectl kustomize` instead."""
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ def _merge(base: Any, patch: Any) -> Any:
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
-            out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
         return out
     if isinstance(base, list) and isinstance(patch, list) and all(
             isinstance(x, dict) and "name" in x for x in base + patch):
@@ -59,7 +63,10 @@ def render(folder: Path) -> list[Obj]:
     for patch in k.get("patches", []):
         p = yaml.safe_load((folder / patch["path"]).read_text())
         index = next(i for i, o in enumerate(objs) if _key(o) == _key(p))
-        objs[index] = _merge(objs[index], p)
+        if p.pop("$patch", None) == "delete":
+            del objs[index]
+        else:
+            objs[index] = _merge(objs[index], p)
     for obj in objs:
         if "namespace" in k and obj["kind"] != "Namespace":
             obj["metadata"]["namespace"] = k["namespace"]

@@ -1,5 +1,6 @@
-"""The Dockerfiles pass hadolint, the Compose file passes `docker-compose config`, and the configs they
-ship pass `llmops config check`. (There is no Docker engine here: images are linted, not built.)"""
+"""The Dockerfiles pass hadolint, the Compose file (with and without the Debian-package override) passes
+`docker-compose config`, and the configs they ship pass `llmops config check`. Building the images and running
+the stack: tests/deploy/test_compose_stack.py (`make deploy-test`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.helpers import tool
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.services"])
 def test_hadolint(name: str) -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
@@ -32,21 +33,30 @@ def test_dockerfile_conventions(name: str) -> None:
     assert "HEALTHCHECK" in text
     assert "/health" in text
     # dependencies are installed before the code is copied
-    assert text.index("pip install \".[") < text.index("COPY src ./src")
+    assert text.index("pip-install \".[") < text.index("COPY src ./src")
+    # the proxy's CA is a build secret: mounted for the pip steps, never COPY'd into a layer
+    assert "--mount=type=secret,id=pip_ca" in text
+    assert "ca-certificates.crt /" not in text
+    # the base image is a build argument whose default is the official image
+    assert ("ARG PYTHON_IMAGE=python:" in text) or ("ARG CUDA_IMAGE=nvidia/cuda:" in text)
 
 
-@pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_compose_config(profile: str) -> None:
+@pytest.mark.parametrize(("profile", "local"), [("cpu", False), ("gpu", False), ("cpu", True)])
+def test_compose_config(profile: str, local: bool) -> None:
     compose = tool("docker-compose")
     if compose is None:
         pytest.skip("docker-compose not installed (Debian package docker-compose)")
-    out = subprocess.run([compose, "-f", str(DEPLOY / "compose.yaml"), "--profile", profile, "config"],
+    files = ["-f", str(DEPLOY / "compose.yaml")] + (["-f", str(DEPLOY / "compose.local.yaml")] if local else [])
+    out = subprocess.run([compose, *files, "--profile", profile, "config"],
                          capture_output=True, text=True, env={"GRAFANA_ADMIN_PASSWORD": "x", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
     api = "api-gpu" if profile == "gpu" else "api"
     assert {api, "redis", "prometheus", "grafana", "alertmanager"} <= set(services)
     assert "healthcheck" in services[api]
+    assert services[api]["read_only"] is True
+    if local:
+        assert all(services[s]["image"].startswith("llmops-local/") for s in ("redis", "prometheus", "alertmanager"))
     if profile == "gpu":
         devices = services[api]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]

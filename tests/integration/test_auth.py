@@ -82,9 +82,9 @@ def test_admin_api(keyed: tuple[Path, Path]) -> None:
     cfg, _ = keyed
     with live_server(cfg) as base:
         assert httpx.get(f"{base}/admin/keys").status_code == 403  # no admin key configured: disabled
-    with live_server(cfg, env={"LLMOPS_AUTH__ADMIN_KEY": "admin-secret"}) as base:
+    with live_server(cfg, env={"LLMOPS_AUTH__ADMIN_KEY": "admin-secret-for-the-tests"}) as base:
         assert httpx.get(f"{base}/admin/keys", headers={"X-Admin-Key": "nope"}).status_code == 403
-        admin = {"Authorization": "Bearer admin-secret"}
+        admin = {"Authorization": "Bearer admin-secret-for-the-tests"}
         made = httpx.post(f"{base}/admin/keys", headers=admin, json={"name": "ci", "models": ["other"]})
         assert made.status_code == 201
         secret, key_id = made.json()["secret"], made.json()["id"]
@@ -93,7 +93,7 @@ def test_admin_api(keyed: tuple[Path, Path]) -> None:
         assert "secret" not in listed[0]
         assert eventually(lambda: chat(base, "other", headers={"X-API-Key": secret}).status_code == 200)
         # the admin key is not an API key
-        assert chat(base, "other", headers={"X-API-Key": "admin-secret"}).status_code == 401
+        assert chat(base, "other", headers={"X-API-Key": "admin-secret-for-the-tests"}).status_code == 401
         assert httpx.get(f"{base}/admin/keys/{key_id}", headers=admin).json()["name"] == "ci"
         assert httpx.delete(f"{base}/admin/keys/{key_id}", headers=admin).json()["revoked_at"] is not None
         assert httpx.get(f"{base}/admin/keys/key_nope", headers=admin).status_code == 404

@@ -34,7 +34,7 @@ def metric(base: str, name: str, **labels: str) -> float:
 
 
 def test_response_cache(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cache.yaml", [SLOW])
+    cfg = write_config(tmp_path / "cache.yaml", [SLOW], cache={"enabled": True})
     ask: dict[str, Any] = {"model": "fake", "temperature": 0,
                            "messages": [{"role": "user", "content": "one two three four five six"}]}
     with live_server(cfg) as base:
@@ -66,7 +66,8 @@ def test_response_cache(tmp_path: Path) -> None:
 
 
 def test_replicas_share_the_cache_through_redis(tmp_path: Path, redis_server: RedisServer) -> None:
-    cfg = write_config(tmp_path / "shared.yaml", [SLOW], state={"backend": "redis", "redis_url": redis_server.url})
+    cfg = write_config(tmp_path / "shared.yaml", [SLOW], state={"backend": "redis", "redis_url": redis_server.url},
+                       cache={"enabled": True})
     ask: dict[str, Any] = {"model": "fake", "seed": 1, "messages": [{"role": "user", "content": "a b c"}]}
     with live_server(cfg) as a, live_server(cfg) as b:
         first = client(a).chat.completions.with_raw_response.create(**ask)

@@ -34,7 +34,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def several(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Two chat models and the cache on: the edge reads the body (cheaply) to know the model."""
-    cfg = write_config(tmp_path_factory.mktemp("gate") / "several.yaml", [SLOW, OTHER])
+    cfg = write_config(tmp_path_factory.mktemp("gate") / "several.yaml", [SLOW, OTHER], cache={"enabled": True})
     with live_server(cfg) as url:
         yield url
 

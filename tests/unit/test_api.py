@@ -114,7 +114,10 @@ def test_unknown_model(client: TestClient) -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"presence_penalty": 5}, "presence_penalty"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),  # the fake engine calls none
+        ({"response_format": {"type": "json_object"}}, "response_format"),  # nor constrains output
+        ({"top_k": 5}, "top_k"),  # a vLLM extra: refused, not ignored
         ({"n": 0}, "n"),
     ],
 )

@@ -27,7 +27,7 @@ def test_lru_evicts_the_least_recent_and_expires() -> None:
 
 
 def test_keys_bypass_and_scope() -> None:
-    cacher = ResponseCacher(MemoryCache(8), CacheSettings(), Metrics())
+    cacher = ResponseCacher(MemoryCache(8), CacheSettings(enabled=True), Metrics())
 
     def key(c: ResponseCacher, kind: str, payload: Any, *, opt_out: bool = False, key_id: str | None = None) -> Any:
         return c.key(kind, payload, opt_out=opt_out, key_id=key_id)
@@ -41,5 +41,11 @@ def test_keys_bypass_and_scope() -> None:
     assert key(cacher, "chat", PAYLOAD) != key(cacher, "completions", PAYLOAD)
     shared = key(cacher, "chat", PAYLOAD, key_id="one")
     assert shared == key(cacher, "chat", PAYLOAD, key_id="two")  # global scope: one entry
-    scoped = ResponseCacher(MemoryCache(8), CacheSettings(scope="key"), Metrics())
+    scoped = ResponseCacher(MemoryCache(8), CacheSettings(enabled=True, scope="key"), Metrics())
     assert key(scoped, "chat", PAYLOAD, key_id="one") != key(scoped, "chat", PAYLOAD, key_id="two")
+
+
+def test_the_cache_is_off_by_default() -> None:
+    """A repeated deterministic request runs the model unless the operator turned the cache on."""
+    cacher = ResponseCacher(MemoryCache(8), CacheSettings(), Metrics())
+    assert cacher.key("chat", PAYLOAD, opt_out=False, key_id=None) is None

@@ -204,7 +204,7 @@ def test_deprecated_images_max_queued_is_the_models_default(tmp_path: Path) -> N
 
 
 def test_cached_image_with_an_exhausted_budget_gets_429(tmp_path: Path) -> None:
-    with start(tmp_path, [FAKE_SD], auth={"admin_key": ADMIN}) as c:
+    with start(tmp_path, [FAKE_SD], auth={"admin_key": ADMIN}, cache={"enabled": True}) as c:
         loaded(c)
         made = c.post("/admin/keys", json={"name": "img", "budget_usd": 0.01, "budget_period": "day"},
                       headers={"Authorization": f"Bearer {ADMIN}"})

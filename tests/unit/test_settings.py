@@ -9,12 +9,14 @@ from llmops.errors import ConfigError
 from llmops.settings import load_settings
 
 
-def test_defaults_serve_embedded_gemma_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_serve_the_embedded_models_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMOPS_PORT", raising=False)
     s = load_settings()
     assert (s.host, s.port) == ("127.0.0.1", 8000)
-    assert [(m.name, m.kind, m.engine) for m in s.models] == [("gemma-3-270m", "chat", "llamacpp"),
-                                                               ("tiny-sd", "image", "diffusers")]
+    assert [(m.name, m.kind, m.engine) for m in s.models] == [
+        ("smollm2-135m-instruct", "chat", "llamacpp"), ("gemma-3-270m", "chat", "llamacpp"),
+        ("tiny-sd", "image", "diffusers"), ("all-minilm-l6-v2", "embeddings", "sentence-transformers")]
+    assert s.models[0].options["chat_template"] == "chatml-tools"
 
 
 def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ class KeyCreate(BaseModel):
 
 def _guard(request: Request) -> KeyStore:
     admin = deps.settings(request).auth.admin_key
-    if admin is None:
+    if admin is None or not admin.get_secret_value():  # settings refuse an empty key; never trust one here
         raise PermissionDenied("the admin API is disabled: set auth.admin_key (LLMOPS_AUTH__ADMIN_KEY)")
     given = request.headers.get("x-admin-key") or presented_key(request.scope) or ""
     if not hmac.compare_digest(given.encode(), admin.get_secret_value().encode()):

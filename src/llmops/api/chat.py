@@ -7,12 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from llmops.api import textcall
+from llmops.api import textcall, tool_calls
 from llmops.api.sse import event
-from llmops.engines.base import Message
+from llmops.pipeline import chat_controls
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.protocol.chat import (
-    AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -26,7 +25,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    messages = [Message(m.role, m.text()) for m in body.messages]
+    messages = chat_controls.messages(body)
     call = await textcall.prepare(request, body, "chat", messages=messages)
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
@@ -34,8 +33,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
 
 def _completion(done: Collected, model: str, chunk_id: str, created: int) -> ChatCompletion:
-    out = [ChatChoice(index=i, message=AssistantMessage(content=text), finish_reason=done.finish[i] or "stop")
-           for i, text in enumerate(done.texts)]
+    out = [ChatChoice(index=i, message=tool_calls.assistant_message(text, done.calls.get(i, [])),
+                      finish_reason=done.finish[i] or "stop") for i, text in enumerate(done.texts)]
     return ChatCompletion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
 
 
@@ -50,10 +49,13 @@ async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.
     first = await anext(pieces, None)  # errors before any output surface as plain HTTP errors
     for i in range(body.n):
         yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+    sent: dict[int, int] = {}  # tool-call deltas sent per choice
     if first is not None:
-        yield chunk([_piece(*first)])
+        for part in _pieces(*first, totals, sent):
+            yield chunk([part])
         async for item in pieces:
-            yield chunk([_piece(*item)])
+            for part in _pieces(*item, totals, sent):
+                yield chunk([part])
     if body.include_usage():
         yield event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=[],
                                         usage=totals.usage()))
@@ -69,11 +71,24 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
 
     for c in cached.choices:
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
-        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(content=c.message.content))])
+        yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(
+            content=c.message.content, tool_calls=tool_calls.replay_deltas(c.message) or None))])
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)])
     if body.include_usage():
         yield event(ChatCompletionChunk(id=cached.id, created=cached.created, model=cached.model, choices=[],
                                         usage=cached.usage))
+
+
+def _pieces(index: int, text: str, finish: str | None, totals: Collected,
+            sent: dict[int, int]) -> list[ChatChunkChoice]:
+    """The chunk's text (and the tool calls that arrived with it), then its finish: one event each."""
+    calls = totals.calls.get(index, [])[sent.get(index, 0):]
+    sent[index] = sent.get(index, 0) + len(calls)
+    if not calls:
+        return [_piece(index, text, finish)]
+    out = [ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
+                                                        tool_calls=tool_calls.call_deltas(calls)))]
+    return [*out, _piece(index, "", finish)] if finish is not None else out
 
 
 def _piece(index: int, text: str, finish: str | None) -> ChatChunkChoice:

@@ -73,7 +73,7 @@ def _store(request: Request, png: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"imgfile-{uuid.uuid4().hex}.png"
     (folder / name).write_bytes(png)
-    return str(request.url_for("image_file", name=name))
+    return f'{request.url_for("image_file", name=name)}?{deps.services(request).url_signer.query(name)}'
 
 
 def _data(request: Request, result: ImageResult, response_format: str) -> list[ImageData]:
@@ -161,7 +161,11 @@ async def cancel_job(job_id: str, request: Request) -> ImageJob:
 
 
 @router.get("/v1/images/files/{name}", name="image_file")
-async def image_file(name: str, request: Request) -> Response:
+async def image_file(name: str, request: Request, expires: str | None = None, sig: str | None = None) -> Response:
+    """Signed (`expires`, `sig`): no key needed (pipeline/signed_urls.py); 403 when the signature is bad or
+    expired. Unsigned: the API key, like any call."""
+    if sig is not None:
+        deps.services(request).url_signer.verify(name, expires, sig)
     png = await asyncio.to_thread(read_stored_file, deps.settings(request).images.store_dir, name)
     return Response(png, media_type="image/png")
 

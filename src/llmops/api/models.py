@@ -22,6 +22,8 @@ async def list_models(request: Request) -> ModelList:
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request) -> ModelCard:
-    if model_id not in deps.pool(request).names() + deps.router(request).names():
+    key = deps.api_key(request)
+    known = model_id in deps.pool(request).names() + deps.router(request).names()
+    if not known or (key is not None and not key.allows(model_id)):  # as the list: a key sees only its models
         raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
     return ModelCard(id=model_id, created=deps.services(request).started_at)

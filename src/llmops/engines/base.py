@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: `arguments` is JSON text, as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class Message:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,23 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """The answer must be JSON: any object (`json_object`), or one that matches `schema` (`json_schema`)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """Functions the model may call. `choice`: auto, none, required, or the one function's name."""
+
+    functions: tuple[dict[str, Any], ...]  # OpenAI `{"type": "function", "function": {...}}` definitions
+    choice: str = "auto"
+    parallel: bool = True
+
+
+@dataclass(frozen=True)
 class TextRequest:
     """Either a raw `prompt` (completions) or `messages` (chat), never both."""
 
@@ -40,6 +68,8 @@ class TextRequest:
     sampling: SamplingParams
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
+    structured: StructuredOutput | None = None
+    tools: ToolSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -53,12 +83,40 @@ class TokenUsage:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams: the first piece of call `index` carries its id and name."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class TextChunk:
     """A piece of generated text. The last chunk of a stream has `finish_reason` and `usage` set."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: TokenUsage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextCapabilities:
+    """What a text engine honours beyond plain generation. A request that needs more gets 400 naming the
+    field. An engine declares it as a `capabilities` attribute; one that does not has none of them."""
+
+    structured_output: bool = False  # response_format json_object / json_schema
+    tools: bool = False  # tools, tool_choice, parallel_tool_calls, tool turns in the history
+
+
+NO_CAPABILITIES = TextCapabilities()
+
+
+def capabilities(engine: object) -> TextCapabilities:
+    found = getattr(engine, "capabilities", NO_CAPABILITIES)
+    return found if isinstance(found, TextCapabilities) else NO_CAPABILITIES
 
 
 @dataclass
@@ -86,6 +144,24 @@ class TextEngine(Engine, Protocol):
     context_length: int
 
     def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]: ...
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class EmbeddingEngine(Engine, Protocol):
+    """An engine that turns texts (or token ids of its own vocabulary) into vectors, a batch per call.
+    `dimensions`: the vector length asked for (None: the model's own); engines that cannot shorten
+    vectors list only their own size in `dimensions_allowed`."""
+
+    max_batch: int
+    dimensions_allowed: tuple[int, ...]
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult: ...
 
 
 @dataclass(frozen=True)

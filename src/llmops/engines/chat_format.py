@@ -15,16 +15,25 @@ model would start writing the next turn itself:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 
-from llmops.engines.base import Message
+from llmops.engines.base import Message, ToolSpec
+from llmops.engines.constrained import render_call, tools_preamble
 
 ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
 FALLBACK_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:")
 
 
-def render_fallback(messages: Sequence[Message]) -> str:
+def _turn_text(m: Message) -> str:
+    calls = "\n".join(render_call(c.name, c.arguments) for c in m.tool_calls)
+    return "\n".join(part for part in (m.content.strip(), calls) if part)
+
+
+def render_fallback(messages: Sequence[Message], tools: ToolSpec | None = None) -> str:
     system = [m.content.strip() for m in messages if m.role in ("system", "developer")]
-    turns = [f"{ROLE_LABELS.get(m.role, m.role.title())}: {m.content.strip()}"
+    if tools is not None:
+        system.append(tools_preamble(tools))
+    turns = [f"{ROLE_LABELS.get(m.role, m.role.title())}: {_turn_text(m)}"
              for m in messages if m.role not in ("system", "developer")]
     head = "\n\n".join(system)
     body = "\n".join([*turns, "Assistant:"])
@@ -38,3 +47,10 @@ def merge_stops(requested: Sequence[str], extra: Sequence[str]) -> tuple[str, ..
         if s not in out:
             out.append(s)
     return tuple(out)
+
+
+
+def chatml_tools_template() -> str:
+    """A ChatML template that can show tools and tool turns (the Hermes/Qwen convention), for ChatML models
+    whose own template cannot (SmolLM2-Instruct's): engine option `chat_template: chatml-tools`."""
+    return (resources.files("llmops.engines") / "templates" / "chatml_tools.jinja").read_text(encoding="utf-8")

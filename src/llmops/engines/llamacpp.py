@@ -7,6 +7,10 @@ value stops generation (that is how a client leaving frees its slot within one d
 xllamacpp's Server also opens its own HTTP listener. It binds loopback, on a random port, and gets a random
 key that only this process knows, so it is no way around this API's auth and limits; this engine uses it
 for tokenization and chat templating only.
+
+Structured output and tool calls are llama.cpp grammars (engines/constrained.py): a `response_format` is
+compiled from its JSON schema, tools are rendered into the prompt by the chat template and the model's
+calls constrained to the offered functions and their argument schemas.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
+from llmops.engines.base import EngineHealth, Message, TextCapabilities, TextChunk, TextRequest, TokenUsage
+from llmops.engines.chat_format import chatml_tools_template
+from llmops.engines.constrained import CALL_OPEN, grammar_fields, tool_call_stream, tools_preamble
 from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
@@ -44,8 +50,20 @@ class LlamaCppOptions(BaseModel):
     n_batch: int = Field(2048, ge=32)
     n_ubatch: int = Field(512, ge=32)
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to a GPU build; default: llama.cpp's")
-    chat_template: Literal["auto", "model", "fallback"] = Field(
-        "auto", description="auto: the GGUF's template if it has one, else the project's fallback format")
+    chat_template: Literal["auto", "model", "fallback", "chatml-tools"] = Field(
+        "auto", description="auto: the GGUF's template if it has one, else the project's fallback format; "
+        "chatml-tools: a ChatML template that shows tools and tool turns (for ChatML models such as SmolLM2)")
+
+
+def _wire_message(m: Message) -> dict[str, Any]:
+    """A history message as llama.cpp's chat templating takes it (OpenAI's shape)."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 def _map_error(err: dict[str, Any]) -> LLMOpsError:
@@ -59,6 +77,7 @@ def _map_error(err: dict[str, Any]) -> LLMOpsError:
 
 class LlamaCppEngine:
     Options = LlamaCppOptions
+    capabilities = TextCapabilities(structured_output=True, tools=True)
 
     def __init__(self, model_name: str, options: LlamaCppOptions) -> None:
         self.model_name = model_name
@@ -80,7 +99,7 @@ class LlamaCppEngine:
             path = await asyncio.to_thread(resolve_weights, self.options.model)
             meta = await asyncio.to_thread(read_metadata, path)
             has_template = "tokenizer.chat_template" in meta
-            self._use_model_template = self.options.chat_template == "model" or (
+            self._use_model_template = self.options.chat_template in ("model", "chatml-tools") or (
                 self.options.chat_template == "auto" and has_template)
             params = self._params(xllamacpp, str(path))
             self._server = await asyncio.to_thread(xllamacpp.Server, params)
@@ -103,6 +122,8 @@ class LlamaCppEngine:
         p.cpuparams.poll = p.cpuparams_batch.poll = o.cpu_poll
         p.verbosity = o.log_verbosity
         p.n_batch, p.n_ubatch = o.n_batch, o.n_ubatch
+        if o.chat_template == "chatml-tools":
+            p.chat_template = chatml_tools_template()
         if o.n_gpu_layers is not None:
             p.n_gpu_layers = o.n_gpu_layers
         p.hostnames, p.port, p.api_keys = ["127.0.0.1"], 0, [self._key]
@@ -121,7 +142,12 @@ class LlamaCppEngine:
     def health(self) -> EngineHealth:
         return EngineHealth(self._state, {
             "slots": self.options.n_parallel, "threads": self.threads, "context_length": self.context_length,
-            "chat_template": "model" if self._use_model_template else "fallback"})
+            "chat_template": self._template_name()})
+
+    def _template_name(self) -> str:
+        if not self._use_model_template:
+            return "fallback"
+        return "chatml-tools" if self.options.chat_template == "chatml-tools" else "model"
 
     @property
     def internal_address(self) -> str | None:
@@ -144,9 +170,15 @@ class LlamaCppEngine:
     async def _prepare(self, request: TextRequest) -> PreparedPrompt:
         if request.messages is None or not self._use_model_template:
             return prepare_fallback(request)
-        msgs = [{"role": m.role, "content": m.content} for m in request.messages]
-        rendered = await self._post("/apply-template", {"messages": msgs})
-        return PreparedPrompt(str(rendered["prompt"]), request.sampling.stop, False)
+        messages = [_wire_message(m) for m in request.messages]
+        body: dict[str, Any] = {"messages": messages}
+        if request.tools is not None:
+            body["tools"] = list(request.tools.functions)
+        prompt = str((await self._post("/apply-template", body))["prompt"])
+        if request.tools is not None and CALL_OPEN not in prompt:  # the template has no place for tools
+            body["messages"] = [{"role": "system", "content": tools_preamble(request.tools)}, *messages]
+            prompt = str((await self._post("/apply-template", body))["prompt"])
+        return PreparedPrompt(prompt, request.sampling.stop, False)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
         prepared = await self._prepare(request)
@@ -160,10 +192,13 @@ class LlamaCppEngine:
             "stream_options": {"include_usage": True}, "cache_prompt": True,
         }
         if s.seed is not None:
-            body["seed"] = s.seed
+            body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
+        body.update(grammar_fields(request))
         chunks = self._stream(body, len(tokens))
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
+        if request.tools is not None:
+            chunks = tool_call_stream(chunks)
         async for chunk in chunks:
             yield chunk
 

@@ -15,10 +15,12 @@ from llmops.errors import ConfigError, EngineUnavailable
 ENGINES: dict[str, str] = {
     "fake": "llmops.engines.fake:FakeTextEngine",
     "fake-image": "llmops.engines.fake_image:FakeImageEngine",
+    "fake-embeddings": "llmops.engines.fake_embeddings:FakeEmbeddingEngine",
     "llamacpp": "llmops.engines.llamacpp:LlamaCppEngine",
     "transformers": "llmops.engines.transformers:TransformersEngine",
     "diffusers": "llmops.engines.diffusers:DiffusersEngine",
     "upstream": "llmops.engines.upstream:UpstreamEngine",
+    "sentence-transformers": "llmops.engines.embeddings:SentenceTransformersEngine",
 }
 
 

@@ -22,7 +22,7 @@ def prepare_fallback(request: TextRequest) -> PreparedPrompt:
     if request.messages is None:
         return PreparedPrompt(request.prompt or "", request.sampling.stop, False)
     stops = merge_stops(request.sampling.stop, FALLBACK_STOPS)
-    return PreparedPrompt(render_fallback(request.messages), stops, True)
+    return PreparedPrompt(render_fallback(request.messages, request.tools), stops, True)
 
 
 def resolve_max_tokens(requested: int | None, prompt_tokens: int, context_length: int, default: int) -> int:

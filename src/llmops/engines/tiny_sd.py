@@ -78,7 +78,9 @@ def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> Path:
         hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
         vocab_size=VOCAB_SIZE, max_position_embeddings=77, bos_token_id=VOCAB_SIZE - 2,
         eos_token_id=VOCAB_SIZE - 1, pad_token_id=VOCAB_SIZE - 1))
-    scheduler = d.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    # steps_offset=1: what the pipeline would otherwise patch in itself, with a 25-line FutureWarning
+    scheduler = d.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp))
         pipe = d.StableDiffusionPipeline(

@@ -3,6 +3,10 @@ full, the model is unknown, failed or loading) is answered here, 503 or 404 in t
 FastAPI and pydantic see its body; when the body cannot change the answer, before it is even read. Draining
 (drain.py) and rate limits (rate_limit.py) are refused earlier still, from the headers.
 
+It sits twice in the stack (app.build_middleware): outside the body limit, which reads every body, where it
+answers what needs no body (`with_body=False`), and inside it, where it reads the body the limit already
+bounded and checked (`with_body=True`).
+
 Under a burst most requests are refusals: each costs a few dictionary lookups here instead of a parse, the
 guardrails and a budget check, so the event loop stays free for the admitted streams and for the next
 caller. The decisions are the pipeline's (`pipeline.gate.EdgeGate`); the refusal is counted here, once, in
@@ -21,10 +25,11 @@ from llmops.observability.metrics import Metrics
 from llmops.stores.keys import ApiKey
 
 Kind = Literal["chat", "image"]
-# path -> (the kind of model it needs, whether its answers may come from the response cache)
-GATED: dict[str, tuple[Kind, bool]] = {
-    "/v1/chat/completions": ("chat", True), "/v1/completions": ("chat", True),
-    "/v1/images/generations": ("image", True), "/generate": ("image", False), "/v1/images/jobs": ("image", False),
+Cached = Literal["none", "exact", "semantic"]  # which caches may answer a path's requests
+# path -> (the kind of model it needs, which caches may answer it)
+GATED: dict[str, tuple[Kind, Cached]] = {
+    "/v1/chat/completions": ("chat", "semantic"), "/v1/completions": ("chat", "exact"),
+    "/v1/images/generations": ("image", "exact"), "/generate": ("image", "none"), "/v1/images/jobs": ("image", "none"),
 }
 
 
@@ -36,25 +41,28 @@ class EdgeRoute(NamedTuple):
 
 
 class Gate(Protocol):
-    def needs_body(self, kind: Kind, cacheable: bool, cache_control: str | None) -> bool: ...
+    def needs_body(self, kind: Kind, cached: Cached, cache_control: str | None) -> bool: ...
 
-    def refusal(self, kind: Kind, body: dict[str, Any] | None, cacheable: bool, cache_control: str | None,
+    def refusal(self, kind: Kind, body: dict[str, Any] | None, cached: Cached, cache_control: str | None,
                 key: ApiKey | None) -> tuple[str, LLMOpsError] | None: ...
 
 
 class AdmissionGateMiddleware:
-    def __init__(self, app: ASGIApp, gate: Gate, metrics: Metrics) -> None:
-        self.app, self.gate, self.metrics = app, gate, metrics
+    def __init__(self, app: ASGIApp, gate: Gate, metrics: Metrics, with_body: bool) -> None:
+        self.app, self.gate, self.metrics, self.with_body = app, gate, metrics, with_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gated = GATED.get(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "POST" else None
         if gated is None:
             await self.app(scope, receive, send)
             return
-        kind, cacheable = gated
+        kind, cached = gated
         cache_control = _header(scope, b"cache-control")
         body: dict[str, Any] | None = None
-        if self.gate.needs_body(kind, cacheable, cache_control):
+        if self.gate.needs_body(kind, cached, cache_control) != self.with_body:  # the other placement's
+            await self.app(scope, receive, send)
+            return
+        if self.with_body:
             try:
                 raw = await _read_body(receive)
             except LLMOpsError as exc:  # the body limit, for a chunked body that grew past it
@@ -67,7 +75,7 @@ class AdmissionGateMiddleware:
             if body is None:  # not a JSON object: FastAPI answers the 400
                 await self.app(scope, receive, send)
                 return
-        refused = self.gate.refusal(kind, body, cacheable, cache_control, api_key(scope))
+        refused = self.gate.refusal(kind, body, cached, cache_control, api_key(scope))
         if refused is None:
             await self.app(scope, receive, send)
             return

@@ -3,9 +3,11 @@ Missing or unknown → 401 in the OpenAI envelope. The key found is put in `scop
 the handlers (allowed models, priority) and its id in the access log, never the secret. Once a key has
 been created the server stays keyed: revoking every key does not reopen it.
 
-/health and /ready are always open; /metrics is open unless `auth.metrics_require_key`; /admin is guarded
-by the admin key in its own router. With no key in the store, the server is open (a loopback-only
-embedded default: `llmops serve` refuses a non-loopback bind without keys)."""
+/health and /ready are always open, and so are the console and docs pages and signed image URLs (the
+handler checks the signature; which paths these are is http_edge's); /metrics is open unless
+`auth.metrics_require_key`; /admin is guarded by the admin key in its own router. With no key in the
+store, the server is open (a loopback-only embedded default: `llmops serve` refuses a non-loopback bind
+without keys)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,16 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmops.errors import LLMOpsError, Unauthorized
-from llmops.http_edge import ADMIN_PREFIX, PROBES, UNKNOWN_MODEL, presented_key, send_error, set_api_key
+from llmops.http_edge import (
+    ADMIN_PREFIX,
+    PROBES,
+    UNKNOWN_MODEL,
+    browser_page,
+    presented_key,
+    send_error,
+    set_api_key,
+    signed_image_request,
+)
 from llmops.observability.metrics import Metrics
 from llmops.stores.keys import KeyStore, verify
 
@@ -36,6 +47,9 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or path in self.open_paths or path.startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if browser_page(path) or signed_image_request(path, scope.get("query_string", b"")):
             await self.app(scope, receive, send)
             return
         try:

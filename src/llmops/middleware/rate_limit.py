@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmops.errors import LLMOpsError, RateLimited
-from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, api_key, send_error
+from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, api_key, browser_page, send_error
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
@@ -62,6 +62,9 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or path in OPS or path.startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if browser_page(path):  # the console's and the docs' pages and assets
             await self.app(scope, receive, send)
             return
         key = api_key(scope)

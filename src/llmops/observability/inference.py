@@ -90,6 +90,11 @@ class InferenceObserver:
             if span is not None:
                 span.end()
 
+    def embedded(self, status: str, prompt_tokens: int, inputs: int) -> None:
+        """An embeddings request ended: requests, latency and prompt tokens as for text; inputs counted."""
+        self.metrics.embedding_inputs.labels(self.model).inc(inputs if status == "success" else 0)
+        self._finish(status, prompt_tokens, 0)
+
     def images_failed(self, exc: BaseException) -> None:
         self.images(self.outcome(exc), 0)
 

@@ -5,16 +5,22 @@ The guide's four keep their names: inference_requests_total{model,status}, infer
 inference_queue_size{model}. The rest are named like vLLM's where they overlap, with an `llmops_` prefix
 instead of `vllm:`.
 
+Label values come from closed sets, so no request can create series: a `model` label outside the served
+models becomes "unknown" (every metric with a model label, whoever calls it); the HTTP metrics' method and
+route are normalised by middleware/observe.py ("OTHER", "unmatched").
+
 One process per container is the design (models are loaded once per process; scale out with replicas),
 so the default registry is process-local and there is no multiprocess mode to configure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,10 +65,69 @@ class _LiveCollector(Collector):
         yield gpu
 
 
+class _LoopCollector(Collector):
+    """asyncio tasks alive in the server's event loop, read at scrape time (a leak shows as growth)."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the loop (tests): nothing to report
+            return
+        yield GaugeMetricFamily("llmops_event_loop_tasks", "asyncio tasks alive in the event loop", value=tasks)
+
+
+UNKNOWN_MODEL = "unknown"
+
+
+class ModelNames:
+    """The closed set of `model` label values: the served models, once known (until then, any)."""
+
+    def __init__(self) -> None:
+        self._source: Callable[[], Collection[str]] | None = None
+        self._names: frozenset[str] | None = None
+
+    def watch(self, source: Callable[[], Collection[str]]) -> None:
+        self._source, self._names = source, None
+
+    def label(self, value: str) -> str:
+        if self._names is None and self._source is not None:
+            self._names = frozenset(self._source())
+        if self._names is None or value in self._names or value == "-":
+            return value
+        return UNKNOWN_MODEL
+
+
+class _ClosedModel:
+    """labels() with the `model` value mapped through the owner's ModelNames."""
+
+    model_names: ModelNames | None = None
+    _labelnames: tuple[str, ...]
+
+    def labels(self, *values: Any, **named: Any) -> Any:
+        names = self.model_names
+        if names is not None and "model" in self._labelnames:
+            if "model" in named:
+                named["model"] = names.label(str(named["model"]))
+            elif values:
+                i = self._labelnames.index("model")
+                values = (*values[:i], names.label(str(values[i])), *values[i + 1:])
+        return super().labels(*values, **named)  # type: ignore[misc]
+
+
+class _Counter(_ClosedModel, Counter):
+    pass
+
+
+class _Histogram(_ClosedModel, Histogram):
+    pass
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.model_names = ModelNames()
         r = self.registry
+        Counter, Histogram = _Counter, _Histogram  # every model-labelled metric maps unknown models
         self.requests = Counter("inference_requests", "Inference requests by outcome (the guide's)",
                                 ["model", "status"], registry=r)
         self.latency = Histogram("inference_latency_seconds", "Inference latency (the guide's buckets)", ["model"],
@@ -79,6 +144,8 @@ class Metrics:
         self.generation_tokens = Counter("llmops_generation_tokens", "Tokens generated", ["model"], registry=r)
         self.batch_size = Histogram("llmops_batch_size", "Requests per engine call (image batches)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.embedding_inputs = Counter("llmops_embedding_inputs", "Texts (or token-id lists) embedded", ["model"],
+                                        registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
@@ -96,12 +163,27 @@ class Metrics:
                                         ["route", "variant", "role"], registry=r)
         self.prompt_requests = Counter("llmops_prompt_requests", "Requests that used a versioned prompt",
                                        ["prompt", "version"], registry=r)
+        self.eval_score = Gauge("llmops_eval_score", "Mean score (0-1) of the last sampled answers of a route's "
+                                "variant or shadow, by scorer (online evaluation)", ["route", "variant", "scorer"],
+                                registry=r)
+        self.eval_samples = Counter("llmops_eval_samples", "Answers scored online, by route, variant and scorer",
+                                    ["route", "variant", "scorer"], registry=r)
+        self.eval_errors = Counter("llmops_eval_errors", "Online scorings that failed (a judge or embedding "
+                                   "endpoint error), by route, variant and scorer", ["route", "variant", "scorer"],
+                                   registry=r)
         self.http_requests = Counter("llmops_http_requests", "HTTP requests", ["route", "method", "status"],
                                      registry=r)
         self.http_latency = Histogram("llmops_http_request_duration_seconds", "HTTP request latency",
                                       ["route", "method"], buckets=HTTP_BUCKETS, registry=r)
 
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds...
+        r.register(_LoopCollector())
+        for metric in vars(self).values():
+            if isinstance(metric, _ClosedModel):
+                metric.model_names = self.model_names
+
     def watch(self, loads: Callable[[], dict[str, ModelLoad]], gpus: Callable[[], dict[str, float]]) -> None:
+        self.model_names.watch(lambda: loads().keys())
         self.registry.register(_LiveCollector(loads, gpus))
 
 

@@ -1,12 +1,15 @@
 """OpenTelemetry spans for HTTP -> admission -> engine. With no `tracing.otlp_endpoint` configured the
 tracer is a no-op costing one function call per span; with one, spans are batched and exported over OTLP
-(install `llmops[otel]`)."""
+(install `llmops[otel]`). Attribute values pass the log redaction (observability/redaction.py): a secret
+never reaches the trace backend either."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+
+from llmops.observability.redaction import redact_value
 
 
 class _NoSpan:
@@ -17,14 +20,24 @@ class _NoSpan:
         return None
 
 
-class _OnceSpan:
+def _clean(attributes: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: redact_value(v) for k, v in (attributes or {}).items()}
+
+
+class _RedactedSpan:
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._span.set_attribute(key, redact_value(value))
+
+
+class _OnceSpan(_RedactedSpan):
     """A span that may be ended more than once (the second time does nothing)."""
 
     def __init__(self, span: Any) -> None:
-        self._span, self._ended = span, False
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        self._span.set_attribute(key, value)
+        super().__init__(span)
+        self._ended = False
 
     def end(self) -> None:
         if not self._ended:
@@ -41,14 +54,14 @@ class Tracer:
         if self._tracer is None:
             yield _NoSpan()
             return
-        with self._tracer.start_as_current_span(name, attributes=attributes or {}) as span:
-            yield span
+        with self._tracer.start_as_current_span(name, attributes=_clean(attributes)) as span:
+            yield _RedactedSpan(span)
 
     def start(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
         """A span that the caller ends (for work that spans several awaits or generator steps)."""
         if self._tracer is None:
             return _NoSpan()
-        return _OnceSpan(self._tracer.start_span(name, attributes=attributes or {}))
+        return _OnceSpan(self._tracer.start_span(name, attributes=_clean(attributes)))
 
     def shutdown(self) -> None:
         if self._provider is not None:

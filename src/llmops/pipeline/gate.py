@@ -5,8 +5,9 @@ request's parse, guardrails and budget checks.
 A request is refused early only when the pipeline would certainly refuse it at the same point for the same
 reason: every model its name may reach (an alias's variants and fallbacks) is unknown (404), failed or
 loading, or has a full queue or is closing (503). What could be answered without admission is never refused
-here: a request the response cache might answer (cache on, no `Cache-Control: no-cache`, and deterministic:
-temperature 0 or a seed), or one its key may not send to that model (the pipeline's 403 comes first).
+here: a request a cache might answer (no `Cache-Control: no-cache`, and: the exact cache on and the request
+deterministic, temperature 0 or a seed; or the semantic cache on, for chat), or one its key may not send to
+that model (the pipeline's 403 comes first).
 
 The body is not read at all when its content cannot change the answer: one model of the kind, no aliases,
 and no cache that could answer it. Then every request of the kind goes to that model (or names an unknown
@@ -14,13 +15,15 @@ one, and is refused either way: 503 while the model is full, instead of 404)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from llmops.errors import LLMOpsError
 from llmops.pipeline.cache import opted_out
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import ModelKind
 from llmops.stores.keys import ApiKey
+
+Cached = Literal["none", "exact", "semantic"]  # which caches may answer a path's requests
 
 
 class EdgeGate:
@@ -32,20 +35,24 @@ class EdgeGate:
         names = self.services.pool.names_of(kind)
         return names[0] if len(names) == 1 and not self.services.router.names() else None
 
-    def may_be_cached(self, cacheable: bool, cache_control: str | None) -> bool:
-        """Whether a request on a path whose answers are cached could be answered from the cache at all."""
-        return cacheable and self.services.settings.cache.enabled and not opted_out(cache_control)
+    def _semantic(self, cached: Cached) -> bool:
+        return cached == "semantic" and self.services.semantic_cache is not None
 
-    def needs_body(self, kind: ModelKind, cacheable: bool, cache_control: str | None) -> bool:
-        return self.sole_model(kind) is None or self.may_be_cached(cacheable, cache_control)
+    def may_be_cached(self, cached: Cached, cache_control: str | None) -> bool:
+        """Whether a request on this path could be answered from a cache at all."""
+        on = self.services.settings.cache.enabled or self._semantic(cached)
+        return cached != "none" and on and not opted_out(cache_control)
 
-    def refusal(self, kind: ModelKind, body: dict[str, Any] | None, cacheable: bool, cache_control: str | None,
+    def needs_body(self, kind: ModelKind, cached: Cached, cache_control: str | None) -> bool:
+        return self.sole_model(kind) is None or self.may_be_cached(cached, cache_control)
+
+    def refusal(self, kind: ModelKind, body: dict[str, Any] | None, cached: Cached, cache_control: str | None,
                 key: ApiKey | None) -> tuple[str, LLMOpsError] | None:
         """(model, error) when the request is certainly refused; `body` None: not read (see `needs_body`)."""
         if body is None:
             model: Any = self.sole_model(kind)
         else:
-            if self.may_be_cached(cacheable, cache_control) and _deterministic(body):
+            if self.may_be_cached(cached, cache_control) and (self._semantic(cached) or _deterministic(body)):
                 return None
             model = body.get("model")
             if model is None and kind == "image":

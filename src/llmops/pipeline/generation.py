@@ -6,10 +6,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage
+from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage, ToolCallDelta
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
+from llmops.pipeline import chat_controls
 from llmops.protocol.common import SamplingFields, Usage
 from llmops.settings import ModelConfig
 
@@ -43,7 +44,8 @@ def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None,
             fields["seed"] = req.seed + i
         sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
                                   **fields)
-        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages))
+        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages,
+                               **chat_controls.engine_fields(req)))
     return out
 
 
@@ -53,6 +55,7 @@ class Collected:
     finish: list[str | None]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)  # tool calls per choice
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
@@ -92,5 +95,7 @@ async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[t
         if chunk.usage:
             totals.add_usage(chunk.usage)
         totals.texts[index] += chunk.text
+        if chunk.tool_calls:
+            totals.calls.setdefault(index, []).extend(chunk.tool_calls)
         totals.finish[index] = chunk.finish_reason or totals.finish[index]
         yield index, chunk.text, chunk.finish_reason

@@ -59,6 +59,9 @@ class ImageWork:
             return None
         return {**self._cache_fields, "prompt": self.prompt_text, "negative_prompt": self.negative_prompt}
 
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        return None
+
 
 def submit(services: Services, call: Call, work: ImageWork) -> Job:
     """Stage `admission`: a job with a place at the model's admission (503 at once when its queue is full);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmops.eval.online import OnlineEvaluator
 from llmops.lifecycle import Lifecycle
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
@@ -12,6 +13,8 @@ from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
+from llmops.pipeline.semantic_cache import SemanticCache
+from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
 from llmops.scheduling.image_jobs import ImageJobs
 from llmops.scheduling.pool import ModelPool
@@ -33,6 +36,12 @@ class Services:
     router: Router
     cacher: ResponseCacher
     image_jobs: ImageJobs
+    url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int
+    semantic_cache: SemanticCache | None = None  # None unless cache.semantic.enabled
     background: TaskSet = field(default_factory=TaskSet)  # shadow requests in flight
+    online_eval: OnlineEvaluator = field(init=False)  # scores sampled routed answers (llmops_eval_score)
+
+    def __post_init__(self) -> None:
+        self.online_eval = OnlineEvaluator(self.settings.routes, self.metrics, self.background.spawn)

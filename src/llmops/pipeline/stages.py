@@ -1,4 +1,4 @@
-"""The request path, in one place. Every kind of work (chat, completions, images; later embeddings,
+"""The request path, in one place. Every kind of work (chat, completions, images, embeddings; later
 classification) goes through the same stages in this order:
 
     route → prompt → input guardrails → budget and breaker (reservation) → cache
@@ -6,28 +6,33 @@ classification) goes through the same stages in this order:
 
 `prepare` runs the stages up to the cache lookup, the same for every kind. The rest runs where the work's
 output flows: `pipeline.text.run` (chunks, fallbacks, output guardrails as text streams, accounting at the
-end) and `pipeline.images.generate` (a job behind the model's admission, accounting when it finishes).
+end), `pipeline.images.generate` (a job behind the model's admission, accounting when it finishes) and
+`pipeline.embeddings.embed` (a slot at the model's admission, accounting when the vectors come back).
 
 A kind plugs in through a small adapter, `Work`: which models serve it, the texts the guardrails read, its
-worst-case cost, and its cache payload. api/ parses the request into a Work, calls the pipeline and formats."""
+worst-case cost, its cache payload and semantic-cache query. api/ parses the request into a Work, calls the
+pipeline and formats."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from llmops.errors import PermissionDenied
+from llmops.errors import LLMOpsError, PermissionDenied
 from llmops.pipeline.accounting import Charge
 from llmops.pipeline.context import RequestContext
 from llmops.pipeline.routing import Plan
+from llmops.pipeline.semantic_cache import Lookup
 from llmops.pipeline.services import Services
 from llmops.scheduling.admission import Priority, Ticket
 from llmops.settings import ModelConfig
 from llmops.stores.keys import ApiKey
 
+log = logging.getLogger("llmops.pipeline")
 STAGES = ("route", "prompt", "input_guardrails", "budget", "cache", "admission", "engine", "output_guardrails",
           "accounting", "cache_store")
-ModelKind = Literal["chat", "image"]
+ModelKind = Literal["chat", "image", "embeddings"]
 
 
 class Work(Protocol):
@@ -70,6 +75,10 @@ class Work(Protocol):
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         """The normalised request the cache keys on, or None when its answer is not deterministic."""
 
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        """What the semantic cache (when on) compares: (namespace, normalised text); None: this work does not
+        use it."""
+
 
 @dataclass
 class Call:
@@ -88,6 +97,7 @@ class Call:
     served: str = ""  # the model that answered
     ticket: Ticket | None = None  # what admission said (position, time queued)
     prompt_version: tuple[str, str] | None = None
+    semantic: Lookup | None = None  # the semantic cache's lookup, kept to store the answer under
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
@@ -107,7 +117,7 @@ async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
     budget holds a reservation (`call.charge`) and `call.hit` is the cached answer, if any (then settled)."""
     call = route(services, ctx, work)
     work.prompt(call, services)
-    input_guardrails(services, call)
+    await input_guardrails(services, call)
     await budget(services, call)
     try:
         await cache_lookup(services, call)
@@ -137,8 +147,9 @@ def authorize(key: ApiKey | None, model: str) -> None:
         raise PermissionDenied(f"this API key may not use model {model!r}", param="model", code="model_not_allowed")
 
 
-def input_guardrails(services: Services, call: Call) -> None:
-    call.work.with_texts(services.guardrails.check_input(call.work.texts()))
+async def input_guardrails(services: Services, call: Call) -> None:
+    """The input rules; a large input is checked in a worker thread, off the event loop."""
+    call.work.with_texts(await services.guardrails.check_input_async(call.work.texts()))
 
 
 async def budget(services: Services, call: Call) -> None:
@@ -146,16 +157,22 @@ async def budget(services: Services, call: Call) -> None:
     chars = sum(len(t) for t in call.work.texts())
     accountant = services.accountant
     estimate = call.work.worst_case_usd(call.config, -(-chars // 4), call.deadline - call.ctx.received)
-    call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind == "chat" else 0,
+    call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind != "image" else 0,
                                          estimate)
 
 
 async def cache_lookup(services: Services, call: Call) -> None:
+    """The exact cache, then (when it is on and the exact one has no answer) the semantic cache: a hit of
+    either says X-Cache: hit."""
     cacher = services.cacher
     call.cache_key = cacher.key(call.work.kind, call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
                                 key_id=call.ctx.subject)
     call.hit = await cacher.get(call.cache_key, call.config.name)
     result = "bypass" if call.cache_key is None else "hit" if call.hit is not None else "miss"
+    if call.hit is None and (semantic := await semantic_lookup(services, call)) is not None:
+        call.hit, result = semantic, "hit"
+    elif result == "bypass" and call.semantic is not None:
+        result = "miss"
     call.extra_headers["X-Cache"] = call.ctx.log["cache"] = result
     if call.hit is not None:
         call.served = call.config.name
@@ -168,6 +185,26 @@ def settle_unused(services: Services, call: Call) -> None:
         services.accountant.settle(call.charge)
 
 
+async def semantic_lookup(services: Services, call: Call) -> dict[str, Any] | None:
+    """The semantic cache (opt-in), for work that offers a query and requests not opted out; the embedding
+    waits at the embeddings model's admission within the request's deadline. It never fails a request: the
+    embeddings model not ready or overloaded is a miss."""
+    semantic = services.semantic_cache
+    query = call.work.semantic_query(call) if semantic is not None and not call.ctx.cache_opt_out else None
+    if semantic is None or query is None:
+        return None
+    try:
+        call.semantic = await semantic.lookup(*query, deadline=call.deadline, priority=call.priority)
+    except LLMOpsError as exc:
+        log.info("semantic cache skipped: %s", exc.code)
+        return None
+    if call.semantic.body is not None:
+        services.metrics.cache_requests.labels(call.config.name, "semantic_hit").inc()
+    return call.semantic.body
+
+
 async def cache_store(services: Services, call: Call, body: dict[str, Any]) -> None:
     await services.cacher.put(call.cache_key, body)
+    if services.semantic_cache is not None and call.semantic is not None:
+        await services.semantic_cache.store(call.semantic, body)
 

@@ -5,6 +5,7 @@ arm never serves the other arm's answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +15,11 @@ from typing import Any, Literal
 from llmops.engines.base import Message, TextChunk, TextRequest
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
 from llmops.observability.inference import InferenceObserver
+from llmops.pipeline import chat_controls
 from llmops.pipeline.accounting import worst_case_text_usd
 from llmops.pipeline.generation import Choices, check_request, collect, text_requests
 from llmops.pipeline.guardrails import Guardrails
+from llmops.pipeline.semantic_cache import namespace, normalise
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call
 from llmops.scheduling.admission import Ticket
@@ -66,7 +69,7 @@ class TextWork:
 
     def with_texts(self, texts: list[str]) -> None:
         if self.messages is not None:
-            self.messages = tuple(Message(m.role, t) for m, t in zip(self.messages, texts, strict=True))
+            self.messages = tuple(dataclasses.replace(m, content=t) for m, t in zip(self.messages, texts, strict=True))
         else:
             self.prompt_text = texts[0]
 
@@ -77,11 +80,24 @@ class TextWork:
         body = self.body
         if not (body.temperature == 0 or body.seed is not None):
             return None
+        return self._payload(call)
+
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        """Chat only: the namespace is everything the exact cache keys on but the messages (so the model,
+        prompt version, sampling and output controls must match); the text is the normalised messages."""
+        if self.kind != "chat" or self.messages is None:
+            return None
+        space = namespace({**self._payload(call), "messages": None})
+        return space, normalise([(m.role, m.content) for m in self.messages])
+
+    def _payload(self, call: Call) -> dict[str, Any]:
+        body = self.body
         return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
                 "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
                 "messages": [[m.role, m.content] for m in self.messages] if self.messages is not None else None,
                 "prompt": self.prompt_text,
-                "prompt_version": list(call.prompt_version) if call.prompt_version else None}
+                "prompt_version": list(call.prompt_version) if call.prompt_version else None,
+                "controls": chat_controls.cache_part(body)}
 
     def requests(self, config: ModelConfig) -> list[TextRequest]:
         return text_requests(self.body, config, self.body.requested_max_tokens(), prompt=self.prompt_text,
@@ -129,14 +145,15 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
 
 def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choices:
     served, engine = services.pool.text_engine(name)
+    reqs = work.requests(served.config)
+    chat_controls.check_capabilities(engine, reqs)  # 400 naming a control this model's engine cannot honour
     obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log)
 
     def on_admit(ticket: Ticket) -> None:
         call.ticket = ticket
         obs.admitted(ticket)
 
-    return obs.text(admitted_choices(served.admission, engine, work.requests(served.config), call.deadline,
-                                     call.priority, on_admit))
+    return obs.text(admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit))
 
 
 async def _fallback(services: Services, call: Call, work: TextWork) -> Choices:
@@ -179,8 +196,8 @@ async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
                 if text:  # the held-back tail goes out before the finish
                     yield index, TextChunk(text)
                     text = ""
-            if text or chunk.finish_reason is not None or chunk.usage is not None:
-                yield index, TextChunk(text, chunk.finish_reason, chunk.usage)
+            if text or chunk.finish_reason is not None or chunk.usage is not None or chunk.tool_calls:
+                yield index, TextChunk(text, chunk.finish_reason, chunk.usage, chunk.tool_calls)
 
 
 async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
@@ -190,20 +207,29 @@ async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
     prompt, completion = 0, 0
     chunks: dict[int, int] = {}
     reported: set[int] = set()
+    answer: list[str] = []  # choice 0's text, for online evaluation
     try:
         async with closing(choices):
             async for index, chunk in choices:
                 chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                if index == 0 and chunk.text:
+                    answer.append(chunk.text)
                 if chunk.usage:
                     prompt = max(prompt, chunk.usage.prompt_tokens)
                     completion += chunk.usage.completion_tokens
                     reported.add(index)
                 yield index, chunk
+        services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
     finally:
         completion += sum(n for i, n in chunks.items() if i not in reported)
         if chunks and not prompt:
             prompt = call.charge.estimated_prompt
         services.accountant.settle(call.charge, prompt, completion)
+
+
+def _request_of(call: Call) -> tuple[Message, ...] | str | None:
+    work = call.work
+    return (work.messages or work.prompt_text) if isinstance(work, TextWork) else None
 
 
 def _start_shadow(services: Services, call: Call, work: TextWork, model: str) -> None:
@@ -218,6 +244,7 @@ def _start_shadow(services: Services, call: Call, work: TextWork, model: str) ->
             done = await collect(admitted_choices(served.admission, engine, reqs, call.deadline, "batch",
                                                   lambda _: None), len(reqs))
             services.metrics.variant_requests.labels(route, model, "shadow").inc()
+            services.online_eval.observe(call.plan.route, model, work.messages or work.prompt_text, done.texts[0])
             log.info("shadow %s answered request %s: %d completion tokens%s", model, request_id,
                      done.completion_tokens, f": {done.texts!r}" if content else "")
         except LLMOpsError as exc:

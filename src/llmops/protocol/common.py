@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmops.protocol.fields import Endpoint, refused_field
+
 MAX_STOP_SEQUENCES = 4
 
-# Fields of the OpenAI API this server does not implement. A request that sets one gets 400 naming it
-# rather than an answer that silently ignores it.
-UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "logprobs",
-                      "top_logprobs", "echo", "best_of", "suffix", "audio", "modalities", "prediction")
+# Options OpenAI accepts as null meaning "unset": null here means the default.
+NULLABLE_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,
+                                     "frequency_penalty": 0.0, "n": 1, "stream": False}
 
 
 class StreamOptions(BaseModel):
@@ -28,19 +29,25 @@ class SamplingFields(BaseModel):
     """Sampling parameters common to chat and completions requests."""
 
     model_config = ConfigDict(extra="allow")
+    ENDPOINT: ClassVar[Endpoint] = "completions"
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit integer, as OpenAI's")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
+
+    @field_validator(*NULLABLE_DEFAULTS, mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any, info: Any) -> Any:
+        return NULLABLE_DEFAULTS[info.field_name] if v is None else v
 
     @field_validator("stop")
     @classmethod
@@ -58,13 +65,8 @@ class SamplingFields(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def unsupported_field(self) -> str | None:
-        """The first unsupported OpenAI field this request sets, if any."""
-        extra: dict[str, Any] = self.model_extra or {}
-        for name in UNSUPPORTED_FIELDS:
-            value = extra.get(name)
-            if value not in (None, False, [], {}):
-                return name
-        return None
+        """The first field this request sets that the server does not honour (protocol/fields.py), if any."""
+        return refused_field(self.ENDPOINT, dict(self.model_extra or {}))
 
     def sampling_fields(self) -> dict[str, Any]:
         """The engine-independent sampling parameters as plain values (max_tokens resolved elsewhere)."""

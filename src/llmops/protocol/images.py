@@ -2,14 +2,21 @@
 image jobs API (POST /v1/images/jobs, GET and DELETE /v1/images/jobs/{id}).
 
 Ranges (sizes, steps, guidance, prompt length) are per-model settings, checked by the API layer against
-the model's limits, so the schemas here only fix the types. Unset fields take the model's defaults.
+the model's limits, so the schemas here fix the types and what is never valid for any model (a zero or
+malformed size, a seed outside 0..2^63-1): those get a 400 naming the field, never a silent default.
+Unset fields take the model's defaults.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+SEED_MAX = 2**63 - 1  # torch generators take up to 2^64 - 1: room for seed + i over a request's n images
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="0 to 2^63-1; the same seed gives the same image")]
+Side = Annotated[int, Field(ge=1, le=65_536, description="pixels; the model's limits narrow it")]
+SIZE_PATTERN = r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
 
 
 class ImageGenerationRequest(BaseModel):
@@ -18,12 +25,12 @@ class ImageGenerationRequest(BaseModel):
     prompt: str
     model: str | None = None
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, description="WxH, e.g. 512x512")
+    size: str | None = Field(None, pattern=SIZE_PATTERN, description="WxH, e.g. 512x512")
     response_format: Literal["b64_json", "url"] = "b64_json"
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     user: str | None = None
     quality: str | None = None
     style: str | None = None
@@ -47,10 +54,10 @@ class GenerateRequest(BaseModel):
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
+    width: Side | None = None
+    height: Side | None = None
     model: str | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class GenerateResponse(BaseModel):

@@ -7,9 +7,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import LLMOpsError, ModelFailed, ModelNotFound, ModelNotReady
+from llmops.observability.logging import log_step
 from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
 from llmops.settings import ModelConfig, Settings
@@ -61,8 +62,8 @@ class ModelPool:
     async def _load_all(self) -> None:
         for served in self._models.values():  # one at a time: loads compete for the same cores
             try:
-                await served.engine.start()
-                log.info("model %s loaded (%s)", served.config.name, served.config.engine)
+                with log_step("loading model", model=served.config.name, engine=served.config.engine):
+                    await served.engine.start()  # the first start may assemble or build weights: see its log
             except Exception as exc:
                 served.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", served.config.name, served.error)
@@ -82,6 +83,7 @@ class ModelPool:
             health = served.health()
             health.detail.update(running=served.admission.on_engine, queued=served.admission.queued)
             out[name] = health
+            health.detail["kind"] = served.config.kind  # chat or image: the console picks its models by it
         return out
 
     def loads(self) -> dict[str, ModelLoad]:
@@ -137,4 +139,10 @@ class ModelPool:
         served = self.get(name or self.default_image_model(), "image")
         if not isinstance(served.engine, ImageEngine):
             raise ModelNotFound(f"model {served.config.name!r} does not generate images", param="model")
+        return served, served.engine
+
+    def embedding_engine(self, name: str) -> tuple[Served, EmbeddingEngine]:
+        served = self.get(name, "embeddings")
+        if not isinstance(served.engine, EmbeddingEngine):
+            raise ModelNotFound(f"model {name!r} does not embed text", param="model")
         return served, served.engine

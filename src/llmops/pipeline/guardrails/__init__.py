@@ -5,10 +5,17 @@ applied as text flows, holding back only a short tail so a match split across ch
 Each rule's action comes from settings: block → ContentFiltered (400 content_filter; mid-stream, a final
 error event), redact → the span replaced by `[REDACTED:<kind>]`, flag → let through. Every finding is
 counted in `llmops_guardrail_actions_total{rule,stage,action}` and logged (rule, stage, kinds; never the
-text)."""
+text).
+
+The detectors are linear-time, but a large input still costs milliseconds of CPU: `check_input_async` and
+`check_output_async` run the same checks in a worker thread when the text is larger than
+`OFF_LOOP_CHARS`, so one big request cannot stall the event loop (and /health) for everyone else. The
+pipeline calls those from async code; the sync `check_input`/`check_output` stay for small texts and
+for the per-chunk stream guard (whose pending text is bounded)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +28,7 @@ from llmops.settings import GuardrailRule, GuardrailSettings, Stage
 log = logging.getLogger("llmops.guardrails")
 Outcome = Literal["allow", "redact", "block"]
 HOLD_CHARS = 64  # a streamed tail kept back until the next chunk: longer than any span a rule redacts
+OFF_LOOP_CHARS = 16_384  # larger texts are checked in a worker thread by the *_async methods
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,18 @@ class Guardrails:
         if verdict.outcome == "block":
             raise ContentFiltered(_blocked("output", verdict))
         return verdict.text
+
+    async def check_input_async(self, texts: list[str]) -> list[str]:
+        """`check_input`, in a worker thread when the texts are large (see the module docstring)."""
+        if not self.active("input") or sum(len(t) for t in texts) <= OFF_LOOP_CHARS:
+            return self.check_input(texts)
+        return await asyncio.to_thread(self.check_input, texts)
+
+    async def check_output_async(self, text: str) -> str:
+        """`check_output`, in a worker thread when the text is large."""
+        if not self.active("output") or len(text) <= OFF_LOOP_CHARS:
+            return self.check_output(text)
+        return await asyncio.to_thread(self.check_output, text)
 
     def stream(self) -> StreamGuard:
         return StreamGuard(self)

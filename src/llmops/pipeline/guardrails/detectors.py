@@ -6,7 +6,14 @@ chunk as well as on whole requests and answers.
 - pii: e-mail addresses, phone numbers, payment card numbers (13-19 digits passing the Luhn check) and
   IBANs (passing the ISO 13616 mod-97 check), each found span labelled for redaction;
 - blocklist: words or phrases on word boundaries, case-insensitive;
-- regex: the operator's own patterns."""
+- regex: the operator's own patterns.
+
+Every built-in pattern runs in linear time on any input (tests/unit/test_guardrail_linear.py runs them
+over adversarial inputs of growing size): an unbounded repeat is possessive (`++`, `*+`, no backtracking
+into it) and, where a match could start at every character of a run (`%%%%...` before an `@`), a
+lookbehind lets it start only at the run's first character; everything else is bounded ({m,n}). Line
+patterns use horizontal whitespace ([ \t]) so that `^` over 30,000 newlines does not rescan the rest of
+the text from every line. The operator's `regex` patterns are theirs to keep linear."""
 
 from __future__ import annotations
 
@@ -58,13 +65,20 @@ INJECTION_PATTERNS = (
     r"\bpretend\s+(?:that\s+)?you\s+(?:are|have)\s+no\s+(?:rules|restrictions|guidelines|filters|limits)",
     r"\b(?:act|respond|behave)\s+(?:as\s+if|like)\s+you\s+(?:have|had)\s+no\s+(?:rules|restrictions|filters)",
     r"\bnew\s+(?:system\s+)?instructions?\s*:",
-    r"<\|im_start\|>\s*system|\[/?INST\]|<<SYS>>|^\s*#{2,}\s*(?:system|instruction)s?\s*:?\s*$",
+    r"<\|im_start\|>[ \t\r\n]{0,64}system|\[/?INST\]|<<SYS>>",
+    r"^[ \t]*+#{2,}+[ \t]*+(?:system|instruction)s?[ \t]*+:?[ \t]*+$",
 )
+
+
+def _possessive(pattern: str) -> str:
+    r"""`\s+` -> `\s++`: every such whitespace run in these patterns is followed by a word, never by more
+    whitespace, so giving none back cannot lose a match."""
+    return re.sub(r"\\s\+(?![+?])", lambda m: m.group() + "+", pattern)
 
 
 class InjectionDetector:
     def __init__(self, classifier: InjectionClassifier | None = None, threshold: float = 0.5) -> None:
-        self._patterns = [re.compile(p, re.I | re.M) for p in INJECTION_PATTERNS]
+        self._patterns = [re.compile(_possessive(p), re.I | re.M) for p in INJECTION_PATTERNS]
         self._classifier, self._threshold = classifier, threshold
 
     def find(self, text: str) -> list[Finding]:
@@ -90,7 +104,8 @@ def iban_ok(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# starts only where a run of local-part characters starts (the lookbehind covers the whole class)
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.I)  # mod-97 keeps it honest
 _PHONE = re.compile(r"(?<![\w+])(?<![A-Za-z]-)"  # not inside a word, nor a code like SN-2024-000123
@@ -128,11 +143,23 @@ class PiiDetector:
 
     def find(self, text: str) -> list[Finding]:
         found: list[Finding] = []
-        for finder in self._finders:
-            for f in finder(text):
-                if not any(f.start < g.end and g.start < f.end for g in found):
-                    found.append(f)
-        return sorted(found, key=lambda f: f.start)
+        for finder in self._finders:  # each finder's spans come in order: one merge pass, not a pairwise check
+            found = _merge_free(found, list(finder(text)))
+        return found
+
+
+def _merge_free(kept: list[Finding], new: list[Finding]) -> list[Finding]:
+    """`kept` (sorted, disjoint) plus the spans of `new` (sorted) that overlap none of them, sorted."""
+    out: list[Finding] = []
+    i = 0
+    for f in new:
+        while i < len(kept) and kept[i].end <= f.start:
+            out.append(kept[i])
+            i += 1
+        clashes = (i < len(kept) and kept[i].start < f.end) or (bool(out) and out[-1].end > f.start)
+        if not clashes:
+            out.append(f)
+    return out + kept[i:]
 
 
 class PatternDetector:

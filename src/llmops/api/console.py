@@ -1,0 +1,76 @@
+"""What a browser gets: the web console (static files shipped in `llmops/console`, at /console, with /
+redirecting there), the API docs at /docs and /redoc with their assets served from the installed
+`fastapi-offline` package (no CDN), and CORS for the origins `web.cors_origins` allows.
+
+None of these pages needs a key (which paths they are is `http_edge.browser_page`'s): the console asks for
+one and keeps it in the browser's session storage, and the docs show the OpenAPI schema only. Everything
+the console does goes through the public API."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
+
+from llmops.http_edge import CONSOLE, DOCS_ASSETS
+from llmops.settings import WebSettings
+
+CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Admin-Key", "X-Request-Id", "X-Priority",
+                "X-Request-Timeout", "Cache-Control"]
+CORS_EXPOSED = ["X-Request-Id", "X-Cache", "X-Queue-Position", "X-Queue-Time-Ms", "Retry-After",
+                "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+
+
+def console_dir() -> Path:
+    return Path(str(files("llmops") / "console"))
+
+
+def docs_assets_dir() -> Path:
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+def install_console(app: FastAPI, web: WebSettings) -> None:
+    """The console and the docs, as `web` enables them."""
+    if web.console:
+        app.mount(CONSOLE, StaticFiles(directory=console_dir(), html=True), name="console")
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse(CONSOLE + "/", status_code=307)
+
+    if web.docs:
+        _install_docs(app)
+
+
+def _install_docs(app: FastAPI) -> None:
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+    title = f"{app.title} {app.version}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{title} - API",
+                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{title} - API reference",
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def install_cors(app: FastAPI, web: WebSettings) -> None:
+    """CORS for the allow-listed origins only; without any, no CORS headers at all (browsers then refuse
+    cross-origin calls). Added last, so it is the outermost layer: preflights are answered before auth."""
+    if web.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
+                           max_age=600)

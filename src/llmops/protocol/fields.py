@@ -1,0 +1,119 @@
+"""The fate of every OpenAI request field: honoured (with how), or refused with a 400 naming it.
+
+One table per endpoint. A refused field is still accepted when it is null or empty (or false), as OpenAI's
+own clients serialise unset options so; any other value gets 400 `unsupported_parameter` naming it. Fields
+that are not in the table at all (vLLM-style extras such as `top_k` or `ignore_eos`) are refused the same
+way. `tests/unit/test_fields.py` checks that every field of the openai SDK's request types is here and that
+the README's table is `markdown_table()`'s output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(frozen=True)
+class Fate:
+    honoured: bool
+    note: str
+
+
+def _h(note: str) -> Fate:
+    return Fate(True, note)
+
+
+def _r(note: str = "not implemented") -> Fate:
+    return Fate(False, note)
+
+
+_SAMPLING: dict[str, Fate] = {
+    "model": _h("a model or route name; 404 for an unknown one"),
+    "max_tokens": _h("capped by the context left; default per model (`limits.default_max_tokens`)"),
+    "temperature": _h("0..2; null: 1"),
+    "top_p": _h("(0, 1]; null: 1"),
+    "stop": _h("up to 4 sequences"),
+    "seed": _h("choice i uses seed + i; a seed makes the request cacheable"),
+    "presence_penalty": _h("-2..2; null: 0"),
+    "frequency_penalty": _h("-2..2; null: 0"),
+    "n": _h("up to `limits.max_n`; null: 1"),
+    "stream": _h("server-sent events; null: false"),
+    "stream_options": _h("`include_usage`"),
+    "user": _h("sticky A/B routing and prompt experiments when no API key is sent"),
+    "logit_bias": _r(),
+    "logprobs": _r(),
+}
+
+CHAT: dict[str, Fate] = {
+    **_SAMPLING,
+    "messages": _h("system, developer, user, assistant (with tool_calls) and tool turns; text content parts"),
+    "max_completion_tokens": _h("as max_tokens (wins over it)"),
+    "response_format": _h("text, json_object, json_schema (strict or not) through llama.cpp's JSON-schema "
+                          "grammar; 400 on an engine without structured output"),
+    "tools": _h("function tools through llama.cpp's template-driven tool calling; 400 on other engines"),
+    "tool_choice": _h("auto, none, required, or one named function"),
+    "parallel_tool_calls": _h("false: at most one call per answer"),
+    "service_tier": _h("`flex`: batch priority in admission; others: the key's priority (or interactive)"),
+    "top_logprobs": _r(),
+    "audio": _r("text only"),
+    "modalities": _r("text only"),
+    "prediction": _r(),
+    "functions": _r("deprecated by OpenAI: use tools"),
+    "function_call": _r("deprecated by OpenAI: use tool_choice"),
+    "metadata": _r("completions are not stored"),
+    "store": _r("completions are not stored"),
+    "reasoning_effort": _r("no reasoning models"),
+    "verbosity": _r(),
+    "web_search_options": _r(),
+    "moderation": _r("use the guardrails (server configuration)"),
+    "safety_identifier": _r("use `user` or API keys"),
+    "prompt_cache_key": _r("the response cache is keyed on the request itself"),
+    "prompt_cache_options": _r("the response cache is keyed on the request itself"),
+    "prompt_cache_retention": _r("the response cache is keyed on the request itself"),
+    "prompt": _h("this server's extension: a versioned prompt from the registry"),
+}
+
+COMPLETIONS: dict[str, Fate] = {
+    **_SAMPLING,
+    "prompt": _h("one string, or a list of one"),
+    "best_of": _r(),
+    "echo": _r(),
+    "suffix": _r(),
+}
+
+EMBEDDINGS: dict[str, Fate] = {
+    "model": _h("an embeddings model; 404 for an unknown one"),
+    "input": _h("a string, a list of strings, token ids or a list of token-id lists (the model's vocabulary)"),
+    "encoding_format": _h("float or base64 (little-endian float32)"),
+    "dimensions": _h("only sizes the model allows (`dimensions_allowed`); 400 for others"),
+    "user": _h("logged with the request"),
+}
+
+TABLES: dict[Endpoint, dict[str, Fate]] = {"chat": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
+
+
+def is_unset(value: object) -> bool:
+    """What OpenAI clients send for an option they leave alone."""
+    return value is None or value is False or value == [] or value == {}
+
+
+def refused_field(endpoint: Endpoint, given: dict[str, object]) -> str | None:
+    """The first field of `given` (a request's raw fields) that is set and not honoured, if any."""
+    table = TABLES[endpoint]
+    for name, value in given.items():
+        fate = table.get(name)
+        if (fate is None or not fate.honoured) and not is_unset(value):
+            return name
+    return None
+
+
+def markdown_table() -> str:
+    """The README's field table (tests check that the README holds exactly this)."""
+    rows = ["| Endpoint | Field | Fate |", "|---|---|---|"]
+    for endpoint, table in TABLES.items():
+        for name, fate in sorted(table.items()):
+            verdict = "honoured" if fate.honoured else "**400**"
+            rows.append(f"| {endpoint} | `{name}` | {verdict}: {fate.note} |")
+    return "\n".join(rows)

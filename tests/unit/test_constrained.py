@@ -1,0 +1,70 @@
+"""Tool calls and structured output as llama.cpp grammar fields, and the model's `<tool_call>` blocks
+turned into tool-call deltas as text streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from llmops.engines.base import SamplingParams, StructuredOutput, TextChunk, TextRequest, TokenUsage, ToolSpec
+from llmops.engines.constrained import SAFE_INTEGER, bounded, grammar_fields, tool_call_stream
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
+TIME = {"type": "function", "function": {"name": "get_time"}}
+
+
+def request(**kw: object) -> TextRequest:
+    return TextRequest("r", SamplingParams(), messages=(), **kw)  # type: ignore[arg-type]
+
+
+def test_structured_output_is_a_bounded_json_schema() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "m": {"type": "integer", "maximum": 5}}}
+    fields = grammar_fields(request(structured=StructuredOutput("json_schema", schema)))
+    props = fields["json_schema"]["properties"]
+    assert props["n"] == {"type": "integer", "maximum": SAFE_INTEGER, "minimum": -SAFE_INTEGER}
+    assert props["m"]["maximum"] == 5
+    assert grammar_fields(request(structured=StructuredOutput("json_object"))) == {"json_schema": {"type": "object"}}
+    assert bounded([{"type": ["integer", "null"]}])[0]["minimum"] == -SAFE_INTEGER
+
+
+def test_tool_grammar_per_choice() -> None:
+    auto = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "auto")))
+    assert auto["grammar_lazy"] is True
+    assert auto["grammar_triggers"] == [{"type": 1, "value": "<tool_call>"}]
+    assert '"get_time"' in auto["grammar"]
+    assert '"get_weather"' in auto["grammar"]
+    required = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "required", parallel=False)))
+    assert "grammar_lazy" not in required
+    assert "tc_call)?" not in required["grammar"]  # one call only
+    named = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "get_time")))
+    assert '"get_weather"' not in named["grammar"]
+
+
+async def _chunks(pieces: list[str]) -> AsyncIterator[TextChunk]:
+    for p in pieces:
+        yield TextChunk(p)
+    yield TextChunk("", "stop", TokenUsage(3, len(pieces)))
+
+
+async def _run(pieces: list[str]) -> list[TextChunk]:
+    return [c async for c in tool_call_stream(_chunks(pieces))]
+
+
+async def test_calls_become_deltas_and_repeats_are_dropped() -> None:
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    out = await _run(["Let me check. <tool", "_call>", call[11:30], call[30:], "\n", call])
+    assert "".join(c.text for c in out) == "Let me check. "
+    deltas = [d for c in out for d in c.tool_calls]
+    assert len(deltas) == 1
+    assert deltas[0].index == 0
+    assert deltas[0].name == "get_weather"
+    assert json.loads(deltas[0].arguments) == {"city": "Oslo"}
+    assert out[-1].finish_reason == "tool_calls"
+    assert out[-1].usage is not None
+
+
+async def test_text_without_calls_passes_through() -> None:
+    out = await _run(["Hello", " <to", "day>"])
+    assert "".join(c.text for c in out) == "Hello <today>"
+    assert out[-1].finish_reason == "stop"

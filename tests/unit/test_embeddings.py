@@ -1,0 +1,115 @@
+"""Embeddings as a kind of pipeline work, and the semantic cache as part of the cache stage, on the
+in-process app with the fake engines (the fake embeddings engine hashes words: equal word sets, equal
+vectors)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from llmops.app import create_app
+from llmops.settings import load_settings
+from tests.helpers import write_config
+from tests.unit.test_api import assert_error
+
+EMBED = "/v1/embeddings"
+ADMIN = {"Authorization": "Bearer admin-secret-for-the-tests"}
+MODELS: list[dict[str, Any]] = [
+    {"name": "fake", "engine": "fake"},
+    {"name": "emb", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16},
+     "pricing": {"prompt_usd_per_1k": 10.0}},
+]
+
+
+@contextmanager
+def _client(cfg: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        yield c
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    cfg = write_config(tmp_path / "emb.yaml", MODELS, state={"backend": "memory"}, spend={"refresh_s": 0},
+                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0})
+    with _client(cfg) as c:
+        yield c
+
+
+def _key(client: TestClient, **limits: Any) -> dict[str, str]:
+    made = client.post("/admin/keys", json={"name": "k", **limits}, headers=ADMIN).json()
+    return {"Authorization": f"Bearer {made['secret']}"}
+
+
+def test_embeddings_go_through_admission_metrics_and_accounting(client: TestClient) -> None:
+    auth = _key(client, budget_usd=10.0, budget_period="day")
+    resp = client.post(EMBED, json={"model": "emb", "input": ["a cat sat", "a cat sat", "stocks fell"]}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    vectors = [d["embedding"] for d in body["data"]]
+    assert len(vectors[0]) == 16
+    assert vectors[0] == vectors[1] != vectors[2]
+    assert body["usage"] == {"prompt_tokens": 8, "total_tokens": 8}
+    assert resp.headers["X-Queue-Position"] == "0"  # admitted by the model's admission
+    metrics = client.get("/metrics").text
+    assert 'llmops_embedding_inputs_total{model="emb"} 3.0' in metrics
+    assert 'inference_requests_total{model="emb",status="success"} 1.0' in metrics
+    deadline = time.monotonic() + 30
+    while (spent := client.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]) == 0:
+        assert time.monotonic() < deadline  # settling runs just after the response
+        time.sleep(0.01)
+    assert spent == pytest.approx(8 * 10.0 / 1000)
+
+
+def test_base64_token_ids_and_refusals(client: TestClient) -> None:
+    floats = client.post(EMBED, json={"model": "emb", "input": "a cat"}).json()["data"][0]["embedding"]
+    packed = client.post(EMBED, json={"model": "emb", "input": "a cat", "encoding_format": "base64"})
+    raw = base64.b64decode(packed.json()["data"][0]["embedding"])
+    assert struct.unpack(f"<{len(floats)}f", raw) == pytest.approx(floats)
+    ids = client.post(EMBED, json={"model": "emb", "input": [[1, 2, 3]]})
+    assert ids.status_code == 200
+    assert ids.json()["usage"]["prompt_tokens"] == 3
+    assert_error(client.post(EMBED, json={"model": "fake", "input": "x"}), 404, param="model")
+    assert_error(client.post("/v1/chat/completions", json={"model": "emb", "messages": [
+        {"role": "user", "content": "x"}]}), 404, param="model")
+    assert_error(client.post(EMBED, json={"model": "emb", "input": "x", "dimensions": 8}), 400, param="dimensions")
+    assert_error(client.post(EMBED, json={"model": "emb", "input": ""}), 400)
+
+
+def test_a_key_may_not_use_the_embeddings_model(client: TestClient) -> None:
+    auth = _key(client, models=["fake"])
+    assert_error(client.post(EMBED, json={"model": "emb", "input": "x"}, headers=auth), 403, param="model")
+
+
+def test_semantic_cache_is_part_of_the_cache_stage(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "sem.yaml", MODELS, state={"backend": "memory"},
+                       cache={"semantic": {"enabled": True, "model": "emb", "threshold": 0.99}})
+    with _client(cfg) as client:
+        def ask(text: str, **headers: str) -> Any:
+            resp = client.post("/v1/chat/completions", headers=headers, json={
+                "model": "fake", "temperature": 0.7, "messages": [{"role": "user", "content": text}]})
+            assert resp.status_code == 200, resp.text
+            return resp
+
+        first = ask("What is the capital of France?")
+        assert first.headers["X-Cache"] == "miss"  # not deterministic: no exact key, but the semantic lookup
+        again = ask("what  IS the capital of france")
+        assert again.headers["X-Cache"] == "hit"
+        assert again.json()["choices"] == first.json()["choices"]
+        assert ask("What is the capital of Spain?").headers["X-Cache"] == "miss"
+        assert ask("What is the capital of France?", **{"Cache-Control": "no-cache"}).headers["X-Cache"] == "bypass"
+        metrics = client.get("/metrics").text
+        assert 'llmops_cache_requests_total{model="fake",result="semantic_hit"} 1.0' in metrics
+        assert client.get("/ready").json()["models"]["emb"]["calls"] == 3  # one lookup per request

@@ -1,0 +1,161 @@
+"""Secrets never leave the process: every log record (ours, uvicorn's, a library's), rendered tracebacks and
+span attributes are redacted; tracebacks carry no locals; an escaped exception is answered once, in the
+envelope, without closing the connection; log_step and library warnings give one short line each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from llmops.middleware.observe import ObserveMiddleware, method_label
+from llmops.observability import redaction
+from llmops.observability.logging import configure_logging, log_step
+from llmops.observability.metrics import Metrics, ModelLoad
+from llmops.observability.redaction import redact_text
+from llmops.observability.tracing import build_tracer
+from llmops.stores import keys
+
+KEY = "sk-llmops-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-abcdef"
+ADMIN = "an-admin-key-of-enough-length-42"
+
+
+def test_the_key_format_is_the_stores() -> None:
+    assert redaction.SECRET_PREFIX == keys.SECRET_PREFIX
+
+
+@pytest.mark.parametrize(("text", "gone"), [
+    (f"Authorization: Bearer {KEY}", KEY),
+    ("authorization: bearer abc.def-ghi", "abc.def-ghi"),
+    ("GET /v1/models?api_key=opensesame123&x=1", "opensesame123"),
+    ("headers={'x-api-key': 'mysecretvalue'}", "mysecretvalue"),
+    ('{"X-Admin-Key": "adminvalue99"}', "adminvalue99"),
+    (f"the key {KEY} leaked", KEY[10:]),
+])
+def test_redact_text(text: str, gone: str) -> None:
+    out = redact_text(text)
+    assert gone not in out
+    assert "[REDACTED]" in out
+
+
+@contextlib.contextmanager
+def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    """JSON logging configured inside the test (a handler made in a fixture would hold a closed stream)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, warnings.showwarning)
+    try:
+        configure_logging("info", "json", secrets=(ADMIN,))
+        capfd.readouterr()
+        yield capfd
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        warnings.showwarning = saved[2]
+
+
+def _fail(api_key: str, prompt: str) -> None:
+    raise RuntimeError("engine blew up")
+
+
+def test_every_record_is_redacted_and_tracebacks_have_no_locals(capfd: pytest.CaptureFixture[str]) -> None:
+    with json_logs(capfd):
+        _log_attacks()
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(lines) == 3  # uvicorn's access logger is off
+    assert KEY not in err
+    assert KEY[10:30] not in err
+    assert ADMIN not in err
+    assert "my private prompt" not in err  # no locals in the traceback
+    assert "engine blew up" in lines[2]["exception"]
+    assert {line["logger"] for line in lines} == {"uvicorn.error", "some.library", "llmops.app"}
+
+
+def _log_attacks() -> None:
+    logging.getLogger("uvicorn.error").info("client sent Authorization: Bearer %s", KEY)
+    logging.getLogger("some.library").warning("admin key is %s", ADMIN)
+    try:
+        _fail(KEY, " ".join(["my", "private", "prompt"]))  # only a local would show it
+    except RuntimeError:
+        logging.getLogger("llmops.app").exception("unhandled error")
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /?api_key=%s HTTP/1.1" 200', KEY)
+
+
+def test_library_warnings_become_one_line_each_once(capfd: pytest.CaptureFixture[str]) -> None:
+    with json_logs(capfd), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn("a long FutureWarning\nwith many\nlines", FutureWarning, stacklevel=1)
+    err = capfd.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    assert lines[0]["category"] == "FutureWarning"
+    assert lines[0]["message"] == "a long FutureWarning"
+
+
+def test_log_step_says_how_long(capfd: pytest.CaptureFixture[str]) -> None:
+    with json_logs(capfd):
+        with log_step("assembling model", model="m"):
+            pass
+        with pytest.raises(ValueError, match="bad"), log_step("loading model", model="m"):
+            raise ValueError("bad")
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines] == ["assembling model...", "assembling model done",
+                                                 "loading model...", "loading model failed"]
+    assert "seconds" in lines[1]
+    assert lines[3]["error"] == "ValueError"
+
+
+def test_span_attributes_are_redacted() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = build_tracer(None, "t", exporter=exporter)
+    with tracer.span("http GET", {"http.target": f"/x?api_key={KEY}"}) as span:
+        span.set_attribute("note", f"Bearer {KEY}")
+    tracer.start("engine", {"llmops.key": KEY}).end()
+    tracer.shutdown()
+    attributes = [dict(s.attributes or {}) for s in exporter.get_finished_spans()]
+    assert KEY not in json.dumps(attributes)
+
+
+def test_method_labels_are_a_closed_set() -> None:
+    assert method_label("GET") == "GET"
+    assert method_label("PROPFIND") == "OTHER"
+    assert method_label("X" * 100) == "OTHER"
+
+
+def test_model_labels_are_a_closed_set() -> None:
+    metrics = Metrics()
+    metrics.watch(lambda: {"fake": ModelLoad(0, 0, "ready")}, dict)
+    for name in ("fake", "nope", "other"):
+        metrics.requests.labels(name, "ok").inc()
+        metrics.cache_requests.labels(model=name, result="hit").inc()
+    text = metrics.requests.collect()[0].samples
+    assert sorted({s.labels["model"] for s in text}) == ["fake", "unknown"]
+
+
+def test_an_escaped_exception_is_answered_once_without_reraising() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    observe = ObserveMiddleware(app, Metrics(), build_tracer(None, "t"))
+    scope = {"type": "http", "method": "POST", "path": "/v1/x", "headers": [], "query_string": b""}
+    asyncio.run(observe(scope, receive, send))  # does not raise: uvicorn keeps the connection
+    assert sent[0]["status"] == 500
+    body = json.loads(sent[1]["body"])
+    assert body["error"]["type"] == "server_error"
+    assert "boom" not in sent[1]["body"].decode()
