@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmops.errors import LLMOpsError, ModelNotFound
+from llmops.errors import LLMOpsError, ModelNotFound, Overloaded, ShuttingDown
 from llmops.http_edge import UNKNOWN_MODEL, api_key, log_fields, send_error
 from llmops.observability.metrics import Metrics
 from llmops.stores.keys import ApiKey
@@ -31,6 +31,9 @@ GATED: dict[str, tuple[Kind, Cached]] = {
     "/v1/chat/completions": ("chat", "semantic"), "/v1/completions": ("chat", "exact"),
     "/v1/images/generations": ("image", "exact"), "/generate": ("image", "none"), "/v1/images/jobs": ("image", "none"),
 }
+
+
+ADMISSION_REFUSALS = (Overloaded, ShuttingDown)  # inference_requests_total counts these as outcomes
 
 
 class EdgeRoute(NamedTuple):
@@ -84,7 +87,10 @@ class AdmissionGateMiddleware:
         known = not isinstance(error, ModelNotFound)  # a name the caller made up stays out of logs and labels
         if known:
             log_fields(scope)["model"] = model
-        self.metrics.reject(model if known else UNKNOWN_MODEL, error)
+        reason = self.metrics.reject(model if known else UNKNOWN_MODEL, error)
+        if reason is not None and isinstance(error, ADMISSION_REFUSALS):  # as the pipeline's observer counts them
+            self.metrics.requests.labels(model, reason).inc()
+            log_fields(scope)["outcome"] = reason
         await send_error(error, scope, receive, send)
 
 
