@@ -128,6 +128,6 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
 def _parsed(raw: bytes) -> dict[str, Any] | None:
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: FastAPI's path answers the 400
         return None
     return body if isinstance(body, dict) else None
