@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
+from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
 from llmops.observability.metrics import Metrics
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings
@@ -170,8 +170,14 @@ class Accountant:
         assert self.state.budgets is not None
         holder = uuid.uuid4().hex
         ttl = charge.model.limits.max_deadline_s + SETTLE_MARGIN_S
-        answer = await self.state.budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl)
-        if answer is None:
+        budgets = self.state.budgets
+        try:
+            answer = await budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl)
+        except StoreUnavailable:  # timed out and failing closed: Redis may still have run the script
+            self._tasks.spawn(budgets.release(key.id, holder))
+            raise
+        if answer is None:  # timed out and failing open: the same, then this process's reservations
+            self._tasks.spawn(budgets.release(key.id, holder))
             return None
         if answer.made:
             charge.holder = holder

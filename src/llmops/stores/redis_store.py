@@ -296,9 +296,15 @@ class RedisBudgets:
             keys=keys, args=[budget_usd, usd, holder, ttl_s, key_id]), None)
         return None if raw is None else Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]))
 
-    async def release(self, key_id: str, holder: str) -> None:
-        await self.g.call("spend.release", lambda: self.g.client.hdel(f"{self.p}reserved:{key_id}", holder), 0,
-                          always_open=True)  # a reservation not released expires on its own
+    async def release(self, key_id: str, holder: str, attempts: int = 3) -> None:
+        """Tried a few times (a slow moment must not hold budget until the TTL); a reservation that still
+        could not be released expires on its own."""
+        for attempt in range(attempts):
+            done = await self.g.call("spend.release", lambda: self.g.client.hdel(f"{self.p}reserved:{key_id}",
+                                                                                  holder), None, always_open=True)
+            if done is not None:
+                return
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]:
