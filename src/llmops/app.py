@@ -35,6 +35,7 @@ from llmops.api.openapi import install_error_schema
 from llmops.errors import InvalidRequest, LLMOpsError, error_format, http_status_error, internal_error
 from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
 from llmops.lifecycle import Lifecycle
+from llmops.middleware.admission_gate import AdmissionGateMiddleware
 from llmops.middleware.auth import AuthMiddleware
 from llmops.middleware.body_limit import BodyLimitMiddleware
 from llmops.middleware.drain import DrainMiddleware
@@ -46,6 +47,7 @@ from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer, build_tracer
 from llmops.pipeline.accounting import Accountant
 from llmops.pipeline.cache import ResponseCacher
+from llmops.pipeline.gate import EdgeGate
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.routing import Router
 from llmops.pipeline.semantic_cache import build_semantic_cache
@@ -112,7 +114,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app, metrics)
     install_error_schema(app)
-    build_middleware(app, settings, lifecycle, metrics, tracer, state)
+    build_middleware(app, settings, lifecycle, metrics, tracer, state, EdgeGate(services))
     install_cors(app, settings.web)  # outermost: preflights never reach auth
     return app
 
@@ -125,7 +127,7 @@ async def drain(app: FastAPI) -> bool:
 
 
 def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
-                     tracer: Tracer, state: State) -> None:
+                     tracer: Tracer, state: State, gate: EdgeGate) -> None:
     """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
 
     1. request_id  - every response, errors included, carries X-Request-Id
@@ -134,10 +136,16 @@ def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, met
     4. rate_limit  - requests/min and in flight per key (requests/min per client IP without a key,
                      X-Forwarded-For from trusted proxies only): 429
     5. drain       - counts requests in flight; 503 for new ones once draining
-    6. body_limit  - oversized bodies get 413 before anything parses them
+    6. admission_gate (no body) - 503 for a full queue when the body cannot change the answer (one model
+                     of the kind, no alias, no cache): before the body is read
+    7. body_limit  - oversized bodies get 413 before anything parses them
+    8. admission_gate (body) - 503/404 for a request admission would certainly refuse (full queue, unknown
+                     model), from the body's model name (json.loads), before FastAPI parses it
     """
+    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=True)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
                        max_headers=settings.http.max_headers)
+    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=False)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
     limits = settings.rate_limits
     app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llmops.engines.base import ClassifyEngine, EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
-from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
+from llmops.errors import LLMOpsError, ModelFailed, ModelNotFound, ModelNotReady
 from llmops.observability.logging import log_step
 from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
@@ -54,6 +54,9 @@ class ModelPool:
 
     def names(self) -> list[str]:
         return list(self._models)
+
+    def names_of(self, kind: str) -> list[str]:
+        return [n for n, s in self._models.items() if s.config.kind == kind]
 
     def start_loading(self) -> None:
         self._loader = asyncio.create_task(self._load_all(), name="llmops-load-models")
@@ -100,7 +103,7 @@ class ModelPool:
         """The configuration of a `kind` model, loaded or not (404 when there is none)."""
         served = self._models.get(name)
         if served is None or served.config.kind != kind:
-            known = [n for n, s in self._models.items() if s.config.kind == kind]
+            known = self.names_of(kind)
             raise ModelNotFound(f"model {name!r} does not exist; {kind} models here: {', '.join(known) or 'none'}",
                                 param="model")
         return served.config
@@ -114,6 +117,15 @@ class ModelPool:
         if state != "ready":
             raise ModelNotReady(f"model {name!r} is {state}")
         return served
+
+    def refusal(self, name: str, kind: str) -> LLMOpsError | None:
+        """What a new `kind` request for `name` would be refused with now, before any of its work is done:
+        404 (no such model), 503 (failed, loading, queue full, draining); None when it would be admitted."""
+        try:
+            served = self.get(name, kind)
+        except LLMOpsError as exc:
+            return exc
+        return served.admission.refusal()
 
     def text_engine(self, name: str) -> tuple[Served, TextEngine]:
         served = self.get(name, "chat")
