@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROJECT = "llmops-deploytest"
 ADMIN = "deploy-test-admin-key"
-MODEL = "gemma-3-270m"
+MODEL = "smollm2-135m-instruct"  # the chat default (settings.default_models)
+EMBEDDINGS = "all-minilm-l6-v2"
 T = TypeVar("T")
 
 pytestmark = [
@@ -197,6 +198,23 @@ def test_chat_answer(stack: Stack) -> None:
     assert out.choices[0].message.content
     assert out.usage is not None
     assert out.usage.completion_tokens > 0
+
+
+def test_every_model_the_image_config_names_is_served(stack: Stack) -> None:
+    url = stack.api_urls()[0]
+    _, secret = new_key(url)
+    listed = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=10).json()
+    shipped = yaml.safe_load((DEPLOY / "config" / "cpu.yaml").read_text())
+    assert {m["id"] for m in listed["data"]} == {m["name"] for m in shipped["models"]}
+
+
+def test_embeddings_answer(stack: Stack) -> None:
+    url = stack.api_urls()[1]
+    _, secret = new_key(url)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120)
+    out = client.embeddings.create(model=EMBEDDINGS, input=["a cat sat on the mat", "stock markets fell"])
+    assert [len(d.embedding) for d in out.data] == [384, 384]  # all-MiniLM-L6-v2, baked in the image
+    assert out.usage.prompt_tokens > 0
 
 
 def test_key_created_on_one_replica_works_on_the_other(stack: Stack) -> None:
