@@ -4,8 +4,9 @@ process_resident_memory_bytes, process_open_fds, llmops_event_loop_tasks) and th
 
 Traffic (CONCURRENCY workers, each picking by weight): chat completions, streamed completions cancelled
 after the first chunk, plain completions, bad input (a lone surrogate, invalid JSON, n too large), unknown
-keys, random HTTP methods on random paths, and models that do not exist. Images are left out until a fake
-image engine exists (tiny-sd would make the run about the diffusion model's speed).
+keys, random HTTP methods on random paths, models that do not exist, images (the fake image engine: tiny-sd
+would make the run about the diffusion model's speed), image jobs cancelled while queued or running, and
+embeddings (the fake embeddings engine).
 
     python -m bench.soak --out bench/results [--minutes 10] [--requests 100000]
 """
@@ -31,7 +32,10 @@ from bench.report import run_meta, save
 ADMIN = "soak-admin-key-0123456789abcdef"
 CONCURRENCY = 8
 MODELS = [{"name": "fake", "engine": "fake", "options": {"capacity": 16}},
-          {"name": "fake-stream", "engine": "fake", "options": {"token_delay_s": 0.01, "capacity": 16}}]
+          {"name": "fake-stream", "engine": "fake", "options": {"token_delay_s": 0.01, "capacity": 16}},
+          {"name": "image", "kind": "image", "engine": "fake-image", "options": {"step_delay_s": 0.002},
+           "limits": {"image": {"min_size": 64}}},
+          {"name": "embed", "kind": "embeddings", "engine": "fake-embeddings"}]
 CHAT = {"model": "fake", "max_tokens": 8, "messages": [{"role": "user", "content": "one two three four five"}]}
 GAUGES = {"rss_mb": "process_resident_memory_bytes", "open_fds": "process_open_fds",
           "asyncio_tasks": "llmops_event_loop_tasks"}
@@ -75,8 +79,25 @@ async def unknown_model(c: httpx.AsyncClient) -> int:
     return (await c.post("/v1/chat/completions", json={**CHAT, "model": f"m{random.getrandbits(32):x}"})).status_code
 
 
-MIX = [(chat, 40), (stream_cancelled, 15), (completion, 10), (bad_input, 10), (unknown_key, 10),
-       (odd_method, 5), (unknown_model, 10)]
+async def image(c: httpx.AsyncClient) -> int:
+    body = {"model": "image", "prompt": "a lighthouse", "size": "64x64", "num_inference_steps": 4}
+    return (await c.post("/v1/images/generations", json=body)).status_code
+
+
+async def image_job_cancelled(c: httpx.AsyncClient) -> int:
+    body = {"model": "image", "prompt": "a harbour", "size": "64x64", "num_inference_steps": 20}
+    created = await c.post("/v1/images/jobs", json=body)
+    if created.status_code != 202:
+        return created.status_code
+    return (await c.delete(f"/v1/images/jobs/{created.json()['id']}")).status_code
+
+
+async def embeddings(c: httpx.AsyncClient) -> int:
+    return (await c.post("/v1/embeddings", json={"model": "embed", "input": ["one", "two three"]})).status_code
+
+
+MIX = [(chat, 34), (stream_cancelled, 13), (completion, 8), (bad_input, 9), (unknown_key, 8),
+       (odd_method, 4), (unknown_model, 8), (image, 6), (image_job_cancelled, 4), (embeddings, 6)]
 
 
 def scrape(base: str) -> dict[str, float]:

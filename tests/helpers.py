@@ -108,6 +108,15 @@ class RedisServer:
         return (self.folder / "dump.rdb").read_bytes()
 
 
+def encode_image(image: Any, fmt: str = "PNG", **save: Any) -> bytes:
+    """A PIL image as the bytes of an image file."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll `check` until it holds (True) or `timeout` passes (False): a wait for a condition, not a sleep."""
     deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ the Debian-package stand-in (deploy/compose.local.yaml). Every port is published
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -21,7 +22,8 @@ import openai
 import pytest
 import yaml
 
-from tests.helpers import free_port, tool
+from llmops.engines.tiny_resnet import digits
+from tests.helpers import encode_image, free_port, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -29,6 +31,7 @@ PROJECT = "llmops-deploytest"
 ADMIN = "deploy-test-admin-key"
 MODEL = "smollm2-135m-instruct"  # the chat default (settings.default_models)
 EMBEDDINGS = "all-minilm-l6-v2"
+CLASSIFIER = "tiny-resnet"
 T = TypeVar("T")
 
 pytestmark = [
@@ -215,6 +218,21 @@ def test_embeddings_answer(stack: Stack) -> None:
     out = client.embeddings.create(model=EMBEDDINGS, input=["a cat sat on the mat", "stock markets fell"])
     assert [len(d.embedding) for d in out.data] == [384, 384]  # all-MiniLM-L6-v2, baked in the image
     assert out.usage.prompt_tokens > 0
+
+
+def test_classification_answer(stack: Stack) -> None:
+    """The tiny ResNet baked in the image (trained at build time) reads a held-out digit it gets right."""
+    url = stack.api_urls()[0]
+    _, secret = new_key(url)
+    data = digits()
+    i = data.test[0]
+    image = base64.b64encode(encode_image(data.images[i])).decode()
+    r = httpx.post(url + "/v1/classifications", headers={"Authorization": f"Bearer {secret}"}, timeout=60,
+                   json={"model": CLASSIFIER, "images": [image], "top_k": 2})
+    assert r.status_code == 200, r.text
+    labels = r.json()["data"][0]["labels"]
+    assert len(labels) == 2
+    assert labels[0]["label"] == str(data.labels[i])
 
 
 def test_key_created_on_one_replica_works_on_the_other(stack: Stack) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import ClassifyEngine, EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
 from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
 from llmops.observability.logging import log_step
@@ -33,12 +33,14 @@ class Served:
 
 
 def _max_running(cfg: ModelConfig, engine: Engine) -> int:
-    """Slots on the engine: the configured number, else the engine's capacity (for an image model, a whole
-    batch: its granted jobs wait in the batcher so that same-shape ones can coalesce)."""
+    """Slots on the engine: the configured number, else the engine's capacity (for an image or classify model,
+    a whole batch: its granted jobs wait in the batcher so that they can coalesce)."""
     if cfg.limits.max_running is not None:
         return cfg.limits.max_running
     if cfg.kind == "image":
         return cfg.limits.image.max_batch_size
+    if cfg.kind == "classify":
+        return cfg.limits.classify.max_batch_size
     return int(getattr(engine, "capacity", 1))
 
 
@@ -120,7 +122,17 @@ class ModelPool:
         return served, served.engine
 
     def default_image_model(self) -> str:
-        return next((n for n, s in self._models.items() if s.config.kind == "image"), "")
+        return self.default_model("image")
+
+    def default_model(self, kind: str) -> str:
+        """The first configured model of `kind` ("" when there is none)."""
+        return next((n for n, s in self._models.items() if s.config.kind == kind), "")
+
+    def classify_engine(self, name: str) -> tuple[Served, ClassifyEngine]:
+        served = self.get(name, "classify")
+        if not isinstance(served.engine, ClassifyEngine):
+            raise ModelNotFound(f"model {name!r} does not classify images", param="model")
+        return served, served.engine
 
     def image_engine(self, name: str | None) -> tuple[Served, ImageEngine]:
         """The named image model, or the first configured one when `name` is None."""
