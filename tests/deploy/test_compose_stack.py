@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ import pytest
 import yaml
 
 from llmops.engines.tiny_resnet import digits
-from tests.helpers import encode_image, free_port, tool
+from tests.helpers import encode_image, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -122,12 +124,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     override.write_text(yaml.safe_dump({"services": {"api": {
         "environment": {"LLMOPS_AUTH__ADMIN_KEY": ADMIN},
         "volumes": [f"{priced_config(folder)}:/etc/llmops/config.yaml:ro"]}}}))
-    first = free_port()
-    while not _free(first + 1):  # two neighbouring ports, one per replica
-        first = free_port()
+    first, prometheus, alertmanager, grafana = host_ports()
     env = {"PATH": os.environ["PATH"], "LLMOPS_API_PORTS": f"{first}-{first + 1}", "GRAFANA_ADMIN_PASSWORD": "x",
-           "PROMETHEUS_PORT": str(free_port()), "ALERTMANAGER_PORT": str(free_port()),
-           "GRAFANA_PORT": str(free_port())}
+           "PROMETHEUS_PORT": str(prometheus), "ALERTMANAGER_PORT": str(alertmanager),
+           "GRAFANA_PORT": str(grafana)}
     files = [str(DEPLOY / "compose.yaml")]
     if not image_present("redis:7-alpine"):
         files.append(str(DEPLOY / "compose.local.yaml"))
@@ -153,10 +153,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def host_ports() -> tuple[int, int, int, int]:
+    """Host ports for the stack: two neighbours (one per API replica), then Prometheus, Alertmanager, Grafana.
+    Drawn below the kernel's ephemeral range: a port from inside it (what binding port 0 gives) can be taken
+    by any outgoing connection on this busy machine in the tens of seconds before `up` binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        first = rng.randrange(10_000, low - 8, 8)
+        ports = [first, first + 1, first + 2, first + 3, first + 4]
+        if all(_free(p) for p in ports):
+            return first, first + 2, first + 3, first + 4
 
 
 def admin(url: str, method: str, path: str, **kw: Any) -> httpx.Response:
