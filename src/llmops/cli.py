@@ -32,12 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (env LLMOPS_PORT; default 8000)")
     serve.add_argument("--insecure-no-auth", action="store_true", default=None,
                        help="allow binding a non-loopback address with no API keys")
-    models = sub.add_parser("models", help="list the configured models, or build the tiny image model")
+    models = sub.add_parser("models", help="list the configured models, or build a tiny embedded model")
     models_sub = models.add_subparsers(dest="models_command")
     models_sub.add_parser("list", help="list the configured models (the default)")
     tiny = models_sub.add_parser("build-tiny-sd", help="build the tiny Stable Diffusion pipeline (random weights)")
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files")
+    resnet = models_sub.add_parser("build-tiny-resnet", help="train the tiny digits ResNet (seconds on a CPU)")
+    resnet.add_argument("dir", help="output folder")
+    resnet.add_argument("--seed", type=int, default=0, help="training seed; the same seed gives identical files")
     keys = sub.add_parser("keys", help="manage API keys in the state store (the first key makes the servers "
                           "using that store require keys)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -211,6 +214,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         from llmops.engines.tiny_sd import build_tiny_sd
 
         print(f"built {build_tiny_sd(args.dir, seed=args.seed)}")
+        return 0
+    if args.models_command == "build-tiny-resnet":
+        from llmops.engines.tiny_resnet import build_tiny_resnet, read_metadata
+
+        out = build_tiny_resnet(args.dir, seed=args.seed)
+        print(f"built {out}: held-out accuracy {read_metadata(out)['held_out_accuracy']:.4f}")
         return 0
     settings = _load(args)
     for m in settings.models:

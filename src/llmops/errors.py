@@ -36,7 +36,9 @@ exception into a status code, and `http_status_error` the only place that maps a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+ErrorFormat = Literal["openai", "v2"]  # the OpenAI envelope, or the Open Inference Protocol's {"error": "..."}
 
 
 class LLMOpsError(Exception):
@@ -217,20 +219,27 @@ def kind_of(exc: LLMOpsError) -> ErrorKind:
     raise AssertionError("LLMOpsError is in the table")  # pragma: no cover
 
 
-def error_body(exc: LLMOpsError) -> dict[str, Any]:
-    """The OpenAI error envelope for `exc`."""
+def error_body(exc: LLMOpsError, fmt: ErrorFormat = "openai") -> dict[str, Any]:
+    """The OpenAI error envelope for `exc`, or the Open Inference Protocol's (KServe V2) `{"error": msg}`."""
+    if fmt == "v2":
+        return {"error": exc.message}
     kind = kind_of(exc)
     return {"error": {"message": exc.message, "type": kind.type, "param": exc.param, "code": exc.code}}
 
 
-def error_response_parts(exc: LLMOpsError) -> tuple[int, dict[str, Any], dict[str, str]]:
+def error_format(path: str) -> ErrorFormat:
+    """Which envelope a path's errors use: the Open Inference Protocol's under /v2, OpenAI's elsewhere."""
+    return "v2" if path == "/v2" or path.startswith("/v2/") else "openai"
+
+
+def error_response_parts(exc: LLMOpsError, fmt: ErrorFormat = "openai") -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, JSON body, extra headers) for an exception."""
     headers: dict[str, str] = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.retryable is not None:
         headers["x-should-retry"] = "true" if exc.retryable else "false"
-    return kind_of(exc).status, error_body(exc), headers
+    return kind_of(exc).status, error_body(exc, fmt), headers
 
 
 def internal_error(exc: BaseException) -> EngineError:

@@ -12,10 +12,11 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from llmops.errors import LLMOpsError, error_response_parts
+from llmops.errors import ErrorFormat, LLMOpsError, error_format, error_response_parts
 from llmops.stores.keys import ApiKey
 
-PROBES = ("/health", "/ready")  # always open: no key, no rate limit, not counted in flight
+# always open (Kubernetes probes, and the Open Inference Protocol's)
+PROBES = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")  # no key, no rate limit, not counted in flight
 OPS = (*PROBES, "/metrics")  # not rate limited, not counted in flight, not logged when they succeed
 ADMIN_PREFIX = "/admin"  # guarded by the admin key in its own router
 UNKNOWN_MODEL = "-"  # the model label of refusals made before the body (and its model) is read
@@ -64,13 +65,15 @@ def presented_key(scope: Scope) -> str | None:
     return key or None
 
 
-def error_response(exc: LLMOpsError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The OpenAI envelope for `exc`, with its status and Retry-After / x-should-retry headers."""
-    status, body, extra = error_response_parts(exc)
+def error_response(exc: LLMOpsError, headers: dict[str, str] | None = None,
+                   fmt: ErrorFormat = "openai") -> JSONResponse:
+    """The OpenAI envelope for `exc` (or, `fmt` v2, the Open Inference Protocol's), with its status and
+    Retry-After / x-should-retry headers."""
+    status, body, extra = error_response_parts(exc, fmt)
     return JSONResponse(body, status_code=status, headers={**extra, **(headers or {})})
 
 
 async def send_error(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send,
                      headers: dict[str, str] | None = None) -> None:
-    """Answer from middleware (outside FastAPI's handlers) in the OpenAI envelope."""
-    await error_response(exc, headers)(scope, receive, send)
+    """Answer from middleware (outside FastAPI's handlers) in the path's envelope (OpenAI; V2 under /v2)."""
+    await error_response(exc, headers, error_format(scope.get("path", "")))(scope, receive, send)

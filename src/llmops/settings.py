@@ -42,6 +42,26 @@ class ImageLimits(_Strict):
     batch_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for companions")
 
 
+ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP"]
+
+
+class ClassifyLimits(_Strict):
+    """Per-model image classification limits: what an uploaded image may be, and how requests batch."""
+
+    max_image_bytes: int = Field(4_000_000, ge=1, description="largest encoded image (limits.max_body_bytes "
+                                 "caps the whole request too)")
+    max_pixels: int = Field(16_000_000, ge=1, description="largest decoded width x height; checked from the "
+                            "header, before decoding (decompression bombs)")
+    formats: list[ImageFormat] = Field(
+        default_factory=lambda: list[ImageFormat](["PNG", "JPEG", "WEBP", "GIF", "BMP"]),
+        description="image formats accepted (GIF: the first frame)")
+    max_images: int = Field(64, ge=1, description="images (or tensor rows) in one request")
+    default_top_k: int = Field(5, ge=1, description="labels returned per image when the request sets none")
+    max_batch_size: int = Field(32, ge=1, description="images classified together in one model call, "
+                                "across requests")
+    batch_timeout_s: float = Field(0.005, ge=0, description="how long the first request waits for companions")
+
+
 class ModelLimits(_Strict):
     """Per-model request limits."""
 
@@ -53,6 +73,7 @@ class ModelLimits(_Strict):
     default_deadline_s: float = Field(60.0, gt=0, description="deadline when the request sets none")
     max_deadline_s: float = Field(300.0, gt=0, description="cap on a request's own X-Request-Timeout")
     image: ImageLimits = Field(default_factory=ImageLimits)
+    classify: ClassifyLimits = Field(default_factory=ClassifyLimits)
 
 
 class Pricing(_Strict):
@@ -62,7 +83,7 @@ class Pricing(_Strict):
 
     prompt_usd_per_1k: float = Field(0.0, ge=0)
     completion_usd_per_1k: float = Field(0.0, ge=0)
-    image_usd: float = Field(0.0, ge=0)
+    image_usd: float = Field(0.0, ge=0, description="per image generated, or classified")
     gpu_usd_per_hour: float = Field(0.0, ge=0)
 
 
@@ -70,7 +91,7 @@ class ModelConfig(_Strict):
     """One served model: a name clients use, what it does, and which engine runs it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="the API model id")
-    kind: Literal["chat", "image", "embeddings"] = "chat"
+    kind: Literal["chat", "image", "embeddings", "classify"] = "chat"
     engine: str = Field(description="engine name from the registry: llamacpp, transformers, fake, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
     limits: ModelLimits = Field(default_factory=ModelLimits)
@@ -90,7 +111,8 @@ def default_models() -> list[ModelConfig]:
     """The embedded defaults: SmolLM2-135M-Instruct (GGUF Q4_1, its own ChatML template extended to show
     tools) as the chat model; Gemma 3 270M (base, GGUF Q4_K_M) for completions and as a second model; the
     tiny Stable Diffusion pipeline with seeded random weights (it draws noise; it has no safety checker to
-    run); all-MiniLM-L6-v2 for embeddings."""
+    run); all-MiniLM-L6-v2 for embeddings; and the tiny ResNet trained on scikit-learn's digits at first use
+    (its held-out accuracy in its llmops.json)."""
     return [
         ModelConfig(name="smollm2-135m-instruct", engine="llamacpp",
                     options={"model": EMBEDDED_SMOLLM2, "chat_template": "chatml-tools"}),
@@ -98,6 +120,7 @@ def default_models() -> list[ModelConfig]:
         ModelConfig(name="tiny-sd", kind="image", engine="diffusers",
                     options={"model": "builtin:tiny-sd", "safety_checker": False}),
         ModelConfig(name="all-minilm-l6-v2", kind="embeddings", engine="sentence-transformers"),
+        ModelConfig(name="tiny-resnet", kind="classify", engine="classifier", options={"model": "builtin:tiny-resnet"}),
     ]
 
 
@@ -109,6 +132,8 @@ class ImageSettings(_Strict):
                                          "state.backend redis, shared by the replicas through Redis)")
     store_dir: str | None = Field(None, description="folder for response_format=url images; unset: url refused")
     job_ttl_s: float = Field(3600, gt=0, description="how long finished image jobs are kept")
+    max_kept_jobs: int = Field(1000, ge=1, description="at most this many finished image jobs are kept (the "
+                               "oldest go first); only jobs created through /v1/images/jobs are kept at all")
     max_queued: int | None = Field(None, ge=0, description="deprecated: set the image model's limits.max_queued "
                                    "(image jobs wait in the model's one admission queue); when set, it is the "
                                    "default of every image model's limits.max_queued")

@@ -7,8 +7,11 @@ the Debian-package stand-in (deploy/compose.local.yaml). Every port is published
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,13 +24,16 @@ import openai
 import pytest
 import yaml
 
-from tests.helpers import free_port, tool
+from llmops.engines.tiny_resnet import digits
+from tests.helpers import encode_image, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROJECT = "llmops-deploytest"
 ADMIN = "deploy-test-admin-key"
-MODEL = "gemma-3-270m"
+MODEL = "smollm2-135m-instruct"  # the chat default (settings.default_models)
+EMBEDDINGS = "all-minilm-l6-v2"
+CLASSIFIER = "tiny-resnet"
 T = TypeVar("T")
 
 pytestmark = [
@@ -118,12 +124,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     override.write_text(yaml.safe_dump({"services": {"api": {
         "environment": {"LLMOPS_AUTH__ADMIN_KEY": ADMIN},
         "volumes": [f"{priced_config(folder)}:/etc/llmops/config.yaml:ro"]}}}))
-    first = free_port()
-    while not _free(first + 1):  # two neighbouring ports, one per replica
-        first = free_port()
+    first, prometheus, alertmanager, grafana = host_ports()
     env = {"PATH": os.environ["PATH"], "LLMOPS_API_PORTS": f"{first}-{first + 1}", "GRAFANA_ADMIN_PASSWORD": "x",
-           "PROMETHEUS_PORT": str(free_port()), "ALERTMANAGER_PORT": str(free_port()),
-           "GRAFANA_PORT": str(free_port())}
+           "PROMETHEUS_PORT": str(prometheus), "ALERTMANAGER_PORT": str(alertmanager),
+           "GRAFANA_PORT": str(grafana)}
     files = [str(DEPLOY / "compose.yaml")]
     if not image_present("redis:7-alpine"):
         files.append(str(DEPLOY / "compose.local.yaml"))
@@ -149,10 +153,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def host_ports() -> tuple[int, int, int, int]:
+    """Host ports for the stack: two neighbours (one per API replica), then Prometheus, Alertmanager, Grafana.
+    Drawn below the kernel's ephemeral range: a port from inside it (what binding port 0 gives) can be taken
+    by any outgoing connection on this busy machine in the tens of seconds before `up` binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        first = rng.randrange(10_000, low - 8, 8)
+        ports = [first, first + 1, first + 2, first + 3, first + 4]
+        if all(_free(p) for p in ports):
+            return first, first + 2, first + 3, first + 4
 
 
 def admin(url: str, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -197,6 +216,38 @@ def test_chat_answer(stack: Stack) -> None:
     assert out.choices[0].message.content
     assert out.usage is not None
     assert out.usage.completion_tokens > 0
+
+
+def test_every_model_the_image_config_names_is_served(stack: Stack) -> None:
+    url = stack.api_urls()[0]
+    _, secret = new_key(url)
+    listed = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=10).json()
+    shipped = yaml.safe_load((DEPLOY / "config" / "cpu.yaml").read_text())
+    assert {m["id"] for m in listed["data"]} == {m["name"] for m in shipped["models"]}
+
+
+def test_embeddings_answer(stack: Stack) -> None:
+    url = stack.api_urls()[1]
+    _, secret = new_key(url)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120)
+    out = client.embeddings.create(model=EMBEDDINGS, input=["a cat sat on the mat", "stock markets fell"])
+    assert [len(d.embedding) for d in out.data] == [384, 384]  # all-MiniLM-L6-v2, baked in the image
+    assert out.usage.prompt_tokens > 0
+
+
+def test_classification_answer(stack: Stack) -> None:
+    """The tiny ResNet baked in the image (trained at build time) reads a held-out digit it gets right."""
+    url = stack.api_urls()[0]
+    _, secret = new_key(url)
+    data = digits()
+    i = data.test[0]
+    image = base64.b64encode(encode_image(data.images[i])).decode()
+    r = httpx.post(url + "/v1/classifications", headers={"Authorization": f"Bearer {secret}"}, timeout=60,
+                   json={"model": CLASSIFIER, "images": [image], "top_k": 2})
+    assert r.status_code == 200, r.text
+    labels = r.json()["data"][0]["labels"]
+    assert len(labels) == 2
+    assert labels[0]["label"] == str(data.labels[i])
 
 
 def test_key_created_on_one_replica_works_on_the_other(stack: Stack) -> None:

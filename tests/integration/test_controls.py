@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from llmops.cli import main
-from tests.helpers import RedisServer, live_server, write_config
+from tests.helpers import RedisServer, eventually, live_server, never, write_config
 
 SLOW = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.05}}
 
@@ -119,10 +119,10 @@ def test_guardrails(tmp_path: Path) -> None:
                 "model": "slow-leaky", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
             last = [line for line in r.iter_lines() if line.startswith("data: ")][-1]
         assert json.loads(last.removeprefix("data: "))["error"]["code"] == "content_filter"
-        time.sleep(0.3)
+        assert eventually(lambda: httpx.get(f"{base}/ready").json()["models"]["slow-leaky"]["running"] == 0)
         after_block = tokens_generated(base, "slow-leaky")
-        time.sleep(1.0)  # an engine still running would make ~50 more tokens in this second
-        assert tokens_generated(base, "slow-leaky") == after_block
+        # an engine still running would make ~25 more tokens in half a second
+        assert never(lambda: tokens_generated(base, "slow-leaky") != after_block)
         assert after_block - stopped_at < len(LONG.split())  # stopped at the block, not at the end
 
 
@@ -144,12 +144,13 @@ def test_ab_routing_sticky_and_shadow(tmp_path: Path) -> None:
             seen[variant] = seen.get(variant, 0) + 1
         again = {c.chat.completions.with_raw_response.create(model="chat", user="u7", messages=[
             {"role": "user", "content": "hi"}]).headers["x-llmops-variant"] for _ in range(5)}
-        time.sleep(0.5)  # shadow copies finish in the background
-        shadowed = metric(base, "llmops_route_requests_total", role="shadow", variant="fake-c")
+        # shadow copies finish in the background
+        shadowed = eventually(lambda: metric(base, "llmops_route_requests_total", role="shadow",
+                                             variant="fake-c") == 105)
     assert seen.get("fake-b", 0) < seen["fake-a"]
     assert 75 <= seen["fake-a"] <= 99  # 90 % of 100 callers, give or take
     assert len(again) == 1  # sticky per user
-    assert shadowed == 105
+    assert shadowed
 
 
 def test_fallback_when_the_upstream_server_goes_down(tmp_path: Path) -> None:

@@ -39,8 +39,11 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
             while (await c.get("/ready")).json()["models"]["slow"]["queued"] < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            ready = await c.get("/ready")
+            for _ in range(500):  # the signal is handled in a moment: poll until /ready says so
+                ready = await c.get("/ready")
+                if ready.status_code != 200:
+                    break
+                await asyncio.sleep(0.01)
             assert ready.status_code == 503
             assert ready.json()["status"] == "draining"
             refused = await c.post("/v1/completions", json={"model": "slow", "prompt": "late"})

@@ -44,7 +44,9 @@ def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         {"name": "all-minilm-l6-v2", "kind": "embeddings", "engine": "sentence-transformers",
          "options": {"n_threads": 1}},
         {"name": "tiny-sd", "kind": "image", "engine": "diffusers",
-         "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}}])
+         "options": {"model": "builtin:tiny-sd", "safety_checker": False, "n_threads": 1}},
+        {"name": "tiny-resnet", "kind": "classify", "engine": "classifier",
+         "options": {"model": "builtin:tiny-resnet", "n_threads": 1}}])
     with live_server(cfg) as base:
         yield base.removeprefix("http://")
 
@@ -98,7 +100,8 @@ def test_python_block(gemma_server: str, index: int, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=180,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert any(name in out.stdout for name in ("gemma-3-270m", "tiny-sd", "smollm2-135m-instruct", "all-minilm"))
+    assert any(name in out.stdout for name in ("gemma-3-270m", "tiny-sd", "smollm2-135m-instruct", "all-minilm",
+                                               "tiny-resnet"))
 
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))

@@ -3,16 +3,21 @@ survive a restart (SQLite and Redis), tokens/min, budgets, the spend circuit bre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from llmops.cli import main
-from tests.helpers import RedisServer, live_server, write_config
+from llmops.settings import StateSettings
+from llmops.stores import build_state
+from tests.helpers import RedisServer, eventually, live_server, write_config
 
 ADMIN = "admin-secret-for-tests"
 # $1 per completion token and $0.1 per prompt token (the fake engine echoes the prompt's words)
@@ -46,8 +51,22 @@ def chat(base: str, secret: str | None, words: int = 3, max_tokens: int = 16) ->
                                                                                     "content": content}]})
 
 
-def settle() -> None:
-    time.sleep(0.3)  # accounting settles in a background task right after the response
+def cost(r: httpx.Response) -> float:
+    """What a request on PRICED costs."""
+    used = r.json()["usage"]
+    return float(used["prompt_tokens"] * 0.1 + used["completion_tokens"] * 1.0)
+
+
+def spent(base: str) -> float:
+    """Every key's spend this server has recorded (llmops_spend_usd_total, all series)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{base}/metrics").text.splitlines()
+               if line.startswith("llmops_spend_usd_total{"))
+
+
+def settled(base: str, usd: float) -> None:
+    """Wait until the server has recorded `usd` in all: accounting settles in a background task right after
+    the response (the tokens/min counter first, then the spend, then the reservation is given back)."""
+    assert eventually(lambda: spent(base) == pytest.approx(usd))
 
 
 def test_two_servers_on_one_redis_enforce_one_limit(tmp_path: Path, redis_server: RedisServer,
@@ -60,6 +79,30 @@ def test_two_servers_on_one_redis_enforce_one_limit(tmp_path: Path, redis_server
     assert codes[:4] == [200] * 4
 
 
+def test_two_servers_on_one_redis_share_budget_reservations(tmp_path: Path, redis_server: RedisServer,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """20 requests at once, split across two replicas, on a $0.005 budget: each replica alone would let about
+    ten in (its own reservations reach the budget), together twenty; the shared reservations let the key
+    spend at most the budget plus one request's worst case."""
+    slow = [{"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.3, "capacity": 20},
+             "limits": {"max_queued": 20}, "pricing": {"prompt_usd_per_1k": 0.1, "completion_usd_per_1k": 0.1}}]
+    cfg = write_config(tmp_path / "budget.yaml", slow, state={"backend": "redis", "redis_url": redis_server.url},
+                       spend={"refresh_s": 0})
+    key = create_key(cfg, capsys, "--budget", "0.005", "--budget-period", "day")
+    headers = {"Authorization": f"Bearer {key['secret']}"}
+    # 12 characters: 3 prompt tokens as estimated, and as the fake engine counts them (with the chat format's 2)
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "abcdefghijkl"}]}
+    worst = (3 + 2) * 0.1 / 1000
+    reservations = redis.Redis.from_url(redis_server.url)
+    with live_server(cfg) as a, live_server(cfg) as b, ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda base: httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers,
+                                                      timeout=60).status_code, [a, b] * 10))
+        assert eventually(lambda: reservations.hlen(f"llmops:reserved:{key['id']}") == 0)  # all settled
+        spent = httpx.get(f"{a}/v1/usage", headers=headers).json()["budget"]["spent_usd"]
+    assert sorted(set(codes)) == [200, 429]
+    assert 0.005 <= spent <= 0.005 + worst
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_a_restart_keeps_keys_and_spend(tmp_path: Path, redis_server: RedisServer, backend: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +111,7 @@ def test_a_restart_keeps_keys_and_spend(tmp_path: Path, redis_server: RedisServe
     with live_server(cfg) as base:
         first = chat(base, key["secret"])
         assert first.status_code == 200
-        settle()
+        settled(base, cost(first))
     with live_server(cfg) as base:
         usage = httpx.get(f"{base}/v1/usage", headers={"Authorization": f"Bearer {key['secret']}"}).json()
         assert chat(base, key["secret"]).status_code == 200
@@ -89,13 +132,14 @@ def test_tokens_per_minute_count_prompt_and_completion(tmp_path: Path, redis_ser
     cfg = config(tmp_path, "tpm", "redis", redis_server)
     secret = create_key(cfg, capsys, "--tpm", "100")["secret"]
     with live_server(cfg) as base:
-        used = 0
+        used, usd = 0, 0.0
         for _ in range(10):
             r = chat(base, secret, words=10, max_tokens=10)
             if r.status_code != 200:
                 break
             used += r.json()["usage"]["total_tokens"]
-            settle()
+            usd += cost(r)
+            settled(base, usd)
         assert r.status_code == 429
         assert "tokens/min" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) >= 1
@@ -108,14 +152,16 @@ def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
     other = create_key(cfg, capsys)
     with live_server(cfg) as base:
         first = chat(base, key["secret"])  # ~15 prompt + 3 completion tokens: $4.50 of $5
-        settle()
-        assert chat(base, key["secret"]).status_code == 200  # $9: over, but admitted while under
-        settle()
+        settled(base, cost(first))
+        second = chat(base, key["secret"])
+        assert second.status_code == 200  # $9: over, but admitted while under
+        settled(base, cost(first) + cost(second))
         refused = chat(base, key["secret"])
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "insufficient_quota"
-        assert chat(base, other["secret"]).status_code == 200  # another key's budget is its own
-        settle()
+        third = chat(base, other["secret"])
+        assert third.status_code == 200  # another key's budget is its own
+        settled(base, cost(first) + cost(second) + cost(third))
         admin = {"Authorization": f"Bearer {ADMIN}"}
         by_key = httpx.get(f"{base}/admin/usage", params={"group_by": "key"}, headers=admin).json()["data"]
         by_model = httpx.get(f"{base}/admin/usage", params={"group_by": "model,day"}, headers=admin).json()["data"]
@@ -135,10 +181,12 @@ def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
 def test_spend_circuit_breaker(tmp_path: Path) -> None:
     cfg = config(tmp_path, "breaker", "memory", spend={"max_usd_per_hour": 5})
     with live_server(cfg) as base:
-        assert chat(base, None).status_code == 200  # $4.50
-        settle()
-        assert chat(base, None).status_code == 200  # $9: the breaker opens after this one
-        settle()
+        first = chat(base, None)
+        assert first.status_code == 200  # $4.50
+        settled(base, cost(first))
+        second = chat(base, None)
+        assert second.status_code == 200  # $9: the breaker opens after this one
+        settled(base, cost(first) + cost(second))
         r = chat(base, None)
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "spend_limit_reached"
@@ -187,5 +235,31 @@ def test_concurrent_requests_per_key(tmp_path: Path, capsys: pytest.CaptureFixtu
             assert second.status_code == 429
             assert "in flight" in second.json()["error"]["message"]
             list(lines)
-        time.sleep(0.2)  # the place is given back right after the stream ends
-        assert client.post(f"{base}/v1/chat/completions", json=body, headers=headers).status_code == 200
+        # the place is given back right after the stream ends (in a task of its own)
+        assert eventually(lambda: client.post(f"{base}/v1/chat/completions", json=body,
+                                              headers=headers).status_code == 200)
+
+
+def test_a_dead_replicas_reservation_expires(redis_server: RedisServer) -> None:
+    """A replica that dies holds its reservations only until their TTL; a settled one is given back at once."""
+    async def run() -> None:
+        state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+        budgets = state.budgets
+        assert budgets is not None
+        held = await budgets.reserve("k", 0, 1.0, 1.0, "dead-replica", 0.5)
+        assert held is not None
+        assert held.made
+        refused = await budgets.reserve("k", 0, 1.0, 0.1, "other", 60)
+        assert refused is not None
+        assert (refused.made, refused.reserved) == (False, 1.0)
+        deadline = time.monotonic() + 10
+        while not (later := await budgets.reserve("k", 0, 1.0, 0.1, "other", 60)) or not later.made:
+            assert time.monotonic() < deadline, "the dead replica's reservation never expired"
+            await asyncio.sleep(0.05)
+        await budgets.release("k", "other")
+        after = await budgets.reserve("k", 0, 1.0, 0.1, "third", 60)
+        assert after is not None
+        assert after.reserved == 0.0
+        await state.close()
+
+    asyncio.run(run())

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from llmops.app import create_app
 from llmops.settings import load_settings
-from tests.helpers import free_port, live_server, write_config
+from tests.helpers import eventually, free_port, live_server, write_config
 
 UPSTREAM_MODELS = [
     {"name": "fake", "engine": "fake"},
@@ -81,7 +81,8 @@ def test_retries_a_busy_upstream(upstream: str, tmp_path: Path) -> None:
             f"{upstream}/v1/chat/completions", timeout=30,
             json={"model": "one-slot", "messages": [{"role": "user", "content": "x"}]}))
         hold.start()
-        time.sleep(0.1)  # the upstream's only slot is taken: it answers 503 until it frees
+        # the upstream's only slot is taken: it answers 503 until it frees
+        assert eventually(lambda: httpx.get(f"{upstream}/ready").json()["models"]["one-slot"]["running"] == 1)
         r = chat(c, "remote")
         hold.join()
         assert r.status_code == 200, r.text
@@ -105,6 +106,6 @@ def test_circuit_opens_on_a_dead_upstream_and_recovers(tmp_path: Path) -> None:
         assert "retry-after" in fast.headers
         cfg = write_config(tmp_path / "revived.yaml", [{"name": "fake", "engine": "fake"}])
         with live_server(cfg, port=port):
-            time.sleep(1.0)
+            assert eventually(lambda: c.get("/ready").json()["models"]["remote"]["circuit"] == "half_open")
             assert chat(c, "remote").status_code == 200  # the half-open trial succeeds
             assert c.get("/ready").json()["models"]["remote"]["circuit"] == "closed"

@@ -232,3 +232,20 @@ def test_a_model_that_failed_to_load_says_why_and_not_to_retry(tmp_path: Path) -
         assert "Retry-After" not in r.headers
         assert r.headers["x-should-retry"] == "false"
         assert metric(c, "llmops_rejections_total", model="fake-sd", reason="model_failed") == 1
+
+
+def test_only_jobs_api_jobs_are_kept_and_at_most_max_kept(tmp_path: Path) -> None:
+    """A synchronous request's job leaves the index with its answer (a soak of 10,000 images grew RSS by 40 MB
+    when they stayed for job_ttl_s); jobs created through the jobs API are kept, the oldest dropped past the cap."""
+    with start(tmp_path, [FAKE_SD], images={"max_kept_jobs": 2}) as c:
+        loaded(c)
+        jobs = c.app.state.services.image_jobs  # type: ignore[attr-defined]
+        for _ in range(3):
+            assert generate(c).status_code == 200
+            assert c.post("/generate", json={"prompt": "x", "width": 256, "height": 256,
+                                             "num_inference_steps": 2}).status_code == 200
+        assert len(jobs) == 0
+        ids = [c.post("/v1/images/jobs", json={"prompt": "x", **FAST}).json()["id"] for _ in range(3)]
+        job(c, ids[2], {"succeeded"})  # the last one finished: so had the others (one queue, in order)
+        assert c.get(f"/v1/images/jobs/{ids[0]}").status_code == 404  # the oldest finished job went first
+        assert [c.get(f"/v1/images/jobs/{i}").json()["status"] for i in ids[1:]] == ["succeeded"] * 2

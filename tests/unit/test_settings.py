@@ -15,7 +15,8 @@ def test_defaults_serve_the_embedded_models_on_loopback(monkeypatch: pytest.Monk
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert [(m.name, m.kind, m.engine) for m in s.models] == [
         ("smollm2-135m-instruct", "chat", "llamacpp"), ("gemma-3-270m", "chat", "llamacpp"),
-        ("tiny-sd", "image", "diffusers"), ("all-minilm-l6-v2", "embeddings", "sentence-transformers")]
+        ("tiny-sd", "image", "diffusers"), ("all-minilm-l6-v2", "embeddings", "sentence-transformers"),
+        ("tiny-resnet", "classify", "classifier")]
     assert s.models[0].options["chat_template"] == "chatml-tools"
 
 

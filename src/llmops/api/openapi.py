@@ -1,8 +1,8 @@
 """The OpenAPI schema describes the errors the server really sends: every error is the OpenAI envelope
-(protocol/errors.py) with status 400 (invalid input, FastAPI's validation included: never 422), 401,
-403, 404, 413, 429 (Retry-After), 431, 500, 503 (Retry-After) or 504. FastAPI's default 422
-"HTTPValidationError" is removed. `install_error_schema(app)` wraps `app.openapi` once; the schema is
-built on first request, as FastAPI does."""
+(protocol/errors.py; under /v2 the Open Inference Protocol's `{"error": "..."}`) with status 400 (invalid
+input, FastAPI's validation included: never 422), 401, 403, 404, 413, 429 (Retry-After), 431, 500, 503
+(Retry-After) or 504. FastAPI's default 422 "HTTPValidationError" is removed. `install_error_schema(app)`
+wraps `app.openapi` once; the schema is built on first request, as FastAPI does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from llmops.errors import error_format
 from llmops.protocol.errors import ErrorEnvelope
+from llmops.protocol.inference_v2 import ErrorResponse as InferenceErrorResponse
 
 ERRORS: dict[str, str] = {
     "400": "Invalid request: a parameter is missing, malformed or out of range (`param` names it), or a "
@@ -26,15 +28,15 @@ ERRORS: dict[str, str] = {
     "503": "Not ready, draining, overloaded (the queue is full) or the spend breaker is open (see Retry-After)",
     "504": "The request's deadline passed while queued or running",
 }
-OPEN_PATHS = {"/health", "/ready", "/metrics"}
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
-def _error_response(status: str) -> dict[str, Any]:
+def _error_response(status: str, envelope: str = "ErrorEnvelope") -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": ERRORS[status],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{envelope}"}}},
     }
     if status in ("429", "503"):
         response["headers"] = RETRY_AFTER
@@ -49,13 +51,15 @@ def with_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
     envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(envelope.pop("$defs", {}))
     components["ErrorEnvelope"] = envelope
+    components["InferenceErrorResponse"] = InferenceErrorResponse.model_json_schema()
     for path, operations in schema.get("paths", {}).items():
+        kind = "InferenceErrorResponse" if error_format(path) == "v2" else "ErrorEnvelope"
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             statuses = ("503",) if path in OPEN_PATHS else tuple(ERRORS)
             for status in statuses:
-                responses.setdefault(status, _error_response(status))
+                responses.setdefault(status, _error_response(status, kind))
     return schema
 
 

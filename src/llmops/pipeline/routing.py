@@ -50,6 +50,13 @@ class Router:
     def choose(self, name: str, options: Sequence[tuple[str, float]], subject: str | None) -> str:
         return pick(options, point(name, subject) if subject else self._rng())
 
+    def members(self, model: str) -> tuple[str, ...]:
+        """Every model a request for `model` may reach: an alias's variants and fallbacks, else itself."""
+        route = self._routes.get(model)
+        if route is None:
+            return (model,)
+        return tuple(dict.fromkeys([*(v.model for v in route.variants), *route.fallbacks]))
+
     def plan(self, model: str, key_id: str | None, user: str | None) -> Plan:
         route = self._routes.get(model)
         if route is None:

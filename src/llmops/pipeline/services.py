@@ -16,7 +16,7 @@ from llmops.pipeline.routing import Router
 from llmops.pipeline.semantic_cache import SemanticCache
 from llmops.pipeline.signed_urls import UrlSigner
 from llmops.prompts.registry import PromptRegistry
-from llmops.scheduling.image_jobs import ImageJobs
+from llmops.scheduling.image_jobs import ClassifyJobs, ImageJobs
 from llmops.scheduling.pool import ModelPool
 from llmops.settings import Settings
 from llmops.stores import State
@@ -36,6 +36,7 @@ class Services:
     router: Router
     cacher: ResponseCacher
     image_jobs: ImageJobs
+    classify_jobs: ClassifyJobs
     url_signer: UrlSigner  # signs and verifies image URLs; its secret settled in the lifespan
     lifecycle: Lifecycle
     started_at: int

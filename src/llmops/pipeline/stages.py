@@ -32,7 +32,7 @@ from llmops.stores.keys import ApiKey
 log = logging.getLogger("llmops.pipeline")
 STAGES = ("route", "prompt", "input_guardrails", "budget", "cache", "admission", "engine", "output_guardrails",
           "accounting", "cache_store")
-ModelKind = Literal["chat", "image", "embeddings"]
+ModelKind = Literal["chat", "image", "embeddings", "classify"]
 
 
 class Work(Protocol):
@@ -130,7 +130,7 @@ async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
 def route(services: Services, ctx: RequestContext, work: Work) -> Call:
     """Alias → variant and fallbacks; the key may use the requested model; the model accepts the work."""
     pool = services.pool
-    requested = work.model or (pool.default_image_model() if work.model_kind == "image" else "")
+    requested = work.model or (pool.default_model(work.model_kind) if work.model_kind != "chat" else "")
     plan = services.router.plan(requested, ctx.subject, work.user) if work.model_kind == "chat" else \
         Plan(requested, None, (requested,))
     authorize(ctx.key, plan.requested)

@@ -125,10 +125,8 @@ class ToolCallOut(BaseModel):
     function: FunctionCall
 
 
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    tool_calls: list[ToolCallOut] | None = None
+class _ToolCallsWhenAny(BaseModel):
+    """Leaves `tool_calls` out of the JSON when there are none, as OpenAI does."""
 
     @model_serializer(mode="wrap")
     def _omit_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -136,6 +134,12 @@ class AssistantMessage(BaseModel):
         if out.get("tool_calls") is None:
             out.pop("tool_calls", None)
         return out
+
+
+class AssistantMessage(_ToolCallsWhenAny):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -167,17 +171,10 @@ class ToolCallDeltaOut(BaseModel):
     function: FunctionDelta
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(_ToolCallsWhenAny):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDeltaOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if out.get("tool_calls") is None:
-            out.pop("tool_calls", None)
-        return out
 
 
 class ChatChunkChoice(BaseModel):

@@ -120,19 +120,28 @@ class Admission:
         """A place now: a running slot if one is free and nobody waits, else a place in the queue; 503 at
         once when the queue is full or admission is closed (draining). `staged`: the work waits for a batch
         once granted, and counts as queued until `Place.start`."""
-        if self.closed:
-            raise ShuttingDown("the server is shutting down")
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
         if self.running < self.max_running and not self.waiting:
             self.running += 1
             self.staged += staged
             return Place(self, None, 0, staged)
-        if self.waiting >= self.max_queued:
-            raise Overloaded(f"{self.running} requests running and {self.waiting} queued: try again shortly",
-                             retry_after=self._retry_after())
         waiter = _Waiter(_RANK[priority], next(self._seq), asyncio.get_running_loop().create_future(), staged)
         position = self.ahead_of(waiter)
         heapq.heappush(self._heap, waiter)
         return Place(self, waiter, position, staged)
+
+    def refusal(self) -> ShuttingDown | Overloaded | None:
+        """What `enter` would refuse a new request with now (None: it would get a slot or a queue place).
+        The HTTP edge asks this before reading a request's body, so a full queue costs a refusal nothing."""
+        if self.closed:
+            return ShuttingDown("the server is shutting down")
+        waiting = self.waiting
+        if (self.running >= self.max_running or waiting) and waiting >= self.max_queued:
+            return Overloaded(f"{self.running} requests running and {waiting} queued: try again shortly",
+                              retry_after=self._retry_after())
+        return None
 
     def ahead_of(self, waiter: _Waiter) -> int:
         return sum(1 for w in self._heap if not w.granted.done() and w < waiter)

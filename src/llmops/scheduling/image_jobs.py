@@ -1,12 +1,14 @@
-"""Image jobs: the batcher behind each image model's admission. Every image request, synchronous or not, is
-a job here, so progress and cancellation mean the same thing everywhere. Finished jobs are kept for
-`ttl_s`, then dropped.
+"""Jobs: the batcher behind each image and classify model's admission. Every image request, synchronous or not,
+is a job here, so progress and cancellation mean the same thing everywhere; every classification request is one
+too (`ClassifyJobs`). Finished jobs are kept for `ttl_s`, then dropped (classification: at once).
 
 A job first takes a place in the model's `Admission` (the same queue, limits, priorities, deadlines and
 metrics as text: a full queue is refused at once, before the job exists). Once granted, it waits in the
-batcher (still counted as queued) until the worker runs it: same-shape jobs (size, steps, guidance)
-coalesce into one pipeline call, the worker taking the first job, waiting up to `batch_timeout_s` for
-companions and running up to `max_batch_size` together, each with its own prompt, seeds and result."""
+batcher (still counted as queued) until the worker runs it: jobs that fit together (images: the same size,
+steps and guidance; classification: any) coalesce into one engine call, the worker taking the first job,
+waiting up to `batch_timeout_s` for companions and running up to `max_batch_size` together, each with its own
+inputs and result. What differs per kind is a `Runner`: which jobs fit together, the engine call, and which
+results are refused."""
 
 from __future__ import annotations
 
@@ -16,37 +18,92 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
-from llmops.engines.base import ImageEngine, ImageRequest, ImageResult, same_shape
+from llmops.engines.base import (
+    Classes,
+    ClassifyEngine,
+    ClassifyRequest,
+    ImageEngine,
+    ImageRequest,
+    ImageResult,
+    StepCallback,
+    same_shape,
+)
 from llmops.engines.batching import gather_batch
 from llmops.errors import ContentFiltered, LLMOpsError, NotFound, RequestCancelled, internal_error
 from llmops.scheduling.admission import Admission, Place, Priority
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+_In = TypeVar("_In", contravariant=True)
+
+
+class Runner(Protocol[_In, Res]):
+    """One kind of job's engine side."""
+
+    def fits(self, first: _In, other: _In) -> bool:
+        """`other` may share an engine call with `first`."""
+
+    async def run(self, requests: Sequence[_In], on_step: StepCallback,
+                  cancelled: Callable[[], bool]) -> list[Res]: ...
+
+    def refusal(self, result: Res) -> LLMOpsError | None:
+        """The error a finished job gets instead of `result` (an image the safety checker flagged)."""
+
+
+@dataclass(frozen=True)
+class ImageRunner:
+    engine: ImageEngine
+
+    def fits(self, first: ImageRequest, other: ImageRequest) -> bool:
+        return same_shape(first, other)
+
+    async def run(self, requests: Sequence[ImageRequest], on_step: StepCallback,
+                  cancelled: Callable[[], bool]) -> list[ImageResult]:
+        return await self.engine.generate_images(requests, on_step, cancelled)
+
+    def refusal(self, result: ImageResult) -> LLMOpsError | None:
+        return ContentFiltered("the safety checker flagged a generated image") if result.filtered else None
+
+
+@dataclass(frozen=True)
+class ClassifyRunner:
+    engine: ClassifyEngine
+
+    def fits(self, first: ClassifyRequest, other: ClassifyRequest) -> bool:
+        return True
+
+    async def run(self, requests: Sequence[ClassifyRequest], on_step: StepCallback,
+                  cancelled: Callable[[], bool]) -> list[Classes]:
+        return await self.engine.classify(requests)
+
+    def refusal(self, result: Classes) -> LLMOpsError | None:
+        return None
 
 
 @dataclass
-class Job:
+class BatchJob(Generic[Req, Res]):
     model: str
-    request: ImageRequest
+    request: Req
     id: str = field(default_factory=lambda: f"imgjob-{uuid.uuid4().hex}")
     status: Status = "queued"
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     step: int = 0
-    result: ImageResult | None = None
+    result: Res | None = None
     error: LLMOpsError | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     engine_s: float = 0.0  # this job's share of its batch's engine time
-    on_done: Callable[[Job], None] | None = None  # told once, when the job finishes (cost accounting)
+    on_done: Callable[[BatchJob[Req, Res]], None] | None = None  # told once, when the job finishes (cost accounting)
     place: Place | None = None  # its place at the model's admission, given back when it finishes
     admitting: asyncio.Task[None] | None = None  # waits for the place to be granted
 
-    def finish(self, status: Status, *, result: ImageResult | None = None, error: LLMOpsError | None = None) -> None:
+    def finish(self, status: Status, *, result: Res | None = None, error: LLMOpsError | None = None) -> None:
         if self.done.is_set():
             return
         self.status, self.result, self.error = status, result, error
@@ -64,48 +121,49 @@ class Batching:
     batch_timeout_s: float = 0.05
 
 
-class _ModelQueue:
-    def __init__(self, engine: ImageEngine, batching: Batching) -> None:
-        self.engine = engine
+class _ModelQueue(Generic[Req, Res]):
+    def __init__(self, runner: Runner[Req, Res], batching: Batching) -> None:
+        self.runner = runner
         self.batching = batching
-        self.waiting: deque[Job] = deque()
+        self.waiting: deque[BatchJob[Req, Res]] = deque()
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
-class Submission:
+class Submission(Generic[Req, Res]):
     """Where a job goes and how it is scheduled."""
 
     model: str
-    engine: ImageEngine
+    runner: Runner[Req, Res]
     admission: Admission
     batching: Batching
     priority: Priority
     deadline: float  # time.monotonic(): the job fails with 504 if still waiting for admission then
 
 
-class ImageJobs:
-    def __init__(self, ttl_s: float, on_batch: Callable[[str, int], None] | None = None) -> None:
-        self._ttl_s = ttl_s
+class Jobs(Generic[Req, Res]):
+    def __init__(self, ttl_s: float, on_batch: Callable[[str, int], None] | None = None, max_kept: int = 1000) -> None:
+        self._ttl_s, self._max_kept = ttl_s, max_kept
         self._on_batch = on_batch
-        self._queues: dict[str, _ModelQueue] = {}
-        self._jobs: dict[str, Job] = {}
+        self._queues: dict[str, _ModelQueue[Req, Res]] = {}
+        self._jobs: dict[str, BatchJob[Req, Res]] = {}
 
-    def submit(self, to: Submission, request: ImageRequest, on_done: Callable[[Job], None] | None = None) -> Job:
+    def submit(self, to: Submission[Req, Res], request: Req,
+               on_done: Callable[[BatchJob[Req, Res]], None] | None = None) -> BatchJob[Req, Res]:
         """A new job with a place at the model's admission (503 now when its queue is full)."""
         self._purge()
         place = to.admission.enter(to.priority, staged=True)
         queue = self._queues.get(to.model)
         if queue is None:
-            queue = self._queues[to.model] = _ModelQueue(to.engine, to.batching)
+            queue = self._queues[to.model] = _ModelQueue(to.runner, to.batching)
             queue.worker = asyncio.create_task(self._work(queue), name=f"llmops-images-{to.model}")
-        job = Job(to.model, request, on_done=on_done, place=place)
+        job = BatchJob[Req, Res](to.model, request, on_done=on_done, place=place)
         self._jobs[job.id] = job
         job.admitting = asyncio.create_task(self._admit(job, queue, to.deadline), name=f"llmops-admit-{job.id}")
         return job
 
-    async def _admit(self, job: Job, queue: _ModelQueue, deadline: float) -> None:
+    async def _admit(self, job: BatchJob[Req, Res], queue: _ModelQueue[Req, Res], deadline: float) -> None:
         assert job.place is not None
         try:
             await job.place.wait(deadline)
@@ -120,14 +178,14 @@ class ImageJobs:
             queue.waiting.append(job)
             queue.wakeup.set()
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> BatchJob[Req, Res]:
         self._purge()
         job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"no image job {job_id!r} (unknown, or finished and expired)", param="id")
+            raise NotFound(f"no job {job_id!r} (unknown, or finished and expired)", param="id")
         return job
 
-    def position(self, job: Job) -> int | None:
+    def position(self, job: BatchJob[Req, Res]) -> int | None:
         """Jobs ahead of this one: those in the batcher, then those ahead of it at admission."""
         queue = self._queues.get(job.model)
         if job.status != "queued" or queue is None or job.place is None:
@@ -137,7 +195,7 @@ class ImageJobs:
         ahead = job.place.queue_position()
         return None if ahead is None else len(queue.waiting) + ahead
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str) -> BatchJob[Req, Res]:
         job = self.get(job_id)
         job.cancel.set()
         queue = self._queues.get(job.model)
@@ -161,12 +219,26 @@ class ImageJobs:
                 with contextlib.suppress(asyncio.CancelledError):
                     await queue.worker
 
+    def __len__(self) -> int:
+        """Jobs indexed now: queued, running, and finished ones kept to be read back."""
+        return len(self._jobs)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job from the index now: a synchronous request's job, whose waiter has its answer (only jobs
+        created through the jobs API are kept to be read back)."""
+        self._jobs.pop(job_id, None)
+
     def _purge(self) -> None:
+        """Finished jobs are kept for `ttl_s`, and at most `max_kept` of them (the oldest go first)."""
         cutoff = time.time() - self._ttl_s
-        for job_id in [j.id for j in self._jobs.values() if j.finished_at is not None and j.finished_at < cutoff]:
+        finished = sorted((j.finished_at, j.id) for j in self._jobs.values() if j.finished_at is not None)
+        expired = [job_id for at, job_id in finished if at <= cutoff]
+        kept = len(finished) - len(expired)
+        expired += [job_id for _, job_id in finished[len(expired):][:max(0, kept - self._max_kept)]]
+        for job_id in expired:
             del self._jobs[job_id]
 
-    async def _work(self, queue: _ModelQueue) -> None:
+    async def _work(self, queue: _ModelQueue[Req, Res]) -> None:
         while True:
             while not queue.waiting:
                 queue.wakeup.clear()
@@ -174,14 +246,14 @@ class ImageJobs:
             batch = await self._take_batch(queue)
             if self._on_batch is not None:
                 self._on_batch(batch[0].model, len(batch))
-            await self._run(queue.engine, batch)
+            await self._run(queue.runner, batch)
 
-    async def _take_batch(self, queue: _ModelQueue) -> list[Job]:
+    async def _take_batch(self, queue: _ModelQueue[Req, Res]) -> list[BatchJob[Req, Res]]:
         first = queue.waiting.popleft()
-        return await gather_batch(first, queue.waiting, lambda j: same_shape(j.request, first.request),
+        return await gather_batch(first, queue.waiting, lambda j: queue.runner.fits(first.request, j.request),
                                   queue.batching.max_batch_size, queue.batching.batch_timeout_s, queue.wakeup)
 
-    async def _run(self, engine: ImageEngine, batch: list[Job]) -> None:
+    async def _run(self, runner: Runner[Req, Res], batch: list[BatchJob[Req, Res]]) -> None:
         for job in batch:
             job.status = "running"
             if job.place is not None:
@@ -193,8 +265,8 @@ class ImageJobs:
 
         started = time.perf_counter()
         try:
-            results = await engine.generate_images([j.request for j in batch], on_step,
-                                                   lambda: all(j.cancel.is_set() for j in batch))
+            results = await runner.run([j.request for j in batch], on_step,
+                                       lambda: all(j.cancel.is_set() for j in batch))
         except RequestCancelled as exc:
             self._finish_all(batch, "cancelled", exc)
         except LLMOpsError as exc:
@@ -205,18 +277,24 @@ class ImageJobs:
             share = (time.perf_counter() - started) / len(batch)
             for job, result in zip(batch, results, strict=True):
                 job.engine_s = share
-                self._finish_one(job, result)
+                self._finish_one(job, result, runner.refusal(result))
 
     @staticmethod
-    def _finish_all(batch: list[Job], status: Status, error: LLMOpsError) -> None:
+    def _finish_all(batch: list[BatchJob[Req, Res]], status: Status, error: LLMOpsError) -> None:
         for job in batch:
             job.finish(status, error=error)
 
     @staticmethod
-    def _finish_one(job: Job, result: ImageResult) -> None:
+    def _finish_one(job: BatchJob[Req, Res], result: Res, refusal: LLMOpsError | None) -> None:
         if job.cancel.is_set():
             job.finish("cancelled", error=RequestCancelled("cancelled during generation"))
-        elif result.filtered:
-            job.finish("failed", error=ContentFiltered("the safety checker flagged a generated image"))
+        elif refusal is not None:
+            job.finish("failed", error=refusal)
         else:
             job.finish("succeeded", result=result)
+
+
+Job = BatchJob[ImageRequest, ImageResult]
+ImageJobs = Jobs[ImageRequest, ImageResult]
+ClassifyJob = BatchJob[ClassifyRequest, Classes]
+ClassifyJobs = Jobs[ClassifyRequest, Classes]

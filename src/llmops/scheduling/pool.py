@@ -7,9 +7,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from llmops.engines.base import EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
+from llmops.engines.base import ClassifyEngine, EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
-from llmops.errors import ModelFailed, ModelNotFound, ModelNotReady
+from llmops.errors import LLMOpsError, ModelFailed, ModelNotFound, ModelNotReady
 from llmops.observability.logging import log_step
 from llmops.observability.metrics import ModelLoad
 from llmops.scheduling.admission import Admission
@@ -38,12 +38,14 @@ class Served:
 
 
 def _max_running(cfg: ModelConfig, engine: Engine) -> int:
-    """Slots on the engine: the configured number, else the engine's capacity (for an image model, a whole
-    batch: its granted jobs wait in the batcher so that same-shape ones can coalesce)."""
+    """Slots on the engine: the configured number, else the engine's capacity (for an image or classify model,
+    a whole batch: its granted jobs wait in the batcher so that they can coalesce)."""
     if cfg.limits.max_running is not None:
         return cfg.limits.max_running
     if cfg.kind == "image":
         return cfg.limits.image.max_batch_size
+    if cfg.kind == "classify":
+        return cfg.limits.classify.max_batch_size
     return int(getattr(engine, "capacity", 1))
 
 
@@ -57,6 +59,9 @@ class ModelPool:
 
     def names(self) -> list[str]:
         return list(self._models)
+
+    def names_of(self, kind: str) -> list[str]:
+        return [n for n, s in self._models.items() if s.config.kind == kind]
 
     def start_loading(self) -> None:
         self._loader = asyncio.create_task(self._load_all(), name="llmops-load-models")
@@ -103,7 +108,7 @@ class ModelPool:
         """The configuration of a `kind` model, loaded or not (404 when there is none)."""
         served = self._models.get(name)
         if served is None or served.config.kind != kind:
-            known = [n for n, s in self._models.items() if s.config.kind == kind]
+            known = self.names_of(kind)
             raise ModelNotFound(f"model {name!r} does not exist; {kind} models here: {', '.join(known) or 'none'}",
                                 param="model")
         return served.config
@@ -118,6 +123,15 @@ class ModelPool:
             raise ModelNotReady(f"model {name!r} is {state}")
         return served
 
+    def refusal(self, name: str, kind: str) -> LLMOpsError | None:
+        """What a new `kind` request for `name` would be refused with now, before any of its work is done:
+        404 (no such model), 503 (failed, loading, queue full, draining); None when it would be admitted."""
+        try:
+            served = self.get(name, kind)
+        except LLMOpsError as exc:
+            return exc
+        return served.admission.refusal()
+
     def text_engine(self, name: str) -> tuple[Served, TextEngine]:
         served = self.get(name, "chat")
         if served.text is None:
@@ -125,7 +139,17 @@ class ModelPool:
         return served, served.text
 
     def default_image_model(self) -> str:
-        return next((n for n, s in self._models.items() if s.config.kind == "image"), "")
+        return self.default_model("image")
+
+    def default_model(self, kind: str) -> str:
+        """The first configured model of `kind` ("" when there is none)."""
+        return next((n for n, s in self._models.items() if s.config.kind == kind), "")
+
+    def classify_engine(self, name: str) -> tuple[Served, ClassifyEngine]:
+        served = self.get(name, "classify")
+        if not isinstance(served.engine, ClassifyEngine):
+            raise ModelNotFound(f"model {name!r} does not classify images", param="model")
+        return served, served.engine
 
     def image_engine(self, name: str | None) -> tuple[Served, ImageEngine]:
         """The named image model, or the first configured one when `name` is None."""

@@ -12,7 +12,7 @@ from llmops.settings import StateSettings
 from llmops.stores.cache import MemoryCache, ResponseCache
 from llmops.stores.counters import Counters, MemoryCounters
 from llmops.stores.keys import KeyStore, SqliteKeyStore
-from llmops.stores.ledger import Ledger, SqliteLedger
+from llmops.stores.ledger import Ledger, SharedBudgets, SqliteLedger
 from llmops.stores.sqlite import SqliteDb
 
 
@@ -25,6 +25,7 @@ class State:
     backend: str
     _close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _ping: Callable[[], Awaitable[bool]] | None = None
+    budgets: SharedBudgets | None = None  # reservations every replica sees (Redis); None: in the process
 
     async def reachable(self) -> bool:
         """Whether the shared store answers now (always true for the in-process backends)."""
@@ -49,7 +50,7 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
                               on_error or (lambda _: None))
         p = settings.redis_prefix
         return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p),
-                     rs.RedisCache(guard, p), "redis", [client.aclose], guard.ping)
+                     rs.RedisCache(guard, p), "redis", [client.aclose], guard.ping, rs.RedisBudgets(guard, p))
     db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
 
     async def close() -> None:

@@ -40,6 +40,28 @@ class SpendRow:
     cost_usd: float
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What a shared budget check answered: whether the reservation was made, and what it saw."""
+
+    made: bool
+    spent: float  # the key's spend in the period, every replica's
+    reserved: float  # held by other requests in flight, every replica's (this one's not included)
+
+
+class SharedBudgets(Protocol):
+    """Budget reservations shared by replicas (the Redis backend): check and reserve in one atomic step, so
+    that replicas together overshoot a budget by at most one request's worst case. A reservation expires
+    after its `ttl_s` (a replica that died never settles), and is released when its request settles."""
+
+    async def reserve(self, key_id: str, since: float, budget_usd: float, usd: float, holder: str,
+                      ttl_s: float) -> Reservation | None:
+        """None when the store cannot be reached and its policy fails open (no reservation made)."""
+        ...
+
+    async def release(self, key_id: str, holder: str) -> None: ...
+
+
 class Ledger(Protocol):
     async def record(self, entry: SpendEntry) -> None: ...
 

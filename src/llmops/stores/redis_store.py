@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from llmops.errors import StoreUnavailable
 from llmops.stores.counters import Decision, gcra, sliding, window_index
 from llmops.stores.keys import ApiKey, missing, revoked
-from llmops.stores.ledger import SpendEntry, SpendRow, day_of, days_between
+from llmops.stores.ledger import Reservation, SpendEntry, SpendRow, day_of, days_between
 
 log = logging.getLogger("llmops.stores")
 T = TypeVar("T")
@@ -55,6 +55,25 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
 return 1
+"""
+
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local budget, usd, holder, ttl, key_id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local spent = 0
+for i = 2, #KEYS do spent = spent + tonumber(redis.call('HGET', KEYS[i], key_id) or '0') end
+local reserved = 0
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local amount, expires = string.match(held[i + 1], '(%S+) (%S+)')
+  if tonumber(expires) <= now then redis.call('HDEL', KEYS[1], held[i])
+  else reserved = reserved + tonumber(amount) end
+end
+if spent + reserved >= budget then return {0, tostring(spent), tostring(reserved)} end
+redis.call('HSET', KEYS[1], holder, string.format('%.17g %.6f', usd, now + ttl))
+if redis.call('TTL', KEYS[1]) < math.ceil(ttl) + 1 then redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1) end
+return {1, tostring(spent), tostring(reserved)}
 """
 
 
@@ -217,18 +236,19 @@ class RedisLedger:
                 pipe.hincrby(spend, cell + "images", e.images)
                 pipe.hincrbyfloat(spend, cell + "cost_usd", e.cost_usd)
                 pipe.hincrbyfloat(f"{self.p}keyspend:{day}", e.key_id, e.cost_usd)
+                pipe.hincrbyfloat(f"{self.p}keyspend:total", e.key_id, e.cost_usd)
                 pipe.incrbyfloat(f"{self.p}spendmin:{minute}", e.cost_usd)
                 pipe.expire(f"{self.p}spendmin:{minute}", 7200)
                 await pipe.execute()
         await self.g.call("spend.record", run, None)
 
     async def key_spend(self, key_id: str, since: float) -> float:
-        days = days_between(day_of(since), day_of(time.time()))
+        hashes = spend_hashes(self.p, since)
 
         async def run() -> float:
             async with self.g.client.pipeline(transaction=False) as pipe:
-                for day in days:
-                    pipe.hget(f"{self.p}keyspend:{day}", key_id)
+                for name in hashes:
+                    pipe.hget(name, key_id)
                 return sum(float(v) for v in await pipe.execute() if v)
         return await self.g.call("spend.key", run, 0.0)
 
@@ -252,6 +272,39 @@ class RedisLedger:
         for day, cells in zip(days, await self.g.call("spend.report", run), strict=True):
             rows += _rows(day, cells, key_id)
         return rows
+
+
+def spend_hashes(prefix: str, since: float) -> list[str]:
+    """The hashes holding each key's spend from `since` (a UTC day boundary; 0: the key's whole life)."""
+    if since <= 0:
+        return [f"{prefix}keyspend:total"]
+    return [f"{prefix}keyspend:{day}" for day in days_between(day_of(since), day_of(time.time()))]
+
+
+class RedisBudgets:
+    """Budget reservations in Redis: per key a hash of holder -> "usd expiry"; the check (the period's spend
+    from the ledger's hashes plus every live reservation) and the new reservation are one Lua script."""
+
+    def __init__(self, guard: RedisGuard, prefix: str) -> None:
+        self.g, self.p = guard, prefix
+        self._reserve = guard.client.register_script(_RESERVE)
+
+    async def reserve(self, key_id: str, since: float, budget_usd: float, usd: float, holder: str,
+                      ttl_s: float) -> Reservation | None:
+        keys = [f"{self.p}reserved:{key_id}", *spend_hashes(self.p, since)]
+        raw = await self.g.call("spend.reserve", lambda: self._reserve(
+            keys=keys, args=[budget_usd, usd, holder, ttl_s, key_id]), None)
+        return None if raw is None else Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]))
+
+    async def release(self, key_id: str, holder: str, attempts: int = 3) -> None:
+        """Tried a few times (a slow moment must not hold budget until the TTL); a reservation that still
+        could not be released expires on its own."""
+        for attempt in range(attempts):
+            done = await self.g.call("spend.release", lambda: self.g.client.hdel(f"{self.p}reserved:{key_id}",
+                                                                                  holder), None, always_open=True)
+            if done is not None:
+                return
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]:

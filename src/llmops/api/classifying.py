@@ -1,0 +1,114 @@
+"""What the Open Inference Protocol routes and /v1/classifications share: find the model (404, 403, 503), check
+top_k, decode the images off the event loop within the model's limits (a bad image is a 400 before anything is
+counted or charged), then the pipeline (pipeline/classify.py: budget, cache, admission, the batcher, cost per
+image, metrics) and the cache store. The routes only parse their wire format and format the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from llmops.api import deps
+from llmops.api.disconnect import cancel_on_disconnect
+from llmops.engines.base import ClassifyEngine, ClassifyRequest
+from llmops.errors import InvalidRequest
+from llmops.media.image_input import ImageLimits, decode_images
+from llmops.pipeline import stages
+from llmops.pipeline.classify import ClassifyWork, check_count
+from llmops.pipeline.classify import classify as run_classify
+from llmops.settings import ModelConfig
+
+M = TypeVar("M", bound=BaseModel)
+Classes = list[list[dict[str, Any]]]  # per image: [{"label", "score", "index"}, ...] best first
+
+
+@dataclass
+class ClassifyInputs:
+    """What a request sends: encoded images with where each came from (for error messages), or `pixels`,
+    the model's own input tensor (float32 numpy [N, C, H, W])."""
+
+    encoded: list[tuple[bytes, str]] = field(default_factory=list)
+    pixels: Any = None
+
+    @property
+    def count(self) -> int:
+        return len(self.encoded) if self.pixels is None else int(self.pixels.shape[0])
+
+    def fingerprint(self) -> list[str]:
+        if self.pixels is not None:
+            return [f"pixels:{list(self.pixels.shape)}:{hashlib.sha256(self.pixels.tobytes()).hexdigest()}"]
+        return [hashlib.sha256(data).hexdigest() for data, _ in self.encoded]
+
+
+@dataclass
+class Classified:
+    model: str
+    classes: Classes
+    headers: dict[str, str]
+
+
+@dataclass
+class Target:
+    config: ModelConfig
+    engine: ClassifyEngine
+
+
+def target(request: Request, name: str | None) -> Target:
+    """The named classify model (the first configured one when None), allowed for this key, loaded."""
+    pool = deps.pool(request)
+    name = name or pool.default_model("classify")
+    pool.config(name, "classify")
+    deps.authorize(request, name)
+    served, engine = pool.classify_engine(name)
+    return Target(served.config, engine)
+
+
+def parse_json(raw: bytes, model: type[M]) -> M:
+    """The body as `model` whatever its content type (Triton's client sends JSON without one); 400 naming the
+    first problem."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequest(f"request body is not valid JSON: {first['msg']}") from None
+        param = ".".join(str(p) for p in first["loc"]) or None
+        where = f"'{param}'" if param else "the request body"
+        raise InvalidRequest(f"invalid value for {where}: {first['msg']}", param=param) from None
+
+
+def top_k(tgt: Target, requested: Any, param: str) -> int:
+    labels = len(tgt.engine.labels)
+    if requested is None:
+        return min(tgt.config.limits.classify.default_top_k, labels)
+    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= labels:
+        raise InvalidRequest(f"{param} must be an integer from 1 to {labels} (the model's classes)", param=param)
+    return requested
+
+
+def image_limits(cfg: ModelConfig) -> ImageLimits:
+    c = cfg.limits.classify
+    return ImageLimits(c.max_image_bytes, c.max_pixels, tuple(c.formats))
+
+
+async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int, count_param: str) -> Classified:
+    images: list[Any] = []
+    if inputs.pixels is None:
+        check_count(tgt.config, inputs.count, count_param)  # before decoding any
+        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt.config))
+    job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
+    work = ClassifyWork(tgt.config.name, job, inputs.fingerprint(), count_param)
+    services = deps.services(request)
+    call = await stages.prepare(services, deps.context(request), work)
+    if call.hit is not None:
+        return Classified(call.config.name, call.hit["classes"], call.headers())
+    result = await cancel_on_disconnect(request, run_classify(services, call, work))
+    classes = [[{"label": x.label, "score": x.score, "index": x.index} for x in labels] for labels in result]
+    await stages.cache_store(services, call, {"classes": classes})
+    return Classified(call.served, classes, call.headers())

@@ -1,0 +1,173 @@
+"""The Open Inference Protocol (KServe V2) REST surface for the classify models.
+
+A classify model takes one input, either
+- BYTES, shape [N] (or [N, 1]): N encoded images (PNG, JPEG, WebP, GIF, BMP), each element base64 in JSON
+  as KServe's clients send them; or
+- FP32, shape [N, C, H, W] or [N, H, W, C]: the model's own input tensor, already preprocessed (resized and
+  normalised as the model's image processor does; GET /v2/models/{name} gives C, H and W),
+and answers three outputs, each [N, k]: `label` (BYTES), `score` (FP32, softmax probability) and `index`
+(INT64, the class id), best first. `parameters.top_k` sets k; `outputs` may ask for some of them only.
+Errors are `{"error": "<message>"}` with the same status codes as the rest of the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from llmops import __version__
+from llmops.api import deps
+from llmops.api.classifying import ClassifyInputs, Target, classify, parse_json, target, top_k
+from llmops.errors import InvalidRequest, ModelNotFound
+from llmops.protocol.inference_v2 import (
+    Datatype,
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ModelMetadata,
+    RequestInput,
+    ResponseOutput,
+    ServerMetadata,
+    elements,
+    flatten,
+)
+
+router = APIRouter()
+OUTPUTS = ("label", "score", "index")
+_DATATYPES: dict[str, Datatype] = {"label": "BYTES", "score": "FP32", "index": "INT64"}
+
+
+@router.get("/v2", response_model=ServerMetadata)
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="llmops", version=__version__, extensions=[])
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    ok = deps.pool(request).ready() and not deps.services(request).lifecycle.draining
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
+
+
+def _classify_config(request: Request, name: str) -> None:
+    """404 unless `name` is a classify model: only those are served over this protocol."""
+    cfg = deps.settings(request).model(name)
+    if cfg is None or cfg.kind != "classify":
+        what = "does not exist" if cfg is None else f"is a {cfg.kind} model, not served over this protocol"
+        raise ModelNotFound(f"model {name!r} {what}", param="model")
+
+
+@router.get("/v2/models/{name}/ready")
+async def model_ready(name: str, request: Request) -> JSONResponse:
+    _classify_config(request, name)
+    deps.authorize(request, name)
+    state = deps.pool(request).states()[name].state
+    ok = state == "ready"
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/v2/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
+async def model_metadata(name: str, request: Request) -> ModelMetadata:
+    _classify_config(request, name)
+    tgt = target(request, name)
+    c, h, w = tgt.engine.input_shape
+    return ModelMetadata(
+        name=name, platform=f"llmops_{tgt.config.engine}",
+        inputs=[MetadataTensor(name="image", datatype="BYTES", shape=[-1]),
+                MetadataTensor(name="pixel_values", datatype="FP32", shape=[-1, c, h, w])],
+        outputs=[MetadataTensor(name=o, datatype=_DATATYPES[o], shape=[-1, -1]) for o in OUTPUTS])
+
+
+@router.post("/v2/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True)
+async def infer(name: str, request: Request) -> JSONResponse:
+    """The body is an InferenceRequest, read whatever its content type (Triton's client sends none)."""
+    _classify_config(request, name)
+    tgt = target(request, name)
+    if "inference-header-content-length" in request.headers:
+        raise InvalidRequest("the binary tensor data extension is not supported: send the tensors as JSON "
+                             "(tritonclient: binary_data=False)", param="Inference-Header-Content-Length")
+    body = parse_json(await request.body(), InferenceRequest)
+    if len(body.inputs) != 1:
+        raise InvalidRequest(f"model {name!r} takes one input (BYTES images or an FP32 tensor); got "
+                             f"{len(body.inputs)}", param="inputs")
+    wanted = _wanted_outputs(body)
+    k = top_k(tgt, (body.parameters or {}).get("top_k"), "parameters.top_k")
+    inputs = _inputs(tgt, body.inputs[0])
+    result = await classify(request, tgt, inputs, k, "inputs[0].shape")
+    outputs = [_output(o, result.classes) for o in wanted]
+    response = InferenceResponse(model_name=result.model, id=body.id, outputs=outputs)
+    return JSONResponse(response.model_dump(exclude_none=True), headers=result.headers)
+
+
+def _wanted_outputs(body: InferenceRequest) -> list[str]:
+    if not body.outputs:
+        return list(OUTPUTS)
+    names = [o.name for o in body.outputs]
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown:
+        raise InvalidRequest(f"unknown output {unknown[0]!r}; this model's outputs: {', '.join(OUTPUTS)}",
+                             param="outputs")
+    return names
+
+
+def _inputs(tgt: Target, tensor: RequestInput) -> ClassifyInputs:
+    where = "inputs[0]"
+    if any(d < 1 for d in tensor.shape) or not tensor.shape:
+        raise InvalidRequest(f"{where}.shape {tensor.shape} must be non-empty with every dimension >= 1",
+                             param=f"{where}.shape")
+    data = flatten(tensor.data)
+    if len(data) != elements(tensor.shape):
+        raise InvalidRequest(f"{where}: shape {tensor.shape} holds {elements(tensor.shape)} elements but data has "
+                             f"{len(data)}", param=f"{where}.data")
+    if tensor.datatype == "BYTES":
+        return _encoded(tensor, data, where)
+    if tensor.datatype == "FP32":
+        return ClassifyInputs(pixels=_pixels(tgt, tensor.shape, data, where))
+    raise InvalidRequest(f"{where}.datatype {tensor.datatype} is not accepted: send BYTES (encoded images) or FP32 "
+                         "(the model's input tensor)", param=f"{where}.datatype")
+
+
+def _encoded(tensor: RequestInput, data: list[Any], where: str) -> ClassifyInputs:
+    if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidRequest(f"{where}: BYTES images take shape [N] or [N, 1]; got {tensor.shape}",
+                             param=f"{where}.shape")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{where}.data[{i}] must be a base64 string", param=f"{where}.data")
+        try:
+            out.append((base64.b64decode(item, validate=True), f"{where}.data[{i}]"))
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"{where}.data[{i}] is not valid base64", param=f"{where}.data") from None
+    return ClassifyInputs(encoded=out)
+
+
+def _pixels(tgt: Target, shape: list[int], data: list[Any], where: str) -> Any:
+    import numpy as np
+
+    c, h, w = tgt.engine.input_shape
+    if len(shape) != 4 or tuple(shape[1:]) not in ((c, h, w), (h, w, c)):
+        raise InvalidRequest(f"{where}: an FP32 tensor must have shape [N, {c}, {h}, {w}] or [N, {h}, {w}, {c}]; "
+                             f"got {shape}", param=f"{where}.shape")
+    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in data):
+        raise InvalidRequest(f"{where}.data must hold numbers only (FP32)", param=f"{where}.data")
+    array = np.asarray(data, dtype=np.float32).reshape(shape)
+    if tuple(shape[1:]) != (c, h, w):
+        array = np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    if not np.isfinite(array).all():
+        raise InvalidRequest(f"{where}.data holds a value that is not a finite FP32 number", param=f"{where}.data")
+    return array
+
+
+def _output(name: str, classes: list[list[dict[str, Any]]]) -> ResponseOutput:
+    k = len(classes[0]) if classes else 0
+    data = [entry[name] for labels in classes for entry in labels]
+    return ResponseOutput(name=name, shape=[len(classes), k], datatype=_DATATYPES[name], data=data)

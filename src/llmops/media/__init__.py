@@ -1,0 +1,1 @@
+"""Media that clients send (encoded images), decoded only within limits."""

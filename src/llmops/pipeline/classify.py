@@ -1,0 +1,88 @@
+"""Classification work through the stages: the `Work` adapter, and the stages from admission on: a job behind
+the model's admission, coalesced with other requests' jobs into one model call by the batcher
+(`scheduling/image_jobs.py`, `ClassifyRunner`), accounted per image when it finishes, however it finishes.
+
+The images arrive decoded (api/ decodes them off the event loop, within the model's limits, before the
+pipeline): the guardrails read no text, the budget reserves the images' worst-case cost, and the cache keys
+on the images' hashes and top_k, so an identical request is answered without running the model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from llmops.engines.base import Classes, ClassifyRequest
+from llmops.errors import InvalidRequest
+from llmops.observability.inference import InferenceObserver
+from llmops.pipeline.accounting import worst_case_image_usd
+from llmops.pipeline.images import submit_job, wait_for
+from llmops.pipeline.services import Services
+from llmops.pipeline.stages import Call
+from llmops.scheduling.image_jobs import Batching, ClassifyJob, ClassifyRunner, Submission
+from llmops.settings import ModelConfig
+
+
+def check_count(config: ModelConfig, count: int, param: str) -> None:
+    """400 unless 1 <= count <= the model's limits.classify.max_images."""
+    limit = config.limits.classify.max_images
+    if count > limit:
+        raise InvalidRequest(f"{count} images in one request; the limit is {limit}", param=param)
+    if count < 1:
+        raise InvalidRequest("no images to classify", param=param)
+
+
+class ClassifyWork:
+    """A classification request as the pipeline sees it: the engine request (decoded images, or a pixel
+    tensor, and top_k) and a fingerprint of its inputs for the cache."""
+
+    kind = "classify"
+    model_kind: Literal["classify"] = "classify"
+    user = None
+    service_tier = None
+
+    def __init__(self, model: str | None, request: ClassifyRequest, fingerprint: list[str], param: str) -> None:
+        self.model, self.request, self.fingerprint, self.param = model, request, fingerprint, param
+
+    def check(self, config: ModelConfig) -> None:
+        check_count(config, self.request.count, self.param)
+
+    def prompt(self, call: Call, services: Services) -> None:
+        return None
+
+    def texts(self) -> list[str]:
+        return []
+
+    def with_texts(self, texts: list[str]) -> None:
+        return None
+
+    def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
+        return worst_case_image_usd(config, self.request.count, deadline_s)
+
+    def cache_payload(self, call: Call) -> dict[str, Any] | None:
+        return {"model": call.config.name, "top_k": self.request.top_k, "inputs": self.fingerprint}
+
+    def semantic_query(self, call: Call) -> tuple[str, str] | None:
+        return None  # images have no text to compare
+
+
+def submit(services: Services, call: Call, work: ClassifyWork) -> ClassifyJob:
+    """Stage `admission` for a classification (see images.submit_job)."""
+    served, engine = services.pool.classify_engine(call.config.name)
+    lim = served.config.limits.classify
+    count = work.request.count
+    return submit_job(services, call, services.classify_jobs, work.request,
+                      Submission(served.config.name, ClassifyRunner(engine), served.admission,
+                                 Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline),
+                      lambda _: count)
+
+
+async def classify(services: Services, call: Call, work: ClassifyWork) -> Classes:
+    """A classification: submit, wait until its deadline, observed (metrics, log, spans)."""
+    obs = InferenceObserver(services.metrics, services.tracer, call.config.name, call.ctx.log)
+    try:
+        job = submit(services, call, work)
+        result = await wait_for(job, services.classify_jobs, call.deadline)
+    except BaseException as exc:
+        obs.classified(obs.outcome(exc), 0)
+        raise
+    obs.classified("success", work.request.count)
+    return result

@@ -1,0 +1,104 @@
+"""The Open Inference Protocol (KServe V2; also spoken by Triton, MLServer and TorchServe), REST/JSON.
+
+Endpoints: GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready,
+POST /v2/models/{name}/infer (the `/versions/{version}` forms too). Errors are `{"error": "<message>"}`.
+A tensor is `{name, shape, datatype, parameters?, data}`; `data` is the tensor's elements in row-major
+order, flat or nested. Fields the protocol marks optional are left out of responses when unset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                   "FP64", "BYTES"]
+Parameters = dict[str, Any]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int] = Field(description="the tensor's shape; -1 is not allowed in a request")
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any]
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(_Wire):
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any]
+
+
+class InferenceResponse(_Wire):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class MetadataTensor(_Wire):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 marks a dimension of any size")
+
+
+class ModelMetadata(_Wire):
+    name: str
+    versions: list[str] | None = None
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class ServerMetadata(_Wire):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ErrorResponse(_Wire):
+    error: str
+
+
+def flatten(data: list[Any]) -> list[Any]:
+    """The elements of a flat or nested `data` array, in row-major order."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
+_END = object()
+
+
+def elements(shape: list[int]) -> int:
+    return math.prod(shape)
