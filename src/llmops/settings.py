@@ -68,7 +68,7 @@ class ModelLimits(_Strict):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none")
     max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices or images per request) accepted")
     max_running: int | None = Field(None, ge=1, description="requests the engine works on at once; "
-                                    "default: the engine's own capacity (llama.cpp: n_parallel slots)")
+                                    "default: the engine's own capacity (llama.cpp: n_parallel slots + queue_ahead)")
     max_queued: int = Field(64, ge=0, description="requests waiting for a slot; beyond it, 503 at once")
     default_deadline_s: float = Field(60.0, gt=0, description="deadline when the request sets none")
     max_deadline_s: float = Field(300.0, gt=0, description="cap on a request's own X-Request-Timeout")
