@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test lint bench bench-tenancy bench-controls bench-baseline-venv clean images deploy-test
+.PHONY: setup serve test lint bench bench-tenancy bench-controls bench-baseline-venv bench-engine bench-overhead \
+	bench-profile bench-gpu-images clean images deploy-test
 
 setup: $(STAMP)
 
@@ -47,6 +48,31 @@ bench-tenancy: setup
 bench-controls: setup
 	$(PY) -m bench.cache --out bench/results
 	$(PY) -m bench.guardrails --out bench/results
+
+# Issue 14's comparison: llmops vs the bare engine (xllamacpp's own server), streaming and non-streaming chat,
+# 1/16/64 concurrent, 3 interleaved repeats with each server fresh; then the gateway overhead with the fake
+# engine vs a bare FastAPI app (open, and a key with every limit on SQLite). Writes bench/results/engine.md,
+# overhead.md. About 25 minutes on 2 cores; REPEATS=5 for tighter spreads on a quiet machine.
+REPEATS ?= 3
+bench-engine: setup
+	$(PY) -m bench.run --name engine --targets bare-llamacpp,llmops-llamacpp --modes chat-stream,json \
+		--concurrency 1,16,64 --temperature 0 --repeats $(REPEATS) --scenarios "" --out bench/results
+	$(PY) -m bench.overhead --repeats $(REPEATS) --out bench/results
+
+bench-overhead: setup
+	$(PY) -m bench.overhead --repeats $(REPEATS) --out bench/results
+
+# Where the gateway's per-token time goes (py-spy, GIL-holding samples) at 16 and 64 streams, on Gemma and
+# on the fake engine (the gateway alone): bench/results/profile.md, profile-fake.md
+bench-profile: setup
+	$(PY) -m bench.profile_tokens --out bench/results --name profile --concurrency 16,64
+	$(PY) -m bench.profile_tokens --out bench/results --name profile-fake --engine fake --concurrency 16,64 \
+		--requests 256
+
+# On a GPU machine (torch + diffusers + transformers; the llmops rows need the project installed too):
+# issue 14's image table in one run of at most ~10 minutes, every figure written as soon as it exists.
+bench-gpu-images:
+	python3 bench/gpu_images.py --out bench/results
 
 bench-baseline-venv:
 	test -x $(LLAMA_CPP_PYTHON) || (python3 -m venv .bench-venv && .bench-venv/bin/pip install 'llama-cpp-python[server]')

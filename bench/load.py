@@ -1,5 +1,10 @@
-"""The load generator: N concurrent streaming completions against an OpenAI-compatible server, timed
-per request (time to first token, end to end) and in aggregate (output tokens/s)."""
+"""The load generator: N concurrent requests against an OpenAI-compatible server, timed per request (time
+to first token, end to end) and in aggregate (output tokens/s). Modes:
+
+    stream       streaming /v1/completions (the harness' historical default)
+    chat-stream  streaming /v1/chat/completions
+    json         non-streaming /v1/chat/completions (first token = whole answer)
+"""
 
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ class Result:
     errors: int
     rejections: int
     peak_rss_mb: float | None = None
+    cpu_ms_per_token: float | None = None  # the server's CPU time (all its threads) per output token
+    mode: str = "stream"
+    repeat: int = 0  # which interleaved repeat (each target started fresh in each)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,14 +81,23 @@ _TOKENIZER: Any = None
 
 
 async def one_json_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
-    """A plain chat request (the guide's baselines do not stream): first token = whole answer."""
+    """A plain chat request (the guide's baselines do not stream): first token = whole answer. Tokens from
+    the response's usage where the server reports it, else counted with Gemma's tokenizer."""
     start = time.perf_counter()
     r = await client.post(url, json=body)
     sample = Sample(ok=r.status_code == 200, status=r.status_code, e2e_s=time.perf_counter() - start)
     if sample.ok:
+        data = r.json()
         sample.ttft_s = sample.e2e_s
-        sample.tokens = count_tokens(r.json()["choices"][0]["message"]["content"])
+        usage = data.get("usage") or {}
+        sample.tokens = int(usage.get("completion_tokens") or 0) or count_tokens(
+            data["choices"][0]["message"]["content"])
     return sample
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    """A completions chunk with text, or a chat chunk whose delta has content."""
+    return any(c.get("text") or (c.get("delta") or {}).get("content") for c in event.get("choices", []))
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
@@ -99,7 +116,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
             event = json.loads(line[6:])
             if "error" in event:
                 return sample
-            if any(c.get("text") for c in event.get("choices", [])):
+            if _has_text(event):
                 chunks += 1
                 if sample.ttft_s is None:
                     sample.ttft_s = time.perf_counter() - start
@@ -113,15 +130,22 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
 
 async def run_load(base_url: str, model: str, concurrency: int, requests: int, max_tokens: int,
                    prompt: str, headers: dict[str, str] | None = None, timeout_s: float = 600,
-                   mode: str = "stream") -> list[Sample]:
+                   mode: str = "stream", temperature: float | None = None) -> list[Sample]:
+    """`temperature` overrides the mode's default (0 when streaming, the guide's 0.7 for json)."""
     if mode == "json":
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}],
                                 "max_tokens": max_tokens, "temperature": 0.7}
         url, send = f"{base_url}/v1/chat/completions", one_json_request
+    elif mode == "chat-stream":
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        url, send = f"{base_url}/v1/chat/completions", one_request
     else:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         url, send = f"{base_url}/v1/completions", one_request
+    if temperature is not None:
+        body["temperature"] = temperature
     todo = list(range(requests))
     samples: list[Sample] = []
     limits = httpx.Limits(max_connections=concurrency + 4)

@@ -1,8 +1,15 @@
-"""The comparison harness: start each target server, drive it at each concurrency with streaming
-completions, record throughput, latency and memory, stop it; write JSON and a markdown table with every
-figure also given as a ratio to the baselines measured in the same run.
+"""The comparison harness: start each target server, drive it at each concurrency in each load mode
+(streaming completions, streaming chat, non-streaming chat: see bench.load), record throughput, latency and
+memory, stop it; write JSON and a markdown table with every figure also given as a ratio to the baselines
+measured in the same run.
+
+With --repeats N the targets are measured N times, interleaved (A,B then B,A, ...), each server started
+fresh every time, so one noisy moment of a shared machine cannot decide a ratio; the summary gives the
+median of the repeats and their spread, and each ratio is taken within a repeat, then summarized.
 
     python -m bench.run --out bench/results [--targets llmops-llamacpp,bare-llamacpp] [--concurrency 1,4,16]
+    python -m bench.run --name engine --targets bare-llamacpp,llmops-llamacpp --modes chat-stream,json \
+        --concurrency 1,16,64 --repeats 3 --scenarios ""
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class Target:
     ready_path: str = "/ready"
     headers: dict[str, str] | None = None
     mode: str = "stream"  # or "json": the guide's non-streaming chat contract
+    modes: tuple[str, ...] = ("stream", "chat-stream", "json")  # what it can serve when --modes asks
     max_concurrency: int = 1_000  # slower baselines stop here (each level runs to completion)
 
 
@@ -88,9 +96,9 @@ def targets(threads: int, slots: int, cpu_poll: int) -> dict[str, Target]:
         "llama-cpp-python": Target("llama-cpp-python", "gemma", _llama_cpp_python(threads, 4096),
                                    ready_path="/v1/models", max_concurrency=16),
         "guide-sequential": Target("guide-sequential", "gemma", _module("bench.targets.guide_sequential", threads),
-                                   ready_path="/health", mode="json", max_concurrency=16),
+                                   ready_path="/health", mode="json", modes=("json",), max_concurrency=16),
         "litserve-guide": Target("litserve-guide", "gemma", _module("bench.targets.litserve_guide", threads),
-                                 ready_path="/health", mode="json", max_concurrency=16),
+                                 ready_path="/health", mode="json", modes=("json",), max_concurrency=16),
     }
 
 
@@ -115,6 +123,13 @@ class RssSampler:
 
     def close(self) -> None:
         self._stop.set()
+
+    def cpu_s(self) -> float:
+        """CPU seconds the target's process tree has used so far (user + system)."""
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.pid)
+            return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+        return 0.0
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -143,8 +158,22 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> float
     raise TimeoutError(url)
 
 
-def measure(target: Target, levels: list[int], per_level: Callable[[int], int], max_tokens: int, port: int,
-            tmp: Path) -> tuple[float, list[Result]]:
+@dataclass
+class Plan:
+    """What to run against each target, once started."""
+
+    levels: list[int]
+    per_level: Callable[[int], int]
+    max_tokens: int
+    modes: list[str]  # empty: each target's own mode
+    repeat: int = 0
+    temperature: float | None = None  # None: each mode's default
+
+    def modes_for(self, target: Target) -> list[str]:
+        return [m for m in self.modes if m in target.modes] if self.modes else [target.mode]
+
+
+def measure(target: Target, plan: Plan, port: int, tmp: Path) -> tuple[float, list[Result]]:
     log = open(tmp / f"{target.name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(target.command(port, tmp), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -152,15 +181,18 @@ def measure(target: Target, levels: list[int], per_level: Callable[[int], int], 
     rss = RssSampler(proc.pid)
     try:
         startup = wait_ready(proc, base + target.ready_path, 600)
-        asyncio.run(run_load(base, target.model, 1, 1, 8, PROMPT, target.headers, mode=target.mode))  # warm-up
-        for c in [c for c in levels if c <= target.max_concurrency]:
-            t0 = time.perf_counter()
-            samples = asyncio.run(run_load(base, target.model, c, per_level(c), max_tokens, PROMPT, target.headers,
-                                           mode=target.mode))
-            result = summarize(target.name, c, samples, time.perf_counter() - t0)
-            result.peak_rss_mb = rss.take()
-            results.append(result)
-            print(json.dumps(result.as_dict()), flush=True)
+        for mode in plan.modes_for(target):
+            asyncio.run(run_load(base, target.model, 1, 1, 8, PROMPT, target.headers, mode=mode))  # warm-up
+            for c in [c for c in plan.levels if c <= target.max_concurrency]:
+                t0, cpu0 = time.perf_counter(), rss.cpu_s()
+                samples = asyncio.run(run_load(base, target.model, c, plan.per_level(c), plan.max_tokens, PROMPT,
+                                               target.headers, mode=mode, temperature=plan.temperature))
+                result = summarize(target.name, c, samples, time.perf_counter() - t0)
+                result.peak_rss_mb, result.mode, result.repeat = rss.take(), mode, plan.repeat
+                if result.output_tokens:
+                    result.cpu_ms_per_token = round((rss.cpu_s() - cpu0) * 1000 / result.output_tokens, 2)
+                results.append(result)
+                print(json.dumps(result.as_dict()), flush=True)
     finally:
         rss.close()
         stop(proc)
@@ -181,6 +213,11 @@ def main() -> int:
     p.add_argument("--port", type=int, default=18080)
     p.add_argument("--scenarios", default="overload,drain", help="comma list; empty for none")
     p.add_argument("--cpu-poll", type=int, default=50, help="llmops' llama.cpp busy-wait level (0-100)")
+    p.add_argument("--modes", default="", help="load modes run against every target that serves them "
+                   "(stream, chat-stream, json); empty: each target's own")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats, each server started fresh")
+    p.add_argument("--name", default="latest", help="results file name (NAME.json, NAME.md)")
+    p.add_argument("--temperature", type=float, default=None, help="for every mode (default: the mode's own)")
     a = p.parse_args()
     levels = [int(x) for x in a.concurrency.split(",")]
     out = Path(a.out)
@@ -191,21 +228,30 @@ def main() -> int:
     report: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "settings": {"threads": a.threads, "slots": a.slots, "max_tokens": a.max_tokens, "cpu_poll": a.cpu_poll,
-                     "prompt": PROMPT},
+                     "prompt": PROMPT, "repeats": a.repeats, "modes": a.modes or "each target's own",
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
         "startup_s": {}, "results": []}
-    for name in a.targets.split(","):
-        startup, results = measure(known[name], levels, lambda c: a.requests or max(4, c), a.max_tokens,
-                                   a.port, tmp)
-        report["startup_s"][name] = round(startup, 2)  # type: ignore[index]
-        report["results"] += [r.as_dict() for r in results]  # type: ignore[operator]
+    names = a.targets.split(",")
+    for repeat in range(a.repeats):
+        plan = Plan(levels, lambda c: a.requests or max(4, c), a.max_tokens, list(filter(None, a.modes.split(","))),
+                    repeat, a.temperature)
+        for name in names if repeat % 2 == 0 else names[::-1]:  # A,B then B,A: neither always goes first
+            startup, results = measure(known[name], plan, a.port, tmp)
+            report["startup_s"].setdefault(name, []).append(round(startup, 2))  # type: ignore[union-attr]
+            report["results"] += [r.as_dict() for r in results]  # type: ignore[operator]
+            write(out, a.name, report)  # every figure on disk as soon as it exists
     for scenario in filter(None, a.scenarios.split(",")):
         run_scenario = {"overload": scenarios.overload, "drain": scenarios.drain}[scenario]
         report.setdefault("scenarios", {})[scenario] = run_scenario(a.threads, a.slots, a.port, tmp)  # type: ignore[union-attr]
         print(scenario, report["scenarios"][scenario], flush=True)  # type: ignore[index]
-    (out / "latest.json").write_text(json.dumps(report, indent=2))
-    (out / "latest.md").write_text(markdown(report))
-    print((out / "latest.md").read_text())
+    write(out, a.name, report)
+    print((out / f"{a.name}.md").read_text())
     return 0
+
+
+def write(out: Path, name: str, report: dict[str, object]) -> None:
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{name}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ CPU_POLL = 50
 
 def _config(tmp: Path, name: str, threads: int, slots: int, queued: int) -> Path:
     cfg = tmp / f"{name}.yaml"
-    options = {"n_threads": threads, "n_parallel": slots, "cpu_poll": CPU_POLL}
+    # queue_ahead 0: the server admits exactly its slots, so "full" means slots + queue as the scenario counts
+    options = {"n_threads": threads, "n_parallel": slots, "cpu_poll": CPU_POLL, "queue_ahead": 0}
     # no response cache (as in bench.run): every request must reach admission, deterministic or not
     cfg.write_text(yaml.safe_dump({"log_level": "warning", "shutdown": {"drain_timeout_s": 120},
                                    "cache": {"enabled": False}, "models": [

@@ -68,7 +68,7 @@ class ModelLimits(_Strict):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request gives none")
     max_n: int = Field(4, ge=1, le=16, description="largest `n` (choices or images per request) accepted")
     max_running: int | None = Field(None, ge=1, description="requests the engine works on at once; "
-                                    "default: the engine's own capacity (llama.cpp: n_parallel slots)")
+                                    "default: the engine's own capacity (llama.cpp: n_parallel slots + queue_ahead)")
     max_queued: int = Field(64, ge=0, description="requests waiting for a slot; beyond it, 503 at once")
     default_deadline_s: float = Field(60.0, gt=0, description="deadline when the request sets none")
     max_deadline_s: float = Field(300.0, gt=0, description="cap on a request's own X-Request-Timeout")
@@ -96,6 +96,15 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="engine options; see each engine")
     limits: ModelLimits = Field(default_factory=ModelLimits)
     pricing: Pricing = Field(default_factory=Pricing)
+
+    @model_validator(mode="after")
+    def _compile_follows_image_limits(self) -> ModelConfig:
+        """A compiled diffusers model warms up the batch sizes and size its image limits will send it."""
+        if self.engine == "diffusers" and self.options.get("compile"):
+            image = self.limits.image
+            self.options.setdefault("compile_batch_sizes", list(range(1, image.max_batch_size + 1)))
+            self.options.setdefault("compile_size", image.default_size)
+        return self
 
 
 def default_models() -> list[ModelConfig]:

@@ -80,3 +80,37 @@ def test_tiny_sd_timings_on_gpu(tmp_path: Any) -> None:
         await engine.close()
 
     asyncio.run(run())
+
+
+def test_compiled_tiny_sd_serves_its_warmed_batch_sizes_without_compiling(tmp_path: Any) -> None:
+    """The compile option compiles and records every configured batch size before ready: serving them
+    adds no graph. Timings printed for the record, never asserted."""
+    import asyncio
+
+    from torch._dynamo.utils import counters
+
+    from llmops.engines.base import ImageRequest
+    from llmops.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+    async def run() -> None:
+        engine = DiffusersEngine("t", DiffusersOptions(
+            model="builtin:tiny-sd", safety_checker=False, compile=True, compile_batch_sizes=[1, 2],
+            compile_size=256, compile_cache_dir=str(tmp_path / "cache")))
+        started = time.perf_counter()
+        await engine.start()
+        print(f"tiny-sd compiled for batch 1 and 2 in {time.perf_counter() - started:.1f} s")
+        health = engine.health()
+        assert health.state == "ready"
+        assert health.detail["compiled"] is True
+        graphs = counters["stats"]["unique_graphs"]
+        for batch in (1, 2, 1):
+            reqs = [ImageRequest(f"r{i}", "x", None, 256, 256, 30, 7.5, 1, i) for i in range(batch)]
+            started = time.perf_counter()
+            results = await engine.generate_images(reqs)
+            print(f"compiled tiny-sd fp16 256px 30 steps, batch {batch}: {time.perf_counter() - started:.3f} s")
+            assert all(len(r.images) == 1 for r in results)
+        assert counters["stats"]["unique_graphs"] == graphs
+        assert any((tmp_path / "cache").iterdir())
+        await engine.close()
+
+    asyncio.run(run())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from llmops.engines import llamacpp
 from llmops.engines.base import Message, SamplingParams, TextRequest
 from llmops.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 from llmops.errors import ContextLengthExceeded
@@ -68,3 +70,34 @@ async def test_internal_listener_refuses_requests_without_its_key(engine: LlamaC
             r = await c.post(path, json={"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 401, path
         assert (await c.get("/v1/models")).status_code == 401
+
+
+async def test_prompt_sent_as_text_or_as_tokens_gives_the_same_answer_and_counts(
+        engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def req() -> TextRequest:
+        return TextRequest("r", SamplingParams(max_tokens=10, temperature=0), prompt="The capital of France is")
+
+    as_text = await run(engine, req())  # short prompt: sent as text, llama.cpp counts it
+    monkeypatch.setattr(llamacpp, "TOKENIZER_MARGIN", 10_000)  # no bound fits: counted over the listener first
+    as_tokens = await run(engine, req())
+    assert as_text == as_tokens
+    assert as_text[1] == len(await engine.tokenize("The capital of France is"))
+
+
+async def test_a_request_that_does_not_stream_gets_the_same_answer_in_one_piece(engine: LlamaCppEngine) -> None:
+    def req(stream: bool) -> TextRequest:
+        return TextRequest("r", SamplingParams(max_tokens=16, temperature=0), prompt="Once upon a time", stream=stream)
+
+    chunks = [c async for c in engine.generate(req(False))]
+    assert len(chunks) == 2  # the whole text, then the finish with usage
+    assert chunks[0].text == (await run(engine, req(True)))[0]
+    assert chunks[1].usage is not None
+    assert chunks[1].usage.completion_tokens == 16
+
+
+async def test_requests_beyond_the_slots_wait_in_llama_cpp_queue_and_complete(engine: LlamaCppEngine) -> None:
+    assert engine.capacity == 2 * engine.options.n_parallel  # queue_ahead defaults to n_parallel
+    reqs = [TextRequest(f"r{i}", SamplingParams(max_tokens=8, temperature=0), prompt=f"Count to {i}:")
+            for i in range(engine.capacity)]
+    results = await asyncio.gather(*(run(engine, r) for r in reqs))
+    assert [r[2] for r in results] == [8] * engine.capacity

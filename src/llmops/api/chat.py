@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall, tool_calls
+from llmops.api.chunks import ChunkEncoder
 from llmops.api.sse import event
 from llmops.pipeline import chat_controls
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
@@ -41,24 +42,20 @@ def _completion(done: Collected, model: str, chunk_id: str, created: int) -> Cha
 async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
     totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("chatcmpl"), now()
-
-    def chunk(choices: list[ChatChunkChoice]) -> bytes:
-        return event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=choices))
-
+    encode = ChunkEncoder("chat", chunk_id, created, body.model)  # the models' bytes, no model per token
     pieces = stream_choices(choices, totals)
     first = await anext(pieces, None)  # errors before any output surface as plain HTTP errors
     for i in range(body.n):
-        yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        yield encode.role(i)
     sent: dict[int, int] = {}  # tool-call deltas sent per choice
     if first is not None:
-        for part in _pieces(*first, totals, sent):
-            yield chunk([part])
+        for part in _pieces(encode, *first, totals, sent):
+            yield part
         async for item in pieces:
-            for part in _pieces(*item, totals, sent):
-                yield chunk([part])
+            for part in _pieces(encode, *item, totals, sent):
+                yield part
     if body.include_usage():
-        yield event(ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=[],
-                                        usage=totals.usage()))
+        yield encode.usage(totals.usage())
     await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
 
 
@@ -79,19 +76,13 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
                                         usage=cached.usage))
 
 
-def _pieces(index: int, text: str, finish: str | None, totals: Collected,
-            sent: dict[int, int]) -> list[ChatChunkChoice]:
+def _pieces(encode: ChunkEncoder, index: int, text: str, finish: str | None, totals: Collected,
+            sent: dict[int, int]) -> list[bytes]:
     """The chunk's text (and the tool calls that arrived with it), then its finish: one event each."""
     calls = totals.calls.get(index, [])[sent.get(index, 0):]
     sent[index] = sent.get(index, 0) + len(calls)
     if not calls:
-        return [_piece(index, text, finish)]
-    out = [ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
-                                                        tool_calls=tool_calls.call_deltas(calls)))]
-    return [*out, _piece(index, "", finish)] if finish is not None else out
-
-
-def _piece(index: int, text: str, finish: str | None) -> ChatChunkChoice:
-    if finish is not None:
-        return ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)
-    return ChatChunkChoice(index=index, delta=ChatDelta(content=text))
+        return [encode.piece(index, text, finish)]
+    out = [encode.choice(ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
+                                                                      tool_calls=tool_calls.call_deltas(calls))))]
+    return [*out, encode.finish(index, finish)] if finish is not None else out

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
+from llmops.api.chunks import ChunkEncoder
 from llmops.api.sse import event
 from llmops.errors import InvalidRequest
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
@@ -37,11 +38,11 @@ def _completion(done: Collected, model: str, chunk_id: str, created: int) -> Com
 async def _events(choices: Choices, body: CompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
     totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("cmpl"), now()
+    encode = ChunkEncoder("completions", chunk_id, created, body.model)  # the models' bytes, no model per token
     async for index, text, finish in stream_choices(choices, totals):
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish)
-        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[choice]))
+        yield encode.piece(index, text, finish)
     if body.include_usage():
-        yield event(Completion(id=chunk_id, created=created, model=body.model, choices=[], usage=totals.usage()))
+        yield encode.usage(totals.usage())
     await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
 
 

@@ -23,9 +23,11 @@ def event(payload: BaseModel | dict[str, Any]) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _guard(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guard(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The first event, the rest, [DONE]; an error after the start becomes the last event."""
     try:
-        async for item in events:
+        yield first
+        async for item in rest:
             yield item
         yield b"data: [DONE]\n\n"
     except LLMOpsError as exc:
@@ -35,12 +37,6 @@ async def _guard(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield event(error_body(internal_error(exc)))
 
 
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for item in rest:
-        yield item
-
-
 async def sse_response(events: AsyncIterator[bytes],
                        headers: Callable[[], dict[str, str]] | None = None) -> StreamingResponse:
     """Start the stream only once its first event exists, so errors raised before any output (full queue,
@@ -48,5 +44,5 @@ async def sse_response(events: AsyncIterator[bytes],
     after that first event, when admission has said where the request queued."""
     first = await anext(events)
     extra = headers() if headers else {}
-    return StreamingResponse(_guard(_chain(first, events)), media_type="text/event-stream",
+    return StreamingResponse(_guard(first, events), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **extra})

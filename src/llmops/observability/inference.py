@@ -44,6 +44,7 @@ class InferenceObserver:
         last = self.started
         prompt = completion = 0
         status = "error"
+        itl = self.metrics.itl.labels(self.model)  # looked up once, observed per chunk
         try:
             async for index, chunk in choices:
                 now = time.perf_counter()
@@ -52,7 +53,7 @@ class InferenceObserver:
                         first = now
                         self.metrics.ttft.labels(self.model).observe(now - self.started)
                     else:
-                        self.metrics.itl.labels(self.model).observe(now - last)
+                        itl.observe(now - last)
                     last = now
                 if chunk.usage:
                     prompt = max(prompt, chunk.usage.prompt_tokens)

@@ -45,6 +45,7 @@ def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None,
         sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
                                   **fields)
         out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages,
+                               stream=bool(getattr(req, "stream", True)),
                                **chat_controls.engine_fields(req)))
     return out
 
@@ -76,26 +77,21 @@ async def collect(choices: Choices, n: int) -> Collected:
     return out
 
 
-async def _engine_errors(chunks: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
-    """An unexpected engine exception fails this request only, as a 500 without internals."""
+async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
+    """(index, text, finish_reason) as they come; texts, finish reasons and usage accumulate into `totals`
+    (sized for the request's n choices). An unexpected engine exception fails this request only, as a 500
+    without internals."""
     try:
-        async for item in chunks:
-            yield item
+        async for index, chunk in choices:
+            if chunk.usage:
+                totals.add_usage(chunk.usage)
+            totals.texts[index] += chunk.text
+            if chunk.tool_calls:
+                totals.calls.setdefault(index, []).extend(chunk.tool_calls)
+            totals.finish[index] = chunk.finish_reason or totals.finish[index]
+            yield index, chunk.text, chunk.finish_reason
     except LLMOpsError:
         raise
     except Exception as exc:
         log.exception("engine failed while serving a request")
         raise internal_error(exc) from exc
-
-
-async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
-    """(index, text, finish_reason) as they come; texts, finish reasons and usage accumulate into `totals`
-    (sized for the request's n choices)."""
-    async for index, chunk in _engine_errors(choices):
-        if chunk.usage:
-            totals.add_usage(chunk.usage)
-        totals.texts[index] += chunk.text
-        if chunk.tool_calls:
-            totals.calls.setdefault(index, []).extend(chunk.tool_calls)
-        totals.finish[index] = chunk.finish_reason or totals.finish[index]
-        yield index, chunk.text, chunk.finish_reason

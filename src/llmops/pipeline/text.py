@@ -207,12 +207,13 @@ async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
     prompt, completion = 0, 0
     chunks: dict[int, int] = {}
     reported: set[int] = set()
-    answer: list[str] = []  # choice 0's text, for online evaluation
+    answer: list[str] = []  # choice 0's text, for online evaluation (kept only when the route evaluates)
+    evaluate = services.online_eval.wants(call.plan.route)
     try:
         async with closing(choices):
             async for index, chunk in choices:
                 chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
-                if index == 0 and chunk.text:
+                if evaluate and index == 0 and chunk.text:
                     answer.append(chunk.text)
                 if chunk.usage:
                     prompt = max(prompt, chunk.usage.prompt_tokens)

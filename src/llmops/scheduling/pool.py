@@ -25,6 +25,11 @@ class Served:
     admission: Admission
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        # a runtime-checkable Protocol's isinstance inspects every member: once per model, not per request
+        self.text = self.engine if isinstance(self.engine, TextEngine) else None
+        self.image = self.engine if isinstance(self.engine, ImageEngine) else None
+
     def health(self) -> EngineHealth:
         h = self.engine.health()
         if self.error:
@@ -129,9 +134,9 @@ class ModelPool:
 
     def text_engine(self, name: str) -> tuple[Served, TextEngine]:
         served = self.get(name, "chat")
-        if not isinstance(served.engine, TextEngine):
+        if served.text is None:
             raise ModelNotFound(f"model {name!r} does not generate text", param="model")
-        return served, served.engine
+        return served, served.text
 
     def default_image_model(self) -> str:
         return self.default_model("image")
@@ -149,9 +154,9 @@ class ModelPool:
     def image_engine(self, name: str | None) -> tuple[Served, ImageEngine]:
         """The named image model, or the first configured one when `name` is None."""
         served = self.get(name or self.default_image_model(), "image")
-        if not isinstance(served.engine, ImageEngine):
+        if served.image is None:
             raise ModelNotFound(f"model {served.config.name!r} does not generate images", param="model")
-        return served, served.engine
+        return served, served.image
 
     def embedding_engine(self, name: str) -> tuple[Served, EmbeddingEngine]:
         served = self.get(name, "embeddings")

@@ -16,23 +16,50 @@ from llmops.scheduling.fanout import generate_choices
 T = TypeVar("T")
 
 
+class _Deadline:
+    """One timer for the whole request (not one per item): when it fires while the reader waits on the
+    source, it cancels that wait; when it fires while the item is with the consumer, the next read fails."""
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self.waiting: asyncio.Task[object] | None = None
+        # the loop's clock is time.monotonic(), the deadline's
+        self._handle = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 async def with_deadline(items: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
     """Yield from `items` until `deadline` (time.monotonic()); then stop the source and raise 504."""
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
+    timer = _Deadline(deadline)
+    try:
+        while True:
+            if timer.fired or time.monotonic() >= deadline:
+                break
+            timer.waiting = task = asyncio.current_task()  # async generators run in their reader's task
+            try:
                 item = await anext(items)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            raise DeadlineExceeded("the request ran past its deadline; generation was stopped") from None
-        yield item
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if not timer.fired or task is None or task.uncancel() > 0:
+                    raise  # a cancellation of the request itself, not the deadline's
+                break
+            finally:
+                timer.waiting = None
+            yield item
+    finally:
+        timer.cancel()
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    raise DeadlineExceeded("the request ran past its deadline; generation was stopped")
 
 
 async def admitted_choices(admission: Admission, engine: TextEngine, requests: Sequence[TextRequest],

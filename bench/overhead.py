@@ -1,0 +1,276 @@
+"""The gateway's own cost, with the fake engine (no model work) against a bare FastAPI app returning the
+same JSON on the same uvicorn (bench/targets/bare_fastapi.py):
+
+  per request  non-streaming chat, one token: sequential p50/p99 latency and 16-way requests/s; llmops with
+               auth and limits off (no keys, cache off), and with a key carrying every limit (requests/min,
+               tokens/min, in flight, budget, prices) on the SQLite store
+  per token    streaming chat, a 64-token answer, 16 concurrent streams: the server's CPU time per token
+
+Each repeat starts every server fresh and runs them one after another, the order rotating, so the
+machine's noise falls on all of them alike; the report gives medians of the repeats with their spread,
+and differences/ratios taken within each repeat. The client is a minimal HTTP/1.1 client on raw asyncio
+streams (keep-alive, one connection per worker), so little of the client's own CPU competes on a small
+machine.
+
+    python -m bench.overhead --out bench/results [--repeats 3] [--requests 400]
+    python -m bench.overhead --baseline-src /path/to/old/checkout/src   # adds llmops-open@baseline: before/after
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from bench.load import pct
+from bench.report import run_meta, save, spread
+from bench.run import stop, wait_ready
+
+ADMIN = "bench-admin-key-0123456789abcdef"
+REPLY = " ".join(f"w{i}" for i in range(64))
+LIMITS = {"name": "bench", "rpm": 100_000_000, "tpm": 1_000_000_000, "max_concurrent": 256,
+          "budget_usd": 1_000_000, "budget_period": "month"}
+CASES = ("bare-fastapi", "llmops-open", "llmops-keyed-sqlite")
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    key: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
+BASELINE = "llmops-open@baseline"  # the open server from another source tree (--baseline-src)
+
+
+def server_command(case: str, port: int, tmp: Path) -> list[str]:
+    if case == "bare-fastapi":
+        return [sys.executable, "-m", "bench.targets.bare_fastapi", "--port", str(port), "--reply", REPLY]
+    model = {"name": "fake", "engine": "fake", "options": {"reply": REPLY, "capacity": 256},
+             "pricing": {"prompt_usd_per_1k": 0.001, "completion_usd_per_1k": 0.002},
+             "limits": {"max_queued": 1024}}
+    config: dict[str, Any] = {"log_level": "warning", "models": [model], "cache": {"enabled": False},
+                              "state": {"backend": "sqlite", "sqlite_path": str(tmp / f"{case}-{port}.db")}}
+    if case == "llmops-keyed-sqlite":
+        config["auth"] = {"admin_key": ADMIN}
+    path = tmp / f"{case.replace('@', '-')}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "llmops", "serve", "--config", str(path), "--port", str(port)]
+
+
+def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str | None = None) -> Server:
+    log = stack.enter_context((tmp / f"{case.replace('@', '-')}.log").open("w"))
+    env = dict(os.environ)
+    if case == BASELINE and baseline_src:
+        env["PYTHONPATH"] = os.pathsep.join([baseline_src, *env.get("PYTHONPATH", "").split(os.pathsep)])
+    proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    server = Server(case, port, proc)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
+    except RuntimeError as exc:
+        log.flush()
+        raise RuntimeError(f"{case}: {exc}\n{Path(log.name).read_text()[-2000:]}") from None
+    if case == "llmops-keyed-sqlite":
+        created = httpx.post(f"http://127.0.0.1:{port}/admin/keys", json=LIMITS,
+                             headers={"Authorization": f"Bearer {ADMIN}"})
+        created.raise_for_status()
+        server.key = created.json()["secret"]
+    return server
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read the whole response (length or chunked)."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port, self.headers = port, headers
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in
+                  (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)}
+        if b"content-length" in fields:
+            return status, await self.reader.readexactly(int(fields[b"content-length"]))
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return status, b"".join(parts)
+            parts.append(data[:-2])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _body(stream: bool) -> bytes:
+    body: dict[str, Any] = {"model": "fake", "messages": [{"role": "user", "content": "hello there"}]}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    else:
+        body["max_tokens"] = 1
+    return json.dumps(body).encode()
+
+
+async def sequential(server: Server, n: int) -> list[float]:
+    conn, body, times = Connection(server.port, server.headers()), _body(False), []
+    try:
+        for i in range(n + 50):  # 50 warm-up requests
+            t0 = time.perf_counter()
+            status, _ = await conn.post("/v1/chat/completions", body)
+            if status != 200:
+                raise RuntimeError(f"{server.name}: status {status}")
+            if i >= 50:
+                times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        conn.close()
+    return times
+
+
+async def parallel(server: Server, n: int, width: int, stream: bool) -> tuple[float, int]:
+    """`n` requests from `width` connections at once: (wall seconds, completion tokens)."""
+    body, todo, tokens = _body(stream), list(range(n)), [0]
+
+    async def worker() -> None:
+        conn = Connection(server.port, server.headers())
+        try:
+            while todo:
+                todo.pop()
+                status, data = await conn.post("/v1/chat/completions", body)
+                if status != 200:
+                    raise RuntimeError(f"{server.name}: status {status}")
+                tail = data[data.rfind(b'"completion_tokens":') + 20:]
+                tokens[0] += int(tail[:tail.find(b",")])
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return time.perf_counter() - t0, tokens[0]
+
+
+def _cpu(pid: int) -> float:
+    p = psutil.Process(pid)
+    return sum(p.cpu_times()[:2])
+
+
+def measure(server: Server, requests: int, streams: int) -> dict[str, Any]:
+    times = asyncio.run(sequential(server, requests))
+    asyncio.run(parallel(server, 64, 16, False))  # warm-up of the 16 connections' path
+    wall, _ = asyncio.run(parallel(server, 2 * requests, 16, False))
+    cpu0 = _cpu(server.proc.pid)
+    _, tokens = asyncio.run(parallel(server, streams, 16, True))
+    cpu_us_per_token = (_cpu(server.proc.pid) - cpu0) * 1e6 / max(1, tokens)
+    return {"case": server.name, "p50_ms": statistics.median(times), "p99_ms": pct(times, 99),
+            "rps_16": 2 * requests / wall, "stream_tokens": tokens, "cpu_us_per_token": cpu_us_per_token}
+
+
+def run(cases: tuple[str, ...], repeats: int, requests: int, streams: int, port: int, tmp: Path,
+        baseline_src: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for rep in range(repeats):
+        order = cases[rep % len(cases):] + cases[:rep % len(cases)]
+        for case in order:
+            with ExitStack() as stack:
+                server = start(case, port, tmp, stack, baseline_src)
+                try:
+                    row = measure(server, requests, streams)
+                finally:
+                    stop(server.proc)
+            row["repeat"] = rep
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], cases: tuple[str, ...] = CASES) -> dict[str, Any]:
+    """Per case: medians with spread; against bare-fastapi: added p50/p99 ms, rps ratio, CPU ratio, paired
+    within each repeat."""
+    reps = sorted({r["repeat"] for r in rows})
+    by = {(r["case"], r["repeat"]): r for r in rows}
+    out: dict[str, Any] = {}
+    for case in cases:
+        mine = [by[(case, rep)] for rep in reps if (case, rep) in by]
+        pairs = [(by[(case, rep)], by[("bare-fastapi", rep)]) for rep in reps
+                 if (case, rep) in by and ("bare-fastapi", rep) in by]
+        out[case] = {
+            "p50_ms": [r["p50_ms"] for r in mine], "p99_ms": [r["p99_ms"] for r in mine],
+            "rps_16": [r["rps_16"] for r in mine], "cpu_us_per_token": [r["cpu_us_per_token"] for r in mine],
+            "added_p50_ms": [a["p50_ms"] - b["p50_ms"] for a, b in pairs],
+            "added_p99_ms": [a["p99_ms"] - b["p99_ms"] for a, b in pairs],
+            "rps_ratio": [a["rps_16"] / b["rps_16"] for a, b in pairs],
+            "cpu_per_token_ratio": [a["cpu_us_per_token"] / b["cpu_us_per_token"] for a, b in pairs]}
+    keyed, open_ = out.get("llmops-keyed-sqlite"), out.get("llmops-open")
+    if keyed and open_:
+        keyed["added_p50_vs_open_ms"] = [k - o for k, o in zip(keyed["p50_ms"], open_["p50_ms"], strict=False)]
+    return out
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = ["# Gateway overhead: fake engine vs bare FastAPI on the same uvicorn", "",
+             f"{meta['repeats']} interleaved repeats (each server fresh, order rotating); per repeat "
+             f"{meta['requests']} sequential non-streaming requests (after 50 warm-up), {2 * meta['requests']} "
+             f"requests over 16 connections, {meta['streams']} streamed 64-token answers over 16 connections; "
+             f"{meta['machine']}, {meta['date']}. median [min-max] of the repeats; differences and ratios are taken "
+             "within a repeat. Absolute figures come from a loaded shared machine.", "",
+             "| case | p50 ms | p99 ms | +p50 vs bare | +p99 vs bare | 16-way req/s | req/s vs bare | "
+             "stream CPU us/token | CPU/token vs bare |", "|---|---|---|---|---|---|---|---|---|"]
+    for case, s in summary.items():
+        lines.append(" | ".join([f"| {case}", spread(s["p50_ms"]), spread(s["p99_ms"]), spread(s["added_p50_ms"]),
+                                 spread(s["added_p99_ms"]), spread(s["rps_16"], 0), spread(s["rps_ratio"]),
+                                 spread(s["cpu_us_per_token"], 0), spread(s["cpu_per_token_ratio"])]) + " |")
+    keyed = summary.get("llmops-keyed-sqlite", {})
+    if keyed.get("added_p50_vs_open_ms"):
+        lines += ["", f"Key with every limit on SQLite, p50 added over the open server: "
+                  f"{spread(keyed['added_p50_vs_open_ms'])} ms."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="overhead")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--streams", type=int, default=64, help="streamed answers per repeat (64 tokens each)")
+    p.add_argument("--port", type=int, default=18095)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    p.add_argument("--baseline-src", default=None, help="another checkout's src/: adds the case " + BASELINE)
+    a = p.parse_args()
+    cases = tuple(a.cases.split(",")) + ((BASELINE,) if a.baseline_src else ())
+    with tempfile.TemporaryDirectory() as folder:
+        rows = run(cases, a.repeats, a.requests, a.streams, a.port, Path(folder), a.baseline_src)
+    meta = run_meta(repeats=a.repeats, requests=a.requests, streams=a.streams, baseline_src=a.baseline_src)
+    save(a.out, a.name, markdown(summarize(rows, cases), meta), {"meta": meta, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Stream chunks as SSE bytes without a pydantic model per token.
+
+A streamed answer sends one event per piece of text, and all of them share the same id, created time and
+model: the encoder renders that frame once and writes each piece's text into it with the standard
+library's C string encoder. The bytes are exactly what `sse.event` writes for the protocol's models
+(`ChatCompletionChunk`, `Completion`) with the same fields; tests/unit/test_chunks.py holds them equal.
+Anything rarer than text, a finish or the usage (a tool-call delta) goes through the models."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel
+
+from llmops.protocol.common import Usage
+
+_string = json.encoder.encode_basestring  # the C encoder: quotes and escapes, non-ASCII kept as is
+StreamKind = Literal["chat", "completions"]
+
+
+def _json_str(text: str) -> str:
+    return str(_string(text))
+
+
+class ChunkEncoder:
+    """The events of one streamed chat or completions answer."""
+
+    def __init__(self, kind: StreamKind, chunk_id: str, created: int, model: str) -> None:
+        self.kind = kind
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self._head = (f'data: {{"id":{_json_str(chunk_id)},"object":"{obj}","created":{int(created)},'
+                      f'"model":{_json_str(model)},"choices":[')
+        self._tail = '],"usage":null}\n\n' if kind == "chat" else '],"usage":null,"system_fingerprint":null}\n\n'
+
+    def _event(self, choice: str) -> bytes:
+        return (self._head + choice + self._tail).encode()
+
+    def text(self, index: int, text: str) -> bytes:
+        """A piece of the answer."""
+        if self.kind == "chat":
+            return self._event(f'{{"index":{index},"delta":{{"role":null,"content":{_json_str(text)}}},'
+                               '"finish_reason":null,"logprobs":null}')
+        return self._event(f'{{"index":{index},"text":{_json_str(text)},"finish_reason":null,"logprobs":null}}')
+
+    def role(self, index: int) -> bytes:
+        """Chat's opening event of a choice: the assistant role, empty content."""
+        return self._event(f'{{"index":{index},"delta":{{"role":"assistant","content":""}},'
+                           '"finish_reason":null,"logprobs":null}')
+
+    def finish(self, index: int, reason: str, text: str = "") -> bytes:
+        """A choice's last event: its finish reason (chat: an empty delta; completions: the chunk's text,
+        which engines leave empty)."""
+        if self.kind == "chat":
+            return self._event(f'{{"index":{index},"delta":{{"role":null,"content":null}},'
+                               f'"finish_reason":{_json_str(reason)},"logprobs":null}}')
+        return self._event(f'{{"index":{index},"text":{_json_str(text)},"finish_reason":{_json_str(reason)},'
+                           '"logprobs":null}')
+
+    def piece(self, index: int, text: str, finish: str | None) -> bytes:
+        """What the routes send for one (index, text, finish) of the stream."""
+        return self.text(index, text) if finish is None else self.finish(index, finish, text)
+
+    def choice(self, choice: BaseModel) -> bytes:
+        """A rarer choice (a tool-call delta) through its model, in the same frame."""
+        return self._event(choice.model_dump_json())
+
+    def usage(self, usage: Usage) -> bytes:
+        """The closing usage event (no choices)."""
+        body = (f'{{"prompt_tokens":{usage.prompt_tokens},"completion_tokens":{usage.completion_tokens},'
+                f'"total_tokens":{usage.total_tokens}}}')
+        tail = self._tail.replace('"usage":null', '"usage":' + body, 1)
+        return (self._head + tail).encode()
