@@ -210,9 +210,9 @@ def test_healthcheck_non_root_and_read_only(stack: Stack) -> None:
 def test_chat_answer(stack: Stack) -> None:
     url = stack.api_urls()[0]
     _, secret = new_key(url)
-    client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120)
-    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
-                                         max_tokens=8)
+    with openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120) as client:
+        out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+                                             max_tokens=8)
     assert out.choices[0].message.content
     assert out.usage is not None
     assert out.usage.completion_tokens > 0
@@ -229,8 +229,8 @@ def test_every_model_the_image_config_names_is_served(stack: Stack) -> None:
 def test_embeddings_answer(stack: Stack) -> None:
     url = stack.api_urls()[1]
     _, secret = new_key(url)
-    client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120)
-    out = client.embeddings.create(model=EMBEDDINGS, input=["a cat sat on the mat", "stock markets fell"])
+    with openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120) as client:
+        out = client.embeddings.create(model=EMBEDDINGS, input=["a cat sat on the mat", "stock markets fell"])
     assert [len(d.embedding) for d in out.data] == [384, 384]  # all-MiniLM-L6-v2, baked in the image
     assert out.usage.prompt_tokens > 0
 
@@ -309,9 +309,9 @@ def test_forced_alert_reaches_alertmanager(stack: Stack) -> None:
 def test_down_then_up_keeps_keys_and_spend(stack: Stack) -> None:
     url = stack.api_urls()[0]
     key_id, secret = new_key(url)
-    client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120)
-    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to three."}],
-                                   max_tokens=8)
+    with openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=120) as client:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to three."}],
+                                       max_tokens=8)
 
     def spend(u: str) -> dict[str, Any] | None:
         rows = admin(u, "GET", "/admin/usage", params={"group_by": "key", "key_id": key_id}).json()["data"]

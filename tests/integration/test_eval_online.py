@@ -42,9 +42,8 @@ def test_online_score_per_variant_moves(tmp_path: Path) -> None:
              "base_url": "http://127.0.0.1:9/v1"},
         ]},
     }], state={"backend": "memory"}, cache={"enabled": False})
-    with live_server(cfg, port=port) as base:
+    with live_server(cfg, port=port) as base, OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0) as client:
         assert scores(base) == {}  # nothing scored before traffic
-        client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
         served = set()
         for i in range(24):
             messages = [{"role": "user", "content": f"What is the capital of France? ({i})"}]

@@ -39,8 +39,8 @@ def test_a_failed_model_is_not_retried_by_the_openai_client(tmp_path: Path) -> N
     broken = {**SLOW, "options": {"fail_load": "weights are corrupt"}}
     with live_server(write_config(tmp_path / "f.yaml", [broken]), wait_for="/health") as base:
         assert eventually(lambda: httpx.get(f"{base}/ready").json()["models"]["fake-sd"]["state"] == "failed")
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=3)
-        with pytest.raises(openai.InternalServerError, match="weights are corrupt") as raised:
+        with (openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=3) as client,
+              pytest.raises(openai.InternalServerError, match="weights are corrupt") as raised):
             client.images.generate(model="fake-sd", prompt="a fox", size="256x256")
         assert raised.value.status_code == 503
         assert eventually(lambda: refused(base) == 1)  # one request: the client did not retry
