@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from llmops.engines.base import Classes, ClassifyRequest, EngineHealth, Label
 from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
+from llmops.engines.worker import WorkerEngine
 
 
 class ClassifierOptions(BaseModel):
@@ -37,32 +37,24 @@ class ClassifierOptions(BaseModel):
         "pil", description="the image processor's backend; auto: torchvision when installed")
 
 
-class ClassifierEngine:
+class ClassifierEngine(WorkerEngine):
     Options = ClassifierOptions
 
     def __init__(self, model_name: str, options: ClassifierOptions) -> None:
         self.model_name = model_name
+        super().__init__(f"classifier-{model_name}")
         self.options = options
         self.labels: list[str] = []
         self.input_shape: tuple[int, int, int] = (0, 0, 0)
         self._model: Any = None
         self._processor: Any = None
-        self._device = "cpu"
-        self._dtype = "float32"
-        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"classifier-{model_name}")
         self.model_calls = 0
         self.last_batch_size = 0
 
     async def start(self) -> None:
         require("torch", "classify")
         require("transformers", "classify")
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-        except BaseException:
-            self._state = "failed"
-            raise
-        self._state = "ready"
+        await self._load_on_worker()
 
     def _source(self) -> str:
         spec = self.options.model
@@ -95,17 +87,8 @@ class ClassifierEngine:
         c, h, w = (int(d) for d in pixels.shape[1:])
         return c, h, w
 
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._state = "closed"
-
-    def _unload(self) -> None:
+    def _drop(self) -> None:
         self._model = None
-        if self._device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
     def health(self) -> EngineHealth:
         return EngineHealth(self._state, {"device": self._device, "dtype": self._dtype, "labels": len(self.labels),

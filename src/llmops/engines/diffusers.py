@@ -14,7 +14,6 @@ import asyncio
 import io
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from llmops.engines.diffusers_compile import CompilePlan, cache_dir, check_devic
 from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
+from llmops.engines.worker import WorkerEngine
 from llmops.errors import ConfigError, RequestCancelled
 
 SD_PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
@@ -63,17 +63,14 @@ class _Stop(Exception):
     pass
 
 
-class DiffusersEngine:
+class DiffusersEngine(WorkerEngine):
     Options = DiffusersOptions
 
     def __init__(self, model_name: str, options: DiffusersOptions) -> None:
         self.model_name = model_name
+        super().__init__(f"diffusers-{model_name}")
         self.options = options
         self._pipe: Any = None
-        self._device = "cpu"
-        self._dtype = "float32"
-        self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"diffusers-{model_name}")
         self.pipeline_calls = 0
         self.last_batch_size = 0
         self.compile_s: float | None = None
@@ -81,12 +78,7 @@ class DiffusersEngine:
     async def start(self) -> None:
         require("torch", "diffusers")
         require("diffusers", "diffusers")
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-        except BaseException:
-            self._state = "failed"
-            raise
-        self._state = "ready"
+        await self._load_on_worker()
 
     def _load(self) -> None:
         import diffusers
@@ -137,17 +129,8 @@ class DiffusersEngine:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._state = "closed"
-
-    def _unload(self) -> None:
+    def _drop(self) -> None:
         self._pipe = None
-        if self._device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
     def health(self) -> EngineHealth:
         detail: dict[str, object] = {"device": self._device, "dtype": self._dtype,
