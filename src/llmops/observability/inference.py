@@ -87,9 +87,7 @@ class InferenceObserver:
         m.prompt_tokens.labels(self.model).inc(prompt)
         m.generation_tokens.labels(self.model).inc(completion)
         self.log.update(outcome=status, prompt_tokens=prompt, completion_tokens=completion)
-        for span in (self._admission, self._engine):
-            if span is not None:
-                span.end()
+        self._end_spans()
 
     def embedded(self, status: str, prompt_tokens: int, inputs: int) -> None:
         """An embeddings request ended: requests, latency and prompt tokens as for text; inputs counted."""
@@ -100,23 +98,23 @@ class InferenceObserver:
         self.images(self.outcome(exc), 0)
 
     def images(self, status: str, count: int) -> None:
-        elapsed = time.perf_counter() - self.started
-        self.metrics.requests.labels(self.model, status).inc()
-        if status == "success":
-            self.metrics.latency.labels(self.model).observe(elapsed)
-            self.metrics.e2e.labels(self.model).observe(elapsed)
-            self.metrics.images.labels(self.model).inc(count)
-        self.log.update(outcome=status, images=count)
-        self._admission.end()
+        self._counted(status, count, self.metrics.images)
 
     def classified(self, status: str, count: int) -> None:
+        self._counted(status, count, self.metrics.images_classified)
+
+    def _counted(self, status: str, count: int, counter: Any) -> None:
+        """A request for `count` items (images made or classified) ended: requests, latency, the items."""
         elapsed = time.perf_counter() - self.started
         self.metrics.requests.labels(self.model, status).inc()
         if status == "success":
             self.metrics.latency.labels(self.model).observe(elapsed)
             self.metrics.e2e.labels(self.model).observe(elapsed)
-            self.metrics.images_classified.labels(self.model).inc(count)
+            counter.labels(self.model).inc(count)
         self.log.update(outcome=status, images=count)
+        self._end_spans()
+
+    def _end_spans(self) -> None:
         for span in (self._admission, self._engine):
             if span is not None:
                 span.end()
