@@ -5,6 +5,7 @@ Nothing happens at import time; `create_app(settings)` builds everything from th
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmops import __version__
 from llmops.api import (
@@ -30,18 +33,19 @@ from llmops.api import (
     unsupported,
     usage,
 )
-from llmops.api.console import install_console, install_cors
+from llmops.api.console import cors, install_console
+from llmops.api.direct import direct_routes, invalid_request, llmops_error
 from llmops.api.openapi import install_error_schema
-from llmops.errors import InvalidRequest, LLMOpsError, error_format, http_status_error, internal_error
-from llmops.http_edge import UNKNOWN_MODEL, error_response, log_fields
+from llmops.errors import LLMOpsError, error_format, http_status_error, internal_error
+from llmops.http_edge import error_response
 from llmops.lifecycle import Lifecycle
-from llmops.middleware.admission_gate import AdmissionGateMiddleware
-from llmops.middleware.auth import AuthMiddleware
-from llmops.middleware.body_limit import BodyLimitMiddleware
-from llmops.middleware.drain import DrainMiddleware
-from llmops.middleware.observe import ObserveMiddleware
-from llmops.middleware.rate_limit import RateLimitMiddleware
-from llmops.middleware.request_id import RequestIdMiddleware
+from llmops.middleware.admission_gate import AdmissionGate
+from llmops.middleware.auth import Authenticator
+from llmops.middleware.body_limit import BodyLimit
+from llmops.middleware.drain import Drain
+from llmops.middleware.edge import Edge
+from llmops.middleware.observe import Observer
+from llmops.middleware.rate_limit import RateLimiter
 from llmops.observability.gpu import GpuProbe
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer, build_tracer
@@ -97,8 +101,9 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await state.close()
             tracer.shutdown()
 
-    app = FastAPI(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json" if settings.web.docs else None)  # docs: api/console.py, offline
+    app = LLMOpsApp(title="llmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                    openapi_url="/openapi.json" if settings.web.docs else None,  # docs: api/console.py, offline
+                    **_without_native_telemetry())
     services = Services(settings=settings, pool=pool, metrics=metrics, tracer=tracer, state=state,
                         accountant=accountant, guardrails=guardrails, prompts=prompts, router=Router(settings.routes),
                         cacher=ResponseCacher(state.cache, settings.cache, metrics), image_jobs=image_jobs,
@@ -107,16 +112,44 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
                         lifecycle=lifecycle, started_at=int(time.time()),
                         semantic_cache=build_semantic_cache(settings, pool))
     app.state.services = services
-    for router in (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
-                   admin.router, embeddings.router, classifications.router, inference_v2.router):
-        app.include_router(router)
+    routers = (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
+               admin.router, embeddings.router, classifications.router, inference_v2.router)
+    for router in routers:
+        app.include_router(router)  # no prefix, no dependencies: each APIRoute is served as it is defined
     install_console(app, settings.web)
     app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app, metrics)
     install_error_schema(app)
-    build_middleware(app, settings, lifecycle, metrics, tracer, state, EdgeGate(services))
-    install_cors(app, settings.web)  # outermost: preflights never reach auth
+    edge = build_edge(app.serve_routes, settings, lifecycle, metrics, tracer, state, EdgeGate(services),
+                      [route for router in routers for route in router.routes])
+    app.entry = cors(edge, settings.web)  # outermost: preflights never reach auth
     return app
+
+
+class LLMOpsApp(FastAPI):
+    """FastAPI with the edge in front (`entry`: CORS when configured, then middleware/edge.py). Every HTTP
+    request enters there; what the edge does not answer or serve itself goes on to FastAPI's own stack
+    (`serve_routes`: its error handlers, routing, the routes). Lifespan events go straight to FastAPI."""
+
+    entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.entry is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.entry(scope, receive, send)
+
+    async def serve_routes(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def _without_native_telemetry() -> dict[str, Any]:
+    """Newer FastAPI instruments requests with OpenTelemetry itself, looking for a configured provider on
+    every request; llmops makes its own spans (observability/tracing.py), so FastAPI's are turned off."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 async def drain(app: FastAPI) -> bool:
@@ -126,50 +159,23 @@ async def drain(app: FastAPI) -> bool:
     return await services.lifecycle.drain(services.settings.shutdown.drain_timeout_s)
 
 
-def build_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
-                     tracer: Tracer, state: State, gate: EdgeGate) -> None:
-    """Middleware, outermost first (Starlette wraps in reverse order of `add_middleware`):
+# The POST routes the edge serves itself (api/direct.py): the inference requests, where FastAPI's routing and
+# dependency solving were a third of a request's CPU. Every other route goes through FastAPI.
+DIRECT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/images/generations",
+                "/v1/images/jobs")
 
-    1. request_id  - every response, errors included, carries X-Request-Id
-    2. observe     - HTTP metrics, the access-log line, the root span: sees every response, 401/413/503 included
-    3. auth        - API key -> principal, 401 before anything else is spent on the request
-    4. rate_limit  - requests/min and in flight per key (requests/min per client IP without a key,
-                     X-Forwarded-For from trusted proxies only): 429
-    5. drain       - counts requests in flight; 503 for new ones once draining
-    6. admission_gate (no body) - 503 for a full queue when the body cannot change the answer (one model
-                     of the kind, no alias, no cache): before the body is read
-    7. body_limit  - oversized bodies get 413 before anything parses them
-    8. admission_gate (body) - 503/404 for a request admission would certainly refuse (full queue, unknown
-                     model), from the body's model name (json.loads), before FastAPI parses it
-    """
-    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=True)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
-                       max_headers=settings.http.max_headers)
-    app.add_middleware(AdmissionGateMiddleware, gate=gate, metrics=metrics, with_body=False)
-    app.add_middleware(DrainMiddleware, lifecycle=lifecycle, metrics=metrics)
+
+def build_edge(app: ASGIApp, settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
+               tracer: Tracer, state: State, gate: EdgeGate, routes: list[BaseRoute]) -> Edge:
+    """The edge in front of `app` (middleware/edge.py: its docstring gives the order of its concerns)."""
     limits = settings.rate_limits
-    app.add_middleware(RateLimitMiddleware, counters=state.counters, anonymous_rpm=limits.anonymous_rpm,
-                       trusted_proxies=limits.trusted_proxies, metrics=metrics)
-    app.add_middleware(AuthMiddleware, store=state.keys, metrics_require_key=settings.auth.metrics_require_key,
-                       metrics=metrics, refresh_s=settings.auth.key_refresh_s)
-    app.add_middleware(ObserveMiddleware, metrics=metrics, tracer=tracer)
-    app.add_middleware(RequestIdMiddleware)
-
-
-
-
-def _validation_error(exc: RequestValidationError) -> InvalidRequest:
-    errors: list[Any] = list(exc.errors())
-    if not errors:
-        return InvalidRequest("invalid request")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        return InvalidRequest(f"request body is not valid JSON: {first.get('msg', '')}")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if first.get("type") == "missing":
-        return InvalidRequest(f"missing required parameter '{param}'", param=param)
-    return InvalidRequest(f"invalid value for '{param}': {first.get('msg', 'invalid')}", param=param)
+    return Edge(
+        app, observer=Observer(metrics, tracer),
+        auth=Authenticator(state.keys, settings.auth.metrics_require_key, metrics, settings.auth.key_refresh_s),
+        limiter=RateLimiter(state.counters, limits.anonymous_rpm, limits.trusted_proxies, metrics),
+        drain=Drain(lifecycle, metrics), gate=AdmissionGate(gate, metrics),
+        body_limit=BodyLimit(settings.limits.max_body_bytes, settings.http.max_headers),
+        direct=direct_routes(routes, DIRECT_PATHS, metrics))
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
@@ -178,12 +184,11 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     503 is in llmops_rejections_total once."""
     async def on_llmops(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LLMOpsError)
-        metrics.reject(str(log_fields(request.scope).get("model", UNKNOWN_MODEL)), exc)
-        return error_response(exc, fmt=error_format(request.url.path))
+        return llmops_error(exc, request.scope, metrics)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(_validation_error(exc), fmt=error_format(request.url.path))
+        return error_response(invalid_request(exc.errors()), fmt=error_format(request.url.path))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

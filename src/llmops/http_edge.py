@@ -7,6 +7,8 @@ built from them once, by the router)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -28,15 +30,39 @@ BROWSER_PREFIXES = (CONSOLE, DOCS_ASSETS)
 IMAGE_FILES = "/v1/images/files/"  # stored images; a signed URL is its own credential (pipeline/signed_urls.py)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """What the edge answers instead of a request: the error, and headers of the answer's own."""
+
+    error: LLMOpsError
+    headers: dict[str, str] | None = None
+
+
 def browser_page(path: str) -> bool:
     """Whether `path` is a console or docs page or asset: open without a key and not rate limited."""
-    return path in BROWSER_PATHS or any(path == p or path.startswith(p + "/") for p in BROWSER_PREFIXES)
+    if path in BROWSER_PATHS:
+        return True
+    if not path.startswith(BROWSER_PREFIXES):  # every API path: one C-level check
+        return False
+    return any(path == p or path.startswith(p + "/") for p in BROWSER_PREFIXES)
 
 
 def signed_image_request(path: str, query_string: bytes) -> bool:
     """A request for a stored image that carries a signature: the auth middleware lets it through without
     a key, and the handler verifies the signature (403 when bad or expired)."""
     return path.startswith(IMAGE_FILES) and b"sig=" in query_string
+
+
+UNPARSED: Any = object()  # what `parse_body` gives for a body that is not JSON
+
+
+def parse_body(raw: bytes) -> Any:
+    """The body's JSON, parsed once by the edge for both the admission gate and the route; UNPARSED when
+    it is not JSON (or not UTF-8, or nested too deep)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return UNPARSED
 
 
 def log_fields(scope: Scope) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from llmops.middleware.observe import ObserveMiddleware, method_label
+from llmops.middleware.observe import Observer, Responder, method_label
 from llmops.observability import redaction
 from llmops.observability.logging import configure_logging, log_step
 from llmops.observability.metrics import Metrics, ModelLoad
@@ -141,7 +141,7 @@ def test_model_labels_are_a_closed_set() -> None:
 
 
 def test_an_escaped_exception_is_answered_once_without_reraising() -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
 
     sent: list[dict[str, Any]] = []
@@ -152,9 +152,9 @@ def test_an_escaped_exception_is_answered_once_without_reraising() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    observe = ObserveMiddleware(app, Metrics(), build_tracer(None, "t"))
+    observer = Observer(Metrics(), build_tracer(None, "t"))
     scope = {"type": "http", "method": "POST", "path": "/v1/x", "headers": [], "query_string": b""}
-    asyncio.run(observe(scope, receive, send))  # does not raise: uvicorn keeps the connection
+    asyncio.run(observer.observe(scope, receive, Responder(send, []), inner))  # no raise: uvicorn keeps the connection
     assert sent[0]["status"] == 500
     body = json.loads(sent[1]["body"])
     assert body["error"]["type"] == "server_error"

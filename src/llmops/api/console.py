@@ -16,6 +16,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from llmops.http_edge import CONSOLE, DOCS_ASSETS
 from llmops.settings import WebSettings
@@ -67,10 +68,11 @@ def _install_docs(app: FastAPI) -> None:
                               redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
-def install_cors(app: FastAPI, web: WebSettings) -> None:
-    """CORS for the allow-listed origins only; without any, no CORS headers at all (browsers then refuse
-    cross-origin calls). Added last, so it is the outermost layer: preflights are answered before auth."""
-    if web.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
-                           max_age=600)
+def cors(app: ASGIApp, web: WebSettings) -> ASGIApp:
+    """`app` behind CORS for the allow-listed origins only; without any, no CORS headers at all (browsers
+    then refuse cross-origin calls). The app factory puts it outermost: preflights are answered before auth."""
+    if not web.cors_origins:
+        return app
+    return CORSMiddleware(app, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                          allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, allow_credentials=False,
+                          max_age=600)

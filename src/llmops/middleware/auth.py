@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from llmops.errors import LLMOpsError, Unauthorized
 from llmops.http_edge import (
     ADMIN_PREFIX,
     PROBES,
     UNKNOWN_MODEL,
+    Refusal,
     browser_page,
     presented_key,
-    send_error,
     set_api_key,
     signed_image_request,
 )
@@ -30,10 +30,9 @@ from llmops.observability.metrics import Metrics
 from llmops.stores.keys import KeyStore, verify
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, store: KeyStore, metrics_require_key: bool, metrics: Metrics,
-                 refresh_s: float = 1.0) -> None:
-        self.app, self.store, self.metrics, self.refresh_s = app, store, metrics, refresh_s
+class Authenticator:
+    def __init__(self, store: KeyStore, metrics_require_key: bool, metrics: Metrics, refresh_s: float = 1.0) -> None:
+        self.store, self.metrics, self.refresh_s = store, metrics, refresh_s
         self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
         self._active: tuple[float, int] = (0.0, 0)
 
@@ -44,28 +43,27 @@ class AuthMiddleware:
             self._active = (time.monotonic(), count)
         return count > 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.open_paths or path.startswith(ADMIN_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        if browser_page(path) or signed_image_request(path, scope.get("query_string", b"")):
-            await self.app(scope, receive, send)
-            return
+    def exempt(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        return (path in self.open_paths or path.startswith(ADMIN_PREFIX) or browser_page(path)
+                or signed_image_request(path, scope.get("query_string", b"")))
+
+    async def check(self, scope: Scope) -> Refusal | None:
+        """None when the request may go on (its key, if any, put in the scope); else the 401 (or the
+        store's error when it cannot vouch for a key)."""
+        if self.exempt(scope):
+            return None
         try:
             keyed = await self._any_keys()
+            if not keyed:
+                return None
             secret = presented_key(scope)
-            key = await verify(self.store, secret) if keyed and secret else None
+            key = await verify(self.store, secret) if secret else None
         except LLMOpsError as exc:  # the store is unreachable and cannot vouch for the key
             self.metrics.reject(UNKNOWN_MODEL, exc)
-            await send_error(exc, scope, receive, send)
-            return
-        if not keyed:
-            await self.app(scope, receive, send)
-            return
+            return Refusal(exc)
         if key is None:
             message = "invalid API key" if secret else "missing API key: send Authorization: Bearer <key>"
-            await send_error(Unauthorized(message), scope, receive, send, {"WWW-Authenticate": "Bearer"})
-            return
+            return Refusal(Unauthorized(message), {"WWW-Authenticate": "Bearer"})
         set_api_key(scope, key)
-        await self.app(scope, receive, send)
+        return None

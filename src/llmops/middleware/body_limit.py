@@ -1,13 +1,14 @@
 """Refuse request bodies above a size with 413, before they are parsed: at once from Content-Length, or,
-for a body sent without one (chunked), by reading it here up to the limit (at most `max_bytes` held) and
-answering 413 as soon as it grows past it; the body read is then replayed to the app. Requests with more
-than `max_headers` header fields get 431. The whole body (at most `max_bytes`) is checked once here for what
-no request model may hold (protocol/validation.py: a lone surrogate → 400 naming the field)."""
+for a body sent without one (chunked), by reading it up to the limit (at most `max_bytes` held) and
+answering 413 as soon as it grows past it. Requests with more than `max_headers` header fields get 431.
+The whole body (at most `max_bytes`) is checked once here for what no request model may hold
+(protocol/validation.py: a lone surrogate → 400 naming the field). These answers close the connection:
+the rest of an unread body would otherwise be taken for the next request."""
 
 from __future__ import annotations
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmops.errors import HeadersTooLarge, InvalidRequest, LLMOpsError, PayloadTooLarge, error_response_parts
 from llmops.protocol.validation import lone_surrogate_field
@@ -15,38 +16,27 @@ from llmops.protocol.validation import lone_surrogate_field
 BODYLESS = ("GET", "HEAD", "OPTIONS", "DELETE")
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, max_headers: int = 100) -> None:
-        self.app = app
+class BodyLimit:
+    def __init__(self, max_bytes: int, max_headers: int = 100) -> None:
         self.max_bytes, self.max_headers = max_bytes, max_headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if len(scope["headers"]) > self.max_headers:
-            await _reject(HeadersTooLarge(f"more than {self.max_headers} header fields"), scope, receive, send)
-            return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    def check_head(self, scope: Scope) -> LLMOpsError | None:
+        """431 for too many header fields, 413 for a declared length over the limit."""
+        headers = scope["headers"]
+        if len(headers) > self.max_headers:
+            return HeadersTooLarge(f"more than {self.max_headers} header fields")
+        declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _reject(self._error(), scope, receive, send)
-            return
-        if scope["method"] in BODYLESS and declared is None:
-            await self.app(scope, receive, send)
-            return
-        messages = await self._read_bounded(receive)
-        if messages is None:
-            await _reject(self._error(), scope, receive, send)
-            return
-        field = lone_surrogate_field(b"".join(m.get("body", b"") for m in messages))
-        if field is not None:
-            await _reject(InvalidRequest(f"invalid value for '{field}': a lone UTF-16 surrogate is not text",
-                                         param=field), scope, receive, send)
-            return
-        await self.app(scope, _replay(messages, receive), send)
+            return self._error()
+        return None
 
-    async def _read_bounded(self, receive: Receive) -> list[Message] | None:
-        """The body's messages, or None once it grows past the limit (or the client left mid-body)."""
+    @staticmethod
+    def has_body(scope: Scope) -> bool:
+        return scope["method"] not in BODYLESS or any(k == b"content-length" for k, _ in scope["headers"])
+
+    async def read(self, receive: Receive) -> list[Message] | None:
+        """The body's messages, or None once it grows past the limit. When the client leaves mid-body, the
+        last message is its `http.disconnect`."""
         messages, seen = [], 0
         while True:
             message = await receive()
@@ -59,11 +49,22 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 return messages
 
+    def too_large(self) -> PayloadTooLarge:
+        return self._error()
+
+    @staticmethod
+    def check_body(raw: bytes) -> LLMOpsError | None:
+        field = lone_surrogate_field(raw)
+        if field is None:
+            return None
+        return InvalidRequest(f"invalid value for '{field}': a lone UTF-16 surrogate is not text", param=field)
+
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that gives the messages already read first, then the connection's own."""
     pending = list(messages)
 
     async def replayed() -> Message:
@@ -72,6 +73,6 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-async def _reject(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send) -> None:
+async def reject(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send) -> None:
     status, body, headers = error_response_parts(exc)
     await JSONResponse(body, status_code=status, headers={**headers, "Connection": "close"})(scope, receive, send)

@@ -3,29 +3,24 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from llmops.errors import ShuttingDown
-from llmops.http_edge import OPS, UNKNOWN_MODEL, send_error
+from llmops.http_edge import OPS, UNKNOWN_MODEL
 from llmops.lifecycle import Lifecycle
 from llmops.observability.metrics import Metrics
 
 
-class DrainMiddleware:
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle, metrics: Metrics) -> None:
-        self.app, self.lifecycle, self.metrics = app, lifecycle, metrics
+class Drain:
+    def __init__(self, lifecycle: Lifecycle, metrics: Metrics) -> None:
+        self.lifecycle, self.metrics = lifecycle, metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPS:
-            await self.app(scope, receive, send)
-            return
-        if self.lifecycle.draining:
-            error = ShuttingDown("the server is shutting down")
-            self.metrics.reject(UNKNOWN_MODEL, error)
-            await send_error(error, scope, receive, send)
-            return
-        self.lifecycle.enter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.lifecycle.leave()
+    @staticmethod
+    def counted(path: str) -> bool:
+        return path not in OPS
+
+    def refusal(self) -> ShuttingDown | None:
+        """The 503 for a new request once draining (counted), else None."""
+        if not self.lifecycle.draining:
+            return None
+        error = ShuttingDown("the server is shutting down")
+        self.metrics.reject(UNKNOWN_MODEL, error)
+        return error

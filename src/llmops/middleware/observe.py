@@ -3,18 +3,23 @@ and the root tracing span. Handlers add fields to the log line through `log_fiel
 tokens, queue time...); prompts and outputs are never added unless `log_content` is set.
 
 Label values are closed sets, so no client can create series: the method is one of the standard verbs
-or "OTHER", the route is the matched route's template or "unmatched", the status a 3-digit code.
+or "OTHER", the route is the matched route's template or "unmatched", the status a 3-digit code (499
+when the client left before its request was read whole: nobody saw an answer).
 
 An exception that escapes the app is logged once here (a plain traceback, no locals) and answered 500 in
 the OpenAI envelope; it is never re-raised to uvicorn, which would close the keep-alive connection under
-the client's next request (and log the traceback a second time)."""
+the client's next request (and log the traceback a second time).
+
+`Responder` is the edge's one `send` wrapper: it notes the status for the metrics and the log, and adds
+the headers the edge owes every response (X-Request-Id, the rate-limit headers)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmops.errors import internal_error
 from llmops.http_edge import error_response, log_fields
@@ -24,6 +29,7 @@ from llmops.observability.tracing import Tracer
 
 UNLOGGED = ("/health", "/ready", "/metrics")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+CLIENT_LEFT = 499  # the client closed the connection before its request was read whole
 log = logging.getLogger("llmops.errors")
 
 
@@ -37,38 +43,49 @@ def _route(scope: Scope) -> str:
     return str(path) if path else "unmatched"
 
 
-class ObserveMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, tracer: Tracer) -> None:
-        self.app, self.metrics, self.tracer = app, metrics, tracer
+class Responder:
+    """The `send` every layer below the edge writes to: the status seen, whether the answer started or
+    finished, and the headers added to its start."""
+
+    __slots__ = ("_send", "headers", "sent", "status")
+
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        self._send, self.headers = send, headers
+        self.status, self.sent = 500, "none"  # none, started, done
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status, self.sent = int(message["status"]), "started"
+            message["headers"] = [*message.get("headers", ()), *self.headers]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.sent = "done"
+        await self._send(message)
+
+
+Inner = Callable[[Scope, Receive, Responder], Awaitable[None]]
+
+
+class Observer:
+    def __init__(self, metrics: Metrics, tracer: Tracer) -> None:
+        self.metrics, self.tracer = metrics, tracer
         self.log = request_logger()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def observe(self, scope: Scope, receive: Receive, out: Responder, inner: Inner) -> None:
+        """Run `inner` as the request's root span; record it; answer 500 for an exception that escapes."""
         started = time.perf_counter()
-        status, sent = 500, "none"  # none, started, done
-
-        async def send_status(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status, sent = int(message["status"]), "started"
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                sent = "done"
-            await send(message)
-
         with self.tracer.span("http " + method_label(scope["method"]), {"http.target": scope["path"]}) as span:
             try:
-                await self.app(scope, receive, send_status)
+                await inner(scope, receive, out)
             except Exception as exc:
                 log.exception("unhandled error on %s %s", method_label(scope["method"]), scope["path"])
-                if sent == "started":  # half a response is out: only closing the connection can tell
+                if out.sent == "started":  # half a response is out: only closing the connection can tell
                     raise
-                if sent == "none":
-                    await error_response(internal_error(exc))(scope, receive, send_status)
+                if out.sent == "none":
+                    await error_response(internal_error(exc))(scope, receive, out)
             finally:
-                span.set_attribute("http.status_code", status)
-                self._record(scope, status, time.perf_counter() - started)
+                span.set_attribute("http.status_code", out.status)
+                self._record(scope, out.status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route, method = _route(scope), method_label(scope["method"])

@@ -13,11 +13,12 @@ import ipaddress
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from llmops.errors import LLMOpsError, RateLimited
-from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, api_key, browser_page, send_error
+from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, Refusal, api_key, browser_page
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
@@ -52,44 +53,50 @@ def _headers(d: Decision) -> dict[str, str]:
             "X-RateLimit-Reset": str(math.ceil(d.reset_s))}
 
 
-class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, counters: Counters, anonymous_rpm: int | None,
-                 trusted_proxies: Sequence[str], metrics: Metrics) -> None:
-        self.app, self.counters, self.anonymous_rpm, self.metrics = app, counters, anonymous_rpm, metrics
+@dataclass
+class Admission:
+    """A request let through: the headers its answer carries, and the in-flight place it holds."""
+
+    headers: list[tuple[bytes, bytes]]
+    key_id: str | None = None
+    holder: str | None = None
+
+
+class RateLimiter:
+    def __init__(self, counters: Counters, anonymous_rpm: int | None, trusted_proxies: Sequence[str],
+                 metrics: Metrics) -> None:
+        self.counters, self.anonymous_rpm, self.metrics = counters, anonymous_rpm, metrics
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
         self._releases = TaskSet()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPS or path.startswith(ADMIN_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        if browser_page(path):  # the console's and the docs' pages and assets
-            await self.app(scope, receive, send)
-            return
+    @staticmethod
+    def exempt(path: str) -> bool:
+        return path in OPS or path.startswith(ADMIN_PREFIX) or browser_page(path)
+
+    async def admit(self, scope: Scope) -> Admission | Refusal:
+        """The request's place under its limits, or the 429 (counted here)."""
+        if self.exempt(scope["path"]):
+            return Admission([])
         key = api_key(scope)
         try:
             decision = await self._requests(scope, key)
             holder = await self._hold(key)
         except LLMOpsError as exc:
             self.metrics.reject(UNKNOWN_MODEL, exc)
-            await send_error(exc, scope, receive, send)
-            return
+            return Refusal(exc)
         if decision is not None and not decision.allowed:
             error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
                                 retry_after=math.ceil(decision.retry_after_s))
             self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
-            await send_error(error, scope, receive, send, _headers(decision))
-            return
-        try:
-            await self.app(scope, receive, _with_headers(send, decision))
-        finally:
-            if holder is not None and key is not None:
-                self._release_later(key.id, holder)
+            return Refusal(error, _headers(decision))
+        headers = [] if decision is None else [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
+        return Admission(headers, key.id if key is not None else None, holder)
 
-    def _release_later(self, subject: str, holder: str) -> None:
-        """Release in a task of its own: a cancelled request (client gone) must still give its place back."""
-        self._releases.spawn(self.counters.release(subject, holder))
+    def release(self, admission: Admission) -> None:
+        """Give the in-flight place back, in a task of its own: a cancelled request (client gone) must
+        still give its place back."""
+        if admission.holder is not None and admission.key_id is not None:
+            self._releases.spawn(self.counters.release(admission.key_id, admission.holder))
 
     async def _requests(self, scope: Scope, key: ApiKey | None) -> Decision | None:
         subject, rpm = (f"key:{key.id}", key.limits.rpm) if key is not None else (
@@ -106,16 +113,3 @@ class RateLimitMiddleware:
             self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
             raise error
         return holder
-
-
-def _with_headers(send: Send, decision: Decision | None) -> Send:
-    if decision is None:
-        return send
-
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            extra = [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
-            message["headers"] = [*message.get("headers", []), *extra]
-        await send(message)
-
-    return send_with_headers

@@ -41,8 +41,9 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     ]
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(
         colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback)
-    structlog.configure(
+    structlog.configure(  # below `level`, a call is a no-op: no processors run for a line that is dropped
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=True)
     handler = logging.StreamHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(

@@ -98,10 +98,14 @@ class ModelNames:
 
 
 class _ClosedModel:
-    """labels() with the `model` value mapped through the owner's ModelNames."""
+    """labels() with the `model` value mapped through the owner's ModelNames, and each child kept once found:
+    prometheus_client's own lookup (label checks under a lock) cost a request several of its microseconds.
+    The cache is keyed by the mapped values, so it holds no more entries than the metric has series; no
+    code removes a series, which would leave a cached child orphaned."""
 
     model_names: ModelNames | None = None
     _labelnames: tuple[str, ...]
+    _children: dict[Any, Any] | None = None
 
     def labels(self, *values: Any, **named: Any) -> Any:
         names = self.model_names
@@ -111,7 +115,14 @@ class _ClosedModel:
             elif values:
                 i = self._labelnames.index("model")
                 values = (*values[:i], names.label(str(values[i])), *values[i + 1:])
-        return super().labels(*values, **named)  # type: ignore[misc]
+        key = (values, tuple(named.items())) if named else values
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        child = children.get(key)
+        if child is None:
+            child = children[key] = super().labels(*values, **named)  # type: ignore[misc]
+        return child
 
 
 class _Counter(_ClosedModel, Counter):
