@@ -165,8 +165,9 @@ class Metrics:
                              ["model", "key"], registry=r)
         self.budget_used = Gauge("llmops_budget_used_ratio", "Share of the key's budget spent in this period, "
                                  "as of its last request", ["key"], registry=r)
-        self.store_errors = Counter("llmops_state_store_errors", "Calls to the shared state store (Redis) that "
-                                    "failed or timed out, by operation", ["op"], registry=r)
+        self.store_errors = Counter("llmops_state_store_errors", "Calls to the state store that failed or timed "
+                                    "out (Redis), or batches of spend SQLite could not write (op spend_record), "
+                                    "by operation", ["op"], registry=r)
         self.guardrail_actions = Counter("llmops_guardrail_actions", "Guardrail findings, by rule, hook point "
                                          "and the rule's action", ["rule", "stage", "action"], registry=r)
         self.cache_requests = Counter("llmops_cache_requests", "Response cache lookups: hit, miss or bypass",

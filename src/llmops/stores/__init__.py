@@ -38,7 +38,8 @@ class State:
 
 def build_state(settings: StateSettings, on_error: Callable[[str], None] | None = None,
                 cache_entries: int = 1024) -> State:
-    """The stores for `settings`; `on_error(op)` is told of each Redis failure (a metric)."""
+    """The stores for `settings`; `on_error(op)` is told of each Redis failure, and of each batch of spend
+    SQLite could not write (a metric)."""
     if settings.backend == "redis":
         try:
             from llmops.stores import redis_store as rs
@@ -52,9 +53,10 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
         return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p),
                      rs.RedisCache(guard, p), "redis", [client.aclose], guard.ping, rs.RedisBudgets(guard, p))
     db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
+    ledger = SqliteLedger(db, on_error)
 
     async def close() -> None:
+        await ledger.close()  # spend still queued is written before the connection closes
         db.close()
 
-    return State(SqliteKeyStore(db), MemoryCounters(), SqliteLedger(db), MemoryCache(cache_entries), settings.backend,
-                 [close])
+    return State(SqliteKeyStore(db), MemoryCounters(), ledger, MemoryCache(cache_entries), settings.backend, [close])

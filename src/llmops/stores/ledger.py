@@ -4,13 +4,17 @@ SQLite here (a file for the embedded default, `:memory:` for the memory backend)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from llmops.stores.sqlite import SqliteDb
 
+log = logging.getLogger("llmops.ledger")
 ANONYMOUS = "-"  # the key id spend is recorded under when the server runs without keys
 
 
@@ -98,20 +102,75 @@ _SCHEMA = (
 )
 
 
+_INSERT = "INSERT INTO llmops_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _row(e: SpendEntry) -> tuple[Any, ...]:
+    return e.at, day_of(e.at), e.key_id, e.model, e.prompt_tokens, e.completion_tokens, e.images, e.cost_usd
+
+
 class SqliteLedger:
-    def __init__(self, db: SqliteDb) -> None:
+    """Spend in SQLite, written by group commit: `record` queues the entry and returns; one writer task writes
+    everything queued with one statement in one transaction (one worker-thread hop), then whatever arrived
+    meanwhile, until nothing is queued. No timer: a lone entry is written at once. Reads first wait until
+    every entry recorded before them is written, so they stay exact; `close` writes what is still queued.
+    A batch that cannot be written is logged (one line, with what it held) and told to `on_error`."""
+
+    def __init__(self, db: SqliteDb, on_error: Callable[[str], None] | None = None) -> None:
         self._db = db
+        self._on_error = on_error or (lambda _: None)
+        self._queued: list[SpendEntry] = []
+        self._queued_written: asyncio.Future[None] | None = None  # resolved once the queued entries are written
+        self._writing: asyncio.Future[None] | None = None  # the same for the batch being written now
+        self._writer: asyncio.Task[None] | None = None
         for statement in _SCHEMA:
             db.run(statement)
 
     async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        waiting = self._queued_written or self._writing  # batches are written in order: the last one suffices
+        if waiting is not None:
+            await asyncio.shield(waiting)
         return await self._db.query(sql, args)
 
     async def record(self, entry: SpendEntry) -> None:
-        e = entry.stamped()
-        await self._query("INSERT INTO llmops_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (e.at, day_of(e.at), e.key_id, e.model, e.prompt_tokens, e.completion_tokens, e.images,
-                           e.cost_usd))
+        if self._queued_written is None:
+            self._queued_written = asyncio.get_running_loop().create_future()
+        self._queued.append(entry.stamped())
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._queued:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                written, self._queued_written = self._queued_written, None
+                self._writing = written
+                try:
+                    await self._write(batch)
+                finally:
+                    self._writing = None
+                    if written is not None and not written.done():
+                        written.set_result(None)
+        finally:
+            self._writer = None
+
+    async def _write(self, batch: list[SpendEntry]) -> None:
+        try:
+            await asyncio.to_thread(self._db.run_many, _INSERT, [_row(e) for e in batch])
+        except Exception as exc:  # never the server's problem; the lost spend is said, once per batch
+            self._on_error("spend_record")
+            log.error("could not write %d spend entries ($%.6f in all, keys %s) to SQLite: %s: %s; they are lost",
+                      len(batch), sum(e.cost_usd for e in batch), sorted({e.key_id for e in batch}),
+                      type(exc).__name__, exc)
+
+    async def close(self) -> None:
+        """Write every queued entry (the state closes the connection after this)."""
+        self._start_writer()  # should a writer have been cancelled with entries still queued
+        while self._writer is not None:
+            await asyncio.wait({self._writer})  # never raises: the writer logs its own failures
 
     async def key_spend(self, key_id: str, since: float) -> float:
         rows = await self._query("SELECT TOTAL(cost_usd) FROM llmops_spend WHERE key_id = ? AND at >= ?",

@@ -1,5 +1,6 @@
-"""One SQLite connection shared by the SQLite-backed stores (keys, spend): autocommit, WAL so the CLI and
-the server can use the file at once, and statements run in a worker thread under a lock."""
+"""One SQLite connection shared by the SQLite-backed stores (keys, spend): autocommit (or one explicit
+transaction for a batch of rows), WAL so the CLI and the server can use the file at once, and statements run
+in a worker thread under a lock."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ class SqliteDb:
     def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """`sql` once per row, all in one transaction: every row is written, or none."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a failed COMMIT (the file busy) leaves it open too
+                    self._db.execute("ROLLBACK")
+                raise
 
     async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self.run, sql, args)

@@ -1,0 +1,197 @@
+"""SQLite spend by group commit: entries recorded together are written in one worker-thread hop, reads see
+what is recorded and not yet written, closing writes what is queued, and a failed batch is said and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from llmops.app import create_app
+from llmops.settings import StateSettings, load_settings
+from llmops.stores import build_state
+from llmops.stores.ledger import SpendEntry, SqliteLedger, day_of
+from llmops.stores.sqlite import SqliteDb
+from tests.helpers import write_config
+
+
+class Batches:
+    """Wraps a db's `run_many` to count the hops and their sizes; `hold` makes the next call wait."""
+
+    def __init__(self, db: SqliteDb, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.release.set()
+        run_many = db.run_many
+
+        def counted(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            self.sizes.append(len(rows))
+            self.entered.set()
+            assert self.release.wait(30)
+            run_many(sql, rows)
+
+        monkeypatch.setattr(db, "run_many", counted)
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+
+
+class LedgerLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def ledger_log() -> Iterator[LedgerLog]:
+    handler, logger = LedgerLog(), logging.getLogger("llmops.ledger")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def rows_in(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM llmops_spend").fetchone()[0])
+
+
+def entry(key: str, usd: float, **kw: Any) -> SpendEntry:
+    return SpendEntry(key, "m", usd, prompt_tokens=1, **kw)
+
+
+def test_concurrent_records_are_written_in_fewer_hops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        db = SqliteDb(tmp_path / "s.db")
+        ledger = SqliteLedger(db)
+        batches = Batches(db, monkeypatch)
+        await asyncio.gather(*(ledger.record(entry(f"k{i % 3}", 0.01)) for i in range(50)))
+        await ledger.record(entry("k0", 0.01))
+        assert await ledger.key_spend("k0", 0) == pytest.approx(18 * 0.01)
+        batches.hold()  # one batch in the worker thread, then more entries arrive meanwhile
+        await ledger.record(entry("k1", 0.5))
+        assert await asyncio.to_thread(batches.entered.wait, 30)
+        for _ in range(20):
+            await ledger.record(entry("k2", 0.25))
+        spent = asyncio.ensure_future(ledger.key_spend("k2", 0))
+        batches.release.set()
+        assert await spent == pytest.approx(16 * 0.01 + 20 * 0.25)
+        await ledger.close()
+        db.close()
+        assert sum(batches.sizes) == 72
+        assert len(batches.sizes) < 72
+        assert batches.sizes[-2:] == [1, 20]  # what arrived during a write went out together next
+
+    asyncio.run(run())
+    assert rows_in(tmp_path / "s.db") == 72
+
+
+def test_reads_see_entries_not_yet_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        db = SqliteDb(tmp_path / "s.db")
+        ledger = SqliteLedger(db)
+        batches = Batches(db, monkeypatch)
+        old = 1_000_000.0  # 1970: outside the last hour
+        await ledger.record(entry("a", 1.0))
+        await ledger.record(entry("a", 2.0, at=old))
+        await ledger.record(entry("b", 4.0))
+        assert batches.sizes == []  # queued, nothing written yet
+        assert await ledger.key_spend("a", 0) == pytest.approx(3.0)
+        await ledger.record(entry("a", 8.0))
+        assert await ledger.hour_spend() == pytest.approx(13.0)
+        await ledger.record(entry("b", 16.0))
+        rows = await ledger.report(day_of(old), "2100-01-01")
+        assert [(r.key_id, r.requests, r.cost_usd) for r in rows] == [("a", 1, 2.0), ("a", 2, 9.0), ("b", 2, 20.0)]
+        assert batches.sizes == [3, 1, 1]
+        await ledger.close()
+        db.close()
+
+    asyncio.run(run())
+
+
+def test_closing_the_state_writes_queued_spend(tmp_path: Path) -> None:
+    path = tmp_path / "spend.db"
+
+    async def run() -> None:
+        state = build_state(StateSettings(backend="sqlite", sqlite_path=str(path)))
+        for i in range(30):
+            await state.ledger.record(entry(f"k{i % 4}", 0.1))
+        await state.close()  # nothing awaited the writer before this
+
+    asyncio.run(run())
+    assert rows_in(path) == 30
+
+
+def test_a_failed_batch_is_logged_and_counted_and_the_next_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger_log: LedgerLog) -> None:
+    async def run() -> list[str]:
+        errors: list[str] = []
+        db = SqliteDb(tmp_path / "s.db")
+        ledger = SqliteLedger(db, on_error=errors.append)
+        run_many = db.run_many
+        calls = 0
+
+        def fail_once(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            nonlocal calls
+            calls += 1  # the first batch fails after its first row: none of it may stay
+            run_many(sql, [*rows[:1], ("too", "few")] if calls == 1 else rows)
+
+        monkeypatch.setattr(db, "run_many", fail_once)
+        for key in ("a", "b", "a"):
+            await ledger.record(entry(key, 0.5))
+        assert await ledger.key_spend("a", 0) == 0.0  # that batch is lost, and said so
+        await ledger.record(entry("a", 0.25))
+        assert await ledger.key_spend("a", 0) == pytest.approx(0.25)
+        await ledger.close()
+        db.close()
+        return errors
+
+    assert asyncio.run(run()) == ["spend_record"]
+    assert len(ledger_log.lines) == 1
+    assert "3 spend entries ($1.500000 in all, keys ['a', 'b'])" in ledger_log.lines[0]
+    assert "ProgrammingError" in ledger_log.lines[0]
+    assert rows_in(tmp_path / "s.db") == 1  # the failed batch's first row was rolled back
+
+
+def test_the_server_keeps_serving_when_spend_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger_log: LedgerLog) -> None:
+    path = tmp_path / "spend.db"
+    cfg = write_config(tmp_path / "c.yaml", [{"name": "fake", "engine": "fake",
+                                             "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}],
+                       state={"backend": "sqlite"})
+    monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(path))  # the tests' session sets it; it wins over the file
+    run_many, calls = SqliteDb.run_many, []
+
+    def fail_first(self: SqliteDb, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        run_many(self, sql, rows)
+
+    monkeypatch.setattr(SqliteDb, "run_many", fail_first)
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hello"}]}
+    with TestClient(create_app(load_settings(cfg))) as c:
+        failed = 'llmops_state_store_errors_total{op="spend_record"} 1.0'
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+        deadline = time.monotonic() + 30
+        while failed not in c.get("/metrics").text:  # the request settles, and its write fails, just after
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+        assert failed in c.get("/metrics").text  # once: the second request's write went through
+    assert len(ledger_log.lines) == 1
+    assert "database is locked" in ledger_log.lines[0]
+    assert rows_in(path) == 1  # the second request's spend, written when the server closed
