@@ -4,7 +4,6 @@ switched off, through FastAPI alone, and the answers compared."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,10 +41,10 @@ CASES: list[tuple[str, bytes, dict[str, str]]] = [
 
 
 @pytest.fixture
-def both(client: TestClient) -> Iterator[tuple[TestClient, LLMOpsApp]]:
+def both(client: TestClient) -> tuple[TestClient, LLMOpsApp]:
     app = client.app
     assert isinstance(app, LLMOpsApp)
-    yield client, app
+    return client, app
 
 
 def _answer(client: TestClient, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
