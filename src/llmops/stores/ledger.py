@@ -109,10 +109,15 @@ def _row(e: SpendEntry) -> tuple[Any, ...]:
     return e.at, day_of(e.at), e.key_id, e.model, e.prompt_tokens, e.completion_tokens, e.images, e.cost_usd
 
 
+LINGER_S = 0.02  # under load, the shortest time between two batches (a crash can lose this much spend)
+
+
 class SqliteLedger:
     """Spend in SQLite, written by group commit: `record` queues the entry and returns; one writer task writes
     everything queued with one statement in one transaction (one worker-thread hop), then whatever arrived
-    meanwhile, until nothing is queued. No timer: a lone entry is written at once. Reads first wait until
+    meanwhile, until nothing is queued. A lone entry after a pause is written at once; under load a batch
+starts at most every LINGER_S, so the thread hops (each a wake-up of a worker thread and of the event loop)
+stay a few dozen a second however many requests settle. Reads first wait until
     every entry recorded before them is written, so they stay exact; `close` writes what is still queued.
     A batch that cannot be written is logged (one line, with what it held) and told to `on_error`."""
 
@@ -123,6 +128,7 @@ class SqliteLedger:
         self._queued_written: asyncio.Future[None] | None = None  # resolved once the queued entries are written
         self._writing: asyncio.Future[None] | None = None  # the same for the batch being written now
         self._writer: asyncio.Task[None] | None = None
+        self._last_write = 0.0  # time.monotonic() when the last batch began
         for statement in _SCHEMA:
             db.run(statement)
 
@@ -145,6 +151,10 @@ class SqliteLedger:
     async def _write_queued(self) -> None:
         try:
             while self._queued:
+                linger = self._last_write + LINGER_S - time.monotonic()
+                if linger > 0:  # batches under load come at most this often; after a pause, at once
+                    await asyncio.sleep(linger)
+                self._last_write = time.monotonic()
                 batch, self._queued = self._queued, []
                 written, self._queued_written = self._queued_written, None
                 self._writing = written
