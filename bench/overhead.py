@@ -1,7 +1,8 @@
 """The gateway's own cost, with the fake engine (no model work) against a bare FastAPI app returning the
 same JSON on the same uvicorn (bench/targets/bare_fastapi.py):
 
-  per request  non-streaming chat, one token: sequential p50/p99 latency and 16-way requests/s; llmops with
+  per request  non-streaming chat, one token: sequential p50/p99 latency, 16-way requests/s and the server's
+               CPU time per request in that run (steadier than req/s on a shared machine); llmops with
                auth and limits off (no keys, cache off), and with a key carrying every limit (requests/min,
                tokens/min, in flight, budget, prices) on the SQLite store
   per token    streaming chat, a 64-token answer, 16 concurrent streams: the server's CPU time per token
@@ -185,12 +186,15 @@ def _cpu(pid: int) -> float:
 def measure(server: Server, requests: int, streams: int) -> dict[str, Any]:
     times = asyncio.run(sequential(server, requests))
     asyncio.run(parallel(server, 64, 16, False))  # warm-up of the 16 connections' path
+    cpu0 = _cpu(server.proc.pid)
     wall, _ = asyncio.run(parallel(server, 2 * requests, 16, False))
+    cpu_us_per_request = (_cpu(server.proc.pid) - cpu0) * 1e6 / (2 * requests)
     cpu0 = _cpu(server.proc.pid)
     _, tokens = asyncio.run(parallel(server, streams, 16, True))
     cpu_us_per_token = (_cpu(server.proc.pid) - cpu0) * 1e6 / max(1, tokens)
     return {"case": server.name, "p50_ms": statistics.median(times), "p99_ms": pct(times, 99),
-            "rps_16": 2 * requests / wall, "stream_tokens": tokens, "cpu_us_per_token": cpu_us_per_token}
+            "rps_16": 2 * requests / wall, "cpu_us_per_request": cpu_us_per_request, "stream_tokens": tokens,
+            "cpu_us_per_token": cpu_us_per_token}
 
 
 def run(cases: tuple[str, ...], repeats: int, requests: int, streams: int, port: int, tmp: Path,
@@ -227,6 +231,9 @@ def summarize(rows: list[dict[str, Any]], cases: tuple[str, ...] = CASES) -> dic
             "added_p50_ms": [a["p50_ms"] - b["p50_ms"] for a, b in pairs],
             "added_p99_ms": [a["p99_ms"] - b["p99_ms"] for a, b in pairs],
             "rps_ratio": [a["rps_16"] / b["rps_16"] for a, b in pairs],
+            "cpu_us_per_request": [r.get("cpu_us_per_request", 0.0) for r in mine],
+            "cpu_per_request_ratio": [a.get("cpu_us_per_request", 0.0) / b["cpu_us_per_request"] for a, b in pairs
+                                      if b.get("cpu_us_per_request")],
             "cpu_per_token_ratio": [a["cpu_us_per_token"] / b["cpu_us_per_token"] for a, b in pairs]}
     keyed, open_ = out.get("llmops-keyed-sqlite"), out.get("llmops-open")
     if keyed and open_:
@@ -242,10 +249,12 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{meta['machine']}, {meta['date']}. median [min-max] of the repeats; differences and ratios are taken "
              "within a repeat. Absolute figures come from a loaded shared machine.", "",
              "| case | p50 ms | p99 ms | +p50 vs bare | +p99 vs bare | 16-way req/s | req/s vs bare | "
-             "stream CPU us/token | CPU/token vs bare |", "|---|---|---|---|---|---|---|---|---|"]
+             "16-way CPU us/request | CPU/request vs bare | stream CPU us/token | CPU/token vs bare |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, s in summary.items():
         lines.append(" | ".join([f"| {case}", spread(s["p50_ms"]), spread(s["p99_ms"]), spread(s["added_p50_ms"]),
                                  spread(s["added_p99_ms"]), spread(s["rps_16"], 0), spread(s["rps_ratio"]),
+                                 spread(s["cpu_us_per_request"], 0), spread(s["cpu_per_request_ratio"]),
                                  spread(s["cpu_us_per_token"], 0), spread(s["cpu_per_token_ratio"])]) + " |")
     keyed = summary.get("llmops-keyed-sqlite", {})
     if keyed.get("added_p50_vs_open_ms"):

@@ -75,7 +75,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     classify_jobs = ClassifyJobs(0.0, on_batch=lambda model, n: metrics.batch_size.labels(model).observe(n))
     lifecycle = Lifecycle()
     state = build_state(settings.state, on_error=lambda op: metrics.store_errors.labels(op).inc(),
-                        cache_entries=settings.cache.max_entries)
+                        cache_entries=settings.cache.max_entries, key_cache_s=settings.auth.key_refresh_s)
     accountant = Accountant(state, settings.spend, metrics)
     guardrails = Guardrails(settings.guardrails, metrics)  # loads classifiers: a bad one fails at start
     prompts = PromptRegistry(settings.prompts.dir)  # refuses a published prompt that changed

@@ -178,8 +178,10 @@ class AuthSettings(_Strict):
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
     metrics_require_key: bool = Field(False, description="/metrics needs an API key too")
-    key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists "
-                                 "(keys created by the CLI take effect this soon; tests use 0)")
+    key_refresh_s: float = Field(1.0, ge=0, description="how often the server re-reads whether any key exists, "
+                                 "and each key it has verified (keys created or revoked by the CLI or another "
+                                 "replica take effect this soon; revoked through this server's admin API, at "
+                                 "once; tests use 0)")
 
     @field_validator("admin_key")
     @classmethod

@@ -11,7 +11,7 @@ from llmops.errors import ConfigError
 from llmops.settings import StateSettings
 from llmops.stores.cache import MemoryCache, ResponseCache
 from llmops.stores.counters import Counters, MemoryCounters
-from llmops.stores.keys import KeyStore, SqliteKeyStore
+from llmops.stores.keys import CachedKeys, KeyStore, SqliteKeyStore
 from llmops.stores.ledger import Ledger, SharedBudgets, SqliteLedger
 from llmops.stores.sqlite import SqliteDb
 
@@ -37,9 +37,17 @@ class State:
 
 
 def build_state(settings: StateSettings, on_error: Callable[[str], None] | None = None,
-                cache_entries: int = 1024) -> State:
+                cache_entries: int = 1024, key_cache_s: float = 0.0) -> State:
     """The stores for `settings`; `on_error(op)` is told of each Redis failure, and of each batch of spend
-    SQLite could not write (a metric)."""
+    SQLite could not write (a metric). With `key_cache_s`, keys found by hash are remembered that long
+    (keys.CachedKeys: the server's; the CLI reads the store)."""
+    state = _build_state(settings, on_error, cache_entries)
+    if key_cache_s > 0:
+        state.keys = CachedKeys(state.keys, key_cache_s)
+    return state
+
+
+def _build_state(settings: StateSettings, on_error: Callable[[str], None] | None, cache_entries: int) -> State:
     if settings.backend == "redis":
         try:
             from llmops.stores import redis_store as rs

@@ -105,6 +105,46 @@ def missing(key_id: str) -> NotFound:
     return NotFound(f"no API key {key_id!r}", param="id")
 
 
+class CachedKeys:
+    """A key store whose keys found by hash are remembered for `ttl_s`, so a request with a valid key costs
+    no store round trip (on SQLite, a worker-thread hop; on Redis, a network one). A key revoked through
+    this store is forgotten at once; one revoked elsewhere (the CLI, another replica) stops working within
+    `ttl_s`, as a key created elsewhere starts working within `auth.key_refresh_s`. Only hashes of stored
+    keys are remembered: a client sending made-up keys cannot grow the cache."""
+
+    def __init__(self, store: KeyStore, ttl_s: float) -> None:
+        self.store, self.ttl_s = store, ttl_s
+        self._found: dict[str, tuple[ApiKey, float]] = {}
+
+    async def add(self, key: ApiKey) -> None:
+        await self.store.add(key)
+
+    async def by_hash(self, digest: str) -> ApiKey | None:
+        hit = self._found.get(digest)
+        if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
+            return hit[0]
+        key = await self.store.by_hash(digest)
+        if key is None:
+            self._found.pop(digest, None)
+        else:
+            self._found[digest] = (key, time.monotonic())
+        return key
+
+    async def get(self, key_id: str) -> ApiKey:
+        return await self.store.get(key_id)
+
+    async def all(self) -> list[ApiKey]:
+        return await self.store.all()
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        key = await self.store.revoke(key_id)
+        self._found.pop(key.hash, None)
+        return key
+
+    async def key_count(self) -> int:
+        return await self.store.key_count()
+
+
 _SCHEMA = """CREATE TABLE IF NOT EXISTS llmops_keys (
     id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, body TEXT NOT NULL)"""
 

@@ -1,0 +1,76 @@
+"""Keys found by hash are remembered for a while (stores/keys.CachedKeys): a valid key costs no store
+round trip per request, revocation through the server is immediate, elsewhere within the refresh time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from llmops.stores.keys import CachedKeys, SqliteKeyStore, hash_secret, new_key, verify
+from llmops.stores.sqlite import SqliteDb
+
+
+class Counting(SqliteKeyStore):
+    def __init__(self) -> None:
+        super().__init__(SqliteDb(":memory:"))
+        self.lookups = 0
+
+    async def by_hash(self, digest: str) -> Any:
+        self.lookups += 1
+        return await super().by_hash(digest)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr("llmops.stores.keys.time.monotonic", lambda: now[0])
+    return now
+
+
+def test_a_verified_key_is_looked_up_once_per_refresh(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Counting()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        for _ in range(5):
+            assert await verify(cached, secret) is not None
+        assert store.lookups == 1
+        clock[0] += 1.5
+        assert await verify(cached, secret) is not None
+        assert store.lookups == 2
+
+    asyncio.run(run())
+
+
+def test_revocation_here_is_immediate_and_elsewhere_within_the_refresh(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Counting()
+        cached = CachedKeys(store, ttl_s=1.0)
+        here, here_secret = new_key("here", (), "standard")
+        there, there_secret = new_key("there", (), "standard")
+        for key in (here, there):
+            await cached.add(key)
+            assert await cached.by_hash(key.hash) is not None
+        await cached.revoke(here.id)
+        assert await verify(cached, here_secret) is None
+        await store.revoke(there.id)  # the CLI or another replica
+        assert await verify(cached, there_secret) is not None  # still remembered...
+        clock[0] += 1.01
+        assert await verify(cached, there_secret) is None  # ...until the refresh
+
+    asyncio.run(run())
+
+
+def test_made_up_keys_are_not_remembered(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Counting()
+        cached = CachedKeys(store, ttl_s=60.0)
+        for i in range(50):
+            assert await cached.by_hash(hash_secret(f"made-up-{i}")) is None
+        assert store.lookups == 50
+        assert not cached._found
+
+    asyncio.run(run())
