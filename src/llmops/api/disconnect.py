@@ -1,8 +1,10 @@
 """Stop work when the client leaves. Streams are stopped by Starlette itself (it cancels the response
 when the connection drops); this covers plain JSON responses, whose handler otherwise runs to the end.
 
-The work runs in the request's own task; one watcher task waits for the disconnect and cancels it. (Two
-tasks and an `asyncio.wait` per request, the obvious form, cost a request more than its whole admission.)"""
+The work runs in the request's own task; a watcher task waits for the disconnect and cancels it. The
+watcher starts only once the work has run for WATCH_AFTER_S: most answers from the cache or a fast model
+are out before that, and for them a timer is all it costs. (Two tasks and an `asyncio.wait` per request,
+the obvious form, cost a request more than its whole admission.)"""
 
 from __future__ import annotations
 
@@ -17,18 +19,28 @@ from llmops.errors import RequestCancelled
 T = TypeVar("T")
 
 
+WATCH_AFTER_S = 0.05  # a request done sooner never starts a watcher; a disconnect is seen at most this late
+
+
 class _Watcher:
-    __slots__ = ("left", "task")
+    __slots__ = ("left", "request", "task", "work")
 
-    def __init__(self, request: Request, work_task: asyncio.Task[Any]) -> None:
-        self.left = False
-        self.task = asyncio.ensure_future(self._watch(request, work_task))
+    def __init__(self, request: Request, work: asyncio.Task[Any]) -> None:
+        self.request, self.work, self.left = request, work, False
+        self.task: asyncio.Task[None] | None = None
 
-    async def _watch(self, request: Request, work_task: asyncio.Task[Any]) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
             pass
         self.left = True
-        work_task.cancel()
+        self.work.cancel()
+
+    def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -37,6 +49,7 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
     if current is None:  # pragma: no cover - always called from a task
         return await work
     watcher = _Watcher(request, current)
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watcher.start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -44,5 +57,5 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
             raise RequestCancelled("the client disconnected") from None
         raise
     finally:
-        if not watcher.task.done():
-            watcher.task.cancel()
+        timer.cancel()
+        watcher.stop()
