@@ -274,7 +274,7 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
                 continue
             left = a.budget_s - report.elapsed()
             box = min(float(caps.get(phase.name, phase.cap_s)), left)
-            reason = skip_reason(phase, llmops, done, box)
+            reason = skip_reason(phase, llmops, done, left)
             if reason:
                 for name in phase.rows:
                     report.add(name, status=reason)
@@ -294,13 +294,13 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
     return report
 
 
-def skip_reason(phase: Phase, llmops: bool, done: dict[str, str], box: float) -> str:
+def skip_reason(phase: Phase, llmops: bool, done: dict[str, str], left: float) -> str:
     if phase.needs_llmops and not llmops:
         return "skipped: llmops' server dependencies (fastapi, uvicorn, pydantic, structlog) are not importable"
     if phase.name == "llmops-warm" and done.get("llmops-cold") != "done":
         return "not run: the cold start did not finish, so there is no complete compile cache to reuse"
-    if box < 15:
-        return f"not started: {max(box, 0):.0f} s of the budget left"
+    if left < 15:
+        return f"not started: {max(left, 0):.0f} s of the budget left"
     return ""
 
 
@@ -509,7 +509,8 @@ def phase_llmops(s: Settings, compiled: bool, label: str) -> None:
         startup = {"ready_s": server.ready_s}
         if compiled:
             compile_s = float(ready.get("compile_s", 0.0))
-            startup.update(compile_s=compile_s, load_s=server.ready_s - compile_s, compiled_sizes=s.compile_sizes or f"1..{s.big_batch}")
+            startup.update(compile_s=compile_s, load_s=server.ready_s - compile_s,
+                           compiled_sizes=s.compile_sizes or f"1..{s.big_batch}")
         emit("stage", "llmops: first request (2 steps)")
         _post(server.base, {**body, "num_inference_steps": 2})  # the first request's own costs
         emit("stage", f"llmops: {s.repeats} sequential requests")
