@@ -1,16 +1,21 @@
 """Images on a GPU, in one run (issue 14's table): Stable Diffusion 1.5 geometry with random weights (timing
 does not depend on weight values), fp16, 512x512, 50 steps.
 
-Next GPU session, ready to run (one device call, ~9 minutes; the device machine has python3 with torch,
-transformers, pillow, numpy, safetensors, huggingface-hub, prometheus-client, pyyaml, httpx, jinja2, but not
-diffusers nor llmops' server deps, which travel as wheels):
+Next GPU session, ready to run (one device call of ~9.7 minutes: this bench, then tests/gpu in what is left).
+The device tool sends the checkout the session was started in (this file must be there) and runs in its
+root; that machine has python3 with torch, transformers, pillow, numpy, pytest, prometheus-client, pyyaml,
+httpx, but not diffusers nor llmops' server deps, which travel as wheels:
 
-    bash bench/gpu_wheels.sh          # HERE, once: wheels into .whl/ (git-ignored), about 20 MiB
-    device run  carry=[".whl"]  timeout_s=590  command=
+    bash bench/gpu_wheels.sh          # HERE, once, in that checkout: wheels into .whl/ (git-ignored), 11 MiB
+    device run  carry=[".whl"]  timeout_s=595  command=
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-      && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && timeout -k 15 565 python3 bench/gpu_images.py --out $OUT
-    then copy files_at/gpu_images.md over bench/results/gpu_images-h200.md and add how it ran; the phase logs
-    (files_at/*.log: each phase's output with its llmops server's log) say where a stalled row stopped.
+      && export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 || exit 1; nvidia-smi -L;
+      timeout -k 15 540 python3 bench/gpu_images.py --out $OUT --budget-s 520;
+      left=$((585 - SECONDS)); [ $left -gt 60 ] && timeout -k 5 $left python3 -m pytest tests/gpu -p
+      no:cacheprovider -W ignore::pytest.PytestConfigWarning -rA -s 2>&1 | tee $OUT/tests_gpu.log
+    (one line; pytest-asyncio is not carried: tests/gpu needs none, and -W quiets its unknown ini keys). Then
+    copy files_at/gpu_images.md over bench/results/gpu_images-h200.md and add how it ran; the phase logs
+    (files_at/<phase>.log: each phase's output with its llmops server's log) say where a stalled row stopped.
 
 The run is a stdlib-only parent that starts each phase as its own process (own process group), time-boxed,
 in this order, cheapest and most informative first:
@@ -31,16 +36,16 @@ is written as "not finished after N s" / "failed" with the stage it had reached 
 phase and the last compile warm-up line of the server's log), and the phase's log tail is printed; every
 phase's output, its llmops server's log included, is kept as OUT/<phase>.log. Every figure is written to
 OUT/gpu_images.json and .md as soon as it exists. The device tool returns at most 8 files from $OUT: these
-are 7 (json, md, 5 logs).
+are 7 (json, md, 5 logs), and tests_gpu.log the 8th.
 
 Batch sizes compiled by llmops here: 1 and 4 (`compile_batch_sizes: [1, 4]`), not the option's default
 1..max_batch_size. Each batch size is its own static graph, ~50-70 s cold on an H200 (issue 14's table), so
 the default 1..4 alone would take ~250 s of cold start, which with the other rows does not fit one ~9-minute
 call. The bench's traffic forms only those two sizes (sequential requests are batches of 1; 8 concurrent
 requests coalesce into 2 batches of 4, which each row checks through the pipeline-call count in /ready and
-reports as `batches`). The cold start of the default four sizes is about this row's compile_s plus the
-per-size seconds of sizes 2 and 3, which the server log (OUT/llmops-cold.log, "compile warm-up" lines) shows
-per size; `--compile-sizes all` measures it instead when the time is there. The cold row never reuses any
+reports as `batches`). The cold start of the default four sizes is about this row's compile_s plus two
+more sizes at the per-size seconds the server log shows for 1 and 4 (OUT/llmops-cold.log, "compile warm-up"
+lines); `--compile-sizes all` measures it instead when the time is there. The cold row never reuses any
 cache: the bare compiled rows use their own folder, and TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR are
 removed from every llmops server's environment so its configured folder is the one used.
 
@@ -57,6 +62,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -210,15 +216,15 @@ class PhaseRun:
         return "done" if rc == 0 else f"failed (exit {rc})"
 
     def kill(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(15)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        """SIGTERM the phase's process group (its llmops server too), then SIGKILL what is left of it: a
+        server stopped mid-compile may not exit on SIGTERM, and it holds the GPU and the port."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def where(self) -> str:
         return f"stage: {self.stage}" + (f"; last engine line: {self.engine_line}" if self.engine_line else "")
@@ -239,7 +245,7 @@ def run_phase(report: Report, phase: Phase, argv: list[str], env: dict[str, str]
     run = PhaseRun(report, phase, argv, env)
     current[:] = [run]
     status = run.wait(box_s)
-    current.clear()
+    current.clear()  # (a SIGTERM during wait leaves it set: the handler names its stage)
     if status != "done":
         print(f"== phase {phase.name} {status} ({run.where()}); last lines of {run.log.name}:", flush=True)
         print("\n".join(run.tail), flush=True)
@@ -268,10 +274,9 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
 
     signal.signal(signal.SIGTERM, stop)
     done: dict[str, str] = {}
+    selected = [p for p in phases(s) if wanted is None or p.name in wanted]
     try:
-        for phase in phases(s):
-            if wanted is not None and phase.name not in wanted:
-                continue
+        for phase in selected:
             left = a.budget_s - report.elapsed()
             box = min(float(caps.get(phase.name, phase.cap_s)), left)
             reason = skip_reason(phase, llmops, done, left)
@@ -286,10 +291,14 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
                 argv += ["--plain-ready-s", str(plain["ready_s"])]
             done[phase.name] = run_phase(report, phase, argv, env, box, current)
     except SystemExit:
-        for phase in phases(s):
+        for r in current:
+            print(f"== stopped during phase {r.phase.name} ({r.where()}); its last lines:", flush=True)
+            print("\n".join(r.tail), flush=True)
+        for phase in selected:
+            where = next((f" ({r.where()}; log: {phase.name}.log)" for r in current if r.phase == phase), "")
             for name in phase.rows:
                 if report.row(name) is None:
-                    report.add(name, status=f"not finished: the run was stopped at {report.elapsed():.0f} s")
+                    report.add(name, status=f"not finished: the run was stopped at {report.elapsed():.0f} s{where}")
         raise
     return report
 
