@@ -27,11 +27,12 @@ def test_fp16_diffusion_on_gpu(tmp_path: Any) -> None:
                                               "options": {"model": "builtin:tiny-sd", "safety_checker": False,
                                                           "attention_slicing": True, "vae_slicing": True}}])
     with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        for _ in range(600):
-            ready = c.get("/ready").json()["models"]["tiny-sd"]
-            if ready["state"] != "loading":
-                break
+        deadline = time.monotonic() + 300  # a fresh machine builds tiny-sd and initialises CUDA first
+        while (ready := c.get("/ready").json()["models"]["tiny-sd"])["state"] == "loading":
+            assert time.monotonic() < deadline, ready
             time.sleep(0.1)
+        # "failed" here was diffusers' steps_offset FutureWarning (an error under the project's warning filter)
+        # raised while building tiny-sd; tiny_sd.py builds with steps_offset=1 and tests/model checks it
         assert ready["state"] == "ready", ready
         assert (ready["device"], ready["dtype"]) == ("cuda", "float16")
         assert ready["gpu_memory_allocated_bytes"] > 0
@@ -82,6 +83,9 @@ def test_tiny_sd_timings_on_gpu(tmp_path: Any) -> None:
     asyncio.run(run())
 
 
+# inductor warns when a graph it compiles has a float32 matmul and TF32 is off; tiny-sd here is fp16, but the
+# warning is advice, not a fault, and the project's filter would turn it into a failure
+@pytest.mark.filterwarnings("ignore:TensorFloat32 tensor cores:UserWarning")
 def test_compiled_tiny_sd_serves_its_warmed_batch_sizes_without_compiling(tmp_path: Any) -> None:
     """The compile option compiles and records every configured batch size before ready: serving them
     adds no graph. Timings printed for the record, never asserted."""

@@ -81,12 +81,17 @@ def compile_pipeline(pipe: Any, plan: CompilePlan) -> float:
 
 
 def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guidance_scale: float) -> None:
-    """Run every batch size enough times for its graph to be compiled and recorded."""
+    """Run every batch size enough times for its graph to be compiled and recorded, logging each size's
+    seconds (a slow or stalled start shows in the log which size it had reached)."""
     import torch
 
-    for size in batch_sizes:
+    for n, size in enumerate(batch_sizes, 1):
+        log.info("compile warm-up: batch size %d (%d of %d) starting", size, n, len(batch_sizes))
+        started = time.perf_counter()
         for _ in range(WARMUP_CALLS):
             with torch.inference_mode():
                 pipe(prompt=["warm-up"] * size, negative_prompt=[""] * size, num_inference_steps=WARMUP_STEPS,
                      guidance_scale=guidance_scale, width=width, height=height,
                      generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)])
+        log.info("compile warm-up: batch size %d (%d of %d) done in %.1f s", size, n, len(batch_sizes),
+                 time.perf_counter() - started)
