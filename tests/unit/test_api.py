@@ -167,3 +167,26 @@ def test_request_id_round_trip(client: TestClient) -> None:
 def test_body_limit(client: TestClient) -> None:
     big = "x" * 1_100_000
     assert_error(chat(client, messages=[{"role": "user", "content": big}]), 413)
+
+
+def test_edge_refusals_under_v2_use_its_envelope(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """413, 431, a lone surrogate's 400 and a 500 the edge answers itself: {"error": msg} under /v2, as
+    every other /v2 error, and still the OpenAI envelope under /v1."""
+    infer, json_type = "/v2/models/fake/infer", {"content-type": "application/json"}
+    too_large = client.post(infer, content=b"{}", headers={**json_type, "content-length": str(10**9)})
+    many = client.post(infer, json={}, headers={f"x-h{i}": "1" for i in range(120)})
+    surrogate = client.post(infer, content=b'{"inputs": "\\ud800"}', headers=json_type)
+    for resp, status in ((too_large, 413), (many, 431), (surrogate, 400)):
+        assert resp.status_code == status
+        assert resp.headers["connection"] == "close"
+        assert isinstance(resp.json()["error"], str), resp.text
+    assert_error(client.post(CHAT, content=b"{}", headers={**json_type, "content-length": str(10**9)}), 413)
+
+    async def broken(scope: Any) -> None:
+        raise RuntimeError("edge bug")
+
+    monkeypatch.setattr(client.app.entry.auth, "check", broken)  # type: ignore[attr-defined]
+    v2 = client.get("/v2/models/fake")
+    assert v2.status_code == 500
+    assert isinstance(v2.json()["error"], str)
+    assert_error(client.get("/v1/models"), 500)

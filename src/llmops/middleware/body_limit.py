@@ -10,7 +10,14 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from llmops.errors import HeadersTooLarge, InvalidRequest, LLMOpsError, PayloadTooLarge, error_response_parts
+from llmops.errors import (
+    HeadersTooLarge,
+    InvalidRequest,
+    LLMOpsError,
+    PayloadTooLarge,
+    error_format,
+    error_response_parts,
+)
 from llmops.protocol.validation import lone_surrogate_field
 
 BODYLESS = ("GET", "HEAD", "OPTIONS", "DELETE")
@@ -74,5 +81,6 @@ def replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 async def reject(exc: LLMOpsError, scope: Scope, receive: Receive, send: Send) -> None:
-    status, body, headers = error_response_parts(exc)
+    """`exc` in the path's envelope (OpenAI; V2 under /v2), closing the connection."""
+    status, body, headers = error_response_parts(exc, error_format(scope["path"]))
     await JSONResponse(body, status_code=status, headers={**headers, "Connection": "close"})(scope, receive, send)

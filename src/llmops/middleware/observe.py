@@ -7,8 +7,8 @@ or "OTHER", the route is the matched route's template or "unmatched", the status
 when the client left before its request was read whole: nobody saw an answer).
 
 An exception that escapes the app is logged once here (a plain traceback, no locals) and answered 500 in
-the OpenAI envelope; it is never re-raised to uvicorn, which would close the keep-alive connection under
-the client's next request (and log the traceback a second time).
+the path's envelope (OpenAI; V2 under /v2); it is never re-raised to uvicorn, which would close the
+keep-alive connection under the client's next request (and log the traceback a second time).
 
 `Responder` is the edge's one `send` wrapper: it notes the status for the metrics and the log, and adds
 the headers the edge owes every response (X-Request-Id, the rate-limit headers)."""
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from llmops.errors import internal_error
+from llmops.errors import error_format, internal_error
 from llmops.http_edge import error_response, log_fields
 from llmops.observability.logging import request_logger
 from llmops.observability.metrics import Metrics
@@ -82,7 +82,7 @@ class Observer:
                 if out.sent == "started":  # half a response is out: only closing the connection can tell
                     raise
                 if out.sent == "none":
-                    await error_response(internal_error(exc))(scope, receive, out)
+                    await error_response(internal_error(exc), fmt=error_format(scope["path"]))(scope, receive, out)
             finally:
                 span.set_attribute("http.status_code", out.status)
                 self._record(scope, out.status, time.perf_counter() - started)
