@@ -4,10 +4,10 @@ switched off, through FastAPI alone, and the answers compared."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -97,10 +97,14 @@ def test_a_route_of_another_shape_is_refused_at_start() -> None:
     async def with_query(body: _Body, request: Request, q: int = 0) -> JSONResponse:
         return JSONResponse({})
 
+    @router.post("/embedded")
+    async def embedded(body: Annotated[_Body, Body(embed=True)], request: Request) -> JSONResponse:
+        return JSONResponse({})
+
     @router.post("/returns-model")
     async def returns_model(body: _Body, request: Request) -> _Body:
         return body
 
-    for path in ("/with-query", "/returns-model", "/absent"):
+    for path in ("/with-query", "/embedded", "/returns-model", "/absent"):
         with pytest.raises(ValueError, match=path):
             direct_routes(router.routes, [path], Metrics())

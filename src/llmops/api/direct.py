@@ -102,6 +102,8 @@ def _shape(route: APIRoute) -> tuple[type[BaseModel], str, str]:
     if d.background_tasks_param_name or d.response_param_name or d.websocket_param_name:
         raise ValueError(f"{route.path}: a direct route takes one JSON body and the Request, nothing else")
     field = d.body_params[0]
+    if getattr(field.field_info, "embed", False) or field.alias != field.name:  # FastAPI wants {"name": {...}}
+        raise ValueError(f"{route.path}: a direct route's body is the whole JSON object (no embed, no alias)")
     model = field.field_info.annotation
     returns = typing.get_type_hints(route.endpoint).get("return")
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
