@@ -206,7 +206,7 @@ def main() -> int:
     p.add_argument("--targets", default="bare-llamacpp,llmops-llamacpp,llama-cpp-python,guide-sequential,"
                                         "litserve-guide,llmops-transformers")
     p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, concurrency))")
+    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(8, concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slots", type=int, default=16)
@@ -233,7 +233,7 @@ def main() -> int:
         "startup_s": {}, "results": []}
     names = a.targets.split(",")
     for repeat in range(a.repeats):
-        plan = Plan(levels, lambda c: a.requests or max(4, c), a.max_tokens, list(filter(None, a.modes.split(","))),
+        plan = Plan(levels, lambda c: a.requests or max(8, c), a.max_tokens, list(filter(None, a.modes.split(","))),
                     repeat, a.temperature)
         for name in names if repeat % 2 == 0 else names[::-1]:  # A,B then B,A: neither always goes first
             startup, results = measure(known[name], plan, a.port, tmp)
