@@ -63,11 +63,14 @@ bench-overhead: setup
 	$(PY) -m bench.overhead --repeats $(REPEATS) --out bench/results
 
 # Where the gateway's per-token time goes (py-spy, GIL-holding samples) at 16 and 64 streams, on Gemma and
-# on the fake engine (the gateway alone): bench/results/profile.md, profile-fake.md
+# on the fake engine (the gateway alone): bench/results/profile.md, profile-fake.md; and per request (fake engine,
+# one token, 16-way, non-streaming): profile-request.md
 bench-profile: setup
 	$(PY) -m bench.profile_tokens --out bench/results --name profile --concurrency 16,64
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-fake --engine fake --concurrency 16,64 \
 		--requests 256
+	$(PY) -m bench.profile_tokens --out bench/results --name profile-request --engine fake --mode json \
+		--max-tokens 1 --concurrency 16 --requests 4000 --rate 1000
 
 # On a GPU machine (torch + diffusers + transformers; the llmops rows need the project installed too):
 # issue 14's image table in one run of at most ~10 minutes, every figure written as soon as it exists.

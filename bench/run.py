@@ -200,13 +200,20 @@ def measure(target: Target, plan: Plan, port: int, tmp: Path) -> tuple[float, li
     return startup, results
 
 
+def per_level(concurrency: int) -> int:
+    """Requests per level: two waves where that stays short (one noisy moment cannot decide a level), at
+    least 8 for a single stream, one wave at 64 concurrent (already 4096 tokens)."""
+    return min(max(8, 2 * concurrency), max(concurrency, 64))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results")
     p.add_argument("--targets", default="bare-llamacpp,llmops-llamacpp,llama-cpp-python,guide-sequential,"
                                         "litserve-guide,llmops-transformers")
     p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(8, concurrency))")
+    p.add_argument("--requests", type=int, default=0,
+                   help="requests per level (default: twice the concurrency, at least 8; 64 at most above 32)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slots", type=int, default=16)
@@ -233,7 +240,7 @@ def main() -> int:
         "startup_s": {}, "results": []}
     names = a.targets.split(",")
     for repeat in range(a.repeats):
-        plan = Plan(levels, lambda c: a.requests or max(8, c), a.max_tokens, list(filter(None, a.modes.split(","))),
+        plan = Plan(levels, lambda c: a.requests or per_level(c), a.max_tokens, list(filter(None, a.modes.split(","))),
                     repeat, a.temperature)
         for name in names if repeat % 2 == 0 else names[::-1]:  # A,B then B,A: neither always goes first
             startup, results = measure(known[name], plan, a.port, tmp)
