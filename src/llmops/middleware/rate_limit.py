@@ -99,9 +99,11 @@ class RateLimiter:
             self._releases.spawn(self.counters.release(admission.key_id, admission.holder))
 
     async def _requests(self, scope: Scope, key: ApiKey | None) -> Decision | None:
-        subject, rpm = (f"key:{key.id}", key.limits.rpm) if key is not None else (
-            f"ip:{client_ip(scope, self.trusted)}", self.anonymous_rpm)
-        return None if rpm is None else await self.counters.hit_requests(subject, rpm)
+        rpm = key.limits.rpm if key is not None else self.anonymous_rpm
+        if rpm is None:
+            return None
+        subject = f"key:{key.id}" if key is not None else f"ip:{client_ip(scope, self.trusted)}"
+        return await self.counters.hit_requests(subject, rpm)
 
     async def _hold(self, key: ApiKey | None) -> str | None:
         """An in-flight place for a key with `max_concurrent`, or 429 when they are all taken."""
