@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from llmops.engines.tiny_resnet import digits
-from tests.helpers import encode_image, eventually, tool
+from tests.helpers import encode_image, eventually, free_port, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -332,3 +332,36 @@ def test_down_then_up_keeps_keys_and_spend(stack: Stack) -> None:
     assert after is not None
     assert after["requests"] == before["requests"]
     assert after["cost_usd"] == before["cost_usd"]
+
+
+def test_one_container_runs_read_only_with_only_a_tmpfs() -> None:
+    """`docker run --read-only --tmpfs /tmp llmops:cpu`, no volume named: the state folder is the image's own
+    volume, so keys and spend can be written; every default model loads and a chat request is answered."""
+    port = free_port()
+    name = f"{PROJECT}-readonly"
+    subprocess.run(["docker", "run", "-d", "--rm", "--read-only", "--tmpfs", "/tmp", "--name", name,
+                    "-p", f"127.0.0.1:{port}:8000", "-e", "LLMOPS_INSECURE_NO_AUTH=true", "llmops:cpu"],
+                   capture_output=True, text=True, check=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        until("/ready 200 on the read-only container",
+              lambda: httpx.get(url + "/ready", timeout=5).status_code == 200, timeout=240)
+        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as client:
+            out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi."}],
+                                                 max_tokens=4)
+        assert out.usage is not None
+        assert out.usage.completion_tokens > 0
+        count = ["python", "-c", "import sqlite3; print(sqlite3.connect("
+                 "'/home/llmops/.local/share/llmops/llmops.db').execute('SELECT COUNT(*) FROM llmops_spend')"
+                 ".fetchone()[0])"]
+
+        def spend_rows() -> int:
+            done = subprocess.run(["docker", "exec", name, *count], capture_output=True, text=True, check=True)
+            return int(done.stdout.strip())
+
+        until("the request's spend written to the state volume", spend_rows, timeout=30)
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+        assert "Read-only file system" not in logs
+        assert "loading model failed" not in logs
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmops.app import create_app
+from llmops.errors import ConfigError
 from llmops.settings import StateSettings, load_settings
 from llmops.stores import build_state
 from llmops.stores.ledger import SpendEntry, SqliteLedger, day_of
@@ -195,3 +197,21 @@ def test_the_server_keeps_serving_when_spend_cannot_be_written(
     assert len(ledger_log.lines) == 1
     assert "database is locked" in ledger_log.lines[0]
     assert rows_in(path) == 1  # the second request's spend, written when the server closed
+
+
+def test_an_unwritable_state_path_is_a_config_error_naming_the_way_out(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores the mode: make the folder a file instead
+            locked.chmod(0o700)
+            locked.rmdir()
+            locked.write_text("not a folder")
+        with pytest.raises(ConfigError) as raised:
+            SqliteDb(locked / "sub" / "llmops.db")
+        assert "LLMOPS_STATE__SQLITE_PATH" in raised.value.message
+        assert "volume" in raised.value.message
+    finally:
+        if locked.is_dir():
+            locked.chmod(0o700)

@@ -10,18 +10,26 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llmops.errors import ConfigError
+
 
 class SqliteDb:
     def __init__(self, path: str | Path) -> None:
         target = str(path)
-        if target != ":memory:":
-            file = Path(target).expanduser()
-            file.parent.mkdir(parents=True, exist_ok=True)
-            target = str(file)
-        self._db = sqlite3.connect(target, timeout=5, check_same_thread=False, isolation_level=None)
+        try:
+            if target != ":memory:":
+                file = Path(target).expanduser()
+                file.parent.mkdir(parents=True, exist_ok=True)
+                target = str(file)
+            self._db = sqlite3.connect(target, timeout=5, check_same_thread=False, isolation_level=None)
+            if target != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:  # a read-only filesystem (a container), a missing permission
+            raise ConfigError(
+                f"state.sqlite_path {target}: cannot open it for writing ({exc}). Keys and spend live there: "
+                "mount a writable volume at its folder, point LLMOPS_STATE__SQLITE_PATH at a writable path, or "
+                "use state.backend memory (nothing kept) or redis") from None
         self._lock = threading.Lock()
-        if target != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
 
     def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
