@@ -192,16 +192,23 @@ class PhaseRun:
             self.log.write(line)
             self.log.flush()
             self.tail.append(line.rstrip("\n"))
-            if line.startswith("@row "):
-                figures = json.loads(line[5:])
-                self.report.add(figures.pop("run"), **figures)
-            elif line.startswith("@meta "):
-                self.report.meta.update(json.loads(line[6:]))
-                self.report.write()
-            elif line.startswith("@stage "):
-                self.stage = line[7:].strip()
-            elif "compile warm-up" in line:
-                self.engine_line = line.strip()[-200:]
+            try:
+                self._take(line)
+            except ValueError as exc:  # never let one unreadable line stop the reading (the rows after it)
+                print(f"== unreadable protocol line ({exc}): {line[:300]!r}", flush=True)
+
+    def _take(self, line: str) -> None:
+        """A protocol line starts its line, unless another process's unterminated output came first."""
+        if (at := line.find("@row ")) >= 0:
+            figures = json.loads(line[at + 5:])
+            self.report.add(figures.pop("run"), **figures)
+        elif (at := line.find("@meta ")) >= 0:
+            self.report.meta.update(json.loads(line[at + 6:]))
+            self.report.write()
+        elif (at := line.find("@stage ")) >= 0:
+            self.stage = line[at + 7:].strip()
+        elif "compile warm-up" in line:
+            self.engine_line = line.strip()[-200:]
 
     def wait(self, box_s: float) -> str:
         """'done', 'not finished after N s', or 'failed (exit N)'."""
@@ -315,7 +322,12 @@ def skip_reason(phase: Phase, llmops: bool, done: dict[str, str], left: float) -
 
 # the phases' own processes: torch, diffusers, transformers ----------------------------------------------
 def emit(kind: str, payload: Any) -> None:
-    print(f"@{kind} {payload if isinstance(payload, str) else json.dumps(payload)}", flush=True)
+    """One protocol line to the parent, written with one write(2) after flushing what print left: the phase's
+    llmops server shares this stdout, and `print` writes the text and its newline separately, so a server log
+    line landing between the two glued itself onto a row, which the parent then could not read."""
+    line = f"@{kind} {payload if isinstance(payload, str) else json.dumps(payload)}\n".encode()
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), line)  # atomic on a pipe below PIPE_BUF (4096 bytes); rows are far smaller
 
 
 def row(run: str, **figures: Any) -> None:

@@ -35,8 +35,8 @@ def dry_run(out: Path, *args: str) -> tuple[dict[str, dict[str, Any]], str]:
 
 def test_dry_run_writes_every_row_and_every_log(tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
-    # the GPU caps are sized for an H200; on a cold, busy CI machine the first imports of torch and diffusers
-    # alone can take a phase past them, which is not what this test is about
+    # the GPU caps are sized for an H200; a busy CI machine can take a phase past them, which is not what
+    # this test is about
     roomy = [arg for phase in PHASES for arg in ("--cap", f"{phase}=240")]
     rows, _ = dry_run(tmp_path, "--budget-s", "1200", *roomy)
     assert list(rows) == ROWS
