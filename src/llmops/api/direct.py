@@ -29,13 +29,13 @@ Endpoint = Callable[..., Coroutine[Any, Any, Response]]
 _UNPARSED_BODY = "request body is not valid JSON"
 
 
-def invalid_request(errors: Iterable[Any], unparsed: str | None = None) -> InvalidRequest:
+def invalid_request(errors: Iterable[Any]) -> InvalidRequest:
     """A 400 naming the first problem pydantic (or FastAPI) found in a body."""
     first = next(iter(errors), None)
     if first is None:
         return InvalidRequest("invalid request")
     if first.get("type") == "json_invalid":
-        return InvalidRequest(f"{_UNPARSED_BODY}: {unparsed or first.get('msg', '')}")
+        return InvalidRequest(f"{_UNPARSED_BODY}: {first.get('msg', '')}")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     if first.get("type") == "missing":
