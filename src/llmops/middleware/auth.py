@@ -11,6 +11,8 @@ without keys)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from starlette.types import Scope
@@ -29,19 +31,41 @@ from llmops.http_edge import (
 from llmops.observability.metrics import Metrics
 from llmops.stores.keys import KeyStore, verify
 
+log = logging.getLogger("llmops.auth")
+
 
 class Authenticator:
     def __init__(self, store: KeyStore, metrics_require_key: bool, metrics: Metrics, refresh_s: float = 1.0) -> None:
         self.store, self.metrics, self.refresh_s = store, metrics, refresh_s
         self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
-        self._active: tuple[float, int] = (0.0, 0)
+        self._active: tuple[float, int] = (0.0, 0)  # (time.monotonic() when counted, keys in the store)
+        self._recount: asyncio.Future[int] | None = None
 
     async def _any_keys(self) -> bool:
+        """Whether the store holds any key, re-read every `refresh_s` (keys created by the CLI show up this
+        soon). One re-read at a time, and requests do not wait for it: they go by the last count while it
+        runs (else every request arriving meanwhile would send its own query, and all of them wait for a
+        store busy writing spend). Only before the first count do requests wait, for that one query."""
         checked_at, count = self._active
-        if time.monotonic() - checked_at >= self.refresh_s:  # keys created by the CLI show up this soon
-            count = await self.store.key_count()
-            self._active = (time.monotonic(), count)
+        if time.monotonic() - checked_at >= self.refresh_s:
+            if self._recount is None:
+                self._recount = asyncio.ensure_future(self._count())
+                self._recount.add_done_callback(self._counted)
+            if not checked_at:
+                return await asyncio.shield(self._recount) > 0
         return count > 0
+
+    async def _count(self) -> int:
+        count = await self.store.key_count()
+        self._active = (time.monotonic(), count)
+        return count
+
+    def _counted(self, task: asyncio.Future[int]) -> None:
+        self._recount = None
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self._active[0]:  # a re-read failed: the last count stands, the next retries
+            log.warning("could not re-read whether any API key exists (%s: %s); going by the last count",
+                        type(error).__name__, error)
 
     def exempt(self, scope: Scope) -> bool:
         path: str = scope["path"]
