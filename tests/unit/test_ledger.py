@@ -26,21 +26,21 @@ from tests.helpers import write_config
 
 
 class Batches:
-    """Wraps a db's `run_many` to count the hops and their sizes; `hold` makes the next call wait."""
+    """Wraps a db's `insert_many` to count the hops and their sizes; `hold` makes the next call wait."""
 
     def __init__(self, db: SqliteDb, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
         self.entered, self.release = threading.Event(), threading.Event()
         self.release.set()
-        run_many = db.run_many
+        insert_many = db.insert_many
 
         def counted(sql: str, rows: list[tuple[Any, ...]]) -> None:
             self.sizes.append(len(rows))
             self.entered.set()
             assert self.release.wait(30)
-            run_many(sql, rows)
+            insert_many(sql, rows)
 
-        monkeypatch.setattr(db, "run_many", counted)
+        monkeypatch.setattr(db, "insert_many", counted)
 
     def hold(self) -> None:
         self.entered.clear()
@@ -143,15 +143,15 @@ def test_a_failed_batch_is_logged_and_counted_and_the_next_is_written(
         errors: list[str] = []
         db = SqliteDb(tmp_path / "s.db")
         ledger = SqliteLedger(db, on_error=errors.append)
-        run_many = db.run_many
+        insert_many = db.insert_many
         calls = 0
 
         def fail_once(sql: str, rows: list[tuple[Any, ...]]) -> None:
             nonlocal calls
             calls += 1  # the first batch fails after its first row: none of it may stay
-            run_many(sql, [*rows[:1], ("too", "few")] if calls == 1 else rows)
+            insert_many(sql, [*rows[:1], ("too", "few")] if calls == 1 else rows)
 
-        monkeypatch.setattr(db, "run_many", fail_once)
+        monkeypatch.setattr(db, "insert_many", fail_once)
         for key in ("a", "b", "a"):
             await ledger.record(entry(key, 0.5))
         assert await ledger.key_spend("a", 0) == 0.0  # that batch is lost, and said so
@@ -175,15 +175,15 @@ def test_the_server_keeps_serving_when_spend_cannot_be_written(
                                              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}],
                        state={"backend": "sqlite"})
     monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(path))  # the tests' session sets it; it wins over the file
-    run_many, calls = SqliteDb.run_many, []
+    insert_many, calls = SqliteDb.insert_many, []
 
     def fail_first(self: SqliteDb, sql: str, rows: list[tuple[Any, ...]]) -> None:
         calls.append(len(rows))
         if len(calls) == 1:
             raise sqlite3.OperationalError("database is locked")
-        run_many(self, sql, rows)
+        insert_many(self, sql, rows)
 
-    monkeypatch.setattr(SqliteDb, "run_many", fail_first)
+    monkeypatch.setattr(SqliteDb, "insert_many", fail_first)
     body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hello"}]}
     with TestClient(create_app(load_settings(cfg))) as c:
         failed = 'llmops_state_store_errors_total{op="spend_record"} 1.0'

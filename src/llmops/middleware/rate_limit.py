@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from starlette.types import Scope
 
 from llmops.errors import LLMOpsError, RateLimited
 from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, Refusal, api_key, browser_page
+from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
@@ -109,7 +109,7 @@ class RateLimiter:
         """An in-flight place for a key with `max_concurrent`, or 429 when they are all taken."""
         if key is None or key.limits.max_concurrent is None:
             return None
-        holder = uuid.uuid4().hex
+        holder = unique_hex()
         if not await self.counters.acquire(key.id, key.limits.max_concurrent, holder, HOLD_TTL_S):
             error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
             self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")

@@ -4,15 +4,16 @@ response (the edge adds it to the answer's headers) and kept in `scope["state"][
 from __future__ import annotations
 
 import re
-import uuid
 
 from starlette.types import Scope
+
+from llmops.ids import unique_hex
 
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def assign_request_id(scope: Scope) -> str:
     given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-    request_id = given if _SANE.match(given) else uuid.uuid4().hex
+    request_id = given if _SANE.match(given) else unique_hex()
     scope.setdefault("state", {})["request_id"] = request_id
     return request_id

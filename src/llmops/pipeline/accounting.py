@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
+from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings
@@ -168,7 +168,7 @@ class Accountant:
         """Check and reserve in the shared store, atomically for every replica; None when the store is
         unreachable and fails open (then each replica holds its own reservations, as one process does)."""
         assert self.state.budgets is not None
-        holder = uuid.uuid4().hex
+        holder = unique_hex()
         ttl = charge.model.limits.max_deadline_s + SETTLE_MARGIN_S
         budgets = self.state.budgets
         try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage, ToolCallDelta
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
+from llmops.ids import unique_hex
 from llmops.pipeline import chat_controls
 from llmops.protocol.common import SamplingFields, Usage
 from llmops.settings import ModelConfig
@@ -18,7 +18,7 @@ log = logging.getLogger("llmops.api")
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{unique_hex()}"
 
 
 def now() -> int:

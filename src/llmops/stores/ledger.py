@@ -102,7 +102,7 @@ _SCHEMA = (
 )
 
 
-_INSERT = "INSERT INTO llmops_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO llmops_spend VALUES"
 
 
 def _row(e: SpendEntry) -> tuple[Any, ...]:
@@ -169,7 +169,7 @@ stay a few dozen a second however many requests settle. Reads first wait until
 
     async def _write(self, batch: list[SpendEntry]) -> None:
         try:
-            await asyncio.to_thread(self._db.run_many, _INSERT, [_row(e) for e in batch])
+            await asyncio.to_thread(self._db.insert_many, _INSERT, [_row(e) for e in batch])
         except Exception as exc:  # never the server's problem; the lost spend is said, once per batch
             self._on_error("spend_record")
             log.error("could not write %d spend entries ($%.6f in all, keys %s) to SQLite: %s: %s; they are lost",

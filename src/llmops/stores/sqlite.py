@@ -12,6 +12,8 @@ from typing import Any
 
 from llmops.errors import ConfigError
 
+ROWS_PER_STATEMENT = 2048  # rows in one INSERT at most (and within SQLite's limit on a statement's variables)
+
 
 class SqliteDb:
     def __init__(self, path: str | Path) -> None:
@@ -30,22 +32,41 @@ class SqliteDb:
                 "mount a writable volume at its folder, point LLMOPS_STATE__SQLITE_PATH at a writable path, or "
                 "use state.backend memory (nothing kept) or redis") from None
         self._lock = threading.Lock()
+        self._max_vars = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """`sql` once per row, all in one transaction: every row is written, or none."""
+    def insert_many(self, insert: str, rows: list[tuple[Any, ...]]) -> None:
+        """`insert` ("INSERT INTO t VALUES", without the values) for every row, atomically: every row is
+        written, or none. The rows go in one multi-row statement (its own transaction), or, past SQLite's
+        limit on a statement's variables, in several inside one transaction. Each statement is one hop of
+        the GIL: the sqlite3 module releases it around every step, so a statement per row (executemany)
+        made this thread and the event loop trade the GIL once per row, which on a busy server cost more
+        CPU than the writing."""
+        if not rows:
+            return
+        width = len(rows[0])
+        per = max(1, min(ROWS_PER_STATEMENT, self._max_vars // width))
+        parts = [rows[i:i + per] for i in range(0, len(rows), per)]
         with self._lock:
+            if len(parts) == 1:
+                self._insert(insert, width, parts[0])
+                return
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(sql, rows)
+                for part in parts:
+                    self._insert(insert, width, part)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # a failed COMMIT (the file busy) leaves it open too
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _insert(self, insert: str, width: int, rows: list[tuple[Any, ...]]) -> None:
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(rows))
+        self._db.execute(f"{insert} {values}", [v for row in rows for v in row])
 
     async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self.run, sql, args)
