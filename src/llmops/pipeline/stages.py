@@ -148,8 +148,12 @@ def authorize(key: ApiKey | None, model: str) -> None:
 
 
 async def input_guardrails(services: Services, call: Call) -> None:
-    """The input rules; a large input is checked in a worker thread, off the event loop."""
-    call.work.with_texts(await services.guardrails.check_input_async(call.work.texts()))
+    """The input rules; a large input is checked in a worker thread, off the event loop. The work's texts
+    are replaced only when a rule changed one (a redaction)."""
+    texts = call.work.texts()
+    checked = await services.guardrails.check_input_async(texts)
+    if checked != texts:
+        call.work.with_texts(checked)
 
 
 async def budget(services: Services, call: Call) -> None:
