@@ -215,3 +215,19 @@ def test_an_unwritable_state_path_is_a_config_error_naming_the_way_out(tmp_path:
     finally:
         if locked.is_dir():
             locked.chmod(0o700)
+
+
+def test_a_batch_past_one_statement_is_written_whole_or_not_at_all(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows go in multi-row INSERTs; a batch larger than one statement spans several inside one transaction,
+    so a bad row in its last statement leaves none of the batch behind."""
+    monkeypatch.setattr("llmops.stores.sqlite.ROWS_PER_STATEMENT", 3)
+    db = SqliteDb(tmp_path / "s.db")
+    SqliteLedger(db)  # the schema
+    row = (time.time(), day_of(time.time()), "k", "m", 1, 0, 0, 0.5)
+    db.insert_many("INSERT INTO llmops_spend VALUES", [row] * 7)  # statements of 3, 3 and 1 rows
+    assert rows_in(tmp_path / "s.db") == 7
+    with pytest.raises(sqlite3.ProgrammingError):
+        db.insert_many("INSERT INTO llmops_spend VALUES", [row] * 6 + [("too", "few")])
+    assert rows_in(tmp_path / "s.db") == 7  # the first two statements were rolled back with the third
+    db.close()
