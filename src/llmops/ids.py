@@ -2,8 +2,10 @@
 reservation holders. They come from a PRNG seeded once per process from os.urandom (and seeded again in
 a forked child), so making one is no system call: `uuid.uuid4()` reads os.urandom, which releases the
 GIL, and on a busy server every release lets a waiting thread take the GIL from the event loop.
-Anything that works as a capability (a job id that fetches a result, an image file name, an API key)
-keeps using `uuid`/`secrets`."""
+The generator is Mersenne Twister: whoever sees enough of these ids (request ids are sent back to
+clients) can predict the next ones, so nothing a client presents may be one of them. Anything that works
+as a capability (a job id that fetches a result, an image file name, an API key) keeps using
+`uuid`/`secrets`."""
 
 from __future__ import annotations
 
