@@ -74,3 +74,55 @@ def test_made_up_keys_are_not_remembered(clock: list[float]) -> None:
         assert not cached._found
 
     asyncio.run(run())
+
+
+class Held(Counting):
+    """Lookups wait until the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def by_hash(self, digest: str) -> Any:
+        await self.release.wait()
+        return await super().by_hash(digest)
+
+
+def test_concurrent_requests_with_one_key_share_one_lookup(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Held()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        checks = [asyncio.ensure_future(verify(cached, secret)) for _ in range(16)]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert not any(c.done() for c in checks)  # they wait: a key is never taken on trust
+        store.release.set()
+        assert all(k is not None and k.id == key.id for k in await asyncio.gather(*checks))
+        assert store.lookups == 1
+        clock[0] += 1.5  # due again: the next burst shares one lookup too
+        assert all(await asyncio.gather(*(verify(cached, secret) for _ in range(16))))
+        assert store.lookups == 2
+        assert not cached._looking
+
+    asyncio.run(run())
+
+
+def test_a_failed_lookup_fails_every_request_that_waited_for_it(clock: list[float]) -> None:
+    class Down(Counting):
+        async def by_hash(self, digest: str) -> Any:
+            self.lookups += 1
+            await asyncio.sleep(0)
+            raise RuntimeError("the store is down")
+
+    async def run() -> None:
+        store = Down()
+        cached = CachedKeys(store, ttl_s=1.0)
+        results = await asyncio.gather(*(cached.by_hash(hash_secret("s")) for _ in range(8)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        assert store.lookups == 1
+        assert not cached._looking  # the next request tries again
+
+    asyncio.run(run())

@@ -5,6 +5,7 @@ SQLite work in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -115,15 +116,29 @@ class CachedKeys:
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store, self.ttl_s = store, ttl_s
         self._found: dict[str, tuple[ApiKey, float]] = {}
+        self._looking: dict[str, asyncio.Future[ApiKey | None]] = {}  # lookups in flight, by hash
 
     async def add(self, key: ApiKey) -> None:
         await self.store.add(key)
 
     async def by_hash(self, digest: str) -> ApiKey | None:
+        """The key, remembered or looked up. Requests with the same key that arrive while it is being looked
+        up wait for that one lookup instead of each sending its own (every request of a busy client would
+        otherwise query the store once per `ttl_s`, all at once, and queue behind each other)."""
         hit = self._found.get(digest)
         if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
             return hit[0]
-        key = await self.store.by_hash(digest)
+        pending = self._looking.get(digest)
+        if pending is None:
+            pending = self._looking[digest] = asyncio.ensure_future(self._look_up(digest))
+            pending.add_done_callback(_retrieved)
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, digest: str) -> ApiKey | None:
+        try:
+            key = await self.store.by_hash(digest)
+        finally:
+            self._looking.pop(digest, None)
         if key is None:
             self._found.pop(digest, None)
         else:
@@ -143,6 +158,13 @@ class CachedKeys:
 
     async def key_count(self) -> int:
         return await self.store.key_count()
+
+
+def _retrieved(lookup: asyncio.Future[ApiKey | None]) -> None:
+    """A lookup whose waiters all left still has its error read (asyncio would log it as never retrieved);
+    the waiters that stayed got it already."""
+    if not lookup.cancelled():
+        lookup.exception()
 
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS llmops_keys (
