@@ -1,12 +1,16 @@
 """Fire-and-forget work that must still finish (or be cancelled) deliberately: settling a request's
 accounting after its client left, giving back an in-flight place, a shadow request. The set holds a
-reference to each task until it ends (asyncio keeps only weak ones)."""
+reference to each task until it ends (asyncio keeps only weak ones). And `SingleFlight`: one run of a
+lookup at a time, shared by every caller that asks while it runs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class TaskSet:
@@ -26,3 +30,30 @@ class TaskSet:
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+class SingleFlight(Generic[K, V]):
+    """At most one run per key: a caller that asks while one runs gets that run, not a new one (so a burst
+    of requests needing the same store read sends one query, not one each). A run's error goes to the
+    callers that wait for it; one whose callers all left has its error read here, not logged by asyncio as
+    never retrieved. `len()` is the number of runs in flight."""
+
+    def __init__(self) -> None:
+        self._running: dict[K, asyncio.Future[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Future[V]:
+        """The run for `key`: the one in flight, or `work()` started now. Await it through
+        `asyncio.shield` so that a caller who leaves does not cancel it for the others."""
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = asyncio.ensure_future(work())
+            running.add_done_callback(lambda done: self._ended(key, done))
+        return running
+
+    def _ended(self, key: K, done: asyncio.Future[V]) -> None:
+        self._running.pop(key, None)
+        if not done.cancelled():
+            done.exception()

@@ -74,7 +74,7 @@ def test_a_re_read_runs_alone_and_nobody_waits_for_it() -> None:
         assert answers == [None] * 16  # they went by the last count (no key), without waiting
         assert store.queries == 2  # one re-read in flight, not sixteen
         store.release.set()
-        await until(lambda: auth._recount is None)
+        await until(lambda: not auth._recount)
         refusal = await auth.check(scope())  # the new count is in: the server is keyed
         assert refusal is not None
         assert isinstance(refusal.error, Unauthorized)
@@ -92,7 +92,7 @@ def test_a_failed_re_read_keeps_the_last_count_and_says_so(caplog: pytest.LogCap
         refusal = await auth.check(scope())
         assert refusal is not None
         assert isinstance(refusal.error, Unauthorized)
-        await until(lambda: auth._recount is None)
+        await until(lambda: not auth._recount)
         assert any("going by the last count" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.WARNING, logger="llmops.auth"):

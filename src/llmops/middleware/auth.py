@@ -30,6 +30,7 @@ from llmops.http_edge import (
 )
 from llmops.observability.metrics import Metrics
 from llmops.stores.keys import KeyStore, verify
+from llmops.tasks import SingleFlight
 
 log = logging.getLogger("llmops.auth")
 
@@ -39,7 +40,7 @@ class Authenticator:
         self.store, self.metrics, self.refresh_s = store, metrics, refresh_s
         self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
         self._active: tuple[float, int] = (0.0, 0)  # (time.monotonic() when counted, keys in the store)
-        self._recount: asyncio.Future[int] | None = None
+        self._recount: SingleFlight[str, int] = SingleFlight()
 
     async def _any_keys(self) -> bool:
         """Whether the store holds any key, re-read every `refresh_s` (keys created by the CLI show up this
@@ -48,24 +49,25 @@ class Authenticator:
         store busy writing spend). Only before the first count do requests wait, for that one query."""
         checked_at, count = self._active
         if time.monotonic() - checked_at >= self.refresh_s:
-            if self._recount is None:
-                self._recount = asyncio.ensure_future(self._count())
-                self._recount.add_done_callback(self._counted)
+            recount = self._recount.start("keys", self._count)
             if not checked_at:
-                return await asyncio.shield(self._recount) > 0
+                return await asyncio.shield(recount) > 0
         return count > 0
 
     async def _count(self) -> int:
-        count = await self.store.key_count()
-        self._active = (time.monotonic(), count)
-        return count
-
-    def _counted(self, task: asyncio.Future[int]) -> None:
-        self._recount = None
-        error = None if task.cancelled() else task.exception()
-        if error is not None and self._active[0]:  # a re-read failed: the last count stands, the next retries
+        """The store's key count; when a re-read fails, the last count (logged; the next request retries).
+        The first count has no last one: its error goes to the requests waiting for it."""
+        try:
+            count = await self.store.key_count()
+        except Exception as error:
+            last_at, last = self._active
+            if not last_at:
+                raise
             log.warning("could not re-read whether any API key exists (%s: %s); going by the last count",
                         type(error).__name__, error)
+            return last
+        self._active = (time.monotonic(), count)
+        return count
 
     def exempt(self, scope: Scope) -> bool:
         path: str = scope["path"]

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from llmops.errors import NotFound
 from llmops.stores.sqlite import SqliteDb
+from llmops.tasks import SingleFlight
 
 Priority = Literal["interactive", "batch"]
 BudgetPeriod = Literal["day", "week", "month", "total"]
@@ -116,7 +117,7 @@ class CachedKeys:
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store, self.ttl_s = store, ttl_s
         self._found: dict[str, tuple[ApiKey, float]] = {}
-        self._looking: dict[str, asyncio.Future[ApiKey | None]] = {}  # lookups in flight, by hash
+        self._looking: SingleFlight[str, ApiKey | None] = SingleFlight()  # lookups in flight, by hash
 
     async def add(self, key: ApiKey) -> None:
         await self.store.add(key)
@@ -128,17 +129,10 @@ class CachedKeys:
         hit = self._found.get(digest)
         if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
             return hit[0]
-        pending = self._looking.get(digest)
-        if pending is None:
-            pending = self._looking[digest] = asyncio.ensure_future(self._look_up(digest))
-            pending.add_done_callback(_retrieved)
-        return await asyncio.shield(pending)
+        return await asyncio.shield(self._looking.start(digest, lambda: self._look_up(digest)))
 
     async def _look_up(self, digest: str) -> ApiKey | None:
-        try:
-            key = await self.store.by_hash(digest)
-        finally:
-            self._looking.pop(digest, None)
+        key = await self.store.by_hash(digest)
         if key is None:
             self._found.pop(digest, None)
         else:
@@ -158,13 +152,6 @@ class CachedKeys:
 
     async def key_count(self) -> int:
         return await self.store.key_count()
-
-
-def _retrieved(lookup: asyncio.Future[ApiKey | None]) -> None:
-    """A lookup whose waiters all left still has its error read (asyncio would log it as never retrieved);
-    the waiters that stayed got it already."""
-    if not lookup.cancelled():
-        lookup.exception()
 
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS llmops_keys (
