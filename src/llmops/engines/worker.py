@@ -4,13 +4,16 @@ every model call and unloading run (never on the event loop), and the loading â†
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 State = Literal["loading", "ready", "failed", "closed"]
 
 
-class WorkerEngine:
+class WorkerEngine(ABC):
+    """The shared lifecycle; an engine says how to load its model (`_load`) and let it go (`_drop`)."""
+
     def __init__(self, thread_name: str) -> None:
         self._state: State = "loading"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
@@ -38,9 +41,10 @@ class WorkerEngine:
 
             torch.cuda.empty_cache()
 
+    @abstractmethod
     def _load(self) -> None:
-        raise NotImplementedError
+        """Load the model (on the worker thread)."""
 
+    @abstractmethod
     def _drop(self) -> None:
         """Let go of the model's objects (on the worker thread)."""
-        raise NotImplementedError
