@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 
 from llmops.app import create_app, drain
 from llmops.errors import ConfigError
+from llmops.heap import freeze_loaded_heap
 from llmops.http_protocol import protocol_class
 from llmops.settings import Settings
 from llmops.stores import build_state
@@ -26,6 +28,16 @@ class DrainingServer(uvicorn.Server):
         self.app = app
         self._drain_task: asyncio.Task[None] | None = None
         self._draining = False
+        self._freezer: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._freezer = asyncio.get_running_loop().create_task(self._freeze_when_loaded())
+
+    async def _freeze_when_loaded(self) -> None:
+        """Once the models have loaded, take the start-up heap out of the garbage collector's work (heap.py)."""
+        await self.app.state.services.pool.loaded()
+        freeze_loaded_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # second signal: stop now

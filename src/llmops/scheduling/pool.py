@@ -75,6 +75,11 @@ class ModelPool:
                 served.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %s failed to load: %s", served.config.name, served.error)
 
+    async def loaded(self) -> None:
+        """Return once every model has loaded or failed to (at once when loading never started)."""
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
     async def close(self) -> None:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()

@@ -1,0 +1,39 @@
+"""`llmops serve` takes its start-up heap out of the garbage collector's work once the models have loaded
+(heap.py): the log says how many objects it froze, after the model loaded, and the server goes on answering."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import live_server, write_config
+
+
+def _froze(log: Path) -> dict[str, object] | None:
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and "froze the start-up heap" in line:
+            found: dict[str, object] = json.loads(line)
+            return found
+    return None
+
+
+def test_server_freezes_the_loaded_heap(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "heap.yaml", [{"name": "fake", "engine": "fake", "options": {"reply": "a b c"}}],
+                       log_level="info", observability={"log_format": "json"}, cache={"enabled": False})
+    with live_server(cfg) as base:
+        log = cfg.with_suffix(".log")
+        deadline = time.monotonic() + 30
+        while (froze := _froze(log)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert froze is not None, log.read_text()[-2000:]
+        count = int(str(froze["event"]).split(": ")[1].split()[0])
+        assert count > 10_000  # the modules, the app and the engine: the whole start-up heap
+        text = log.read_text()
+        assert text.index("loading model done") < text.index("froze the start-up heap")
+        r = httpx.post(f"{base}/v1/chat/completions", json={
+            "model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == "a b"
