@@ -20,22 +20,25 @@ from llmops.app import create_app
 from llmops.errors import ConfigError
 from llmops.settings import StateSettings, load_settings
 from llmops.stores import build_state
-from llmops.stores.ledger import SpendEntry, SqliteLedger, day_of
+from llmops.stores.ledger import _INSERT, SpendEntry, SqliteLedger, day_of
 from llmops.stores.sqlite import SqliteDb
 from tests.helpers import write_config
 
 
 class Batches:
-    """Wraps a db's `insert_many` to count the hops and their sizes; `hold` makes the next call wait."""
+    """Wraps a db's `insert_many` to count the hops, the requests each wrote (`sizes`) and its rows;
+    `hold` makes the next call wait."""
 
     def __init__(self, db: SqliteDb, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
+        self.rows: list[int] = []
         self.entered, self.release = threading.Event(), threading.Event()
         self.release.set()
         insert_many = db.insert_many
 
         def counted(sql: str, rows: list[tuple[Any, ...]]) -> None:
-            self.sizes.append(len(rows))
+            self.sizes.append(sum(row[-1] for row in rows))
+            self.rows.append(len(rows))
             self.entered.set()
             assert self.release.wait(30)
             insert_many(sql, rows)
@@ -66,9 +69,9 @@ def ledger_log() -> Iterator[LedgerLog]:
         logger.removeHandler(handler)
 
 
-def rows_in(path: Path) -> int:
+def requests_in(path: Path) -> int:
     with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT COUNT(*) FROM llmops_spend").fetchone()[0])
+        return int(db.execute("SELECT TOTAL(requests) FROM llmops_spend").fetchone()[0])
 
 
 def entry(key: str, usd: float, **kw: Any) -> SpendEntry:
@@ -96,9 +99,9 @@ def test_concurrent_records_are_written_in_fewer_hops(tmp_path: Path, monkeypatc
         assert sum(batches.sizes) == 72
         assert len(batches.sizes) < 72
         assert batches.sizes[-2:] == [1, 20]  # what arrived during a write went out together next
-
+        assert batches.rows[-1] == 1  # one key, one model, one day: one row
     asyncio.run(run())
-    assert rows_in(tmp_path / "s.db") == 72
+    assert requests_in(tmp_path / "s.db") == 72
 
 
 def test_reads_see_entries_not_yet_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,7 +137,7 @@ def test_closing_the_state_writes_queued_spend(tmp_path: Path) -> None:
         await state.close()  # nothing awaited the writer before this
 
     asyncio.run(run())
-    assert rows_in(path) == 30
+    assert requests_in(path) == 30
 
 
 def test_a_failed_batch_is_logged_and_counted_and_the_next_is_written(
@@ -149,7 +152,7 @@ def test_a_failed_batch_is_logged_and_counted_and_the_next_is_written(
         def fail_once(sql: str, rows: list[tuple[Any, ...]]) -> None:
             nonlocal calls
             calls += 1  # the first batch fails after its first row: none of it may stay
-            insert_many(sql, [*rows[:1], ("too", "few")] if calls == 1 else rows)
+            insert_many(sql, [*rows[:1], ("too", "few")] if calls == 1 else rows)  # 2 rows: keys a, b
 
         monkeypatch.setattr(db, "insert_many", fail_once)
         for key in ("a", "b", "a"):
@@ -165,7 +168,7 @@ def test_a_failed_batch_is_logged_and_counted_and_the_next_is_written(
     assert len(ledger_log.lines) == 1
     assert "3 spend entries ($1.500000 in all, keys ['a', 'b'])" in ledger_log.lines[0]
     assert "ProgrammingError" in ledger_log.lines[0]
-    assert rows_in(tmp_path / "s.db") == 1  # the failed batch's first row was rolled back
+    assert requests_in(tmp_path / "s.db") == 1  # the failed batch's first row was rolled back
 
 
 def test_the_server_keeps_serving_when_spend_cannot_be_written(
@@ -196,7 +199,7 @@ def test_the_server_keeps_serving_when_spend_cannot_be_written(
         assert failed in c.get("/metrics").text  # once: the second request's write went through
     assert len(ledger_log.lines) == 1
     assert "database is locked" in ledger_log.lines[0]
-    assert rows_in(path) == 1  # the second request's spend, written when the server closed
+    assert requests_in(path) == 1  # the second request's spend, written when the server closed
 
 
 def test_an_unwritable_state_path_is_a_config_error_naming_the_way_out(tmp_path: Path) -> None:
@@ -224,10 +227,61 @@ def test_a_batch_past_one_statement_is_written_whole_or_not_at_all(tmp_path: Pat
     monkeypatch.setattr("llmops.stores.sqlite.ROWS_PER_STATEMENT", 3)
     db = SqliteDb(tmp_path / "s.db")
     SqliteLedger(db)  # the schema
-    row = (time.time(), day_of(time.time()), "k", "m", 1, 0, 0, 0.5)
-    db.insert_many("INSERT INTO llmops_spend VALUES", [row] * 7)  # statements of 3, 3 and 1 rows
-    assert rows_in(tmp_path / "s.db") == 7
+    row = (time.time(), day_of(time.time()), "k", "m", 1, 0, 0, 0.5, 1)
+    db.insert_many(_INSERT, [row] * 7)  # statements of 3, 3 and 1 rows
+    assert requests_in(tmp_path / "s.db") == 7
     with pytest.raises(sqlite3.ProgrammingError):
-        db.insert_many("INSERT INTO llmops_spend VALUES", [row] * 6 + [("too", "few")])
-    assert rows_in(tmp_path / "s.db") == 7  # the first two statements were rolled back with the third
+        db.insert_many(_INSERT, [row] * 6 + [("too", "few")])
+    assert requests_in(tmp_path / "s.db") == 7  # the first two statements were rolled back with the third
     db.close()
+
+
+def test_a_batch_is_one_row_per_day_key_and_model_and_sums_stay_exact(tmp_path: Path) -> None:
+    async def run() -> None:
+        db = SqliteDb(tmp_path / "s.db")
+        ledger = SqliteLedger(db)
+        old = 1_000_000.0
+        entries = [SpendEntry(f"k{i % 2}", f"m{i % 3}", 0.01 * i, prompt_tokens=i, completion_tokens=2 * i,
+                              images=i % 2) for i in range(60)]
+        entries += [SpendEntry("k0", "m0", 5.0, prompt_tokens=7, at=old), SpendEntry("k0", "m0", 1.0, at=old + 1)]
+        await asyncio.gather(*(ledger.record(e) for e in entries))
+        rows = await ledger.report(day_of(old), "2100-01-01")
+        assert len(rows) == 7  # 6 (key, model) pairs today and one on the old day
+        for row in rows:
+            mine = [e for e in entries if (e.key_id, e.model, day_of(e.at or time.time())) ==
+                    (row.key_id, row.model, row.day)]
+            assert row.requests == len(mine)
+            assert row.prompt_tokens == sum(e.prompt_tokens for e in mine)
+            assert row.completion_tokens == sum(e.completion_tokens for e in mine)
+            assert row.images == sum(e.images for e in mine)
+            assert row.cost_usd == pytest.approx(sum(e.cost_usd for e in mine))
+        assert await ledger.key_spend("k0", old + 86400) == pytest.approx(sum(0.01 * i for i in range(0, 60, 2)))
+        await ledger.close()
+        db.close()
+
+    asyncio.run(run())
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM llmops_spend").fetchone()[0] == 7
+        assert db.execute("SELECT at FROM llmops_spend WHERE day = ?", (day_of(1_000_000.0),)).fetchone()[0] \
+            == 1_000_001.0  # a row is stamped with its last request
+
+
+def test_a_file_from_before_rows_summed_requests_counts_each_old_row_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE llmops_spend (at REAL NOT NULL, day TEXT NOT NULL, key_id TEXT NOT NULL, "
+                    "model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+                    "images INTEGER NOT NULL, cost_usd REAL NOT NULL)")
+        row = (time.time(), day_of(time.time()), "k", "m", 3, 4, 0, 0.5)
+        old.executemany("INSERT INTO llmops_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [row, row])
+
+    async def run() -> None:
+        db = SqliteDb(path)
+        ledger = SqliteLedger(db)
+        await ledger.record(SpendEntry("k", "m", 0.25, prompt_tokens=1))
+        [report] = await ledger.report(day_of(time.time()), day_of(time.time()))
+        assert (report.requests, report.prompt_tokens, report.cost_usd) == (3, 7, pytest.approx(1.25))
+        await ledger.close()
+        db.close()
+
+    asyncio.run(run())
