@@ -15,8 +15,9 @@
   with the correction of the estimate to the engine's exact prompt count;
 - the cost from the model's price table, recorded against the key and model.
 
-Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker); this
-process's own spend is added to them at once, so one replica is exact and replicas see each other within it.
+Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker), by one
+query that requests do not wait for once a total is known (pipeline/spend_totals.py); this process's own
+spend is added to them at once, so one replica is exact and replicas see each other within it.
 Settling runs in a background task so that a cancelled request (client gone) is still accounted."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUn
 from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
 from llmops.pipeline.budget import period_bounds
+from llmops.pipeline.spend_totals import SpendTotals
 from llmops.settings import ModelConfig, SpendSettings
 from llmops.stores import State
 from llmops.stores.keys import ApiKey
@@ -38,6 +40,7 @@ from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
+HOUR = "hour"  # the name of the last hour's total (all keys)
 SETTLE_MARGIN_S = 60.0  # a shared reservation outlives its request's longest deadline by this much
 
 
@@ -81,8 +84,8 @@ def cost_usd(model: ModelConfig, prompt_tokens: int, completion_tokens: int, ima
 class Accountant:
     def __init__(self, state: State, spend: SpendSettings, metrics: Metrics) -> None:
         self.state, self.spend, self.metrics = state, spend, metrics
-        self._key_spend: dict[str, tuple[float, float, float]] = {}  # key -> (period start, usd, read at)
-        self._hour: tuple[float, float] = (0.0, -math.inf)  # (usd, read at)
+        self._key_spend = SpendTotals("key", spend.refresh_s)  # by key id, from its budget period's start
+        self._hour = SpendTotals("the last", spend.refresh_s)
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
         self._tasks = TaskSet()
 
@@ -125,10 +128,7 @@ class Accountant:
         ceiling = self.spend.max_usd_per_hour
         if ceiling is None:
             return
-        usd, read_at = self._hour
-        if time.monotonic() - read_at >= self.spend.refresh_s:
-            usd = await self.state.ledger.hour_spend()
-            self._hour = (usd, time.monotonic())
+        usd = await self._hour.get(HOUR, 0.0, self.state.ledger.hour_spend)
         if usd >= ceiling:
             error = SpendLimitReached(f"spend circuit breaker open: ${usd:.2f} in the last hour is above the "
                                       f"${ceiling:.2f} ceiling; new requests are refused until it falls back")
@@ -184,12 +184,7 @@ class Accountant:
         return answer.made, answer.spent, answer.reserved
 
     async def key_spend(self, key: ApiKey, start: float) -> float:
-        cached = self._key_spend.get(key.id)
-        if cached is not None and cached[0] == start and time.monotonic() - cached[2] < self.spend.refresh_s:
-            return cached[1]
-        spent = await self.state.ledger.key_spend(key.id, start)
-        self._key_spend[key.id] = (start, spent, time.monotonic())
-        return spent
+        return await self._key_spend.get(key.id, start, lambda: self.state.ledger.key_spend(key.id, start))
 
     def settle(self, charge: Charge, prompt_tokens: int = 0, completion_tokens: int = 0, images: int = 0,
                engine_s: float = 0.0) -> None:
@@ -209,7 +204,8 @@ class Accountant:
             if not (prompt or completion or images):
                 return
             cost = cost_usd(model, prompt, completion, images, engine_s)
-            await self.state.ledger.record(SpendEntry(charge.key_id, model.name, cost, prompt, completion, images))
+            entry = SpendEntry(charge.key_id, model.name, cost, prompt, completion, images, time.time())
+            await self.state.ledger.record(entry)
             self.metrics.spend.labels(model.name, charge.key_id).inc(cost)
             self._add_local(charge.key_id, cost)  # the real cost replaces the reservation in one step
         except Exception:  # accounting must never take the server down; the store logs its own failures
@@ -218,11 +214,8 @@ class Accountant:
             self._release(charge)
 
     def _add_local(self, key_id: str, cost: float) -> None:
-        usd, read_at = self._hour
-        self._hour = (usd + cost, read_at)
-        cached = self._key_spend.get(key_id)
-        if cached is not None:
-            self._key_spend[key_id] = (cached[0], cached[1] + cost, cached[2])
+        self._hour.add(HOUR, cost)
+        self._key_spend.add(key_id, cost)
 
     async def close(self) -> None:
         await self._tasks.wait()
