@@ -156,16 +156,18 @@ async def sequential(server: Server, n: int) -> list[float]:
     return times
 
 
-async def parallel(server: Server, n: int, width: int, stream: bool) -> tuple[float, int]:
-    """`n` requests from `width` connections at once: (wall seconds, completion tokens)."""
-    body, todo, tokens = _body(stream), list(range(n)), [0]
+async def parallel(server: Server, n: int, width: int, stream: bool) -> tuple[float, int, list[float]]:
+    """`n` requests from `width` connections at once: (wall seconds, completion tokens, each request's ms)."""
+    body, todo, tokens, times = _body(stream), list(range(n)), [0], []
 
     async def worker() -> None:
         conn = Connection(server.port, server.headers())
         try:
             while todo:
                 todo.pop()
+                t0 = time.perf_counter()
                 status, data = await conn.post("/v1/chat/completions", body)
+                times.append((time.perf_counter() - t0) * 1000)
                 if status != 200:
                     raise RuntimeError(f"{server.name}: status {status}")
                 tail = data[data.rfind(b'"completion_tokens":') + 20:]
@@ -175,7 +177,7 @@ async def parallel(server: Server, n: int, width: int, stream: bool) -> tuple[fl
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(width)))
-    return time.perf_counter() - t0, tokens[0]
+    return time.perf_counter() - t0, tokens[0], times
 
 
 def _cpu(pid: int) -> float:
@@ -183,21 +185,21 @@ def _cpu(pid: int) -> float:
     return sum(p.cpu_times()[:2])
 
 
-def measure(server: Server, requests: int, streams: int) -> dict[str, Any]:
+def measure(server: Server, requests: int, load: int, streams: int) -> dict[str, Any]:
     times = asyncio.run(sequential(server, requests))
     asyncio.run(parallel(server, 64, 16, False))  # warm-up of the 16 connections' path
     cpu0 = _cpu(server.proc.pid)
-    wall, _ = asyncio.run(parallel(server, 2 * requests, 16, False))
-    cpu_us_per_request = (_cpu(server.proc.pid) - cpu0) * 1e6 / (2 * requests)
+    wall, _, loaded = asyncio.run(parallel(server, load, 16, False))
+    cpu_us_per_request = (_cpu(server.proc.pid) - cpu0) * 1e6 / load
     cpu0 = _cpu(server.proc.pid)
-    _, tokens = asyncio.run(parallel(server, streams, 16, True))
+    _, tokens, _ = asyncio.run(parallel(server, streams, 16, True))
     cpu_us_per_token = (_cpu(server.proc.pid) - cpu0) * 1e6 / max(1, tokens)
     return {"case": server.name, "p50_ms": statistics.median(times), "p99_ms": pct(times, 99),
-            "rps_16": 2 * requests / wall, "cpu_us_per_request": cpu_us_per_request, "stream_tokens": tokens,
-            "cpu_us_per_token": cpu_us_per_token}
+            "rps_16": load / wall, "p99_16_ms": pct(loaded, 99), "max_16_ms": max(loaded),
+            "cpu_us_per_request": cpu_us_per_request, "stream_tokens": tokens, "cpu_us_per_token": cpu_us_per_token}
 
 
-def run(cases: tuple[str, ...], repeats: int, requests: int, streams: int, port: int, tmp: Path,
+def run(cases: tuple[str, ...], repeats: int, requests: int, load: int, streams: int, port: int, tmp: Path,
         baseline_src: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for rep in range(repeats):
@@ -206,7 +208,7 @@ def run(cases: tuple[str, ...], repeats: int, requests: int, streams: int, port:
             with ExitStack() as stack:
                 server = start(case, port, tmp, stack, baseline_src)
                 try:
-                    row = measure(server, requests, streams)
+                    row = measure(server, requests, load, streams)
                 finally:
                     stop(server.proc)
             row["repeat"] = rep
@@ -227,7 +229,9 @@ def summarize(rows: list[dict[str, Any]], cases: tuple[str, ...] = CASES) -> dic
                  if (case, rep) in by and ("bare-fastapi", rep) in by]
         out[case] = {
             "p50_ms": [r["p50_ms"] for r in mine], "p99_ms": [r["p99_ms"] for r in mine],
-            "rps_16": [r["rps_16"] for r in mine], "cpu_us_per_token": [r["cpu_us_per_token"] for r in mine],
+            "rps_16": [r["rps_16"] for r in mine], "p99_16_ms": [r.get("p99_16_ms", 0.0) for r in mine],
+            "max_16_ms": [r.get("max_16_ms", 0.0) for r in mine],
+            "cpu_us_per_token": [r["cpu_us_per_token"] for r in mine],
             "added_p50_ms": [a["p50_ms"] - b["p50_ms"] for a, b in pairs],
             "added_p99_ms": [a["p99_ms"] - b["p99_ms"] for a, b in pairs],
             "rps_ratio": [a["rps_16"] / b["rps_16"] for a, b in pairs],
@@ -244,16 +248,19 @@ def summarize(rows: list[dict[str, Any]], cases: tuple[str, ...] = CASES) -> dic
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = ["# Gateway overhead: fake engine vs bare FastAPI on the same uvicorn", "",
              f"{meta['repeats']} interleaved repeats (each server fresh, order rotating); per repeat "
-             f"{meta['requests']} sequential non-streaming requests (after 50 warm-up), {2 * meta['requests']} "
-             f"requests over 16 connections, {meta['streams']} streamed 64-token answers over 16 connections; "
+             f"{meta['requests']} sequential non-streaming requests (after 50 warm-up), {meta['load']} "
+             f"requests over 16 connections (their latency: 16-way p99 and max), {meta['streams']} streamed "
+             "64-token answers over 16 connections; "
              f"{meta['machine']}, {meta['date']}. median [min-max] of the repeats; differences and ratios are taken "
              "within a repeat. Absolute figures come from a loaded shared machine.", "",
              "| case | p50 ms | p99 ms | +p50 vs bare | +p99 vs bare | 16-way req/s | req/s vs bare | "
-             "16-way CPU us/request | CPU/request vs bare | stream CPU us/token | CPU/token vs bare |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "16-way p99 ms | 16-way max ms | 16-way CPU us/request | CPU/request vs bare | stream CPU us/token | "
+             "CPU/token vs bare |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, s in summary.items():
         lines.append(" | ".join([f"| {case}", spread(s["p50_ms"]), spread(s["p99_ms"]), spread(s["added_p50_ms"]),
                                  spread(s["added_p99_ms"]), spread(s["rps_16"], 0), spread(s["rps_ratio"]),
+                                 spread(s["p99_16_ms"], 1), spread(s["max_16_ms"], 1),
                                  spread(s["cpu_us_per_request"], 0), spread(s["cpu_per_request_ratio"]),
                                  spread(s["cpu_us_per_token"], 0), spread(s["cpu_per_token_ratio"])]) + " |")
     keyed = summary.get("llmops-keyed-sqlite", {})
@@ -269,6 +276,8 @@ def main() -> None:
     p.add_argument("--name", default="overhead")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--load", type=int, default=6000,
+                   help="requests over 16 connections per repeat (long enough to take in the collector's pauses)")
     p.add_argument("--streams", type=int, default=64, help="streamed answers per repeat (64 tokens each)")
     p.add_argument("--port", type=int, default=18095)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
@@ -276,8 +285,8 @@ def main() -> None:
     a = p.parse_args()
     cases = tuple(a.cases.split(",")) + ((BASELINE,) if a.baseline_src else ())
     with tempfile.TemporaryDirectory() as folder:
-        rows = run(cases, a.repeats, a.requests, a.streams, a.port, Path(folder), a.baseline_src)
-    meta = run_meta(repeats=a.repeats, requests=a.requests, streams=a.streams, baseline_src=a.baseline_src)
+        rows = run(cases, a.repeats, a.requests, a.load, a.streams, a.port, Path(folder), a.baseline_src)
+    meta = run_meta(repeats=a.repeats, requests=a.requests, load=a.load, streams=a.streams, baseline_src=a.baseline_src)
     save(a.out, a.name, markdown(summarize(rows, cases), meta), {"meta": meta, "rows": rows})
 
 
