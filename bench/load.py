@@ -12,6 +12,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class Sample:
     ttft_s: float | None = None
     e2e_s: float = 0.0
     tokens: int = 0
+    error: str = ""  # what went wrong, for the result's error_kinds
 
     @property
     def decode_tps(self) -> float | None:
@@ -86,7 +88,9 @@ async def one_json_request(client: httpx.AsyncClient, url: str, body: dict[str, 
     start = time.perf_counter()
     r = await client.post(url, json=body)
     sample = Sample(ok=r.status_code == 200, status=r.status_code, e2e_s=time.perf_counter() - start)
-    if sample.ok:
+    if not sample.ok:
+        sample.error = f"HTTP {r.status_code}: {r.text[:120]}"
+    else:
         data = r.json()
         sample.ttft_s = sample.e2e_s
         usage = data.get("usage") or {}
@@ -107,7 +111,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     async with client.stream("POST", url, json=body) as r:
         sample.status = r.status_code
         if r.status_code != 200:
-            await r.aread()
+            sample.error = f"HTTP {r.status_code}: {(await r.aread())[:120].decode(errors='replace')}"
             sample.e2e_s = time.perf_counter() - start
             return sample
         async for line in r.aiter_lines():
@@ -115,6 +119,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
                 continue
             event = json.loads(line[6:])
             if "error" in event:
+                sample.error = f"error event after {chunks} chunks: {str(event['error'])[:120]}"
                 return sample
             if _has_text(event):
                 chunks += 1
@@ -155,8 +160,8 @@ async def run_load(base_url: str, model: str, concurrency: int, requests: int, m
                 todo.pop()
                 try:
                     samples.append(await send(client, url, body))
-                except httpx.HTTPError:
-                    samples.append(Sample(ok=False, status=-1))
+                except httpx.HTTPError as exc:
+                    samples.append(Sample(ok=False, status=-1, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples
 
@@ -172,4 +177,6 @@ def summarize(target: str, concurrency: int, samples: list[Sample], wall_s: floa
         decode_tps_p50=pct([d for s in ok if (d := s.decode_tps) is not None], 50),
         ttft_p50_s=pct(ttft, 50), ttft_p99_s=pct(ttft, 99), e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99),
         errors=sum(1 for s in samples if not s.ok and s.status not in (429, 503)),
-        rejections=sum(1 for s in samples if s.status in (429, 503)))
+        rejections=sum(1 for s in samples if s.status in (429, 503)),
+        extra={"error_kinds": dict(Counter(s.error for s in samples if s.error))} if any(s.error for s in samples)
+        else {})

@@ -57,6 +57,11 @@ def markdown(report: dict[str, Any]) -> str:
                  r["errors"], r["rejections"], _fmt(r["peak_rss_mb"], 0),
                  _fmt(r.get("cpu_ms_per_token"), 1), *ratios]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    failed = [(r, kinds) for r in rows if (kinds := (r.get("extra") or {}).get("error_kinds"))]
+    if failed:
+        lines += ["", "Errors (requests that failed; their tokens are not counted in tok/s):"]
+        lines += [f"- {r['target']} {r['mode']} rep {r.get('repeat', 0)} conc {r['concurrency']}: "
+                  + "; ".join(f"{n}x {kind}" for kind, n in kinds.items()) for r, kinds in failed]
     for name, figures in report.get("scenarios", {}).items():
         lines += ["", f"Scenario {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())]
     return "\n".join(lines) + "\n"
