@@ -3,7 +3,9 @@ the report, since their tokens are missing from its tokens/s."""
 
 from __future__ import annotations
 
-from bench.load import Sample, summarize
+import asyncio
+
+from bench.load import Sample, run_load, summarize
 from bench.report import markdown
 
 
@@ -22,3 +24,31 @@ def test_failed_requests_are_counted_by_kind_and_listed_in_the_report() -> None:
                      "results": [result.as_dict(), clean.as_dict()]})
     assert "- bare-llamacpp stream rep 0 conc 16: 2x ReadTimeout: timed out; 1x error event after 3 chunks" in text
     assert "llmops-llamacpp stream rep 0 conc 16:" not in text
+
+
+async def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
+    body = b'{"choices":[{"message":{"content":"a b"}}],"usage":{"completion_tokens":2}}'
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        heads.append(head)
+        if len(heads) > 1:  # the first request's connection is closed unanswered, as llama.cpp's server does
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        samples = await run_load(f"http://127.0.0.1:{port}", "m", 1, 1, 2, "hi", mode="json")
+    finally:
+        server.close()
+    assert len(heads) == 2
+    [sample] = samples
+    assert (sample.ok, sample.tokens, sample.attempts) == (True, 2, 2)
+    assert summarize("t", 1, samples, 1.0).extra == {"resent_on_closed_connection": 1}
