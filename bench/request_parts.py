@@ -205,6 +205,14 @@ def run_loop(main: Coroutine[Any, Any, float]) -> float:
     return uvloop.run(main)
 
 
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 def run_variant(name: str, requests: int) -> float:
     out = subprocess.run([sys.executable, "-m", "bench.request_parts", "--variant", name, "--requests",
                           str(requests)], capture_output=True, text=True, timeout=600, check=False)
@@ -221,8 +229,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# What each part of a request costs (in-process, CPU per request)", "",
              f"{meta['repeats']} interleaved repeats of {meta['requests']} non-streaming one-token chat requests, "
              f"{CONCURRENCY} at a time, fake engine, cache off, no keys; ASGI in-process (no sockets, no "
-             f"uvicorn); {meta['machine']}, {meta['date']}. median [min-max] of the repeats; a part's cost is "
-             "the full app's CPU per request minus the variant's, within a repeat.", "",
+             f"uvicorn) on {meta.get('loop', 'asyncio')}; {meta['machine']}, {meta['date']}. median [min-max] of "
+             "the repeats; a part's cost is the full app's CPU per request minus the variant's, within a repeat.", "",
              "| variant | CPU us/request | part's cost us | share of llmops over bare |", "|---|---|---|---|"]
     over = [f - b for f, b in zip(full, by.get("bare", []), strict=False)]
     for name in names:
@@ -253,7 +261,7 @@ def main() -> None:
         for name in order:
             rows.append({"variant": name, "repeat": repeat, "cpu_us": run_variant(name, a.requests)})
             print(f"repeat {repeat} {name}: {rows[-1]['cpu_us']:.0f} us", file=sys.stderr)
-    meta = run_meta(repeats=a.repeats, requests=a.requests)
+    meta = run_meta(repeats=a.repeats, requests=a.requests, loop=_loop_name())
     save(a.out, a.name, report(rows, meta), {"meta": meta, "results": rows})
 
 
