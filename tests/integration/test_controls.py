@@ -63,6 +63,8 @@ def test_response_cache(tmp_path: Path) -> None:
         assert c.chat.completions.with_raw_response.create(**seeded).headers["x-cache"] == "miss"
         assert c.chat.completions.with_raw_response.create(**seeded).headers["x-cache"] == "hit"
         assert metric(base, "llmops_cache_requests_total", result="hit") == 3
+        assert metric(base, "inference_requests_total", model="fake", status="cached") == 3
+        assert metric(base, "inference_requests_total", model="fake", status="success") == 4  # the engine's
 
 
 def test_replicas_share_the_cache_through_redis(tmp_path: Path, redis_server: RedisServer) -> None:

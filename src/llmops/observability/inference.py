@@ -1,9 +1,10 @@
 """Observing one inference request as its output flows: time to first token, inter-token latency,
 end-to-end latency, token counts, queue time, outcome; into metrics, the access-log line and spans.
 
-Outcomes (`inference_requests_total{status}`): success; cancelled (the client went away, or cancelled the
-job: not an error); a refusal's reason (overload, deadline, budget...: also in llmops_rejections_total);
-error (the engine failed)."""
+Outcomes (`inference_requests_total{status}`): success; cached (answered from the response cache, exact or
+semantic, without the engine: counted by pipeline/stages.cache_lookup); cancelled (the client went away, or
+cancelled the job: not an error); a refusal's reason (overload, deadline, budget...: also in
+llmops_rejections_total); error (the engine failed)."""
 
 from __future__ import annotations
 

@@ -180,6 +180,7 @@ async def cache_lookup(services: Services, call: Call) -> None:
     call.extra_headers["X-Cache"] = call.ctx.log["cache"] = result
     if call.hit is not None:
         call.served = call.config.name
+        services.metrics.requests.labels(call.served, "cached").inc()  # answered without the engine
         settle_unused(services, call)
 
 
