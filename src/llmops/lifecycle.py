@@ -16,6 +16,7 @@ log = logging.getLogger("llmops.lifecycle")
 class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
+        self.warming = False  # the server finishes start-up after the models loaded (server.py): not ready yet
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()

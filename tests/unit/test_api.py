@@ -41,6 +41,19 @@ def test_health_and_ready(client: TestClient) -> None:
     assert ready["models"]["fake"]["state"] == "ready"
 
 
+def test_not_ready_while_the_server_finishes_start_up(client: TestClient) -> None:
+    lifecycle = client.app.state.services.lifecycle  # type: ignore[attr-defined]
+    lifecycle.warming = True  # server.py: the models loaded, the start-up heap not frozen yet
+    try:
+        waiting = client.get("/ready")
+        assert waiting.status_code == 503
+        assert waiting.json()["status"] == "not_ready"
+        assert waiting.json()["models"]["fake"]["state"] == "ready"
+    finally:
+        lifecycle.warming = False
+    assert client.get("/ready").status_code == 200
+
+
 def test_chat_answer_and_usage(client: TestClient) -> None:
     body = chat(client).json()
     assert body["object"] == "chat.completion"
