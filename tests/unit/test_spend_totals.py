@@ -115,3 +115,18 @@ async def test_concurrent_requests_of_one_key_send_one_spend_query_per_refresh(
         accountant.settle(charge, 10, 10)
     await accountant.close()
     await state.close()
+
+
+async def test_spend_during_overlapping_reads_of_two_periods_counts_in_both() -> None:
+    totals, store = SpendTotals("key", refresh_s=0), Store()
+    first = asyncio.ensure_future(totals.get("k", 0.0, store.read))
+    await store.answer(1.0)
+    await first
+    assert await totals.get("k", 0.0, store.read) == 1.0  # a re-read of the old period starts
+    next_period = asyncio.ensure_future(totals.get("k", 86400.0, store.read))  # and the new period's first
+    for _ in range(5):
+        await asyncio.sleep(0)
+    totals.add("k", 0.5)  # spent while both reads are in flight
+    await store.answer(1.0)  # the old period's re-read ends first
+    await store.answer(0.0)
+    assert await next_period == 0.5

@@ -38,7 +38,7 @@ class SpendTotals:
         self.what, self.refresh_s = what, refresh_s
         self._totals: dict[str, _Total] = {}
         self._reads: SingleFlight[tuple[str, float], float] = SingleFlight()
-        self._added_during_read: dict[str, float] = {}
+        self._added_during_read: dict[tuple[str, float], float] = {}  # by the (name, period) being read
 
     async def get(self, name: str, period: float, read: Callable[[], Awaitable[float]]) -> float:
         """`name`'s total from `period`: the last one read plus this process's spend since, or, when none
@@ -55,12 +55,13 @@ class SpendTotals:
         total = self._totals.get(name)
         if total is not None:
             total.usd += usd
-        if name in self._added_during_read:
-            self._added_during_read[name] += usd
+        for reading in self._added_during_read:  # the reads in flight: usually none, at most one a name
+            if reading[0] == name:
+                self._added_during_read[reading] += usd
 
     async def _read(self, name: str, period: float, read: Callable[[], Awaitable[float]]) -> float:
         started = time.monotonic()
-        self._added_during_read[name] = 0.0
+        self._added_during_read[(name, period)] = 0.0
         try:
             usd = await read()
         except Exception as error:
@@ -72,6 +73,6 @@ class SpendTotals:
                         self.what, name, type(error).__name__, error, last.usd)
             return last.usd
         finally:
-            added = self._added_during_read.pop(name, 0.0)
+            added = self._added_during_read.pop((name, period), 0.0)
         self._totals[name] = _Total(period, usd + added, started)
         return usd + added
