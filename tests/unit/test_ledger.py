@@ -285,3 +285,26 @@ def test_a_file_from_before_rows_summed_requests_counts_each_old_row_as_one(tmp_
         db.close()
 
     asyncio.run(run())
+
+
+def test_another_process_adding_the_requests_column_first_is_no_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE llmops_spend (at REAL NOT NULL, day TEXT NOT NULL, key_id TEXT NOT NULL, "
+                    "model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+                    "images INTEGER NOT NULL, cost_usd REAL NOT NULL)")
+    db = SqliteDb(path)
+    run = db.run
+
+    def racing(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if sql.startswith("ALTER TABLE"):  # the CLI, starting at the same moment, migrated the file first
+            with sqlite3.connect(path) as other:
+                other.execute(sql)
+        return run(sql, args)
+
+    monkeypatch.setattr(db, "run", racing)
+    SqliteLedger(db)
+    with sqlite3.connect(path) as check:
+        assert "requests" in {c[1] for c in check.execute("PRAGMA table_info(llmops_spend)")}
+    db.close()

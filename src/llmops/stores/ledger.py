@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,7 +160,11 @@ class SqliteLedger:
         for statement in _SCHEMA:
             db.run(statement)
         if "requests" not in {column[1] for column in db.run("PRAGMA table_info(llmops_spend)")}:
-            db.run(_ADD_REQUESTS)
+            try:
+                db.run(_ADD_REQUESTS)
+            except sqlite3.OperationalError as exc:  # the CLI or another server added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
     async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         waiting = self._queued_written or self._writing  # batches are written in order: the last one suffices
