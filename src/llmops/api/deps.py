@@ -38,6 +38,13 @@ def pool(request: Request) -> ModelPool:
     return services(request).pool
 
 
+def serving_ready(request: Request) -> bool:
+    """Readiness (/ready, the Open Inference Protocol's too): every model loaded, start-up finished
+    (lifecycle.warming, server.py) and not draining."""
+    lifecycle = services(request).lifecycle
+    return pool(request).ready() and not lifecycle.draining and not lifecycle.warming
+
+
 def settings(request: Request) -> Settings:
     return services(request).settings
 

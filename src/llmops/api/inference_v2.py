@@ -53,7 +53,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    ok = deps.pool(request).ready() and not deps.services(request).lifecycle.draining
+    ok = deps.serving_ready(request)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
 

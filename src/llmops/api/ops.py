@@ -31,9 +31,8 @@ async def ready(request: Request) -> JSONResponse:
     models: dict[str, Any] = {
         name: {"state": h.state, **h.detail} for name, h in pool.states().items()
     }
-    lifecycle = deps.services(request).lifecycle
-    draining = lifecycle.draining
-    is_ready = pool.ready() and not draining and not lifecycle.warming
+    draining = deps.services(request).lifecycle.draining
+    is_ready = deps.serving_ready(request)
     status = "draining" if draining else ("ready" if is_ready else "not_ready")
     state = deps.state(request)
     body = {"status": status, "models": models,
