@@ -53,11 +53,17 @@ for target in "${targets[@]}"; do
     *) echo "unknown image $target (cpu, gpu)" >&2; exit 2 ;;
   esac
   echo "images: building llmops:$target on $base"
+  previous=$("$DOCKER" image inspect -f '{{.Id}}' "llmops:$target" 2>/dev/null || true)
   start=$(date +%s)
   "${BUILD[@]}" --progress=plain "${args[@]}" "${extra[@]}" -f "deploy/docker/Dockerfile.$target" -t "llmops:$target" . \
     >"deploy/docker/.build-$target.log" 2>&1 || { tail -n 40 "deploy/docker/.build-$target.log" >&2; exit 1; }
   secs=$(($(date +%s) - start))
   size=$("$DOCKER" image inspect -f '{{.Size}}' "llmops:$target")
+  # the image this build replaced is left untagged: remove it (about 2.4 GB a rebuild filled the disk),
+  # unless a container still uses it
+  if [[ -n $previous && $previous != $("$DOCKER" image inspect -f '{{.Id}}' "llmops:$target") ]]; then
+    "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
+  fi
   echo "images: llmops:$target built in ${secs}s, $((size / 1000000)) MB (log deploy/docker/.build-$target.log)"
   echo "$(date -u +%FT%TZ) llmops:$target base=$base build_s=$secs size_mb=$((size / 1000000))" >>deploy/docker/.build-times
 done
