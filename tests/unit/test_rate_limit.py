@@ -62,3 +62,34 @@ def test_memory_counters_forget_subjects_whose_state_ran_out() -> None:
         return len(counters._tat)  # the subjects it still holds state for
 
     assert asyncio.run(run()) == 1
+
+
+def test_a_request_refused_by_the_rate_limit_holds_no_in_flight_place() -> None:
+    """A key with both limits: requests refused for requests/min must not take (and so leak, until its TTL)
+    one of the key's in-flight places, or a few refusals would lock the key out for ten minutes."""
+    import asyncio
+
+    from llmops.http_edge import set_api_key
+    from llmops.middleware.rate_limit import Admission, RateLimiter
+    from llmops.observability.metrics import Metrics
+    from llmops.stores.counters import MemoryCounters
+    from llmops.stores.keys import KeyLimits, new_key
+
+    key, _ = new_key("both", (), "interactive", KeyLimits(rpm=1, max_concurrent=2))
+
+    async def run() -> tuple[list[bool], bool]:
+        counters = MemoryCounters()
+        limiter = RateLimiter(counters, None, [], Metrics())
+        outcomes = []
+        for _ in range(4):
+            request: dict[str, object] = {"type": "http", "path": "/v1/chat/completions", "headers": [],
+                                          "client": ("127.0.0.1", 1)}
+            set_api_key(request, key)
+            admitted = await limiter.admit(request)
+            outcomes.append(isinstance(admitted, Admission))
+            # nothing is released: the admitted request is still in flight, the refused ones never were
+        return outcomes, await counters.acquire(key.id, 2, "next", 60)
+
+    outcomes, place_left = asyncio.run(run())
+    assert outcomes == [True, False, False, False]
+    assert place_left  # one place taken by the admitted request, the second still free

@@ -80,15 +80,15 @@ class RateLimiter:
         key = api_key(scope)
         try:
             decision = await self._requests(scope, key)
+            if decision is not None and not decision.allowed:  # refused: it must not take an in-flight place
+                error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
+                                    retry_after=math.ceil(decision.retry_after_s))
+                self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
+                return Refusal(error, _headers(decision))
             holder = await self._hold(key)
         except LLMOpsError as exc:
             self.metrics.reject(UNKNOWN_MODEL, exc)
             return Refusal(exc)
-        if decision is not None and not decision.allowed:
-            error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
-                                retry_after=math.ceil(decision.retry_after_s))
-            self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
-            return Refusal(error, _headers(decision))
         headers = [] if decision is None else [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
         return Admission(headers, key.id if key is not None else None, holder)
 
