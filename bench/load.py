@@ -29,6 +29,7 @@ class Sample:
     tokens: int = 0
     error: str = ""  # what went wrong, for the result's error_kinds
     attempts: int = 1  # 2: sent again on a new connection (the server had closed the pooled one)
+    first_wave: bool = False  # a worker's first request: sent with all the others at once to an idle server
 
     @property
     def decode_tps(self) -> float | None:
@@ -58,6 +59,10 @@ class Result:
     mode: str = "stream"
     repeat: int = 0  # which interleaved repeat (each target started fresh in each)
     extra: dict[str, Any] = field(default_factory=dict)
+    # TTFT p50 of the first wave (every worker's first request, sent at once to an idle server) and of the
+    # requests after it (each sent as another finishes: the steady state of `concurrency` streams)
+    ttft_p50_first_wave_s: float | None = None
+    ttft_p50_steady_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,9 +181,12 @@ async def run_load(base_url: str, model: str, concurrency: int, requests: int, m
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=timeout_s, headers=headers, limits=limits) as client:
         async def worker() -> None:
+            first = True
             while todo:
                 todo.pop()
-                samples.append(await _send_once_more_if_closed(send, client, url, body))
+                sample = await _send_once_more_if_closed(send, client, url, body)
+                sample.first_wave, first = first, False
+                samples.append(sample)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples
 
@@ -193,6 +201,8 @@ def summarize(target: str, concurrency: int, samples: list[Sample], wall_s: floa
         output_tokens=tokens, tokens_per_s=round(tokens / wall_s, 2) if wall_s else 0.0,
         decode_tps_p50=pct([d for s in ok if (d := s.decode_tps) is not None], 50),
         ttft_p50_s=pct(ttft, 50), ttft_p99_s=pct(ttft, 99), e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99),
+        ttft_p50_first_wave_s=pct([s.ttft_s for s in ok if s.ttft_s is not None and s.first_wave], 50),
+        ttft_p50_steady_s=pct([s.ttft_s for s in ok if s.ttft_s is not None and not s.first_wave], 50),
         errors=sum(1 for s in samples if not s.ok and s.status not in (429, 503)),
         rejections=sum(1 for s in samples if s.status in (429, 503)),
         extra=_extra(samples))

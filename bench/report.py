@@ -13,6 +13,7 @@ from typing import Any
 
 BASELINES = ("bare-llamacpp", "llama-cpp-python", "guide-sequential", "litserve-guide")
 Key = tuple[str, str, int, int]  # target, mode, concurrency, repeat
+TTFT_FIELDS = ("ttft_p50_s", "ttft_p50_first_wave_s", "ttft_p50_steady_s")  # all requests, first wave, after it
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -81,21 +82,25 @@ def _paired(rows: list[dict[str, Any]], target: str, base: str, mode: str, conc:
 def summary(rows: list[dict[str, Any]], baselines: list[str]) -> list[str]:
     """Medians of the repeats with their [min-max], and the within-repeat ratios to the first baseline."""
     base = baselines[0] if baselines else None
-    head = ["target", "mode", "conc", "repeats", "tok/s", "TTFT p50 s", "CPU ms/token"]
+    head = ["target", "mode", "conc", "repeats", "tok/s", "TTFT p50 s", "TTFT p50 first wave s", "TTFT p50 steady s",
+            "CPU ms/token"]
     if base:
-        head += [f"tok/s ratio vs {base}", f"TTFT p50 ratio vs {base}", f"CPU/token ratio vs {base}"]
+        head += [f"tok/s ratio vs {base}", f"TTFT p50 ratio vs {base}", "first wave ratio", "steady ratio",
+                 f"CPU/token ratio vs {base}"]
     lines = ["Summary: median [min-max] of the interleaved repeats; ratios taken within each repeat. CPU ms/token: "
-             "the server's CPU time (every thread) per output token, steadier than tok/s on a shared machine.", "",
+             "the server's CPU time (every thread) per output token, steadier than tok/s on a shared machine. "
+             "TTFT first wave: each worker's first request, all sent at once to an idle server; steady: the "
+             "requests after it, each sent as another finishes (the level's concurrency held).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = sorted({_key(r)[:3] for r in rows}, key=lambda k: (k[1], k[0], k[2]))
     for target, mode, conc in groups:
         mine = [r for r in rows if _key(r)[:3] == (target, mode, conc)]
         cells = [target, mode, str(conc), str(len(mine)), spread([r["tokens_per_s"] for r in mine], 1),
-                 spread([r["ttft_p50_s"] for r in mine if r["ttft_p50_s"] is not None], 3),
+                 *[spread([r[f] for r in mine if r.get(f) is not None], 3) for f in TTFT_FIELDS],
                  spread([r["cpu_ms_per_token"] for r in mine if r.get("cpu_ms_per_token") is not None], 1)]
         if base:
             cells += [spread(_paired(rows, target, base, mode, conc, field))
-                      for field in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")]
+                      for field in ("tokens_per_s", *TTFT_FIELDS, "cpu_ms_per_token")]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 

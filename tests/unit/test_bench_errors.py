@@ -52,3 +52,49 @@ async def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -
     [sample] = samples
     assert (sample.ok, sample.tokens, sample.attempts) == (True, 2, 2)
     assert summarize("t", 1, samples, 1.0).extra == {"resent_on_closed_connection": 1}
+
+
+def test_ttft_is_reported_for_the_first_wave_and_the_steady_state_apart() -> None:
+    """The first wave (every worker's first request, sent at once) and the requests after it queue
+    differently: the overall p50 of two waves falls between them, so each gets its own p50."""
+    first = [Sample(ok=True, status=200, ttft_s=1.0 + i / 100, e2e_s=5.0, tokens=64, first_wave=True)
+             for i in range(4)]
+    steady = [Sample(ok=True, status=200, ttft_s=0.2 + i / 100, e2e_s=5.0, tokens=64) for i in range(8)]
+    result = summarize("llmops-llamacpp", 4, first + steady, 10.0)
+    assert result.ttft_p50_first_wave_s is not None
+    assert 1.0 <= result.ttft_p50_first_wave_s <= 1.03
+    assert result.ttft_p50_steady_s is not None
+    assert 0.2 <= result.ttft_p50_steady_s <= 0.27
+
+
+async def test_each_workers_first_request_is_marked_as_the_first_wave() -> None:
+    body = b'{"choices":[{"message":{"content":"a"}}],"usage":{"completion_tokens":1}}'
+    handlers: list[asyncio.Task[None]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        samples = await run_load(f"http://127.0.0.1:{port}", "m", 3, 9, 1, "hi", mode="json")
+    finally:
+        server.close()
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)  # the client closed its connections: each sees EOF
+    assert len(samples) == 9
+    assert all(s.ok for s in samples)
+    assert sum(s.first_wave for s in samples) == 3
