@@ -4,7 +4,8 @@ same JSON on the same uvicorn (bench/targets/bare_fastapi.py):
   per request  non-streaming chat, one token: sequential p50/p99 latency, 16-way requests/s and the server's
                CPU time per request in that run (steadier than req/s on a shared machine); llmops with
                auth and limits off (no keys, cache off), and with a key carrying every limit (requests/min,
-               tokens/min, in flight, budget, prices) on the SQLite store
+               tokens/min, in flight, budget, prices) on the SQLite store (or, as the case
+               llmops-keyed-redis, on a redis-server the bench starts)
   per token    streaming chat, a 64-token answer, 16 concurrent streams: the server's CPU time per token
 
 Each repeat starts every server fresh and runs them one after another, the order rotating, so the
@@ -15,6 +16,8 @@ machine.
 
     python -m bench.overhead --out bench/results [--repeats 3] [--requests 400]
     python -m bench.overhead --baseline-src /path/to/old/checkout/src   # adds llmops-open@baseline: before/after
+    python -m bench.overhead --cases bare-fastapi,llmops-keyed-redis --baseline-src OLD/src \
+        --baseline-case llmops-keyed-redis                               # the same for the Redis store
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ REPLY = " ".join(f"w{i}" for i in range(64))
 LIMITS = {"name": "bench", "rpm": 100_000_000, "tpm": 1_000_000_000, "max_concurrent": 256,
           "budget_usd": 1_000_000, "budget_period": "month"}
 CASES = ("bare-fastapi", "llmops-open", "llmops-keyed-sqlite")
+KEYED = ("llmops-keyed-sqlite", "llmops-keyed-redis")  # a key carrying every limit; the state store named
+REDIS_URL_ENV = "BENCH_REDIS_URL"  # the redis-server main() starts for the keyed-redis case
 
 
 @dataclass
@@ -59,10 +64,16 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
-BASELINE = "llmops-open@baseline"  # the open server from another source tree (--baseline-src)
+BASELINE = "@baseline"  # suffix of a case served from another source tree (--baseline-src)
+
+
+def base_case(case: str) -> str:
+    """The case a baseline case configures like (`llmops-open@baseline` is `llmops-open`)."""
+    return case.removesuffix(BASELINE)
 
 
 def server_command(case: str, port: int, tmp: Path) -> list[str]:
+    case_name, case = case, base_case(case)
     if case == "bare-fastapi":
         return [sys.executable, "-m", "bench.targets.bare_fastapi", "--port", str(port), "--reply", REPLY]
     model = {"name": "fake", "engine": "fake", "options": {"reply": REPLY, "capacity": 256},
@@ -70,9 +81,12 @@ def server_command(case: str, port: int, tmp: Path) -> list[str]:
              "limits": {"max_queued": 1024}}
     config: dict[str, Any] = {"log_level": "warning", "models": [model], "cache": {"enabled": False},
                               "state": {"backend": "sqlite", "sqlite_path": str(tmp / f"{case}-{port}.db")}}
-    if case == "llmops-keyed-sqlite":
+    if case in KEYED:
         config["auth"] = {"admin_key": ADMIN}
-    path = tmp / f"{case.replace('@', '-')}.yaml"
+    if case == "llmops-keyed-redis":
+        config["state"] = {"backend": "redis", "redis_url": os.environ[REDIS_URL_ENV],
+                           "redis_prefix": f"bench{port}-{case_name.replace('@', '-')}:"}
+    path = tmp / f"{case_name.replace('@', '-')}.yaml"
     path.write_text(yaml.safe_dump(config))
     return [sys.executable, "-m", "llmops", "serve", "--config", str(path), "--port", str(port)]
 
@@ -80,7 +94,7 @@ def server_command(case: str, port: int, tmp: Path) -> list[str]:
 def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str | None = None) -> Server:
     log = stack.enter_context((tmp / f"{case.replace('@', '-')}.log").open("w"))
     env = dict(os.environ)
-    if case == BASELINE and baseline_src:
+    if case.endswith(BASELINE) and baseline_src:
         env["PYTHONPATH"] = os.pathsep.join([baseline_src, *env.get("PYTHONPATH", "").split(os.pathsep)])
     proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
@@ -90,7 +104,7 @@ def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str |
     except RuntimeError as exc:
         log.flush()
         raise RuntimeError(f"{case}: {exc}\n{Path(log.name).read_text()[-2000:]}") from None
-    if case == "llmops-keyed-sqlite":
+    if base_case(case) in KEYED:
         created = httpx.post(f"http://127.0.0.1:{port}/admin/keys", json=LIMITS,
                              headers={"Authorization": f"Bearer {ADMIN}"})
         created.raise_for_status()
@@ -280,11 +294,18 @@ def main() -> None:
                    help="requests over 16 connections per repeat (long enough to take in the collector's pauses)")
     p.add_argument("--streams", type=int, default=64, help="streamed answers per repeat (64 tokens each)")
     p.add_argument("--port", type=int, default=18095)
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
-    p.add_argument("--baseline-src", default=None, help="another checkout's src/: adds the case " + BASELINE)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES + KEYED[1:])}")
+    p.add_argument("--baseline-src", default=None,
+                   help="another checkout's src/: adds the case BASELINE-CASE" + BASELINE + ", served from it")
+    p.add_argument("--baseline-case", default="llmops-open", help="the case the baseline source serves")
     a = p.parse_args()
-    cases = tuple(a.cases.split(",")) + ((BASELINE,) if a.baseline_src else ())
-    with tempfile.TemporaryDirectory() as folder:
+    cases = tuple(a.cases.split(",")) + ((a.baseline_case + BASELINE,) if a.baseline_src else ())
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        if any(base_case(c) == "llmops-keyed-redis" for c in cases):
+            from tests.helpers import RedisServer
+            redis = RedisServer(Path(folder)).start()
+            stack.callback(redis.stop)
+            os.environ[REDIS_URL_ENV] = redis.url
         rows = run(cases, a.repeats, a.requests, a.load, a.streams, a.port, Path(folder), a.baseline_src)
     meta = run_meta(repeats=a.repeats, requests=a.requests, load=a.load, streams=a.streams, baseline_src=a.baseline_src)
     save(a.out, a.name, markdown(summarize(rows, cases), meta), {"meta": meta, "rows": rows})

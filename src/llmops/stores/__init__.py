@@ -58,8 +58,12 @@ def _build_state(settings: StateSettings, on_error: Callable[[str], None] | None
         guard = rs.RedisGuard(client, settings.redis_timeout_s, settings.on_error == "open",
                               on_error or (lambda _: None))
         p = settings.redis_prefix
-        return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p), rs.RedisLedger(guard, p),
-                     rs.RedisCache(guard, p), "redis", [client.aclose], guard.ping, rs.RedisBudgets(guard, p))
+        # spend and the writes still queued are sent before the client closes (the ledger's last batch
+        # first: a reservation is given back after its request's spend is written)
+        redis_ledger, writes = rs.RedisLedger(guard, p), rs.RedisWrites(guard)
+        return State(rs.RedisKeyStore(guard, p), rs.RedisCounters(guard, p, writes), redis_ledger,
+                     rs.RedisCache(guard, p), "redis", [redis_ledger.close, writes.close, client.aclose], guard.ping,
+                     rs.RedisBudgets(guard, p, writes))
     db = SqliteDb(":memory:" if settings.backend == "memory" else settings.sqlite_path)
     ledger = SqliteLedger(db, on_error)
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
+from llmops.stores.group_commit import GroupCommit
 from llmops.stores.sqlite import SqliteDb
 
 log = logging.getLogger("llmops.ledger")
@@ -140,11 +141,10 @@ LINGER_S = 0.02  # under load, the shortest time between two batches (a crash ca
 
 
 class SqliteLedger:
-    """Spend in SQLite, written by group commit: `record` queues the entry and returns; one writer task writes
-    everything queued with one statement in one transaction (one worker-thread hop), one row per day, key
-    and model (`_rows`), then whatever arrived meanwhile, until nothing is queued. A lone entry after a pause
-    is written at once; under load a batch starts at most every LINGER_S, so the thread hops (each a wake-up
-    of a worker thread and of the event loop) stay a few dozen a second however many requests settle. Reads
+    """Spend in SQLite, written by group commit (group_commit.py): `record` queues the entry and returns; each
+    batch is one statement in one transaction (one worker-thread hop), one row per day, key and model
+    (`_rows`). Under load a batch starts at most every LINGER_S, so the thread hops (each a wake-up of a
+    worker thread and of the event loop) stay a few dozen a second however many requests settle. Reads
     first wait until every entry recorded before them is written, so they stay exact; `close` writes what
     is still queued.
     A batch that cannot be written is logged (one line, with what it held) and told to `on_error`."""
@@ -152,11 +152,7 @@ class SqliteLedger:
     def __init__(self, db: SqliteDb, on_error: Callable[[str], None] | None = None) -> None:
         self._db = db
         self._on_error = on_error or (lambda _: None)
-        self._queued: list[SpendEntry] = []
-        self._queued_written: asyncio.Future[None] | None = None  # resolved once the queued entries are written
-        self._writing: asyncio.Future[None] | None = None  # the same for the batch being written now
-        self._writer: asyncio.Task[None] | None = None
-        self._last_write = 0.0  # time.monotonic() when the last batch began
+        self._commit: GroupCommit[SpendEntry] = GroupCommit(self._write, LINGER_S)
         for statement in _SCHEMA:
             db.run(statement)
         if "requests" not in {column[1] for column in db.run("PRAGMA table_info(llmops_spend)")}:
@@ -167,39 +163,11 @@ class SqliteLedger:
                     raise
 
     async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        waiting = self._queued_written or self._writing  # batches are written in order: the last one suffices
-        if waiting is not None:
-            await asyncio.shield(waiting)
+        await self._commit.written()
         return await self._db.query(sql, args)
 
     async def record(self, entry: SpendEntry) -> None:
-        if self._queued_written is None:
-            self._queued_written = asyncio.get_running_loop().create_future()
-        self._queued.append(entry.stamped())
-        self._start_writer()
-
-    def _start_writer(self) -> None:
-        if self._writer is None and self._queued:
-            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
-
-    async def _write_queued(self) -> None:
-        try:
-            while self._queued:
-                linger = self._last_write + LINGER_S - time.monotonic()
-                if linger > 0:  # batches under load come at most this often; after a pause, at once
-                    await asyncio.sleep(linger)
-                self._last_write = time.monotonic()
-                batch, self._queued = self._queued, []
-                written, self._queued_written = self._queued_written, None
-                self._writing = written
-                try:
-                    await self._write(batch)
-                finally:
-                    self._writing = None
-                    if written is not None and not written.done():
-                        written.set_result(None)
-        finally:
-            self._writer = None
+        self._commit.add(entry.stamped())
 
     async def _write(self, batch: list[SpendEntry]) -> None:
         try:
@@ -212,9 +180,7 @@ class SqliteLedger:
 
     async def close(self) -> None:
         """Write every queued entry (the state closes the connection after this)."""
-        self._start_writer()  # should a writer have been cancelled with entries still queued
-        while self._writer is not None:
-            await asyncio.wait({self._writer})  # never raises: the writer logs its own failures
+        await self._commit.close()
 
     async def key_spend(self, key_id: str, since: float) -> float:
         rows = await self._query("SELECT TOTAL(cost_usd) FROM llmops_spend WHERE key_id = ? AND at >= ?",

@@ -1,0 +1,133 @@
+"""The Redis spend ledger on a real redis-server: entries that settle together are written as one MULTI with
+their sums (group commit, as SQLite), the sums stay exact, `record` returns only once its entry is in Redis
+(budget reservations are released after it), and a batch Redis refuses is said to be lost, not raised."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis
+
+from llmops.settings import StateSettings
+from llmops.stores import build_state
+from llmops.stores.ledger import SpendEntry, day_of
+from tests.helpers import RedisServer
+
+
+def _execs(url: str) -> int:
+    """MULTI/EXEC transactions Redis has run since it started."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+async def test_entries_settling_together_are_one_transaction_with_exact_sums(redis_server: RedisServer) -> None:
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    at = 1_800_000_000.0  # a fixed time, inside one UTC day and one minute
+    entries = [SpendEntry(f"k{i % 2}", f"m{i % 3}", 0.001 * (i + 1), prompt_tokens=i, completion_tokens=2,
+                          images=i % 2, at=at) for i in range(200)]
+    before = _execs(redis_server.url)
+    try:
+        await asyncio.gather(*(state.ledger.record(e) for e in entries))
+        assert _execs(redis_server.url) - before == 1  # every entry was queued before the writer first ran
+        rows = await state.ledger.report(day_of(at), day_of(at))
+    finally:
+        await state.close()
+    assert sum(r.requests for r in rows) == 200
+    assert len(rows) == 6  # two keys x three models
+    for row in rows:
+        mine = [e for e in entries if (e.key_id, e.model) == (row.key_id, row.model)]
+        assert row.requests == len(mine)
+        assert row.prompt_tokens == sum(e.prompt_tokens for e in mine)
+        assert row.completion_tokens == 2 * len(mine)
+        assert row.images == sum(e.images for e in mine)
+        assert row.cost_usd == pytest.approx(sum(e.cost_usd for e in mine))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert float(client.hget("llmops:keyspend:total", "k0") or 0) == pytest.approx(
+        sum(e.cost_usd for e in entries if e.key_id == "k0"))
+    assert float(client.get(f"llmops:spendmin:{int(at // 60)}") or 0) == pytest.approx(sum(e.cost_usd for e in entries))
+    assert 0 < client.ttl(f"llmops:spendmin:{int(at // 60)}") <= 7200
+
+
+async def test_record_returns_once_the_entry_is_in_redis_and_reads_see_it(redis_server: RedisServer) -> None:
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for i in range(3):
+            await state.ledger.record(SpendEntry("key", "m", 0.5))
+            assert float(client.hget("llmops:keyspend:total", "key") or 0) == pytest.approx(0.5 * (i + 1))
+        recorded = asyncio.ensure_future(state.ledger.record(SpendEntry("key", "m", 0.25)))
+        await asyncio.sleep(0)  # the entry is queued (its writer has not run yet)
+        assert await state.ledger.key_spend("key", 0) == pytest.approx(1.75)  # waits for the queued entry
+        assert await state.ledger.hour_spend() == pytest.approx(1.75)
+        await recorded
+    finally:
+        await state.close()
+
+
+async def test_close_writes_what_is_still_queued(redis_server: RedisServer) -> None:
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    pending = [asyncio.ensure_future(state.ledger.record(SpendEntry("late", "m", 0.1))) for _ in range(5)]
+    await asyncio.sleep(0)  # the records are queued; none has been written yet
+    await state.close()
+    await asyncio.gather(*pending)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert float(client.hget("llmops:keyspend:total", "late") or 0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_a_batch_redis_cannot_take_is_said_to_be_lost_and_never_raised(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture, on_error: str) -> None:
+    failures: list[str] = []
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url, redis_timeout_s=0.2,
+                                      on_error=on_error), on_error=failures.append)
+    redis_server.stop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="llmops.stores"):
+            await asyncio.gather(*(state.ledger.record(SpendEntry("gone", "m", 0.01)) for _ in range(3)))
+    finally:
+        await state.close()
+    assert "spend.record" in failures
+    lost = [r.getMessage() for r in caplog.records if "they are lost" in r.getMessage()]
+    assert lost == ["could not write 3 spend entries ($0.030000 in all, keys ['gone']) to Redis; they are lost"]
+
+
+async def test_places_reservations_and_token_counts_given_back_together_take_effect(
+        redis_server: RedisServer) -> None:
+    """The writes no request waits on (RedisWrites) go out together and in order, and each takes effect."""
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    budgets = state.budgets
+    assert budgets is not None
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        holders = [f"h{i}" for i in range(8)]
+        for h in holders:
+            assert await state.counters.acquire("key", 8, h, 60)
+            made = await budgets.reserve("key", 0, 100.0, 1.0, h, 60)
+            assert made is not None
+            assert made.made
+        assert not await state.counters.acquire("key", 8, "ninth", 60)
+        await asyncio.gather(*(state.counters.release("key", h) for h in holders),
+                             *(budgets.release("key", h) for h in holders),
+                             *(state.counters.add_tokens("key", 10) for _ in holders))
+        assert client.zcard("llmops:inflight:key") == 0
+        assert client.hlen("llmops:reserved:key") == 0
+        counted = [float(client.get(k) or 0) for k in client.scan_iter("llmops:tpm:key:*")]
+        assert sum(counted) == 80  # in this minute's window (or split across two, at a minute's turn)
+    finally:
+        await state.close()
+
+
+async def test_writes_redis_cannot_take_are_counted_and_never_raised(redis_server: RedisServer) -> None:
+    failures: list[str] = []
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url, redis_timeout_s=0.2,
+                                      on_error="closed"), on_error=failures.append)
+    assert state.budgets is not None
+    redis_server.stop()
+    try:
+        await asyncio.gather(state.counters.release("key", "h"), state.budgets.release("key", "h"),
+                             state.counters.add_tokens("key", 5))
+    finally:
+        await state.close()
+    assert "writes" in failures
