@@ -131,3 +131,21 @@ async def test_writes_redis_cannot_take_are_counted_and_never_raised(redis_serve
     finally:
         await state.close()
     assert "writes" in failures
+
+
+async def test_requests_per_minute_and_an_in_flight_place_are_one_step(redis_server: RedisServer) -> None:
+    """`hit_and_acquire`: a place only for a request the rate allows, and none once all are taken."""
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        counters = state.counters
+        first = await counters.hit_and_acquire("key:k", 2, "k", 1, "a", 60)
+        assert (first[0].allowed, first[1]) == (True, True)
+        full = await counters.hit_and_acquire("key:k", 2, "k", 1, "b", 60)  # the rate allows; no place left
+        assert (full[0].allowed, full[1]) == (True, False)
+        await counters.release("k", "a")
+        limited = await counters.hit_and_acquire("key:k", 2, "k", 1, "c", 60)  # two per minute already used
+        assert (limited[0].allowed, limited[1]) == (False, False)
+        assert client.zcard("llmops:inflight:k") == 0  # the refused request took no place
+    finally:
+        await state.close()

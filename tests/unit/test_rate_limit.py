@@ -93,3 +93,36 @@ def test_a_request_refused_by_the_rate_limit_holds_no_in_flight_place() -> None:
     outcomes, place_left = asyncio.run(run())
     assert outcomes == [True, False, False, False]
     assert place_left  # one place taken by the admitted request, the second still free
+
+
+def test_a_key_with_both_limits_is_refused_when_its_places_are_taken_and_admitted_once_one_is_back() -> None:
+    import asyncio
+
+    from llmops.http_edge import set_api_key
+    from llmops.middleware.rate_limit import Admission, RateLimiter
+    from llmops.middleware.rate_limit import Refusal as Refused
+    from llmops.observability.metrics import Metrics
+    from llmops.stores.counters import MemoryCounters
+    from llmops.stores.keys import KeyLimits, new_key
+
+    key, _ = new_key("both", (), "interactive", KeyLimits(rpm=100, max_concurrent=1))
+
+    def request() -> dict[str, object]:
+        scope: dict[str, object] = {"type": "http", "path": "/v1/chat/completions", "headers": [],
+                                    "client": ("127.0.0.1", 1)}
+        set_api_key(scope, key)
+        return scope
+
+    async def run() -> None:
+        limiter = RateLimiter(MemoryCounters(), None, [], Metrics())
+        first = await limiter.admit(request())
+        assert isinstance(first, Admission)
+        assert first.holder is not None
+        refused = await limiter.admit(request())
+        assert isinstance(refused, Refused)
+        assert "1 requests in flight" in refused.error.message
+        limiter.release(first)
+        await limiter._releases.wait()
+        assert isinstance(await limiter.admit(request()), Admission)
+
+    asyncio.run(run())

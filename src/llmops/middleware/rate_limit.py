@@ -26,6 +26,7 @@ from llmops.tasks import TaskSet
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 HOLD_TTL_S = 600.0  # an in-flight place not released (a replica died) frees itself after this
+FULL = "full"  # what `_limits` gives for the in-flight place when the key has every place taken
 
 
 def client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
@@ -79,16 +80,20 @@ class RateLimiter:
             return Admission([])
         key = api_key(scope)
         try:
-            decision = await self._requests(scope, key)
-            if decision is not None and not decision.allowed:  # refused: it must not take an in-flight place
-                error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
-                                    retry_after=math.ceil(decision.retry_after_s))
-                self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
-                return Refusal(error, _headers(decision))
-            holder = await self._hold(key)
+            decision, holder = await self._limits(scope, key)
         except LLMOpsError as exc:
             self.metrics.reject(UNKNOWN_MODEL, exc)
             return Refusal(exc)
+        if decision is not None and not decision.allowed:  # refused: it took no in-flight place
+            error = RateLimited(f"rate limit of {decision.limit} requests/min exceeded",
+                                retry_after=math.ceil(decision.retry_after_s))
+            self.metrics.reject(UNKNOWN_MODEL, error, "rate_limit")
+            return Refusal(error, _headers(decision))
+        if holder == FULL:
+            assert key is not None
+            error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
+            self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
+            return Refusal(error)
         headers = [] if decision is None else [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
         return Admission(headers, key.id if key is not None else None, holder)
 
@@ -98,20 +103,23 @@ class RateLimiter:
         if admission.holder is not None and admission.key_id is not None:
             self._releases.spawn(self.counters.release(admission.key_id, admission.holder))
 
+    async def _limits(self, scope: Scope, key: ApiKey | None) -> tuple[Decision | None, str | None]:
+        """The requests/min decision (None: no such limit) and the in-flight place taken (its holder; None:
+        no such limit; FULL: all taken). A request the rate refuses never takes a place; with both limits
+        the two are one step (one round trip on Redis)."""
+        limit = key.limits.max_concurrent if key is not None else None
+        if key is None or limit is None:
+            return await self._requests(scope, key), None
+        holder = unique_hex()
+        if key.limits.rpm is None:
+            return None, holder if await self.counters.acquire(key.id, limit, holder, HOLD_TTL_S) else FULL
+        decision, placed = await self.counters.hit_and_acquire(f"key:{key.id}", key.limits.rpm, key.id, limit,
+                                                               holder, HOLD_TTL_S)
+        return decision, holder if placed else FULL
+
     async def _requests(self, scope: Scope, key: ApiKey | None) -> Decision | None:
         rpm = key.limits.rpm if key is not None else self.anonymous_rpm
         if rpm is None:
             return None
         subject = f"key:{key.id}" if key is not None else f"ip:{client_ip(scope, self.trusted)}"
         return await self.counters.hit_requests(subject, rpm)
-
-    async def _hold(self, key: ApiKey | None) -> str | None:
-        """An in-flight place for a key with `max_concurrent`, or 429 when they are all taken."""
-        if key is None or key.limits.max_concurrent is None:
-            return None
-        holder = unique_hex()
-        if not await self.counters.acquire(key.id, key.limits.max_concurrent, holder, HOLD_TTL_S):
-            error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
-            self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
-            raise error
-        return holder

@@ -46,6 +46,12 @@ class Counters(Protocol):
 
     async def release(self, subject: str, holder: str) -> None: ...
 
+    async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
+                              ttl_s: float) -> tuple[Decision, bool]:
+        """`hit_requests(subject)`, then, only when it allows, `acquire(place)`, as one step: (the
+        requests/min decision, whether the place was taken)."""
+        ...
+
 
 def gcra(now: float, tat: float | None, per_minute: int) -> tuple[Decision, float | None]:
     """The decision for one request, and the new theoretical arrival time to store (None: store nothing)."""
@@ -142,3 +148,8 @@ class MemoryCounters:
 
     async def release(self, subject: str, holder: str) -> None:
         self._holders.get(subject, {}).pop(holder, None)
+
+    async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
+                              ttl_s: float) -> tuple[Decision, bool]:
+        decision = await self.hit_requests(subject, per_minute)
+        return decision, decision.allowed and await self.acquire(place, limit, holder, ttl_s)

@@ -40,6 +40,20 @@ if now >= tat - window + interval then
 end
 return {tostring(now), tostring(tat)}
 """
+_GCRA_THEN_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tat == nil or tat < now then tat = now end
+if now < tat - window + interval then return {tostring(now), tostring(tat), 0} end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {tostring(now), tostring(tat), 0} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
+redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[4])) + 1)
+return {tostring(now), tostring(tat), 1}
+"""
 _TOKENS = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -221,12 +235,24 @@ class RedisCounters:
         self._gcra = guard.client.register_script(_GCRA)
         self._tokens = guard.client.register_script(_TOKENS)
         self._acquire = guard.client.register_script(_ACQUIRE)
+        self._gcra_then_acquire = guard.client.register_script(_GCRA_THEN_ACQUIRE)
 
     async def hit_requests(self, subject: str, per_minute: int) -> Decision:
         allow = Decision(True, per_minute, per_minute, 0.0, 0.0)
         raw = await self.g.call("limits.requests", lambda: self._gcra(
             keys=[f"{self.p}rpm:{subject}"], args=[60.0 / per_minute, 60.0]), None)
         return allow if raw is None else gcra(float(raw[0]), float(raw[1]), per_minute)[0]
+
+    async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
+                              ttl_s: float) -> tuple[Decision, bool]:
+        """Both scripts' work in one script: one round trip where there were two."""
+        allow = Decision(True, per_minute, per_minute, 0.0, 0.0)
+        raw = await self.g.call("limits.requests", lambda: self._gcra_then_acquire(
+            keys=[f"{self.p}rpm:{subject}", f"{self.p}inflight:{place}"],
+            args=[60.0 / per_minute, 60.0, limit, ttl_s, holder]), None)
+        if raw is None:  # failing open, as each of the two does
+            return allow, True
+        return gcra(float(raw[0]), float(raw[1]), per_minute)[0], bool(int(raw[2]))
 
     async def hit_tokens(self, subject: str, per_minute: int, count: int) -> Decision:
         index, elapsed = window_index(time.time())
