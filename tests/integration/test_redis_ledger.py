@@ -149,3 +149,38 @@ async def test_requests_per_minute_and_an_in_flight_place_are_one_step(redis_ser
         assert client.zcard("llmops:inflight:k") == 0  # the refused request took no place
     finally:
         await state.close()
+
+
+async def test_a_budget_reservation_and_tokens_per_minute_are_one_step(redis_server: RedisServer) -> None:
+    """A refusal by either holds nothing: no reservation when tokens/min refuses, no tokens counted when the
+    budget does."""
+    from llmops.stores.ledger import TokenHit
+
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    budgets = state.budgets
+    assert budgets is not None
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+    def tokens_counted() -> float:
+        return sum(float(client.get(k) or 0) for k in client.scan_iter("llmops:tpm:k:*"))
+    try:
+        made = await budgets.reserve("k", 0, 1.0, 0.4, "a", 60, TokenHit(100, 60))
+        assert made is not None
+        assert made.made
+        assert made.tokens is not None
+        assert made.tokens.allowed
+        assert (client.hlen("llmops:reserved:k"), tokens_counted()) == (1, 60)
+        too_many = await budgets.reserve("k", 0, 1.0, 0.4, "b", 60, TokenHit(100, 60))  # 120 tokens > 100
+        assert too_many is not None
+        assert not too_many.made
+        assert too_many.tokens is not None
+        assert not too_many.tokens.allowed
+        assert (client.hlen("llmops:reserved:k"), tokens_counted()) == (1, 60)  # nothing held for it
+        await budgets.reserve("k", 0, 1.0, 0.6, "c", 60)  # the budget is now fully reserved
+        over_budget = await budgets.reserve("k", 0, 1.0, 0.1, "d", 60, TokenHit(100, 10))
+        assert over_budget is not None
+        assert not over_budget.made
+        assert over_budget.tokens is None  # refused by the budget: tokens/min not looked at
+        assert tokens_counted() == 60
+    finally:
+        await state.close()

@@ -127,10 +127,13 @@ def test_a_restart_keeps_keys_and_spend(tmp_path: Path, redis_server: RedisServe
     assert key["id"].encode() in stored
 
 
+@pytest.mark.parametrize("budget", [[], ["--budget", "100"]], ids=["tpm-only", "with-a-budget"])
 def test_tokens_per_minute_count_prompt_and_completion(tmp_path: Path, redis_server: RedisServer,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                                       capsys: pytest.CaptureFixture[str], budget: list[str]) -> None:
+    """With a budget too, tokens/min is checked in the budget reservation's script (one round trip)."""
     cfg = config(tmp_path, "tpm", "redis", redis_server)
-    secret = create_key(cfg, capsys, "--tpm", "100")["secret"]
+    made = create_key(cfg, capsys, "--tpm", "100", *budget)
+    secret = made["secret"]
     with live_server(cfg) as base:
         used, usd = 0, 0.0
         for _ in range(10):
@@ -144,6 +147,11 @@ def test_tokens_per_minute_count_prompt_and_completion(tmp_path: Path, redis_ser
         assert "tokens/min" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) >= 1
         assert 60 < used <= 100  # ~20 tokens a request: refused once the next would pass 100
+    reservations = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 10
+    while reservations.hlen(f"llmops:reserved:{made['id']}"):  # the refused request holds none either
+        assert time.monotonic() < deadline, "a reservation was left held"
+        time.sleep(0.02)
 
 
 def test_budget_exhaustion_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,8 @@
   budget by at most one request's worst-case cost, however many replicas serve it;
 - the key's tokens/min: the prompt's tokens are counted when the request is admitted (estimated at four
   characters per token, since the engine tokenizes later), and the completion's when it settles, together
-  with the correction of the estimate to the engine's exact prompt count;
+  with the correction of the estimate to the engine's exact prompt count. On Redis, a key with a budget has
+  its tokens/min checked in the budget's script (one round trip, and a refusal of either holds nothing);
 - the cost from the model's price table, recorded against the key and model.
 
 Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker), by one
@@ -34,8 +35,9 @@ from llmops.pipeline.budget import period_bounds
 from llmops.pipeline.spend_totals import SpendTotals
 from llmops.settings import ModelConfig, SpendSettings
 from llmops.stores import State
+from llmops.stores.counters import Decision
 from llmops.stores.keys import ApiKey
-from llmops.stores.ledger import ANONYMOUS, SpendEntry
+from llmops.stores.ledger import ANONYMOUS, Reservation, SpendEntry, TokenHit
 from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
@@ -96,19 +98,21 @@ class Accountant:
         charge = Charge(key, model, estimate_tokens(prompt_chars) if prompt_chars else 0)
         if key is None:
             return charge
-        await self._reserve(key, model.name, charge, worst_case_usd)
-        if key.limits.tpm is not None and charge.estimated_prompt:
+        tpm = key.limits.tpm
+        tokens = TokenHit(tpm, charge.estimated_prompt) if tpm is not None and charge.estimated_prompt else None
+        decision = await self._reserve(key, model.name, charge, worst_case_usd, tokens)
+        if tokens is not None and decision is None:  # not counted with the reservation: count it now
             try:
-                decision = await self.state.counters.hit_tokens(key.id, key.limits.tpm, charge.estimated_prompt)
+                decision = await self.state.counters.hit_tokens(key.id, tokens.per_minute, tokens.count)
             except BaseException:
                 self._release(charge)
                 raise
-            if not decision.allowed:
-                self._release(charge)
-                error = RateLimited(f"token limit of {key.limits.tpm} tokens/min exceeded (this prompt: about "
-                                    f"{charge.estimated_prompt} tokens)", retry_after=math.ceil(decision.retry_after_s))
-                self.metrics.reject(model.name, error, "token_limit")
-                raise error
+        if decision is not None and not decision.allowed:
+            self._release(charge)
+            error = RateLimited(f"token limit of {tpm} tokens/min exceeded (this prompt: about "
+                                f"{charge.estimated_prompt} tokens)", retry_after=math.ceil(decision.retry_after_s))
+            self.metrics.reject(model.name, error, "token_limit")
+            raise error
         return charge
 
     def reserved(self, key_id: str) -> float:
@@ -135,23 +139,28 @@ class Accountant:
             self.metrics.reject(model, error)
             raise error
 
-    async def _reserve(self, key: ApiKey, model: str, charge: Charge, worst_case_usd: float) -> None:
+    async def _reserve(self, key: ApiKey, model: str, charge: Charge, worst_case_usd: float,
+                       tokens: TokenHit | None) -> Decision | None:
         """Check the budget and reserve the request's worst case, atomically in this process (no await
-        between reading what is reserved and adding to it)."""
+        between reading what is reserved and adding to it). With a shared store, `tokens` is checked in
+        the same step (one round trip): its decision is returned then, None when it was not checked."""
         budget = key.limits.budget_usd
         if budget is None:
-            return
+            return None
         start, end = period_bounds(key.limits.budget_period, time.time())
         shared = None
         if self.state.budgets is not None:
-            shared = await self._reserve_shared(key, charge, start, budget, worst_case_usd)
+            shared = await self._reserve_shared(key, charge, start, budget, worst_case_usd, tokens)
+        decision = None
         if shared is not None:
-            made, spent, reserved = shared
+            made, spent, reserved, decision = shared.made, shared.spent, shared.reserved, shared.tokens
         else:  # in-process backends, or Redis unreachable and failing open: this process's reservations
             spent = await self.key_spend(key, start)
             reserved = self._reserved.get(key.id, 0.0)
             made = spent + reserved < budget
         self.metrics.budget_used.labels(key.id).set(spent / budget if budget else 1.0)
+        if decision is not None and not decision.allowed:  # the budget allowed; tokens/min refused
+            return decision
         if not made:
             resets = f"; it resets in {math.ceil((end - time.time()) / 3600)} h" if end else ""
             held = f", ${reserved:.4f} more held by requests in flight" if reserved else ""
@@ -162,9 +171,10 @@ class Accountant:
             raise error
         self._reserved[key.id] = self._reserved.get(key.id, 0.0) + worst_case_usd
         charge.reserved_usd = worst_case_usd
+        return decision
 
     async def _reserve_shared(self, key: ApiKey, charge: Charge, start: float, budget: float,
-                              worst_case_usd: float) -> tuple[bool, float, float] | None:
+                              worst_case_usd: float, tokens: TokenHit | None) -> Reservation | None:
         """Check and reserve in the shared store, atomically for every replica; None when the store is
         unreachable and fails open (then each replica holds its own reservations, as one process does)."""
         assert self.state.budgets is not None
@@ -172,7 +182,7 @@ class Accountant:
         ttl = charge.model.limits.max_deadline_s + SETTLE_MARGIN_S
         budgets = self.state.budgets
         try:
-            answer = await budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl)
+            answer = await budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl, tokens)
         except StoreUnavailable:  # timed out and failing closed: Redis may still have run the script
             self._tasks.spawn(budgets.release(key.id, holder))
             raise
@@ -181,7 +191,7 @@ class Accountant:
             return None
         if answer.made:
             charge.holder = holder
-        return answer.made, answer.spent, answer.reserved
+        return answer
 
     async def key_spend(self, key: ApiKey, start: float) -> float:
         return await self._key_spend.get(key.id, start, lambda: self.state.ledger.key_spend(key.id, start))

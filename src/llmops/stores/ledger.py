@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
+from llmops.stores.counters import Decision
 from llmops.stores.group_commit import GroupCommit
 from llmops.stores.sqlite import SqliteDb
 
@@ -48,12 +49,21 @@ class SpendRow:
 
 
 @dataclass(frozen=True)
+class TokenHit:
+    """A tokens/min check made in the same step as a budget reservation (`Counters.hit_tokens`'s own)."""
+
+    per_minute: int
+    count: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     """What a shared budget check answered: whether the reservation was made, and what it saw."""
 
     made: bool
     spent: float  # the key's spend in the period, every replica's
     reserved: float  # held by other requests in flight, every replica's (this one's not included)
+    tokens: Decision | None = None  # the tokens/min decision, when asked and the budget allowed
 
 
 class SharedBudgets(Protocol):
@@ -62,8 +72,10 @@ class SharedBudgets(Protocol):
     after its `ttl_s` (a replica that died never settles), and is released when its request settles."""
 
     async def reserve(self, key_id: str, since: float, budget_usd: float, usd: float, holder: str,
-                      ttl_s: float) -> Reservation | None:
-        """None when the store cannot be reached and its policy fails open (no reservation made)."""
+                      ttl_s: float, tokens: TokenHit | None = None) -> Reservation | None:
+        """None when the store cannot be reached and its policy fails open (no reservation made). With
+        `tokens`, the key's tokens/min is checked and counted in the same step once the budget allows: a
+        refusal of either makes no reservation and counts no tokens."""
         ...
 
     async def release(self, key_id: str, holder: str) -> None: ...

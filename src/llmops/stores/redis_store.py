@@ -21,7 +21,7 @@ from llmops.errors import StoreUnavailable
 from llmops.stores.counters import Decision, gcra, sliding, window_index
 from llmops.stores.group_commit import GroupCommit
 from llmops.stores.keys import ApiKey, missing, revoked
-from llmops.stores.ledger import LINGER_S, Reservation, SpendEntry, SpendRow, day_of, days_between
+from llmops.stores.ledger import LINGER_S, Reservation, SpendEntry, SpendRow, TokenHit, day_of, days_between
 
 log = logging.getLogger("llmops.stores")
 T = TypeVar("T")
@@ -77,8 +77,10 @@ _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local budget, usd, holder, ttl, key_id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+-- with ARGV[6..8] (tokens/min limit, tokens, share of the minute elapsed): KEYS[2], KEYS[3] are its windows
+local tokens = #ARGV > 5
 local spent = 0
-for i = 2, #KEYS do spent = spent + tonumber(redis.call('HGET', KEYS[i], key_id) or '0') end
+for i = (tokens and 4 or 2), #KEYS do spent = spent + tonumber(redis.call('HGET', KEYS[i], key_id) or '0') end
 local reserved = 0
 local held = redis.call('HGETALL', KEYS[1])
 for i = 1, #held, 2 do
@@ -87,9 +89,19 @@ for i = 1, #held, 2 do
   else reserved = reserved + tonumber(amount) end
 end
 if spent + reserved >= budget then return {0, tostring(spent), tostring(reserved)} end
+local cur, prev = 0, 0
+if tokens then
+  cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+  prev = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if cur + prev * (1 - tonumber(ARGV[8])) + tonumber(ARGV[7]) > tonumber(ARGV[6]) then
+    return {0, tostring(spent), tostring(reserved), tostring(cur), tostring(prev)}
+  end
+  redis.call('INCRBYFLOAT', KEYS[2], ARGV[7])
+  redis.call('EXPIRE', KEYS[2], 180)
+end
 redis.call('HSET', KEYS[1], holder, string.format('%.17g %.6f', usd, now + ttl))
 if redis.call('TTL', KEYS[1]) < math.ceil(ttl) + 1 then redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1) end
-return {1, tostring(spent), tostring(reserved)}
+return {1, tostring(spent), tostring(reserved), tostring(cur), tostring(prev)}
 """
 
 
@@ -400,11 +412,22 @@ class RedisBudgets:
         self._reserve = guard.client.register_script(_RESERVE)
 
     async def reserve(self, key_id: str, since: float, budget_usd: float, usd: float, holder: str,
-                      ttl_s: float) -> Reservation | None:
-        keys = [f"{self.p}reserved:{key_id}", *spend_hashes(self.p, since)]
-        raw = await self.g.call("spend.reserve", lambda: self._reserve(
-            keys=keys, args=[budget_usd, usd, holder, ttl_s, key_id]), None)
-        return None if raw is None else Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]))
+                      ttl_s: float, tokens: TokenHit | None = None) -> Reservation | None:
+        keys: list[str] = [f"{self.p}reserved:{key_id}"]
+        args: list[str | int | float] = [budget_usd, usd, holder, ttl_s, key_id]
+        elapsed = 0.0
+        if tokens is not None:  # the key's tokens/min in the same script: one round trip, not two
+            index, elapsed = window_index(time.time())
+            keys += [f"{self.p}tpm:{key_id}:{index}", f"{self.p}tpm:{key_id}:{index - 1}"]
+            args += [tokens.per_minute, tokens.count, elapsed]
+        keys += spend_hashes(self.p, since)
+        raw = await self.g.call("spend.reserve", lambda: self._reserve(keys=keys, args=args), None)
+        if raw is None:
+            return None
+        decision = None
+        if tokens is not None and len(raw) > 3:  # the budget allowed: tokens/min was checked
+            decision = sliding(float(raw[3]), float(raw[4]), elapsed, tokens.per_minute, tokens.count)
+        return Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]), decision)
 
     async def release(self, key_id: str, holder: str) -> None:
         """Given back with the other writes (RedisWrites); a reservation that could not be released expires
