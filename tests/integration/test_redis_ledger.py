@@ -147,6 +147,9 @@ async def test_requests_per_minute_and_an_in_flight_place_are_one_step(redis_ser
         limited = await counters.hit_and_acquire("key:k", 2, "k", 1, "c", 60)  # two per minute already used
         assert (limited[0].allowed, limited[1]) == (False, False)
         assert client.zcard("llmops:inflight:k") == 0  # the refused request took no place
+        assert (await counters.hit_requests("key:k", 2)).allowed is False  # the requests/min script alone
+        assert await counters.acquire("solo", 1, "x", 60)  # the in-flight script alone
+        assert not await counters.acquire("solo", 1, "y", 60)
     finally:
         await state.close()
 

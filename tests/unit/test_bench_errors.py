@@ -4,6 +4,7 @@ the report, since their tokens are missing from its tokens/s."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from bench.load import Sample, run_load, summarize
 from bench.report import markdown
@@ -26,28 +27,54 @@ def test_failed_requests_are_counted_by_kind_and_listed_in_the_report() -> None:
     assert "llmops-llamacpp stream rep 0 conc 16:" not in text
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head (its body read and dropped)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    return head
+
+
+async def answer(writer: asyncio.StreamWriter, body: bytes) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    await writer.drain()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def load_against(serve: Handler, concurrency: int, requests: int, max_tokens: int) -> list[Sample]:
+    """`run_load` in JSON mode against `serve` on a loopback port; every connection's handler ended after."""
+    handlers: list[asyncio.Task[None]] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        await serve(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await run_load(f"http://127.0.0.1:{port}", "m", concurrency, requests, max_tokens, "hi", mode="json")
+    finally:
+        server.close()
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)  # the client closed its connections: each sees EOF
+
+
 async def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
     body = b'{"choices":[{"message":{"content":"a b"}}],"usage":{"completion_tokens":2}}'
     heads: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        await reader.readexactly(length)
-        heads.append(head)
+        heads.append(await read_request(reader))
         if len(heads) > 1:  # the first request's connection is closed unanswered, as llama.cpp's server does
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(body), body))
-            await writer.drain()
+            await answer(writer, body)
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        samples = await run_load(f"http://127.0.0.1:{port}", "m", 1, 1, 2, "hi", mode="json")
-    finally:
-        server.close()
+    samples = await load_against(serve, 1, 1, 2)
     assert len(heads) == 2
     [sample] = samples
     assert (sample.ok, sample.tokens, sample.attempts) == (True, 2, 2)
@@ -69,32 +96,17 @@ def test_ttft_is_reported_for_the_first_wave_and_the_steady_state_apart() -> Non
 
 async def test_each_workers_first_request_is_marked_as_the_first_wave() -> None:
     body = b'{"choices":[{"message":{"content":"a"}}],"usage":{"completion_tokens":1}}'
-    handlers: list[asyncio.Task[None]] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append(task)
         while True:
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
+                await read_request(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 break
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(body), body))
-            await writer.drain()
+            await answer(writer, body)
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        samples = await run_load(f"http://127.0.0.1:{port}", "m", 3, 9, 1, "hi", mode="json")
-    finally:
-        server.close()
-        await asyncio.wait_for(asyncio.gather(*handlers), 10)  # the client closed its connections: each sees EOF
+    samples = await load_against(serve, 3, 9, 1)
     assert len(samples) == 9
     assert all(s.ok for s in samples)
     assert sum(s.first_wave for s in samples) == 3

@@ -29,31 +29,38 @@ _NONE: Any = object()  # no fail-open fallback: the call always fails closed
 KEY_FRESH_S = 1.0
 LOST_LOG_S = 10.0  # spend Redis would not take is said at most this often, with everything lost since
 
-_GCRA = """
+# The scripts are built from these steps, so that the one for both limits does exactly what the two do.
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_GCRA_STEP = """
 local tat = tonumber(redis.call('GET', KEYS[1]))
 local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 if tat == nil or tat < now then tat = now end
-if now >= tat - window + interval then
+local allowed = now >= tat - window + interval
+if allowed then
   redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
 end
-return {tostring(now), tostring(tat)}
 """
-_GCRA_THEN_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]))
-local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tat == nil or tat < now then tat = now end
-if now < tat - window + interval then return {tostring(now), tostring(tat), 0} end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {tostring(now), tostring(tat), 0} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
-redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[4])) + 1)
-return {tostring(now), tostring(tat), 1}
+
+
+def _acquire_step(key: int, arg: int) -> str:
+    """Take an in-flight place in KEYS[key] (ARGV[arg], [arg+1], [arg+2]: places, hold seconds, holder)."""
+    return f"""
+redis.call('ZREMRANGEBYSCORE', KEYS[{key}], '-inf', now)
+local placed = redis.call('ZCARD', KEYS[{key}]) < tonumber(ARGV[{arg}])
+if placed then
+  redis.call('ZADD', KEYS[{key}], now + tonumber(ARGV[{arg + 1}]), ARGV[{arg + 2}])
+  redis.call('EXPIRE', KEYS[{key}], math.ceil(tonumber(ARGV[{arg + 1}])) + 1)
+end
 """
+
+
+_GCRA = _NOW + _GCRA_STEP + "return {tostring(now), tostring(tat)}\n"
+_ACQUIRE = _NOW + _acquire_step(1, 1) + "return placed and 1 or 0\n"
+_GCRA_THEN_ACQUIRE = (_NOW + _GCRA_STEP + "if not allowed then return {tostring(now), tostring(tat), 0} end\n"
+                      + _acquire_step(2, 3) + "return {tostring(now), tostring(tat), placed and 1 or 0}\n")
 _TOKENS = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -63,19 +70,8 @@ if cur + prev * (1 - tonumber(ARGV[3])) + tonumber(ARGV[2]) <= tonumber(ARGV[1])
 end
 return {tostring(cur), tostring(prev)}
 """
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
-return 1
-"""
 
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_RESERVE = _NOW + """
 local budget, usd, holder, ttl, key_id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 -- with ARGV[6..8] (tokens/min limit, tokens, share of the minute elapsed): KEYS[2], KEYS[3] are its windows
 local tokens = #ARGV > 5
