@@ -1,8 +1,9 @@
 """The Redis backend: keys, counters and spend shared by every replica, each change one atomic step
-(a Lua script or a MULTI). Every call has a short timeout; when Redis cannot be reached the configured
-policy decides: fail-open (limits and spend accounting are skipped, keys seen before keep working from the
-last copy, logged and counted) or fail-closed (503 store_unavailable). Never a 500, never a hang.
-Unknown secrets are never admitted either way."""
+(a Lua script, a MULTI or a single command; spend and what a request gives back when it ends are sent in
+batches, see RedisLedger and RedisWrites). Every call has a short timeout; when Redis cannot be reached
+the configured policy decides: fail-open (limits and spend accounting are skipped, keys seen before keep
+working from the last copy, logged and counted) or fail-closed (503 store_unavailable). Never a 500,
+never a hang. Unknown secrets are never admitted either way."""
 
 from __future__ import annotations
 
