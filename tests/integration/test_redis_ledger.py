@@ -57,21 +57,19 @@ async def test_record_returns_once_the_entry_is_in_redis_and_reads_see_it(redis_
         for i in range(3):
             await state.ledger.record(SpendEntry("key", "m", 0.5))
             assert float(client.hget("llmops:keyspend:total", "key") or 0) == pytest.approx(0.5 * (i + 1))
-        recorded = asyncio.ensure_future(state.ledger.record(SpendEntry("key", "m", 0.25)))
-        await asyncio.sleep(0)  # the entry is queued (its writer has not run yet)
-        assert await state.ledger.key_spend("key", 0) == pytest.approx(1.75)  # waits for the queued entry
+        # gather runs the record up to its queueing first, then the read, which must wait for that entry
+        _, spent = await asyncio.gather(state.ledger.record(SpendEntry("key", "m", 0.25)),
+                                        state.ledger.key_spend("key", 0))
+        assert spent == pytest.approx(1.75)
         assert await state.ledger.hour_spend() == pytest.approx(1.75)
-        await recorded
     finally:
         await state.close()
 
 
 async def test_close_writes_what_is_still_queued(redis_server: RedisServer) -> None:
     state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
-    pending = [asyncio.ensure_future(state.ledger.record(SpendEntry("late", "m", 0.1))) for _ in range(5)]
-    await asyncio.sleep(0)  # the records are queued; none has been written yet
-    await state.close()
-    await asyncio.gather(*pending)
+    # gather runs the five records up to their queueing, then close, before any batch is written
+    await asyncio.gather(*(state.ledger.record(SpendEntry("late", "m", 0.1)) for _ in range(5)), state.close())
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert float(client.hget("llmops:keyspend:total", "late") or 0) == pytest.approx(0.5)
 

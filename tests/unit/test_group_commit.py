@@ -45,8 +45,7 @@ async def test_written_waits_for_everything_queued_before_it() -> None:
     commit.add(1)
     commit.add(2)
     waiting = asyncio.ensure_future(commit.written())
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(writer.started.wait(), 5)  # the batch is with the writer, which holds it
     assert not waiting.done()
     writer.gate.set()
     await waiting

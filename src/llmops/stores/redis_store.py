@@ -62,15 +62,24 @@ _GCRA = _NOW + _GCRA_STEP + "return {tostring(now), tostring(tat)}\n"
 _ACQUIRE = _NOW + _acquire_step(1, 1) + "return placed and 1 or 0\n"
 _GCRA_THEN_ACQUIRE = (_NOW + _GCRA_STEP + "if not allowed then return {tostring(now), tostring(tat), 0} end\n"
                       + _acquire_step(2, 3) + "return {tostring(now), tostring(tat), placed and 1 or 0}\n")
-_TOKENS = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cur + prev * (1 - tonumber(ARGV[3])) + tonumber(ARGV[2]) <= tonumber(ARGV[1]) then
-  redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], 180)
+
+
+def _tokens_step(key: int, arg: int) -> str:
+    """Count ARGV[arg+1] tokens in the minute window KEYS[key] unless, with the previous window KEYS[key+1]
+    weighed by what is left of it (ARGV[arg+2]: the share elapsed), they pass ARGV[arg] tokens/min. Sets
+    the caller's `cur`, `prev` and `fits`."""
+    return f"""
+cur = tonumber(redis.call('GET', KEYS[{key}]) or '0')
+prev = tonumber(redis.call('GET', KEYS[{key + 1}]) or '0')
+fits = cur + prev * (1 - tonumber(ARGV[{arg + 2}])) + tonumber(ARGV[{arg + 1}]) <= tonumber(ARGV[{arg}])
+if fits then
+  redis.call('INCRBYFLOAT', KEYS[{key}], ARGV[{arg + 1}])
+  redis.call('EXPIRE', KEYS[{key}], 180)
 end
-return {tostring(cur), tostring(prev)}
 """
+
+
+_TOKENS = "local cur, prev, fits\n" + _tokens_step(1, 1) + "return {tostring(cur), tostring(prev)}\n"
 
 _RESERVE = _NOW + """
 local budget, usd, holder, ttl, key_id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -86,15 +95,9 @@ for i = 1, #held, 2 do
   else reserved = reserved + tonumber(amount) end
 end
 if spent + reserved >= budget then return {0, tostring(spent), tostring(reserved)} end
-local cur, prev = 0, 0
-if tokens then
-  cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-  prev = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if cur + prev * (1 - tonumber(ARGV[8])) + tonumber(ARGV[7]) > tonumber(ARGV[6]) then
-    return {0, tostring(spent), tostring(reserved), tostring(cur), tostring(prev)}
-  end
-  redis.call('INCRBYFLOAT', KEYS[2], ARGV[7])
-  redis.call('EXPIRE', KEYS[2], 180)
+local cur, prev, fits = 0, 0, true
+if tokens then""" + _tokens_step(2, 6) + """
+  if not fits then return {0, tostring(spent), tostring(reserved), tostring(cur), tostring(prev)} end
 end
 redis.call('HSET', KEYS[1], holder, string.format('%.17g %.6f', usd, now + ttl))
 if redis.call('TTL', KEYS[1]) < math.ceil(ttl) + 1 then redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1) end
