@@ -1,5 +1,6 @@
 """The diffusers compile option: refused without CUDA unless forced, batch sizes and size taken from the
-model's image limits, caches on the model volume. (Compiling itself: tests/model and tests/gpu.)"""
+model's image limits, caches on the model volume. (Compiling itself: tests/model/test_compile_cpu.py on the
+CPU, tests/gpu with CUDA graphs.)"""
 
 from __future__ import annotations
 
@@ -57,11 +58,30 @@ def test_the_cache_lives_on_the_model_volume(tmp_path: Path, monkeypatch: pytest
 
 
 def test_use_cache_points_inductor_at_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    use_cache(tmp_path / "c")
+    pytest.importorskip("torch")
     import os
 
+    from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_dir
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    # torch sets the variable to its default the first time anything asks (importing diffusers' pipelines
+    # does): that is not a choice, and the configured folder replaces it
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert use_cache(tmp_path / "c") == tmp_path / "c"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "c")
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "c" / "triton")
+    assert inductor_dir() == str(tmp_path / "c")
     assert (tmp_path / "c").is_dir()
+
+
+def test_an_operators_inductor_folder_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    import os
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "operator"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert use_cache(tmp_path / "c") == tmp_path / "operator"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "operator")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "operator" / "triton")
+    assert not (tmp_path / "c").exists()

@@ -56,7 +56,7 @@ class DiffusersOptions(BaseModel):
     compile_size: int = Field(512, ge=8, description="width and height warmed up at load (other sizes compile on "
                               "their first request); default: limits.image.default_size")
     compile_cache_dir: str | None = Field(None, description="inductor/triton caches; default: on the model volume "
-                                          "(the model folder, or HF_HOME)")
+                                          "(the model folder, or HF_HOME); an operator's TORCHINDUCTOR_CACHE_DIR wins")
 
 
 class _Stop(Exception):

@@ -54,18 +54,34 @@ def check_device(model: str, device: str, force: bool) -> None:
                       "(minutes of start-up for little gain).")
 
 
-def use_cache(folder: Path) -> None:
-    """Point inductor's caches at `folder` (process-wide: the first compiled model's folder wins)."""
+def use_cache(folder: Path) -> Path:
+    """Point inductor's and triton's caches at `folder` and return the folder in use. Inductor's caches are
+    process-wide and its folder is an environment variable that torch sets to its default (a folder under
+    /tmp, lost with a container) the first time anything asks for it, as importing diffusers' pipelines
+    does: so the variable is replaced unless it names a folder other than torch's default, which is an
+    operator's choice (or an earlier compiled model's folder in this process) and is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from torch._inductor.utils import clear_caches
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        chosen = Path(current)
+        if chosen != folder:
+            log.info("inductor's cache stays in %s (TORCHINDUCTOR_CACHE_DIR), not %s", chosen, folder)
+        os.environ.setdefault("TRITON_CACHE_DIR", str(chosen / "triton"))
+        return chosen
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    clear_caches()  # paths inductor derived from the old folder and memoised
+    return folder
 
 
 def compile_pipeline(pipe: Any, plan: CompilePlan) -> float:
     """Compile the UNet and VAE decoder in place and run the warm-up; returns the seconds it took."""
     import torch
 
-    use_cache(plan.cache_dir)
+    folder = use_cache(plan.cache_dir)
     started = time.perf_counter()
     dynamo = torch._dynamo.config
     dynamo.cache_size_limit = max(dynamo.cache_size_limit, 2 * len(plan.batch_sizes) + 4)
@@ -76,7 +92,7 @@ def compile_pipeline(pipe: Any, plan: CompilePlan) -> float:
     warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
     seconds = time.perf_counter() - started
     log.info("compiled the UNet and VAE decoder (%s) for batch sizes %s at %dx%d in %.1f s, cache %s", plan.mode,
-             list(plan.batch_sizes), plan.width, plan.height, seconds, plan.cache_dir)
+             list(plan.batch_sizes), plan.width, plan.height, seconds, folder)
     return seconds
 
 

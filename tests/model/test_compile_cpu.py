@@ -1,0 +1,70 @@
+"""The diffusers compile option for real, on the CPU (`compile_force`; CUDA graphs are the GPU's, tests/gpu):
+the cold start compiles into the configured cache folder, and a restart (a new process) compiles nothing:
+every graph comes from that folder. Each start runs in its own process with its own empty TMPDIR, so
+torch's default cache folder (under /tmp) is new and empty each time and cannot be where a hit came from.
+
+This caught a real fault: importing diffusers' pipelines makes torch set TORCHINDUCTOR_CACHE_DIR to its
+default folder under /tmp, so the option's folder was never used and a container's restart compiled again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+CHILD = r"""
+import asyncio, json, sys
+from torch._dynamo.utils import counters
+from llmops.engines.base import ImageRequest
+from llmops.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+async def main() -> None:
+    engine = DiffusersEngine("t", DiffusersOptions(
+        model="builtin:tiny-sd", safety_checker=False, n_threads=1, compile=True, compile_force=True,
+        compile_batch_sizes=[1], compile_size=64, compile_cache_dir=sys.argv[1]))
+    await engine.start()
+    graphs = counters["stats"]["unique_graphs"]
+    results = await engine.generate_images([ImageRequest("r", "x", None, 64, 64, 2, 7.5, 1, 1)])
+    new_graphs = counters["stats"]["unique_graphs"] - graphs
+    print(json.dumps({"state": engine.health().state, "compile_s": engine.compile_s,
+                      "images": len(results[0].images), "graphs_while_serving": new_graphs,
+                      "hits": counters["inductor"]["fxgraph_cache_hit"],
+                      "misses": counters["inductor"]["fxgraph_cache_miss"]}))
+    await engine.close()
+
+asyncio.run(main())
+"""
+
+
+def start(cache: Path, tmp: Path) -> dict[str, Any]:
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["TMPDIR"] = str(tmp)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(cache)], capture_output=True, text=True, env=env,
+                          timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def test_a_restart_compiles_nothing_the_cache_folder_has(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    cache = tmp_path / "cache"
+    cold = start(cache, tmp_path / "tmp-cold")
+    assert (cold["state"], cold["images"], cold["graphs_while_serving"]) == ("ready", 1, 0), cold
+    assert cold["misses"] > 0, cold  # compiled, from an empty folder
+    assert cold["hits"] == 0, cold
+    assert any(cache.iterdir()), "the cold start wrote nothing to the configured cache folder"
+    warm = start(cache, tmp_path / "tmp-warm")
+    assert (warm["state"], warm["images"], warm["graphs_while_serving"]) == ("ready", 1, 0), warm
+    assert warm["misses"] == 0, warm  # every graph from the folder
+    assert warm["hits"] == cold["misses"], warm
+    print(f"tiny-sd compiled on the CPU (64 px, batch 1): cold start {cold['compile_s']:.1f} s, "
+          f"restart {warm['compile_s']:.1f} s")
