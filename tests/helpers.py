@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +100,16 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def pause(self) -> None:
+        """Stop the process without closing its sockets: connections stay open and nothing answers, as
+        with a Redis host that hangs or a network that drops packets."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def dump(self) -> bytes:
         """Everything Redis holds, as the bytes of an RDB snapshot."""

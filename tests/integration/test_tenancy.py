@@ -229,6 +229,39 @@ def test_redis_going_away_fails_open_or_closed_as_configured(
     assert 'op="keys.lookup"' in metrics
 
 
+def test_a_redis_that_stops_answering_times_out_then_serves_right_answers_again(
+        tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Redis hangs with its connections open (no refusal to see): each call gives up after its timeout and
+    the policy decides. Once it answers again, every answer belongs to its own command: a command cut off
+    by the timeout leaves no late reply on a connection another command then reads."""
+    opened = config(tmp_path, "open", "redis", redis_server, state={"on_error": "open"})
+    closed = config(tmp_path, "closed", "redis", redis_server, state={"on_error": "closed"})
+    secret = create_key(opened, capsys, "--rpm", "1000", "--budget", "1000")["secret"]
+    with live_server(opened) as fail_open, live_server(closed) as fail_closed:
+        assert chat(fail_open, secret).status_code == 200
+        assert chat(fail_closed, secret).status_code == 200
+        redis_server.pause()
+        try:
+            with ThreadPoolExecutor(8) as pool:  # several calls cut off at once, on several connections
+                hung = list(pool.map(lambda i: chat(fail_open if i % 2 else fail_closed, secret), range(8)))
+        finally:
+            redis_server.resume()
+        assert {r.status_code for r in hung[1::2]} == {200}  # open: served, limits skipped
+        assert {r.json()["error"]["code"] for r in hung[0::2]} == {"store_unavailable"}
+        for base in (fail_open, fail_closed):  # Redis is back: new connections, every answer its own
+            assert eventually(lambda b=base: chat(b, secret).status_code == 200)
+            errors = store_errors(base)
+            answers = [chat(base, secret) for _ in range(6)]
+            assert [r.status_code for r in answers] == [200] * 6
+            assert {r.headers["x-ratelimit-limit"] for r in answers} == {"1000"}
+            assert store_errors(base) == errors  # no reply read by the wrong command, nothing failed open
+
+
+def store_errors(base: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{base}/metrics").text.splitlines()
+               if line.startswith("llmops_state_store_errors_total{"))
+
+
 def test_concurrent_requests_per_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     slow = [{"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.2}}]
     cfg = write_config(tmp_path / "conc.yaml", slow, state={"backend": "sqlite"})

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -118,7 +119,8 @@ class RedisGuard:
         """`fn()` under the timeout. On failure: `fallback` when the policy is open (or `always_open`, for
         calls whose failure is harmless, like a cache lookup), else 503 store_unavailable."""
         try:
-            return await asyncio.wait_for(fn(), self.timeout_s * 2)
+            async with asyncio.timeout(self.timeout_s * 2):  # not wait_for: on 3.11 that is a task per call
+                return await fn()
         except (RedisError, OSError, TimeoutError) as exc:
             self._on_error(op)
             open_ = (self.fail_open or always_open) and fallback is not _NONE
@@ -132,13 +134,17 @@ class RedisGuard:
 
     async def ping(self) -> bool:
         try:
-            return bool(await asyncio.wait_for(self.client.ping(), self.timeout_s * 2))
+            async with asyncio.timeout(self.timeout_s * 2):
+                return bool(await self.client.ping())
         except (RedisError, OSError, TimeoutError):
             return False
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+    """No socket timeout for reads and writes: every call runs under RedisGuard's one timeout, and redis-py
+    drops a connection whose command was cancelled. (With a socket timeout, redis-py wraps each command's
+    send in `asyncio.wait_for`, a task per command on Python 3.11, and each read in a timeout of its own.)"""
+    return aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s,
                                    retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True)
 
 
@@ -396,11 +402,18 @@ def spend_increments(prefix: str, batch: list[SpendEntry]) -> tuple[dict[tuple[s
     return counts, amounts, minutes
 
 
-def spend_hashes(prefix: str, since: float) -> list[str]:
+def spend_hashes(prefix: str, since: float) -> tuple[str, ...]:
     """The hashes holding each key's spend from `since` (a UTC day boundary; 0: the key's whole life)."""
     if since <= 0:
-        return [f"{prefix}keyspend:total"]
-    return [f"{prefix}keyspend:{day}" for day in days_between(day_of(since), day_of(time.time()))]
+        return (f"{prefix}keyspend:total",)
+    return _day_hashes(prefix, day_of(since), day_of(time.time()))
+
+
+@lru_cache(maxsize=64)
+def _day_hashes(prefix: str, first_day: str, last_day: str) -> tuple[str, ...]:
+    """One per day of the period so far: computed once a day per period, not per request (a month's is
+    up to 31 names, each a date formatted)."""
+    return tuple(f"{prefix}keyspend:{day}" for day in days_between(first_day, last_day))
 
 
 class RedisBudgets:
