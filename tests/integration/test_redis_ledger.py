@@ -185,3 +185,45 @@ async def test_a_budget_reservation_and_tokens_per_minute_are_one_step(redis_ser
         assert tokens_counted() == 60
     finally:
         await state.close()
+
+
+async def test_a_settled_requests_reservation_is_given_back_only_once_its_spend_is_in_redis(
+        redis_server: RedisServer) -> None:
+    """Settling does not wait, but another replica must always see the request's reservation or its spend:
+    the reservation is given back only after the batch holding the spend is written."""
+    from llmops.observability.metrics import Metrics
+    from llmops.pipeline.accounting import Accountant
+    from llmops.settings import ModelConfig, SpendSettings
+    from llmops.stores.keys import KeyLimits, new_key
+
+    model = ModelConfig(name="m", engine="fake", pricing={"completion_usd_per_1k": 1000.0})
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url))
+    accountant = Accountant(state, SpendSettings(), Metrics())
+    key, _ = new_key("k", (), "interactive", KeyLimits(budget_usd=100.0, budget_period="total"))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    seen: list[tuple[int, float]] = []  # (reservations held, spend written), polled as the loop runs
+
+    def look() -> tuple[int, float]:
+        seen.append((client.hlen(f"llmops:reserved:{key.id}"),
+                     float(client.hget("llmops:keyspend:total", key.id) or 0)))
+        return seen[-1]
+    commit = state.ledger._commit  # type: ignore[attr-defined]
+    write = commit._write
+
+    async def slow_write(batch: list[SpendEntry]) -> None:  # a slow link: the window where order matters
+        await asyncio.sleep(0.2)
+        await write(batch)
+    commit._write = slow_write
+    try:
+        charges = [await accountant.admit(key, model, worst_case_usd=2.0) for _ in range(5)]
+        assert look() == (5, 0.0)
+        for charge in charges:
+            accountant.settle(charge, completion_tokens=1)  # $1 each
+        deadline = asyncio.get_running_loop().time() + 10
+        while look() != (0, pytest.approx(5.0)):
+            assert asyncio.get_running_loop().time() < deadline, seen[-1]
+            await asyncio.sleep(0)
+    finally:
+        await accountant.close()
+        await state.close()
+    assert all(held == 5 or spend == pytest.approx(5.0) for held, spend in seen), seen

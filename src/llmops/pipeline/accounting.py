@@ -19,10 +19,12 @@
 Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker), by one
 query that requests do not wait for once a total is known (pipeline/spend_totals.py); this process's own
 spend is added to them at once, so one replica is exact and replicas see each other within it.
-Settling runs in a background task so that a cancelled request (client gone) is still accounted."""
+Settling does not await (a cancelled request, its client gone, is still accounted from its `finally`): the
+spend joins the ledger's next batch, and the tokens/min correction, when there is one, runs as a task."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -198,30 +200,44 @@ class Accountant:
 
     def settle(self, charge: Charge, prompt_tokens: int = 0, completion_tokens: int = 0, images: int = 0,
                engine_s: float = 0.0) -> None:
-        """Record what the request used; safe to call from a `finally` (it does not await)."""
+        """Record what the request used; safe to call from a `finally` (it does not await). The spend is
+        queued for the ledger's next batch and counted in this process at once; a shared reservation is
+        given back once the spend is written (another replica then sees one or the other), an in-process
+        one at once. Only the tokens/min correction, which a store may have to send, runs as a task."""
         if charge.settled:
             return
         charge.settled = True
-        self._tasks.spawn(self._settle(charge, prompt_tokens, completion_tokens, images, engine_s))
-
-    async def _settle(self, charge: Charge, prompt: int, completion: int, images: int, engine_s: float) -> None:
+        key = charge.key
+        if key is not None and key.limits.tpm is not None:
+            delta = prompt_tokens + completion_tokens - charge.estimated_prompt
+            if delta:
+                self._tasks.spawn(self._add_tokens(key.id, delta))
+        written = None
         try:
-            key, model = charge.key, charge.model
-            if key is not None and key.limits.tpm is not None:
-                delta = prompt + completion - charge.estimated_prompt
-                if delta:
-                    await self.state.counters.add_tokens(key.id, delta)
-            if not (prompt or completion or images):
-                return
-            cost = cost_usd(model, prompt, completion, images, engine_s)
-            entry = SpendEntry(charge.key_id, model.name, cost, prompt, completion, images, time.time())
-            await self.state.ledger.record(entry)
-            self.metrics.spend.labels(model.name, charge.key_id).inc(cost)
-            self._add_local(charge.key_id, cost)  # the real cost replaces the reservation in one step
+            if prompt_tokens or completion_tokens or images:
+                written = self._record(charge, prompt_tokens, completion_tokens, images, engine_s)
         except Exception:  # accounting must never take the server down; the store logs its own failures
             log.exception("could not record a request's usage")
-        finally:
+        if written is None or charge.holder is None:
             self._release(charge)
+        else:
+            written.add_done_callback(lambda _: self._release(charge))
+
+    def _record(self, charge: Charge, prompt: int, completion: int, images: int,
+                engine_s: float) -> asyncio.Future[None]:
+        model = charge.model
+        cost = cost_usd(model, prompt, completion, images, engine_s)
+        written = self.state.ledger.queue(SpendEntry(charge.key_id, model.name, cost, prompt, completion, images,
+                                                     time.time()))
+        self.metrics.spend.labels(model.name, charge.key_id).inc(cost)
+        self._add_local(charge.key_id, cost)  # the real cost replaces the in-process reservation in one step
+        return written
+
+    async def _add_tokens(self, key_id: str, delta: int) -> None:
+        try:
+            await self.state.counters.add_tokens(key_id, delta)
+        except Exception:
+            log.exception("could not correct a request's tokens/min count")
 
     def _add_local(self, key_id: str, cost: float) -> None:
         self._hour.add(HOUR, cost)

@@ -84,6 +84,11 @@ class SharedBudgets(Protocol):
 class Ledger(Protocol):
     async def record(self, entry: SpendEntry) -> None: ...
 
+    def queue(self, entry: SpendEntry) -> asyncio.Future[None]:
+        """Queue `entry` without waiting: the future resolves once it is written (or its batch failed).
+        It is shared by the batch: wait on it through `asyncio.shield`, or with a done callback."""
+        ...
+
     async def key_spend(self, key_id: str, since: float) -> float:
         """What `key_id` spent from `since` (a UTC day boundary) until now."""
         ...
@@ -179,7 +184,10 @@ class SqliteLedger:
         return await self._db.query(sql, args)
 
     async def record(self, entry: SpendEntry) -> None:
-        self._commit.add(entry.stamped())
+        self.queue(entry)
+
+    def queue(self, entry: SpendEntry) -> asyncio.Future[None]:
+        return self._commit.add(entry.stamped())
 
     async def _write(self, batch: list[SpendEntry]) -> None:
         try:

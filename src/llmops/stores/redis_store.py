@@ -315,7 +315,10 @@ class RedisLedger:
         self._lost_logged_at = -LOST_LOG_S
 
     async def record(self, entry: SpendEntry) -> None:
-        await asyncio.shield(self._commit.add(entry.stamped()))
+        await asyncio.shield(self.queue(entry))
+
+    def queue(self, entry: SpendEntry) -> asyncio.Future[None]:
+        return self._commit.add(entry.stamped())
 
     async def _write(self, batch: list[SpendEntry]) -> None:
         counts, amounts, minutes = spend_increments(self.p, batch)
