@@ -81,7 +81,7 @@ def _without_answer_encoding() -> None:
     from starlette.responses import Response
 
     from llmops.api import textcall
-    _replace(textcall, "JSONResponse", lambda content, headers=None: Response(
+    _replace(textcall, "encode_answer", lambda answer, headers: Response(
         b'{"id":"x"}', headers=headers, media_type="application/json"))
 
 
@@ -102,7 +102,7 @@ VARIANTS: dict[str, tuple[str, Callable[[], None] | None]] = {
     "settle": ("without settlement (tokens, cost, spend written to SQLite)", _without_settlement),
     "deadline": ("without the deadline timer", _without_deadline),
     "disconnect": ("without the disconnect watch timer", _without_disconnect_watch),
-    "encode": ("without building and encoding the answer (fixed bytes)", _without_answer_encoding),
+    "encode": ("without encoding the answer (fixed bytes)", _without_answer_encoding),
     "all": ("without all six parts above at once", _without_all_six),
 }
 

@@ -54,6 +54,12 @@ async def respond(request: Request, call: Call, body: Any, *,
         done = await cancel_on_disconnect(request, collect(choices, body.n))
     finally:  # the chunks settle the request; this covers a client gone before they started
         stages.settle_unused(services, call)
-    result = complete(done).model_dump()
-    await stages.cache_store(services, call, result)
-    return JSONResponse(result, headers=call.headers())
+    answer = complete(done)
+    if stages.caches(services, call):
+        await stages.cache_store(services, call, answer.model_dump())
+    return encode_answer(answer, call.headers())
+
+
+def encode_answer(answer: BaseModel, headers: dict[str, str]) -> Response:
+    """pydantic's own encoder, straight to bytes: half the cost of a dict through json.dumps, same JSON."""
+    return Response(answer.model_dump_json(), headers=headers, media_type="application/json")

@@ -208,6 +208,12 @@ async def semantic_lookup(services: Services, call: Call) -> dict[str, Any] | No
     return call.semantic.body
 
 
+def caches(services: Services, call: Call) -> bool:
+    """Whether `cache_store` would keep this call's answer (so a caller that only sends it need not build
+    it as a dict)."""
+    return call.cache_key is not None or (services.semantic_cache is not None and call.semantic is not None)
+
+
 async def cache_store(services: Services, call: Call, body: dict[str, Any]) -> None:
     await services.cacher.put(call.cache_key, body)
     if services.semantic_cache is not None and call.semantic is not None:
