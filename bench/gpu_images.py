@@ -11,7 +11,8 @@ httpx, but not diffusers nor llmops' server deps, which travel as wheels:
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
       && export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 || exit 1; nvidia-smi -L;
       timeout -k 15 540 python3 bench/gpu_images.py --out $OUT --budget-s 520;
-      left=$((585 - SECONDS)); [ $left -gt 60 ] && timeout -k 5 $left python3 -m pytest tests/gpu -p
+      left=$((585 - SECONDS)); unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; [ $left -gt 60 ] &&
+      timeout -k 5 $left python3 -m pytest tests/gpu -p
       no:cacheprovider -W ignore::pytest.PytestConfigWarning -rA -s 2>&1 | tee $OUT/tests_gpu.log
     (one line; pytest-asyncio is not carried: tests/gpu needs none, and -W quiets its unknown ini keys). Then
     copy files_at/gpu_images.md over bench/results/gpu_images-h200.md and add how it ran; the phase logs
@@ -23,13 +24,19 @@ in this order, cheapest and most informative first:
     1. bare         bare diffusers, batch 1 and one call of batch 4                          (~30 s on an H200)
     2. llmops       llmops /generate sequential and 8 concurrent, no compile; its ready time is the
                     "uncompiled load time" the warm restart is compared with                 (~30 s)
-    3. bare-compiled  bare + channels_last + torch.compile(mode="reduce-overhead"), batch 1 then batch 4,
+    3. llmops-cold  llmops with the compile option, cold: a fresh, empty inductor/triton cache folder of its
+                    own, ready/compile/load seconds and the graphs compiled (cache misses), then sequential
+                    and 8 concurrent                                                         (~150 s)
+    4. llmops-warm  the same server restarted on the cache phase 3 filled: ready/compile seconds against
+                    phase 2's load time, the graphs read from the cache (hits; misses should be 0), and one
+                    timed request; run once phase 3's server was ready (its cache is complete then) (~60 s)
+    5. bare-compiled  bare + channels_last + torch.compile(mode="reduce-overhead"), batch 1 then batch 4,
                     each with its compile time (own inductor/triton cache folder)           (~140 s)
-    4. llmops-cold  llmops with the compile option, cold: a fresh, empty inductor/triton cache folder of its
-                    own (never the bare rows' cache), ready/compile/load seconds, then sequential and
-                    8 concurrent                                                             (~150 s)
-    5. llmops-warm  the same server restarted on the cache phase 4 filled: ready/compile seconds against
-                    phase 2's load time, and one timed request; run only when phase 4 finished  (~60 s)
+
+The compile phases' times on an H200 are estimates from issue 14's table (51 s to compile batch 1, 73 s
+batch 4), so llmops' own rows come first and the bare compiled rows, which issue 14's table already has
+figures for, take whatever time is left. A model that fails to load ends its phase at once (its /ready
+answer says failed), not at the phase's cap.
 
 Each phase runs under min(its cap, what is left of --budget-s). A row whose phase ran out of time or failed
 is written as "not finished after N s" / "failed" with the stage it had reached (the last `@stage` of the
@@ -129,10 +136,10 @@ def phases(s: Settings) -> list[Phase]:
     return [
         Phase("bare", ("bare diffusers, batch 1", f"bare diffusers, one call of batch {b}"), 90),
         Phase("llmops", ("llmops /generate, sequential", f"llmops, {c} concurrent /generate"), 90, True),
-        Phase("bare-compiled", (f"{COMPILED}, batch 1", f"{COMPILED}, batch {b}"), 180),
         Phase("llmops-cold", ("llmops /generate + compile (cold start), sequential",
                               f"llmops + compile (cold start), {c} concurrent /generate"), 200, True),
         Phase("llmops-warm", ("llmops + compile, warm restart (compile cache reused)",), 100, True),
+        Phase("bare-compiled", (f"{COMPILED}, batch 1", f"{COMPILED}, batch {b}"), 180),
     ]
 
 
@@ -280,13 +287,12 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
         raise SystemExit(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
-    done: dict[str, str] = {}
     selected = [p for p in phases(s) if wanted is None or p.name in wanted]
     try:
         for phase in selected:
             left = a.budget_s - report.elapsed()
             box = min(float(caps.get(phase.name, phase.cap_s)), left)
-            reason = skip_reason(phase, llmops, done, left)
+            reason = skip_reason(phase, llmops, "cold_ready_s" in report.meta, left)
             if reason:
                 for name in phase.rows:
                     report.add(name, status=reason)
@@ -296,7 +302,7 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
             plain = report.row("llmops /generate, sequential")
             if plain and "ready_s" in plain:
                 argv += ["--plain-ready-s", str(plain["ready_s"])]
-            done[phase.name] = run_phase(report, phase, argv, env, box, current)
+            run_phase(report, phase, argv, env, box, current)
     except SystemExit:
         for r in current:
             print(f"== stopped during phase {r.phase.name} ({r.where()}); its last lines:", flush=True)
@@ -310,11 +316,11 @@ def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
     return report
 
 
-def skip_reason(phase: Phase, llmops: bool, done: dict[str, str], left: float) -> str:
+def skip_reason(phase: Phase, llmops: bool, cold_ready: bool, left: float) -> str:
     if phase.needs_llmops and not llmops:
         return "skipped: llmops' server dependencies (fastapi, uvicorn, pydantic, structlog) are not importable"
-    if phase.name == "llmops-warm" and done.get("llmops-cold") != "done":
-        return "not run: the cold start did not finish, so there is no complete compile cache to reuse"
+    if phase.name == "llmops-warm" and not cold_ready:
+        return "not run: the cold start never became ready, so there is no complete compile cache to reuse"
     if left < 15:
         return f"not started: {max(left, 0):.0f} s of the budget left"
     return ""
@@ -463,8 +469,11 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {}
+    except urllib.error.HTTPError as e:  # /ready answers 503 with the models' states while not ready
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:
+            return e.code, {}
 
 
 class LlmopsServer:
@@ -500,6 +509,9 @@ class LlmopsServer:
                 if status == 200:
                     self.ready_s = time.perf_counter() - self.started
                     return dict(body["models"]["sd"])
+                model = body.get("models", {}).get("sd", {})
+                if model.get("state") == "failed":  # the server stays up; its model never will
+                    raise RuntimeError(f"the model failed to load: {model}")
             except OSError:
                 pass
             time.sleep(0.5)
@@ -531,7 +543,9 @@ def phase_llmops(s: Settings, compiled: bool, label: str) -> None:
         if compiled:
             compile_s = float(ready.get("compile_s", 0.0))
             startup.update(compile_s=compile_s, load_s=server.ready_s - compile_s,
-                           compiled_sizes=s.compile_sizes or f"1..{s.big_batch}")
+                           compiled_sizes=s.compile_sizes or f"1..{s.big_batch}",
+                           cache_hits=ready.get("compile_cache_hits"), cache_misses=ready.get("compile_cache_misses"))
+            emit("meta", {"cold_ready_s": round(server.ready_s, 1)})  # the cache is complete: a restart can run
         emit("stage", "llmops: first request (2 steps)")
         _post(server.base, {**body, "num_inference_steps": 2})  # the first request's own costs
         emit("stage", f"llmops: {s.repeats} sequential requests")
@@ -564,7 +578,8 @@ def phase_warm(s: Settings, plain_ready_s: float | None) -> None:
                             "height": s.size, "guidance_scale": 7.5, "model": "sd", "seed": 1})
         first = time.perf_counter() - started
         figures: dict[str, Any] = {"ready_s": server.ready_s, "compile_s": float(ready.get("compile_s", 0.0)),
-                                   "first_request_s": first}
+                                   "first_request_s": first, "cache_hits": ready.get("compile_cache_hits"),
+                                   "cache_misses": ready.get("compile_cache_misses")}
         if plain_ready_s:
             figures["vs_plain_load"] = server.ready_s / plain_ready_s
         row("llmops + compile, warm restart (compile cache reused)", **figures)

@@ -17,11 +17,11 @@ from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILED = "bare + channels_last + compile(reduce-overhead)"
+COLD = ["llmops /generate + compile (cold start), sequential", "llmops + compile (cold start), 2 concurrent /generate"]
+WARM = "llmops + compile, warm restart (compile cache reused)"
 ROWS = ["bare diffusers, batch 1", "bare diffusers, one call of batch 2", "llmops /generate, sequential",
-        "llmops, 2 concurrent /generate", f"{COMPILED}, batch 1", f"{COMPILED}, batch 2",
-        "llmops /generate + compile (cold start), sequential", "llmops + compile (cold start), 2 concurrent /generate",
-        "llmops + compile, warm restart (compile cache reused)"]
-PHASES = ["bare", "llmops", "bare-compiled", "llmops-cold", "llmops-warm"]
+        "llmops, 2 concurrent /generate", *COLD, WARM, f"{COMPILED}, batch 1", f"{COMPILED}, batch 2"]
+PHASES = ["bare", "llmops", "llmops-cold", "llmops-warm", "bare-compiled"]  # llmops' own rows before the bare ones
 
 
 def dry_run(out: Path, *args: str) -> tuple[dict[str, dict[str, Any]], str]:
@@ -43,10 +43,10 @@ def test_dry_run_writes_every_row_and_every_log(tmp_path: Path) -> None:
     assert all("status" not in r for r in rows.values()), rows
     assert rows["bare diffusers, batch 1"]["s_per_image"] > 0
     assert rows["llmops, 2 concurrent /generate"]["batches"] >= 1
-    cold = rows["llmops /generate + compile (cold start), sequential"]
+    cold = rows[COLD[0]]
     assert cold["ready_s"] > 0
     assert cold["compiled_sizes"] == [1, 2]
-    assert rows["llmops + compile, warm restart (compile cache reused)"]["vs_plain_load"] > 0
+    assert rows[WARM]["vs_plain_load"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["gpu_images.json", "gpu_images.md",
                                                                  *(f"{p}.log" for p in PHASES)])
     assert "compile warm-up: batch size 2 (2 of 2) done" in (tmp_path / "llmops-cold.log").read_text()
@@ -56,10 +56,10 @@ def test_dry_run_writes_every_row_and_every_log(tmp_path: Path) -> None:
 def test_a_phase_out_of_time_is_written_as_not_finished_with_its_stage(tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
     rows, stdout = dry_run(tmp_path, "--phases", "llmops-cold,llmops-warm", "--cap", "llmops-cold=1")
-    assert list(rows) == ROWS[6:]
-    for name in ROWS[6:8]:
+    assert list(rows) == [*COLD, WARM]
+    for name in COLD:
         assert rows[name]["status"].startswith("not finished after 1 s (stage: "), rows[name]
         assert rows[name]["status"].endswith("log: llmops-cold.log")
-    assert rows[ROWS[8]]["status"].startswith("not run: the cold start did not finish")
+    assert rows[WARM]["status"].startswith("not run: the cold start never became ready")
     assert (tmp_path / "llmops-cold.log").exists()
     assert "== phase llmops-cold not finished after 1 s" in stdout

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EngineHealth, ImageRequest, ImageResult, StepCallback
-from llmops.engines.diffusers_compile import CompilePlan, cache_dir, check_device, compile_pipeline
+from llmops.engines.diffusers_compile import Compiled, CompilePlan, cache_dir, check_device, compile_pipeline
 from llmops.engines.registry import require
 from llmops.engines.threads import available_cores
 from llmops.engines.weights import resolve_weights
@@ -73,7 +73,7 @@ class DiffusersEngine(WorkerEngine):
         self._pipe: Any = None
         self.pipeline_calls = 0
         self.last_batch_size = 0
-        self.compile_s: float | None = None
+        self.compiled: Compiled | None = None
 
     async def start(self) -> None:
         require("torch", "diffusers")
@@ -106,7 +106,7 @@ class DiffusersEngine(WorkerEngine):
                               "it without one (internal deployments only)")
         self._pipe = self._place(pipe)
         if self.options.compile:
-            self.compile_s = compile_pipeline(self._pipe, self._compile_plan(source))
+            self.compiled = compile_pipeline(self._pipe, self._compile_plan(source))
 
     def _compile_plan(self, source: str) -> CompilePlan:
         o = self.options
@@ -136,8 +136,9 @@ class DiffusersEngine(WorkerEngine):
         detail: dict[str, object] = {"device": self._device, "dtype": self._dtype,
                                      "pipeline_calls": self.pipeline_calls, "last_batch_size": self.last_batch_size,
                                      "compiled": self.options.compile}
-        if self.compile_s is not None:
-            detail["compile_s"] = round(self.compile_s, 1)
+        if self.compiled is not None:
+            detail.update(compile_s=round(self.compiled.seconds, 1), compile_cache_hits=self.compiled.cache_hits,
+                          compile_cache_misses=self.compiled.cache_misses)
         if self._device.startswith("cuda") and self._state == "ready":
             import torch
 

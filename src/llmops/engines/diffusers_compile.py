@@ -77,12 +77,24 @@ def use_cache(folder: Path) -> Path:
     return folder
 
 
-def compile_pipeline(pipe: Any, plan: CompilePlan) -> float:
-    """Compile the UNet and VAE decoder in place and run the warm-up; returns the seconds it took."""
+@dataclass(frozen=True)
+class Compiled:
+    """What compiling at load did: its seconds, and the graphs inductor found in the cache folder (hits) or
+    had to compile (misses); a restart on a full cache has no misses."""
+
+    seconds: float
+    cache_hits: int
+    cache_misses: int
+
+
+def compile_pipeline(pipe: Any, plan: CompilePlan) -> Compiled:
+    """Compile the UNet and VAE decoder in place and run the warm-up."""
     import torch
+    from torch._dynamo.utils import counters
 
     folder = use_cache(plan.cache_dir)
     started = time.perf_counter()
+    hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
     dynamo = torch._dynamo.config
     dynamo.cache_size_limit = max(dynamo.cache_size_limit, 2 * len(plan.batch_sizes) + 4)
     pipe.unet.to(memory_format=torch.channels_last)
@@ -90,10 +102,12 @@ def compile_pipeline(pipe: Any, plan: CompilePlan) -> float:
     pipe.unet = torch.compile(pipe.unet, mode=plan.mode, fullgraph=True, dynamic=False)
     pipe.vae.decode = torch.compile(pipe.vae.decode, mode=plan.mode, dynamic=False)
     warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
-    seconds = time.perf_counter() - started
-    log.info("compiled the UNet and VAE decoder (%s) for batch sizes %s at %dx%d in %.1f s, cache %s", plan.mode,
-             list(plan.batch_sizes), plan.width, plan.height, seconds, folder)
-    return seconds
+    done = Compiled(time.perf_counter() - started, counters["inductor"]["fxgraph_cache_hit"] - hits,
+                    counters["inductor"]["fxgraph_cache_miss"] - misses)
+    log.info("compiled the UNet and VAE decoder (%s) for batch sizes %s at %dx%d in %.1f s, cache %s: %d graphs "
+             "read from it, %d compiled", plan.mode, list(plan.batch_sizes), plan.width, plan.height, done.seconds,
+             folder, done.cache_hits, done.cache_misses)
+    return done
 
 
 def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guidance_scale: float) -> None:
