@@ -85,9 +85,18 @@ def _llama_cpp_python(threads: int, context: int) -> Callable[[int, Path], list[
     return command
 
 
-def targets(threads: int, slots: int, cpu_poll: int) -> dict[str, Target]:
+def _from_source(src: str, command: Callable[[int, Path], list[str]]) -> Callable[[int, Path], list[str]]:
+    """`command` with another source tree's llmops first on the import path (an A/B in the same run)."""
+    def wrapped(port: int, tmp: Path) -> list[str]:
+        return ["env", f"PYTHONPATH={src}", *command(port, tmp)]
+    return wrapped
+
+
+def targets(threads: int, slots: int, cpu_poll: int, baseline_src: str | None = None) -> dict[str, Target]:
     llamacpp = {"n_threads": threads, "n_parallel": slots, "cpu_poll": cpu_poll}
-    return {
+    extra = {} if baseline_src is None else {"llmops-llamacpp@baseline": Target(
+        "llmops-llamacpp@baseline", "gemma", _from_source(baseline_src, _llmops("llamacpp", llamacpp)))}
+    return {**extra,
         "llmops-llamacpp": Target("llmops-llamacpp", "gemma", _llmops("llamacpp", llamacpp)),
         "llmops-transformers": Target("llmops-transformers", "gemma", _llmops(
             "transformers", {"n_threads": threads, "max_batch_size": 16}), max_concurrency=16),
@@ -227,12 +236,14 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats, each server started fresh")
     p.add_argument("--name", default="latest", help="results file name (NAME.json, NAME.md)")
     p.add_argument("--temperature", type=float, default=None, help="for every mode (default: the mode's own)")
+    p.add_argument("--baseline-src", default=None, help="another checkout's src/: adds the target "
+                   "llmops-llamacpp@baseline, llmops served from it (git archive COMMIT src | tar -x -C DIR)")
     a = p.parse_args()
     levels = [int(x) for x in a.concurrency.split(",")]
     out = Path(a.out)
     tmp = out / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    known = targets(a.threads, a.slots, a.cpu_poll)
+    known = targets(a.threads, a.slots, a.cpu_poll, a.baseline_src)
     scenarios.CPU_POLL = a.cpu_poll
     report: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},

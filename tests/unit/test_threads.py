@@ -1,5 +1,5 @@
 """ThreadStream: items from a worker thread reach the event loop in batches, in order, with errors and
-cancellation carried across."""
+cancellation carried across; streams sharing a LoopWaker wake the loop once for a burst."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from llmops.engines.threads import ThreadStream, run_worker
+from llmops.engines.threads import LoopWaker, ThreadStream, run_worker
 
 
 def _start(work: object) -> threading.Thread:
@@ -94,3 +94,44 @@ async def test_a_reader_leaving_early_tells_the_worker_to_stop() -> None:
     await items.aclose()  # type: ignore[attr-defined]
     assert await asyncio.to_thread(stopped.wait, 30)
     assert stream.cancelled.is_set()
+
+
+async def test_streams_sharing_a_waker_wake_the_loop_once_for_a_burst() -> None:
+    """16 streams whose readers wait, each pushed an item by its own thread while the loop is busy (as
+    llama.cpp's slots all produce a token in the same decode step): one wake-up releases all 16."""
+    loop = asyncio.get_running_loop()
+    waker = LoopWaker(loop)
+    streams: list[ThreadStream[int]] = [ThreadStream(loop, waker=waker) for _ in range(16)]
+    batches = [s.batches() for s in streams]
+    reads = [asyncio.ensure_future(anext(b)) for b in batches]
+    await asyncio.sleep(0)  # every reader is now waiting on its stream
+    woken = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: object, *args: object) -> object:
+        woken.append(callback)
+        return original(callback, *args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        threads = [_start(lambda i=i: streams[i].push(i)) for i in range(16)]  # the loop is busy: this task
+        for thread in threads:
+            thread.join()
+        assert [await r for r in reads] == [[i] for i in range(16)]
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert len(woken) == 1
+    for stream, batch in zip(streams, batches, strict=True):  # and it goes on working: one item each again
+        threading.Thread(target=lambda s=stream: (s.push(99), s.finish())).start()
+        assert [b async for b in batch] == [[99]]
+
+
+def test_a_waker_is_kept_for_its_loop_and_replaced_for_another() -> None:
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        waker = LoopWaker.on(None, first)
+        assert LoopWaker.on(waker, first) is waker
+        assert LoopWaker.on(waker, second).loop is second
+    finally:
+        first.close()
+        second.close()

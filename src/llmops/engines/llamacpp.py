@@ -46,7 +46,7 @@ from llmops.engines.constrained import CALL_OPEN, grammar_fields, tool_call_stre
 from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
-from llmops.engines.threads import ThreadStream, available_cores, run_worker
+from llmops.engines.threads import LoopWaker, ThreadStream, available_cores, run_worker
 from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
 from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
 
@@ -116,6 +116,7 @@ class LlamaCppEngine:
         self._key = secrets.token_urlsafe(32)
         self._http: httpx.AsyncClient | None = None
         self._executor = ThreadPoolExecutor(self.capacity + 2, thread_name_prefix=f"llamacpp-{model_name}")
+        self._waker: LoopWaker | None = None  # shared by the streams: one loop wake-up per burst of tokens
         self._use_model_template = False
 
     # lifecycle -------------------------------------------------------------------------------------
@@ -245,7 +246,9 @@ class LlamaCppEngine:
         server = self._server
         if server is None:
             raise EngineError("the llama.cpp engine is not started")
-        stream: ThreadStream[dict[str, Any]] = ThreadStream(asyncio.get_running_loop(), eager=eager)
+        loop = asyncio.get_running_loop()
+        self._waker = waker = LoopWaker.on(self._waker, loop)
+        stream: ThreadStream[dict[str, Any]] = ThreadStream(loop, eager=eager, waker=waker)
         run_worker(stream, lambda: server.handle_completions(body, stream.push), self._executor.submit)
         finish: Literal["stop", "length"] = "stop"
         completion_tokens = 0
