@@ -201,11 +201,17 @@ def test_spend_circuit_breaker(tmp_path: Path) -> None:
         assert r.headers["retry-after"] == "60"
 
 
-def test_redis_going_away_fails_open_or_closed_as_configured(
-        tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+def open_and_closed(tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str],
+                    rpm: int) -> tuple[Path, Path, str]:
+    """Two configs on one Redis, failing open and closed, and a key with a requests/min and a budget."""
     opened = config(tmp_path, "open", "redis", redis_server, state={"on_error": "open"})
     closed = config(tmp_path, "closed", "redis", redis_server, state={"on_error": "closed"})
-    secret = create_key(opened, capsys, "--rpm", "100", "--budget", "1000")["secret"]
+    return opened, closed, create_key(opened, capsys, "--rpm", str(rpm), "--budget", "1000")["secret"]
+
+
+def test_redis_going_away_fails_open_or_closed_as_configured(
+        tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    opened, closed, secret = open_and_closed(tmp_path, redis_server, capsys, rpm=100)
     with live_server(opened) as fail_open, live_server(closed) as fail_closed:
         assert chat(fail_open, secret).status_code == 200
         assert chat(fail_closed, secret).status_code == 200
@@ -234,9 +240,7 @@ def test_a_redis_that_stops_answering_times_out_then_serves_right_answers_again(
     """Redis hangs with its connections open (no refusal to see): each call gives up after its timeout and
     the policy decides. Once it answers again, every answer belongs to its own command: a command cut off
     by the timeout leaves no late reply on a connection another command then reads."""
-    opened = config(tmp_path, "open", "redis", redis_server, state={"on_error": "open"})
-    closed = config(tmp_path, "closed", "redis", redis_server, state={"on_error": "closed"})
-    secret = create_key(opened, capsys, "--rpm", "1000", "--budget", "1000")["secret"]
+    opened, closed, secret = open_and_closed(tmp_path, redis_server, capsys, rpm=1000)
     with live_server(opened) as fail_open, live_server(closed) as fail_closed:
         assert chat(fail_open, secret).status_code == 200
         assert chat(fail_closed, secret).status_code == 200

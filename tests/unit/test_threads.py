@@ -4,7 +4,9 @@ cancellation carried across; streams sharing a LoopWaker wake the loop once for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,10 +49,10 @@ async def test_a_waiting_reader_is_woken_for_each_item_it_waits_for() -> None:
     thread.join()
 
 
-async def test_not_eager_wakes_the_reader_only_at_the_end() -> None:
-    loop = asyncio.get_running_loop()
-    stream: ThreadStream[str] = ThreadStream(loop, eager=False)
-    woken = []
+@contextlib.contextmanager
+def wakeups(loop: asyncio.AbstractEventLoop) -> Iterator[list[object]]:
+    """The callbacks worker threads hand the loop (`call_soon_threadsafe`: each a wake-up) while inside."""
+    woken: list[object] = []
     original = loop.call_soon_threadsafe
 
     def counting(callback: object, *args: object) -> object:
@@ -59,11 +61,18 @@ async def test_not_eager_wakes_the_reader_only_at_the_end() -> None:
 
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
     try:
+        yield woken
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+
+
+async def test_not_eager_wakes_the_reader_only_at_the_end() -> None:
+    loop = asyncio.get_running_loop()
+    stream: ThreadStream[str] = ThreadStream(loop, eager=False)
+    with wakeups(loop) as woken:
         run_worker(stream, lambda: [stream.push(w) for w in "abcdef"] and None,
                    lambda fn: _start(fn))
         assert [b async for b in stream.items()] == list("abcdef")
-    finally:
-        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
     assert len(woken) <= 1  # one wake-up (at finish) at most, however many items
 
 
@@ -105,21 +114,11 @@ async def test_streams_sharing_a_waker_wake_the_loop_once_for_a_burst() -> None:
     batches = [s.batches() for s in streams]
     reads = [asyncio.ensure_future(anext(b)) for b in batches]
     await asyncio.sleep(0)  # every reader is now waiting on its stream
-    woken = []
-    original = loop.call_soon_threadsafe
-
-    def counting(callback: object, *args: object) -> object:
-        woken.append(callback)
-        return original(callback, *args)  # type: ignore[arg-type]
-
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-    try:
+    with wakeups(loop) as woken:
         threads = [_start(lambda i=i: streams[i].push(i)) for i in range(16)]  # the loop is busy: this task
         for thread in threads:
             thread.join()
         assert [await r for r in reads] == [[i] for i in range(16)]
-    finally:
-        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
     assert len(woken) == 1
     for stream, batch in zip(streams, batches, strict=True):  # and it goes on working: one item each again
         threading.Thread(target=lambda s=stream: (s.push(99), s.finish())).start()
