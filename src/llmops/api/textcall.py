@@ -55,8 +55,7 @@ async def respond(request: Request, call: Call, body: Any, *,
     finally:  # the chunks settle the request; this covers a client gone before they started
         stages.settle_unused(services, call)
     answer = complete(done)
-    if stages.caches(services, call):
-        await stages.cache_store(services, call, answer.model_dump())
+    await stages.cache_store(services, call, answer)
     return encode_answer(answer, call.headers())
 
 

@@ -63,9 +63,9 @@ class ThreadStream(Generic[T]):
 
     The worker appends to a list under a lock and wakes the event loop only when the reader is waiting
     for more (through the engine's LoopWaker, shared by its streams), so a busy loop is woken once for many
-    items rather than once per item, and the reader takes
-    everything that has piled up in one step (`batches`). With `eager=False` (a reader that wants only the
-    whole answer) the loop is woken only at the end. `cancelled` tells the worker to stop: it is set when
+    items rather than once per item, and the reader takes everything that has piled up in one step
+    (`batches`). With `eager=False` (a reader that wants only the whole answer) the loop is woken only at
+    the end. `cancelled` tells the worker to stop: it is set when
     the reader stops early (the client left, or the request failed); `push` returns it, so the worker
     learns within one item."""
 

@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from pydantic import BaseModel
+
 from llmops.errors import LLMOpsError, PermissionDenied
 from llmops.pipeline.accounting import Charge
 from llmops.pipeline.context import RequestContext
@@ -208,14 +210,14 @@ async def semantic_lookup(services: Services, call: Call) -> dict[str, Any] | No
     return call.semantic.body
 
 
-def caches(services: Services, call: Call) -> bool:
-    """Whether `cache_store` would keep this call's answer (so a caller that only sends it need not build
-    it as a dict)."""
-    return call.cache_key is not None or (services.semantic_cache is not None and call.semantic is not None)
-
-
-async def cache_store(services: Services, call: Call, body: dict[str, Any]) -> None:
-    await services.cacher.put(call.cache_key, body)
-    if services.semantic_cache is not None and call.semantic is not None:
-        await services.semantic_cache.store(call.semantic, body)
+async def cache_store(services: Services, call: Call, body: dict[str, Any] | BaseModel) -> None:
+    """Keep the answer for the next identical (or similar) request; a model is dumped to a dict only when a
+    cache keeps it (most answers are sent and forgotten)."""
+    semantic, lookup = services.semantic_cache, call.semantic
+    if call.cache_key is None and (semantic is None or lookup is None):
+        return
+    data = body.model_dump() if isinstance(body, BaseModel) else body
+    await services.cacher.put(call.cache_key, data)
+    if semantic is not None and lookup is not None:
+        await semantic.store(lookup, data)
 
