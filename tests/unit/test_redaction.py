@@ -138,6 +138,19 @@ def test_model_labels_are_a_closed_set() -> None:
         metrics.cache_requests.labels(model=name, result="hit").inc()
     text = metrics.requests.collect()[0].samples
     assert sorted({s.labels["model"] for s in text}) == ["fake", "unknown"]
+    for name in ("fake", "nope", "other"):  # again, through the children kept from the first time
+        metrics.requests.labels(name, "ok").inc()
+    counts = {s.labels["model"]: s.value for s in metrics.requests.collect()[0].samples if s.name.endswith("_total")}
+    assert counts == {"fake": 2, "unknown": 4}
+
+
+def test_a_name_labelled_before_the_models_are_known_is_mapped_once_they_are() -> None:
+    metrics = Metrics()
+    metrics.requests.labels("nope", "ok").inc()  # no set yet: any name passes
+    metrics.watch(lambda: {"fake": ModelLoad(0, 0, "ready")}, dict)
+    metrics.requests.labels("nope", "ok").inc()
+    counts = {s.labels["model"]: s.value for s in metrics.requests.collect()[0].samples if s.name.endswith("_total")}
+    assert counts == {"nope": 1, "unknown": 1}
 
 
 def test_an_escaped_exception_is_answered_once_without_reraising() -> None:

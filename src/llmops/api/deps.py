@@ -25,13 +25,20 @@ def services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
+_HINTS = (b"x-request-timeout", b"x-priority", b"cache-control")  # what context() reads, in one scan
+
+
 def context(request: Request) -> RequestContext:
-    """The request's context for the pipeline; 400 for a malformed X-Request-Timeout or X-Priority."""
-    headers = request.headers
+    """The request's context for the pipeline; 400 for a malformed X-Request-Timeout or X-Priority. A header
+    sent twice counts once, the first, as Starlette's `Headers.get` reads it."""
+    hints: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _HINTS and name not in hints:
+            hints[name] = value.decode("latin-1")
     return RequestContext(
         key=api_key(request), request_id=str(request.scope.get("state", {}).get("request_id", "-")),
-        timeout_s=parse_timeout(headers.get("x-request-timeout")), priority=parse_priority(headers.get("x-priority")),
-        cache_opt_out=opted_out(headers.get("cache-control")), log=http_edge.log_fields(request.scope))
+        timeout_s=parse_timeout(hints.get(b"x-request-timeout")), priority=parse_priority(hints.get(b"x-priority")),
+        cache_opt_out=opted_out(hints.get(b"cache-control")), log=http_edge.log_fields(request.scope))
 
 
 def pool(request: Request) -> ModelPool:

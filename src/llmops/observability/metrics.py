@@ -100,14 +100,26 @@ class ModelNames:
 class _ClosedModel:
     """labels() with the `model` value mapped through the owner's ModelNames, and each child kept once found:
     prometheus_client's own lookup (label checks under a lock) cost a request several of its microseconds.
-    The cache is keyed by the mapped values, so it holds no more entries than the metric has series; no
-    code removes a series, which would leave a cached child orphaned."""
+    The cache is keyed by the mapped values, so it holds no more entries than the metric has series, and
+    mapping is idempotent, so values found in it as given are already mapped: a served model's name is
+    one dict lookup, an unknown one is mapped first. No code removes a series, which would leave a cached
+    child orphaned; `forget_children` empties the cache when the set of names changes."""
 
     model_names: ModelNames | None = None
     _labelnames: tuple[str, ...]
     _children: dict[Any, Any] | None = None
 
     def labels(self, *values: Any, **named: Any) -> Any:
+        key = (values, tuple(named.items())) if named else values
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        child = children.get(key)
+        if child is None:
+            child = self._mapped_child(children, values, named)
+        return child
+
+    def _mapped_child(self, children: dict[Any, Any], values: tuple[Any, ...], named: dict[str, Any]) -> Any:
         names = self.model_names
         if names is not None and "model" in self._labelnames:
             if "model" in named:
@@ -116,13 +128,13 @@ class _ClosedModel:
                 i = self._labelnames.index("model")
                 values = (*values[:i], names.label(str(values[i])), *values[i + 1:])
         key = (values, tuple(named.items())) if named else values
-        children = self._children
-        if children is None:
-            children = self._children = {}
         child = children.get(key)
         if child is None:
             child = children[key] = super().labels(*values, **named)  # type: ignore[misc]
         return child
+
+    def forget_children(self) -> None:
+        self._children = None
 
 
 class _Counter(_ClosedModel, Counter):
@@ -198,6 +210,9 @@ class Metrics:
 
     def watch(self, loads: Callable[[], dict[str, ModelLoad]], gpus: Callable[[], dict[str, float]]) -> None:
         self.model_names.watch(lambda: loads().keys())
+        for metric in vars(self).values():
+            if isinstance(metric, _ClosedModel):
+                metric.forget_children()  # keyed by the names known before
         self.registry.register(_LiveCollector(loads, gpus))
 
 

@@ -7,17 +7,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from llmops.observability.redaction import redact_value
 
 
 class _NoSpan:
+    """The span, and its context manager, when nothing is traced: one shared object, no generator."""
+
     def set_attribute(self, key: str, value: Any) -> None:
         return None
 
     def end(self) -> None:
         return None
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
 
 
 def _clean(attributes: dict[str, Any] | None) -> dict[str, Any]:
@@ -49,18 +61,21 @@ class Tracer:
     def __init__(self, otel_tracer: Any = None, provider: Any = None) -> None:
         self._tracer, self._provider = otel_tracer, provider
 
-    @contextlib.contextmanager
-    def span(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
+    def span(self, name: str, attributes: dict[str, Any] | None = None) -> AbstractContextManager[Any]:
+        """A span around a `with` block, current while it runs."""
         if self._tracer is None:
-            yield _NoSpan()
-            return
+            return _NO_SPAN
+        return self._current_span(name, attributes)
+
+    @contextlib.contextmanager
+    def _current_span(self, name: str, attributes: dict[str, Any] | None) -> Iterator[Any]:
         with self._tracer.start_as_current_span(name, attributes=_clean(attributes)) as span:
             yield _RedactedSpan(span)
 
     def start(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
         """A span that the caller ends (for work that spans several awaits or generator steps)."""
         if self._tracer is None:
-            return _NoSpan()
+            return _NO_SPAN
         return _OnceSpan(self._tracer.start_span(name, attributes=_clean(attributes)))
 
     def shutdown(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from llmops.observability.metrics import Metrics
@@ -30,10 +31,16 @@ class ResponseCacher:
     def __init__(self, store: ResponseCache, settings: CacheSettings, metrics: Metrics) -> None:
         self.store, self.settings, self.metrics = store, settings, metrics
 
-    def key(self, kind: str, payload: dict[str, Any] | None, *, opt_out: bool, key_id: str | None) -> str | None:
-        """The cache key, or None when this request must not use the cache (`payload` None: not deterministic)."""
+    def key(self, kind: str, payload: dict[str, Any] | Callable[[], dict[str, Any] | None] | None, *,
+            opt_out: bool, key_id: str | None) -> str | None:
+        """The cache key, or None when this request must not use the cache (`payload` None: not deterministic).
+        `payload` may be a function, called only when the cache is on and the request did not opt out."""
         if not self.settings.enabled or payload is None or opt_out:
             return None
+        if callable(payload):
+            payload = payload()
+            if payload is None:
+                return None
         if self.settings.scope == "key":
             payload = {**payload, "api_key": key_id}
         return cache_key(kind, payload)

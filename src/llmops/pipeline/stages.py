@@ -171,7 +171,7 @@ async def cache_lookup(services: Services, call: Call) -> None:
     """The exact cache, then (when it is on and the exact one has no answer) the semantic cache: a hit of
     either says X-Cache: hit."""
     cacher = services.cacher
-    call.cache_key = cacher.key(call.work.kind, call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
+    call.cache_key = cacher.key(call.work.kind, lambda: call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
                                 key_id=call.ctx.subject)
     call.hit = await cacher.get(call.cache_key, call.config.name)
     result = "bypass" if call.cache_key is None else "hit" if call.hit is not None else "miss"

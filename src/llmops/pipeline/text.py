@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,14 +117,21 @@ def _render_prompt(services: Services, call: Call, body: Any) -> tuple[list[Mess
     return rendered, (template.id, template.version)
 
 
-@asynccontextmanager
-async def closing(items: Choices) -> AsyncIterator[Choices]:
+class closing:  # lower case: used like contextlib.aclosing
     """Close the source generator when the consumer stops early (an error, a disconnect), so the engine
-    stops now rather than when the generator is garbage-collected."""
-    try:
-        yield items
-    finally:
-        aclose = getattr(items, "aclose", None)
+    stops now rather than when the generator is garbage-collected. A class, not an @asynccontextmanager:
+    that would be one more async generator per layer per request."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Choices) -> None:
+        self.items = items
+
+    async def __aenter__(self) -> Choices:
+        return self.items
+
+    async def __aexit__(self, *exc: object) -> None:
+        aclose = getattr(self.items, "aclose", None)
         if aclose is not None:
             await aclose()
 

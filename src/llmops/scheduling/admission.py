@@ -12,8 +12,6 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -85,6 +83,30 @@ class Place:
             self._admission.release()  # granted (not withdrawn earlier): give the slot back
 
 
+class _Slot:
+    """`Admission.slot`'s context manager: a place on entering, waited for; given back on leaving, or at
+    once when the wait fails (a deadline, a cancellation). A class, not an @asynccontextmanager: every
+    request enters one, and that would be one more async generator each."""
+
+    __slots__ = ("_admission", "_deadline", "_place", "_priority")
+
+    def __init__(self, admission: Admission, deadline: float, priority: Priority) -> None:
+        self._admission, self._deadline, self._priority = admission, deadline, priority
+        self._place: Place | None = None
+
+    async def __aenter__(self) -> Ticket:
+        self._place = place = self._admission.enter(self._priority)
+        try:
+            return await place.wait(self._deadline)
+        except BaseException:
+            place.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._place is not None:
+            self._place.release()
+
+
 class Admission:
     def __init__(self, max_running: int, max_queued: int) -> None:
         self.max_running, self.max_queued = max_running, max_queued
@@ -107,14 +129,9 @@ class Admission:
     def on_engine(self) -> int:
         return self.running - self.staged
 
-    @asynccontextmanager
-    async def slot(self, deadline: float, priority: Priority = "interactive") -> AsyncIterator[Ticket]:
+    def slot(self, deadline: float, priority: Priority = "interactive") -> _Slot:
         """Hold a running slot for the body of the `async with`. `deadline` is a `time.monotonic()` time."""
-        place = self.enter(priority)
-        try:
-            yield await place.wait(deadline)
-        finally:
-            place.release()
+        return _Slot(self, deadline, priority)
 
     def enter(self, priority: Priority = "interactive", *, staged: bool = False) -> Place:
         """A place now: a running slot if one is free and nobody waits, else a place in the queue; 503 at
