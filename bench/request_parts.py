@@ -24,12 +24,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from bench.report import run_meta, save, spread
 
+T = TypeVar("T")
 REPLY = " ".join(f"w{i}" for i in range(64))
 BODY = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
 CONCURRENCY = 16
@@ -203,7 +204,7 @@ async def one_variant(name: str, requests: int) -> float:
             await task
 
 
-def run_loop(main: Coroutine[Any, Any, float]) -> float:
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """On uvloop when it is installed, as uvicorn runs the server (its `loop="auto"`): the pure-Python
     asyncio loop costs several times more per callback and would weigh the parts that schedule callbacks
     (timers, tasks) more than the server does."""

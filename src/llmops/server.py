@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from llmops.app import create_app, drain
 from llmops.errors import ConfigError
+from llmops.gil import set_switch_interval
 from llmops.heap import freeze_loaded_heap
 from llmops.http_protocol import protocol_class
 from llmops.settings import Settings
@@ -86,6 +87,7 @@ async def _key_count(settings: Settings) -> int:
 
 def serve(settings: Settings) -> None:
     check_exposure(settings)
+    set_switch_interval(settings.process.gil_switch_interval_ms)
     app = create_app(settings)
     DrainingServer(uvicorn_config(app, settings), app).run()
 

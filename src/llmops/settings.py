@@ -409,6 +409,15 @@ class RateLimitSettings(_Strict):
                                        "is believed; from anyone else the header is ignored")
 
 
+class ProcessSettings(_Strict):
+    """What the server sets for its whole process when it starts (not an app built in another program)."""
+
+    gil_switch_interval_ms: float = Field(1.0, ge=0.05, le=100, description="how long a thread waits for the "
+                                          "GIL before it asks the event loop's thread to hand it over (Python's "
+                                          "default, 5 ms, let a busy event loop keep the spend writer and store "
+                                          "reads waiting for up to a second: llmops/gil.py)")
+
+
 class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
 
@@ -444,6 +453,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
