@@ -1,11 +1,10 @@
-"""The GIL's switch interval, which the server sets for its process (server.py), as it freezes the heap.
+"""The GIL's switch interval, which the server sets for its process as it starts (server.py).
 
 A thread that waits for the GIL asks the holder to drop it once it has waited `sys.getswitchinterval()`
-(5 ms by default). But the holder dropping the GIL on its own wakes the waiter, which starts its wait over
-when it loses the race to take it back (CPython's take_gil). uvloop drops the GIL at every turn of the event
-loop (it runs libuv without it) and takes it back at once, so an event loop busy enough to turn more often
-than every switch interval keeps every other thread of the process waiting: the spend writer, the threads
-that read the stores (`asyncio.to_thread`), llama.cpp's callback threads with their tokens.
+(5 ms by default), but that wait starts over whenever the holder drops the GIL on its own and takes it
+straight back before the waiter can (CPython's take_gil). uvloop does that around each of libuv's callbacks
+into Python (libuv runs without the GIL), so a busy event loop kept the process's other threads waiting:
+the spend writer, the threads that read the stores (`asyncio.to_thread`), llama.cpp's callback threads.
 
 Measured in-process under 16-way load with the fake engine (bench/gil_wait.py): at 5 ms a thread waited up
 to 0.5-0.8 s for the GIL, and a batch of spend took about 0.75 s to reach SQLite where it takes 2 ms; at
