@@ -65,12 +65,14 @@ bench-overhead: setup
 # Where the gateway's per-token time goes (py-spy, GIL-holding samples) at 16 and 64 streams, on Gemma and
 # on the fake engine (the gateway alone): bench/results/profile.md, profile-fake.md; and per request (fake engine,
 # one token, 16-way, non-streaming): profile-request.md; and what each part of a request costs, by taking it away
-# (in-process, no sockets): request-parts.md
+# (in-process, no sockets): request-parts.md; and how long the server's other threads wait for the GIL under
+# load, by switch interval: gil-wait.md
 bench-profile: setup
 	$(PY) -m bench.profile_tokens --out bench/results --name profile --concurrency 16,64
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-fake --engine fake --concurrency 16,64 \
 		--requests 256
 	$(PY) -m bench.request_parts --out bench/results
+	$(PY) -m bench.gil_wait --out bench/results
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-request --engine fake --mode json \
 		--max-tokens 1 --concurrency 16 --requests 4000 --rate 1000
 

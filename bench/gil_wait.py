@@ -47,10 +47,12 @@ class Probe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(PROBE_EVERY_S):
+        while True:
             started = time.perf_counter()
             time.sleep(0)  # releases the GIL; returning needs it back
             self.waits.append(time.perf_counter() - started)
+            if self._stop.wait(PROBE_EVERY_S):
+                return
 
     def __enter__(self) -> Probe:
         self._thread.start()
