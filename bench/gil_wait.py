@@ -19,7 +19,6 @@ waits come from uvloop's loop, not from llmops.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import run_meta, save, spread
-from bench.request_parts import bare_app, lifespan, llmops_app, measure, run_loop
+from bench.request_parts import bare_app, interleaved, lifespan, llmops_app, measure, run_loop, variant_args
 
 VARIANTS = {"llmops@5": ("llmops", 5.0), "llmops@1": ("llmops", 1.0), "llmops@0.5": ("llmops", 0.5),
             "bare@5": ("bare", 5.0)}
@@ -130,24 +129,11 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results")
-    p.add_argument("--name", default="gil-wait")
-    p.add_argument("--repeats", type=int, default=4)
-    p.add_argument("--requests", type=int, default=12000)
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--variant", help=argparse.SUPPRESS)  # one measurement, in this process
-    a = p.parse_args()
+    a = variant_args(__doc__, "gil-wait", 4, 12000, list(VARIANTS))
     if a.variant:
         print(json.dumps(run_loop(one_variant(a.variant, a.requests))))
         return
-    names = a.variants.split(",")
-    rows = []
-    for repeat in range(a.repeats):
-        order = names[repeat % len(names):] + names[:repeat % len(names)]
-        for name in order:
-            rows.append({"variant": name, "repeat": repeat, **run_variant(name, a.requests)})
-            print(f"repeat {repeat} {name}: {json.dumps(rows[-1])}", file=sys.stderr)
+    rows = interleaved(a.variants.split(","), a.repeats, lambda name: run_variant(name, a.requests))
     meta = run_meta(repeats=a.repeats, requests=a.requests)
     save(a.out, a.name, report(rows, meta), {"meta": meta, "results": rows})
 

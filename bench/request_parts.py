@@ -252,25 +252,34 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def variant_args(doc: str | None, name: str, repeats: int, requests: int, variants: list[str]) -> argparse.Namespace:
+    """The command line of an in-process bench of variants (this one, bench/gil_wait.py)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--name", default="request-parts")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--requests", type=int, default=8000)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--name", default=name)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--requests", type=int, default=requests)
+    p.add_argument("--variants", default=",".join(variants))
     p.add_argument("--variant", help=argparse.SUPPRESS)  # one measurement, in this process
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def interleaved(names: list[str], repeats: int, measure_one: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every variant once per repeat, each in a fresh process, the order rotating so none always runs first."""
+    rows = []
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            rows.append({"variant": name, "repeat": repeat, **measure_one(name)})
+            print(f"repeat {repeat} {name}: {json.dumps(rows[-1])}", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    a = variant_args(__doc__, "request-parts", 5, 8000, list(VARIANTS))
     if a.variant:
         print(f"cpu_us {run_loop(one_variant(a.variant, a.requests)):.1f}")
         return
-    names = a.variants.split(",")
-    rows = []
-    for repeat in range(a.repeats):
-        order = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate, so no variant always runs first
-        for name in order:
-            rows.append({"variant": name, "repeat": repeat, "cpu_us": run_variant(name, a.requests)})
-            print(f"repeat {repeat} {name}: {rows[-1]['cpu_us']:.0f} us", file=sys.stderr)
+    rows = interleaved(a.variants.split(","), a.repeats, lambda name: {"cpu_us": run_variant(name, a.requests)})
     meta = run_meta(repeats=a.repeats, requests=a.requests, loop=_loop_name())
     save(a.out, a.name, report(rows, meta), {"meta": meta, "results": rows})
 
