@@ -26,7 +26,7 @@ base_for() {  # $1: the official image; prints the one to build on
         || timeout 60 "$DOCKER" pull -q "$official" >/dev/null 2>&1; }; }; then
     echo "$official"
   else
-    deploy/docker/local-bases.sh >&2
+    deploy/docker/local-bases.sh >&2 || return 1  # (a failure inside $(...) would not stop the script)
     echo "${LOCAL_PYTHON_IMAGE:-llmops-local/python:3.11-bookworm}"
   fi
 }

@@ -9,7 +9,10 @@
 # debootstrap and a running Docker engine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DOCKER=${DOCKER:-docker}
+# shellcheck source=deploy/docker/engine.sh
+. deploy/docker/engine.sh
+ensure_engine  # DOCKER, and BUILD: a CLI that builds with BuildKit (a docker CLI of 23 or newer has no
+               # builder of its own without the buildx plugin, so `DOCKER_BUILDKIT=1 docker build` fails there)
 PYTHON_BASE=${LOCAL_PYTHON_IMAGE:-llmops-local/python:3.11-bookworm}
 SERVICES=${LOCAL_SERVICES_IMAGE:-llmops-local/services:bookworm}
 WORK=${LOCAL_BASE_WORK:-/var/tmp/llmops-local-bases}
@@ -52,7 +55,7 @@ if ! have "$PYTHON_BASE"; then
 fi
 
 if ! have "$SERVICES"; then
-  DOCKER_BUILDKIT=1 "$DOCKER" build -q --build-arg "BASE_IMAGE=$PYTHON_BASE" -t "$SERVICES" \
+  "${BUILD[@]}" -q --build-arg "BASE_IMAGE=$PYTHON_BASE" -t "$SERVICES" \
     -f deploy/docker/Dockerfile.services deploy/docker >/dev/null
   echo "local-bases: built $SERVICES"
 fi
