@@ -110,7 +110,7 @@ class _ClosedModel:
     _children: dict[Any, Any] | None = None
 
     def labels(self, *values: Any, **named: Any) -> Any:
-        key = (values, tuple(named.items())) if named else values
+        key = _child_key(values, named)
         children = self._children
         if children is None:
             children = self._children = {}
@@ -127,7 +127,7 @@ class _ClosedModel:
             elif values:
                 i = self._labelnames.index("model")
                 values = (*values[:i], names.label(str(values[i])), *values[i + 1:])
-        key = (values, tuple(named.items())) if named else values
+        key = _child_key(values, named)
         child = children.get(key)
         if child is None:
             child = children[key] = super().labels(*values, **named)  # type: ignore[misc]
@@ -135,6 +135,10 @@ class _ClosedModel:
 
     def forget_children(self) -> None:
         self._children = None
+
+
+def _child_key(values: tuple[Any, ...], named: dict[str, Any]) -> Any:
+    return (values, tuple(named.items())) if named else values
 
 
 class _Counter(_ClosedModel, Counter):
