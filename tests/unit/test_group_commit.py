@@ -1,6 +1,7 @@
 """stores/group_commit.py: what is queued while a batch is being written goes together in the next batch;
 a lone item goes at once; waiters are released when their batch is written, even when writing it failed;
-`written()` waits for everything queued before it, and `close()` writes what is still queued."""
+`written()` waits for everything queued before it, and `close()` writes what is still queued; either ends
+the linger at once."""
 
 from __future__ import annotations
 
@@ -69,3 +70,17 @@ async def test_close_writes_what_is_still_queued() -> None:
     commit.add(3)
     await asyncio.wait_for(commit.close(), 30)
     assert [i for b in writer.batches for i in b] == [1, 2, 3]
+
+
+async def test_a_reader_ends_the_linger_at_once() -> None:
+    writer = Writer()
+    commit: GroupCommit[int] = GroupCommit(writer, 60.0)  # under load, the next batch would wait a minute
+    await asyncio.wait_for(asyncio.shield(commit.add(1)), 5)  # a lone item goes at once
+    queued = commit.add(2)
+    await asyncio.sleep(0)  # the writer is now lingering
+    assert not queued.done()
+    await asyncio.wait_for(commit.written(), 5)  # a reader waits: the batch goes now, not in a minute
+    assert writer.batches == [[1], [2]]
+    commit.add(3)
+    await asyncio.wait_for(commit.close(), 5)  # so does a close
+    assert writer.batches == [[1], [2], [3]]

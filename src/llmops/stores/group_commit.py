@@ -1,8 +1,10 @@
 """Group commit, for the spend ledgers (SQLite and Redis): callers queue an item and go on (or wait until it
 is written); one writer task writes everything queued as one batch, then whatever arrived meanwhile, until
 nothing is queued. A lone item after a pause is written at once; under load a batch starts at most every
-`linger_s`, so the store sees a few dozen writes a second however many requests settle, each carrying many
-requests. Batches are written in order, so waiting for the last one waits for everything before it."""
+`linger_s`, so the store sees a few writes a second however many requests settle, each carrying many
+requests. A reader that waits for the queued items (`written`, `close`) ends the linger at once, so a
+longer linger costs a reader nothing. Batches are written in order, so waiting for the last one waits for
+everything before it."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class GroupCommit(Generic[T]):
         self._writing: asyncio.Future[None] | None = None  # the same for the batch being written now
         self._writer: asyncio.Task[None] | None = None
         self._last_write = 0.0  # time.monotonic() when the last batch began
+        self._lingering: asyncio.Future[None] | None = None  # resolved when the linger ends (or is cut short)
+        self._hurried = False  # someone waits for the queued items: the next batch starts without lingering
 
     def add(self, item: T) -> asyncio.Future[None]:
         """Queue `item`; the future resolves once the batch holding it has been written (or has failed).
@@ -41,11 +45,13 @@ class GroupCommit(Generic[T]):
         """Wait until every item queued before now has been written."""
         waiting = self._queued_written or self._writing
         if waiting is not None:
+            self._hurry()
             await asyncio.shield(waiting)
 
     async def close(self) -> None:
         """Write every queued item."""
         self._start()  # should a writer have been cancelled with items still queued
+        self._hurry()
         while self._writer is not None:
             await asyncio.wait({self._writer})  # never raises: the writer reports its own failures
 
@@ -57,9 +63,9 @@ class GroupCommit(Generic[T]):
         try:
             while self._queued:
                 linger = self._last_write + self._linger_s - time.monotonic()
-                if linger > 0:  # batches under load come at most this often; after a pause, at once
-                    await asyncio.sleep(linger)
-                self._last_write = time.monotonic()
+                if linger > 0 and not self._hurried:  # under load at most this often; after a pause, at once
+                    await self._linger(linger)
+                self._last_write, self._hurried = time.monotonic(), False
                 batch, self._queued = self._queued, []
                 written, self._queued_written = self._queued_written, None
                 self._writing = written
@@ -73,3 +79,24 @@ class GroupCommit(Generic[T]):
                         written.set_result(None)
         finally:
             self._writer = None
+
+    async def _linger(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._lingering = ended = loop.create_future()
+        timer = loop.call_later(seconds, _end, ended)
+        try:
+            await ended
+        finally:
+            timer.cancel()
+            self._lingering = None
+
+    def _hurry(self) -> None:
+        """Someone waits for the queued items: write them now."""
+        self._hurried = True
+        if self._lingering is not None:
+            _end(self._lingering)
+
+
+def _end(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

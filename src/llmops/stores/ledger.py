@@ -133,7 +133,7 @@ _INSERT = ("INSERT INTO llmops_spend (at, day, key_id, model, prompt_tokens, com
 
 def _rows(batch: list[SpendEntry]) -> list[tuple[Any, ...]]:
     """One row per (day, key, model) in a batch, with the number of requests it sums and the time of its
-    last one. A batch spans a few dozen milliseconds (LINGER_S) and never a day boundary (the day is in the
+    last one. A batch spans up to a tenth of a second (LINGER_S) and never a day boundary (the day is in the
     group), so budgets, which read whole UTC days, read the same sums; the last hour's spend may count an
     entry up to one batch early. Under load that is one row per batch instead of one per request: each
     row costs four B-tree inserts (the table and its three indexes)."""
@@ -154,14 +154,17 @@ def _rows(batch: list[SpendEntry]) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in groups.values()]
 
 
-LINGER_S = 0.02  # under load, the shortest time between two batches (a crash can lose this much spend)
+# Under load, the shortest time between two batches: a crash can lose this much spend (a graceful stop
+# writes everything). Each batch costs the event loop a worker-thread hop and its GIL hand-overs: at
+# 0.02 s they cost a request 8 us of the server's CPU under 16-way load (bench/results/issue14.md).
+LINGER_S = 0.1
 
 
 class SqliteLedger:
     """Spend in SQLite, written by group commit (group_commit.py): `record` queues the entry and returns; each
     batch is one statement in one transaction (one worker-thread hop), one row per day, key and model
     (`_rows`). Under load a batch starts at most every LINGER_S, so the thread hops (each a wake-up of a
-    worker thread and of the event loop) stay a few dozen a second however many requests settle. Reads
+    worker thread and of the event loop) stay about ten a second however many requests settle. Reads
     first wait until every entry recorded before them is written, so they stay exact; `close` writes what
     is still queued.
     A batch that cannot be written is logged (one line, with what it held) and told to `on_error`."""
