@@ -143,3 +143,13 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+
+
+def writes_of(state: Any) -> Any:
+    """A Redis state's batch of writes nobody waits for (RedisWrites: places and reservations given back,
+    token counts corrected), for a test to wait until they are in Redis (`await writes_of(state).written()`)."""
+    from llmops.stores.redis_store import RedisCounters
+
+    counters = state.counters
+    assert isinstance(counters, RedisCounters)
+    return counters.writes

@@ -97,7 +97,6 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
             await pool.close()
             if services.semantic_cache is not None:
                 await services.semantic_cache.close()
-            await accountant.close()
             await state.close()
             tracer.shutdown()
 

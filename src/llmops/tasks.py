@@ -1,5 +1,6 @@
-"""Fire-and-forget work that must still finish (or be cancelled) deliberately: settling a request's
-accounting after its client left, giving back an in-flight place, a shadow request. The set holds a
+"""Fire-and-forget work that must still finish (or be cancelled) deliberately: a shadow request. (What a
+request gives back when it ends, its in-flight place, reservation and token correction, starts no task:
+the stores queue those writes, stores/counters.py.) The set holds a
 reference to each task until it ends (asyncio keeps only weak ones). And `SingleFlight`: one run of a
 lookup at a time, shared by every caller that asks while it runs."""
 

@@ -13,7 +13,7 @@ import redis
 from llmops.settings import StateSettings
 from llmops.stores import build_state
 from llmops.stores.ledger import SpendEntry, day_of
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, writes_of
 
 
 def _execs(url: str) -> int:
@@ -106,9 +106,11 @@ async def test_places_reservations_and_token_counts_given_back_together_take_eff
             assert made is not None
             assert made.made
         assert not await state.counters.acquire("key", 8, "ninth", 60)
-        await asyncio.gather(*(state.counters.release("key", h) for h in holders),
-                             *(budgets.release("key", h) for h in holders),
-                             *(state.counters.add_tokens("key", 10) for _ in holders))
+        for h in holders:  # queued, nobody waits: they go out with the next batch of writes
+            state.counters.release("key", h)
+            budgets.release("key", h)
+            state.counters.add_tokens("key", 10)
+        await writes_of(state).written()
         assert client.zcard("llmops:inflight:key") == 0
         assert client.hlen("llmops:reserved:key") == 0
         counted = [float(client.get(k) or 0) for k in client.scan_iter("llmops:tpm:key:*")]
@@ -124,8 +126,10 @@ async def test_writes_redis_cannot_take_are_counted_and_never_raised(redis_serve
     assert state.budgets is not None
     redis_server.stop()
     try:
-        await asyncio.gather(state.counters.release("key", "h"), state.budgets.release("key", "h"),
-                             state.counters.add_tokens("key", 5))
+        state.counters.release("key", "h")
+        state.budgets.release("key", "h")
+        state.counters.add_tokens("key", 5)
+        await writes_of(state).written()
     finally:
         await state.close()
     assert "writes" in failures
@@ -141,7 +145,8 @@ async def test_requests_per_minute_and_an_in_flight_place_are_one_step(redis_ser
         assert (first[0].allowed, first[1]) == (True, True)
         full = await counters.hit_and_acquire("key:k", 2, "k", 1, "b", 60)  # the rate allows; no place left
         assert (full[0].allowed, full[1]) == (True, False)
-        await counters.release("k", "a")
+        counters.release("k", "a")
+        await writes_of(state).written()
         limited = await counters.hit_and_acquire("key:k", 2, "k", 1, "c", 60)  # two per minute already used
         assert (limited[0].allowed, limited[1]) == (False, False)
         assert client.zcard("llmops:inflight:k") == 0  # the refused request took no place
@@ -224,6 +229,5 @@ async def test_a_settled_requests_reservation_is_given_back_only_once_its_spend_
             assert asyncio.get_running_loop().time() < deadline, seen[-1]
             await asyncio.sleep(0)
     finally:
-        await accountant.close()
         await state.close()
     assert all(held == 5 or spend == pytest.approx(5.0) for held, spend in seen), seen

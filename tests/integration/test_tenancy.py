@@ -17,7 +17,7 @@ import redis
 from llmops.cli import main
 from llmops.settings import StateSettings
 from llmops.stores import build_state
-from tests.helpers import RedisServer, eventually, live_server, write_config
+from tests.helpers import RedisServer, eventually, live_server, write_config, writes_of
 
 ADMIN = "admin-secret-for-tests"
 # $1 per completion token and $0.1 per prompt token (the fake engine echoes the prompt's words)
@@ -298,7 +298,8 @@ def test_a_dead_replicas_reservation_expires(redis_server: RedisServer) -> None:
         while not (later := await budgets.reserve("k", 0, 1.0, 0.1, "other", 60)) or not later.made:
             assert time.monotonic() < deadline, "the dead replica's reservation never expired"
             await asyncio.sleep(0.05)
-        await budgets.release("k", "other")
+        budgets.release("k", "other")
+        await writes_of(state).written()
         after = await budgets.reserve("k", 0, 1.0, 0.1, "third", 60)
         assert after is not None
         assert after.reserved == 0.0

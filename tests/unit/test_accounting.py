@@ -63,18 +63,15 @@ def test_accountant_budget_tokens_and_breaker() -> None:
         with pytest.raises(RateLimited, match="tokens/min"):
             await accountant.admit(key, MODEL, prompt_chars=240)  # 60 more would pass 100
         accountant.settle(charge, prompt_tokens=40, completion_tokens=1000)  # $0.04 + $2
-        await accountant.close()
         with pytest.raises(RateLimited):  # 1040 tokens this minute now
             await accountant.admit(key, MODEL, prompt_chars=4)
         unlimited, _ = new_key("u", (), "interactive", KeyLimits(budget_usd=3.0, budget_period="day"))
         accountant.settle(await accountant.admit(unlimited, MODEL), completion_tokens=1500)  # $3: spent
-        await accountant.close()
         with pytest.raises(QuotaExceeded) as info:
             await accountant.admit(unlimited, MODEL)
         assert info.value.retry_after is not None
         assert 0 < info.value.retry_after <= 86400
         accountant.settle(await accountant.admit(None, MODEL), completion_tokens=3000)  # $6: $11 this hour
-        await accountant.close()
         with pytest.raises(SpendLimitReached):
             await accountant.admit(None, MODEL)
         rows = await state.ledger.report("2000-01-01", "2100-01-01")

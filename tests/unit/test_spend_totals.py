@@ -113,7 +113,6 @@ async def test_concurrent_requests_of_one_key_send_one_spend_query_per_refresh(
     assert queries <= 3  # re-reads run one at a time, whatever the number of requests finding them due
     for charge in charges:
         accountant.settle(charge, 10, 10)
-    await accountant.close()
     await state.close()
 
 

@@ -22,7 +22,6 @@ from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
 from llmops.stores.counters import Counters, Decision
 from llmops.stores.keys import ApiKey
-from llmops.tasks import TaskSet
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 HOLD_TTL_S = 600.0  # an in-flight place not released (a replica died) frees itself after this
@@ -68,7 +67,6 @@ class RateLimiter:
                  metrics: Metrics) -> None:
         self.counters, self.anonymous_rpm, self.metrics = counters, anonymous_rpm, metrics
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
-        self._releases = TaskSet()
 
     @staticmethod
     def exempt(path: str) -> bool:
@@ -98,10 +96,10 @@ class RateLimiter:
         return Admission(headers, key.id if key is not None else None, holder)
 
     def release(self, admission: Admission) -> None:
-        """Give the in-flight place back, in a task of its own: a cancelled request (client gone) must
-        still give its place back."""
+        """Give the in-flight place back. It does not await, so a cancelled request (client gone) gives its
+        place back too; a shared store sends it with its next batch of writes."""
         if admission.holder is not None and admission.key_id is not None:
-            self._releases.spawn(self.counters.release(admission.key_id, admission.holder))
+            self.counters.release(admission.key_id, admission.holder)
 
     async def _limits(self, scope: Scope, key: ApiKey | None) -> tuple[Decision | None, str | None]:
         """The requests/min decision (None: no such limit) and the in-flight place taken (its holder; None:

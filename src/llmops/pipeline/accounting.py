@@ -20,7 +20,8 @@ Spend totals are read from the store at most once per `spend.refresh_s` per key 
 query that requests do not wait for once a total is known (pipeline/spend_totals.py); this process's own
 spend is added to them at once, so one replica is exact and replicas see each other within it.
 Settling does not await (a cancelled request, its client gone, is still accounted from its `finally`): the
-spend joins the ledger's next batch, and the tokens/min correction, when there is one, runs as a task."""
+spend joins the ledger's next batch, and the tokens/min correction, when there is one, joins the store's
+next batch of writes (in the process: done at once)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ from llmops.stores import State
 from llmops.stores.counters import Decision
 from llmops.stores.keys import ApiKey
 from llmops.stores.ledger import ANONYMOUS, Reservation, SpendEntry, TokenHit
-from llmops.tasks import TaskSet
 
 log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
@@ -91,7 +91,6 @@ class Accountant:
         self._key_spend = SpendTotals("key", spend.refresh_s)  # by key id, from its budget period's start
         self._hour = SpendTotals("the last", spend.refresh_s)
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
-        self._tasks = TaskSet()
 
     async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
                     worst_case_usd: float = 0.0) -> Charge:
@@ -128,7 +127,7 @@ class Accountant:
         budgets, holder = self.state.budgets, charge.holder
         if budgets is not None and holder is not None:
             charge.holder = None
-            self._tasks.spawn(budgets.release(charge.key_id, holder))
+            budgets.release(charge.key_id, holder)
 
     async def _check_breaker(self, model: str) -> None:
         ceiling = self.spend.max_usd_per_hour
@@ -186,10 +185,10 @@ class Accountant:
         try:
             answer = await budgets.reserve(key.id, start, budget, worst_case_usd, holder, ttl, tokens)
         except StoreUnavailable:  # timed out and failing closed: Redis may still have run the script
-            self._tasks.spawn(budgets.release(key.id, holder))
+            budgets.release(key.id, holder)
             raise
         if answer is None:  # timed out and failing open: the same, then this process's reservations
-            self._tasks.spawn(budgets.release(key.id, holder))
+            budgets.release(key.id, holder)
             return None
         if answer.made:
             charge.holder = holder
@@ -203,7 +202,7 @@ class Accountant:
         """Record what the request used; safe to call from a `finally` (it does not await). The spend is
         queued for the ledger's next batch and counted in this process at once; a shared reservation is
         given back once the spend is written (another replica then sees one or the other), an in-process
-        one at once. Only the tokens/min correction, which a store may have to send, runs as a task."""
+        one at once; the tokens/min correction is queued with the store's writes. No task is started."""
         if charge.settled:
             return
         charge.settled = True
@@ -211,7 +210,7 @@ class Accountant:
         if key is not None and key.limits.tpm is not None:
             delta = prompt_tokens + completion_tokens - charge.estimated_prompt
             if delta:
-                self._tasks.spawn(self._add_tokens(key.id, delta))
+                self._add_tokens(key.id, delta)
         written = None
         try:
             if prompt_tokens or completion_tokens or images:
@@ -233,15 +232,12 @@ class Accountant:
         self._add_local(charge.key_id, cost)  # the real cost replaces the in-process reservation in one step
         return written
 
-    async def _add_tokens(self, key_id: str, delta: int) -> None:
+    def _add_tokens(self, key_id: str, delta: int) -> None:
         try:
-            await self.state.counters.add_tokens(key_id, delta)
+            self.state.counters.add_tokens(key_id, delta)
         except Exception:
             log.exception("could not correct a request's tokens/min count")
 
     def _add_local(self, key_id: str, cost: float) -> None:
         self._hour.add(HOUR, cost)
         self._key_spend.add(key_id, cost)
-
-    async def close(self) -> None:
-        await self._tasks.wait()

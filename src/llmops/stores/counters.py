@@ -36,15 +36,19 @@ class Counters(Protocol):
         """Add `count` tokens, unless that would exceed `per_minute` over the sliding minute."""
         ...
 
-    async def add_tokens(self, subject: str, count: int) -> None:
-        """Settle tokens after the fact (completion tokens; a correction of the prompt estimate, maybe < 0)."""
+    def add_tokens(self, subject: str, count: int) -> None:
+        """Settle tokens after the fact (completion tokens; a correction of the prompt estimate, maybe < 0).
+        Nobody waits for it: in the process it is done at once; a shared store sends it with its next batch
+        of writes (a task per request for it cost more than the write)."""
         ...
 
     async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
         """Take one of `limit` in-flight places for `holder`; a holder that never releases expires after ttl_s."""
         ...
 
-    async def release(self, subject: str, holder: str) -> None: ...
+    def release(self, subject: str, holder: str) -> None:
+        """Give the place back; nobody waits for it (as `add_tokens`), so a cancelled request gives it back too."""
+        ...
 
     async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
                               ttl_s: float) -> tuple[Decision, bool]:
@@ -133,7 +137,7 @@ class MemoryCounters:
             windows[index] = windows.get(index, 0.0) + count
         return decision
 
-    async def add_tokens(self, subject: str, count: int) -> None:
+    def add_tokens(self, subject: str, count: int) -> None:
         windows, index, _ = self._window(subject)
         windows[index] = windows.get(index, 0.0) + count
 
@@ -146,7 +150,7 @@ class MemoryCounters:
         holders[holder] = now + ttl_s
         return True
 
-    async def release(self, subject: str, holder: str) -> None:
+    def release(self, subject: str, holder: str) -> None:
         self._holders.get(subject, {}).pop(holder, None)
 
     async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,

@@ -78,7 +78,9 @@ class SharedBudgets(Protocol):
         refusal of either makes no reservation and counts no tokens."""
         ...
 
-    async def release(self, key_id: str, holder: str) -> None: ...
+    def release(self, key_id: str, holder: str) -> None:
+        """Give the reservation back; nobody waits for it (it goes with the store's next batch of writes)."""
+        ...
 
 
 class Ledger(Protocol):

@@ -164,9 +164,13 @@ class RedisWrites:
         self.g = guard
         self._commit: GroupCommit[Write] = GroupCommit(self._send, 0.0)
 
-    async def send(self, write: Write) -> None:
-        """Queue `write`; return once its batch has been answered (or has failed)."""
-        await asyncio.shield(self._commit.add(write))
+    def queue(self, write: Write) -> None:
+        """Queue `write` for the next batch; nobody waits for it (a batch reports its own failures)."""
+        self._commit.add(write)
+
+    async def written(self) -> None:
+        """Wait until every write queued before now has been answered (or has failed)."""
+        await self._commit.written()
 
     async def close(self) -> None:
         await self._commit.close()
@@ -281,21 +285,21 @@ class RedisCounters:
             return Decision(True, per_minute, per_minute, 0.0, 0.0)
         return sliding(float(raw[0]), float(raw[1]), elapsed, per_minute, count)
 
-    async def add_tokens(self, subject: str, count: int) -> None:
+    def add_tokens(self, subject: str, count: int) -> None:
         key = f"{self.p}tpm:{subject}:{window_index(time.time())[0]}"
 
         def write(pipe: Any) -> None:
             pipe.incrbyfloat(key, count)
             pipe.expire(key, 180)
-        await self.writes.send(write)
+        self.writes.queue(write)
 
     async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
         got = await self.g.call("limits.concurrency", lambda: self._acquire(
             keys=[f"{self.p}inflight:{subject}"], args=[limit, ttl_s, holder]), 1)
         return bool(int(got))
 
-    async def release(self, subject: str, holder: str) -> None:
-        await self.writes.send(lambda pipe: pipe.zrem(f"{self.p}inflight:{subject}", holder))
+    def release(self, subject: str, holder: str) -> None:
+        self.writes.queue(lambda pipe: pipe.zrem(f"{self.p}inflight:{subject}", holder))
 
 
 class RedisLedger:
@@ -445,10 +449,10 @@ class RedisBudgets:
             decision = sliding(float(raw[3]), float(raw[4]), elapsed, tokens.per_minute, tokens.count)
         return Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]), decision)
 
-    async def release(self, key_id: str, holder: str) -> None:
+    def release(self, key_id: str, holder: str) -> None:
         """Given back with the other writes (RedisWrites); a reservation that could not be released expires
         on its own."""
-        await self.writes.send(lambda pipe: pipe.hdel(f"{self.p}reserved:{key_id}", holder))
+        self.writes.queue(lambda pipe: pipe.hdel(f"{self.p}reserved:{key_id}", holder))
 
 
 def _rows(day: str, cells: dict[str, str], key_id: str | None) -> list[SpendRow]:
