@@ -158,3 +158,32 @@ def test_a_client_that_goes_away_is_cancelled_not_an_error() -> None:
     assert metrics.requests.labels("m", "cancelled")._value.get() == 2
     assert metrics.requests.labels("m", "error")._value.get() == 0
     assert metrics.rejections.labels("m", "overload")._value.get() == 1
+
+
+def test_the_fast_counter_and_histogram_count_as_prometheus_client_does() -> None:
+    """Metrics' Counter.inc and Histogram.observe skip prometheus_client's per-call checks and find the bucket
+    by bisection: the same samples as prometheus_client's own, bounds, NaN and infinity included."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    ours = Metrics()
+    theirs = CollectorRegistry()
+    reference = Histogram("llmops_time_to_first_token_seconds", "Time to first token", ["model"],
+                          buckets=ours.ttft._upper_bounds[:-1], registry=theirs)
+    counted = Counter("llmops_generation_tokens", "Tokens generated", ["model"], registry=theirs)
+    values = [*ours.ttft._upper_bounds[:-1], 0.0, -1.0, 0.011, 0.3, 29.9, 30.1, 1e9, float("inf"), float("nan")]
+    for value in values:
+        ours.ttft.labels("m").observe(value)
+        reference.labels("m").observe(value)
+    for amount in (1, 0, 2.5, 7):
+        ours.generation_tokens.labels("m").inc(amount)
+        counted.labels("m").inc(amount)
+    with pytest.raises(ValueError, match="non-negative"):
+        ours.generation_tokens.labels("m").inc(-1)
+    with pytest.raises(ValueError, match="missing label values"):  # the labelled parent itself is not observable
+        ours.ttft.observe(1.0)
+
+    def samples(text: bytes, name: str) -> list[str]:
+        return [line for line in text.decode().splitlines() if line.startswith(name) and "_created" not in line]
+
+    for name in ("llmops_time_to_first_token_seconds", "llmops_generation_tokens"):
+        assert samples(generate_latest(ours.registry), name) == samples(generate_latest(theirs), name)

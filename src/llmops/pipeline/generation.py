@@ -66,14 +66,29 @@ class Collected:
         self.prompt_tokens = max(self.prompt_tokens, usage.prompt_tokens)  # one prompt, counted once
         self.completion_tokens += usage.completion_tokens
 
+    def add(self, index: int, chunk: TextChunk) -> None:
+        """One chunk of choice `index`: its text, tool calls, finish reason and usage."""
+        if chunk.usage:
+            self.add_usage(chunk.usage)
+        self.texts[index] += chunk.text
+        if chunk.tool_calls:
+            self.calls.setdefault(index, []).extend(chunk.tool_calls)
+        self.finish[index] = chunk.finish_reason or self.finish[index]
+
 
 Choices = AsyncIterator[tuple[int, TextChunk]]
 
 
 async def collect(choices: Choices, n: int) -> Collected:
+    """The whole answer, read without a generator of its own (one layer less per request than streaming)."""
     out = Collected(texts=[""] * n, finish=[None] * n)
-    async for _ in stream_choices(choices, out):
-        pass
+    try:
+        async for index, chunk in choices:
+            out.add(index, chunk)
+    except LLMOpsError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from exc
     return out
 
 
@@ -83,15 +98,16 @@ async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[t
     without internals."""
     try:
         async for index, chunk in choices:
-            if chunk.usage:
-                totals.add_usage(chunk.usage)
-            totals.texts[index] += chunk.text
-            if chunk.tool_calls:
-                totals.calls.setdefault(index, []).extend(chunk.tool_calls)
-            totals.finish[index] = chunk.finish_reason or totals.finish[index]
+            totals.add(index, chunk)
             yield index, chunk.text, chunk.finish_reason
     except LLMOpsError:
         raise
     except Exception as exc:
-        log.exception("engine failed while serving a request")
-        raise internal_error(exc) from exc
+        raise _unexpected(exc) from exc
+
+
+def _unexpected(exc: Exception) -> LLMOpsError:
+    """An unexpected engine exception fails this request only: logged here with its traceback, answered
+    as a 500 without internals."""
+    log.exception("engine failed while serving a request", exc_info=exc)
+    return internal_error(exc)

@@ -24,10 +24,6 @@ async def generate_choices(engine: TextEngine, requests: Sequence[TextRequest]
                            ) -> AsyncIterator[tuple[int, TextChunk]]:
     """(choice index, chunk) from every request, interleaved as they come. The first error ends the
     whole merge, and leaving early stops every generation."""
-    if len(requests) == 1:
-        async for chunk in engine.generate(requests[0]):
-            yield 0, chunk
-        return
     queue: asyncio.Queue[tuple[int, TextChunk | BaseException | None]] = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, engine.generate(r), queue)) for i, r in enumerate(requests)]
     try:

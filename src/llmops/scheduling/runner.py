@@ -65,8 +65,13 @@ async def with_deadline(items: AsyncIterator[T], deadline: float) -> AsyncIterat
 async def admitted_choices(admission: Admission, engine: TextEngine, requests: Sequence[TextRequest],
                            deadline: float, priority: Priority,
                            on_admit: Callable[[Ticket], None]) -> AsyncIterator[tuple[int, TextChunk]]:
-    """The n choices of one request, run under one admission slot and the request's deadline."""
+    """The n choices of one request, run under one admission slot and the request's deadline. One choice
+    (nearly every request) is read from the engine without the merge's layer."""
     async with admission.slot(deadline, priority) as ticket:
         on_admit(ticket)
+        if len(requests) == 1:
+            async for chunk in with_deadline(engine.generate(requests[0]), deadline):
+                yield 0, chunk
+            return
         async for item in with_deadline(generate_choices(engine, requests), deadline):
             yield item
