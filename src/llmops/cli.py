@@ -149,7 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     admin = settings.auth.admin_key
     configure_logging(settings.log_level, settings.observability.log_format,
-                      secrets=(admin.get_secret_value() if admin else None,))
+                      secrets=(admin.get_secret_value() if admin else None,),
+                      flush_s=settings.observability.log_flush_ms / 1000)
     serve(settings)
     return 0
 

@@ -166,6 +166,10 @@ class HttpSettings(_Strict):
 class ObservabilitySettings(_Strict):
     log_format: Literal["console", "json"] = Field("console", description="json in containers")
     log_content: bool = Field(False, description="log prompts and outputs (off: never logged)")
+    log_flush_ms: float = Field(100.0, ge=0, le=10_000, description="INFO lines (the access log: one per request) "
+                                "are written together at most this long after the first; warnings and errors at "
+                                "once; 0: every line at once. A process killed outright loses at most this much "
+                                "of them; a normal exit writes them all")
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset: tracing off")
     service_name: str = "llmops"
 

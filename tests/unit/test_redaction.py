@@ -8,11 +8,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llmops.middleware.observe import Observer, Responder, method_label
@@ -45,13 +48,36 @@ def test_redact_text(text: str, gone: str) -> None:
     assert "[REDACTED]" in out
 
 
+_LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: ", "api_key=", "APIKEY:",
+          "admin-key=", "access_token=", "access-token: ", "sk-llmops-", "SK-LLMOPS-"]
+
+
+@settings(max_examples=400, deadline=None)
+@example("")
+@given(st.lists(st.sampled_from(["Bearer ", "bearer\t", "Authorization", "X-Api-Key", "api_key", "APIKEY",
+                                 "admin-key", "access_token", "sk-llmops-", "SK-LLMOPS-", ":", "=", " ", "'",
+                                 '"', "abc", "k9", "-", "_", "\n", "é"]), max_size=12).map("".join))
+def test_the_anchor_check_skips_only_texts_no_pattern_changes(text: str) -> None:
+    """redact_text searches for the patterns' leading words first and leaves a text without any as it is:
+    the same result as running every pattern."""
+    for case in (text, *(f"{text} {lead}v4lue" for lead in _LEADS)):
+        _same_as_every_pattern(case)
+
+
+def _same_as_every_pattern(text: str) -> None:
+    full = text
+    for pattern in redaction._PATTERNS:
+        full = pattern.sub(lambda m: m.group(1) + redaction.MASK, full)
+    assert redact_text(text) == full
+
+
 @contextlib.contextmanager
-def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+def json_logs(capfd: pytest.CaptureFixture[str], flush_s: float = 0.0) -> Iterator[pytest.CaptureFixture[str]]:
     """JSON logging configured inside the test (a handler made in a fixture would hold a closed stream)."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, warnings.showwarning)
     try:
-        configure_logging("info", "json", secrets=(ADMIN,))
+        configure_logging("info", "json", secrets=(ADMIN,), flush_s=flush_s)
         capfd.readouterr()
         yield capfd
     finally:
@@ -98,6 +124,35 @@ def test_library_warnings_become_one_line_each_once(capfd: pytest.CaptureFixture
     assert len(lines) == 1
     assert lines[0]["category"] == "FutureWarning"
     assert lines[0]["message"] == "a long FutureWarning"
+
+
+def test_info_lines_are_written_together_and_a_warning_at_once_after_them(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """BatchedStderr: INFO lines wait for the batch (here a minute), a WARNING is written at once with every
+    line held before it, in order, and a flush (as logging's shutdown does at exit) writes what is held."""
+    with json_logs(capfd, flush_s=60.0):
+        log = logging.getLogger("llmops.access")
+        log.info("first")
+        log.info("second")
+        assert capfd.readouterr().err == ""  # held
+        logging.getLogger("llmops.app").warning("trouble")
+        events = [json.loads(line)["event"] for line in capfd.readouterr().err.splitlines()]
+        assert events == ["first", "second", "trouble"]
+        log.info("third")
+        assert capfd.readouterr().err == ""
+        logging.getLogger().handlers[0].flush()
+        assert [json.loads(line)["event"] for line in capfd.readouterr().err.splitlines()] == ["third"]
+
+
+def test_held_lines_are_written_within_the_flush_time(capfd: pytest.CaptureFixture[str]) -> None:
+    with json_logs(capfd, flush_s=0.05):
+        logging.getLogger("llmops.access").info("request")
+        seen = ""
+        deadline = time.monotonic() + 10
+        while '"request"' not in seen:
+            assert time.monotonic() < deadline, "the held line was never written"
+            time.sleep(0.01)
+            seen += capfd.readouterr().err
 
 
 def test_log_step_says_how_long(capfd: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,14 @@ process. Exceptions are rendered as plain tracebacks, without local variables (t
 prompts, and rendering them with rich stalled the event loop for seconds). Library warnings become one
 short line each, each distinct warning once (a 25-line FutureWarning is one line); `log_step`
 gives each long start-up step (model assembly, conversion, loading) a start and an end line with its
-duration."""
+duration.
+
+What a line costs matters: the access log writes one per request, and at the default level (info) it was
+the largest part of the gateway's own CPU per request. So the fields no renderer here shows are not
+computed (the caller's frame, the thread, the process: the logging module's documented switches), a
+value without a secret's leading words is not put through the redaction patterns, and INFO lines are
+written in batches (`BatchedStderr`): one write per `observability.log_flush_ms`, where a write per line
+cost the server a system call and a hand-over of the GIL each time."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,10 +37,77 @@ QUIET_LIBRARIES = ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"
                    "torch", "PIL", "asyncio", "multipart", "python_multipart", "sentence_transformers")
 
 
-def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tuple[str | None, ...] = ()) -> None:
-    """Route every logger through one structlog formatter. `secrets` are literals never to be logged."""
+MAX_BATCH_CHARS = 1 << 16  # a batch this large is written at once, whatever the time
+
+
+class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, with INFO (and DEBUG) lines written together at most `flush_s` after the first of them: the
+    access log is one line per request, and a write per line cost a system call and a GIL hand-over each.
+    A WARNING or worse is written at once, with every line before it, in order. What is still held is
+    written when the process exits normally (logging's own shutdown flushes every handler); a process
+    killed outright loses at most `flush_s` of INFO lines. `flush_s` 0: every line at once."""
+
+    def __init__(self, flush_s: float) -> None:
+        super().__init__()
+        self.flush_s = flush_s
+        self._held: list[str] = []
+        self._held_chars = 0
+        self._due = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
+        if self.flush_s <= 0:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._held.append(line)
+        self._held_chars += len(line)
+        if record.levelno >= logging.WARNING or self._held_chars >= MAX_BATCH_CHARS:
+            self._write_held()
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_when_due, name="llmops-log-writer", daemon=True)
+            self._writer.start()
+        self._due.set()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_held()
+            super().flush()
+
+    def _write_held(self) -> None:
+        if not self._held:
+            return
+        text, self._held, self._held_chars = "".join(self._held), [], 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # as logging's own handlers do: a closed or full stream must not raise into the app
+            if logging.raiseExceptions:
+                sys.stderr.write("llmops: could not write log lines\n")
+
+    def _write_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.flush_s)
+            self._due.clear()
+            self.flush()
+
+
+def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tuple[str | None, ...] = (),
+                      flush_s: float = 0.0) -> None:
+    """Route every logger through one structlog formatter. `secrets` are literals never to be logged;
+    `flush_s`: INFO lines are written in batches at most this long after the first (BatchedStderr)."""
     for secret in secrets:
         register_secret(secret)
+    # No renderer here shows the caller's file and line, the thread or the process: don't compute them
+    # for every record (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -45,7 +120,7 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=True)
-    handler = logging.StreamHandler()
+    handler = BatchedStderr(flush_s)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,  # plain traceback text, no locals
