@@ -77,7 +77,6 @@ async def test_a_reader_ends_the_linger_at_once() -> None:
     commit: GroupCommit[int] = GroupCommit(writer, 60.0)  # under load, the next batch would wait a minute
     await asyncio.wait_for(asyncio.shield(commit.add(1)), 5)  # a lone item goes at once
     queued = commit.add(2)
-    await asyncio.sleep(0)  # the writer is now lingering
     assert not queued.done()
     await asyncio.wait_for(commit.written(), 5)  # a reader waits: the batch goes now, not in a minute
     assert writer.batches == [[1], [2]]
