@@ -22,10 +22,16 @@ _PATTERNS = (
                r"[\"']?\s{0,4}[:=]\s{0,4}[\"']?(?:bearer\s{1,8})?)" + _VALUE),
     re.compile("()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
 )
-# Every pattern above starts at one of these words: a text with none of them (nearly every log value: a
-# method, a path, a model name, an id) needs no substitution, and one search says so.
-_ANCHORS = re.compile(r"(?i)bearer|authorization|api[_-]?key|admin[_-]?key|access[_-]?token|"
-                      + re.escape(SECRET_PREFIX))
+# Every pattern above starts at one of these words, in any case: a text without any of them (nearly every
+# log value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings of the
+# case-folded text: a regular expression doing the same case-insensitively took 6 us for an access line.
+# Case folding maps every character re's IGNORECASE matches to these words' letters onto that letter,
+# except two it matches to "i": the dotless i and the dotted capital I (which folds to "i" and U+0307);
+# a text with either goes the patterns' way.
+_WORDS = ("bearer", "authorization", "apikey", "api_key", "api-key", "adminkey", "admin_key", "admin-key",
+          "accesstoken", "access_token", "access-token", SECRET_PREFIX)
+_UNFOLDED = ("\u0131", "\u0307")
+_PLAIN = frozenset({int, float, bool, type(None)})  # a line's values that hold no text
 _secrets: set[str] = set()
 
 
@@ -40,7 +46,7 @@ def redact_text(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    if _ANCHORS.search(text) is None:
+    if not _has_word(text):
         return text
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
@@ -63,5 +69,31 @@ def redact_value(value: Any, depth: int = 0) -> Any:
 
 
 def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: runs last before rendering, on every record (ours and foreign ones)."""
+    """structlog processor: runs last before rendering, on every record (ours and foreign ones).
+
+    A line of flat values (the access line: strings, numbers, None) is searched once, its strings joined:
+    every pattern needs a leading word or a secret inside one value, and a joined text holds every
+    substring its parts hold. Only a line where that search finds something is walked value by value."""
+    texts: list[str] = []
+    for value in event.values():
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif kind not in _PLAIN:
+            break
+    else:
+        if _clean("\n".join(texts)):
+            return event
     return {k: redact_value(v) for k, v in event.items()}
+
+
+def _clean(text: str) -> bool:
+    return not _has_word(text) and not any(secret in text for secret in _secrets)
+
+
+def _has_word(text: str) -> bool:
+    folded = text.casefold()
+    for word in _WORDS:
+        if word in folded:
+            return True
+    return _UNFOLDED[0] in folded or _UNFOLDED[1] in folded
