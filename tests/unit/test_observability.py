@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmops.app import create_app
 from llmops.engines.base import TextChunk
 from llmops.errors import Overloaded, RequestCancelled
+from llmops.observability import logging as logmod
 from llmops.observability.inference import InferenceObserver
 from llmops.observability.logging import configure_logging
 from llmops.observability.metrics import Metrics
@@ -124,6 +125,7 @@ def test_access_log_is_one_json_line_without_content(app_client: tuple[TestClien
         err = capfd.readouterr().err
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        logmod._handler = None  # structlog's lines went straight to the test's handler
     lines = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"request"' in x]
     assert len(lines) == 1
     line = lines[0]

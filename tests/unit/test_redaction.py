@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llmops.middleware.observe import Observer, Responder, method_label
+from llmops.observability import logging as logmod
 from llmops.observability import redaction
-from llmops.observability.logging import configure_logging, log_step
+from llmops.observability.logging import ConsoleLine, configure_logging, log_step
 from llmops.observability.metrics import Metrics, ModelLoad
 from llmops.observability.redaction import redact_text
 from llmops.observability.tracing import build_tracer
@@ -28,6 +30,7 @@ from llmops.stores import keys
 
 KEY = "sk-llmops-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-abcdef"
 ADMIN = "an-admin-key-of-enough-length-42"
+PLAIN_SECRET = "zq8-a-literal-without-any-leading-word"
 
 
 def test_the_key_format_is_the_stores() -> None:
@@ -48,15 +51,22 @@ def test_redact_text(text: str, gone: str) -> None:
     assert "[REDACTED]" in out
 
 
+# Characters re's IGNORECASE matches to a leading word's letter: Kelvin sign, long s, dotless i, dotted I,
+# and leading words spelt with them.
+_LOOKALIKES = ["\u212a", "\u017f", "\u0131", "\u0130", "api\u212aey", "acce\u017f\u017f_token",
+               "author\u0131zation", "Bearer\u0130"]
 _LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: ", "api_key=", "APIKEY:",
           "admin-key=", "access_token=", "access-token: ", "sk-llmops-", "SK-LLMOPS-"]
 
 
 @settings(max_examples=400, deadline=None)
 @example("")
+@example("author\u0131zation: v4lue")  # dotless i
+@example("AUTHOR\u0130ZATION=v4lue")  # dotted capital I
+@example("api\u212aey=v4lue")  # Kelvin sign
 @given(st.lists(st.sampled_from(["Bearer ", "bearer\t", "Authorization", "X-Api-Key", "api_key", "APIKEY",
                                  "admin-key", "access_token", "sk-llmops-", "SK-LLMOPS-", ":", "=", " ", "'",
-                                 '"', "abc", "k9", "-", "_", "\n", "é"]), max_size=12).map("".join))
+                                 '"', "abc", "k9", "-", "_", "\n", "é", *_LOOKALIKES]), max_size=12).map("".join))
 def test_the_anchor_check_skips_only_texts_no_pattern_changes(text: str) -> None:
     """redact_text searches for the patterns' leading words first and leaves a text without any as it is:
     the same result as running every pattern."""
@@ -64,11 +74,61 @@ def test_the_anchor_check_skips_only_texts_no_pattern_changes(text: str) -> None
         _same_as_every_pattern(case)
 
 
+_VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(),
+                   st.lists(st.sampled_from([*_LEADS, *_LOOKALIKES, "abc", " ", "=", ":", PLAIN_SECRET[:12],
+                                             PLAIN_SECRET[12:],
+                                             "\n"]), max_size=6).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@example({"event": "request", "path": f"/x?k={PLAIN_SECRET}", "status": 200})
+@example({"event": "request", "a": PLAIN_SECRET[:12], "b": PLAIN_SECRET[12:]})  # in neither value
+@example({"event": "author\u0131zation: v4lue", "status": None})
+@given(st.dictionaries(st.sampled_from(["event", "path", "model", "status", "a", "b", "c"]), _VALUES, max_size=7))
+def test_a_flat_line_searched_once_is_redacted_as_value_by_value(event: dict[str, Any]) -> None:
+    """redact_event searches a line of plain values once, its strings joined: the same line as redacting
+    each value."""
+    redaction.register_secret(PLAIN_SECRET)
+    expected = {k: _every_pattern(v) if isinstance(v, str) else v for k, v in event.items()}
+    assert redaction.redact_event(None, "info", dict(event)) == expected
+
+
+def test_a_line_that_cannot_be_rendered_says_so_instead_of_raising(capfd: pytest.CaptureFixture[str]) -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    with json_logs(capfd):
+        structlog.get_logger("llmops.access").warning("request", odd=Unprintable())
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    assert [(line["event"], line["error"], line["logger"]) for line in lines] == [
+        ("log line not rendered", "RuntimeError", "llmops.access")]
+
+
+def test_the_console_line() -> None:
+    """`time [level] event [logger] key=value` (sorted; a value with a space or quote quoted), then the
+    traceback: structlog's ConsoleRenderer's format, uncoloured."""
+    line = ConsoleLine(colors=False)(None, "error", {
+        "event": "request", "timestamp": "2026-12-03T00:00:00Z", "level": "error", "logger": "llmops.access",
+        "path": "/v1/x y", "status": 500, "model": None, "exception": "Traceback (most recent call last):\n  boom"})
+    assert line.splitlines() == [
+        "2026-12-03T00:00:00Z [error    ] request                        [llmops.access] model=None path='/v1/x y' "
+        "status=500", "Traceback (most recent call last):", "  boom"]
+    coloured = ConsoleLine(colors=True)(None, "info", {"event": "e", "level": "info"})
+    assert coloured.startswith("\x1b[32m[info     ]\x1b[0m e")
+
+
 def _same_as_every_pattern(text: str) -> None:
-    full = text
+    assert redact_text(text) == _every_pattern(text)
+
+
+def _every_pattern(text: str) -> str:
+    """The reference: every registered secret, then every pattern, run on the whole text."""
+    for secret in redaction._secrets:
+        text = text.replace(secret, redaction.MASK)
     for pattern in redaction._PATTERNS:
-        full = pattern.sub(lambda m: m.group(1) + redaction.MASK, full)
-    assert redact_text(text) == full
+        text = pattern.sub(lambda m: m.group(1) + redaction.MASK, text)
+    return text
 
 
 @contextlib.contextmanager
@@ -84,6 +144,7 @@ def json_logs(capfd: pytest.CaptureFixture[str], flush_s: float = 0.0) -> Iterat
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         warnings.showwarning = saved[2]
+        logmod._handler = None  # structlog's lines went straight to the test's handler
 
 
 def _fail(api_key: str, prompt: str) -> None:

@@ -11,11 +11,15 @@ gives each long start-up step (model assembly, conversion, loading) a start and 
 duration.
 
 What a line costs matters: the access log writes one per request, and at the default level (info) it was
-the largest part of the gateway's own CPU per request. So the fields no renderer here shows are not
-computed (the caller's frame, the thread, the process: the logging module's documented switches), a
-value without a secret's leading words is not put through the redaction patterns, and INFO lines are
-written in batches (`BatchedStderr`): one write per `observability.log_flush_ms`, where a write per line
-cost the server a system call and a hand-over of the GIL each time."""
+the largest part of the gateway's own CPU per request. So structlog's loggers (the access line among them)
+render their line and hand it to the handler (`LineLogger`: no LogRecord, no second processor chain);
+the console format is rendered by `ConsoleLine` (structlog's ConsoleRenderer's format at a fifth of its
+cost); the fields no renderer here shows are not computed (the caller's frame, the thread, the process:
+the logging module's documented switches); a line without a secret's leading words is searched once,
+not put through the redaction patterns value by value; and INFO lines are written in batches
+(`BatchedStderr`): one write per `observability.log_flush_ms`, where a write per line cost the server a
+system call and a hand-over of the GIL each time. One access line: 46 us (session 9) -> 14 us, JSON
+or console."""
 
 from __future__ import annotations
 
