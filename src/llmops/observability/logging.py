@@ -144,6 +144,8 @@ class LineLogger:
     def critical(self, line: str) -> None:
         _write(line, logging.CRITICAL)
 
+    msg = info  # structlog's level-less `msg`
+
 
 def _write(line: str, levelno: int) -> None:
     if _handler is not None:
