@@ -66,7 +66,8 @@ bench-overhead: setup
 # on the fake engine (the gateway alone): bench/results/profile.md, profile-fake.md; and per request (fake engine,
 # one token, 16-way, non-streaming): profile-request.md; and what each part of a request costs, by taking it away
 # (in-process, no sockets): request-parts.md; and how long the server's other threads wait for the GIL under
-# load, by switch interval: gil-wait.md
+# load, by switch interval: gil-wait.md; and the CPU each thread uses per token at one stream, llmops against the
+# bare engine (the scheduler's runtime per thread): thread-cpu-stream.md, thread-cpu-json.md
 bench-profile: setup
 	$(PY) -m bench.profile_tokens --out bench/results --name profile --concurrency 16,64
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-fake --engine fake --concurrency 16,64 \
@@ -75,6 +76,8 @@ bench-profile: setup
 	$(PY) -m bench.gil_wait --out bench/results
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-request --engine fake --mode json \
 		--max-tokens 1 --concurrency 16 --requests 4000 --rate 1000
+	$(PY) -m bench.thread_cpu --out bench/results --name thread-cpu-stream --mode chat-stream --repeats 3
+	$(PY) -m bench.thread_cpu --out bench/results --name thread-cpu-json --mode json --repeats 2
 
 # On a GPU machine (torch + diffusers + transformers; the llmops rows need the project installed too):
 # issue 14's image table in one run of at most ~10 minutes, every figure written as soon as it exists.
