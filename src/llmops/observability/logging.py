@@ -18,8 +18,8 @@ cost); the fields no renderer here shows are not computed (the caller's frame, t
 the logging module's documented switches); a line without a secret's leading words is searched once,
 not put through the redaction patterns value by value; and INFO lines are written in batches
 (`BatchedStderr`): one write per `observability.log_flush_ms`, where a write per line cost the server a
-system call and a hand-over of the GIL each time. One access line: 46 us (session 9) -> 14 us, JSON
-or console."""
+system call and a hand-over of the GIL each time. One access line took 46 us (JSON) and 67 us (console)
+before these; 14 us now, either format."""
 
 from __future__ import annotations
 
@@ -202,7 +202,9 @@ def _never_raising(renderer: Any) -> Any:
 
 def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tuple[str | None, ...] = (),
                       flush_s: float = 0.0) -> None:
-    """Route every logger through one structlog formatter. `secrets` are literals never to be logged;
+    """Every logger's lines through the same processors (redaction last before rendering) to one handler:
+    structlog's rendered by structlog itself, the stdlib's and the libraries' by the handler's formatter.
+    `secrets` are literals never to be logged;
     `flush_s`: INFO lines are written in batches at most this long after the first (BatchedStderr)."""
     for secret in secrets:
         register_secret(secret)
