@@ -10,6 +10,7 @@ decode threads (their CPU per token against the bare engine's: a decode thread p
 its partner spinning at llama.cpp's barrier).
 
     python -m bench.thread_cpu --targets bare-llamacpp,llmops-llamacpp --mode chat-stream --repeats 3
+    python -m bench.thread_cpu --targets llmops-llamacpp,llmops-llamacpp@baseline --baseline-src OLD/src
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def per_token(before: dict[int, ThreadTimes], after: dict[int, ThreadTimes], tok
     return sorted(rows, key=lambda r: -r["cpu_ms"])
 
 
-def measure(name: str, mode: str, concurrency: int, requests: int, max_tokens: int, port: int) -> dict[str, Any]:
-    target = targets(2, 16, 50)[name]
+def measure(name: str, mode: str, concurrency: int, requests: int, max_tokens: int, port: int,
+            baseline_src: str | None = None) -> dict[str, Any]:
+    target = targets(2, 16, 50, baseline_src)[name]
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(target.command(port, Path(tmp)), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
@@ -153,13 +155,14 @@ def main() -> None:
     p.add_argument("--port", type=int, default=18095)
     p.add_argument("--out", default="bench/results")
     p.add_argument("--name", default="thread-cpu")
+    p.add_argument("--baseline-src", help="another checkout's src/: adds the target llmops-llamacpp@baseline")
     a = p.parse_args()
     wake_us = wake_cost(0.026)
     runs = []
     for repeat in range(a.repeats):
         names = a.targets.split(",")
         for name in names[repeat % len(names):] + names[:repeat % len(names)]:  # the order rotates
-            run = measure(name, a.mode, a.concurrency, a.requests, a.max_tokens, a.port)
+            run = measure(name, a.mode, a.concurrency, a.requests, a.max_tokens, a.port, a.baseline_src)
             runs.append({**run, "repeat": repeat})
             print(f"{name}: {run['tokens_per_s']:.1f} tok/s, {run['cpu_ms_per_token']:.2f} ms CPU/token", flush=True)
     meta = run_meta(mode=a.mode, concurrency=a.concurrency, requests=a.requests, max_tokens=a.max_tokens,

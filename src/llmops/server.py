@@ -1,10 +1,16 @@
 """Run the app under uvicorn with a graceful drain: the first SIGTERM (or SIGINT) starts draining
 (/ready 503, new requests 503, admitted requests finish, up to shutdown.drain_timeout_s), then uvicorn
-shuts down and the process exits 0. A second signal exits at once."""
+shuts down and the process exits 0. A second signal exits at once.
+
+uvicorn's housekeeping loop (`main_loop`: the Date header, the exit check) wakes ten times a second; here
+twice (`TICK_S`), and at once when the server is to exit. A wake-up of an idle process costs far more
+than its work (0.2-0.4 ms of CPU on a small VM: bench/results/thread-cpu-*.md): an idle server used
+5 ms of CPU a second for it, taken from llama.cpp's decode threads on a busy one."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from types import FrameType
@@ -23,6 +29,10 @@ from llmops.stores import build_state
 log = logging.getLogger("llmops.server")
 
 
+TICK_S = 0.5  # uvicorn's main_loop: 0.1
+TICKS_PER_UVICORN_SECOND = 10  # on_tick's counter counts tenths: it refreshes the Date header when it divides by 10
+
+
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
@@ -30,6 +40,25 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
         self._draining = False
         self._freezer: asyncio.Task[None] | None = None
+        self._exit_now: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        """uvicorn's, ticking every TICK_S (the Date header still changes each second) and woken at once
+        when the server is to exit."""
+        self._exit_now = asyncio.Event()
+        step = round(TICK_S * TICKS_PER_UVICORN_SECOND)
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + step) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_now.wait(), TICK_S)
+            should_exit = await self.on_tick(counter)
+
+    def _exit(self) -> None:
+        self.should_exit = True
+        if self._exit_now is not None:
+            self._exit_now.set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.app.state.services.lifecycle.warming = True  # /ready waits for the freeze below
@@ -49,6 +78,7 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # second signal: stop now
             super().handle_exit(sig, frame)
+            asyncio.get_event_loop().call_soon_threadsafe(self._exit)
             return
         self._draining = True
         log.info("signal %d: draining", sig)
@@ -62,7 +92,7 @@ class DrainingServer(uvicorn.Server):
         try:
             await drain(self.app)
         finally:
-            self.should_exit = True
+            self._exit()
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
