@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.load import run_load
 from bench.report import run_meta, save
@@ -40,28 +41,23 @@ class ThreadTimes:
 def read_threads(pid: int) -> dict[int, ThreadTimes]:
     """Every thread of `pid`: CPU seconds so far and context switches. The CPU time is the scheduler's
     own (`se.sum_exec_runtime` in /proc/<pid>/task/<tid>/sched, nanosecond-based) where the kernel shows
-    it; /proc's stat fields are counted in ticks (4 ms at HZ=250), too coarse for threads that run a few
-    microseconds per token."""
-    tick = os.sysconf("SC_CLK_TCK")
+    it; psutil's thread times are counted in ticks (4 ms at HZ=250), too coarse for threads that run a
+    few microseconds per token, and are the fallback."""
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            sched = _fields(Path(f"/proc/{pid}/task/{tid}/sched"))
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # the thread ended between the listing and the read
-        ticks = stat[stat.rindex(")") + 2:].split()
+    for thread in psutil.Process(pid).threads():
+        sched = _fields(Path(f"/proc/{pid}/task/{thread.id}/sched"))
         cpu = sched["se.sum_exec_runtime"] / 1000 if "se.sum_exec_runtime" in sched else \
-            (int(ticks[11]) + int(ticks[12])) / tick
-        out[int(tid)] = ThreadTimes(cpu, int(sched.get("nr_voluntary_switches", 0)),
-                                    int(sched.get("nr_involuntary_switches", 0)))
+            thread.user_time + thread.system_time
+        out[thread.id] = ThreadTimes(cpu, int(sched.get("nr_voluntary_switches", 0)),
+                                     int(sched.get("nr_involuntary_switches", 0)))
     return out
 
 
 def _fields(path: Path) -> dict[str, float]:
+    """The `name : number` lines of a /proc file; empty when it is gone (the thread ended) or unreadable."""
     try:
         text = path.read_text()
-    except PermissionError:
+    except OSError:
         return {}
     out = {}
     for line in text.splitlines():
