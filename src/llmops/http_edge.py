@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -49,8 +50,12 @@ def browser_page(path: str) -> bool:
 
 def signed_image_request(path: str, query_string: bytes) -> bool:
     """A request for a stored image that carries a signature: the auth middleware lets it through without
-    a key, and the handler verifies the signature (403 when bad or expired)."""
-    return path.startswith(IMAGE_FILES) and b"sig=" in query_string
+    a key, and the handler verifies the signature (403 when bad or expired). The query is parsed as
+    Starlette parses it for the handler, so a request let through here is one whose `sig` the handler
+    sees and checks (an `xsig=` or a `sig=` inside another value is no signature: the key is needed)."""
+    if not path.startswith(IMAGE_FILES) or b"sig" not in query_string:
+        return False
+    return any(name == "sig" for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
 
 
 UNPARSED: Any = object()  # what `parse_body` gives for a body that is not JSON

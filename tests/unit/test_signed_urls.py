@@ -92,3 +92,24 @@ def test_a_signed_url_needs_no_key_on_a_keyed_server(keyed: TestClient) -> None:
         assert "expired" in old.json()["error"]["message"]
         other = f"imgfile-{uuid.uuid4().hex}.png"
         assert c.get(f"/v1/images/files/{other}?{signer.query(other)}").status_code == 404
+
+
+@pytest.mark.parametrize("query", ["xsig=1", "a=sig=", "expires=9999999999&nosig=1", "expires=1&sigma=x",
+                                   "a=1%26sig%3D2"])
+def test_a_query_without_a_sig_parameter_still_needs_the_key(keyed: TestClient, query: str) -> None:
+    """Only a `sig` parameter of its own lets a request through without a key (then it is checked): "sig="
+    inside another parameter's name or value is no signature."""
+    with keyed as c:
+        key, _ = new_key("k", (), "interactive")
+        services: Services = c.app.state.services  # type: ignore[attr-defined]
+        c.portal.call(services.state.keys.add, key)
+        response = c.get(f"/v1/images/files/{NAME}?{query}")
+        assert response.status_code == 401, response.text
+
+
+def test_an_empty_sig_is_checked_and_refused(keyed: TestClient) -> None:
+    with keyed as c:
+        key, _ = new_key("k", (), "interactive")
+        services: Services = c.app.state.services  # type: ignore[attr-defined]
+        c.portal.call(services.state.keys.add, key)
+        assert c.get(f"/v1/images/files/{NAME}?expires=9999999999&sig=").status_code == 403
