@@ -107,3 +107,35 @@ def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
             time.sleep(0.01)
         spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
     assert spent <= 0.005 + worst
+
+
+def test_a_route_reserves_for_its_dearest_fallback(tmp_path: Path) -> None:
+    """A route whose first model is free and cannot take the load falls back to a priced one: each request
+    reserves the fallback's worst case, so 16 at once on a $0.10 budget spend at most the budget plus one
+    request's worst case at the fallback's prices (reserving at the free model's prices admitted them all)."""
+    free = {"name": "free", "engine": "fake", "options": {"capacity": 1, "token_delay_s": 0.05},
+            "limits": {"max_queued": 0}}
+    priced = {"name": "priced", "engine": "fake", "options": {"token_delay_s": 0.02, "capacity": 32},
+              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 10.0}}
+    cfg = write_config(tmp_path / "c.yaml", [free, priced],
+                       routes=[{"name": "auto", "variants": [{"model": "free"}], "fallbacks": ["priced"]}],
+                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0},
+                       state={"backend": "memory"}, spend={"refresh_s": 0})
+    body = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hello there"}]}
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 0.1, "budget_period": "total"},
+                      headers={"Authorization": "Bearer admin-secret-for-the-tests"}).json()
+        auth = {"Authorization": f"Bearer {made['secret']}"}
+        services = c.app.state.services  # type: ignore[attr-defined]
+        worst = worst_case_text_usd(services.pool.config("priced", "chat"), estimate_tokens(len("hello there")), 4, 1)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth), range(16)))
+        codes = [a.status_code for a in answers]
+        assert 429 in codes
+        assert any(a.headers.get("x-llmops-variant") == "priced" for a in answers)
+        deadline = time.monotonic() + 30
+        while services.accountant.reserved(made["id"]) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
+    assert spent <= 0.1 + worst

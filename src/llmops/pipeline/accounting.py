@@ -46,6 +46,7 @@ log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
 HOUR = "hour"  # the name of the last hour's total (all keys)
 SETTLE_MARGIN_S = 60.0  # a shared reservation outlives its request's longest deadline by this much
+RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is rounding residue: nothing
 
 
 def estimate_tokens(chars: int) -> int:
@@ -122,7 +123,10 @@ class Accountant:
     def _release(self, charge: Charge) -> None:
         if charge.reserved_usd:
             left = self._reserved.get(charge.key_id, 0.0) - charge.reserved_usd
-            self._reserved[charge.key_id] = max(0.0, left)
+            if left > RESERVED_EPSILON_USD:
+                self._reserved[charge.key_id] = left
+            else:  # the last one out: none left, not a float's rounding residue of the sums
+                self._reserved.pop(charge.key_id, None)
             charge.reserved_usd = 0.0
         budgets, holder = self.state.budgets, charge.holder
         if budgets is not None and holder is not None:

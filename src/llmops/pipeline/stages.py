@@ -159,10 +159,16 @@ async def input_guardrails(services: Services, call: Call) -> None:
 
 
 async def budget(services: Services, call: Call) -> None:
-    """The spend breaker, the key's budget (reserving the worst case) and tokens/min."""
+    """The spend breaker, the key's budget (reserving the worst case) and tokens/min. The worst case is the
+    dearest of the models that may serve the request (a route's fallbacks too): the reservation must
+    cover whichever one answers, since the answer is charged at its own prices."""
     chars = sum(len(t) for t in call.work.texts())
     accountant = services.accountant
-    estimate = call.work.worst_case_usd(call.config, -(-chars // 4), call.deadline - call.ctx.received)
+    tokens, engine_s = -(-chars // 4), call.deadline - call.ctx.received
+    estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
+    for name in call.plan.chain[1:]:
+        fallback = services.pool.config(name, call.work.model_kind)
+        estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
     call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind != "image" else 0,
                                          estimate)
 
