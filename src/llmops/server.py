@@ -95,12 +95,9 @@ class DrainingServer(uvicorn.Server):
             self._exit()
 
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve a non-loopback address without API keys, unless the operator says so."""
-    if settings.host in LOOPBACK or settings.host.startswith("127.") or settings.insecure_no_auth:
+    if not settings.exposed():
         return
     if asyncio.run(_key_count(settings)) == 0:
         raise ConfigError(f"refusing to serve {settings.host} with no API keys: anyone who can reach it could use "

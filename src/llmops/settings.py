@@ -176,8 +176,9 @@ class ObservabilitySettings(_Strict):
 
 class AuthSettings(_Strict):
     """API keys. With no key in the store, a server on loopback is open (the embedded default); once a key
-    has been created every request needs one (revoking them all does not reopen it). A server bound
-    elsewhere refuses to start without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so."""
+    has been created every request needs one (revoking them all does not reopen it, nor does a store that
+    loses its keys: a process that has seen a key stays keyed). A server bound elsewhere refuses to start
+    without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so, and never serves without one."""
 
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
@@ -199,6 +200,7 @@ class AuthSettings(_Strict):
 
 
 ADMIN_KEY_MIN_CHARS = 16
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 PLACEHOLDER_WORDS = ("replace-me", "replace_me", "replaceme", "changeme", "change-me", "change_me",
                      "placeholder", "example", "your-admin-key", "xxxx")
 
@@ -469,6 +471,13 @@ class Settings(BaseSettings):
     routes: list[RouteConfig] = Field(default_factory=list)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
+
+    def exposed(self) -> bool:
+        """Bound beyond loopback without the operator's `insecure_no_auth`: such a server is never open. It
+        refuses to start without keys (server.check_exposure), and should its keys vanish while it runs
+        (a Redis flushed or restarted empty), it refuses every request rather than serve them."""
+        loopback = self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+        return not loopback and not self.insecure_no_auth
 
     @field_validator("models")
     @classmethod

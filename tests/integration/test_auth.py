@@ -110,3 +110,19 @@ def test_non_loopback_without_keys_is_refused(keyed: tuple[Path, Path]) -> None:
         check_exposure(load_settings(cfg, host="10.1.2.3"))
     check_exposure(load_settings(cfg, host="10.1.2.3", insecure_no_auth=True))  # the operator said so
     check_exposure(load_settings(cfg, host="127.0.0.1"))
+
+
+def test_an_exposed_server_whose_keys_vanish_refuses_rather_than_opens(keyed: tuple[Path, Path]) -> None:
+    """Bound beyond loopback, the app never serves without a key, even with none in its store (they were in a
+    Redis that was flushed, say): the exposure check at start-up is not its only guard."""
+    from fastapi.testclient import TestClient
+
+    from llmops.app import create_app
+    cfg, _ = keyed
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(load_settings(cfg, host="10.1.2.3")), raise_server_exceptions=False) as c:
+        refused = c.post("/v1/chat/completions", json=body)
+        assert refused.status_code == 401
+        assert c.get("/health").status_code == 200
+    with TestClient(create_app(load_settings(cfg, host="10.1.2.3", insecure_no_auth=True))) as c:
+        assert c.post("/v1/chat/completions", json=body).status_code == 200  # the operator said so

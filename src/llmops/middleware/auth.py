@@ -1,7 +1,10 @@
 """API-key authentication: `Authorization: Bearer <key>` (what OpenAI clients send) or `X-API-Key`.
 Missing or unknown → 401 in the OpenAI envelope. The key found is put in `scope["state"]["api_key"]` for
 the handlers (allowed models, priority) and its id in the access log, never the secret. Once a key has
-been created the server stays keyed: revoking every key does not reopen it.
+been created the server stays keyed: revoking every key does not reopen it, and once this process has
+seen a key exist it stays keyed for its lifetime whatever the store says later (a Redis flushed, or
+restarted without persistence, has no keys and would otherwise open the server to anyone). A server bound
+beyond loopback (`Settings.exposed`) is never open: with no key in the store it refuses every request.
 
 /health and /ready are always open, and so are the console and docs pages and signed image URLs (the
 handler checks the signature; which paths these are is http_edge's); /metrics is open unless
@@ -36,37 +39,47 @@ log = logging.getLogger("llmops.auth")
 
 
 class Authenticator:
-    def __init__(self, store: KeyStore, metrics_require_key: bool, metrics: Metrics, refresh_s: float = 1.0) -> None:
+    def __init__(self, store: KeyStore, metrics_require_key: bool, metrics: Metrics, refresh_s: float = 1.0,
+                 require_keys: bool = False) -> None:
         self.store, self.metrics, self.refresh_s = store, metrics, refresh_s
         self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
-        self._active: tuple[float, int] = (0.0, 0)  # (time.monotonic() when counted, keys in the store)
+        self._keyed = require_keys  # once true, for the process's lifetime
+        self._counted_at = 0.0  # time.monotonic() of the last count of the keys in the store (0: none yet)
         self._recount: SingleFlight[str, int] = SingleFlight()
 
     async def _any_keys(self) -> bool:
-        """Whether the store holds any key, re-read every `refresh_s` (keys created by the CLI show up this
-        soon). One re-read at a time, and requests do not wait for it: they go by the last count while it
-        runs (else every request arriving meanwhile would send its own query, and all of them wait for a
-        store busy writing spend). Only before the first count do requests wait, for that one query."""
-        checked_at, count = self._active
-        if time.monotonic() - checked_at >= self.refresh_s:
+        """Whether requests need a key. Once they do, they always will, and the store is not asked again.
+        Until then its key count is re-read every `refresh_s` (keys created by the CLI, another replica or
+        the admin API show up this soon), one re-read at a time. Requests go by the last count while a
+        re-read runs (else, under load, every one of them would wait for a store busy writing spend), but
+        never by a count older than twice `refresh_s`: the first request after a quiet spell, and every
+        request arriving with it, waits for the re-read, so a key created while the server was idle is
+        required from the next request on."""
+        if self._keyed:
+            return True
+        age = time.monotonic() - self._counted_at
+        if age >= self.refresh_s:
             recount = self._recount.start("keys", self._count)
-            if not checked_at:
-                return await asyncio.shield(recount) > 0
-        return count > 0
+            if age >= 2 * self.refresh_s:
+                await asyncio.shield(recount)
+        return self._keyed
 
     async def _count(self) -> int:
-        """The store's key count; when a re-read fails, the last count (logged; the next request retries).
-        The first count has no last one: its error goes to the requests waiting for it."""
+        """The store's key count (any at all makes the process keyed for good); when a re-read fails, the
+        last count (logged; the next request retries). The first count has no last one: its error goes to
+        the requests waiting for it."""
         try:
             count = await self.store.key_count()
         except Exception as error:
-            last_at, last = self._active
-            if not last_at:
+            if not self._counted_at:
                 raise
             log.warning("could not re-read whether any API key exists (%s: %s); going by the last count",
                         type(error).__name__, error)
-            return last
-        self._active = (time.monotonic(), count)
+            self._counted_at = time.monotonic()  # tried again `refresh_s` from now, not by every request
+            return 0
+        self._counted_at = time.monotonic()
+        if count > 0:
+            self._keyed = True
         return count
 
     def exempt(self, scope: Scope) -> bool:
