@@ -239,3 +239,25 @@ def test_redis_replies_are_parsed_by_hiredis() -> None:
     from redis.asyncio.connection import DefaultParser
 
     assert DefaultParser.__name__ == "_AsyncHiredisParser"
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_spend_reads_redis_cannot_answer_give_no_figure_never_zero(
+        redis_server: RedisServer, on_error: str) -> None:
+    """Failing open, a spend read answers None (pipeline/spend_totals.py then keeps the last total); failing
+    closed, it raises. Never $0, which reset a spent budget while Redis was away."""
+    from llmops.errors import StoreUnavailable
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url, redis_timeout_s=0.2,
+                                      on_error=on_error))
+    try:
+        await state.ledger.record(SpendEntry("spent", "m", 2.0))
+        assert await state.ledger.key_spend("spent", 0) == pytest.approx(2.0)
+        redis_server.stop()
+        if on_error == "open":
+            assert await state.ledger.key_spend("spent", 0) is None
+            assert await state.ledger.hour_spend() is None
+        else:
+            with pytest.raises(StoreUnavailable):
+                await state.ledger.key_spend("spent", 0)
+    finally:
+        await state.close()

@@ -21,15 +21,15 @@ class Store:
 
     def __init__(self) -> None:
         self.reads = 0
-        self.pending: list[asyncio.Future[float]] = []
+        self.pending: list[asyncio.Future[float | None]] = []
 
-    async def read(self) -> float:
+    async def read(self) -> float | None:
         self.reads += 1
-        answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self.pending.append(answer)
         return await answer
 
-    async def answer(self, usd: float | BaseException) -> None:
+    async def answer(self, usd: float | BaseException | None) -> None:
         for _ in range(5):  # the read starts in a task: let it get there
             if self.pending:
                 break
@@ -81,6 +81,26 @@ async def test_a_new_period_is_waited_for_and_a_failed_re_read_keeps_the_last_to
     await store.answer(OSError("still locked"))  # the re-read the last call started
     await store.answer(0.5)
     assert await next_period == 0.5  # a new budget period has no last total: it waited for its own read
+
+
+async def test_a_store_failing_open_keeps_the_last_total_and_never_reads_as_zero(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis away with `on_error: open` answers no figure (None): the last total stands, with this process's
+    spend added, instead of a $0 that gave every spent key its whole budget again once a second."""
+    totals, store = SpendTotals("key", refresh_s=0), Store()
+    first = asyncio.ensure_future(totals.get("k", 0.0, store.read))
+    await store.answer(5.0)
+    await first
+    assert await totals.get("k", 0.0, store.read) == 5.0  # starts a re-read
+    with caplog.at_level(logging.WARNING, logger="llmops.accounting"):
+        await store.answer(None)
+    assert "fails open" in caplog.text
+    totals.add("k", 0.5)
+    assert await totals.get("k", 0.0, store.read) == 5.5
+    unknown = asyncio.ensure_future(totals.get("other", 0.0, store.read))
+    await store.answer(None)  # the re-read of k
+    await store.answer(None)  # other's first read: nothing known, failing open from 0
+    assert await unknown == 0.0
 
 
 async def test_no_first_total_means_the_error_goes_to_the_waiting_requests() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from llmops.api import deps
-from llmops.errors import InvalidRequest, Unauthorized
+from llmops.errors import InvalidRequest, StoreUnavailable, Unauthorized
 from llmops.pipeline.budget import period_bounds
 from llmops.stores.ledger import SpendRow, day_of
 
@@ -74,6 +74,8 @@ async def usage(request: Request, start: str | None = None, end: str | None = No
     if limits.budget_usd is not None:
         period_start, period_end = period_bounds(limits.budget_period, time.time())
         spent = await deps.state(request).ledger.key_spend(key.id, period_start)
+        if spent is None:  # the shared store is away (failing open): no figure rather than a wrong one
+            raise StoreUnavailable("the spend store (Redis) is unreachable; the budget's spend is unknown for now")
         budget = {"limit_usd": limits.budget_usd, "period": limits.budget_period, "spent_usd": round(spent, 8),
                   "remaining_usd": round(max(0.0, limits.budget_usd - spent), 8),
                   "period_start": day_of(period_start) if period_start else None,

@@ -40,7 +40,7 @@ class SpendTotals:
         self._reads: SingleFlight[tuple[str, float], float] = SingleFlight()
         self._added_during_read: dict[tuple[str, float], float] = {}  # by the (name, period) being read
 
-    async def get(self, name: str, period: float, read: Callable[[], Awaitable[float]]) -> float:
+    async def get(self, name: str, period: float, read: Callable[[], Awaitable[float | None]]) -> float:
         """`name`'s total from `period`: the last one read plus this process's spend since, or, when none
         was read for this period yet, the one `read()` returns."""
         total = self._totals.get(name)
@@ -59,20 +59,33 @@ class SpendTotals:
             if reading[0] == name:
                 self._added_during_read[reading] += usd
 
-    async def _read(self, name: str, period: float, read: Callable[[], Awaitable[float]]) -> float:
+    async def _read(self, name: str, period: float, read: Callable[[], Awaitable[float | None]]) -> float:
         started = time.monotonic()
         self._added_during_read[(name, period)] = 0.0
         try:
             usd = await read()
         except Exception as error:
-            last = self._totals.get(name)
-            if last is None or last.period != period:
+            last = self._last(name, period, started, f"{type(error).__name__}: {error}")
+            if last is None:
                 raise  # nothing to go by: the requests waiting for this read get its error
-            last.read_at = started
-            log.warning("could not re-read the spend of %s %s (%s: %s); going by the last total, $%.6f",
-                        self.what, name, type(error).__name__, error, last.usd)
-            return last.usd
+            return last
         finally:
             added = self._added_during_read.pop((name, period), 0.0)
+        if usd is None:  # the store could not be read and fails open: the last total, else none known yet
+            last = self._last(name, period, started, "the store is unreachable and fails open")
+            if last is not None:
+                return last
+            usd = 0.0  # failing open with nothing known: counted from this process's own spend meanwhile
         self._totals[name] = _Total(period, usd + added, started)
         return usd + added
+
+    def _last(self, name: str, period: float, started: float, why: str) -> float | None:
+        """After a failed re-read: the last total of this period, said and kept for another `refresh_s`, or
+        None when there is none. Never a reading of 0: with Redis away, that reset every budget each second."""
+        last = self._totals.get(name)
+        if last is None or last.period != period:
+            return None
+        last.read_at = started
+        log.warning("could not re-read the spend of %s %s (%s); going by the last total, $%.6f", self.what, name,
+                    why, last.usd)
+        return last.usd

@@ -91,12 +91,14 @@ class Ledger(Protocol):
         It is shared by the batch: wait on it through `asyncio.shield`, or with a done callback."""
         ...
 
-    async def key_spend(self, key_id: str, since: float) -> float:
-        """What `key_id` spent from `since` (a UTC day boundary) until now."""
+    async def key_spend(self, key_id: str, since: float) -> float | None:
+        """What `key_id` spent from `since` (a UTC day boundary) until now; None when the store cannot be
+        read and its policy fails open (no figure, never a made-up 0: pipeline/spend_totals.py keeps the
+        last one)."""
         ...
 
-    async def hour_spend(self) -> float:
-        """What every key together spent in the last 60 minutes."""
+    async def hour_spend(self) -> float | None:
+        """What every key together spent in the last 60 minutes (None as for `key_spend`)."""
         ...
 
     async def report(self, first_day: str, last_day: str, key_id: str | None = None) -> list[SpendRow]:

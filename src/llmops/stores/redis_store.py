@@ -353,7 +353,7 @@ class RedisLedger:
         """Write every queued entry (the state closes the client after this)."""
         await self._commit.close()
 
-    async def key_spend(self, key_id: str, since: float) -> float:
+    async def key_spend(self, key_id: str, since: float) -> float | None:
         await self._commit.written()
         hashes = spend_hashes(self.p, since)
 
@@ -362,16 +362,16 @@ class RedisLedger:
                 for name in hashes:
                     pipe.hget(name, key_id)
                 return sum(float(v) for v in await pipe.execute() if v)
-        return await self.g.call("spend.key", run, 0.0)
+        return await self.g.call("spend.key", run, None)  # failing open: no figure, not $0
 
-    async def hour_spend(self) -> float:
+    async def hour_spend(self) -> float | None:
         await self._commit.written()
         now = int(time.time() // 60)
         keys = [f"{self.p}spendmin:{m}" for m in range(now - 59, now + 1)]
 
         async def run() -> float:
             return sum(float(v) for v in await self.g.client.mget(keys) if v)
-        return await self.g.call("spend.hour", run, 0.0)
+        return await self.g.call("spend.hour", run, None)
 
     async def report(self, first_day: str, last_day: str, key_id: str | None = None) -> list[SpendRow]:
         await self._commit.written()
