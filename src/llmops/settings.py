@@ -201,8 +201,9 @@ class AuthSettings(_Strict):
 
 ADMIN_KEY_MIN_CHARS = 16
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-PLACEHOLDER_WORDS = ("replace-me", "replace_me", "replaceme", "changeme", "change-me", "change_me",
-                     "placeholder", "example", "your-admin-key", "xxxx")
+# Words of the values people leave in templates ("replace me", "<your admin key here>", "${ADMIN_KEY}")
+PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your", "xxxx",
+                     "password", "${", "<", ">")
 
 
 def admin_key_problem(key: str) -> str | None:
@@ -213,6 +214,8 @@ def admin_key_problem(key: str) -> str | None:
         return f"is shorter than {ADMIN_KEY_MIN_CHARS} characters"
     if len(set(key)) < 6:
         return "uses fewer than 6 distinct characters"
+    if any(c.isspace() for c in key):
+        return "holds whitespace (an HTTP header trims it, so the key could not be sent as it is set)"
     lowered = key.lower()
     if any(word in lowered for word in PLACEHOLDER_WORDS):
         return "is a placeholder value (like deploy/k8s's replace-me-before-deploying)"

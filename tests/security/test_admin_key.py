@@ -20,7 +20,10 @@ def k8s_placeholder() -> str:
 
 
 @pytest.mark.parametrize("key", ["", "   ", "short", "aaaaaaaaaaaaaaaaaaaaaaaa", "abababababababababab",
-                                 "replace-me-before-deploying", "changeme-changeme-changeme"])
+                                 "replace-me-before-deploying", "changeme-changeme-changeme",
+                                 "replace me before deploying", "REPLACE ME BEFORE DEPLOYING", "${LLMOPS_ADMIN_KEY}",
+                                 "your_admin_key_here", "<your admin key here>", "password12345678",
+                                 "                abcdef", "3f9c2a7e81d04b6f 9e5a0c1d2b3e4f5a"])
 def test_weak_admin_keys_refuse_to_start(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMOPS_AUTH__ADMIN_KEY", key)
     with pytest.raises(ConfigError, match=r"auth\.admin_key: .*the admin key .*refuses to start"):
