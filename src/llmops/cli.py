@@ -131,7 +131,8 @@ def store_location(settings: Settings) -> str:
     if st.backend == "sqlite":
         return f"the SQLite file {Path(st.sqlite_path).expanduser()}"
     if st.backend == "redis":
-        return f"Redis at {st.redis_url} (prefix {st.redis_prefix})"
+        from llmops.engines.upstream import shown_url  # the URL without its user, password or query
+        return f"Redis at {shown_url(st.redis_url)} (prefix {st.redis_prefix})"
     return "memory (nothing is kept)"
 
 
@@ -147,9 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmops.server import serve
 
     settings = _load(args)
-    admin = settings.auth.admin_key
-    configure_logging(settings.log_level, settings.observability.log_format,
-                      secrets=(admin.get_secret_value() if admin else None,),
+    configure_logging(settings.log_level, settings.observability.log_format, secrets=settings.secret_values(),
                       flush_s=settings.observability.log_flush_ms / 1000)
     serve(settings)
     return 0

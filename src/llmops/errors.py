@@ -35,6 +35,7 @@ exception into a status code, and `http_status_error` the only place that maps a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -219,12 +220,34 @@ def kind_of(exc: LLMOpsError) -> ErrorKind:
     raise AssertionError("LLMOpsError is in the table")  # pragma: no cover
 
 
+def _unfiltered(message: str) -> str:
+    return message
+
+
+_shown: Callable[[str], str] = _unfiltered
+
+
+def filter_messages(shown: Callable[[str], str]) -> None:
+    """What every error message goes through before a client sees it: observability's redaction, installed
+    with the logging (`configure_logging`), so a secret an upstream or a library echoes in an error (its
+    key, a URL's password) is masked as it is in the logs. This module imports nothing of the app."""
+    global _shown
+    _shown = shown
+
+
+def shown_message(text: str) -> str:
+    """`text` as a client may see it (the installed filter): for code that must cut a message it did not
+    write, redacting first, so a cut secret cannot slip through a filter that no longer recognises it."""
+    return _shown(text)
+
+
 def error_body(exc: LLMOpsError, fmt: ErrorFormat = "openai") -> dict[str, Any]:
     """The OpenAI error envelope for `exc`, or the Open Inference Protocol's (KServe V2) `{"error": msg}`."""
+    message = _shown(exc.message)
     if fmt == "v2":
-        return {"error": exc.message}
+        return {"error": message}
     kind = kind_of(exc)
-    return {"error": {"message": exc.message, "type": kind.type, "param": exc.param, "code": exc.code}}
+    return {"error": {"message": message, "type": kind.type, "param": exc.param, "code": exc.code}}
 
 
 def error_format(path: str) -> ErrorFormat:

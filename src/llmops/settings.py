@@ -8,9 +8,11 @@ when it is called.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -200,6 +202,19 @@ class AuthSettings(_Strict):
 
 
 ADMIN_KEY_MIN_CHARS = 16
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")  # tokens libraries read themselves
+OTEL_HEADER_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def url_secrets(url: str) -> list[str]:
+    """A URL's user name and password, and its query's values: what a log line or an error quoting the URL
+    must not show."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.username or "", parts.password or ""]
+    except ValueError:  # not a URL at all: nothing to take from it
+        return []
+    return [v for v in (*found, *(value for _, value in parse_qsl(parts.query))) if v]
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Words of the values people leave in templates ("replace me", "<your admin key here>", "${ADMIN_KEY}")
 PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your", "xxxx",
@@ -474,6 +489,22 @@ class Settings(BaseSettings):
     routes: list[RouteConfig] = Field(default_factory=list)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     insecure_no_auth: bool = Field(False, description="allow a non-loopback bind with no API keys")
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this configuration holds or names, as literals never to be logged nor echoed in an
+        error: the admin key, the image URL secret, the values of the environment variables an upstream
+        engine or an eval scorer takes its key from (and of the usual token variables), the credentials
+        and query values of the Redis, OTLP and upstream URLs, and the OTLP exporter's header values."""
+        values = [s.get_secret_value() for s in (self.auth.admin_key, self.images.url_secret) if s is not None]
+        names = {str(m.options.get("api_key_env") or "") for m in self.models}
+        names |= {s.api_key_env or "" for r in self.routes if r.online_eval for s in r.online_eval.scorers}
+        values += [os.environ.get(n, "") for n in (*sorted(names - {""}), *SECRET_ENV)]
+        urls = [self.state.redis_url, self.observability.otlp_endpoint,
+                *(str(m.options.get("base_url") or "") for m in self.models)]
+        values += [part for url in urls if url for part in url_secrets(url)]
+        for name in OTEL_HEADER_ENV:
+            values += [v for _, _, v in (h.partition("=") for h in os.environ.get(name, "").split(","))]
+        return tuple(v.strip() for v in values if v and v.strip())
 
     def exposed(self) -> bool:
         """Bound beyond loopback without the operator's `insecure_no_auth`: such a server is never open. It

@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +46,26 @@ def test_the_key_format_is_the_stores() -> None:
     ("headers={'x-api-key': 'mysecretvalue'}", "mysecretvalue"),
     ('{"X-Admin-Key": "adminvalue99"}', "adminvalue99"),
     (f"the key {KEY} leaked", KEY[10:]),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+    ("Authorization: Token t0kenvalue", "t0kenvalue"),
+    ("api_key:            widelyspaced", "widelyspaced"),
+    ("Authorization: Bearer             widelyspaced", "widelyspaced"),
+    ("POST /v1/traces?token=OtlpQueryS3cret&x=1", "OtlpQueryS3cret"),
+    ("HEAD /cdn/config.json?X-Amz-Credential=AKIAX%2F1&X-Amz-Signature=HfCdnS1g&Signature=CfS1g", "HfCdnS1g"),
+    ("HEAD /cdn/config.json?X-Amz-Credential=AKIAX%2F1&X-Amz-Signature=HfCdnS1g&Signature=CfS1g", "CfS1g"),
+    ("HEAD /cdn/config.json?X-Amz-Credential=AKIAX%2F1&X-Amz-Signature=HfCdnS1g", "AKIAX"),
+    ("GET /v1/images/files/a.png?expires=1&sig=abcdef123", "abcdef123"),
+    ("password=hunter22 and passwd: hunter33", "hunter22"),
+    ("password=hunter22 and passwd: hunter33", "hunter33"),
+    ("client_secret=s3cr3tvalue", "s3cr3tvalue"),
+    ("warning: the first key in Redis at redis://:RightPw123456@127.0.0.1:6379/3", "RightPw123456"),
+    ("redis://user:UserPw99@host/0", "UserPw99"),
+    ("HF token hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+    ("headers [(b'x-api-key', b'tupledvalue')]", "tupledvalue"),
+    (f"/x/{KEY.upper()}", KEY.upper()[10:]),
+    ("/x/\uff53\uff4b-llmops-fullwidthkeybody", "fullwidthkeybody"),
+    ("/x/sk-llmops\u200b-zerowidthkeybody", "zerowidthkeybody"),
+    ("/x/sk-llmops-\u200bzerowidthkeybody", "zerowidthkeybody"),
 ])
 def test_redact_text(text: str, gone: str) -> None:
     out = redact_text(text)
@@ -51,12 +73,29 @@ def test_redact_text(text: str, gone: str) -> None:
     assert "[REDACTED]" in out
 
 
+@pytest.mark.parametrize("text", [
+    "prompt_tokens=4 completion_tokens=12 max_tokens: 64", "llmops_generation_tokens_total=3",
+    "signal design sigma=3", "the token, which is fine", "GET /v1/chat/completions 200", "model=gemma-3-270m"])
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_a_registered_secret_is_masked_in_any_case_and_through_invisible_characters() -> None:
+    redaction.register_secret("AdmK07b23d0ad4650a78b2cfb1ae")
+    for shown in ("AdmK07b23d0ad4650a78b2cfb1ae", "ADMK07B23D0AD4650A78B2CFB1AE", "admk07b23d0ad4650a78b2cfb1ae",
+                  "AdmK07b2\u200b3d0ad4650a78b2cfb1ae", "AdmK07b2\u00ad3d0ad4650a78b2cfb1ae"):
+        out = redact_text(f"/v1/models/{shown}")
+        assert "3d0ad4650" not in out.upper(), out
+        assert redaction.MASK in out
+
+
 # Characters re's IGNORECASE matches to a leading word's letter: Kelvin sign, long s, dotless i, dotted I,
 # and leading words spelt with them.
 _LOOKALIKES = ["\u212a", "\u017f", "\u0131", "\u0130", "api\u212aey", "acce\u017f\u017f_token",
                "author\u0131zation", "Bearer\u0130"]
 _LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: ", "api_key=", "APIKEY:",
-          "admin-key=", "access_token=", "access-token: ", "sk-llmops-", "SK-LLMOPS-"]
+          "admin-key=", "access_token=", "access-token: ", "sk-llmops-", "SK-LLMOPS-", "token=", "Password: ",
+          "X-Amz-Signature=", "sig=", "client_secret=", "redis://:", "hf_", "\uff53\uff4b-llmops-"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -66,7 +105,10 @@ _LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: 
 @example("api\u212aey=v4lue")  # Kelvin sign
 @given(st.lists(st.sampled_from(["Bearer ", "bearer\t", "Authorization", "X-Api-Key", "api_key", "APIKEY",
                                  "admin-key", "access_token", "sk-llmops-", "SK-LLMOPS-", ":", "=", " ", "'",
-                                 '"', "abc", "k9", "-", "_", "\n", "é", *_LOOKALIKES]), max_size=12).map("".join))
+                                 '"', "abc", "k9", "-", "_", "\n", "é", "token", "tokens", "Secret", "PASSWD",
+                                 "sig", "signature", "credential", "://", "@", "hf_", "AbCdEfGhIjKlMnOpQrStUv",
+                                 "\u200b", "\uff53", "\u00ad", "[REDACTED]", ",", "b", *_LOOKALIKES]),
+                max_size=12).map("".join))
 def test_the_anchor_check_skips_only_texts_no_pattern_changes(text: str) -> None:
     """redact_text searches for the patterns' leading words first and leaves a text without any as it is:
     the same result as running every pattern."""
@@ -93,7 +135,7 @@ def test_a_flat_line_searched_once_is_redacted_as_value_by_value(event: dict[str
     assert redaction.redact_event(None, "info", dict(event)) == expected
 
 
-def test_a_line_that_cannot_be_rendered_says_so_instead_of_raising(capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_value_that_cannot_be_shown_says_so_instead_of_raising(capfd: pytest.CaptureFixture[str]) -> None:
     class Unprintable:
         def __repr__(self) -> str:
             raise RuntimeError("no")
@@ -101,8 +143,8 @@ def test_a_line_that_cannot_be_rendered_says_so_instead_of_raising(capfd: pytest
     with json_logs(capfd):
         structlog.get_logger("llmops.access").warning("request", odd=Unprintable())
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
-    assert [(line["event"], line["error"], line["logger"]) for line in lines] == [
-        ("log line not rendered", "RuntimeError", "llmops.access")]
+    assert [(line["event"], line["odd"], line["logger"]) for line in lines] == [
+        ("request", "<Unprintable object: its repr failed>", "llmops.access")]
 
 
 def test_the_console_line() -> None:
@@ -123,12 +165,21 @@ def _same_as_every_pattern(text: str) -> None:
 
 
 def _every_pattern(text: str) -> str:
-    """The reference: every registered secret, then every pattern, run on the whole text."""
-    for secret in redaction._secrets:
-        text = text.replace(secret, redaction.MASK)
-    for pattern in redaction._PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + redaction.MASK, text)
-    return text
+    """The reference: every registered secret (in any case), then every pattern, run on the whole text; for
+    a text that is not ASCII, on its NFKC form without format characters first, which is what is kept
+    when anything is found there."""
+    def run(t: str) -> str:
+        for secret in redaction._secrets:
+            t = re.sub(re.escape(secret), redaction.MASK, t, flags=re.IGNORECASE)
+        for pattern in redaction._PATTERNS:
+            t = pattern.sub(lambda m: m.group(1) + redaction.MASK, t)
+        return t
+
+    if not text.isascii():
+        normal = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+        if normal != text and run(normal) != normal:
+            return run(normal)
+    return run(text)
 
 
 @contextlib.contextmanager

@@ -13,13 +13,21 @@ import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
 from llmops.engines.breaker import CircuitBreaker
-from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
+from llmops.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    LLMOpsError,
+    ServiceUnavailable,
+    shown_message,
+)
 
 
 class UpstreamOptions(BaseModel):
@@ -44,12 +52,25 @@ class _Retryable(Exception):
         self.error, self.retry_after = error, retry_after
 
 
+def shown_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(unparsable URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _error_from(status: int, body: bytes) -> LLMOpsError:
     try:
         err = json.loads(body).get("error", {})
     except (ValueError, AttributeError):
         err = {}
-    message = f"upstream: {err.get('message') or body[:200].decode(errors='replace') or status}"
+    if not isinstance(err, dict):  # {"error": "a plain string"}
+        err = {"message": str(err)}
+    said = str(err.get("message") or body[:4096].decode(errors="replace") or status)
+    message = f"upstream: {shown_message(said)[:300]}"  # redacted whole, then cut
     if status == 400 and err.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(message, param=err.get("param"))
     if 400 <= status < 500 and status != 429:
@@ -84,8 +105,14 @@ class UpstreamEngine:
             await self._client.aclose()
         self._state = "closed"
 
+    @property
+    def shown_url(self) -> str:
+        """The upstream's URL as /ready and errors show it: scheme, host, port and path, without a user
+        name, password or query (where credentials ride)."""
+        return shown_url(self.options.base_url)
+
     def health(self) -> EngineHealth:
-        return EngineHealth(self._state, {"upstream": self.options.base_url, "circuit": self.breaker.state,
+        return EngineHealth(self._state, {"upstream": self.shown_url, "circuit": self.breaker.state,
                                           "consecutive_failures": self.breaker.failures})
 
     def _body(self, request: TextRequest) -> tuple[str, dict[str, Any]]:
@@ -110,7 +137,7 @@ class UpstreamEngine:
         delay = self.options.backoff_s
         for attempt in range(self.options.max_retries + 1):
             if not self.breaker.allow():
-                raise ServiceUnavailable(f"upstream {self.options.base_url} is failing; circuit open",
+                raise ServiceUnavailable(f"upstream {self.shown_url} is failing; circuit open",
                                          retry_after=self.breaker.retry_after(), code="upstream_unavailable")
             try:
                 async for chunk in self._stream(path, body):
@@ -138,7 +165,7 @@ class UpstreamEngine:
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             if started:
                 raise EngineError(f"upstream stream broke: {type(exc).__name__}") from exc
-            error = ServiceUnavailable(f"upstream {self.options.base_url} unreachable ({type(exc).__name__})",
+            error = ServiceUnavailable(f"upstream {self.shown_url} unreachable ({type(exc).__name__})",
                                        retry_after=2, code="upstream_unavailable")
             raise _Retryable(error) from exc
         if not started:

@@ -99,7 +99,7 @@ def parse_grade(text: str) -> float:
     """'Score: 7' → 7/10 scaled to [0, 1] as (7 - 1) / 9."""
     found = _GRADE.findall(text)
     if not found:
-        raise ScorerError(f"the judge gave no 'Score: N' (said {text[:80]!r})")
+        raise ScorerError("the judge gave no 'Score: N'", said=text)
     return (int(found[-1]) - 1) / 9
 
 

@@ -76,7 +76,7 @@ async def score_all(scorers: Sequence[Scorer], answer: str, item: Item) -> tuple
             scores[scorer.label] = await scorer.score(answer, item)
         except ScorerError as exc:
             scores[scorer.label] = None
-            errors[scorer.label] = str(exc)
+            errors[scorer.label] = exc.detail()
     return scores, errors
 
 

@@ -19,7 +19,16 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
 class ScorerError(Exception):
-    """The scorer could not score this answer (an endpoint failed, a judge said nothing parseable)."""
+    """The scorer could not score this answer (an endpoint failed, a judge said nothing parseable). `said`
+    is what the judge answered, when that is the problem: content, kept out of the message (which online
+    evaluation logs) and added by the offline report (`detail`)."""
+
+    def __init__(self, message: str, said: str | None = None) -> None:
+        super().__init__(message)
+        self.said = said
+
+    def detail(self) -> str:
+        return f"{self} (said {self.said[:80]!r})" if self.said is not None else str(self)
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,12 @@ from typing import Any, Literal
 
 import structlog
 
-from llmops.observability.redaction import redact_event, register_secret
+from llmops.errors import filter_messages
+from llmops.observability.redaction import redact_event, redact_text, register_secret
 
-QUIET_LIBRARIES = ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "diffusers", "transformers",
-                   "torch", "PIL", "asyncio", "multipart", "python_multipart", "sentence_transformers")
+QUIET_LIBRARIES = ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "opentelemetry", "urllib3", "filelock",
+                   "huggingface_hub", "diffusers", "transformers", "torch", "PIL", "asyncio", "multipart",
+                   "python_multipart", "sentence_transformers")
 
 
 MAX_BATCH_CHARS = 1 << 16  # a batch this large is written at once, whatever the time
@@ -208,6 +210,7 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     `flush_s`: INFO lines are written in batches at most this long after the first (BatchedStderr)."""
     for secret in secrets:
         register_secret(secret)
+    filter_messages(redact_text)  # the error messages clients are sent: masked as the log lines are
     # No renderer here shows the caller's file and line, the thread or the process: don't compute them
     # for every record (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None
@@ -278,7 +281,7 @@ def _log_warning(message: Warning | str, category: type[Warning], filename: str,
                  file: Any = None, line: str | None = None) -> None:
     """`warnings.showwarning` replacement: each distinct library warning once, as one short line."""
     text = str(message).strip()
-    first = text.splitlines()[0][:300] if text else ""
+    first = redact_text(text.splitlines()[0])[:300] if text else ""  # redacted whole: a cut secret would not match
     if (category.__name__, first) in _seen_warnings:
         return
     _seen_warnings.add((category.__name__, first))

@@ -1,71 +1,125 @@
 """Secrets never leave the process: one redaction applied to every log record (the project's, uvicorn's and
-the libraries'), rendered tracebacks included, and to tracing span attributes.
+the libraries'), rendered tracebacks included, to tracing span attributes, and to every error message a
+client is sent (errors.filter_messages).
 
-What is replaced by `[REDACTED]`: the credential after `Bearer`, the value of an `X-API-Key`,
-`X-Admin-Key`, `Authorization`, `api_key`/`apikey`/`admin_key` header, query parameter or field, any
-string in the project's key format (`sk-llmops-...`), and the literal secrets registered with
-`register_secret` (the admin key, at start-up). Every pattern is linear-time: a fixed prefix then a bounded
-character class, so redacting a hostile log line cannot stall the process."""
+What is replaced by `[REDACTED]`:
+- the credential after `Bearer`, and after any scheme (Basic, Token...) in an `Authorization` value;
+- the value of any header, query parameter or field whose name holds api-key, admin-key, token (not
+  "tokens"), secret, password, signature, credential or is `sig`, whatever comes around it
+  (`X-Amz-Signature=`, `access_token:`, `(b'x-api-key', b'...')`);
+- the password of a URL's user information (`redis://:pw@host`);
+- any string in the project's key format (`sk-llmops-...`, in any case) and Hugging Face tokens (`hf_...`);
+- the literal secrets registered with `register_secret` (every secret the configuration holds or names,
+  at start-up: settings.Settings.secret_values), in any case.
+A text that is not ASCII is also searched in its NFKC form with invisible format characters removed
+(fullwidth letters, zero-width spaces): when that form holds a secret, it is the form logged, redacted.
+Every pattern is linear-time: a fixed word, bounded repetitions, then a bounded character class, so
+redacting a hostile log line cannot stall the process."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 SECRET_PREFIX = "sk-llmops-"  # stores/keys.py's (not imported: logging must import nothing of the app)
 MASK = "[REDACTED]"
-_VALUE = r"[^\s\"'&,;)}\]<>]+"
+_VALUE = r"(?!\[REDACTED\])[^\s\"'&,;)}\]<>]+"  # not a mask an earlier pattern put there
+_NAME = (r"(?:api[_.-]?key|admin[_-]?key|authorization|token(?!s)|secret|passw(?:or)?d|signature|credential"
+         r"|(?<![\w-])sig(?![\w-]))")
+_SEPARATOR = r"[\"']?\s{0,16}(?:[:=]|(?<=[\"']),\s{0,4}b?)\s{0,16}[\"']?"
+_SCHEME = r"(?:(?:bearer|basic|token|digest|apikey)\s{1,16})?"
 _PATTERNS = (
-    re.compile(r"(?i)(\bbearer\s{1,8})" + _VALUE),
-    re.compile(r"(?i)(\b(?:x-api-key|x-admin-key|authorization|api[_-]?key|admin[_-]?key|access[_-]?token)"
-               r"[\"']?\s{0,4}[:=]\s{0,4}[\"']?(?:bearer\s{1,8})?)" + _VALUE),
-    re.compile("()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
+    re.compile(r"(?i)(\bbearer\s{1,16})" + _VALUE),
+    re.compile(r"(?i)(" + _NAME + r"[\w.-]{0,32}?" + _SEPARATOR + _SCHEME + ")" + _VALUE),
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{0,64}:)[^\s@/]{1,256}(?=@)"),
+    re.compile("(?i)()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
+    re.compile(r"()\bhf_[A-Za-z0-9]{20,}"),
 )
-# Every pattern above starts at one of these words, in any case: a text without any of them (nearly every
-# log value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings of the
-# case-folded text: a regular expression doing the same case-insensitively took 6 us for an access line.
-# Case folding maps every character re's IGNORECASE matches to these words' letters onto that letter,
-# except two it matches to "i": the dotless i and the dotted capital I (which folds to "i" and U+0307);
-# a text with either goes the patterns' way.
-_WORDS = ("bearer", "authorization", "apikey", "api_key", "api-key", "adminkey", "admin_key", "admin-key",
-          "accesstoken", "access_token", "access-token", SECRET_PREFIX)
-_UNFOLDED = ("\u0131", "\u0307")
+# Every pattern above holds one of these words, in any case: an ASCII text without any of them (nearly
+# every log value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings
+# of the lower-cased text: a regular expression doing the same case-insensitively took 6 us for an access
+# line. A text that is not ASCII always goes the patterns' way (re's IGNORECASE matches a few non-ASCII
+# letters, such as the dotless i and the Kelvin sign, to these words' letters).
+_WORDS = ("bearer", "authorization", "api", "admin", "token", "secret", "passw", "sig", "credential",
+          SECRET_PREFIX, "://", "hf_")
 _PLAIN = frozenset({int, float, bool, type(None)})  # a line's values that hold no text
-_secrets: set[str] = set()
+_secrets: dict[str, re.Pattern[str]] = {}  # lower-cased secret -> its case-insensitive pattern
 
 
 def register_secret(value: str | None) -> None:
-    """A literal that must never be logged (the admin key). Empty or very short values are ignored: they
-    would mask ordinary text (settings refuse such an admin key anyway)."""
-    if value and len(value) >= 8:
-        _secrets.add(value)
+    """A literal that must never be logged (the admin key, an upstream's key...), masked in any case. Empty
+    or very short values are ignored: they would mask ordinary text (settings refuse such an admin key
+    anyway). Its repr-escaped form too, for messages formatted with %r."""
+    if not value or len(value) < 8:
+        return
+    for form in {value, repr(value)[1:-1]}:
+        _secrets[form.lower()] = re.compile(re.escape(form), re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    if not _has_word(text):
-        return text
+    if text.isascii():
+        return _redact(text, text.lower())
+    normal = _normal(text)
+    if normal != text:
+        redacted = _run(normal)
+        if redacted != normal:
+            return redacted
+    return _run(text)
+
+
+def _normal(text: str) -> str:
+    """NFKC (fullwidth and other compatibility letters to plain ones), without format characters
+    (zero-width spaces and joiners, soft hyphens, bidi marks)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+
+
+def _redact(text: str, lowered: str) -> str:
+    """`text` (ASCII, `lowered` its lower case) with its secrets masked; the patterns run only when one of
+    their words is there."""
+    for secret, pattern in _secrets.items():
+        if secret in lowered:
+            text = pattern.sub(MASK, text)
+    for word in _WORDS:
+        if word in lowered:
+            return _patterns(text)
+    return text
+
+
+def _run(text: str) -> str:
+    """Every secret and every pattern, whatever the text holds (texts that are not ASCII)."""
+    for pattern in _secrets.values():
+        text = pattern.sub(MASK, text)
+    return _patterns(text)
+
+
+def _patterns(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
     return text
 
 
 def redact_value(value: Any, depth: int = 0) -> Any:
-    """`value` with every string in it redacted (dicts, lists and tuples walked a few levels deep)."""
+    """`value` with every string in it redacted: dicts (their keys too), lists and tuples walked a few levels
+    deep; any other object (bytes, sets, exceptions...), or one nested deeper, as its redacted repr."""
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind in _PLAIN:  # most of a log line's other values: no ABC check
+        return value
     if isinstance(value, str):
         return redact_text(value)
-    if value is None or isinstance(value, int | float):  # most of a log line's other values: no ABC check
+    if isinstance(value, int | float):
         return value
-    if depth >= 4:
-        return value
-    if isinstance(value, Mapping):
-        return {k: redact_value(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if depth < 4 and isinstance(value, Mapping):
+        return {redact_value(k, depth + 1): redact_value(v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, list | tuple):
         return type(value)(redact_value(v, depth + 1) for v in value)
-    return value
+    try:
+        return redact_text(repr(value))
+    except Exception:  # a repr that raises: the line must still be written, and never raise into its caller
+        return f"<{type(value).__name__} object: its repr failed>"
 
 
 def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -88,12 +142,8 @@ def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
 
 
 def _clean(text: str) -> bool:
-    return not _has_word(text) and not any(secret in text for secret in _secrets)
-
-
-def _has_word(text: str) -> bool:
-    folded = text.casefold()
-    for word in _WORDS:
-        if word in folded:
-            return True
-    return _UNFOLDED[0] in folded or _UNFOLDED[1] in folded
+    """Whether `text` certainly needs no redaction: ASCII, without a registered secret nor a pattern's word."""
+    if not text.isascii():
+        return False
+    lowered = text.lower()
+    return not any(word in lowered for word in _WORDS) and not any(secret in lowered for secret in _secrets)
