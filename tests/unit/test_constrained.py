@@ -68,3 +68,21 @@ async def test_text_without_calls_passes_through() -> None:
     out = await _run(["Hello", " <to", "day>"])
     assert "".join(c.text for c in out) == "Hello <today>"
     assert out[-1].finish_reason == "stop"
+
+
+def test_counts_beyond_the_context_are_settled_before_the_grammar_is_compiled() -> None:
+    """A minimum no answer could reach is refused; a maximum at or beyond the context says nothing and is
+    dropped (compiled, either one unrolled into a grammar of millions of states: 25 s and 5.7 GB)."""
+    import pytest
+
+    from llmops.errors import InvalidRequest
+    huge = {"type": "array", "items": {"type": "integer"}, "minItems": 1_000_000}
+    with pytest.raises(InvalidRequest, match="minItems of 1000000"):
+        grammar_fields(request(structured=StructuredOutput("json_schema", huge)), 4096)
+    tool = {"type": "function", "function": {"name": "f", "parameters": huge}}
+    with pytest.raises(InvalidRequest, match="minItems"):
+        grammar_fields(request(tools=ToolSpec((tool,), "required")), 4096)
+    wide = {"type": "object", "properties": {"xs": {"type": "array", "maxItems": 1_000_000, "minItems": 2}}}
+    settled = grammar_fields(request(structured=StructuredOutput("json_schema", wide)), 4096)["json_schema"]
+    assert settled["properties"]["xs"] == {"type": "array", "minItems": 2}
+    assert bounded(wide)["properties"]["xs"]["maxItems"] == 1_000_000  # no limit given: left as it is

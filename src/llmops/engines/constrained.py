@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llmops.engines.base import TextChunk, TextRequest, ToolCallDelta, ToolSpec
+from llmops.errors import InvalidRequest
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 SAFE_INTEGER = 2**53 - 1  # the integers JSON interoperates on (RFC 8259): a bound for unbounded ones
@@ -24,27 +25,48 @@ MAX_PARALLEL_CALLS = 4
 _TRIGGER_WORD = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
 
 
-def bounded(schema: Any) -> Any:
+ITEM_COUNTS = ("minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains")
+
+
+def bounded(schema: Any, limit: int | None = None) -> Any:
     """`schema` with every unbounded integer limited to +-(2^53 - 1): a small model at temperature 0 can
-    otherwise write digits until max_tokens, and the answer never closes."""
+    otherwise write digits until max_tokens, and the answer never closes. With `limit` (the model's
+    context, in tokens: each item or property takes at least one), a count no answer could reach is
+    settled here, before the grammar compiler spends seconds and gigabytes unrolling it: a minimum above
+    it is refused (400), a maximum at or above it says nothing and is dropped. (The schema's shape was
+    checked by protocol/json_schema.py, its depth bounded, when the request was read.)"""
     if isinstance(schema, list):
-        return [bounded(x) for x in schema]
+        return [bounded(x, limit) for x in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bounded(v) for k, v in schema.items()}
+    out = {k: bounded(v, limit) for k, v in schema.items()}
     kind = out.get("type")
     if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
         if "maximum" not in out and "exclusiveMaximum" not in out:
             out["maximum"] = SAFE_INTEGER
         if "minimum" not in out and "exclusiveMinimum" not in out:
             out["minimum"] = -SAFE_INTEGER
+    if limit is not None:
+        _settle_counts(out, limit)
     return out
 
 
-def _function_schema(function: dict[str, Any]) -> dict[str, Any]:
+def _settle_counts(schema: dict[str, Any], limit: int) -> None:
+    for name in ITEM_COUNTS:
+        value = schema.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < limit:
+            continue
+        if name.startswith("min") and value > limit:
+            raise InvalidRequest(f"the schema's {name} of {value} asks for more than an answer of this model's "
+                                 f"{limit} tokens of context can hold", param="response_format")
+        if name.startswith("max"):
+            del schema[name]
+
+
+def _function_schema(function: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
     fn = function.get("function", function)
     params = fn.get("parameters") or {"type": "object"}
-    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": bounded(params)},
+    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": bounded(params, limit)},
             "required": ["name", "arguments"]}
 
 
@@ -54,8 +76,8 @@ def _offered(spec: ToolSpec) -> list[dict[str, Any]]:
     return [f for f in spec.functions if f.get("function", f).get("name") == spec.choice]
 
 
-def tool_grammar(spec: ToolSpec) -> str:
-    schemas = [_function_schema(f) for f in _offered(spec)]
+def tool_grammar(spec: ToolSpec, limit: int | None = None) -> str:
+    schemas = [_function_schema(f, limit) for f in _offered(spec)]
     call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if spec.parallel else ""
     return ("%llguidance {}\n"
@@ -63,16 +85,17 @@ def tool_grammar(spec: ToolSpec) -> str:
             f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
 
 
-def grammar_fields(request: TextRequest) -> dict[str, Any]:
-    """The llama.cpp completion fields that constrain this request's output."""
+def grammar_fields(request: TextRequest, limit: int | None = None) -> dict[str, Any]:
+    """The llama.cpp completion fields that constrain this request's output (`limit`: the model's context
+    in tokens, which bounds the counts a schema may ask for)."""
     if request.tools is not None:
-        fields: dict[str, Any] = {"grammar": tool_grammar(request.tools)}
+        fields: dict[str, Any] = {"grammar": tool_grammar(request.tools, limit)}
         if request.tools.choice == "auto":
             fields.update(grammar_lazy=True, grammar_triggers=[{"type": _TRIGGER_WORD, "value": CALL_OPEN}])
         return fields
     if request.structured is not None:
         schema = request.structured.schema if request.structured.type == "json_schema" else None
-        return {"json_schema": bounded(schema) if schema else {"type": "object"}}
+        return {"json_schema": bounded(schema, limit) if schema else {"type": "object"}}
     return {}
 
 

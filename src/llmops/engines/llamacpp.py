@@ -52,6 +52,7 @@ from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LL
 
 # The tokenizer adds a few tokens of its own (BOS, a space prefix) to at most one token per UTF-8 byte.
 TOKENIZER_MARGIN = 8
+MIN_TOKENS_PER_MESSAGE = 2  # a chat turn's markers and role take at least this many in any template
 
 
 class LlamaCppOptions(BaseModel):
@@ -205,6 +206,10 @@ class LlamaCppEngine:
         return data
 
     async def _prepare(self, request: TextRequest) -> PreparedPrompt:
+        if request.messages is not None and len(request.messages) * MIN_TOKENS_PER_MESSAGE > self.context_length:
+            # refused before templating them: 16,000 one-letter messages held the model for 29 s there
+            raise ContextLengthExceeded(f"{len(request.messages)} messages cannot fit this model's context of "
+                                        f"{self.context_length} tokens", param="messages")
         if request.messages is None or not self._use_model_template:
             return prepare_fallback(request)
         messages = [_wire_message(m) for m in request.messages]
@@ -218,6 +223,7 @@ class LlamaCppEngine:
         return PreparedPrompt(prompt, request.sampling.stop, False)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
+        constraints = grammar_fields(request, self.context_length)  # a schema it refuses is refused first
         prepared = await self._prepare(request)
         s = request.sampling
         prompt, counted = await self._prompt(prepared.text, s)
@@ -230,7 +236,7 @@ class LlamaCppEngine:
         }
         if s.seed is not None:
             body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
-        body.update(grammar_fields(request))
+        body.update(constraints)
         chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream)
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from llmops.protocol.common import SamplingFields, Usage
+from llmops.protocol.common import INT32_MAX, SamplingFields, Usage
 from llmops.protocol.fields import Endpoint
+from llmops.protocol.json_schema import schema_problem
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -53,6 +62,13 @@ class PromptRef(BaseModel):
     variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
+def _compilable(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    problem = schema_problem(schema) if schema is not None else None
+    if problem is not None:
+        raise ValueError(problem)
+    return schema
+
+
 class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -60,6 +76,8 @@ class JsonSchemaFormat(BaseModel):
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
+
+    _schema_compiles = field_validator("schema_")(_compilable)
 
 
 class ResponseFormat(BaseModel):
@@ -78,6 +96,8 @@ class FunctionDef(BaseModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    _parameters_compile = field_validator("parameters")(_compilable)
 
 
 class ToolDef(BaseModel):
@@ -98,7 +118,7 @@ class ChatCompletionRequest(SamplingFields):
     ENDPOINT: ClassVar[Endpoint] = "chat"
 
     messages: list[ChatMessage] = Field(default_factory=list)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     prompt: PromptRef | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = Field(None, max_length=128)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmops.protocol.common import INT32_MAX
+
 
 class ClassificationRequest(BaseModel):
     """The JSON form. The multipart form has the same fields: `model`, `top_k`, and one `file` per image."""
@@ -14,8 +16,8 @@ class ClassificationRequest(BaseModel):
 
     model: str | None = Field(None, description="a classify model; default: the first configured")
     images: list[str] = Field(min_length=1, description="base64 encoded images (PNG, JPEG, WebP, GIF, BMP)")
-    top_k: int | None = Field(None, ge=1, description="labels per image; default: the model's limits.classify"
-                              ".default_top_k")
+    top_k: int | None = Field(None, ge=1, le=INT32_MAX, description="labels per image; default: the model's "
+                              "limits.classify.default_top_k")
 
 
 class LabelScore(BaseModel):

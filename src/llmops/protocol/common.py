@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmops.protocol.fields import Endpoint, refused_field
 
 MAX_STOP_SEQUENCES = 4
+INT32_MAX = 2**31 - 1  # the most any count field takes: engines count in 32 bits, and cost arithmetic stays finite
 
 # Options OpenAI accepts as null meaning "unset": null here means the default.
 NULLABLE_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,
@@ -32,14 +33,14 @@ class SamplingFields(BaseModel):
     ENDPOINT: ClassVar[Endpoint] = "completions"
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit integer, as OpenAI's")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=INT32_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmops.protocol.common import Usage
+from llmops.protocol.common import INT32_MAX, Usage
 from llmops.protocol.fields import refused_field
 
 TokenIds = list[int]
@@ -18,7 +18,7 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(min_length=1)
     input: str | list[str] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = Field(None, max_length=256)
 
     @field_validator("input")

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmops.protocol.common import INT32_MAX
+
 SEED_MAX = 2**63 - 1  # torch generators take up to 2^64 - 1: room for seed + i over a request's n images
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="0 to 2^63-1; the same seed gives the same image")]
 Side = Annotated[int, Field(ge=1, le=65_536, description="pixels; the model's limits narrow it")]
@@ -24,7 +26,7 @@ class ImageGenerationRequest(BaseModel):
 
     prompt: str
     model: str | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=INT32_MAX)
     size: str | None = Field(None, pattern=SIZE_PATTERN, description="WxH, e.g. 512x512")
     response_format: Literal["b64_json", "url"] = "b64_json"
     negative_prompt: str | None = None
