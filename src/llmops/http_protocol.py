@@ -5,7 +5,9 @@
   each parsed head is measured; httptools has no limit, so the bytes are counted in its callbacks);
 - a connection must send a complete request head within `http.head_timeout_s` of its first byte (or of
   opening): an idle or half-sent connection is closed instead of holding a file descriptor forever;
-- a request body that stops arriving for `http.body_idle_timeout_s` closes the connection;
+- a request body that stops arriving for `http.body_idle_timeout_s` closes the connection, and so does one
+  still not complete `http.body_timeout_s` after it began (a byte now and then would otherwise hold the
+  connection for ever: with enough of them, no connection is left for anyone, probes included);
 - above `http.max_connections` open connections, a new one is closed at once.
 
 The number of headers (`http.max_headers`) is checked in middleware/body_limit.py, for both stacks: the
@@ -36,6 +38,7 @@ class _Guard:
     cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
+    _body_deadline: asyncio.TimerHandle | None = None  # absolute, from the body's first bytes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -56,12 +59,16 @@ class _Guard:
             if cycle.more_body:
                 self._cancel("_body_timer")
                 self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._timed_out)
+                if self._body_deadline is None:
+                    self._body_deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
             else:
                 self._cancel("_body_timer")
+                self._cancel("_body_deadline")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("_head_timer")
         self._cancel("_body_timer")
+        self._cancel("_body_deadline")
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm_head(self) -> None:
@@ -72,6 +79,12 @@ class _Guard:
         self._head_timer = None
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
+            self._timed_out()
+
+    def _body_late(self) -> None:
+        self._body_deadline = None
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
             self._timed_out()
 
     def _timed_out(self) -> None:

@@ -158,6 +158,8 @@ class HttpSettings(_Strict):
                                   "within this of its first byte (or of opening); else closed")
     body_idle_timeout_s: float = Field(30.0, gt=0, description="a request body that stops arriving for this "
                                        "long closes the connection")
+    body_timeout_s: float = Field(120.0, gt=0, description="a request body still not complete this long after "
+                                  "it began closes the connection (however it trickles in)")
     max_connections: int = Field(1000, ge=1, description="open connections; beyond it new ones are closed "
                                  "at once (keep it below the process's file limit, ulimit -n)")
     limit_concurrency: int | None = Field(None, ge=1, description="uvicorn's limit on connections + requests "

@@ -29,7 +29,7 @@ MODELS: list[dict[str, Any]] = [
 SETTINGS: dict[str, Any] = {
     "state": {"backend": "memory"},
     "limits": {"max_body_bytes": 65_536},
-    "http": {"head_timeout_s": 2.0, "body_idle_timeout_s": 2.0, "keep_alive_timeout_s": 2},
+    "http": {"head_timeout_s": 2.0, "body_idle_timeout_s": 2.0, "body_timeout_s": 4.0, "keep_alive_timeout_s": 2},
     "guardrails": {"rules": [{"name": "injection", "detector": "injection"},
                              {"name": "pii", "detector": "pii", "action": "redact"}]},
 }

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,32 @@ def test_a_huge_request_header_is_refused(attacked: Attacked, size: int) -> None
 def test_too_many_headers_are_refused(attacked: Attacked) -> None:
     headers = {f"x-h{i}": "1" for i in range(150)}
     assert_error(httpx.get(f"{attacked.base}/v1/models", headers={**headers, **attacked.auth("low")}), 431)
+
+
+def test_a_trickling_body_is_closed_at_its_deadline(attacked: Attacked) -> None:
+    """A byte every second never lets the body idle timeout (2 s) fire: the body's own deadline (4 s from
+    its first bytes) closes the connection, else a few hundred such clients hold every connection."""
+    s = socket.create_connection(("127.0.0.1", attacked.port), timeout=1.5)
+    key = attacked.keys["low"]["secret"].encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + b"\r\n"
+              b"Content-Length: 1000\r\n\r\n{")
+    started, closed_after = time.monotonic(), None
+    try:
+        while time.monotonic() - started < 20:  # the attack itself: one byte a second, until the server hangs up
+            try:
+                s.sendall(b" ")
+                if s.recv(65_536) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:  # nothing to read within the second: the connection is still open
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        s.close()
+    assert closed_after is not None, "the trickling body was never cut off"
+    assert chat(attacked).status_code == 200
 
 
 def test_slow_connections_do_not_block_others(attacked: Attacked) -> None:
