@@ -27,18 +27,34 @@ def lone_surrogate_field(body: bytes) -> str | None:
     return _find(data)
 
 
+_WALKED = (str, dict, list)
+
+
 def _find(data: Any) -> str | None:
-    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
-    while stack:  # iterative: a deeply nested body cannot exhaust the recursion limit here
+    """Iterative (a deeply nested body cannot exhaust the recursion limit here), and a value's path is kept
+    as a link to its parent's, made into text only for the one found: a body of half a million numbers
+    is walked in milliseconds, not the half second that building each one's path took."""
+    stack: list[tuple[Any, Any]] = [(data, None)]
+    while stack:
         value, path = stack.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                return ".".join(path) or "body"
+                return _dotted(path)
         elif isinstance(value, dict):
             for k, v in reversed(value.items()):
                 if _SURROGATE.search(k):
-                    return ".".join((*path, "<key>")) or "body"
-                stack.append((v, (*path, k)))
+                    return _dotted(("<key>", path))
+                if isinstance(v, _WALKED):
+                    stack.append((v, (k, path)))
         elif isinstance(value, list):
-            stack.extend((v, (*path, str(i))) for i, v in reversed(list(enumerate(value))))
+            walked = [i for i, v in enumerate(value) if isinstance(v, _WALKED)]  # numbers need no look
+            stack.extend((value[i], (i, path)) for i in reversed(walked))
     return None
+
+
+def _dotted(path: Any) -> str:
+    parts: list[str] = []
+    while path is not None:
+        name, path = path
+        parts.append(str(name))
+    return ".".join(reversed(parts)) or "body"
