@@ -66,8 +66,8 @@ class Authenticator:
 
     async def _count(self) -> int:
         """The store's key count (any at all makes the process keyed for good); when a re-read fails, the
-        last count (logged; the next request retries). The first count has no last one: its error goes to
-        the requests waiting for it."""
+        last count, none (logged; tried again `refresh_s` later). The first count has no last one: its
+        error goes to the requests waiting for it."""
         try:
             count = await self.store.key_count()
         except Exception as error:
