@@ -1,7 +1,8 @@
 """What the Open Inference Protocol routes and /v1/classifications share: find the model (404, 403, 503), check
-top_k, decode the images off the event loop within the model's limits (a bad image is a 400 before anything is
-counted or charged), then the pipeline (pipeline/classify.py: budget, cache, admission, the batcher, cost per
-image, metrics) and the cache store. The routes only parse their wire format and format the answer."""
+top_k, decode the images off the event loop within the model's limits and the request's pixel budget (a bad
+image is a 400 before anything is counted or charged), then the pipeline (pipeline/classify.py: budget, cache,
+admission, the batcher, cost per image, metrics) and the cache store. The routes only parse their wire format
+and format the answer."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
 from llmops.engines.base import ClassifyEngine, ClassifyRequest
 from llmops.errors import InvalidRequest
-from llmops.media.image_input import ImageLimits, decode_images
+from llmops.media.image_input import MAX_REQUEST_PIXELS, ImageLimits, decode_images
 from llmops.pipeline import stages
 from llmops.pipeline.classify import ClassifyWork, check_count
 from llmops.pipeline.classify import classify as run_classify
@@ -26,6 +27,10 @@ from llmops.settings import ModelConfig
 
 M = TypeVar("M", bound=BaseModel)
 Classes = list[list[dict[str, Any]]]  # per image: [{"label", "score", "index"}, ...] best first
+# Decoded images are scaled down to this many times the model's input side (their shorter side) before the next
+# is decoded: room for any processor's resize before its crop (ResNet's 256 for 224), so the model sees nearly
+# the same pixels, without holding a request's images at full size. A module constant, not a setting.
+KEEP_SIDE_FACTOR = 2
 
 
 @dataclass
@@ -92,16 +97,20 @@ def top_k(tgt: Target, requested: Any, param: str) -> int:
     return requested
 
 
-def image_limits(cfg: ModelConfig) -> ImageLimits:
-    c = cfg.limits.classify
-    return ImageLimits(c.max_image_bytes, c.max_pixels, tuple(c.formats))
+def image_limits(tgt: Target) -> ImageLimits:
+    """The model's limits on uploaded images; a request's images may hold at least one image at the per-image
+    limit, and each is kept at KEEP_SIDE_FACTOR times the model's input side (all of it before the model loads)."""
+    c = tgt.config.limits.classify
+    keep_side = KEEP_SIDE_FACTOR * max(tgt.engine.input_shape[1:])
+    return ImageLimits(c.max_image_bytes, c.max_pixels, tuple(c.formats),
+                       max_request_pixels=max(MAX_REQUEST_PIXELS, c.max_pixels), keep_side=keep_side or None)
 
 
 async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int, count_param: str) -> Classified:
     images: list[Any] = []
     if inputs.pixels is None:
         check_count(tgt.config, inputs.count, count_param)  # before decoding any
-        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt.config))
+        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt))
     job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
     work = ClassifyWork(tgt.config.name, job, inputs.fingerprint(), count_param)
     services = deps.services(request)

@@ -7,6 +7,8 @@ A classify model takes one input, either
   normalised as the model's image processor does; GET /v2/models/{name} gives C, H and W),
 and answers three outputs, each [N, k]: `label` (BYTES), `score` (FP32, softmax probability) and `index`
 (INT64, the class id), best first. `parameters.top_k` sets k; `outputs` may ask for some of them only.
+A tensor's shape is checked (at most MAX_RANK dimensions, each at most MAX_DIMENSION, at most MAX_ELEMENTS in
+all) before any arithmetic on it, so no request makes the loop multiply or print a huge number.
 Errors are `{"error": "<message>"}` with the same status codes as the rest of the API.
 """
 
@@ -23,6 +25,7 @@ from llmops import __version__
 from llmops.api import deps
 from llmops.api.classifying import ClassifyInputs, Target, classify, parse_json, target, top_k
 from llmops.errors import InvalidRequest, ModelNotFound
+from llmops.pipeline.classify import check_count
 from llmops.protocol.inference_v2 import (
     Datatype,
     InferenceRequest,
@@ -32,13 +35,19 @@ from llmops.protocol.inference_v2 import (
     RequestInput,
     ResponseOutput,
     ServerMetadata,
-    elements,
     flatten,
 )
 
 router = APIRouter()
 OUTPUTS = ("label", "score", "index")
 _DATATYPES: dict[str, Datatype] = {"label": "BYTES", "score": "FP32", "index": "INT64"}
+# Bounds on an input tensor's shape, module constants rather than settings: a classify input has 1, 2 or 4
+# dimensions; a dimension is an int32 as Triton's clients send it; and no tensor within limits.max_body_bytes
+# (each JSON element at least two bytes) comes near MAX_ELEMENTS, 64 FP32 images of 3x512x512 are 50 M.
+MAX_RANK = 8
+MAX_DIMENSION = 2**31 - 1
+MAX_ELEMENTS = 2**26
+_FP32_MAX = 3.4028234663852886e38
 
 
 @router.get("/v2", response_model=ServerMetadata)
@@ -115,24 +124,41 @@ def _wanted_outputs(body: InferenceRequest) -> list[str]:
     if unknown:
         raise InvalidRequest(f"unknown output {unknown[0]!r}; this model's outputs: {', '.join(OUTPUTS)}",
                              param="outputs")
+    if len(set(names)) != len(names):  # each asked once: a body of repeats would multiply the answer
+        raise InvalidRequest("each output may be asked for once", param="outputs")
     return names
 
 
 def _inputs(tgt: Target, tensor: RequestInput) -> ClassifyInputs:
     where = "inputs[0]"
-    if any(d < 1 for d in tensor.shape) or not tensor.shape:
-        raise InvalidRequest(f"{where}.shape {tensor.shape} must be non-empty with every dimension >= 1",
-                             param=f"{where}.shape")
+    if tensor.datatype not in ("BYTES", "FP32"):
+        raise InvalidRequest(f"{where}.datatype {tensor.datatype} is not accepted: send BYTES (encoded images) or "
+                             "FP32 (the model's input tensor)", param=f"{where}.datatype")
+    count = _elements(tensor.shape, f"{where}.shape")
+    check_count(tgt.config, tensor.shape[0], f"{where}.shape")  # before any image or number is decoded
     data = flatten(tensor.data)
-    if len(data) != elements(tensor.shape):
-        raise InvalidRequest(f"{where}: shape {tensor.shape} holds {elements(tensor.shape)} elements but data has "
-                             f"{len(data)}", param=f"{where}.data")
+    if len(data) != count:
+        raise InvalidRequest(f"{where}: shape {tensor.shape} holds {count} elements but data has {len(data)}",
+                             param=f"{where}.data")
     if tensor.datatype == "BYTES":
         return _encoded(tensor, data, where)
-    if tensor.datatype == "FP32":
-        return ClassifyInputs(pixels=_pixels(tgt, tensor.shape, data, where))
-    raise InvalidRequest(f"{where}.datatype {tensor.datatype} is not accepted: send BYTES (encoded images) or FP32 "
-                         "(the model's input tensor)", param=f"{where}.datatype")
+    return ClassifyInputs(pixels=_pixels(tgt, tensor.shape, data, where))
+
+
+def _elements(shape: list[int], param: str) -> int:
+    """The elements `shape` holds; 400 unless it has 1 to MAX_RANK dimensions, each 1 to MAX_DIMENSION, and at
+    most MAX_ELEMENTS in all. Checked in that order, so nothing large is multiplied or put in a message."""
+    if not 1 <= len(shape) <= MAX_RANK:
+        raise InvalidRequest(f"{param} has {len(shape)} dimensions; a tensor here has 1 to {MAX_RANK}", param=param)
+    for i, d in enumerate(shape):
+        if not 1 <= d <= MAX_DIMENSION:
+            raise InvalidRequest(f"{param}[{i}]: every dimension must be from 1 to {MAX_DIMENSION}", param=param)
+    count = 1
+    for d in shape:
+        count *= d
+        if count > MAX_ELEMENTS:
+            raise InvalidRequest(f"{param} {shape} holds more than {MAX_ELEMENTS} elements, the limit", param=param)
+    return count
 
 
 def _encoded(tensor: RequestInput, data: list[Any], where: str) -> ClassifyInputs:
@@ -157,14 +183,27 @@ def _pixels(tgt: Target, shape: list[int], data: list[Any], where: str) -> Any:
     if len(shape) != 4 or tuple(shape[1:]) not in ((c, h, w), (h, w, c)):
         raise InvalidRequest(f"{where}: an FP32 tensor must have shape [N, {c}, {h}, {w}] or [N, {h}, {w}, {c}]; "
                              f"got {shape}", param=f"{where}.shape")
-    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in data):
-        raise InvalidRequest(f"{where}.data must hold numbers only (FP32)", param=f"{where}.data")
-    array = np.asarray(data, dtype=np.float32).reshape(shape)
+    array = _fp32(data, f"{where}.data").reshape(shape)
     if tuple(shape[1:]) != (c, h, w):
         array = np.ascontiguousarray(array.transpose(0, 3, 1, 2))
-    if not np.isfinite(array).all():
-        raise InvalidRequest(f"{where}.data holds a value that is not a finite FP32 number", param=f"{where}.data")
     return array
+
+
+def _fp32(data: list[Any], param: str) -> Any:
+    """`data` as float32, or 400: a value that is not a number, or not a finite FP32 (an integer of thousands of
+    digits included: converting it would raise OverflowError)."""
+    import numpy as np
+
+    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in data):
+        raise InvalidRequest(f"{param} must hold numbers only (FP32)", param=param)
+    not_fp32 = InvalidRequest(f"{param} holds a value that is not a finite FP32 number", param=param)
+    try:
+        wide = np.asarray(data, dtype=np.float64)
+    except OverflowError:
+        raise not_fp32 from None
+    if not (np.isfinite(wide).all() and (np.abs(wide) <= _FP32_MAX).all()):
+        raise not_fp32
+    return wide.astype(np.float32)
 
 
 def _output(name: str, classes: list[list[dict[str, Any]]]) -> ResponseOutput:

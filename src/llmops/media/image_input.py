@@ -11,6 +11,11 @@ In order, each refusal a 400 that names the input and the problem:
 5. EXIF orientation is applied (a phone photo taken sideways is classified upright), and the image is
    converted to RGB (grey, palette and alpha images included; alpha is dropped).
 
+A request's images together (`decode_images`): every header is read first, and images holding more than
+`max_request_pixels` in all are refused before any is decoded (the per-image limit alone let 64 small PNGs of
+blank 4000x4000 images decode to 4 GB). Then they are decoded one at a time, each scaled down to `keep_side`
+(its shorter side) before the next is decoded, so one full-size image at most is held at once.
+
 Decoding blocks: callers run `decode_images` off the event loop (`await asyncio.to_thread(...)`).
 """
 
@@ -27,6 +32,10 @@ from llmops.errors import InvalidRequest
 
 SAFE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is module state: one open() sets it at a time
+# A request's images together, in pixels, read from their headers. A module constant, not a setting: 64 of the
+# 224x224 images the classifiers take are 3.2 M; this allows 64 of 1000x1000, or four at the default per-image
+# limit (16 M). Callers raise it to the model's per-image limit where that is higher (api/classifying.py).
+MAX_REQUEST_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class ImageLimits:
     max_image_bytes: int
     max_pixels: int
     formats: tuple[str, ...] = SAFE_FORMATS
+    max_request_pixels: int = MAX_REQUEST_PIXELS  # decode_images: all of a request's images together
+    keep_side: int | None = None  # decode_images: each image scaled down to this shorter side; None keeps it whole
 
 
 def _refuse(where: str, message: str, code: str) -> InvalidRequest:
@@ -59,10 +70,8 @@ def _open(data: bytes, limits: ImageLimits, where: str) -> Any:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def decode_image(data: bytes, limits: ImageLimits, where: str) -> Any:
-    """The RGB PIL image in `data`, upright, or InvalidRequest (400) naming `where`."""
-    from PIL import Image, ImageOps
-
+def _header(data: bytes, limits: ImageLimits, where: str) -> Any:
+    """The image in `data`, opened (its header read, no pixel decoded) within the bytes, format and pixel limits."""
     if not data:
         raise _refuse(where, "the image is empty", "invalid_image")
     if len(data) > limits.max_image_bytes:
@@ -73,14 +82,52 @@ def decode_image(data: bytes, limits: ImageLimits, where: str) -> Any:
     if width * height > limits.max_pixels:  # Pillow's check covers this; kept so the rule reads here
         raise _refuse(where, f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
                       "image_too_many_pixels")
+    return image
+
+
+def _decoded(image: Any, where: str) -> Any:
+    """The opened `image` decoded, upright, in RGB."""
+    from PIL import Image, ImageOps
+
     try:
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return upright.convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)
+        return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise _refuse(where, f"the {image.format} file is truncated or corrupt ({exc})", "invalid_image") from None
 
 
+def _shrunk(image: Any, keep_side: int | None) -> Any:
+    """`image` scaled down (aspect kept) so its shorter side is `keep_side`; as it is when already that small."""
+    from PIL import Image
+
+    width, height = image.size
+    if keep_side is None or min(width, height) <= keep_side:
+        return image
+    scale = keep_side / min(width, height)
+    size = (max(keep_side, round(width * scale)), max(keep_side, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def decode_image(data: bytes, limits: ImageLimits, where: str) -> Any:
+    """The RGB PIL image in `data`, upright, full size, or InvalidRequest (400) naming `where`."""
+    return _decoded(_header(data, limits, where), where)
+
+
+def check_request_pixels(items: Sequence[tuple[bytes, str]], limits: ImageLimits) -> None:
+    """400 naming the first image at which the images' pixels, read from their headers, pass
+    `limits.max_request_pixels`; each image's own limits are checked on the way. Nothing is decoded."""
+    total = 0
+    for data, where in items:
+        width, height = _header(data, limits, where).size
+        total += width * height
+        if total > limits.max_request_pixels:
+            raise _refuse(where, f"the images up to this one hold {total} pixels; a request's images may hold "
+                          f"{limits.max_request_pixels} pixels in all", "request_too_many_pixels")
+
+
 def decode_images(items: Sequence[tuple[bytes, str]], limits: ImageLimits) -> list[Any]:
-    """Decode each (bytes, where) in order; the first refusal raises."""
-    return [decode_image(data, limits, where) for data, where in items]
+    """Decode each (bytes, where) in order, each scaled down to `limits.keep_side` before the next is decoded;
+    the first refusal raises, and the request's pixel budget is checked from the headers before any decoding."""
+    check_request_pixels(items, limits)
+    return [_shrunk(decode_image(data, limits, where), limits.keep_side) for data, where in items]

@@ -8,7 +8,6 @@ order, flat or nested. Fields the protocol marks optional are left out of respon
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,6 +98,3 @@ def flatten(data: list[Any]) -> list[Any]:
 
 _END = object()
 
-
-def elements(shape: list[int]) -> int:
-    return math.prod(shape)
