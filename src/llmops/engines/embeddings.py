@@ -3,7 +3,12 @@
 Requests that arrive together are coalesced: each `embed` call queues its inputs, and one worker encodes
 the queued calls as one batch (up to `max_batch` calls, waiting at most `batch_timeout_s` for companions),
 so concurrent requests admitted by the model's admission share forward passes. Token-id inputs are in the
-model's own vocabulary: they are decoded and encoded again (the count of ids is what usage reports).
+model's own vocabulary (an id outside it is refused, 400, before it is queued): they are decoded and encoded
+again (the count of ids is what usage reports).
+
+One request cannot fail the others it is batched with: each request's inputs are prepared (tokenised,
+decoded) on their own, so one that fails there fails alone, and when the batch's forward pass fails each
+request of it is run again alone, so only the one that fails by itself gets the error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from llmops.engines.base import EmbeddingResult, EngineHealth
 from llmops.engines.batching import gather_batch
 from llmops.engines.registry import require
 from llmops.engines.weights import EMBEDDED_MINILM, resolve_weights
-from llmops.errors import EngineError, InvalidRequest
+from llmops.errors import EngineError, InvalidRequest, LLMOpsError
 
 
 class EmbeddingOptions(BaseModel):
@@ -58,6 +63,7 @@ class SentenceTransformersEngine:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{model_name}")
+        self.vocab_size: int | None = None  # the tokenizer's, once loaded: token ids must be below it
         self.batches = 0  # forward batches run (health detail: shows coalescing)
 
     async def start(self) -> None:
@@ -77,6 +83,7 @@ class SentenceTransformersEngine:
         dimension = getattr(self._model, "get_embedding_dimension", None)  # sentence-transformers >= 6
         size = int(dimension() if dimension else self._model.get_sentence_embedding_dimension())
         self.dimensions_allowed = tuple(sorted({size, *self.options.dimensions}))
+        self.vocab_size = _vocab_size(self._model)
         self._worker = asyncio.create_task(self._run(), name=f"embed-{self.model_name}")
         self._state = "ready"
 
@@ -104,6 +111,7 @@ class SentenceTransformersEngine:
             raise InvalidRequest(f"model {self.model_name!r} gives vectors of "
                                  f"{', '.join(map(str, self.dimensions_allowed))} dimensions, not {dimensions}",
                                  param="dimensions")
+        check_token_ids(inputs, self.vocab_size)
         job = _Job(inputs)
         self._pending.append(job)
         self._wakeup.set()
@@ -123,30 +131,42 @@ class SentenceTransformersEngine:
                                        self.options.batch_timeout_s, self._wakeup)
             try:
                 results = await loop.run_in_executor(self._executor, self._work, [job.inputs for job in batch])
-            except Exception as exc:
-                for job in batch:
-                    if not job.done.done():
-                        job.done.set_exception(EngineError(f"embedding failed: {exc}"))
-                continue
-            self.batches += 1
+            except Exception as exc:  # the executor itself (shut down): nothing ran
+                results = [_failed(exc) for _ in batch]
+            else:
+                self.batches += 1
             for job, result in zip(batch, results, strict=True):
-                if not job.done.done():
-                    job.done.set_result(result)
+                _settle(job, result)
 
-    def _work(self, jobs: list[Sequence[str | Sequence[int]]]) -> list[EmbeddingResult]:
-        """One forward batch for several requests (on the engine's thread)."""
-        texts: list[str] = []
-        counts = []
-        for inputs in jobs:
-            job_texts, tokens = self._texts(inputs)
-            texts.extend(job_texts)
-            counts.append((len(job_texts), tokens))
-        vectors = self._encode(texts)
-        out, at = [], 0
-        for n, tokens in counts:
-            out.append(EmbeddingResult(vectors[at:at + n], tokens))
-            at += n
-        return out
+    def _work(self, jobs: list[Sequence[str | Sequence[int]]]) -> list[EmbeddingResult | LLMOpsError]:
+        """One forward batch for several requests (on the engine's thread): each request's result, or the
+        error of its own (its inputs, or its forward pass run alone when the batch's failed)."""
+        prepared = [self._prepare(inputs) for inputs in jobs]
+        ready = [p for p in prepared if not isinstance(p, LLMOpsError)]
+        try:
+            vectors = self._encode([text for texts, _ in ready for text in texts])
+        except Exception as exc:
+            if len(ready) == 1:
+                return [p if isinstance(p, LLMOpsError) else _failed(exc) for p in prepared]
+            return [p if isinstance(p, LLMOpsError) else self._alone(p) for p in prepared]
+        return _split(prepared, vectors)
+
+    def _prepare(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[str], int] | LLMOpsError:
+        """One request's texts and token count, or the error its own inputs raise."""
+        try:
+            return self._texts(inputs)
+        except LLMOpsError as exc:
+            return exc
+        except Exception as exc:
+            return _failed(exc)
+
+    def _alone(self, prepared: tuple[list[str], int]) -> EmbeddingResult | LLMOpsError:
+        """One request's forward pass on its own (its batch's failed)."""
+        texts, tokens = prepared
+        try:
+            return EmbeddingResult(self._encode(texts), tokens)
+        except Exception as exc:
+            return _failed(exc)
 
     def _texts(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[str], int]:
         """The inputs as texts, and the tokens they count (ids given, or the tokenizer's count, truncated)."""
@@ -167,6 +187,51 @@ class SentenceTransformersEngine:
         out = self._model.encode(texts, batch_size=self.max_batch, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
         return [[float(x) for x in row] for row in out]
+
+
+def _vocab_size(model: Any) -> int | None:
+    """The tokenizer's vocabulary size, added tokens included (None when it does not say)."""
+    try:
+        return len(model.tokenizer)
+    except (AttributeError, TypeError):
+        return None
+
+
+def check_token_ids(inputs: Sequence[str | Sequence[int]], vocab_size: int | None) -> None:
+    """InvalidRequest (400) for a token id outside the vocabulary, 0 .. vocab_size - 1 (min and max: C loops)."""
+    if vocab_size is None:
+        return
+    for item in inputs:
+        if not isinstance(item, str) and item and (min(item) < 0 or max(item) >= vocab_size):
+            raise InvalidRequest(f"token ids must be between 0 and {vocab_size - 1} (this model's vocabulary)",
+                                 param="input")
+
+
+def _split(prepared: list[tuple[list[str], int] | LLMOpsError], vectors: list[list[float]]
+           ) -> list[EmbeddingResult | LLMOpsError]:
+    """The batch's vectors handed back to the requests they came from, in order; errors kept in place."""
+    out: list[EmbeddingResult | LLMOpsError] = []
+    at = 0
+    for p in prepared:
+        if isinstance(p, LLMOpsError):
+            out.append(p)
+        else:
+            out.append(EmbeddingResult(vectors[at:at + len(p[0])], p[1]))
+            at += len(p[0])
+    return out
+
+
+def _failed(exc: Exception) -> EngineError:
+    return EngineError(f"embedding failed: {exc}")
+
+
+def _settle(job: _Job, result: EmbeddingResult | LLMOpsError) -> None:
+    if job.done.done():  # cancelled: its caller is gone
+        return
+    if isinstance(result, LLMOpsError):
+        job.done.set_exception(result)
+    else:
+        job.done.set_result(result)
 
 
 def _shorten(vector: list[float], size: int) -> list[float]:

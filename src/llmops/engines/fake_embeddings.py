@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EmbeddingResult, EngineHealth
+from llmops.engines.embeddings import check_token_ids
 from llmops.errors import InvalidRequest
 
 
@@ -20,6 +21,8 @@ class FakeEmbeddingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: int = Field(32, ge=2, le=4096, description="the vector length")
+    vocab_size: int | None = Field(None, ge=1, description="token ids must be below it, as a real model's "
+                                   "vocabulary (none: any id the protocol allows)")
 
 
 def _vector(words: Sequence[str], size: int) -> list[float]:
@@ -38,6 +41,7 @@ class FakeEmbeddingEngine:
     def __init__(self, model_name: str, options: FakeEmbeddingOptions) -> None:
         self.model_name, self.options = model_name, options
         self.dimensions_allowed = (options.size,)
+        self.vocab_size = options.vocab_size
         self.calls = 0
         self._state = EngineHealth("loading")
 
@@ -53,6 +57,7 @@ class FakeEmbeddingEngine:
     async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult:
         if dimensions is not None and dimensions not in self.dimensions_allowed:
             raise InvalidRequest(f"this model's vectors have {self.options.size} dimensions", param="dimensions")
+        check_token_ids(inputs, self.vocab_size)
         self.calls += 1
         items = [re.findall(r"\w+", x.lower()) if isinstance(x, str) else [str(i) for i in x] for x in inputs]
         return EmbeddingResult([_vector(words, self.options.size) for words in items],

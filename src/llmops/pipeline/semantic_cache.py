@@ -22,10 +22,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llmops.engines.registry import require
 from llmops.errors import ConfigError, DeadlineExceeded
 from llmops.scheduling.admission import Priority
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from llmops.scheduling.pool import ModelPool
     from llmops.settings import Settings
 
@@ -54,46 +58,183 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-@dataclass
-class Entry:
-    vector: list[float]
-    body: str
-    expires: float
-
-
 class VectorIndex(Protocol):
     async def nearest(self, space: str, vector: list[float]) -> tuple[float, str] | None: ...
     async def add(self, space: str, vector: list[float], body: str, ttl_s: float) -> None: ...
     async def close(self) -> None: ...
 
 
-class MemoryIndex:
-    """Linear scan per namespace, newest entries kept (an LRU over `max_entries` per namespace)."""
+# Bounds of the in-process index across namespaces: a namespace changes with every option that shapes the
+# answer (temperature included), so how many there are is the clients' choice. No setting holds these yet
+# (settings.py bounds each namespace: cache.semantic.max_entries), hence module constants.
+MAX_TOTAL_ENTRIES = 16_384  # entries in all namespaces together (never below cache.semantic.max_entries)
+MAX_TOTAL_BYTES = 128 * 2**20  # stored answers' JSON plus their vectors (float32), all namespaces together
+SWEEP_SLACK_S = 5.0  # with no requests, expired entries are freed at most this long after they expire
+_FIRST_ROWS = 8  # a namespace's matrix starts with room for this many vectors, doubling as it fills
 
-    def __init__(self, max_entries: int) -> None:
+
+class _Space:
+    """One namespace: its vectors the rows of one float32 matrix (a lookup is one matrix-vector product),
+    each row's key, answer and expiry alongside. A removed row is filled by the last one; `rows` (key ->
+    row) keeps the order entries were added in, oldest first."""
+
+    def __init__(self, size: int) -> None:
+        import numpy as np
+
+        self.matrix: NDArray[np.float32] = np.empty((_FIRST_ROWS, size), np.float32)
+        self.expires: NDArray[np.float64] = np.empty(_FIRST_ROWS, np.float64)
+        self.keys: list[str] = []
+        self.bodies: list[str] = []
+        self.rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def size(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def oldest(self) -> str:
+        return next(iter(self.rows))
+
+    def nearest(self, vector: NDArray[np.float32], now: float) -> tuple[float, str] | None:
+        """The best cosine among the entries not expired (vectors are unit length: the dot product)."""
+        import numpy as np
+
+        n = len(self.keys)
+        if not n:
+            return None
+        scores = self.matrix[:n] @ vector
+        scores[self.expires[:n] < now] = -np.inf  # expired, not swept yet (a shorter ttl than the oldest's)
+        best = int(np.argmax(scores))
+        return None if scores[best] == -np.inf else (float(scores[best]), self.bodies[best])
+
+    def add(self, key: str, vector: NDArray[np.float32], body: str, expires: float) -> None:
+        n = len(self.keys)
+        if n == len(self.matrix):
+            self._resize(2 * n)
+        self.matrix[n], self.expires[n] = vector, expires
+        self.keys.append(key)
+        self.bodies.append(body)
+        self.rows[key] = n
+
+    def remove(self, key: str) -> None:
+        row, last = self.rows.pop(key), len(self.keys) - 1
+        if row != last:
+            self.matrix[row], self.expires[row] = self.matrix[last], self.expires[last]
+            self.keys[row], self.bodies[row] = self.keys[last], self.bodies[last]
+            self.rows[self.keys[row]] = row
+        self.keys.pop()
+        self.bodies.pop()
+        if len(self.matrix) > _FIRST_ROWS and last <= len(self.matrix) // 4:
+            self._resize(len(self.matrix) // 2)
+
+    def _resize(self, rows: int) -> None:
+        import numpy as np
+
+        n = len(self.keys)
+        matrix, expires = np.empty((rows, self.size), np.float32), np.empty(rows, np.float64)
+        matrix[:n], expires[:n] = self.matrix[:n], self.expires[:n]
+        self.matrix, self.expires = matrix, expires
+
+
+class MemoryIndex:
+    """The in-process index: per namespace a matrix of vectors (`_Space`, at most `max_entries` each),
+    bounded across namespaces by entries and bytes, the oldest entry evicted first. Entries leave in the
+    order they were added (`_order`), which is the order they expire in (the cache gives every entry one
+    ttl): any lookup or store, in any namespace, frees the expired ones, and with no requests a timer does,
+    at most `SWEEP_SLACK_S` late. numpy comes with the embeddings extra (sentence-transformers)."""
+
+    def __init__(self, max_entries: int, *, max_total_entries: int = MAX_TOTAL_ENTRIES,
+                 max_total_bytes: int = MAX_TOTAL_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
+        require("numpy", "embeddings")
         self.max_entries = max_entries
-        self._spaces: dict[str, OrderedDict[str, Entry]] = {}
+        self.max_total_entries = max(max_entries, max_total_entries)
+        self.max_total_bytes = max_total_bytes
+        self.bytes = 0  # held now: answers' JSON and vectors
+        self._clock = clock
+        self._spaces: dict[str, _Space] = {}
+        self._order: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()  # -> expires, bytes
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._order)
 
     async def nearest(self, space: str, vector: list[float]) -> tuple[float, str] | None:
+        import numpy as np
+
+        now = self._clock()
+        self._sweep(now)
         entries = self._spaces.get(space)
-        if not entries:
+        if entries is None or entries.size != len(vector):
             return None
-        now = time.monotonic()
-        for key in [k for k, e in entries.items() if e.expires < now]:
-            del entries[key]
-        scored = [(cosine(vector, e.vector), e.body) for e in entries.values()]
-        return max(scored, default=None, key=lambda s: s[0])
+        return entries.nearest(np.asarray(vector, np.float32), now)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._spaces.clear()
+        self._order.clear()
+        self.bytes = 0
 
     async def add(self, space: str, vector: list[float], body: str, ttl_s: float) -> None:
-        entries = self._spaces.setdefault(space, OrderedDict())
-        key = hashlib.sha256(json.dumps(vector).encode()).hexdigest()
-        entries[key] = Entry(vector, body, time.monotonic() + ttl_s)
-        entries.move_to_end(key)
+        import numpy as np
+
+        now = self._clock()
+        self._sweep(now)
+        row = np.asarray(vector, np.float32)
+        size = len(body) + row.nbytes  # the body is ASCII JSON (json.dumps escapes the rest)
+        key = hashlib.sha256(row.tobytes()).hexdigest()
+        if size > self.max_total_bytes:
+            return
+        if (space, key) in self._order:
+            self._remove(space, key)
+        entries = self._spaces.get(space)
+        if entries is None:
+            entries = self._spaces[space] = _Space(len(row))
+        elif entries.size != len(row):
+            return  # another model's vectors (cannot happen within one process's configuration)
+        entries.add(key, row, body, now + ttl_s)
+        self._order[(space, key)] = (now + ttl_s, size)
+        self.bytes += size
         while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+            self._remove(space, entries.oldest())
+        self._bound()
+        self._arm()
+
+    def _remove(self, space: str, key: str) -> None:
+        self.bytes -= self._order.pop((space, key))[1]
+        entries = self._spaces[space]
+        entries.remove(key)
+        if not entries:
+            del self._spaces[space]
+
+    def _bound(self) -> None:
+        """The oldest entries (any namespace) out until the totals are within bounds."""
+        while len(self._order) > self.max_total_entries or self.bytes > self.max_total_bytes:
+            self._remove(*next(iter(self._order)))
+
+    def _sweep(self, now: float) -> None:
+        """The expired entries out, oldest first (one check when none is due)."""
+        while self._order:
+            (space, key), (expires, _) = next(iter(self._order.items()))
+            if expires >= now:
+                return
+            self._remove(space, key)
+
+    def _arm(self) -> None:
+        """One timer at a time, for the oldest entry's expiry (plus slack): frees them with no requests."""
+        if self._timer is not None or not self._order:
+            return
+        expires = next(iter(self._order.values()))[0]
+        delay = max(0.0, expires - self._clock()) + SWEEP_SLACK_S
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._sweep(self._clock())
+        self._arm()
 
 
 class RedisIndex:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmops.protocol.common import INT32_MAX, Usage
 from llmops.protocol.fields import refused_field
 
-TokenIds = list[int]
+TokenIds = list[int]  # each 0 .. INT32_MAX (the engine checks its own vocabulary's size)
 
 
 class EmbeddingRequest(BaseModel):
@@ -31,6 +31,8 @@ class EmbeddingRequest(BaseModel):
             raise ValueError("input must hold at least one item")
         elif any(isinstance(x, str) and not x for x in v) or any(isinstance(x, list) and not x for x in v):
             raise ValueError("input items must not be empty")
+        else:
+            _check_token_ids(v)
         return v
 
     def inputs(self) -> list[str | list[int]]:
@@ -44,6 +46,15 @@ class EmbeddingRequest(BaseModel):
 
     def unsupported_field(self) -> str | None:
         return refused_field("embeddings", dict(self.model_extra or {}))
+
+
+def _check_token_ids(v: list[Any]) -> None:
+    """Every token id in 0 .. INT32_MAX: ids index a vocabulary, and tokenizers and torch index in 32 bits
+    (the largest vocabularies are near 2**18). min and max: one pass each in C, not one per id here."""
+    lists = [v] if isinstance(v[0], int) else [x for x in v if isinstance(x, list)]  # texts: none
+    for ids in lists:
+        if min(ids) < 0 or max(ids) > INT32_MAX:
+            raise ValueError(f"token ids must be between 0 and {INT32_MAX}")
 
 
 class Embedding(BaseModel):

@@ -1,0 +1,175 @@
+"""Embeddings robustness: token ids are checked (the protocol's range, the model's vocabulary) and refused for
+that request only; one request that fails in the sentence-transformers engine's batch fails alone (a stub
+model stands in for sentence-transformers); a large answer's body is written off the event loop, byte for
+byte as JSONResponse would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from llmops.api import embeddings as api_embeddings
+from llmops.app import create_app
+from llmops.engines import embeddings as st_engine
+from llmops.errors import EngineError, InvalidRequest
+from llmops.protocol.embeddings import EmbeddingList
+from llmops.settings import load_settings
+from tests.helpers import write_config
+from tests.unit.test_api import assert_error
+
+EMBED = "/v1/embeddings"
+LARGE = 100  # inputs: 1,600 numbers with 16 dimensions, above api.embeddings.OFF_LOOP_VALUES
+MODELS: list[dict[str, Any]] = [
+    {"name": "emb", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16}},
+    {"name": "vocab", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16, "vocab_size": 100}},
+]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    cfg = write_config(tmp_path / "emb.yaml", MODELS, state={"backend": "memory"})
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        yield c
+
+
+# --- token ids ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ids", [[[-1, 5, 6]], [[10**30]], [[2**31]], [-1, 5], [[1, 2], [3, -4]]])
+def test_token_ids_outside_the_protocols_range_are_a_400(client: TestClient, ids: Any) -> None:
+    assert_error(client.post(EMBED, json={"model": "emb", "input": ids}), 400, param="input")
+
+
+def test_token_ids_outside_the_models_vocabulary_are_a_400(client: TestClient) -> None:
+    assert_error(client.post(EMBED, json={"model": "vocab", "input": [[1, 100]]}), 400, param="input")
+    assert client.post(EMBED, json={"model": "vocab", "input": [[0, 99]]}).status_code == 200
+    assert client.post(EMBED, json={"model": "emb", "input": [[0, 2**31 - 1]]}).status_code == 200
+
+
+# --- the sentence-transformers engine's batch, on a stub model ------------------------------------------------
+
+BAD_ID = 13  # in the vocabulary, but the stub tokenizer cannot decode it (as a broken tokenizer might)
+
+
+class _Tokenizer:
+    def __len__(self) -> int:
+        return 1000
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[str]]:
+        return {"input_ids": text.split()}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if min(ids) < 0 or BAD_ID in ids:
+            raise OverflowError("number too small to fit in target type")  # what the real tokenizer said
+        return " ".join(f"t{i}" for i in ids)
+
+
+class _Model:
+    """Stands in for SentenceTransformer: 4 dimensions; a text holding "poison" fails its forward pass."""
+
+    max_seq_length = 256
+
+    def __init__(self, path: str, device: str) -> None:
+        self.tokenizer = _Tokenizer()
+        self.passes: list[list[str]] = []
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 4
+
+    def encode(self, texts: list[str], **_: Any) -> list[list[float]]:
+        self.passes.append(list(texts))
+        if any("poison" in t for t in texts):
+            raise RuntimeError("the forward pass failed")
+        return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
+
+
+@pytest.fixture
+async def engine(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(st_engine, "require", lambda module, extra: SimpleNamespace(SentenceTransformer=_Model))
+    monkeypatch.setattr(st_engine, "resolve_weights", lambda model: Path(model))
+    eng = st_engine.SentenceTransformersEngine("stub", st_engine.EmbeddingOptions(model="stub", batch_timeout_s=0.5))
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+async def _together(engine: Any, bad: Sequence[str | Sequence[int]]) -> list[Any]:
+    """Six good requests and `bad`, queued in one go (one batch)."""
+    calls = [engine.embed([f"good request {i}"]) for i in range(6)]
+    calls.insert(3, engine.embed(bad))
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def test_a_request_whose_forward_pass_fails_fails_alone(engine: Any) -> None:
+    results = await _together(engine, ["poison"])
+    assert isinstance(results.pop(3), EngineError)
+    assert all(r.vectors == [[1.0, 0.0, 0.0, 0.0]] for r in results), results
+    assert engine.batches == 1
+    assert engine._model.passes[0] == ["good request 0", "good request 1", "good request 2", "poison",
+                                       "good request 3", "good request 4", "good request 5"]  # one batch, then alone
+
+
+async def test_a_request_whose_inputs_fail_fails_alone(engine: Any) -> None:
+    results = await _together(engine, [[BAD_ID, 5, 6]])
+    assert isinstance(results.pop(3), EngineError)
+    assert all(r.vectors == [[1.0, 0.0, 0.0, 0.0]] for r in results), results
+    assert len(engine._model.passes) == 1  # the others' one forward pass, without it
+
+
+async def test_the_engine_refuses_ids_outside_its_vocabulary(engine: Any) -> None:
+    assert engine.vocab_size == 1000
+    for ids in ([-1, 5, 6], [1000], [10**30]):
+        with pytest.raises(InvalidRequest) as refused:
+            await engine.embed([ids])
+        assert refused.value.param == "input"
+    results = await _together(engine, [[-1, 5, 6]])
+    assert isinstance(results.pop(3), InvalidRequest)
+    assert all(not isinstance(r, BaseException) for r in results)
+    assert (await engine.embed([[999]])).prompt_tokens == 1
+
+
+# --- the answer's body ------------------------------------------------------------------------------------
+
+def test_a_large_answer_is_written_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    on_loop: list[bool] = []
+    encode = api_embeddings._encode
+
+    def spy(vector: list[float], encoding: str | None) -> list[float] | str:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return encode(vector, encoding)
+
+    monkeypatch.setattr(api_embeddings, "_encode", spy)
+    inputs = [f"text number {i}" for i in range(LARGE)]
+    resp = client.post(EMBED, json={"model": "emb", "input": inputs})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["data"]) == len(inputs)
+    assert on_loop == [False] * len(inputs)
+    assert LARGE * 16 > api_embeddings.OFF_LOOP_VALUES
+
+
+@pytest.mark.parametrize("count", [1, 3, LARGE])
+@pytest.mark.parametrize("encoding", [None, "float", "base64"])
+def test_the_body_is_what_jsonresponse_renders(client: TestClient, count: int, encoding: str | None) -> None:
+    body: dict[str, Any] = {"model": "emb", "input": [f"words {i} and more {i * 7}" for i in range(count)]}
+    if encoding is not None:
+        body["encoding_format"] = encoding
+    resp = client.post(EMBED, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    expected = JSONResponse(EmbeddingList.model_validate(resp.json()).model_dump()).body
+    assert resp.content == expected
