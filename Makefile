@@ -78,6 +78,7 @@ bench-profile: setup
 		--max-tokens 1 --concurrency 16 --requests 4000 --rate 1000
 	$(PY) -m bench.thread_cpu --out bench/results --name thread-cpu-stream --mode chat-stream --repeats 3
 	$(PY) -m bench.thread_cpu --out bench/results --name thread-cpu-json --mode json --repeats 2
+	$(PY) -m bench.engine_callback --out bench/results
 
 # On a GPU machine (torch + diffusers + transformers; the llmops rows need the project installed too):
 # issue 14's image table in one run of at most ~10 minutes, every figure written as soon as it exists.
