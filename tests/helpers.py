@@ -153,3 +153,19 @@ def writes_of(state: Any) -> Any:
     counters = state.counters
     assert isinstance(counters, RedisCounters)
     return counters.writes
+
+
+@contextmanager
+def ready_client(config: Path, timeout: float = 60.0) -> Iterator[Any]:
+    """A FastAPI TestClient on the app `config` builds, once /ready answers 200 (its models loaded)."""
+    from fastapi.testclient import TestClient
+
+    from llmops.app import create_app
+    from llmops.settings import load_settings
+
+    with TestClient(create_app(load_settings(config)), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + timeout
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.02)
+        yield client

@@ -5,7 +5,6 @@ process and through a real Redis."""
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from llmops.app import create_app
-from llmops.settings import load_settings
-from tests.helpers import RedisServer, live_server, write_config
+from tests.helpers import RedisServer, live_server, ready_client, write_config
 
 pytestmark = pytest.mark.model
 MODELS: list[dict[str, Any]] = [
@@ -44,10 +41,7 @@ def ask(post: Any, text: str, model: str = "fake") -> httpx.Response:
 def client(tmp_path: Path) -> Iterator[TestClient]:
     _need_models()
     cfg = write_config(tmp_path / "sem.yaml", MODELS, cache=SEMANTIC, state={"backend": "memory"})
-    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 120
-        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
+    with ready_client(cfg, 120) as c:
         yield c
 
 

@@ -5,6 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -81,31 +82,44 @@ def test_accountant_budget_tokens_and_breaker() -> None:
     asyncio.run(run())
 
 
-def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
-    """20 requests at once on a $0.005 budget: each reserves its worst case when admitted, so the key spends
-    at most the budget plus one request's worst case (without reservations all 20 were admitted)."""
-    priced = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02},
-              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
-    cfg = write_config(tmp_path / "c.yaml", [priced],
-                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0},
-                       state={"backend": "memory"}, spend={"refresh_s": 0})
-    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hello there"}]}
+AUTH_SETTINGS = {"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0}
+ADMIN_AUTH = {"Authorization": "Bearer admin-secret-for-the-tests"}
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def _budget_burst(cfg: Path, budget: dict[str, Any], body: dict[str, Any], at_once: int,
+                  worst_model: str) -> tuple[list[Any], float, float]:
+    """`at_once` requests sent together with a key holding `budget`: the answers, the key's spend once every
+    reservation is settled, and one request's worst case at `worst_model`'s prices."""
     with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 0.005, "budget_period": "day"},
-                      headers={"Authorization": "Bearer admin-secret-for-the-tests"}).json()
+        made = c.post("/admin/keys", json={"name": "k", **budget}, headers=ADMIN_AUTH).json()
         auth = {"Authorization": f"Bearer {made['secret']}"}
         services = c.app.state.services  # type: ignore[attr-defined]
-        worst = worst_case_text_usd(services.settings.models[0], estimate_tokens(len("hello there")), 2, 1)
-        with ThreadPoolExecutor(20) as pool:
-            codes = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth).status_code,
-                                  range(20)))
-        assert 429 in codes
-        assert 200 in codes
+        worst = worst_case_text_usd(services.pool.config(worst_model, "chat"), estimate_tokens(len("hello there")),
+                                    body["max_tokens"], 1)
+        with ThreadPoolExecutor(at_once) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth),
+                                    range(at_once)))
         deadline = time.monotonic() + 30
         while services.accountant.reserved(made["id"]) > 0:  # settling runs just after each response
             assert time.monotonic() < deadline
             time.sleep(0.01)
         spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
+    return answers, spent, worst
+
+
+def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
+    """20 requests at once on a $0.005 budget: each reserves its worst case when admitted, so the key spends
+    at most the budget plus one request's worst case (without reservations all 20 were admitted)."""
+    priced = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02},
+              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
+    cfg = write_config(tmp_path / "c.yaml", [priced], auth=AUTH_SETTINGS,
+                       state={"backend": "memory"}, spend={"refresh_s": 0})
+    answers, spent, worst = _budget_burst(cfg, {"budget_usd": 0.005, "budget_period": "day"},
+                                          {"model": "fake", "max_tokens": 2, "messages": HELLO}, 20, "fake")
+    codes = [a.status_code for a in answers]
+    assert 429 in codes
+    assert 200 in codes
     assert spent <= 0.005 + worst
 
 
@@ -119,23 +133,10 @@ def test_a_route_reserves_for_its_dearest_fallback(tmp_path: Path) -> None:
               "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 10.0}}
     cfg = write_config(tmp_path / "c.yaml", [free, priced],
                        routes=[{"name": "auto", "variants": [{"model": "free"}], "fallbacks": ["priced"]}],
-                       auth={"admin_key": "admin-secret-for-the-tests", "key_refresh_s": 0},
-                       state={"backend": "memory"}, spend={"refresh_s": 0})
-    body = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hello there"}]}
-    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 0.1, "budget_period": "total"},
-                      headers={"Authorization": "Bearer admin-secret-for-the-tests"}).json()
-        auth = {"Authorization": f"Bearer {made['secret']}"}
-        services = c.app.state.services  # type: ignore[attr-defined]
-        worst = worst_case_text_usd(services.pool.config("priced", "chat"), estimate_tokens(len("hello there")), 4, 1)
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth), range(16)))
-        codes = [a.status_code for a in answers]
-        assert 429 in codes
-        assert any(a.headers.get("x-llmops-variant") == "priced" for a in answers)
-        deadline = time.monotonic() + 30
-        while services.accountant.reserved(made["id"]) > 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
+                       auth=AUTH_SETTINGS, state={"backend": "memory"},
+                       spend={"refresh_s": 0})
+    answers, spent, worst = _budget_burst(cfg, {"budget_usd": 0.1, "budget_period": "total"},
+                                          {"model": "auto", "max_tokens": 4, "messages": HELLO}, 16, "priced")
+    assert 429 in [a.status_code for a in answers]
+    assert any(a.headers.get("x-llmops-variant") == "priced" for a in answers)
     assert spent <= 0.1 + worst

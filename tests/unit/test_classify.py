@@ -18,11 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from llmops.app import create_app
 from llmops.engines.tiny_resnet import Digits, digits, image_processor
-from llmops.settings import load_settings
 from llmops.stores.keys import KeyLimits, new_key
-from tests.helpers import encode_image, write_config
+from tests.helpers import encode_image, ready_client, write_config
 from tests.unit.test_image_input import png_header_only
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "data" / "open_inference_v2_rest.schema.json").read_text())
@@ -47,11 +45,7 @@ def serve(tmp_path: Path, tiny_resnet_dir: Path, **classify: Any) -> Iterator[Te
         {"name": "fake", "engine": "fake"},
     ]
     cfg = write_config(tmp_path / "c.yaml", models, state={"backend": "memory"}, cache={"enabled": True})
-    app = create_app(load_settings(cfg))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 60
-        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with ready_client(cfg, 60) as c:
         yield c
 
 

@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from llmops.app import create_app
-from llmops.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import ready_client, write_config
 from tests.unit.test_api import assert_error
 
 EMBED = "/v1/embeddings"
@@ -31,11 +29,7 @@ MODELS: list[dict[str, Any]] = [
 
 @contextmanager
 def _client(cfg: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+    with ready_client(cfg, 30) as c:
         yield c
 
 

@@ -6,7 +6,6 @@ byte as JSONResponse would."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,12 +16,10 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from llmops.api import embeddings as api_embeddings
-from llmops.app import create_app
 from llmops.engines import embeddings as st_engine
 from llmops.errors import EngineError, InvalidRequest
 from llmops.protocol.embeddings import EmbeddingList
-from llmops.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import ready_client, write_config
 from tests.unit.test_api import assert_error
 
 EMBED = "/v1/embeddings"
@@ -35,12 +32,7 @@ MODELS: list[dict[str, Any]] = [
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    cfg = write_config(tmp_path / "emb.yaml", MODELS, state={"backend": "memory"})
-    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+    with ready_client(write_config(tmp_path / "emb.yaml", MODELS, state={"backend": "memory"}), 30) as c:
         yield c
 
 

@@ -66,13 +66,19 @@ async def test_a_due_total_is_re_read_once_and_nobody_waits_for_it() -> None:
     assert await totals.get("k", 0.0, store.read) == pytest.approx(3.25)
 
 
-async def test_a_new_period_is_waited_for_and_a_failed_re_read_keeps_the_last_total(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def rereading(usd: float) -> tuple[SpendTotals, Store]:
+    """Totals (always due) whose first read of key k gave `usd`, and a re-read of it now in flight."""
     totals, store = SpendTotals("key", refresh_s=0), Store()
     first = asyncio.ensure_future(totals.get("k", 0.0, store.read))
-    await store.answer(1.0)
+    await store.answer(usd)
     await first
-    assert await totals.get("k", 0.0, store.read) == 1.0  # starts a re-read
+    assert await totals.get("k", 0.0, store.read) == usd  # starts a re-read
+    return totals, store
+
+
+async def test_a_new_period_is_waited_for_and_a_failed_re_read_keeps_the_last_total(
+        caplog: pytest.LogCaptureFixture) -> None:
+    totals, store = await rereading(1.0)
     with caplog.at_level(logging.WARNING, logger="llmops.accounting"):
         await store.answer(OSError("database is locked"))
     assert "could not re-read the spend of key k (OSError: database is locked)" in caplog.text
@@ -87,11 +93,7 @@ async def test_a_store_failing_open_keeps_the_last_total_and_never_reads_as_zero
         caplog: pytest.LogCaptureFixture) -> None:
     """Redis away with `on_error: open` answers no figure (None): the last total stands, with this process's
     spend added, instead of a $0 that gave every spent key its whole budget again once a second."""
-    totals, store = SpendTotals("key", refresh_s=0), Store()
-    first = asyncio.ensure_future(totals.get("k", 0.0, store.read))
-    await store.answer(5.0)
-    await first
-    assert await totals.get("k", 0.0, store.read) == 5.0  # starts a re-read
+    totals, store = await rereading(5.0)
     with caplog.at_level(logging.WARNING, logger="llmops.accounting"):
         await store.answer(None)
     assert "fails open" in caplog.text
