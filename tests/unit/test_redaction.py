@@ -339,3 +339,9 @@ def test_an_escaped_exception_is_answered_once_without_reraising() -> None:
     body = json.loads(sent[1]["body"])
     assert body["error"]["type"] == "server_error"
     assert "boom" not in sent[1]["body"].decode()
+
+
+def test_the_format_characters_class_is_unicodes_category_cf() -> None:
+    import sys
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    assert set(redaction._FORMAT.findall(every)) == {c for c in every if unicodedata.category(c) == "Cf"}

@@ -30,9 +30,10 @@ _NAME = (r"(?:api[_.-]?key|admin[_-]?key|authorization|token(?!s)|secret|passw(?
          r"|(?<![\w-])sig(?![\w-]))")
 _SEPARATOR = r"[\"']?\s{0,16}(?:[:=]|(?<=[\"']),\s{0,4}b?)\s{0,16}[\"']?"
 _SCHEME = r"(?:(?:bearer|basic|token|digest|apikey)\s{1,16})?"
+_MASKED = r"(?!" + _SCHEME + r"\[REDACTED\])"  # the credential after it was masked already (by `Bearer`'s)
 _PATTERNS = (
     re.compile(r"(?i)(\bbearer\s{1,16})" + _VALUE),
-    re.compile(r"(?i)(" + _NAME + r"[\w.-]{0,32}?" + _SEPARATOR + _SCHEME + ")" + _VALUE),
+    re.compile(r"(?i)(" + _NAME + r"[\w.-]{0,32}?" + _SEPARATOR + _MASKED + _SCHEME + ")" + _VALUE),
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{0,64}:)[^\s@/]{1,256}(?=@)"),
     re.compile("(?i)()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
     re.compile(r"()\bhf_[A-Za-z0-9]{20,}"),
@@ -62,6 +63,8 @@ def redact_text(text: str) -> str:
     if text.isascii():
         return _redact(text, text.lower())
     normal = _normal(text)
+    if _clean_words(normal.translate(_DOTTED).lower()):  # no pattern's word, no secret, in any of their forms
+        return text
     if normal != text:
         redacted = _run(normal)
         if redacted != normal:
@@ -69,10 +72,28 @@ def redact_text(text: str) -> str:
     return _run(text)
 
 
+# The letters re's IGNORECASE matches to an ASCII one that NFKC leaves as they are (the long s and the Kelvin
+# sign it maps itself): mapped first, so the lower-cased text holds a pattern's word whenever a pattern could
+# match it.
+_DOTTED = str.maketrans({"\u0131": "i", "\u0130": "i"})
+
+
+def _clean_words(lowered: str) -> bool:
+    return not any(word in lowered for word in _WORDS) and not any(secret in lowered for secret in _secrets)
+
+
+# Unicode's format characters (category Cf: zero-width spaces and joiners, soft hyphen, bidi marks, tags), as
+# one character class so they are removed at C speed (tests/unit/test_redaction.py checks it against
+# unicodedata). Unicode 14, this Python's.
+_FORMAT = re.compile("[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
+                     "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438"
+                     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")
+
+
 def _normal(text: str) -> str:
     """NFKC (fullwidth and other compatibility letters to plain ones), without format characters
     (zero-width spaces and joiners, soft hyphens, bidi marks)."""
-    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+    return _FORMAT.sub("", unicodedata.normalize("NFKC", text))
 
 
 def _redact(text: str, lowered: str) -> str:
@@ -143,7 +164,4 @@ def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
 
 def _clean(text: str) -> bool:
     """Whether `text` certainly needs no redaction: ASCII, without a registered secret nor a pattern's word."""
-    if not text.isascii():
-        return False
-    lowered = text.lower()
-    return not any(word in lowered for word in _WORDS) and not any(secret in lowered for secret in _secrets)
+    return text.isascii() and _clean_words(text.lower())
