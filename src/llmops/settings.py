@@ -8,6 +8,7 @@ when it is called.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -209,14 +210,15 @@ OTEL_HEADER_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEAD
 
 
 def url_secrets(url: str) -> list[str]:
-    """A URL's user name and password, and its query's values: what a log line or an error quoting the URL
-    must not show."""
+    """A URL's user name and password, the Basic credentials an HTTP client makes of them (which a server
+    may echo), and its query's values: what a log line or an error quoting the URL must not show."""
     try:
         parts = urlsplit(url)
-        found = [parts.username or "", parts.password or ""]
+        user, password = parts.username or "", parts.password or ""
     except ValueError:  # not a URL at all: nothing to take from it
         return []
-    return [v for v in (*found, *(value for _, value in parse_qsl(parts.query))) if v]
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode() if user or password else ""
+    return [v for v in (user, password, basic, *(value for _, value in parse_qsl(parts.query))) if v]
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Words of the values people leave in templates ("replace me", "<your admin key here>", "${ADMIN_KEY}")
 PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your", "xxxx",

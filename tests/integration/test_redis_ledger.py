@@ -233,6 +233,35 @@ async def test_a_settled_requests_reservation_is_given_back_only_once_its_spend_
     assert all(held == 5 or spend == pytest.approx(5.0) for held, spend in seen), seen
 
 
+async def test_a_spent_budget_stays_spent_when_redis_fails_open(redis_server: RedisServer) -> None:
+    """While Redis answers, the budget is checked there and the process reads no spend of its own; when
+    Redis goes away (failing open), the process goes by the spend Redis last told it: a key whose budget was
+    spent stays refused (it started from $0 before, and got a whole budget back)."""
+    from llmops.errors import QuotaExceeded
+    from llmops.observability.metrics import Metrics
+    from llmops.pipeline.accounting import Accountant
+    from llmops.settings import ModelConfig, SpendSettings
+    from llmops.stores.keys import KeyLimits, new_key
+
+    model = ModelConfig(name="m", engine="fake", pricing={"completion_usd_per_1k": 1000.0})
+    state = build_state(StateSettings(backend="redis", redis_url=redis_server.url, redis_timeout_s=0.2,
+                                      on_error="open"))
+    accountant = Accountant(state, SpendSettings(refresh_s=0), Metrics())
+    key, _ = new_key("k", (), "interactive", KeyLimits(budget_usd=2.5, budget_period="total"))
+    try:
+        for _ in range(3):  # $1 each: the third passes the budget (reserved at $0.5, it cost $1)
+            charge = await accountant.admit(key, model, worst_case_usd=0.5)
+            accountant.settle(charge, completion_tokens=1)
+            await state.ledger._commit.written()  # type: ignore[attr-defined]
+        with pytest.raises(QuotaExceeded):
+            await accountant.admit(key, model, worst_case_usd=0.5)  # refused in Redis, which read $3
+        redis_server.stop()
+        with pytest.raises(QuotaExceeded):
+            await accountant.admit(key, model, worst_case_usd=0.5)
+    finally:
+        await state.close()
+
+
 def test_redis_replies_are_parsed_by_hiredis() -> None:
     """The `redis` extra installs hiredis, and redis-py then parses every reply in C (in Python, a keyed
     request on Redis cost 8 % more of the server's CPU)."""

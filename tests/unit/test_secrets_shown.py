@@ -11,7 +11,7 @@ import pytest
 
 from llmops import errors
 from llmops.engines.upstream import UpstreamEngine, UpstreamOptions, _error_from, shown_url
-from llmops.errors import InvalidRequest, error_body
+from llmops.errors import EngineError, error_body
 from llmops.eval.models import parse_grade
 from llmops.eval.scorers import ScorerError
 from llmops.observability import redaction
@@ -50,15 +50,16 @@ def test_every_configured_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> No
         auth={"admin_key": "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a"}, images={"url_secret": "image-url-secret-0123"})
     named = set(settings.secret_values())
     assert {UPSTREAM_KEY, JUDGE_KEY, "hf_TokenFromTheEnvironment0123456", "HcTeamS3cretValue", "0therS3cretValue",
-            "UpUrlPassw0rd", "UpUrlC0de77", "RedisPassw0rd99", "OtlpQueryS3cret", "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a",
-            "image-url-secret-0123"} <= named
+            "UpUrlPassw0rd", "UpUrlC0de77",
+            "dXB1c2VyOlVwVXJsUGFzc3cwcmQ=",  # upuser:UpUrlPassw0rd as the Basic credentials httpx sends
+            "RedisPassw0rd99", "OtlpQueryS3cret", "3f9c2a7e81d04b6f9e5a0c1d2b3e4f5a", "image-url-secret-0123"} <= named
 
 
 def test_an_upstream_echoing_its_key_is_masked_in_the_error_a_client_gets(filtered: None) -> None:
     redaction.register_secret(UPSTREAM_KEY)
     body = json.dumps({"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}. Find yours at ..."}})
     exc = _error_from(401, body.encode())
-    assert isinstance(exc, InvalidRequest)
+    assert isinstance(exc, EngineError)  # the upstream refused this server's key: a 500, not the client's 400
     message = error_body(exc)["error"]["message"]
     assert "UpStr3amK3y" not in message
     assert redaction.MASK in message

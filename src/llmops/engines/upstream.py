@@ -73,6 +73,8 @@ def _error_from(status: int, body: bytes) -> LLMOpsError:
     message = f"upstream: {shown_message(said)[:300]}"  # redacted whole, then cut
     if status == 400 and err.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(message, param=err.get("param"))
+    if status in (401, 403):  # the upstream refused this server's credentials: not the client's request
+        return EngineError(message)
     if 400 <= status < 500 and status != 429:
         return InvalidRequest(message, param=err.get("param"))
     if status in (429, 503):

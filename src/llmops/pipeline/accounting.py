@@ -159,6 +159,7 @@ class Accountant:
         decision = None
         if shared is not None:
             made, spent, reserved, decision = shared.made, shared.spent, shared.reserved, shared.tokens
+            self._key_spend.observed(key.id, start, spent)  # what to go by should Redis fail open later
         else:  # in-process backends, or Redis unreachable and failing open: this process's reservations
             spent = await self.key_spend(key, start)
             reserved = self._reserved.get(key.id, 0.0)

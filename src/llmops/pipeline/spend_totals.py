@@ -50,6 +50,14 @@ class SpendTotals:
             return total.usd
         return await asyncio.shield(self._reads.start((name, period), lambda: self._read(name, period, read)))
 
+    def observed(self, name: str, period: float, usd: float) -> None:
+        """A total read elsewhere just now (a shared budget check's answer: every replica's spend), kept as
+        if read here: should the store then become unreachable and fail open, this is the last total to go
+        by, not none (which started every spent key from zero again)."""
+        if (name, period) in self._added_during_read:
+            return  # a read of this total is in flight: it keeps what this process adds meanwhile
+        self._totals[name] = _Total(period, usd, time.monotonic())
+
     def add(self, name: str, usd: float) -> None:
         """This process's spend, counted at once."""
         total = self._totals.get(name)
