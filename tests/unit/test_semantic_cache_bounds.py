@@ -95,8 +95,10 @@ async def test_with_no_requests_a_timer_frees_expired_entries(monkeypatch: pytes
     index = MemoryIndex(10)
     await index.add("a", axis(0), "answer", 0.01)
     await index.add("b", axis(1), "answer", 0.01)
-    await asyncio.sleep(0.2)  # the timer, due at 0.01 s, runs before this sleep's end
-    assert len(index) == 0
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(index):  # no lookup nor store comes: only the timer, due at 0.01 s, can free them
+        assert asyncio.get_running_loop().time() < deadline, "the expired entries were never freed"
+        await asyncio.sleep(0.01)
     assert index.bytes == 0
     await index.close()
 
