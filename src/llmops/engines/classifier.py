@@ -72,7 +72,7 @@ class ClassifierEngine(WorkerEngine):
         self._dtype = o.dtype if o.dtype != "auto" else ("float16" if self._device.startswith("cuda") else "float32")
         source = self._source()
         backend = None if o.processor_backend == "auto" else o.processor_backend
-        self._processor = AutoImageProcessor.from_pretrained(source, backend=backend)  # type: ignore[no-untyped-call]
+        self._processor = AutoImageProcessor.from_pretrained(source, backend=backend)  # type: ignore[no-untyped-call, unused-ignore]  # typed from transformers 5.25
         model = AutoModelForImageClassification.from_pretrained(source, dtype=getattr(torch, self._dtype))
         self._model = model.to(self._device).eval()
         id2label = model.config.id2label
