@@ -205,6 +205,10 @@ class AuthSettings(_Strict):
 
 
 ADMIN_KEY_MIN_CHARS = 16
+# Words of the values people leave in templates ("replace me", "<your admin key here>", "${ADMIN_KEY}")
+PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your", "xxxx",
+                     "password", "${", "<", ">")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")  # tokens libraries read themselves
 OTEL_HEADER_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 
@@ -219,10 +223,6 @@ def url_secrets(url: str) -> list[str]:
         return []
     basic = base64.b64encode(f"{user}:{password}".encode()).decode() if user or password else ""
     return [v for v in (user, password, basic, *(value for _, value in parse_qsl(parts.query))) if v]
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-# Words of the values people leave in templates ("replace me", "<your admin key here>", "${ADMIN_KEY}")
-PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your", "xxxx",
-                     "password", "${", "<", ">")
 
 
 def admin_key_problem(key: str) -> str | None:

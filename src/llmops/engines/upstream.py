@@ -53,6 +53,8 @@ class _Retryable(Exception):
 
 
 def shown_url(url: str) -> str:
+    """`url` with scheme, host, port and path only: without a user name, password or query (where
+    credentials ride)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -90,6 +92,7 @@ class UpstreamEngine:
         self.context_length = options.context_length
         self.capacity = options.capacity
         self.breaker = CircuitBreaker(options.breaker_failures, options.breaker_reset_s)
+        self.shown_url = shown_url(options.base_url)  # what /ready and errors show of it
         self._client: httpx.AsyncClient | None = None
         self._state: Literal["loading", "ready", "failed", "closed"] = "loading"
 
@@ -106,12 +109,6 @@ class UpstreamEngine:
         if self._client is not None:
             await self._client.aclose()
         self._state = "closed"
-
-    @property
-    def shown_url(self) -> str:
-        """The upstream's URL as /ready and errors show it: scheme, host, port and path, without a user
-        name, password or query (where credentials ride)."""
-        return shown_url(self.options.base_url)
 
     def health(self) -> EngineHealth:
         return EngineHealth(self._state, {"upstream": self.shown_url, "circuit": self.breaker.state,

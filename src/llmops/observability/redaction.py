@@ -38,11 +38,11 @@ _PATTERNS = (
     re.compile("(?i)()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
     re.compile(r"()\bhf_[A-Za-z0-9]{20,}"),
 )
-# Every pattern above holds one of these words, in any case: an ASCII text without any of them (nearly
-# every log value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings
-# of the lower-cased text: a regular expression doing the same case-insensitively took 6 us for an access
-# line. A text that is not ASCII always goes the patterns' way (re's IGNORECASE matches a few non-ASCII
-# letters, such as the dotless i and the Kelvin sign, to these words' letters).
+# Every pattern above holds one of these words, in any case: a text without any of them (nearly every log
+# value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings of the
+# lower-cased text (a regular expression doing the same case-insensitively took 6 us for an access line);
+# a text that is not ASCII is looked at in its normal form, with the letters IGNORECASE matches to these
+# words' letters mapped onto them (`redact_text`).
 _WORDS = ("bearer", "authorization", "api", "admin", "token", "secret", "passw", "sig", "credential",
           SECRET_PREFIX, "://", "hf_")
 _PLAIN = frozenset({int, float, bool, type(None)})  # a line's values that hold no text
