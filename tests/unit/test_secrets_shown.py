@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from llmops import errors
-from llmops.engines.upstream import UpstreamEngine, UpstreamOptions, _error_from, shown_url
-from llmops.errors import EngineError, error_body
+from llmops.engines.upstream import UpstreamEngine, UpstreamOptions, _error_from, credentials_conflict, shown_url
+from llmops.errors import ConfigError, EngineError, error_body
 from llmops.eval.models import parse_grade
 from llmops.eval.scorers import ScorerError
+from llmops.eval.targets import client_for
 from llmops.observability import redaction
 from llmops.settings import load_settings
 
@@ -82,3 +83,20 @@ def test_a_judge_reply_is_kept_out_of_the_message_and_shown_by_detail() -> None:
         parse_grade("Looking at it: my private diagnosis is PRIVATE-CONTENT-123")
     assert "PRIVATE-CONTENT" not in str(info.value)  # online evaluation logs str(exc)
     assert "PRIVATE-CONTENT-123" in info.value.detail()  # the offline report shows it
+
+
+def test_a_url_password_and_a_key_from_the_environment_are_refused_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials in the URL go out as HTTP Basic and replace the Bearer key (httpx and the openai client
+    alike), so the key would silently never be sent: the configuration is refused, naming neither secret."""
+    url = "http://upuser:UpUrlPassw0rd@127.0.0.1:18156/v1"
+    with pytest.raises(ValueError, match=r"api_key_env \(UPKEY\) a key sent as Bearer"):
+        UpstreamOptions(base_url=url, api_key_env="UPKEY")
+    problem = credentials_conflict(url, "UPKEY")
+    assert problem is not None
+    assert "UpUrlPassw0rd" not in problem
+    assert credentials_conflict(url, None) is None  # either one alone is fine
+    assert credentials_conflict("http://127.0.0.1:18156/v1", "UPKEY") is None
+    monkeypatch.setenv("UPKEY", UPSTREAM_KEY)
+    with pytest.raises(ConfigError, match="never be sent"):
+        client_for(url, "UPKEY")

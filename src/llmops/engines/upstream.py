@@ -16,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
 from llmops.engines.breaker import CircuitBreaker
@@ -44,6 +44,29 @@ class UpstreamOptions(BaseModel):
     breaker_reset_s: float = Field(30.0, gt=0, description="how long the circuit stays open")
     capacity: int = Field(64, ge=1, description="requests in flight upstream at once (admission's default)")
     context_length: int = Field(1_000_000, ge=1, description="only for budgets; the upstream checks its own")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> UpstreamOptions:
+        problem = credentials_conflict(self.base_url, self.api_key_env)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def credentials_conflict(base_url: str, api_key_env: str | None) -> str | None:
+    """Why `base_url` and `api_key_env` cannot be used together, or None. A user or password in the URL is
+    sent as HTTP Basic, which replaces the `Authorization: Bearer` the key would be sent as (httpx and the
+    openai client alike): the key would silently never reach the upstream."""
+    try:
+        parts = urlsplit(base_url)
+        has_user = bool(parts.username or parts.password)
+    except ValueError:
+        return None  # the URL's own problem, reported where it is used
+    if api_key_env and has_user:
+        return (f"base_url ({shown_url(base_url)}) carries a user name or password, sent as HTTP Basic, and "
+                f"api_key_env ({api_key_env}) a key sent as Bearer: one request has one Authorization header, "
+                "so the key would never be sent. Keep one of them")
+    return None
 
 
 class _Retryable(Exception):

@@ -16,6 +16,7 @@ from typing import Any, cast
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmops.engines.upstream import credentials_conflict
 from llmops.errors import ConfigError
 from llmops.eval.dataset import EvalSpec, Row
 
@@ -72,6 +73,9 @@ class TargetError(Exception):
 
 
 def client_for(base_url: str, api_key_env: str | None, timeout_s: float = 120.0) -> openai.AsyncOpenAI:
+    problem = credentials_conflict(base_url, api_key_env)
+    if problem:
+        raise ConfigError(problem)
     key = os.environ.get(api_key_env, "") if api_key_env else ""
     if api_key_env and not key:
         raise ConfigError(f"environment variable {api_key_env} (the API key) is not set")
