@@ -170,8 +170,7 @@ def build_edge(app: ASGIApp, settings: Settings, lifecycle: Lifecycle, metrics: 
     limits = settings.rate_limits
     return Edge(
         app, observer=Observer(metrics, tracer),
-        auth=Authenticator(state.keys, settings.auth.metrics_require_key, metrics, settings.auth.key_refresh_s,
-                           require_keys=settings.exposed()),
+        auth=Authenticator.from_settings(state.keys, settings, metrics),
         limiter=RateLimiter(state.counters, limits.anonymous_rpm, limits.trusted_proxies, metrics),
         drain=Drain(lifecycle, metrics), gate=AdmissionGate(gate, metrics),
         body_limit=BodyLimit(settings.limits.max_body_bytes, settings.http.max_headers),

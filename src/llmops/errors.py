@@ -10,7 +10,10 @@
     ├── Unauthorized                 401, code invalid_api_key (missing or unknown key)
     ├── PermissionDenied             403 (this key may not use this model; admin API without the admin key)
     ├── RateLimited                  429 + Retry-After, code rate_limit_exceeded
-    │   └── QuotaExceeded            429, code insufficient_quota (the key's budget is spent)
+    │   ├── QuotaExceeded            429, code insufficient_quota (the key's budget is spent)
+    │   └── AuthLockedOut            429, code too_many_auth_failures, x-should-retry: false (this client
+    │                                address sent too many wrong admin keys; its admin keys go unchecked
+    │                                for a while)
     ├── NotFound                     404 (unknown route, unknown job)
     │   └── ModelNotFound            404, code model_not_found
     ├── MethodNotAllowed             405
@@ -100,6 +103,15 @@ class RateLimited(LLMOpsError):
 
 class QuotaExceeded(RateLimited):
     code = "insufficient_quota"
+
+
+class AuthLockedOut(RateLimited):
+    """Too many wrong admin keys from the client's address (middleware/auth_throttle.py): its admin requests
+    are refused without looking at the key, until Retry-After. Sending the same key again will not help, so
+    clients are told not to retry (`x-should-retry: false`, which the openai SDKs honour)."""
+
+    code = "too_many_auth_failures"
+    retryable = False
 
 
 class NotFound(LLMOpsError):

@@ -9,6 +9,7 @@ when it is called.
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import re
 from pathlib import Path
@@ -183,7 +184,19 @@ class AuthSettings(_Strict):
     """API keys. With no key in the store, a server on loopback is open (the embedded default); once a key
     has been created every request needs one (revoking them all does not reopen it, nor does a store that
     loses its keys: a process that has seen a key stays keyed). A server bound elsewhere refuses to start
-    without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so, and never serves without one."""
+    without keys unless `insecure_no_auth` (`--insecure-no-auth`) says so, and never serves without one.
+
+    `require_keys` makes a loopback server keyed from its start too: a replica behind a sidecar proxy, bound
+    to 127.0.0.1, that starts while its shared Redis is empty (flushed, or restarted without persistence)
+    would otherwise see no key and serve anyone. With it and no key in the store, every request but the
+    probes (and the open pages: console, docs, /metrics unless `metrics_require_key`) gets 401 until a key
+    exists; the admin API still works, to create one.
+
+    Wrong admin keys are throttled per client address (middleware/auth_throttle.py): `max_failures` of them
+    within `failure_window_s` and that address's /admin requests get 429 with Retry-After, their keys
+    unchecked, for `failure_window_s` (API keys, 256 random bits, are not throttled). The address is the
+    rate limiter's: behind a proxy, list it in `rate_limits.trusted_proxies`, or every client shares the
+    proxy's address and one client's failures lock all of them out of the admin API."""
 
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")
@@ -192,6 +205,16 @@ class AuthSettings(_Strict):
                                  "and each key it has verified (keys created or revoked by the CLI or another "
                                  "replica take effect this soon; revoked through this server's admin API, at "
                                  "once; tests use 0)")
+    require_keys: bool = Field(False, description="every request needs a key from the start, even with no key "
+                               "in the store (then all but the probes and open pages get 401 until one is "
+                               "created): for a replica on loopback behind a sidecar, whose shared store may "
+                               "come back empty. False: keyed once a key exists, or from the start when bound "
+                               "beyond loopback")
+    max_failures: int = Field(20, ge=0, description="wrong admin keys one client address may present within "
+                              "failure_window_s; then its /admin requests get 429 with Retry-After, their "
+                              "keys unchecked, until that window passes. Counted per process. 0: no limit")
+    failure_window_s: float = Field(60.0, gt=0, le=86_400, description="the window of max_failures, and how "
+                                    "long an address that reached it is refused")
 
     @field_validator("admin_key")
     @classmethod
@@ -223,6 +246,14 @@ def url_secrets(url: str) -> list[str]:
         return []
     basic = base64.b64encode(f"{user}:{password}".encode()).decode() if user or password else ""
     return [v for v in (user, password, basic, *(value for _, value in parse_qsl(parts.query))) if v]
+
+
+def admin_key_matches(key: SecretStr | None, given: str) -> bool:
+    """Whether `given` is the admin key, compared in constant time; never while the admin API is disabled
+    (no key, or an empty one, which the settings refuse anyway)."""
+    if key is None or not key.get_secret_value():
+        return False
+    return hmac.compare_digest(given.encode(), key.get_secret_value().encode())
 
 
 def admin_key_problem(key: str) -> str | None:
@@ -516,6 +547,11 @@ class Settings(BaseSettings):
         (a Redis flushed or restarted empty), it refuses every request rather than serve them."""
         loopback = self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
         return not loopback and not self.insecure_no_auth
+
+    def keys_required(self) -> bool:
+        """Whether every request needs a key from the start, with or without keys in the store: when
+        `auth.require_keys` says so, or when exposed (bound beyond loopback)."""
+        return self.auth.require_keys or self.exposed()
 
     @field_validator("models")
     @classmethod

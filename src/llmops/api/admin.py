@@ -1,10 +1,13 @@
 """The admin API, guarded by the admin key (`auth.admin_key`; `Authorization: Bearer` or `X-Admin-Key`),
 never open: without an admin key configured it answers 403. Keys: create (the secret is in this response
-only), list, show, revoke. Spend: reports by key, model and day."""
+only), list, show, revoke. Spend: reports by key, model and day.
+
+The edge (middleware/auth.py) sees a wrong admin key first: it counts it against the client's address and
+refuses it, and refuses an address locked out for its failures with 429 before its key is looked at. The
+guard here checks the key again, so the router is never open whatever is in front of it."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -15,6 +18,7 @@ from llmops.api import deps
 from llmops.api.usage import DayRange, report_rows
 from llmops.errors import InvalidRequest, PermissionDenied
 from llmops.http_edge import presented_key
+from llmops.settings import admin_key_matches
 from llmops.stores.keys import KeyLimits, KeyStore, new_key
 
 router = APIRouter(prefix="/admin")
@@ -40,7 +44,7 @@ def _guard(request: Request) -> KeyStore:
     if admin is None or not admin.get_secret_value():  # settings refuse an empty key; never trust one here
         raise PermissionDenied("the admin API is disabled: set auth.admin_key (LLMOPS_AUTH__ADMIN_KEY)")
     given = request.headers.get("x-admin-key") or presented_key(request.scope) or ""
-    if not hmac.compare_digest(given.encode(), admin.get_secret_value().encode()):
+    if not admin_key_matches(admin, given):
         raise PermissionDenied("a valid admin key is required")
     store: KeyStore = deps.state(request).keys
     return store

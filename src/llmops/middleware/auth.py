@@ -8,9 +8,17 @@ beyond loopback (`Settings.exposed`) is never open: with no key in the store it 
 
 /health and /ready are always open, and so are the console and docs pages and signed image URLs (the
 handler checks the signature; which paths these are is http_edge's); /metrics is open unless
-`auth.metrics_require_key`; /admin is guarded by the admin key in its own router. With no key in the
-store, the server is open (a loopback-only embedded default: `llmops serve` refuses a non-loopback bind
-without keys)."""
+`auth.metrics_require_key`; /admin is guarded by the admin key in its own router, and here a wrong one is
+refused (403, as the router would) and counted. With no key in the store, the server is open (a
+loopback-only embedded default: `llmops serve` refuses a non-loopback bind without keys) unless
+`auth.require_keys` (`Settings.keys_required`).
+
+Wrong admin keys are throttled per client address (auth_throttle.py): an address that presented too many
+gets 429 on /admin before its key is looked at. API keys are not: they are 256 random bits, which no rate
+of guessing finds, and a lockout of the API would let one client lock out every client that shares its
+address (all of them, behind a proxy not in `rate_limits.trusted_proxies`). The admin key is chosen by an
+operator, so guessing it is worth slowing, and a lockout closes only the admin API. The presented key is
+never logged."""
 
 from __future__ import annotations
 
@@ -18,9 +26,10 @@ import asyncio
 import logging
 import time
 
+from pydantic import SecretStr
 from starlette.types import Scope
 
-from llmops.errors import LLMOpsError, Unauthorized
+from llmops.errors import AuthLockedOut, LLMOpsError, PermissionDenied, Unauthorized
 from llmops.http_edge import (
     ADMIN_PREFIX,
     PROBES,
@@ -31,21 +40,45 @@ from llmops.http_edge import (
     set_api_key,
     signed_image_request,
 )
+from llmops.middleware.auth_throttle import FailureThrottle
 from llmops.observability.metrics import Metrics
+from llmops.settings import Settings, admin_key_matches
 from llmops.stores.keys import KeyStore, verify
 from llmops.tasks import SingleFlight
 
 log = logging.getLogger("llmops.auth")
 
 
+def presented_admin_key(scope: Scope) -> str:
+    """The admin key a request presents, read as the admin router reads it: the first `X-Admin-Key`, else
+    the API key's headers (http_edge.presented_key); "" when none."""
+    for name, value in scope["headers"]:
+        if name == b"x-admin-key":
+            given = value.decode("latin-1")
+            break
+    else:
+        given = ""
+    return given or presented_key(scope) or ""
+
+
 class Authenticator:
     def __init__(self, store: KeyStore, metrics_require_key: bool, metrics: Metrics, refresh_s: float = 1.0,
-                 require_keys: bool = False) -> None:
-        self.store, self.metrics, self.refresh_s = store, metrics, refresh_s
+                 require_keys: bool = False, throttle: FailureThrottle | None = None,
+                 admin_key: SecretStr | None = None) -> None:
+        self.store, self.metrics, self.refresh_s, self.admin_key = store, metrics, refresh_s, admin_key
         self.open_paths = PROBES if metrics_require_key else (*PROBES, "/metrics")
         self._keyed = require_keys  # once true, for the process's lifetime
         self._counted_at = 0.0  # time.monotonic() of the last count of the keys in the store (0: none yet)
         self._recount: SingleFlight[str, int] = SingleFlight()
+        self.throttle = throttle or FailureThrottle(0, 60.0)  # none given: nothing is counted
+        self._lockouts = self.throttle.locked  # /admin's first test: empty while nobody is locked out
+
+    @classmethod
+    def from_settings(cls, store: KeyStore, settings: Settings, metrics: Metrics) -> Authenticator:
+        auth = settings.auth
+        throttle = FailureThrottle(auth.max_failures, auth.failure_window_s, settings.rate_limits.trusted_proxies)
+        return cls(store, auth.metrics_require_key, metrics, auth.key_refresh_s,
+                   require_keys=settings.keys_required(), throttle=throttle, admin_key=auth.admin_key)
 
     async def _any_keys(self) -> bool:
         """Whether requests need a key. Once they do, they always will, and the store is not asked again.
@@ -89,9 +122,10 @@ class Authenticator:
 
     async def check(self, scope: Scope) -> Refusal | None:
         """None when the request may go on (its key, if any, put in the scope); else the 401 (or the
-        store's error when it cannot vouch for a key)."""
+        store's error when it cannot vouch for a key), or on /admin the 403 of a wrong admin key or the 429
+        of an address locked out for them."""
         if self.exempt(scope):
-            return None
+            return self._check_admin(scope) if scope["path"].startswith(ADMIN_PREFIX) else None
         try:
             keyed = await self._any_keys()
             if not keyed:
@@ -106,3 +140,27 @@ class Authenticator:
             return Refusal(Unauthorized(message), {"WWW-Authenticate": "Bearer"})
         set_api_key(scope, key)
         return None
+
+    def _check_admin(self, scope: Scope) -> Refusal | None:
+        """/admin: a locked-out address is refused before its key is looked at; a wrong admin key is counted
+        and refused (403, as the router would refuse it). The router checks the key again, and answers a
+        missing one, or a disabled admin API, itself."""
+        if self._lockouts:
+            locked_out = self._locked_out(scope)
+            if locked_out is not None:
+                return locked_out
+        given = presented_admin_key(scope)
+        if self.admin_key is None or not given or admin_key_matches(self.admin_key, given):
+            return None
+        self.throttle.failed(scope)
+        return Refusal(PermissionDenied("a valid admin key is required"))
+
+    def _locked_out(self, scope: Scope) -> Refusal | None:
+        """The 429 of an address locked out for its failures (counted in llmops_rejections_total), or None."""
+        retry_after = self.throttle.retry_after(scope)
+        if retry_after is None:
+            return None
+        error = AuthLockedOut(f"too many wrong admin keys from this address: try again in {retry_after} s",
+                              retry_after=retry_after)
+        self.metrics.reject(UNKNOWN_MODEL, error, "auth_lockout")
+        return Refusal(error)
