@@ -102,6 +102,23 @@ def test_two_turn_tool_loop(client: openai.OpenAI) -> None:
     assert second.choices[0].message.content
 
 
+def test_auto_lets_the_model_answer_in_text(client: openai.OpenAI) -> None:
+    """tool_choice auto (the default with tools) is the model's choice: llama.cpp applies an llguidance
+    grammar from the first token, lazy or not, so it once forced a call on every prompt; and a text answer
+    ends at the model's end of turn, not at max_tokens."""
+    answers = [_tool_turn(client, [{"role": "user", "content": q}], tool_choice="auto").choices[0]
+               for q in ("What is 2+2? Answer with a number.", "Say hi to me.", "Reply with just the word yes.")]
+    for choice in answers:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            assert all(isinstance(json.loads(c.function.arguments), dict) for c in choice.message.tool_calls)
+        else:
+            assert choice.message.content
+    texts = [c for c in answers if not c.message.tool_calls]
+    assert texts, "every prompt was answered with a call"
+    assert any(c.finish_reason == "stop" for c in texts)
+
+
 def test_named_tool_choice_and_one_call(client: openai.OpenAI) -> None:
     r = _tool_turn(client, [{"role": "user", "content": "Weather and time in Oslo?"}], parallel_tool_calls=False,
                    tool_choice={"type": "function", "function": {"name": "get_time"}})

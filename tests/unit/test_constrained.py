@@ -4,10 +4,12 @@ turned into tool-call deltas as text streams."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 
+from llmops.engines import constrained
 from llmops.engines.base import SamplingParams, StructuredOutput, TextChunk, TextRequest, TokenUsage, ToolSpec
-from llmops.engines.constrained import SAFE_INTEGER, bounded, grammar_fields, tool_call_stream
+from llmops.engines.constrained import CALL_OPEN, SAFE_INTEGER, bounded, grammar_fields, tool_call_stream
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
@@ -29,13 +31,15 @@ def test_structured_output_is_a_bounded_json_schema() -> None:
 
 
 def test_tool_grammar_per_choice() -> None:
-    auto = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "auto")))
-    assert auto["grammar_lazy"] is True
-    assert auto["grammar_triggers"] == [{"type": 1, "value": "<tool_call>"}]
+    auto = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "auto")), turn_ends=(2, 106))
+    assert "grammar_lazy" not in auto  # llama.cpp ignores it for llguidance grammars: auto was required
+    assert "start: tc_calls | TC_TEXT tc_end\n" in auto["grammar"]
+    assert "tc_end: <[2]> | <[106]>\n" in auto["grammar"]
     assert '"get_time"' in auto["grammar"]
     assert '"get_weather"' in auto["grammar"]
-    required = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "required", parallel=False)))
-    assert "grammar_lazy" not in required
+    assert grammar_fields(request(tools=ToolSpec((WEATHER,), "auto"))) == {}  # no turn ends known: unconstrained
+    required = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "required", parallel=False)), turn_ends=(2,))
+    assert "TC_TEXT" not in required["grammar"]
     assert "tc_call)?" not in required["grammar"]  # one call only
     named = grammar_fields(request(tools=ToolSpec((WEATHER, TIME), "get_time")))
     assert '"get_weather"' not in named["grammar"]
@@ -86,3 +90,28 @@ def test_counts_beyond_the_context_are_settled_before_the_grammar_is_compiled() 
     settled = grammar_fields(request(structured=StructuredOutput("json_schema", wide)), 4096)["json_schema"]
     assert settled["properties"]["xs"] == {"type": "array", "minItems": 2}
     assert bounded(wide)["properties"]["xs"]["maxItems"] == 1_000_000  # no limit given: left as it is
+
+
+def test_a_count_error_names_the_parameter_its_schema_came_from() -> None:
+    """A tool's schema is named as the tool's parameters (its index in the request's tools), not as
+    response_format; response_format's as response_format."""
+    import pytest
+
+    from llmops.errors import InvalidRequest
+    huge = {"type": "object", "properties": {"xs": {"type": "array", "minItems": 1_000_000}}}
+    many = {"type": "function", "function": {"name": "many", "parameters": huge}}
+    for choice in ("auto", "required", "many"):
+        with pytest.raises(InvalidRequest) as err:
+            grammar_fields(request(tools=ToolSpec((WEATHER, TIME, many), choice)), 4096)
+        assert err.value.param == "tools.2.function.parameters"
+    with pytest.raises(InvalidRequest) as err:
+        grammar_fields(request(structured=StructuredOutput("json_schema", huge)), 4096)
+    assert err.value.param == "response_format"
+
+
+def test_auto_text_is_any_text_but_one_that_begins_a_call() -> None:
+    text = re.compile(constrained._not_beginning_with(CALL_OPEN))
+    for answer in ("4", "<b>bold</b>", "<", "<tool_call", "<toolbox>", "Sure.\n<tool_call>\n{}", "\n"):
+        assert text.fullmatch(answer), answer
+    for answer in ("<tool_call>", "<tool_call>\n{\"name\": \"f\"}"):
+        assert not text.fullmatch(answer), answer

@@ -57,6 +57,7 @@ def test_counts_beyond_32_bits_are_refused(client: TestClient, path: str, extra:
     ({"type": "integer", "minimum": -(10**300)}, "beyond 64 bits"),
     ({"type": 12}, "'type' must name JSON types"),
     ({"type": "array", "minItems": -1}, "non-negative"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(1001)}}, "at most 1000"),
 ])
 def test_schemas_no_grammar_compiler_takes_are_refused(client: TestClient, schema: dict[str, Any], said: str) -> None:
     as_format = {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
@@ -65,6 +66,27 @@ def test_schemas_no_grammar_compiler_takes_are_refused(client: TestClient, schem
         response = client.post("/v1/chat/completions", json=body)
         assert response.status_code == 400, response.text
         assert said in response.json()["error"]["message"]
+
+
+def test_schema_and_tool_choice_errors_name_the_parameter(client: TestClient) -> None:
+    """A schema's problem names where the schema is; a tool_choice that names no tool names tool_choice (it
+    was answered as 'the request body must be a JSON object', with no parameter)."""
+    bad = {"type": 12}
+    tools = [{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "b",
+                                                                                                "parameters": bad}}]
+    cases = [
+        ({"tools": tools}, "tools.1.function.parameters"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": bad}}},
+         "response_format.json_schema.schema"),
+        ({"tools": tools[:1], "tool_choice": {"type": "function", "function": {"name": "zzz"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+    ]
+    for extra, param in cases:
+        response = client.post("/v1/chat/completions", json={**CHAT, **extra})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == param, error
+        assert "JSON object" not in error["message"]
 
 
 def test_schemas_with_keyword_named_properties_and_unicode_patterns_pass(client: TestClient) -> None:

@@ -5,15 +5,34 @@ always parses and matches). Tools follow the Hermes/Qwen convention that tool-aw
 the `chatml-tools` template in chat_format.py) write into the prompt: a call is
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. The grammar (llguidance syntax, which is
 what this llama.cpp build speaks) admits only calls of the offered functions with arguments matching their
-JSON schema: from the first token for `required` or a named function, from the `<tool_call>` trigger on
-for `auto` (a lazy grammar: the model may answer in text instead).
+JSON schema, from the first token for `required` or a named function. For `auto` it admits those calls or
+a text that does not begin with `<tool_call>`, ended by the model's end-of-turn token, so the model chooses
+with its first tokens. (llama.cpp's lazy grammars, which wait for a trigger word, are GBNF's only: it
+applies an llguidance grammar from the first token whatever `grammar_lazy` says, which made `auto` behave
+as `required`.) A text answer may still go on to write a call; the splitter below takes it, unconstrained,
+as the model wrote it.
+
+llama.cpp compiles these grammars with llguidance when a slot takes the request, and where llguidance
+refuses one (a conflicting `allOf`, a keyword it does not implement, a look-around pattern) it logs
+"llg error" and generates without it. So every grammar is first checked by llguidance itself
+(`GrammarCompiler`, in the same library), and one it refuses is a 400 naming the parameter it came from:
+`response_format`, or `tools.<i>.function.parameters` for a tool's (each on its own: in a union of calls an
+unsatisfiable one would be dropped without a word), or `tools` for the calls' grammar as a whole.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import json
+import re
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from llmops.engines.base import TextChunk, TextRequest, ToolCallDelta, ToolSpec
@@ -22,24 +41,30 @@ from llmops.errors import InvalidRequest
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 SAFE_INTEGER = 2**53 - 1  # the integers JSON interoperates on (RFC 8259): a bound for unbounded ones
 MAX_PARALLEL_CALLS = 4
-_TRIGGER_WORD = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
+RESPONSE_FORMAT = "response_format"
 
 
 ITEM_COUNTS = ("minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains")
 
 
-def bounded(schema: Any, limit: int | None = None) -> Any:
+def tool_param(index: int) -> str:
+    """The request parameter a tool's argument schema is (the same path a body validation error names)."""
+    return f"tools.{index}.function.parameters"
+
+
+def bounded(schema: Any, limit: int | None = None, *, param: str | None = None) -> Any:
     """`schema` with every unbounded integer limited to +-(2^53 - 1): a small model at temperature 0 can
     otherwise write digits until max_tokens, and the answer never closes. With `limit` (the model's
     context, in tokens: each item or property takes at least one), a count no answer could reach is
     settled here, before the grammar compiler spends seconds and gigabytes unrolling it: a minimum above
-    it is refused (400), a maximum at or above it says nothing and is dropped. (The schema's shape was
-    checked by protocol/json_schema.py, its depth bounded, when the request was read.)"""
+    it is refused (400 naming `param`, the request parameter the schema came from), a maximum at or above
+    it says nothing and is dropped. (The schema's shape was checked by protocol/json_schema.py, its depth
+    bounded, when the request was read.)"""
     if isinstance(schema, list):
-        return [bounded(x, limit) for x in schema]
+        return [bounded(x, limit, param=param) for x in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bounded(v, limit) for k, v in schema.items()}
+    out = {k: bounded(v, limit, param=param) for k, v in schema.items()}
     kind = out.get("type")
     if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
         if "maximum" not in out and "exclusiveMaximum" not in out:
@@ -47,56 +72,254 @@ def bounded(schema: Any, limit: int | None = None) -> Any:
         if "minimum" not in out and "exclusiveMinimum" not in out:
             out["minimum"] = -SAFE_INTEGER
     if limit is not None:
-        _settle_counts(out, limit)
+        _settle_counts(out, limit, param)
     return out
 
 
-def _settle_counts(schema: dict[str, Any], limit: int) -> None:
+def _settle_counts(schema: dict[str, Any], limit: int, param: str | None) -> None:
     for name in ITEM_COUNTS:
         value = schema.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < limit:
             continue
         if name.startswith("min") and value > limit:
             raise InvalidRequest(f"the schema's {name} of {value} asks for more than an answer of this model's "
-                                 f"{limit} tokens of context can hold", param="response_format")
+                                 f"{limit} tokens of context can hold", param=param)
         if name.startswith("max"):
             del schema[name]
 
 
-def _function_schema(function: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
-    fn = function.get("function", function)
-    params = fn.get("parameters") or {"type": "object"}
-    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": bounded(params, limit)},
+def json_grammar(schema: Any) -> str:
+    """The grammar llama.cpp compiles from a `json_schema` field (what its json_schema_to_grammar writes
+    when it is built with llguidance, as xllamacpp's wheels are)."""
+    return f"%llguidance {{}}\nstart: %json {json.dumps(schema)}"
+
+
+def _call_schema(name: str, arguments: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
             "required": ["name", "arguments"]}
 
 
-def _offered(spec: ToolSpec) -> list[dict[str, Any]]:
+def _offered(spec: ToolSpec) -> list[tuple[int, dict[str, Any]]]:
+    """The functions the model may call, each with its index in the request's `tools`."""
+    indexed = [(i, f.get("function", f)) for i, f in enumerate(spec.functions)]
     if spec.choice in ("auto", "required"):
-        return list(spec.functions)
-    return [f for f in spec.functions if f.get("function", f).get("name") == spec.choice]
+        return indexed
+    return [(i, fn) for i, fn in indexed if fn.get("name") == spec.choice]
 
 
-def tool_grammar(spec: ToolSpec, limit: int | None = None) -> str:
-    schemas = [_function_schema(f, limit) for f in _offered(spec)]
-    call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if spec.parallel else ""
+def _tool_grammar(calls: list[dict[str, Any]], parallel: bool, turn_ends: tuple[int, ...] = ()) -> str:
+    """The calls' grammar. With `turn_ends` (tool_choice auto: the tokens the model may end its turn with),
+    a text answer instead of calls is admitted too, ended by one of those tokens: llguidance ends a grammar
+    with the one end-of-text token llama.cpp gives it, which a text lexeme open to any character never
+    yields to (every text answer then ran to max_tokens), so the grammar names the model's own."""
+    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
+    start = "start: tc_calls\n"
+    if turn_ends:
+        ends = " | ".join(f"<[{token}]>" for token in turn_ends)
+        start = (f"start: tc_calls | TC_TEXT tc_end\ntc_end: {ends}\n"
+                 f"TC_TEXT: /{_not_beginning_with(CALL_OPEN)}/\n")
     return ("%llguidance {}\n"
-            f"start: tc_call{more}\n"
+            f"{start}"
+            f"tc_calls: tc_call{more}\n"
             f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
 
 
-def grammar_fields(request: TextRequest, limit: int | None = None) -> dict[str, Any]:
-    """The llama.cpp completion fields that constrain this request's output (`limit`: the model's context
-    in tokens, which bounds the counts a schema may ask for)."""
+def _not_beginning_with(marker: str) -> str:
+    """A regex (Rust's syntax, llguidance's) of the non-empty texts that do not begin with `marker`: those
+    that part from it at some character, then anything, and its own proper beginnings (llguidance has no
+    look-ahead). `marker` is plain: letters, `<`, `>` and `_`, none of which the regex needs escaped."""
+    assert re.fullmatch(r"[A-Za-z<>_]+", marker)
+    parted = "|".join(f"{marker[:i]}[^{marker[i]}]" for i in range(len(marker)))
+    beginnings = "|".join(marker[:i] for i in range(1, len(marker)))
+    return f"(?s:(?:{parted}).*)|{beginnings}"
+
+
+@dataclass(frozen=True)
+class GrammarCheck:
+    """A grammar llama.cpp will compile for a request: the parameter it comes from, and what it is called
+    in the error that refuses it."""
+
+    param: str
+    subject: str
+    grammar: str
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """The llama.cpp completion fields that constrain a request's output, and the grammars they compile to
+    (each argument schema on its own too: in a union of calls llguidance drops a function whose schema no
+    value can match, without a word, so that function could never be called)."""
+
+    fields: dict[str, Any]
+    checks: tuple[GrammarCheck, ...] = ()
+
+
+def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple[int, ...] = ()) -> Constraints:
+    """What constrains this request's output (`limit`: the model's context in tokens, which bounds the
+    counts a schema may ask for; `turn_ends`: the tokens the model ends a turn with, which a text answer
+    under tool_choice auto ends with). Tools take precedence over `response_format`. With tool_choice auto
+    and no `turn_ends` known, nothing constrains the answer: its calls are taken as the model writes them."""
     if request.tools is not None:
-        fields: dict[str, Any] = {"grammar": tool_grammar(request.tools, limit)}
-        if request.tools.choice == "auto":
-            fields.update(grammar_lazy=True, grammar_triggers=[{"type": _TRIGGER_WORD, "value": CALL_OPEN}])
-        return fields
+        calls, checks = [], []
+        for index, fn in _offered(request.tools):
+            param = tool_param(index)
+            arguments = bounded(fn.get("parameters") or {"type": "object"}, limit, param=param)
+            calls.append(_call_schema(fn["name"], arguments))
+            checks.append(GrammarCheck(param, f"the parameters schema of function {fn['name']!r}",
+                                       json_grammar(arguments)))
+        grammar = _tool_grammar(calls, request.tools.parallel)  # what the client's schemas make: checked
+        checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
+        if request.tools.choice != "auto":
+            return Constraints({"grammar": grammar}, tuple(checks))
+        if not turn_ends:
+            return Constraints({}, tuple(checks))
+        return Constraints({"grammar": _tool_grammar(calls, request.tools.parallel, turn_ends)}, tuple(checks))
     if request.structured is not None:
         schema = request.structured.schema if request.structured.type == "json_schema" else None
-        return {"json_schema": bounded(schema, limit) if schema else {"type": "object"}}
-    return {}
+        if not schema:
+            return Constraints({"json_schema": {"type": "object"}})
+        settled = bounded(schema, limit, param=RESPONSE_FORMAT)
+        return Constraints({"json_schema": settled},
+                           (GrammarCheck(RESPONSE_FORMAT, "response_format's JSON schema", json_grammar(settled)),))
+    return Constraints({})
+
+
+def grammar_fields(request: TextRequest, limit: int | None = None,
+                   turn_ends: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The llama.cpp completion fields that constrain this request's output (constraints' fields)."""
+    return constraints(request, limit, turn_ends).fields
+
+
+def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str | None]) -> None:
+    """400 naming the parameter of the first grammar the compiler refuses (`problem`: its reason, or None)."""
+    for check in checks:
+        reason = problem(check.grammar)
+        if reason is not None:
+            raise InvalidRequest(f"llama.cpp's grammar compiler refuses {check.subject}: {reason}",
+                                 param=check.param)
+
+
+# llguidance's own check, in the library llama.cpp runs ----------------------------------------------------------
+
+CHECK_BUDGET_S = 0.25  # CPU seconds one grammar's check may take: llama.cpp's compile takes 3-4x as long,
+# in the loop that decodes every slot (8,000 optional properties: 1.7 s checked, every stream stalled 5.8 s)
+_VERDICTS = 1024  # grammars whose verdict is remembered (a client sends the same tools every turn)
+_MESSAGE_BYTES = 4096
+_EXCERPT = re.compile(r"^\s*\d+ \| ")  # the start of llguidance's excerpt of the grammar under its message
+_POSITION = re.compile(r"^at \d+\(\d+\): ")
+_CARETS = re.compile(r"^\s*\^+\s*$")
+
+
+class _TokenizerInit(ctypes.Structure):
+    """llguidance's LlgTokenizerInit (llguidance.h; the layout llama.cpp's own llguidance.cpp fills in)."""
+
+    _fields_ = [("vocab_size", ctypes.c_uint32), ("tok_eos", ctypes.c_uint32),
+                ("token_lens", ctypes.POINTER(ctypes.c_uint32)), ("token_bytes", ctypes.c_char_p),
+                ("tokenizer_json", ctypes.c_char_p), ("tokenize_assumes_string", ctypes.c_bool),
+                ("tokenize_fn", ctypes.c_void_p), ("use_approximate_greedy_tokenize_fn", ctypes.c_bool),
+                ("tokenize_user_data", ctypes.c_void_p), ("slices", ctypes.POINTER(ctypes.c_char_p))]
+
+
+class _InitHead(ctypes.Structure):
+    """The first fields of LlgConstraintInit: the rest (the parser's limits) keep llguidance's defaults,
+    the ones llama.cpp compiles with."""
+
+    _fields_ = [("tokenizer", ctypes.c_void_p), ("log_buffer_level", ctypes.c_uint32),
+                ("log_stderr_level", ctypes.c_uint32)]
+
+
+class GrammarCompiler:
+    """llguidance's check of a grammar (`llg_validate_grammar`, "about twice as fast as creating a
+    matcher"), called through ctypes in the llama.cpp library the engine runs, so the verdict is the one
+    llama.cpp reaches when a slot starts the request. There a grammar llguidance refuses is logged and the
+    answer generated without it: a 200 no schema constrained. The check is run off the event loop (ctypes
+    releases the GIL); verdicts are remembered by the grammar's digest.
+
+    The vocabulary is 256 one-byte tokens: whether a JSON schema or grammar compiles does not depend on the
+    model's tokens, and llguidance's tokenizer built from the model's costs seconds (llama.cpp's first
+    constrained request on Gemma 3, 262,144 tokens, waited 2 s for it)."""
+
+    def __init__(self, library: str) -> None:
+        lib = ctypes.CDLL(library)  # already loaded: the same handle
+        lib.llg_new_tokenizer.restype = ctypes.c_void_p
+        lib.llg_new_tokenizer.argtypes = [ctypes.POINTER(_TokenizerInit), ctypes.c_char_p, ctypes.c_size_t]
+        lib.llg_constraint_init_set_defaults.restype = None
+        lib.llg_constraint_init_set_defaults.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.llg_validate_grammar.restype = ctypes.c_int32
+        lib.llg_validate_grammar.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                             ctypes.c_size_t]
+        self._lib = lib
+        self._validate = lib.llg_validate_grammar
+        tokens = [bytes([b]) for b in range(256)] + [b"\xff<eos>"]  # 0xff: llama.cpp's mark of a special token
+        lens = (ctypes.c_uint32 * len(tokens))(*map(len, tokens))
+        no_slices = (ctypes.c_char_p * 1)(None)
+        tok_init = _TokenizerInit(len(tokens), 256, lens, b"".join(tokens), None, False, None, True, None,
+                                  no_slices)
+        error = ctypes.create_string_buffer(1024)
+        tokenizer = lib.llg_new_tokenizer(ctypes.byref(tok_init), error, len(error))
+        if not tokenizer:
+            raise OSError(f"llguidance refused its tokenizer: {error.value.decode(errors='replace')}")
+        self._init = ctypes.create_string_buffer(1024)  # LlgConstraintInit is about 90 bytes
+        lib.llg_constraint_init_set_defaults(self._init, tokenizer)
+        head = _InitHead.from_buffer(self._init)
+        if head.tokenizer != tokenizer:
+            raise OSError("llguidance's LlgConstraintInit is not laid out as llguidance.h says")
+        head.log_buffer_level = head.log_stderr_level = 0
+        self._lock = threading.Lock()
+        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()
+
+    def problem(self, grammar: str) -> str | None:
+        """Why llguidance refuses `grammar`, or None. Blocks for as long as the check takes: call it off the
+        event loop."""
+        data = grammar.encode()
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        with self._lock:
+            if key in self._verdicts:
+                self._verdicts.move_to_end(key)
+                return self._verdicts[key]
+        verdict = self._check(data)
+        with self._lock:
+            self._verdicts[key] = verdict
+            while len(self._verdicts) > _VERDICTS:
+                self._verdicts.popitem(last=False)
+        return verdict
+
+    def _check(self, data: bytes) -> str | None:
+        message = ctypes.create_string_buffer(_MESSAGE_BYTES)
+        started = time.thread_time()
+        status = self._validate(self._init, b"lark", data, message, _MESSAGE_BYTES)
+        spent = time.thread_time() - started
+        if status < 0:  # 1 is a warning: the grammar compiles
+            return compiler_reason(message.value.decode(errors="replace"))
+        if spent > CHECK_BUDGET_S:
+            return (f"it is too costly to compile ({spent:.2f} s of CPU to check; llama.cpp would hold the model "
+                    f"several times as long; the limit is {CHECK_BUDGET_S} s)")
+        return None
+
+
+def compiler_reason(message: str) -> str:
+    """llguidance's message without its position in our grammar and its excerpt of it (the whole schema)."""
+    lines = []
+    for line in message.strip().splitlines():
+        if _EXCERPT.match(line):
+            break
+        if not _CARETS.match(line):
+            lines.append(line.strip())
+    reason = _POSITION.sub("", " ".join(x for x in lines if x)).removeprefix("failed to compile JSON schema: ")
+    return reason[:400] or "it does not compile"
+
+
+@functools.cache
+def load_compiler(library: str | None) -> GrammarCompiler | None:
+    """The check in `library` (the llama.cpp extension), or None where it has no llguidance in it; one per
+    library, whichever engines run it (its verdicts are the library's)."""
+    if not library:
+        return None
+    try:
+        return GrammarCompiler(library)
+    except (OSError, AttributeError):  # not a shared library; no llg_* symbols
+        return None
 
 
 def tools_preamble(spec: ToolSpec) -> str:

@@ -18,13 +18,18 @@ deadline stops generation within one token).
 
 Structured output and tool calls are llama.cpp grammars (engines/constrained.py): a `response_format` is
 compiled from its JSON schema, tools are rendered into the prompt by the chat template and the model's
-calls constrained to the offered functions and their argument schemas.
+calls constrained to the offered functions and their argument schemas. llama.cpp compiles a grammar when a
+slot takes the request and, where llguidance refuses it, logs the reason and generates without it (a 200
+that no schema constrained); so each grammar is first checked by llguidance itself, in a worker thread,
+before the request is templated or given to llama.cpp, and one it refuses is a 400 naming the parameter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -42,13 +47,30 @@ from llmops.engines.base import (
     TokenUsage,
 )
 from llmops.engines.chat_format import chatml_tools_template
-from llmops.engines.constrained import CALL_OPEN, grammar_fields, tool_call_stream, tools_preamble
+from llmops.engines.constrained import (
+    CALL_OPEN,
+    RESPONSE_FORMAT,
+    GrammarCompiler,
+    check_grammars,
+    constraints,
+    load_compiler,
+    tool_call_stream,
+    tools_preamble,
+)
 from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
 from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
 from llmops.engines.threads import LoopWaker, ThreadStream, available_cores, run_worker
 from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
-from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
+from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError, UnsupportedParameter
+
+log = logging.getLogger("llmops.engines.llamacpp")
+
+# Texts of the tokens chat models end a turn with (llama.cpp's end-of-generation set is found by such texts
+# too); those this model's tokenizer has as one special token, with its GGUF eos, end a text answer under
+# tool_choice auto (engines/constrained.py)
+TURN_END_TEXTS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>",
+                  "<|end_of_text|>", "<|return|>", "<|call|>", "</s>", "<eos>")
 
 # The tokenizer adds a few tokens of its own (BOS, a space prefix) to at most one token per UTF-8 byte.
 TOKENIZER_MARGIN = 8
@@ -90,13 +112,44 @@ def _wire_message(m: Message) -> dict[str, Any]:
     return out
 
 
-def _map_error(err: dict[str, Any]) -> LLMOpsError:
+_ABOUT_GRAMMAR = ("grammar", "schema")  # words of llama.cpp's errors about a request's grammar or json_schema
+
+
+def _map_error(err: dict[str, Any], constrained_by: str | None = None) -> LLMOpsError:
+    """llama.cpp's error as ours. `constrained_by`: the parameter the request's grammar came from, named by
+    an error about the grammar (a 400 whatever llama.cpp calls it: the grammar is the client's)."""
     message = str(err.get("message", "llama.cpp error"))
     if err.get("type") == "exceed_context_size_error":
         return ContextLengthExceeded(message, param="messages")
+    if constrained_by is not None and any(word in message.lower() for word in _ABOUT_GRAMMAR):
+        return InvalidRequest(f"llama.cpp refuses the grammar of {constrained_by}: {message}", param=constrained_by)
     if err.get("code") == 400 or err.get("type") == "invalid_request_error":
         return InvalidRequest(message)
     return EngineError(f"llama.cpp: {message}")
+
+
+def _grammar_compiler(xllamacpp: Any) -> tuple[bool, GrammarCompiler | None]:
+    """Whether this llama.cpp compiles grammars with llguidance (xllamacpp's wheels do: its json_schema
+    grammars are `%llguidance` ones), and llguidance's check in the same library."""
+    to_grammar = getattr(xllamacpp, "json_schema_to_grammar", None)
+    try:
+        llguidance = to_grammar is not None and str(to_grammar({"type": "object"})).startswith("%llguidance")
+    except Exception:  # an xllamacpp whose function takes something else: no llguidance assumed
+        llguidance = False
+    if not llguidance:
+        return False, None
+    extension = sys.modules.get(f"{xllamacpp.__name__}.xllamacpp")
+    compiler = load_compiler(getattr(extension, "__file__", None))
+    if compiler is None:
+        log.warning("llguidance's grammar check was not found in xllamacpp: a JSON schema llguidance refuses is "
+                    "answered without constraint (llama.cpp logs 'llg error')")
+    return True, compiler
+
+
+def _constrained_by(request: TextRequest) -> str | None:
+    if request.tools is not None:
+        return "tools"
+    return RESPONSE_FORMAT if request.structured is not None else None
 
 
 class LlamaCppEngine:
@@ -119,6 +172,9 @@ class LlamaCppEngine:
         self._executor = ThreadPoolExecutor(self.capacity + 2, thread_name_prefix=f"llamacpp-{model_name}")
         self._waker: LoopWaker | None = None  # shared by the streams: one loop wake-up per burst of tokens
         self._use_model_template = False
+        self._llguidance = True  # what xllamacpp's wheels are built with; settled at start
+        self._compiler: GrammarCompiler | None = None
+        self._turn_ends: tuple[int, ...] = ()  # the tokens it ends a turn with; found at start
 
     # lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,13 +186,32 @@ class LlamaCppEngine:
             self._use_model_template = self.options.chat_template in ("model", "chatml-tools") or (
                 self.options.chat_template == "auto" and has_template)
             params = self._params(xllamacpp, str(path))
+            self._llguidance, self._compiler = _grammar_compiler(xllamacpp)
             self._server = await asyncio.to_thread(xllamacpp.Server, params)
         except BaseException:
             self._state = "failed"
             raise
         self._http = httpx.AsyncClient(base_url=self._server.listening_address, timeout=30.0,
                                        headers={"Authorization": f"Bearer {self._key}"})
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        self._turn_ends = await self._turn_end_tokens(eos if isinstance(eos, int) else None)
         self._state = "ready"
+
+    async def _turn_end_tokens(self, eos: int | None) -> tuple[int, ...]:
+        """The tokens this model may end its turn with: its GGUF eos, and each of TURN_END_TEXTS that its
+        tokenizer reads as one token. None found: tool_choice auto goes unconstrained."""
+        found = {eos} if eos is not None else set()
+        try:
+            for text in TURN_END_TEXTS:
+                tokens = (await self._post("/tokenize", {"content": text, "add_special": False,
+                                                         "parse_special": True}))["tokens"]
+                if len(tokens) == 1 and isinstance(tokens[0], int):
+                    found.add(tokens[0])
+        except (LLMOpsError, httpx.HTTPError, KeyError, ValueError) as exc:
+            log.warning("could not read the model's end-of-turn tokens (%s): tool_choice auto is answered "
+                        "unconstrained", exc)
+            return ()
+        return tuple(sorted(found))
 
     def _params(self, xllamacpp: Any, path: str) -> Any:
         o = self.options
@@ -222,8 +297,28 @@ class LlamaCppEngine:
             prompt = str((await self._post("/apply-template", body))["prompt"])
         return PreparedPrompt(prompt, request.sampling.stop, False)
 
+    async def _constraints(self, request: TextRequest) -> dict[str, Any]:
+        """The request's grammar fields, each grammar checked by llguidance first (400 naming the parameter
+        it came from): in a worker thread, since building and checking a large schema's grammar takes
+        milliseconds to a second, and before llama.cpp, whose slot would otherwise compile it, fail and
+        generate unconstrained."""
+        if request.tools is None and request.structured is None:
+            return {}
+        if request.tools is not None and not self._llguidance:  # llama.cpp would abort the process on it
+            raise UnsupportedParameter("this llama.cpp build has no llguidance, which tool calls' grammars need; "
+                                       "'tools' is not supported here", param="tools")
+        compiler, limit, turn_ends = self._compiler, self.context_length, self._turn_ends
+
+        def build() -> dict[str, Any]:
+            found = constraints(request, limit, turn_ends)
+            if compiler is not None:  # found only in a build with llguidance, whose grammars it checks
+                check_grammars(found.checks, compiler.problem)
+            return found.fields
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, build)
+
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
-        constraints = grammar_fields(request, self.context_length)  # a schema it refuses is refused first
+        fields = await self._constraints(request)  # a schema it refuses is refused first
         prepared = await self._prepare(request)
         s = request.sampling
         prompt, counted = await self._prompt(prepared.text, s)
@@ -236,8 +331,9 @@ class LlamaCppEngine:
         }
         if s.seed is not None:
             body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
-        body.update(constraints)
-        chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream)
+        body.update(fields)
+        chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream,
+                              constrained_by=_constrained_by(request))
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
@@ -245,10 +341,11 @@ class LlamaCppEngine:
         async for chunk in chunks:
             yield chunk
 
-    async def _stream(self, body: dict[str, Any], prompt_tokens: int, *,
-                      eager: bool = True) -> AsyncIterator[TextChunk]:
+    async def _stream(self, body: dict[str, Any], prompt_tokens: int, *, eager: bool = True,
+                      constrained_by: str | None = None) -> AsyncIterator[TextChunk]:
         """The text as it comes, one chunk per batch of tokens that reached the loop together; then the
-        finish and usage (the prompt's count as llama.cpp reports it, else `prompt_tokens`)."""
+        finish and usage (the prompt's count as llama.cpp reports it, else `prompt_tokens`).
+        `constrained_by`: the parameter the body's grammar came from, which an error about it names."""
         server = self._server
         if server is None:
             raise EngineError("the llama.cpp engine is not started")
@@ -264,7 +361,7 @@ class LlamaCppEngine:
                 if "error" in raw:
                     if texts:
                         yield TextChunk("".join(texts))
-                    raise _map_error(raw["error"])
+                    raise _map_error(raw["error"], constrained_by)
                 if usage := raw.get("usage"):
                     completion_tokens = int(usage["completion_tokens"])
                     prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)

@@ -9,6 +9,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -125,15 +126,20 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
-    @model_validator(mode="after")
-    def _choice_names_a_tool(self) -> ChatCompletionRequest:
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = [t.function.name for t in self.tools or []]
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
-        elif self.tool_choice == "required" and not self.tools:
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        """A field's validator, not the model's: the error then names `tool_choice` (a model validator's has
+        no location, and was answered as a body that is not a JSON object)."""
+        if "tools" not in info.data:  # the tools are invalid: their own error is the answer
+            return choice
+        tools = info.data["tools"] or []
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in [t.function.name for t in tools]:
+                raise ValueError(f"tool_choice names {choice.function.name!r}, which is not in tools")
+        elif choice == "required" and not tools:
             raise ValueError("tool_choice 'required' needs tools")
-        return self
+        return choice
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

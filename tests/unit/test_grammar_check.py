@@ -1,0 +1,223 @@
+"""JSON schemas llama.cpp's grammar compiler (llguidance) refuses are a 400 naming the parameter they came from
+(response_format, or the tool whose parameters they are), before llama.cpp is given the request: there a
+refused grammar is logged ("llg error") and the answer generated without it, a 200 no schema constrained.
+The check is llguidance's own, called in the llama.cpp library the engine runs."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from typing import Any
+
+import pytest
+
+from llmops.engines import constrained
+from llmops.engines.base import Message, SamplingParams, StructuredOutput, TextRequest, ToolSpec
+from llmops.engines.constrained import (
+    GrammarCheck,
+    GrammarCompiler,
+    check_grammars,
+    compiler_reason,
+    constraints,
+    json_grammar,
+    load_compiler,
+)
+from llmops.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, _grammar_compiler, _map_error
+from llmops.errors import EngineError, InvalidRequest, UnsupportedParameter
+
+CONFLICTING = {"allOf": [{"type": "string"}, {"type": "integer"}]}
+GOOD = {"type": "function", "function": {"name": "good", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def fn(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def request(**kw: Any) -> TextRequest:
+    return TextRequest("r", SamplingParams(max_tokens=4), messages=(Message("user", "hi"),), **kw)
+
+
+@pytest.fixture(scope="module")
+def compiler() -> GrammarCompiler:
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("xllamacpp is not installed")
+    import xllamacpp
+    llguidance, found = _grammar_compiler(xllamacpp)
+    assert llguidance, "xllamacpp's wheels compile json_schema grammars with llguidance"
+    assert found is not None, "llg_validate_grammar is exported by xllamacpp's extension"
+    return found
+
+
+# the mapping ----------------------------------------------------------------------------------------------------
+
+def test_each_grammar_names_the_parameter_it_came_from() -> None:
+    found = constraints(request(structured=StructuredOutput("json_schema", {"type": "string"})), 4096)
+    assert [c.param for c in found.checks] == ["response_format"]
+    assert found.checks[0].grammar == json_grammar({"type": "string"})
+    spec = ToolSpec((GOOD, fn("b", {"type": "string"}), fn("c", {"type": "integer"})), "auto")
+    assert [c.param for c in constraints(request(tools=spec), 4096).checks] == [
+        "tools.0.function.parameters", "tools.1.function.parameters", "tools.2.function.parameters", "tools"]
+    named = ToolSpec(spec.functions, "c")  # the index is the function's place in the request's tools
+    assert [c.param for c in constraints(request(tools=named), 4096).checks] == [
+        "tools.2.function.parameters", "tools"]
+    assert constraints(request(structured=StructuredOutput("json_object")), 4096).checks == ()
+    assert constraints(request(), 4096) == constrained.Constraints({})
+
+
+def test_a_refused_grammar_is_a_400_naming_its_parameter_and_the_reason() -> None:
+    checks = [GrammarCheck("tools.0.function.parameters", "the parameters schema of function 'a'", "ok"),
+              GrammarCheck("tools.1.function.parameters", "the parameters schema of function 'b'", "bad"),
+              GrammarCheck("tools", "the grammar of the tools' calls", "bad")]
+    with pytest.raises(InvalidRequest) as err:
+        check_grammars(checks, lambda g: "Unsatisfiable schema: incompatible types" if g == "bad" else None)
+    assert err.value.param == "tools.1.function.parameters"
+    assert "function 'b'" in err.value.message
+    assert "incompatible types" in err.value.message
+    check_grammars(checks, lambda g: None)
+
+
+def test_the_compilers_message_loses_its_position_and_its_excerpt_of_the_schema() -> None:
+    message = ('at 2(8): failed to compile JSON schema: Unsatisfiable schema: incompatible types\n'
+               '   1 | %llguidance {}\n   2 | start: %json {"allOf": [...]}\n              ^\n')
+    assert compiler_reason(message) == "Unsatisfiable schema: incompatible types"
+    regex = ("at 2(8): failed to compile JSON schema: regex parse error:\n    (?=a)b\n    ^^^\n"
+             "error: look-around, including look-ahead and look-behind, is not supported\n   1 | %llguidance {}\n")
+    assert compiler_reason(regex) == ("regex parse error: (?=a)b error: look-around, including look-ahead and "
+                                      "look-behind, is not supported")
+    assert compiler_reason("") == "it does not compile"
+    assert len(compiler_reason("x" * 5000)) == 400
+
+
+def test_count_errors_name_the_parameter_the_schema_came_from() -> None:
+    huge = {"type": "object", "properties": {"xs": {"type": "array", "minItems": 1_000_000}}}
+    with pytest.raises(InvalidRequest, match="minItems of 1000000") as err:
+        constraints(request(tools=ToolSpec((GOOD, fn("f", huge)), "auto")), 4096)
+    assert err.value.param == "tools.1.function.parameters"
+    with pytest.raises(InvalidRequest) as err:
+        constraints(request(tools=ToolSpec((GOOD, fn("f", huge)), "f")), 4096)
+    assert err.value.param == "tools.1.function.parameters"
+    with pytest.raises(InvalidRequest) as err:
+        constraints(request(structured=StructuredOutput("json_schema", huge)), 4096)
+    assert err.value.param == "response_format"
+
+
+def test_llama_cpp_errors_about_the_grammar_are_400s_naming_the_parameter() -> None:
+    """What llama.cpp answers for a grammar it cannot parse (a build without llguidance: GBNF), whatever
+    error type it gives it."""
+    refused = {"code": 400, "type": "invalid_request_error",
+               "message": "Failed to initialize samplers: failed to parse grammar"}
+    err = _map_error(refused, "tools")
+    assert isinstance(err, InvalidRequest)
+    assert err.param == "tools"
+    as_server = _map_error({"code": 500, "type": "server_error", "message": '"json_schema": bad schema'},
+                           "response_format")
+    assert isinstance(as_server, InvalidRequest)
+    assert as_server.param == "response_format"
+    assert isinstance(_map_error({"code": 500, "type": "server_error", "message": "out of memory"}, "tools"),
+                      EngineError)
+    assert _map_error(refused).param is None  # no grammar in the request: nothing to name
+
+
+# llguidance's own check ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("schema", "said"), [
+    (CONFLICTING, "incompatible types"),
+    ({"type": "integer", "minimum": 5, "maximum": 2}, "minimum (5) is greater than maximum (2)"),
+    ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+    ({"not": {"type": "string"}}, "Unimplemented keys"),
+    ({"type": "string", "pattern": "(?=a)b"}, "look-around"),
+    ({"type": "strin"}, "Invalid type"),
+])
+def test_llguidance_refuses_what_llama_cpp_would_drop(compiler: GrammarCompiler, schema: dict[str, Any],
+                                                      said: str) -> None:
+    reason = compiler.problem(json_grammar(schema))
+    assert reason is not None
+    assert said in reason
+    assert "%llguidance" not in reason  # the grammar (the whole schema) is not echoed
+
+
+def test_llguidance_passes_what_it_compiles(compiler: GrammarCompiler) -> None:
+    for schema in [{"type": "object", "properties": {"name": {"type": "string", "format": "email"},
+                                                     "n": {"type": "integer", "maximum": 5}},
+                    "required": ["name"], "additionalProperties": False, "title": "T"},
+                   {"type": "string", "pattern": "\\p{L}+"},
+                   {"anyOf": [{"type": "string"}, CONFLICTING]},  # a union keeps what can match
+                   {"$defs": {"x": {"type": "integer"}}, "type": "array", "items": {"$ref": "#/$defs/x"}}]:
+        assert compiler.problem(json_grammar(schema)) is None, schema
+    spec = ToolSpec((GOOD, fn("t", {"type": "object"})), "auto")
+    for check in constraints(request(tools=spec), 4096).checks:
+        assert compiler.problem(check.grammar) is None
+
+
+def test_a_function_no_call_could_match_is_refused_not_dropped_from_the_union(compiler: GrammarCompiler) -> None:
+    """llguidance takes an `anyOf` of calls with one unsatisfiable branch and drops that branch: the function
+    could never be called. Each function's schema is checked on its own, so the request is refused."""
+    spec = ToolSpec((GOOD, fn("bad", CONFLICTING)), "required")
+    found = constraints(request(tools=spec), 4096)
+    assert compiler.problem(found.fields["grammar"]) is None  # the union alone compiles
+    with pytest.raises(InvalidRequest, match=r"function 'bad'.*incompatible types") as err:
+        check_grammars(found.checks, compiler.problem)
+    assert err.value.param == "tools.1.function.parameters"
+
+
+def test_verdicts_are_remembered_and_a_costly_grammar_is_refused(compiler: GrammarCompiler,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    grammar = json_grammar({"type": "object", "properties": {"remembered": {"type": "boolean"}}})
+    calls: list[bytes] = []
+    real = compiler._check
+    monkeypatch.setattr(compiler, "_check", lambda data: calls.append(data) or real(data))
+    assert compiler.problem(grammar) is None
+    assert compiler.problem(grammar) is None
+    assert len(calls) == 1
+    monkeypatch.setattr(constrained, "CHECK_BUDGET_S", -1.0)  # every check is over budget
+    reason = compiler.problem(json_grammar({"type": "object", "properties": {"costly": {"type": "boolean"}}}))
+    assert reason is not None
+    assert "too costly to compile" in reason
+
+
+def test_a_library_without_llguidance_gives_no_check(tmp_path: Any) -> None:
+    assert load_compiler(None) is None
+    assert load_compiler(str(tmp_path / "missing.so")) is None
+
+    class NoLlguidance:
+        __name__ = "fake"
+
+        @staticmethod
+        def json_schema_to_grammar(schema: Any) -> str:
+            return 'root ::= "{" ws "}"'  # GBNF: a build without llguidance
+
+    assert _grammar_compiler(NoLlguidance()) == (False, None)
+
+
+# in the engine: refused before the request reaches llama.cpp -----------------------------------------------------
+
+def test_the_engine_refuses_before_templating_or_a_slot(compiler: GrammarCompiler) -> None:
+    """Not started: any call to llama.cpp (templating, a slot) would fail with 'not started'."""
+    engine = LlamaCppEngine("m", LlamaCppOptions(context_length=512))
+    engine._compiler = compiler
+
+    async def first(req: TextRequest) -> Any:
+        return await anext(engine.generate(req))
+
+    try:
+        _refusals(engine, first)
+    finally:
+        engine._executor.shutdown()
+
+
+def _refusals(engine: LlamaCppEngine, first: Any) -> None:
+
+    with pytest.raises(InvalidRequest, match="response_format's JSON schema") as err:
+        asyncio.run(first(request(structured=StructuredOutput("json_schema", CONFLICTING))))
+    assert err.value.param == "response_format"
+    with pytest.raises(InvalidRequest) as err:
+        asyncio.run(first(request(tools=ToolSpec((GOOD, fn("bad", {"type": "array", "uniqueItems": True})),
+                                                 "required"))))
+    assert err.value.param == "tools.1.function.parameters"
+    with pytest.raises(EngineError, match="not started"):  # a schema that compiles goes on to llama.cpp
+        asyncio.run(first(request(structured=StructuredOutput("json_schema", {"type": "string"}))))
+    engine._llguidance = False
+    with pytest.raises(UnsupportedParameter) as err:
+        asyncio.run(first(request(tools=ToolSpec((GOOD,), "auto"))))
+    assert err.value.param == "tools"
