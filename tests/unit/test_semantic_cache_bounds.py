@@ -1,16 +1,21 @@
 """The in-process semantic cache index is bounded across namespaces (entries and bytes, oldest out first),
 frees expired entries without a lookup in their namespace, and finds the nearest entry with one matrix
-product per lookup (rows moved around as entries leave must keep their answers)."""
+product per lookup (rows moved around as entries leave must keep their answers), in a worker thread when
+the namespace is large; a large answer comes back as it was stored."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import threading
+from typing import Any
 
 import pytest
 
 from llmops.pipeline import semantic_cache
 from llmops.pipeline.semantic_cache import MemoryIndex, SemanticCache
+from tests.loop_turns import loop_turns
 
 
 def unit(*xs: float) -> list[float]:
@@ -157,3 +162,97 @@ async def test_semantic_cache_store_and_lookup_over_the_index() -> None:
     assert again.body == {"answer": 42}
     assert again.score == pytest.approx(1.0)
     await cache.close()
+
+
+def units(n: int, size: int = 384, seed: int = 0) -> list[list[float]]:
+    """`n` random unit vectors (nearly orthogonal at this size: each is its own nearest)."""
+    import numpy as np
+
+    rows = np.random.default_rng(seed).standard_normal((n, size))
+    return [list(map(float, row)) for row in rows / np.linalg.norm(rows, axis=1, keepdims=True)]
+
+
+def chat(content: str) -> dict[str, object]:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+
+
+async def test_many_candidates_are_scored_in_a_thread_and_each_finds_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = units(1500)  # 576,000 floats: above OFF_LOOP_SCORES
+    index = MemoryIndex(4096)
+    for i, v in enumerate(vectors):
+        await index.add("a", v, f"b{i}", 60)
+    await index.add("small", axis(0), "alone", 60)
+    async with loop_turns() as turns:
+        monkeypatch.setattr(semantic_cache, "_best", turns.wrap(semantic_cache._best))
+        for i in (0, 777, 1499):
+            found = await index.nearest("a", vectors[i])
+            assert found is not None
+            assert found[1] == f"b{i}"
+            assert found[0] == pytest.approx(1.0, abs=1e-5)
+        assert await index.nearest("small", axis(0)) == (1.0, "alone")
+    assert turns.calls == ["thread"] * 3 + ["loop"]  # a few vectors stay on the loop
+    assert turns.waited == [True] * 3  # the loop turned while each lookup's scoring waited in its thread
+    await index.close()
+
+
+async def test_a_store_that_moves_rows_while_a_thread_scores_them_is_scored_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without scoring again, the thread's best row (b0's, row 0) would hold b3 by the time its answer is
+    read: b3's answer served for b0's question at a score of 1."""
+    monkeypatch.setattr(semantic_cache, "OFF_LOOP_SCORES", 0)
+    index = MemoryIndex(4)
+    for i in range(4):
+        await index.add("a", axis(i), f"b{i}", 60)
+    scored, go = threading.Event(), threading.Event()
+    real, loop_thread = semantic_cache._best, threading.get_ident()
+
+    def paused(*args: Any) -> tuple[int, float]:
+        assert threading.get_ident() != loop_thread
+        best = real(*args)
+        if not scored.is_set():  # the first scoring: hold its result until the rows have moved
+            scored.set()
+            go.wait(30)
+        return best
+
+    monkeypatch.setattr(semantic_cache, "_best", paused)
+    lookup = asyncio.create_task(index.nearest("a", axis(0)))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not scored.is_set():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.001)
+    await index.add("a", axis(0), "b0 again", 60)  # b0 leaves (b3 moves to its row) and comes back last
+    go.set()
+    assert await lookup == (1.0, "b0 again")
+    await index.close()
+
+
+@pytest.mark.parametrize("text", ["plain words. " * 90_000, "東京は日本の首都です。😀" * 80_000])
+async def test_a_large_answer_is_served_as_it_was_stored_within_the_same_size_limit(text: str) -> None:
+    body = chat(text)
+    size = len(json.dumps(body, separators=(",", ":")))
+
+    async def embed(texts: object, deadline: float, priority: object) -> list[list[float]]:
+        return [axis(0)]
+
+    for limit, kept in ((size, True), (size - 1, False)):
+        cache = SemanticCache(MemoryIndex(10), embed, threshold=0.9, ttl_s=60, max_entry_bytes=limit)
+        await cache.store(await cache.lookup("space", "q", deadline=0.0), body)
+        again = await cache.lookup("space", "q", deadline=0.0)
+        assert again.body == (body if kept else None)
+        await cache.close()
+
+
+async def test_a_small_answer_keeps_the_same_size_limit() -> None:
+    body = chat("Paris.")
+    size = len(json.dumps(body, separators=(",", ":")))
+
+    async def embed(texts: object, deadline: float, priority: object) -> list[list[float]]:
+        return [axis(0)]
+
+    for limit, kept in ((size, True), (size - 1, False)):
+        cache = SemanticCache(MemoryIndex(10), embed, threshold=0.9, ttl_s=60, max_entry_bytes=limit)
+        await cache.store(await cache.lookup("space", "q", deadline=0.0), body)
+        assert (await cache.lookup("space", "q", deadline=0.0)).body == (body if kept else None)
+        await cache.close()
