@@ -109,7 +109,8 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
                         classify_jobs=classify_jobs,
                         url_signer=UrlSigner(settings.images, state.cache if state.backend == "redis" else None),
                         lifecycle=lifecycle, started_at=int(time.time()),
-                        semantic_cache=build_semantic_cache(settings, pool))
+                        semantic_cache=build_semantic_cache(
+                            settings, pool, on_error=lambda op: metrics.store_errors.labels(op).inc()))
     app.state.services = services
     routers = (chat.router, completions.router, images.router, models.router, usage.router, ops.router,
                admin.router, embeddings.router, classifications.router, inference_v2.router)

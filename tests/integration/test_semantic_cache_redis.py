@@ -50,6 +50,11 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
     await c.aclose()
 
 
+def guarded(client: Any, errors: list[str] | None = None) -> redis_store.RedisGuard:
+    """The guard the app puts around the index's calls: its timeout, failing open, errors counted."""
+    return redis_store.RedisGuard(client, 0.25, True, (errors if errors is not None else []).append)
+
+
 def cache_over(index: RedisIndex, vectors: dict[str, list[float]], threshold: float = 0.9,
                max_entry_bytes: int = 10_000_000) -> SemanticCache:
     async def embed(texts: Any, deadline: float, priority: Any) -> list[list[float]]:
@@ -61,7 +66,7 @@ def cache_over(index: RedisIndex, vectors: dict[str, list[float]], threshold: fl
 async def test_hits_misses_thresholds_and_namespaces(client: Any) -> None:
     vectors = {"q": unit(1, 0, 0, 0), "close": unit(1, 0.3, 0, 0), "far": unit(1, 1.2, 0, 0),
                "short": unit(1, 0)}
-    cache = cache_over(RedisIndex(client, PREFIX, 10), vectors)
+    cache = cache_over(RedisIndex(guarded(client), PREFIX, 10), vectors)
     first = await cache.lookup("space", "q", deadline=0.0)
     assert (first.body, first.score) == (None, 0.0)  # nothing stored yet
     await cache.store(first, chat("Paris"))
@@ -73,12 +78,12 @@ async def test_hits_misses_thresholds_and_namespaces(client: Any) -> None:
     assert far.score == pytest.approx(1 / math.sqrt(2.44), abs=1e-6)  # 0.640: the score of a miss is kept
     assert (await cache.lookup("other space", "q", deadline=0.0)).body is None
     assert (await cache.lookup("space", "short", deadline=0.0)).body is None  # another size of vector
-    exact = cache_over(RedisIndex(client, PREFIX, 10), vectors, threshold=0.96)
+    exact = cache_over(RedisIndex(guarded(client), PREFIX, 10), vectors, threshold=0.96)
     assert (await exact.lookup("space", "close", deadline=0.0)).body is None  # 0.958 < 0.96
 
 
 async def test_a_vector_stored_again_gets_the_new_answer_and_a_full_namespace_takes_nothing(client: Any) -> None:
-    index = RedisIndex(client, PREFIX, 2)
+    index = RedisIndex(guarded(client), PREFIX, 2)
     v0, v1, v2 = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
     await index.add("a", v0, "first", 60)
     await index.add("a", v0, "second", 60)
@@ -94,7 +99,7 @@ async def test_a_vector_stored_again_gets_the_new_answer_and_a_full_namespace_ta
 
 
 async def test_the_namespace_expires_with_its_newest_entry(client: Any) -> None:
-    index = RedisIndex(client, PREFIX, 10)
+    index = RedisIndex(guarded(client), PREFIX, 10)
     v0, v1 = unit(1, 0), unit(0, 1)
     keys = [f"{PREFIX}semcache:a:2:v", f"{PREFIX}semcache:a:2:a"]
     await index.add("a", v0, "zero", 1000)
@@ -112,7 +117,7 @@ async def test_the_namespace_expires_with_its_newest_entry(client: Any) -> None:
 
 
 async def test_a_namespace_whose_vectors_expired_first_starts_over(client: Any) -> None:
-    index = RedisIndex(client, PREFIX, 10)
+    index = RedisIndex(guarded(client), PREFIX, 10)
     v0, v1 = unit(1, 0), unit(0, 1)
     await index.add("a", v0, "old", 60)
     await index.add("a", v1, "old one", 60)
@@ -123,7 +128,7 @@ async def test_a_namespace_whose_vectors_expired_first_starts_over(client: Any) 
 
 
 async def test_a_miss_below_the_threshold_does_not_fetch_the_answer(client: Any) -> None:
-    index = RedisIndex(client, PREFIX, 10)
+    index = RedisIndex(guarded(client), PREFIX, 10)
     await index.add("a", unit(1, 0), "x" * 100_000, 60)
     found = await index.nearest("a", unit(1, 1), floor=0.9)
     assert found == (pytest.approx(math.sqrt(0.5)), None)
@@ -134,7 +139,8 @@ async def test_a_large_answer_is_served_as_it_was_stored(client: Any, text: str)
     body = chat(text)
     size = len(json.dumps(body, separators=(",", ":")))
     for limit, kept in ((size, True), (size - 1, False)):
-        cache = cache_over(RedisIndex(client, f"{PREFIX}{limit}:", 10), {"q": unit(1, 0)}, max_entry_bytes=limit)
+        cache = cache_over(RedisIndex(guarded(client), f"{PREFIX}{limit}:", 10), {"q": unit(1, 0)},
+                           max_entry_bytes=limit)
         await cache.store(await cache.lookup("space", "q", deadline=0.0), body)
         assert (await cache.lookup("space", "q", deadline=0.0)).body == (body if kept else None)
 
@@ -143,7 +149,7 @@ async def test_many_candidates_each_find_their_own_and_at_most_max_scan_rows_are
         client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(semantic_cache, "MAX_SCAN_ROWS", 1500)  # 576,000 floats: scored in a thread
     vectors = units(1600)
-    index = RedisIndex(client, PREFIX, 5000)
+    index = RedisIndex(guarded(client), PREFIX, 5000)
     for i, v in enumerate(vectors):
         await index.add("a", v, f"b{i}", 60)
     assert await client.strlen(f"{PREFIX}semcache:a:384:v") == 1500 * 384 * 4
@@ -157,7 +163,7 @@ async def test_many_candidates_each_find_their_own_and_at_most_max_scan_rows_are
 async def test_a_lookup_with_many_candidates_lets_the_loop_run(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scoring, wrapped, waits in its thread until the loop has turned: it cannot on the loop."""
     vectors = units(1400)  # 537,600 floats: above OFF_LOOP_SCORES
-    index = RedisIndex(client, PREFIX, 5000)
+    index = RedisIndex(guarded(client), PREFIX, 5000)
     for i, v in enumerate(vectors):
         await index.add("a", v, f"b{i}", 60)
     await index.add("few", vectors[0], "alone", 60)
@@ -170,13 +176,45 @@ async def test_a_lookup_with_many_candidates_lets_the_loop_run(client: Any, monk
 
 
 async def test_a_redis_error_is_a_miss_and_a_skipped_store(client: Any, redis_server: RedisServer) -> None:
-    cache = cache_over(RedisIndex(client, PREFIX, 10), {"q": unit(1, 0)})
+    errors: list[str] = []
+    cache = cache_over(RedisIndex(guarded(client, errors), PREFIX, 10), {"q": unit(1, 0)})
     first = await cache.lookup("space", "q", deadline=0.0)
     await cache.store(first, chat("Paris"))
+    assert not errors
     redis_server.stop()
     missed = await cache.lookup("space", "q", deadline=0.0)
     assert (missed.body, missed.score) == (None, 0.0)
     await cache.store(missed, chat("Paris"))  # skipped, no error
+    assert errors == ["semantic_lookup", "semantic_store"]  # counted, as the state store's errors are
+
+
+async def test_a_hung_redis_is_a_miss_within_the_timeout() -> None:
+    """A Redis that accepts the connection and never answers: the lookup and the store give up at the
+    guard's timeout instead of holding the request (the client has no socket timeout of its own)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(-1)  # reads everything, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = redis_store.connect(f"redis://127.0.0.1:{port}/0", 0.25)
+    errors: list[str] = []
+    try:
+        cache = cache_over(RedisIndex(guarded(client, errors), PREFIX, 10), {"q": unit(1, 0)})
+        async with asyncio.timeout(10):  # the guard's 0.5 s each; this only keeps a failure from hanging
+            missed = await cache.lookup("space", "q", deadline=0.0)
+            await cache.store(missed, chat("Paris"))
+        assert missed.body is None
+        assert errors == ["semantic_lookup", "semantic_store"]
+    finally:
+        await client.aclose()
+        server.close()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        await server.wait_closed()
 
 
 def test_the_app_with_the_redis_backend_answers_a_paraphrase_from_redis(tmp_path: Path,

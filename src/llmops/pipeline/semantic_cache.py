@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from llmops.scheduling.pool import ModelPool
     from llmops.settings import Settings
+    from llmops.stores.redis_store import RedisGuard
 
 log = logging.getLogger("llmops.semantic_cache")
 Embed = Callable[[Sequence[str], float, Priority], Awaitable[list[list[float]]]]  # texts, deadline, priority
@@ -306,13 +307,15 @@ class RedisIndex:
     per entry), one matrix-vector product (in a worker thread when large), and one HGET of the best row's
     answer when it reaches the caller's threshold. A store is one script (_STORE). Entries are kept until
     the namespace expires, ttl after its newest entry; a full namespace (max_entries, at most MAX_SCAN_ROWS)
-    takes no more. Any Redis error is a miss (lookups) or a skipped store."""
+    takes no more. Each call runs under the store's guard (its timeout, its count of errors, one log line per
+    10 s): a Redis error or a hung Redis is a miss (lookups) or a skipped store, whatever `on_error` says."""
 
-    def __init__(self, client: Any, prefix: str, max_entries: int) -> None:
+    def __init__(self, guard: RedisGuard, prefix: str, max_entries: int) -> None:
         require("numpy", "embeddings")
-        self.client, self.prefix, self.max_entries = client, prefix, max_entries
+        self.guard, self.prefix, self.max_entries = guard, prefix, max_entries
+        self.client: Any = guard.client  # redis-py's untyped commands
         self.max_rows = min(max_entries, MAX_SCAN_ROWS)
-        self._store = client.register_script(_STORE)
+        self._store = self.client.register_script(_STORE)
 
     def _keys(self, space: str, size: int) -> tuple[str, str]:
         key = f"{self.prefix}semcache:{space}:{size}"
@@ -327,22 +330,22 @@ class RedisIndex:
 
         row = np.asarray(vector, "<f4")
         vectors, answers = self._keys(space, len(row))
-        try:
-            raw = await self.client.execute_command("GETRANGE", vectors, 0, self.max_rows * row.nbytes - 1,
-                                                    NEVER_DECODE=True)  # bytes, whatever the client decodes
-            n = len(raw) // row.nbytes
-            if not n:
-                return None
-            matrix = np.frombuffer(raw, "<f4", n * len(row)).reshape(n, len(row))
-            if matrix.size > OFF_LOOP_SCORES:
-                best, score = await asyncio.to_thread(_best, matrix, row)
-            else:
-                best, score = _best(matrix, row)
-            if not score >= floor:  # NaN too: a miss, not worth the answer's transfer
-                return score, None
-            body = await self.client.hget(answers, str(best))
-        except Exception as exc:
-            log.warning("semantic cache lookup failed (a miss): %s", exc)
+        raw = await self.guard.call("semantic_lookup", lambda: self.client.execute_command(  # bytes, whatever
+            "GETRANGE", vectors, 0, self.max_rows * row.nbytes - 1, NEVER_DECODE=True),  # the client decodes
+            None, always_open=True)
+        n = len(raw) // row.nbytes if raw else 0
+        if not n:
+            return None
+        matrix = np.frombuffer(raw, "<f4", n * len(row)).reshape(n, len(row))
+        if matrix.size > OFF_LOOP_SCORES:
+            best, score = await asyncio.to_thread(_best, matrix, row)
+        else:
+            best, score = _best(matrix, row)
+        if not score >= floor:  # NaN too: a miss, not worth the answer's transfer
+            return score, None
+        body = await self.guard.call("semantic_lookup", lambda: self.client.hget(answers, str(best)), None,
+                                     always_open=True)
+        if body is None:
             return None
         return score, body.decode() if isinstance(body, bytes) else body
 
@@ -351,11 +354,9 @@ class RedisIndex:
 
         row = np.asarray(vector, "<f4")
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:24]
-        try:
-            await self._store(keys=list(self._keys(space, len(row))),
-                              args=[row.tobytes(), f"v:{digest}", body, self.max_rows, int(ttl_s * 1000)])
-        except Exception as exc:
-            log.warning("semantic cache store failed (skipped): %s", exc)
+        await self.guard.call("semantic_store", lambda: self._store(
+            keys=list(self._keys(space, len(row))),
+            args=[row.tobytes(), f"v:{digest}", body, self.max_rows, int(ttl_s * 1000)]), None, always_open=True)
 
 
 @dataclass
@@ -390,8 +391,10 @@ class SemanticCache:
             await self.index.add(lookup.space, lookup.vector, stored, self.ttl_s)
 
 
-def build_semantic_cache(settings: Settings, pool: ModelPool) -> SemanticCache | None:
-    """The configured semantic cache (None when it is off): its index in Redis with the redis backend."""
+def build_semantic_cache(settings: Settings, pool: ModelPool,
+                         on_error: Callable[[str], None] | None = None) -> SemanticCache | None:
+    """The configured semantic cache (None when it is off): its index in Redis with the redis backend, whose
+    failed calls are reported to `on_error` (the operation's name), as the state store's are."""
     cfg = settings.cache.semantic
     if not cfg.enabled:
         return None
@@ -413,7 +416,8 @@ def build_semantic_cache(settings: Settings, pool: ModelPool) -> SemanticCache |
         from llmops.stores import redis_store
 
         client = redis_store.connect(settings.state.redis_url, settings.state.redis_timeout_s)
-        index = RedisIndex(client, settings.state.redis_prefix, cfg.max_entries)
+        guard = redis_store.RedisGuard(client, settings.state.redis_timeout_s, True, on_error or (lambda _: None))
+        index = RedisIndex(guard, settings.state.redis_prefix, cfg.max_entries)
     else:
         index = MemoryIndex(cfg.max_entries)
     return SemanticCache(index, embed, cfg.threshold, settings.cache.ttl_s, settings.cache.max_entry_bytes)
