@@ -45,14 +45,14 @@ def test_tool_grammar_per_choice() -> None:
     assert '"get_weather"' not in named["grammar"]
 
 
-async def _chunks(pieces: list[str]) -> AsyncIterator[TextChunk]:
+async def _chunks(pieces: list[str], finish: str = "stop") -> AsyncIterator[TextChunk]:
     for p in pieces:
         yield TextChunk(p)
-    yield TextChunk("", "stop", TokenUsage(3, len(pieces)))
+    yield TextChunk("", finish, TokenUsage(3, len(pieces)))
 
 
-async def _run(pieces: list[str]) -> list[TextChunk]:
-    return [c async for c in tool_call_stream(_chunks(pieces))]
+async def _run(pieces: list[str], finish: str = "stop") -> list[TextChunk]:
+    return [c async for c in tool_call_stream(_chunks(pieces, finish))]
 
 
 async def test_calls_become_deltas_and_repeats_are_dropped() -> None:
@@ -66,6 +66,24 @@ async def test_calls_become_deltas_and_repeats_are_dropped() -> None:
     assert json.loads(deltas[0].arguments) == {"city": "Oslo"}
     assert out[-1].finish_reason == "tool_calls"
     assert out[-1].usage is not None
+
+
+async def test_a_call_cut_by_max_tokens_is_sent_as_written_and_the_finish_is_length() -> None:
+    """As OpenAI does: the client sees the call it paid for, and why its arguments do not parse. (It was
+    dropped: an answer of nothing but a length finish.)"""
+    done = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+    out = await _run([done, '<tool_call>\n{"name": "get_time", "arguments": {"city": "Li'], finish="length")
+    deltas = [d for c in out for d in c.tool_calls]
+    assert [(d.index, d.name) for d in deltas] == [(0, "get_weather"), (1, "get_time")]
+    assert deltas[1].arguments == '{"city": "Li'
+    assert out[-1].finish_reason == "length"
+    assert "".join(c.text for c in out) == ""
+    unnamed = await _run(['<tool_call>\n{"name": "get_we'], finish="length")  # no name yet: nothing to send
+    assert [d for c in unnamed for d in c.tool_calls] == []
+    assert unnamed[-1].finish_reason == "length"
+    repeat = await _run([done, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "O'], finish="length")
+    assert [d.name for c in repeat for d in c.tool_calls] == ["get_weather"]  # cut inside a repeat: dropped,
+    assert repeat[-1].finish_reason == "tool_calls"  # and the calls are whole
 
 
 async def test_text_without_calls_passes_through() -> None:

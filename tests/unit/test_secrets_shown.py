@@ -100,3 +100,19 @@ def test_a_url_password_and_a_key_from_the_environment_are_refused_together(
     monkeypatch.setenv("UPKEY", UPSTREAM_KEY)
     with pytest.raises(ConfigError, match="never be sent"):
         client_for(url, "UPKEY")
+
+
+def test_the_missing_key_message_survives_the_redaction_of_error_messages(filtered: None) -> None:
+    """It once read "send Authorization: [REDACTED] <key>": the redaction took its example for a key."""
+    from fastapi.testclient import TestClient
+
+    from llmops.app import create_app
+    from llmops.stores.keys import new_key
+
+    settings = load_settings(models=[{"name": "fake", "engine": "fake"}])
+    with TestClient(create_app(settings)) as client:
+        key, _ = new_key("team", (), "interactive")
+        client.portal.call(client.app.state.services.state.keys.add, key)  # type: ignore[attr-defined]
+        message = client.post("/v1/chat/completions", json={"model": "fake", "messages": []}).json()["error"]["message"]
+    assert redaction.MASK not in message
+    assert "Authorization header" in message

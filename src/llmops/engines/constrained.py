@@ -376,6 +376,32 @@ class _Splitter:
         self.pending = ""
         return out
 
+    def cut_call(self) -> tuple[str, str] | None:
+        """The call the answer was cut inside (max_tokens), as OpenAI gives one: its name and the arguments
+        written so far, which do not parse; None when no call is open, its name is not written yet, or it
+        was on its way to repeating a call already made (dropped, as whole repeats are)."""
+        if not self.in_calls:
+            return None
+        found = _CUT_CALL.match(self.pending.replace(CALL_OPEN, "", 1))
+        if found is None:
+            return None
+        try:
+            name = json.loads(f'"{found["name"]}"')
+        except ValueError:
+            return None
+        written = found["arguments"]
+        repeats = any(made == name and _compact(arguments).startswith(_compact(written))
+                      for made, arguments in self.calls)
+        return None if repeats else (name, written)
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+_CUT_CALL = re.compile(r'\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?P<arguments>.*)\Z',
+                       re.DOTALL)
+
 
 def _partial_suffix(text: str, marker: str) -> int:
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
@@ -396,16 +422,22 @@ def _parse_call(block: str) -> tuple[str, str] | None:
 
 async def tool_call_stream(chunks: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
     """Text chunks with the model's `<tool_call>` blocks turned into tool-call deltas, one per call; a
-    stream that made calls finishes with `tool_calls`."""
+    stream whose calls are whole finishes with `tool_calls`, even cut by max_tokens inside a repeat of one
+    (dropped: small models repeat a call until max_tokens). One cut inside a new call finishes with
+    `length`, that call sent with the arguments written so far (as OpenAI does: the client sees what it
+    paid for and why it does not parse)."""
     splitter = _Splitter()
     async for chunk in chunks:
         text, calls = splitter.feed(chunk.text)
-        if chunk.finish_reason is not None:
+        finish, cut = chunk.finish_reason, None
+        if finish == "length" and (cut := splitter.cut_call()) is not None:
+            splitter.calls.append(cut)  # cut by max_tokens: sent as it is, and the finish says so
+            calls.append(cut)
+        if finish is not None:
             text += splitter.flush()
         deltas = tuple(ToolCallDelta(len(splitter.calls) - len(calls) + i, f"call_{uuid.uuid4().hex[:24]}", name,
                                      args) for i, (name, args) in enumerate(calls))
-        finish = chunk.finish_reason
-        if finish is not None and splitter.calls:
-            finish = "tool_calls"
+        if finish in ("stop", "length") and splitter.calls and cut is None:
+            finish = "tool_calls"  # every call whole (what max_tokens cut, if anything, was a repeat)
         if text or deltas or finish is not None or chunk.usage is not None:
             yield TextChunk(text, finish, chunk.usage, deltas)

@@ -27,6 +27,7 @@ before the request is templated or given to llama.cpp, and one it refuses is a 4
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import sys
@@ -105,11 +106,26 @@ def _wire_message(m: Message) -> dict[str, Any]:
     """A history message as llama.cpp's chat templating takes it (OpenAI's shape)."""
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.tool_calls:
-        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": _json_arguments(c.arguments)}}
                              for c in m.tool_calls]
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
     return out
+
+
+def _json_arguments(arguments: str) -> str:
+    """A past call's `arguments` as JSON text, which llama.cpp's templating parses (and fails the whole request
+    on when it cannot). OpenAI takes any string there, and models write what does not parse (an empty one for
+    a function without parameters, a cut-off object): empty is `{}`, other text that does not parse is kept
+    as a JSON string, so the model sees what it wrote."""
+    if not arguments.strip():
+        return "{}"
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return json.dumps(arguments)
+    return arguments
 
 
 _ABOUT_GRAMMAR = ("grammar", "schema")  # words of llama.cpp's errors about a request's grammar or json_schema

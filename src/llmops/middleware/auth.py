@@ -136,7 +136,9 @@ class Authenticator:
             self.metrics.reject(UNKNOWN_MODEL, exc)
             return Refusal(exc)
         if key is None:
-            message = "invalid API key" if secret else "missing API key: send Authorization: Bearer <key>"
+            # worded so that the redaction of error messages leaves it whole ("Bearer <key>" is a credential)
+            message = "invalid API key" if secret else \
+                "missing API key: send it in the Authorization header, after the word Bearer"
             return Refusal(Unauthorized(message), {"WWW-Authenticate": "Bearer"})
         set_api_key(scope, key)
         return None
