@@ -73,6 +73,7 @@ bench-profile: setup
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-fake --engine fake --concurrency 16,64 \
 		--requests 256
 	$(PY) -m bench.request_parts --out bench/results
+	$(PY) -m bench.protocol_guard --out bench/results
 	$(PY) -m bench.gil_wait --out bench/results
 	$(PY) -m bench.profile_tokens --out bench/results --name profile-request --engine fake --mode json \
 		--max-tokens 1 --concurrency 16 --requests 4000 --rate 1000
