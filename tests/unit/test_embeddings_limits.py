@@ -1,5 +1,6 @@
 """Embeddings robustness: token ids are checked (the protocol's range, the model's vocabulary) and refused for
-that request only; one request that fails in the sentence-transformers engine's batch fails alone (a stub
+that request only; an input longer than the model reads is refused (400 context_length_exceeded naming it),
+not cut; one request that fails in the sentence-transformers engine's batch fails alone (a stub
 model stands in for sentence-transformers); a large answer's body is written off the event loop, byte for
 byte as JSONResponse would."""
 
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from llmops.api import embeddings as api_embeddings
 from llmops.engines import embeddings as st_engine
-from llmops.errors import EngineError, InvalidRequest
+from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest
 from llmops.protocol.embeddings import EmbeddingList
 from tests.helpers import ready_client, write_config
 from tests.unit.test_api import assert_error
@@ -27,6 +28,7 @@ LARGE = 100  # inputs: 1,600 numbers with 16 dimensions, above api.embeddings.OF
 MODELS: list[dict[str, Any]] = [
     {"name": "emb", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16}},
     {"name": "vocab", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16, "vocab_size": 100}},
+    {"name": "short", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16, "max_seq_length": 4}},
 ]
 
 
@@ -47,6 +49,39 @@ def test_token_ids_outside_the_models_vocabulary_are_a_400(client: TestClient) -
     assert_error(client.post(EMBED, json={"model": "vocab", "input": [[1, 100]]}), 400, param="input")
     assert client.post(EMBED, json={"model": "vocab", "input": [[0, 99]]}).status_code == 200
     assert client.post(EMBED, json={"model": "emb", "input": [[0, 2**31 - 1]]}).status_code == 200
+
+
+# --- inputs longer than the model reads (the fake engine's tokens: words, or ids) -----------------------------
+
+def _too_long(resp: Any, param: str, tokens: int, limit: int = 4) -> None:
+    err = assert_error(resp, 400, param=param, code="context_length_exceeded")
+    assert err["type"] == "invalid_request_error"
+    assert f"'{param}'" in err["message"]
+    assert f"maximum context length is {limit} tokens" in err["message"]
+    assert f"has {tokens} tokens" in err["message"]
+
+
+@pytest.mark.parametrize(("given", "param", "tokens"), [
+    ("one two three four five", "input", 5),  # one text
+    (["a b", "one two three four five six", "c"], "input.1", 6),  # a list: the item's place in it
+    (["one two three four five"], "input.0", 5),
+    ([1, 2, 3, 4, 5], "input", 5),  # one list of token ids
+    ([[1], [1, 2, 3], [1, 2, 3, 4, 5, 6, 7]], "input.2", 7),
+])
+def test_an_input_longer_than_the_model_reads_is_a_400(client: TestClient, given: Any, param: str,
+                                                       tokens: int) -> None:
+    _too_long(client.post(EMBED, json={"model": "short", "input": given}), param, tokens)
+
+
+def test_an_input_at_the_limit_is_embedded_and_counted(client: TestClient) -> None:
+    _too_long(client.post(EMBED, json={"model": "short", "input": ["a", "b c d e f"]}), "input.1", 5)
+    at_limit = (("one two three four", 4), ([1, 2, 3, 4], 4), (["a b c d", "e f"], 6), ([[1, 2, 3, 4], [5]], 5))
+    for given, tokens in at_limit:
+        resp = client.post(EMBED, json={"model": "short", "input": given})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert client.post(EMBED, json={"model": "emb", "input": "word " * 5000}).status_code == 200  # no limit set
+    assert client.get("/ready").json()["models"]["short"]["calls"] == 4  # the refused request is not an engine call
 
 
 # --- the sentence-transformers engine's batch, on a stub model ------------------------------------------------
@@ -129,6 +164,52 @@ async def test_the_engine_refuses_ids_outside_its_vocabulary(engine: Any) -> Non
     assert isinstance(results.pop(3), InvalidRequest)
     assert all(not isinstance(r, BaseException) for r in results)
     assert (await engine.embed([[999]])).prompt_tokens == 1
+
+
+async def test_an_input_longer_than_the_model_reads_fails_alone(engine: Any) -> None:
+    """The stub model reads 256 tokens (its tokenizer splits on spaces, no special tokens)."""
+    assert engine.max_input_tokens == 256
+    assert engine.health().detail["max_input_tokens"] == 256
+    results = await _together(engine, ["ok", "word " * 300])
+    refused = results.pop(3)
+    assert isinstance(refused, ContextLengthExceeded)
+    assert (refused.param, refused.code) == ("input.1", "context_length_exceeded")
+    assert "maximum context length is 256 tokens, however the input has 300 tokens" in refused.message
+    assert all(r.vectors == [[1.0, 0.0, 0.0, 0.0]] for r in results), results
+    assert engine._model.passes == [[f"good request {i}" for i in range(6)]]  # one forward pass, without it
+    at_limit = await engine.embed(["word " * 256, [5] * 256])
+    assert at_limit.prompt_tokens == 512  # counted, not cut
+    for ids in ([5] * 257, [BAD_ID] * 300):  # too many ids: refused before they are decoded
+        with pytest.raises(ContextLengthExceeded) as info:
+            await engine.embed([[1, 2], ids])
+        assert info.value.param == "input.1"
+
+
+async def test_token_ids_are_counted_as_the_model_reads_them(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids are decoded and tokenised again, with the model's special tokens: 255 ids can be 257 tokens."""
+    monkeypatch.setattr(_Tokenizer, "__call__", lambda self, text, add_special_tokens=True: {
+        "input_ids": ["[CLS]", *text.split(), "[SEP]"] if add_special_tokens else text.split()})
+    assert (await engine.embed([[5] * 254])).prompt_tokens == 254  # 256 with [CLS] and [SEP]: usage counts the ids
+    with pytest.raises(ContextLengthExceeded, match="has 257 tokens"):
+        await engine.embed([[5] * 255])
+
+
+async def test_a_default_prompt_leaves_less_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """encode() puts the model's default prompt before every text: its tokens come off the limit."""
+    class _Prompted(_Model):
+        prompts = {"query": "query: find", "document": ""}
+        default_prompt_name = "query"
+
+    monkeypatch.setattr(st_engine, "require", lambda module, extra: SimpleNamespace(SentenceTransformer=_Prompted))
+    monkeypatch.setattr(st_engine, "resolve_weights", lambda model: Path(model))
+    eng = st_engine.SentenceTransformersEngine("stub", st_engine.EmbeddingOptions(model="stub"))
+    await eng.start()
+    try:
+        assert eng.max_input_tokens == 254
+        with pytest.raises(ContextLengthExceeded, match="maximum context length is 254 tokens"):
+            await eng.embed(["word " * 255])
+    finally:
+        await eng.close()
 
 
 # --- the answer's body ------------------------------------------------------------------------------------

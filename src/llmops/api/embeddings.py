@@ -18,6 +18,7 @@ from fastapi.responses import Response
 
 from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
+from llmops.engines.embeddings import InputTooLong
 from llmops.errors import UnsupportedParameter
 from llmops.pipeline import embeddings, stages
 from llmops.pipeline.embeddings import EmbeddingsWork
@@ -44,6 +45,10 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     call = await stages.prepare(services, deps.context(request), work)
     try:
         result = await cancel_on_disconnect(request, embeddings.embed(services, call, work))
+    except InputTooLong as exc:
+        if not isinstance(body.input, list) or isinstance(body.input[0], int):  # one text, or one list of ids
+            exc.named("input")
+        raise
     finally:  # settled by the work once it started; this covers a client gone before that
         stages.settle_unused(services, call)
     vectors, encoding, name, tokens = result.vectors, body.encoding_format, call.config.name, result.prompt_tokens

@@ -6,6 +6,11 @@ so concurrent requests admitted by the model's admission share forward passes. T
 model's own vocabulary (an id outside it is refused, 400, before it is queued): they are decoded and encoded
 again (the count of ids is what usage reports).
 
+An input longer than the model reads (its `max_seq_length`, special tokens included) is refused, 400
+`context_length_exceeded` naming it, not cut: sentence-transformers would embed its beginning only, and the
+client would not know. The count is the one usage reports, from the tokenisation each request's inputs get
+on the engine's thread anyway (token ids are also counted as the model reads them: decoded, tokenised again).
+
 One request cannot fail the others it is batched with: each request's inputs are prepared (tokenised,
 decoded) on their own, so one that fails there fails alone, and when the batch's forward pass fails each
 request of it is run again alone, so only the one that fails by itself gets the error.
@@ -26,7 +31,7 @@ from llmops.engines.base import EmbeddingResult, EngineHealth
 from llmops.engines.batching import gather_batch
 from llmops.engines.registry import require
 from llmops.engines.weights import EMBEDDED_MINILM, resolve_weights
-from llmops.errors import EngineError, InvalidRequest, LLMOpsError
+from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError
 
 
 class EmbeddingOptions(BaseModel):
@@ -64,6 +69,7 @@ class SentenceTransformersEngine:
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{model_name}")
         self.vocab_size: int | None = None  # the tokenizer's, once loaded: token ids must be below it
+        self.max_input_tokens: int | None = None  # once loaded: tokens an input may have (None: no limit)
         self.batches = 0  # forward batches run (health detail: shows coalescing)
 
     async def start(self) -> None:
@@ -84,6 +90,7 @@ class SentenceTransformersEngine:
         size = int(dimension() if dimension else self._model.get_sentence_embedding_dimension())
         self.dimensions_allowed = tuple(sorted({size, *self.options.dimensions}))
         self.vocab_size = _vocab_size(self._model)
+        self.max_input_tokens = _input_limit(self._model)
         self._worker = asyncio.create_task(self._run(), name=f"embed-{self.model_name}")
         self._state = "ready"
 
@@ -100,7 +107,8 @@ class SentenceTransformersEngine:
 
     def health(self) -> EngineHealth:
         return EngineHealth(self._state, {"device": self.options.device, "dimensions": list(self.dimensions_allowed),
-                                          "max_batch": self.max_batch, "batches": self.batches})
+                                          "max_input_tokens": self.max_input_tokens, "max_batch": self.max_batch,
+                                          "batches": self.batches})
 
     async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult:
         if self._model is None:
@@ -169,16 +177,25 @@ class SentenceTransformersEngine:
             return _failed(exc)
 
     def _texts(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[str], int]:
-        """The inputs as texts, and the tokens they count (ids given, or the tokenizer's count, truncated)."""
-        tokenizer, limit = self._model.tokenizer, int(self._model.max_seq_length)
+        """The inputs as texts, and the tokens they count (ids given, or the tokenizer's count); InputTooLong
+        for the first one longer than the model reads. Token ids are decoded and encode() tokenises the text
+        again, with the model's special tokens: that count is checked too (what the model would cut)."""
+        tokenizer, limit = self._model.tokenizer, self.max_input_tokens
         texts, tokens = [], 0
-        for item in inputs:
+        for index, item in enumerate(inputs):
             if isinstance(item, str):
-                texts.append(item)
-                tokens += min(limit, len(tokenizer(item, add_special_tokens=True)["input_ids"]))
+                text = item
+                count = read = _count(tokenizer, text)
             else:
-                texts.append(tokenizer.decode(list(item), skip_special_tokens=True))
-                tokens += min(limit, len(item))
+                count = len(item)
+                if limit is not None and count > limit:
+                    raise InputTooLong(index, count, limit)
+                text = tokenizer.decode(list(item), skip_special_tokens=True)
+                read = count if limit is None else max(count, _count(tokenizer, text))
+            if limit is not None and read > limit:
+                raise InputTooLong(index, read, limit)
+            texts.append(text)
+            tokens += count
         return texts, tokens
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
@@ -187,6 +204,41 @@ class SentenceTransformersEngine:
         out = self._model.encode(texts, batch_size=self.max_batch, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False)
         return [[float(x) for x in row] for row in out]
+
+
+class InputTooLong(ContextLengthExceeded):
+    """An input longer than the model reads (400, code context_length_exceeded): named by its place in the
+    request's list (`input.3`), or as `input` once `named("input")` (a request whose input is one item)."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        self.index, self.tokens, self.limit = index, tokens, limit
+        super().__init__(self._says(f"input.{index}"), param=f"input.{index}")
+
+    def named(self, where: str) -> InputTooLong:
+        self.param, self.message = where, self._says(where)
+        self.args = (self.message,)
+        return self
+
+    def _says(self, where: str) -> str:
+        return (f"Invalid '{where}': this model's maximum context length is {self.limit} tokens, however the "
+                f"input has {self.tokens} tokens (special tokens included). Embed it in shorter pieces.")
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    """Tokens the model reads for `text`: its special tokens included, nothing cut."""
+    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _input_limit(model: Any) -> int | None:
+    """Tokens an input may have: the model's max_seq_length (special tokens included), less its default
+    prompt's, which encode() puts before every text (None: the model states no limit)."""
+    limit = getattr(model, "max_seq_length", None)
+    if not limit:
+        return None
+    prompts = getattr(model, "prompts", None) or {}
+    prompt = prompts.get(getattr(model, "default_prompt_name", None) or "", "")
+    used = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
+    return max(1, int(limit) - used)
 
 
 def _vocab_size(model: Any) -> int | None:

@@ -1,6 +1,7 @@
 """A real, deterministic embeddings engine with no ML dependencies, for tests and demos (the embeddings
 twin of `fake.FakeTextEngine`). A text's vector is its hashed bag of lower-case words, unit length, so equal
-word sets give equal vectors and shared words give a positive cosine; token-id lists hash their ids.
+word sets give equal vectors and shared words give a positive cosine; token-id lists hash their ids. Its
+tokens are the words (or the ids): option `max_seq_length` refuses longer inputs as a real model does.
 `calls` in the health detail counts engine calls."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.engines.base import EmbeddingResult, EngineHealth
-from llmops.engines.embeddings import check_token_ids
+from llmops.engines.embeddings import InputTooLong, check_token_ids
 from llmops.errors import InvalidRequest
 
 
@@ -23,6 +24,8 @@ class FakeEmbeddingOptions(BaseModel):
     size: int = Field(32, ge=2, le=4096, description="the vector length")
     vocab_size: int | None = Field(None, ge=1, description="token ids must be below it, as a real model's "
                                    "vocabulary (none: any id the protocol allows)")
+    max_seq_length: int | None = Field(None, ge=1, description="tokens (words, or ids) an input may have, as a "
+                                       "real model's; longer inputs are refused, 400 (none: no limit)")
 
 
 def _vector(words: Sequence[str], size: int) -> list[float]:
@@ -58,7 +61,11 @@ class FakeEmbeddingEngine:
         if dimensions is not None and dimensions not in self.dimensions_allowed:
             raise InvalidRequest(f"this model's vectors have {self.options.size} dimensions", param="dimensions")
         check_token_ids(inputs, self.vocab_size)
-        self.calls += 1
         items = [re.findall(r"\w+", x.lower()) if isinstance(x, str) else [str(i) for i in x] for x in inputs]
+        limit = self.options.max_seq_length
+        for index, words in enumerate(items):
+            if limit is not None and len(words) > limit:
+                raise InputTooLong(index, len(words), limit)
+        self.calls += 1
         return EmbeddingResult([_vector(words, self.options.size) for words in items],
                                sum(len(words) for words in items))

@@ -32,7 +32,7 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, context_length
         if requested > room:
             raise ContextLengthExceeded(
                 f"this model's context is {context_length} tokens; the prompt has {prompt_tokens} and "
-                f"max_tokens asks for {requested} more", param="max_tokens")
+                f"max_tokens asks for {requested} more", param="max_tokens" if room > 0 else "messages")
         return requested
     if room < 1:
         raise ContextLengthExceeded(

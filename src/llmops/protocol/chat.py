@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,19 +14,35 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from llmops.protocol.common import INT32_MAX, SamplingFields, Usage
 from llmops.protocol.fields import Endpoint
 from llmops.protocol.json_schema import schema_problem
+from llmops.protocol.unions import one_of
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
+def _kind_refused(data: Any, supported: str, what: str) -> None:
+    """A 400 saying plainly that an object of another `type` than `supported` is not supported (where it
+    was told the value "should be a valid string")."""
+    if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] != supported:
+        raise PydanticCustomError("unsupported_type", "{what} of type '{kind}' are not supported: only '{supported}'",
+                                  {"what": what, "kind": data["type"][:64], "supported": supported})
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        _kind_refused(data, "text", "content parts")  # image_url, input_audio, file: text only
+        return data
 
 
 class FunctionCall(BaseModel):
@@ -42,7 +58,7 @@ class ToolCallParam(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Role
-    content: str | list[TextPart] | None = None
+    content: Annotated[str | list[TextPart] | None, one_of("a string or a list of text parts")] = None
     name: str | None = None
     tool_calls: list[ToolCallParam] | None = Field(None, description="assistant turns: the calls it made")
     tool_call_id: str | None = Field(None, max_length=128, description="tool turns: the call answered")
@@ -60,7 +76,8 @@ class PromptRef(BaseModel):
 
     id: str = Field(min_length=1, max_length=64)
     version: str | None = Field(None, max_length=64, description="default: the latest, or the experiment's pick")
-    variables: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    variables: dict[str, Annotated[str | int | float | bool, one_of("a string, a number or a boolean")]] = \
+        Field(default_factory=dict)
 
 
 def _compilable(schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -114,6 +131,16 @@ class NamedToolChoice(BaseModel):
     type: Literal["function"]
     function: NamedFunction
 
+    @model_validator(mode="before")
+    @classmethod
+    def _function_only(cls, data: Any) -> Any:
+        _kind_refused(data, "function", "tool_choice objects")  # allowed_tools, custom: not implemented
+        return data
+
+
+ToolChoice = Annotated[Literal["none", "auto", "required"] | NamedToolChoice | None,
+                       one_of("'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}")]
+
 
 class ChatCompletionRequest(SamplingFields):
     ENDPOINT: ClassVar[Endpoint] = "chat"
@@ -123,7 +150,7 @@ class ChatCompletionRequest(SamplingFields):
     prompt: PromptRef | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = Field(None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None
 
     @field_validator("tool_choice")

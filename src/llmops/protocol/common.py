@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops.protocol.fields import Endpoint, refused_field
+from llmops.protocol.unions import one_of
 
 MAX_STOP_SEQUENCES = 4
 INT32_MAX = 2**31 - 1  # the most any count field takes: engines count in 32 bits, and cost arithmetic stays finite
@@ -14,6 +15,8 @@ INT32_MAX = 2**31 - 1  # the most any count field takes: engines count in 32 bit
 # Options OpenAI accepts as null meaning "unset": null here means the default.
 NULLABLE_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,
                                      "frequency_penalty": 0.0, "n": 1, "stream": False}
+
+Stop = Annotated[str | list[str] | None, one_of(f"a string or a list of at most {MAX_STOP_SEQUENCES} strings")]
 
 
 class StreamOptions(BaseModel):
@@ -36,7 +39,7 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit integer, as OpenAI's")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -53,11 +56,13 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list):
-            if len(v) > MAX_STOP_SEQUENCES:
-                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-            if any(not s for s in v):
-                raise ValueError("stop sequences must not be empty")
+        """One rule for both forms: `"stop": ""` is the list `[""]`, an empty sequence the answer would stop
+        at before its first token (it was accepted, and every answer came back empty)."""
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
         return v
 
     def stop_list(self) -> list[str]:

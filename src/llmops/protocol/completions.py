@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from llmops.protocol.common import SamplingFields, Usage
+from llmops.protocol.unions import one_of
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Annotated[str | list[str], one_of("a string or a list of one string")] = \
+        Field(json_schema_extra={"minLength": 1})  # the schema as it was; the rule is _not_empty's
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, v: Any) -> Any:
+        """Token ids (OpenAI takes a list of ints, or of int lists) are refused as such: the engines take
+        text (engines/base.py TextRequest.prompt), and the client was told "Input should be a valid string"
+        about a `prompt.str` it never sent."""
+        if isinstance(v, list) and any(isinstance(x, list) or (isinstance(x, int) and not isinstance(x, bool))
+                                       for x in v):
+            raise PydanticCustomError("unsupported_prompt", "token-id prompts are not supported: send the prompt "
+                                      "as text")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, v: str | list[str]) -> str | list[str]:
+        """One rule for both forms: `""`, `[]` and `[""]` are all no prompt (`[""]` was accepted)."""
+        if not v or (isinstance(v, list) and not all(v)):
+            raise PydanticCustomError("empty_prompt", "the prompt must not be empty")
+        return v
 
     def prompt_text(self) -> str | None:
         """The prompt, or None when a list of several prompts was sent (not supported)."""

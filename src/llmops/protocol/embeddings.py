@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops.protocol.common import INT32_MAX, Usage
 from llmops.protocol.fields import refused_field
+from llmops.protocol.unions import one_of
 
 TokenIds = list[int]  # each 0 .. INT32_MAX (the engine checks its own vocabulary's size)
 
@@ -16,7 +17,8 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: Annotated[str | list[str] | TokenIds | list[TokenIds],
+                     one_of("a string, a list of strings, a list of token ids or a list of token-id lists")]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = Field(None, max_length=256)

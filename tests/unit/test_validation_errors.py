@@ -1,0 +1,186 @@
+"""Request-validation errors name the client's own parameter and say plainly what is wrong.
+
+Found by an outside trial: `"stop": ""` was accepted and emptied every answer (`[""]` was a 400); errors in
+fields that take several forms named pydantic's internal branch (`messages.0.content.str`, `prompt.str`,
+`input.str`, `tool_choice.literal['none','auto','required']`) and gave the first branch's complaint ("Input
+should be a valid string" for a list of content parts). protocol/unions.py `one_of` wraps every such field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, WrapValidator
+
+from llmops import protocol
+from llmops.api import chat, classifications, completions, embeddings, images, inference_v2
+from llmops.app import create_app
+from llmops.protocol import unions
+from llmops.settings import load_settings
+
+CHAT, COMPLETIONS, EMBED = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+USER = [{"role": "user", "content": "hi"}]
+ACCEPTS_INPUT = "Input should be a string, a list of strings, a list of token ids or a list of token-id lists"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    models = [{"name": "fake", "engine": "fake"},
+              {"name": "fake-tiny-context", "engine": "fake", "options": {"context_length": 16}},
+              {"name": "emb", "kind": "embeddings", "engine": "fake-embeddings", "options": {"size": 16}}]
+    settings = load_settings(None, models=models, state={"backend": "memory"})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def post(client: TestClient, path: str, extra: dict[str, Any]) -> Any:
+    bases: dict[str, dict[str, Any]] = {CHAT: {"model": "fake", "messages": USER},
+                                        COMPLETIONS: {"model": "fake", "prompt": "hi"},
+                                        EMBED: {"model": "emb", "input": "hi"}}
+    base = bases[path]
+    return client.post(path, json={**base, **extra})
+
+
+CASES = [
+    # 1. an empty stop sequence, in either form, on either endpoint
+    (CHAT, {"stop": ""}, "stop", "invalid value for 'stop': Value error, stop sequences must not be empty"),
+    (CHAT, {"stop": [""]}, "stop", "invalid value for 'stop': Value error, stop sequences must not be empty"),
+    (COMPLETIONS, {"stop": ""}, "stop", "invalid value for 'stop': Value error, stop sequences must not be empty"),
+    (COMPLETIONS, {"stop": ["x", ""]}, "stop",
+     "invalid value for 'stop': Value error, stop sequences must not be empty"),
+    (CHAT, {"stop": ["a", "b", "c", "d", "e"]}, "stop",
+     "invalid value for 'stop': Value error, at most 4 stop sequences"),
+    (CHAT, {"stop": 5}, "stop", "invalid value for 'stop': Input should be a string or a list of at most 4 strings"),
+    # 2. the client's path, and one message saying what the field accepts when no form fits
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]},
+     "messages.0.content.0",
+     "invalid value for 'messages.0.content.0': content parts of type 'image_url' are not supported: only 'text'"),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "input_audio"}]}]},
+     "messages.0.content.1",
+     "invalid value for 'messages.0.content.1': content parts of type 'input_audio' are not supported: only 'text'"),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text",
+     "missing required parameter 'messages.0.content.0.text'"),
+    (CHAT, {"messages": [{"role": "user", "content": ["a"]}]}, "messages.0.content.0",
+     "invalid value for 'messages.0.content.0': Input should be an object"),
+    (CHAT, {"messages": [{"role": "user", "content": 5}]}, "messages.0.content",
+     "invalid value for 'messages.0.content': Input should be a string or a list of text parts"),
+    (COMPLETIONS, {"prompt": [818, 7217, 563]}, "prompt",
+     "invalid value for 'prompt': token-id prompts are not supported: send the prompt as text"),
+    (COMPLETIONS, {"prompt": [[818, 7217, 563]]}, "prompt",
+     "invalid value for 'prompt': token-id prompts are not supported: send the prompt as text"),
+    (COMPLETIONS, {"prompt": 5}, "prompt",
+     "invalid value for 'prompt': Input should be a string or a list of one string"),
+    (COMPLETIONS, {"prompt": ""}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
+    (COMPLETIONS, {"prompt": [""]}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
+    (COMPLETIONS, {"prompt": []}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
+    (EMBED, {"input": 5}, "input", f"invalid value for 'input': {ACCEPTS_INPUT}"),
+    (EMBED, {"input": [1, "a"]}, "input", f"invalid value for 'input': {ACCEPTS_INPUT}"),
+    (EMBED, {"input": []}, "input", "invalid value for 'input': Value error, input must hold at least one item"),
+    (CHAT, {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}, "tool_choice",
+     "invalid value for 'tool_choice': tool_choice objects of type 'allowed_tools' are not supported: only 'function'"),
+    (CHAT, {"tool_choice": "sometimes"}, "tool_choice", "invalid value for 'tool_choice': Input should be 'none', "
+     "'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"),
+    (CHAT, {"tool_choice": {"type": "function"}}, "tool_choice.function",
+     "missing required parameter 'tool_choice.function'"),
+    (CHAT, {"prompt": {"id": "p", "variables": {"who": [1]}}}, "prompt.variables.who",
+     "invalid value for 'prompt.variables.who': Input should be a string, a number or a boolean"),
+]
+
+
+@pytest.mark.parametrize(("path", "extra", "param", "message"), CASES,
+                         ids=[f"{path.rsplit('/', 1)[1]}-{param}-{i}" for i, (path, _, param, _) in enumerate(CASES)])
+def test_errors_name_the_clients_parameter(client: TestClient, path: str, extra: dict[str, Any], param: str,
+                                           message: str) -> None:
+    response = post(client, path, extra)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param,
+                                        "code": None}
+
+
+@pytest.mark.parametrize(("path", "extra"), [
+    (CHAT, {"stop": "x"}),
+    (CHAT, {"stop": ["x", "y"]}),
+    (CHAT, {"stop": []}),
+    (CHAT, {"stop": None}),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}),
+    (CHAT, {"messages": [{"role": "user", "content": None}, *USER]}),
+    (CHAT, {"tool_choice": "none"}),
+    (CHAT, {"tool_choice": None}),
+    (COMPLETIONS, {"prompt": ["hi"]}),
+    (COMPLETIONS, {"stop": "x"}),
+    (EMBED, {"input": ["a", "b"]}),
+    (EMBED, {"input": [1, 2, 3]}),
+    (EMBED, {"input": [[1, 2], [3]]}),
+])
+def test_every_form_still_accepted(client: TestClient, path: str, extra: dict[str, Any]) -> None:
+    response = post(client, path, extra)
+    assert response.status_code == 200, response.text
+
+
+def test_a_prompt_too_long_by_itself_names_the_messages(client: TestClient) -> None:
+    """OpenAI names `messages` when the prompt alone fills the context, whatever max_tokens asks for."""
+    long = [{"role": "user", "content": "word " * 50}]
+    response = client.post(CHAT, json={"model": "fake-tiny-context", "messages": long, "max_tokens": 5})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    short = client.post(CHAT, json={"model": "fake-tiny-context", "messages": USER, "max_tokens": 100})
+    assert short.json()["error"]["param"] == "max_tokens"  # here max_tokens is what does not fit
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _is_one_of(meta: Any) -> bool:
+    return isinstance(meta, WrapValidator) and getattr(meta.func, "__module__", None) == unions.__name__
+
+
+def _unwrapped_unions(tp: Any, path: str, metadata: tuple[Any, ...], seen: set[type]) -> Iterator[str]:
+    """Every union of two or more forms under `tp` not wrapped by `one_of` (X | None is no such union)."""
+    if typing.get_origin(tp) is typing.Annotated:
+        inner, *more = typing.get_args(tp)
+        yield from _unwrapped_unions(inner, path, (*metadata, *more), seen)
+        return
+    if _is_union(tp):
+        forms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(forms) > 1 and not any(_is_one_of(m) for m in metadata):
+            yield path
+        for form in forms:
+            yield from _unwrapped_unions(form, path, (), seen)
+    elif isinstance(tp, type) and issubclass(tp, BaseModel):
+        if tp in seen:
+            return
+        seen.add(tp)
+        for name, field in tp.model_fields.items():
+            yield from _unwrapped_unions(field.annotation, f"{tp.__name__}.{name}", tuple(field.metadata), seen)
+    else:
+        for arg in typing.get_args(tp):
+            yield from _unwrapped_unions(arg, path, (), seen)
+
+
+def test_every_union_in_a_request_body_is_wrapped() -> None:
+    """A union left unwrapped names pydantic's branch again (`x.str`): each request body's fields, nested
+    models and item types are walked (the routes' bodies, and the protocol's *Request models a route parses
+    itself, as /v2's)."""
+    routers = (chat.router, completions.router, embeddings.router, images.router, classifications.router,
+               inference_v2.router)
+    bodies: set[Any] = {p.field_info.annotation for router in routers for route in router.routes
+                        if isinstance(route, APIRoute) for p in route.dependant.body_params}
+    for info in pkgutil.iter_modules(protocol.__path__):
+        module = importlib.import_module(f"{protocol.__name__}.{info.name}")
+        bodies |= {v for k, v in vars(module).items() if k.endswith("Request") and isinstance(v, type)
+                   and issubclass(v, BaseModel)}
+    names = {getattr(b, "__name__", "") for b in bodies}
+    assert {"ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "InferenceRequest"} <= names
+    seen: set[type] = set()
+    found = [path for body in bodies for path in _unwrapped_unions(body, getattr(body, "__name__", ""), (), seen)]
+    assert found == []
