@@ -5,7 +5,7 @@ from bench.guardrails import evaluate, labelled
 
 from llmops.errors import ContentFiltered
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.guardrails import Guardrails
+from llmops.pipeline.guardrails import HOLD_CHARS, LONGEST_HELD, Guardrails
 from llmops.pipeline.guardrails.detectors import InjectionDetector, PiiDetector, iban_ok, luhn_ok
 from llmops.settings import GuardrailRule, GuardrailSettings
 
@@ -85,6 +85,24 @@ def test_stream_guard_redacts_across_chunks_without_buffering_everything() -> No
     assert "[REDACTED:email]" in joined
     assert joined == text.replace("alice@example.com", "[REDACTED:email]")
     assert sent_before_end > len(text) - 80  # only a short tail waited for the end
+
+
+def test_stream_guard_holds_a_growing_finding_back_only_so_long() -> None:
+    """An address whose last label goes on and on is held back up to LONGEST_HELD characters, not to the end
+    of the stream (every chunk searches the held text again), and what has come of it is redacted."""
+    g = guardrails({"name": "pii", "detector": "pii", "stages": ["output"], "action": "redact"})
+    stream = g.stream()
+    text = "mail x@a." + "b" * 20_000 + " done"
+    out, held = [], 0
+    for i in range(0, len(text), 7):
+        out.append(stream.feed(text[i:i + 7]))
+        held = max(held, len(stream._pending))
+    out.append(stream.flush())
+    joined = "".join(out)
+    assert held <= LONGEST_HELD + HOLD_CHARS + 16
+    assert joined.startswith("mail [REDACTED:email]b")
+    assert joined.endswith("b done")
+    assert "@" not in joined
 
 
 def test_stream_guard_blocks_mid_stream() -> None:
