@@ -228,6 +228,36 @@ async def test_a_store_that_moves_rows_while_a_thread_scores_them_is_scored_agai
     await index.close()
 
 
+async def test_rows_evicted_while_a_thread_scores_them_do_not_fail_the_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread's best row may be gone when it returns (evicted by another namespace's stores): the answer
+    is read on the loop, after the check, where it was read in the thread and raised IndexError (a 500)."""
+    monkeypatch.setattr(semantic_cache, "OFF_LOOP_SCORES", 0)
+    index = MemoryIndex(4, max_total_entries=4)
+    for i in range(4):
+        await index.add("a", axis(i), f"b{i}", 60)
+    scored, go = threading.Event(), threading.Event()
+    real = semantic_cache._best
+
+    def paused(*args: Any) -> tuple[int, float]:
+        best = real(*args)
+        if not scored.is_set():
+            scored.set()
+            go.wait(30)
+        return best
+
+    monkeypatch.setattr(semantic_cache, "_best", paused)
+    lookup = asyncio.create_task(index.nearest("a", axis(3)))  # its best is row 3, the last
+    deadline = asyncio.get_running_loop().time() + 30
+    while not scored.is_set():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.001)
+    for i in range(3):  # the bound evicts "a"'s three oldest: row 3 moves to row 0, the list is one long
+        await index.add("b", axis(i), f"other{i}", 60)
+    go.set()
+    assert await lookup == (1.0, "b3")
+    await index.close()
+
+
 @pytest.mark.parametrize("text", ["Paris.", "plain words. " * 90_000, "東京は日本の首都です。😀" * 80_000])
 async def test_an_answer_is_served_as_it_was_stored_within_the_size_limit(text: str) -> None:
     """Small or large (1 MB, CJK and emoji): the limit is the compact JSON's length, to the character."""

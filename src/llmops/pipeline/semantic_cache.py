@@ -202,12 +202,15 @@ class MemoryIndex:
             return None
         row = np.asarray(vector, np.float32)
         for _ in range(3):  # a store that evicts from this namespace meanwhile moves rows: score again (then here)
-            if len(entries) * entries.size <= OFF_LOOP_SCORES:
+            n = len(entries)
+            if n * entries.size <= OFF_LOOP_SCORES:
                 break
             version = entries.version
-            found = await asyncio.to_thread(entries.nearest, row, now)
+            # views of the first n rows: a resize meanwhile replaces the arrays and leaves these whole, and the
+            # answer is read here, on the loop, only if no row moved (reading it in the thread raced removals)
+            best, score = await asyncio.to_thread(_best, entries.matrix[:n], row, entries.expires[:n], now)
             if entries.version == version:
-                return found
+                return None if score == -math.inf else (score, entries.bodies[best])
         return entries.nearest(row, now)
 
     async def close(self) -> None:
