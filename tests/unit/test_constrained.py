@@ -133,3 +133,27 @@ def test_auto_text_is_any_text_but_one_that_begins_a_call() -> None:
         assert text.fullmatch(answer), answer
     for answer in ("<tool_call>", "<tool_call>\n{\"name\": \"f\"}"):
         assert not text.fullmatch(answer), answer
+
+
+async def test_a_call_of_a_function_not_offered_is_dropped() -> None:
+    """Under tool_choice auto, a call written after some text is not the grammar's: a name no tool has (or an
+    empty one, which failed the response's validation: a 500) must not reach the client."""
+    good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    for bad in ('{"name": "", "arguments": {}}', '{"name": "rm_rf", "arguments": {}}'):
+        chunks = _chunks(["Let me check.\n", f"<tool_call>\n{bad}\n</tool_call>\n", good])
+        out = [c async for c in tool_call_stream(chunks, frozenset({"get_weather", "get_time"}))]
+        assert [d.name for c in out for d in c.tool_calls] == ["get_weather"]
+        assert out[-1].finish_reason == "tool_calls"
+    cut = _chunks(['<tool_call>\n{"name": "rm_rf", "arguments": {"pa'], "length")
+    out = [c async for c in tool_call_stream(cut, frozenset({"get_weather"}))]
+    assert [d for c in out for d in c.tool_calls] == []
+    assert out[-1].finish_reason == "length"
+
+
+def test_past_call_arguments_become_json_objects_llama_cpp_parses() -> None:
+    from llmops.engines.llamacpp import _json_arguments
+
+    assert _json_arguments("") == "{}"
+    assert _json_arguments(' {"city": "Paris"} ') == ' {"city": "Paris"} '
+    for text in ("not json", '{"city": "Par', '{"x": NaN}', "[1]", "null", '{"a": "\\ud800"}'):
+        assert json.loads(_json_arguments(text)) == text  # kept as a JSON string: what the model wrote

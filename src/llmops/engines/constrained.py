@@ -342,9 +342,12 @@ def render_call(name: str, arguments: str) -> str:
 
 
 class _Splitter:
-    """Text until the first `<tool_call>`, then calls: holds back what may be the start of the marker."""
+    """Text until the first `<tool_call>`, then calls: holds back what may be the start of the marker. A call
+    of a function not in `offered` is dropped: under tool_choice auto a call after some text is the model's
+    own writing, not the grammar's (a name no tool has, or none at all, would reach the client)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offered: frozenset[str] | None = None) -> None:
+        self.offered = offered
         self.pending = ""
         self.in_calls = False
         self.calls: list[tuple[str, str]] = []
@@ -366,6 +369,8 @@ class _Splitter:
         while (end := self.pending.find(CALL_CLOSE)) >= 0:
             block, self.pending = self.pending[:end], self.pending[end + len(CALL_CLOSE):]
             parsed = _parse_call(block.replace(CALL_OPEN, "", 1))
+            if parsed is not None and self.offered is not None and parsed[0] not in self.offered:
+                continue
             if parsed is not None and parsed not in self.calls:  # a repeat of the same call is dropped
                 self.calls.append(parsed)
                 found.append(parsed)
@@ -388,6 +393,8 @@ class _Splitter:
         try:
             name = json.loads(f'"{found["name"]}"')
         except ValueError:
+            return None
+        if self.offered is not None and name not in self.offered:
             return None
         written = found["arguments"]
         repeats = any(made == name and _compact(arguments).startswith(_compact(written))
@@ -420,13 +427,14 @@ def _parse_call(block: str) -> tuple[str, str] | None:
     return data["name"], json.dumps(data.get("arguments", {}))
 
 
-async def tool_call_stream(chunks: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
+async def tool_call_stream(chunks: AsyncIterator[TextChunk],
+                           offered: frozenset[str] | None = None) -> AsyncIterator[TextChunk]:
     """Text chunks with the model's `<tool_call>` blocks turned into tool-call deltas, one per call; a
     stream whose calls are whole finishes with `tool_calls`, even cut by max_tokens inside a repeat of one
     (dropped: small models repeat a call until max_tokens). One cut inside a new call finishes with
     `length`, that call sent with the arguments written so far (as OpenAI does: the client sees what it
-    paid for and why it does not parse)."""
-    splitter = _Splitter()
+    paid for and why it does not parse). Calls of functions not in `offered` are dropped."""
+    splitter = _Splitter(offered)
     async for chunk in chunks:
         text, calls = splitter.feed(chunk.text)
         finish, cut = chunk.finish_reason, None

@@ -117,15 +117,21 @@ def _wire_message(m: Message) -> dict[str, Any]:
 def _json_arguments(arguments: str) -> str:
     """A past call's `arguments` as JSON text, which llama.cpp's templating parses (and fails the whole request
     on when it cannot). OpenAI takes any string there, and models write what does not parse (an empty one for
-    a function without parameters, a cut-off object): empty is `{}`, other text that does not parse is kept
-    as a JSON string, so the model sees what it wrote."""
+    a function without parameters, a cut-off object): empty is `{}`, other text that is not a JSON object
+    (strict JSON: no NaN or Infinity, which llama.cpp's parser refuses) is kept as a JSON string, so the
+    model sees what it wrote."""
     if not arguments.strip():
         return "{}"
     try:
-        json.loads(arguments)
-    except ValueError:
+        parsed = json.loads(arguments, parse_constant=_no_constant)
+        json.dumps(parsed, ensure_ascii=False).encode()  # a lone surrogate escape: not UTF-8, refused there
+    except ValueError:  # UnicodeEncodeError is one
         return json.dumps(arguments)
-    return arguments
+    return arguments if isinstance(parsed, dict) else json.dumps(arguments)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 _ABOUT_GRAMMAR = ("grammar", "schema")  # words of llama.cpp's errors about a request's grammar or json_schema
@@ -353,7 +359,8 @@ class LlamaCppEngine:
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
-            chunks = tool_call_stream(chunks)
+            chunks = tool_call_stream(chunks, frozenset(str(f.get("function", f).get("name"))
+                                                        for f in request.tools.functions))
         async for chunk in chunks:
             yield chunk
 
