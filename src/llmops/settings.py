@@ -195,8 +195,8 @@ class AuthSettings(_Strict):
     Wrong admin keys are throttled per client address (middleware/auth_throttle.py): `max_failures` of them
     within `failure_window_s` and that address's /admin requests get 429 with Retry-After, their keys
     unchecked, for `failure_window_s` (API keys, 256 random bits, are not throttled). The address is the
-    rate limiter's: behind a proxy, list it in `rate_limits.trusted_proxies`, or every client shares the
-    proxy's address and one client's failures lock all of them out of the admin API."""
+    rate limiter's. Without `rate_limits.trusted_proxies` an internal address (which may be a proxy every
+    client shares) is never locked out, only logged; behind a proxy, list it there."""
 
     admin_key: SecretStr | None = Field(None, description="guards /admin; env LLMOPS_AUTH__ADMIN_KEY. "
                                         "Unset: the admin API is disabled")

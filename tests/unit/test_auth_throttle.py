@@ -70,7 +70,8 @@ def scope(address: str = "203.0.113.5", path: str = "/v1/chat/completions", key:
 
 
 def throttle(clock: Clock, max_failures: int = 3, window_s: float = 10.0, **kw: Any) -> FailureThrottle:
-    return FailureThrottle(max_failures, window_s, clock=clock, **kw)
+    """A throttle that locks out any address (the tests' are documentation ranges, which are private)."""
+    return FailureThrottle(max_failures, window_s, clock=clock, **{"lock_internal": True, **kw})
 
 
 # --- the throttle ------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def test_the_api_never_computes_an_address_even_during_a_lockout() -> None:
             return super().address(scope)
 
     key, secret = new_key("team", (), "interactive")
-    auth = Authenticator(Keys(key), False, Metrics(), refresh_s=60, throttle=Counting(1, 10.0),
+    auth = Authenticator(Keys(key), False, Metrics(), refresh_s=60, throttle=Counting(1, 10.0, lock_internal=True),
                          admin_key=SecretStr(ADMIN))
     assert check(auth, scope("198.51.100.9", path="/admin/keys", x_admin_key="w" * 32)) is not None
     assert auth.throttle.locked  # someone is locked out
@@ -343,3 +344,25 @@ def test_from_settings_takes_the_throttle_and_trusted_proxies() -> None:
         check(auth, scope("127.0.0.1", path="/admin/keys", x_admin_key="z" * 32, x_forwarded_for="198.51.100.3"))
     assert list(auth.throttle.locked) == ["198.51.100.3"]
     assert auth.throttle.window_s == 5
+
+
+def test_without_trusted_proxies_an_internal_address_is_logged_not_locked_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It may be an ingress every client comes through: locking it out would lock every admin out, the right
+    key included, for as long as anyone keeps guessing. A public address is the client's own, and locked."""
+    clock = Clock()
+    t = FailureThrottle(3, 10.0, clock=clock)
+    assert not t.lock_internal
+    with caplog.at_level(logging.WARNING, logger="llmops.auth"):
+        for address in ("10.1.2.3", "127.0.0.1", "fe80::1", "unknown"):
+            for _ in range(10):
+                t.failed(scope(address))
+            assert t.retry_after(scope(address)) is None
+        for _ in range(3):
+            t.failed(scope("8.8.8.8"))
+    assert t.retry_after(scope("8.8.8.8")) == 10
+    assert not t.counts
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # one about internal addresses this window, one lockout
+    assert "rate_limits.trusted_proxies" in warnings[0]
+    assert FailureThrottle(3, 10.0, ["10.0.0.0/8"]).lock_internal  # behind listed proxies: the client's own

@@ -10,7 +10,9 @@ not counted (middleware/auth.py says why).
 The address is the rate limiter's (`rate_limit.client_ip`: the TCP peer, or, from `trusted_proxies`, the
 client they name). Only that address is locked out; every other one authenticates as before. Behind a
 proxy not listed in `trusted_proxies` every client has the proxy's address, and one client's failures
-lock all of them out of the admin API (never out of the API).
+would lock all of them out of the admin API, the right key included: so with no trusted proxies an
+internal address (private, loopback, link-local: an ingress, a sidecar) is never locked out, only logged
+(once per window); a public one is. With trusted proxies, every address is the client's own, and locked.
 
 Memory is bounded whatever the number of addresses: at most `capacity` addresses counted and `capacity`
 locked out, the oldest forgotten first (an attacker spread over more addresses than that gets
@@ -47,9 +49,14 @@ class _Count:
 
 class FailureThrottle:
     def __init__(self, max_failures: int, window_s: float, trusted_proxies: Sequence[str] = (),
-                 capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic) -> None:
+                 capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic,
+                 lock_internal: bool | None = None) -> None:
         self.max_failures, self.window_s, self.capacity, self.clock = max_failures, window_s, capacity, clock
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+        # an internal address is locked out only when it is known to be the client's own: trusted proxies say
+        # who the client is behind them; without them it may be a proxy every client shares (an ingress)
+        self.lock_internal = bool(self.trusted) if lock_internal is None else lock_internal
+        self._unlocked_logged = -math.inf  # when the "not locked out: may be a proxy" warning was last logged
         self.counts: dict[str, _Count] = {}  # address → its failures in its window; oldest window first
         self.locked: dict[str, float] = {}  # address → locked out until (clock); soonest first. Never rebound
         self._full_logged = -math.inf  # when the table's "full" warning was last logged
@@ -75,6 +82,13 @@ class FailureThrottle:
         address = self.address(scope)
         if address in self.locked:  # it passed the check before the lockout began: already refused
             return
+        if not self.lock_internal and _internal(address):
+            if now - self._unlocked_logged >= self.window_s:
+                self._unlocked_logged = now
+                log.warning("a wrong admin key from %s, an internal address that may be a proxy every client "
+                            "comes through: wrong keys from it are not locked out (list the proxy in "
+                            "rate_limits.trusted_proxies, and its clients are counted one by one)", address)
+            return
         count = self.counts.get(address)
         if count is None or now - count.since >= self.window_s:
             if count is not None:
@@ -87,8 +101,7 @@ class FailureThrottle:
             self._make_room(self.locked, now)
             self.locked[address] = now + self.window_s
             log.warning("%d wrong admin keys from %s within %g s: its admin requests are refused, their keys "
-                        "unchecked, for %g s%s", count.failures, address, self.window_s, self.window_s,
-                        _proxy_hint(address))
+                        "unchecked, for %g s", count.failures, address, self.window_s, self.window_s)
 
     def _expire(self, now: float) -> None:
         """Drop the expired heads of both tables (each is in time order, so the expired entries lead)."""
@@ -115,13 +128,11 @@ class FailureThrottle:
                         "forgotten", self.capacity)
 
 
-def _proxy_hint(address: str) -> str:
-    """For a lockout's warning: a private or loopback address may be a proxy that every client comes through
-    (one client's failures lock them all out), unless it is listed as one."""
+def _internal(address: str) -> bool:
+    """Whether `address` is private, loopback or link-local (or not an IP at all: a Unix socket's peer), as a
+    proxy in front of the server would be."""
     try:
-        internal = ipaddress.ip_address(address).is_private
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return ""
-    return (" (if that is a proxy, every client behind it is refused the admin API: list it in "
-            "rate_limits.trusted_proxies)"
-            if internal else "")
+        return True
+    return ip.is_private or ip.is_loopback or ip.is_link_local
