@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import time
 from typing import Any
 
 import pytest
@@ -221,3 +222,21 @@ def _refusals(engine: LlamaCppEngine, first: Any) -> None:
     with pytest.raises(UnsupportedParameter) as err:
         asyncio.run(first(request(tools=ToolSpec((GOOD,), "auto"))))
     assert err.value.param == "tools"
+
+
+def test_a_request_whose_checks_together_run_past_their_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each check has its own budget; together they have one too (many tools each just under it)."""
+    slow = iter(range(1000))
+
+    def problem(grammar: str) -> str | None:
+        next(slow)
+        end = time.thread_time() + 0.01
+        while time.thread_time() < end:  # 10 ms of this thread's CPU a check
+            pass
+        return None
+
+    monkeypatch.setattr(constrained, "REQUEST_CHECK_BUDGET_S", 0.025)
+    spec = ToolSpec(tuple(fn(f"f{i}", {"type": "object"}) for i in range(6)), "required")
+    with pytest.raises(InvalidRequest, match="too costly to compile together") as err:
+        check_grammars(constraints(request(tools=spec), 4096).checks, problem)
+    assert err.value.param.startswith("tools")

@@ -192,9 +192,15 @@ def grammar_fields(request: TextRequest, limit: int | None = None,
 
 
 def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str | None]) -> None:
-    """400 naming the parameter of the first grammar the compiler refuses (`problem`: its reason, or None)."""
+    """400 naming the parameter of the first grammar the compiler refuses (`problem`: its reason, or None),
+    or of the one that takes the request's checks past REQUEST_CHECK_BUDGET_S of this thread's CPU (each
+    check has its own budget; 128 tools just under it would hold a worker for half a minute)."""
+    started = time.thread_time()
     for check in checks:
         reason = problem(check.grammar)
+        if reason is None and time.thread_time() - started > REQUEST_CHECK_BUDGET_S:
+            reason = (f"the request's schemas are too costly to compile together (over {REQUEST_CHECK_BUDGET_S} s "
+                      "of CPU to check)")
         if reason is not None:
             raise InvalidRequest(f"llama.cpp's grammar compiler refuses {check.subject}: {reason}",
                                  param=check.param)
@@ -204,6 +210,7 @@ def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str 
 
 CHECK_BUDGET_S = 0.25  # CPU seconds one grammar's check may take: llama.cpp's compile takes 3-4x as long,
 # in the loop that decodes every slot (8,000 optional properties: 1.7 s checked, every stream stalled 5.8 s)
+REQUEST_CHECK_BUDGET_S = 0.5  # CPU seconds all of one request's checks may take together
 _VERDICTS = 1024  # grammars whose verdict is remembered (a client sends the same tools every turn)
 _MESSAGE_BYTES = 4096
 _EXCERPT = re.compile(r"^\s*\d+ \| ")  # the start of llguidance's excerpt of the grammar under its message
