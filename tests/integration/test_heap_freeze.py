@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import live_server, write_config
+from tests.helpers import eventually, live_server, write_config
 
 
 def _line(log: Path, text: str) -> dict[str, object] | None:
@@ -26,6 +26,8 @@ def test_server_freezes_the_loaded_heap_and_sets_the_gil_interval(tmp_path: Path
                        process={"gil_switch_interval_ms": 0.4})
     with live_server(cfg) as base:
         log = cfg.with_suffix(".log")
+        # INFO lines are written in batches (observability.log_flush_ms), so they may follow /ready's 200
+        assert eventually(lambda: _line(log, "froze the start-up heap") is not None), log.read_text()[-2000:]
         gil = _line(log, "GIL switch interval")
         assert gil is not None, log.read_text()[-2000:]
         assert gil["event"] == "GIL switch interval: 0.40 ms"
