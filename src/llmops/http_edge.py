@@ -96,6 +96,18 @@ def presented_key(scope: Scope) -> str | None:
     return key or None
 
 
+def presented_admin_key(scope: Scope) -> str:
+    """The admin key a request presents (to the edge's check and the admin router alike): the first
+    `X-Admin-Key`, else the API key's headers (`presented_key`); "" when none."""
+    for name, value in scope["headers"]:
+        if name == b"x-admin-key":
+            given = value.decode("latin-1")
+            break
+    else:
+        given = ""
+    return given or presented_key(scope) or ""
+
+
 def error_response(exc: LLMOpsError, headers: dict[str, str] | None = None,
                    fmt: ErrorFormat = "openai") -> JSONResponse:
     """The OpenAI envelope for `exc` (or, `fmt` v2, the Open Inference Protocol's), with its status and

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from llmops.engines import constrained
 from llmops.engines.base import SamplingParams, StructuredOutput, TextChunk, TextRequest, TokenUsage, ToolSpec
-from llmops.engines.constrained import CALL_OPEN, SAFE_INTEGER, bounded, grammar_fields, tool_call_stream
+from llmops.engines.constrained import CALL_OPEN, SAFE_INTEGER, bounded, constraints, tool_call_stream
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
 TIME = {"type": "function", "function": {"name": "get_time"}}
+
+
+def grammar_fields(req: TextRequest, limit: int | None = None, turn_ends: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The llama.cpp completion fields that constrain `req`'s output."""
+    return constraints(req, limit, turn_ends).fields
 
 
 def request(**kw: object) -> TextRequest:

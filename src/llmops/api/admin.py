@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from llmops.api import deps
 from llmops.api.usage import DayRange, report_rows
 from llmops.errors import InvalidRequest, PermissionDenied
-from llmops.http_edge import presented_key
+from llmops.http_edge import presented_admin_key
 from llmops.settings import admin_key_matches
 from llmops.stores.keys import KeyLimits, KeyStore, new_key
 
@@ -43,8 +43,7 @@ def _guard(request: Request) -> KeyStore:
     admin = deps.settings(request).auth.admin_key
     if admin is None or not admin.get_secret_value():  # settings refuse an empty key; never trust one here
         raise PermissionDenied("the admin API is disabled: set auth.admin_key (LLMOPS_AUTH__ADMIN_KEY)")
-    given = request.headers.get("x-admin-key") or presented_key(request.scope) or ""
-    if not admin_key_matches(admin, given):
+    if not admin_key_matches(admin, presented_admin_key(request.scope)):
         raise PermissionDenied("a valid admin key is required")
     store: KeyStore = deps.state(request).keys
     return store

@@ -107,22 +107,30 @@ def _offered(spec: ToolSpec) -> list[tuple[int, dict[str, Any]]]:
     return [(i, fn) for i, fn in indexed if fn.get("name") == spec.choice]
 
 
-def _tool_grammar(calls: list[dict[str, Any]], parallel: bool, turn_ends: tuple[int, ...] = ()) -> str:
+def offered_names(spec: ToolSpec) -> frozenset[str]:
+    """The names of the functions the model may call."""
+    return frozenset(str(fn.get("name")) for _, fn in _offered(spec))
+
+
+def _call_rules(calls: list[dict[str, Any]], parallel: bool) -> str:
+    """The grammar's rules for the calls (`tc_calls`), without its start."""
+    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
+    return (f"tc_calls: tc_call{more}\n"
+            f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
+
+
+def _grammar(rules: str, turn_ends: tuple[int, ...] = ()) -> str:
     """The calls' grammar. With `turn_ends` (tool_choice auto: the tokens the model may end its turn with),
     a text answer instead of calls is admitted too, ended by one of those tokens: llguidance ends a grammar
     with the one end-of-text token llama.cpp gives it, which a text lexeme open to any character never
     yields to (every text answer then ran to max_tokens), so the grammar names the model's own."""
-    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
     start = "start: tc_calls\n"
     if turn_ends:
         ends = " | ".join(f"<[{token}]>" for token in turn_ends)
         start = (f"start: tc_calls | TC_TEXT tc_end\ntc_end: {ends}\n"
                  f"TC_TEXT: /{_not_beginning_with(CALL_OPEN)}/\n")
-    return ("%llguidance {}\n"
-            f"{start}"
-            f"tc_calls: tc_call{more}\n"
-            f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
+    return f"%llguidance {{}}\n{start}{rules}"
 
 
 def _not_beginning_with(marker: str) -> str:
@@ -168,13 +176,14 @@ def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple
             calls.append(_call_schema(fn["name"], arguments))
             checks.append(GrammarCheck(param, f"the parameters schema of function {fn['name']!r}",
                                        json_grammar(arguments)))
-        grammar = _tool_grammar(calls, request.tools.parallel)  # what the client's schemas make: checked
+        rules = _call_rules(calls, request.tools.parallel)
+        grammar = _grammar(rules)  # what the client's schemas make: checked
         checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
         if request.tools.choice != "auto":
             return Constraints({"grammar": grammar}, tuple(checks))
         if not turn_ends:
             return Constraints({}, tuple(checks))
-        return Constraints({"grammar": _tool_grammar(calls, request.tools.parallel, turn_ends)}, tuple(checks))
+        return Constraints({"grammar": _grammar(rules, turn_ends)}, tuple(checks))
     if request.structured is not None:
         schema = request.structured.schema if request.structured.type == "json_schema" else None
         if not schema:
@@ -183,12 +192,6 @@ def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple
         return Constraints({"json_schema": settled},
                            (GrammarCheck(RESPONSE_FORMAT, "response_format's JSON schema", json_grammar(settled)),))
     return Constraints({})
-
-
-def grammar_fields(request: TextRequest, limit: int | None = None,
-                   turn_ends: tuple[int, ...] = ()) -> dict[str, Any]:
-    """The llama.cpp completion fields that constrain this request's output (constraints' fields)."""
-    return constraints(request, limit, turn_ends).fields
 
 
 def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str | None]) -> None:

@@ -55,6 +55,7 @@ from llmops.engines.constrained import (
     check_grammars,
     constraints,
     load_compiler,
+    offered_names,
     tool_call_stream,
     tools_preamble,
 )
@@ -359,8 +360,7 @@ class LlamaCppEngine:
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
-            chunks = tool_call_stream(chunks, frozenset(str(f.get("function", f).get("name"))
-                                                        for f in request.tools.functions))
+            chunks = tool_call_stream(chunks, offered_names(request.tools))
         async for chunk in chunks:
             yield chunk
 

@@ -36,6 +36,7 @@ from llmops.http_edge import (
     UNKNOWN_MODEL,
     Refusal,
     browser_page,
+    presented_admin_key,
     presented_key,
     set_api_key,
     signed_image_request,
@@ -47,18 +48,6 @@ from llmops.stores.keys import KeyStore, verify
 from llmops.tasks import SingleFlight
 
 log = logging.getLogger("llmops.auth")
-
-
-def presented_admin_key(scope: Scope) -> str:
-    """The admin key a request presents, read as the admin router reads it: the first `X-Admin-Key`, else
-    the API key's headers (http_edge.presented_key); "" when none."""
-    for name, value in scope["headers"]:
-        if name == b"x-admin-key":
-            given = value.decode("latin-1")
-            break
-    else:
-        given = ""
-    return given or presented_key(scope) or ""
 
 
 class Authenticator:

@@ -72,7 +72,7 @@ class VectorIndex(Protocol):
     async def close(self) -> None: ...
 
 
-# What runs on the event loop and what in a worker thread (answers: stores/cache.py). Scoring 1,000 MiniLM
+# What runs on the event loop and what in a worker thread. Scoring 1,000 MiniLM
 # vectors (384 floats) takes about 30 us, 16,384 about 1.1 ms; a hop to a thread costs the loop about 30 us.
 OFF_LOOP_SCORES = 2**19  # vectors x their size above which they are scored in a worker thread (1,365 MiniLM)
 # A Redis lookup reads every vector of its namespace, which costs the loop about 0.5 ms a MiB (4 bytes a
