@@ -54,6 +54,14 @@ async def never_more(c: httpx.AsyncClient, generated: int, window_s: float = 0.5
     return True
 
 
+async def generation_tokens(c: httpx.AsyncClient) -> float:
+    """llmops_generation_tokens_total for the model (0 before any)."""
+    for line in (await c.get("/metrics")).text.splitlines():
+        if line.startswith('llmops_generation_tokens_total{model="slow"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 async def wait_state(c: httpx.AsyncClient, running: int, queued: int) -> None:
     for _ in range(200):
         model = (await c.get("/ready")).json()["models"]["slow"]
@@ -117,7 +125,7 @@ async def test_deadline_mid_stream_is_a_final_error_event(base: str) -> None:
 async def test_client_disconnect_stops_generation(base: str, stream: bool) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
         await wait_idle(c)
-        before = await tokens_generated(c)
+        before, counted = await tokens_generated(c), await generation_tokens(c)
         if stream:
             async with c.stream("POST", "/v1/chat/completions", json=body(stream=True)) as r:
                 lines = r.aiter_lines()
@@ -130,6 +138,9 @@ async def test_client_disconnect_stops_generation(base: str, stream: bool) -> No
         stopped_at = await tokens_generated(c)
         assert await never_more(c, stopped_at)
         assert stopped_at - before < 30  # of the 60 tokens the answer has: the engine stopped early
+        # the tokens made before the cut are counted (as they are billed), not 0 for want of a usage chunk
+        made = await generation_tokens(c) - counted
+        assert 1 <= made <= stopped_at - before
 
 
 async def test_interactive_overtakes_batch(base: str) -> None:

@@ -26,9 +26,40 @@ class Admitted(Protocol):
     queued_s: float
 
 
+class TokenTally:
+    """The tokens one request's chunks used, counted the one way both metrics and billing count them: a
+    choice's usage chunk (the engine's count) when it came, else its chunks with text (a choice cut short,
+    by a disconnect, a deadline or a failure, has no usage chunk); the prompt from the usage chunks, else
+    `estimated_prompt` once any chunk came."""
+
+    __slots__ = ("chunks", "completion", "estimated_prompt", "prompt", "reported")
+
+    def __init__(self, estimated_prompt: int = 0) -> None:
+        self.estimated_prompt = estimated_prompt
+        self.prompt = self.completion = 0
+        self.chunks: dict[int, int] = {}
+        self.reported: set[int] = set()
+
+    def add(self, index: int, chunk: TextChunk) -> None:
+        self.chunks[index] = self.chunks.get(index, 0) + (1 if chunk.text else 0)
+        usage = chunk.usage
+        if usage:
+            self.prompt = max(self.prompt, usage.prompt_tokens)
+            self.completion += usage.completion_tokens
+            self.reported.add(index)
+
+    def totals(self) -> tuple[int, int]:
+        """(prompt, completion) tokens so far."""
+        completion = self.completion + sum(n for i, n in self.chunks.items() if i not in self.reported)
+        prompt = self.prompt or (self.estimated_prompt if self.chunks else 0)
+        return prompt, completion
+
+
 class InferenceObserver:
-    def __init__(self, metrics: Metrics, tracer: Tracer, model: str, log: dict[str, Any]) -> None:
+    def __init__(self, metrics: Metrics, tracer: Tracer, model: str, log: dict[str, Any],
+                 estimated_prompt: int = 0) -> None:
         self.metrics, self.tracer, self.model, self.log = metrics, tracer, model, log
+        self.estimated_prompt = estimated_prompt
         self.started = time.perf_counter()
         self._admission = tracer.start("admission", {"llmops.model": model})
         self._engine: Any = None
@@ -43,7 +74,7 @@ class InferenceObserver:
     async def text(self, choices: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
         first: float | None = None
         last = self.started
-        prompt = completion = 0
+        tally = TokenTally(self.estimated_prompt)
         status = "error"
         itl = self.metrics.itl.labels(self.model)  # looked up once, observed per chunk
         try:
@@ -56,9 +87,7 @@ class InferenceObserver:
                     else:
                         itl.observe(now - last)
                     last = now
-                if chunk.usage:
-                    prompt = max(prompt, chunk.usage.prompt_tokens)
-                    completion += chunk.usage.completion_tokens
+                tally.add(index, chunk)
                 yield index, chunk
             status = "success"
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
@@ -68,7 +97,7 @@ class InferenceObserver:
             status = self.outcome(exc)
             raise
         finally:
-            self._finish(status, prompt, completion)
+            self._finish(status, *tally.totals())
 
     def outcome(self, exc: BaseException) -> str:
         """The status label for a request that ended with `exc` (a refusal is counted as one, once)."""

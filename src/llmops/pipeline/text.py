@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from llmops.engines.base import Message, TextChunk, TextRequest
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
-from llmops.observability.inference import InferenceObserver
+from llmops.observability.inference import InferenceObserver, TokenTally
 from llmops.pipeline import chat_controls
 from llmops.pipeline.accounting import worst_case_text_usd
 from llmops.pipeline.generation import Choices, check_request, collect, text_requests
@@ -152,7 +152,8 @@ def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choic
     served, engine = services.pool.text_engine(name)
     reqs = work.requests(served.config)
     chat_controls.check_capabilities(engine, reqs)  # 400 naming a control this model's engine cannot honour
-    obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log)
+    estimated = call.charge.estimated_prompt if call.charge is not None else 0
+    obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log, estimated)
 
     def on_admit(ticket: Ticket) -> None:
         call.ticket = ticket
@@ -206,31 +207,22 @@ async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
 
 
 async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
-    """Pass the chunks through; at the end settle the tokens. A choice cut short (cancelled, failed) has no
-    usage chunk: its streamed chunks are counted as tokens, and the prompt as estimated."""
+    """Pass the chunks through; at the end settle the tokens, counted as the metrics count them
+    (observability.inference.TokenTally: a choice cut short is billed for the chunks it streamed)."""
     assert call.charge is not None
-    prompt, completion = 0, 0
-    chunks: dict[int, int] = {}
-    reported: set[int] = set()
+    tally = TokenTally(call.charge.estimated_prompt)
     answer: list[str] = []  # choice 0's text, for online evaluation (kept only when the route evaluates)
     evaluate = services.online_eval.wants(call.plan.route)
     try:
         async with closing(choices):
             async for index, chunk in choices:
-                chunks[index] = chunks.get(index, 0) + (1 if chunk.text else 0)
+                tally.add(index, chunk)
                 if evaluate and index == 0 and chunk.text:
                     answer.append(chunk.text)
-                if chunk.usage:
-                    prompt = max(prompt, chunk.usage.prompt_tokens)
-                    completion += chunk.usage.completion_tokens
-                    reported.add(index)
                 yield index, chunk
         services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
     finally:
-        completion += sum(n for i, n in chunks.items() if i not in reported)
-        if chunks and not prompt:
-            prompt = call.charge.estimated_prompt
-        services.accountant.settle(call.charge, prompt, completion)
+        services.accountant.settle(call.charge, *tally.totals())
 
 
 def _request_of(call: Call) -> tuple[Message, ...] | str | None:
