@@ -119,6 +119,28 @@ def test_auto_lets_the_model_answer_in_text(client: openai.OpenAI) -> None:
     assert any(c.finish_reason == "stop" for c in texts)
 
 
+def test_response_format_shapes_a_text_answer_when_tools_are_offered(client: openai.OpenAI) -> None:
+    """OpenAI lets `response_format` and `tools` go together: the model calls a tool or answers in the format.
+    The format was ignored whenever tools were sent. (As OpenAI's guide advises, the prompt asks for JSON: the
+    grammar admits a call or the JSON, and a small model not told of the JSON would pick the call.)"""
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+        "type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+        "additionalProperties": False}}}
+    answers = [_tool_turn(client, [{"role": "user", "content": q}], tool_choice="auto", response_format=fmt,
+                          seed=seed).choices[0]
+               for seed, q in enumerate(("What is 2+2? Reply in JSON with the key answer.",
+                                         "How many legs has a cat? Reply in JSON with the key answer.",
+                                         "What is the weather in Paris?"))]
+    for choice in answers:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            assert all(isinstance(json.loads(c.function.arguments), dict) for c in choice.message.tool_calls)
+        else:
+            assert choice.finish_reason == "stop"
+            assert isinstance(json.loads(choice.message.content or "")["answer"], int)
+    assert any(not c.message.tool_calls for c in answers), "every prompt was answered with a call"
+
+
 def test_past_calls_whose_arguments_do_not_parse_are_taken(client: openai.OpenAI) -> None:
     """OpenAI takes any string as a past call's arguments, and models write what does not parse (empty, for a
     function without parameters; a call cut by max_tokens). llama.cpp's templating failed the request (a 500,

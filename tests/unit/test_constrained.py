@@ -51,6 +51,21 @@ def test_tool_grammar_per_choice() -> None:
     assert '"get_weather"' not in named["grammar"]
 
 
+def test_response_format_with_tools_shapes_the_answer_that_is_not_a_call() -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    shaped = StructuredOutput("json_schema", schema)
+    auto = grammar_fields(request(tools=ToolSpec((WEATHER,), "auto"), structured=shaped))
+    assert "start: tc_calls | tc_answer\n" in auto["grammar"]  # no turn ends needed: the JSON ends itself
+    assert '"answer": {"type": "integer", "maximum": 9007199254740991' in auto["grammar"]
+    assert "TC_TEXT" not in auto["grammar"]
+    assert "json_schema" not in auto
+    any_object = grammar_fields(request(tools=ToolSpec((WEATHER,), "auto"), structured=StructuredOutput("json_object")),
+                                turn_ends=(2,))
+    assert 'tc_answer: %json {"type": "object"}' in any_object["grammar"]
+    required = grammar_fields(request(tools=ToolSpec((WEATHER,), "required"), structured=shaped))
+    assert "tc_answer" not in required["grammar"]  # calls only: there is no answer to shape
+
+
 async def _chunks(pieces: list[str], finish: str = "stop") -> AsyncIterator[TextChunk]:
     for p in pieces:
         yield TextChunk(p)

@@ -151,6 +151,21 @@ def test_llguidance_passes_what_it_compiles(compiler: GrammarCompiler) -> None:
         assert compiler.problem(check.grammar) is None
 
 
+def test_response_format_with_tools_auto_compiles_and_a_refused_schema_names_it(compiler: GrammarCompiler) -> None:
+    answer = StructuredOutput("json_schema", {"type": "object", "properties": {"city": {"type": "string"}},
+                                              "required": ["city"]})
+    found = constraints(request(tools=ToolSpec((GOOD,), "auto"), structured=answer), 4096)
+    assert [c.param for c in found.checks] == [
+        "tools.0.function.parameters", "tools", "response_format", "response_format"]
+    for check in found.checks:
+        assert compiler.problem(check.grammar) is None, check.subject
+    bad = constraints(request(tools=ToolSpec((GOOD,), "auto"),
+                              structured=StructuredOutput("json_schema", CONFLICTING)), 4096)
+    with pytest.raises(InvalidRequest) as err:
+        check_grammars(bad.checks, compiler.problem)
+    assert err.value.param == "response_format"
+
+
 def test_a_function_no_call_could_match_is_refused_not_dropped_from_the_union(compiler: GrammarCompiler) -> None:
     """llguidance takes an `anyOf` of calls with one unsatisfiable branch and drops that branch: the function
     could never be called. Each function's schema is checked on its own, so the request is refused."""

@@ -6,11 +6,11 @@ the `chatml-tools` template in chat_format.py) write into the prompt: a call is
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. The grammar (llguidance syntax, which is
 what this llama.cpp build speaks) admits only calls of the offered functions with arguments matching their
 JSON schema, from the first token for `required` or a named function. For `auto` it admits those calls or
-a text that does not begin with `<tool_call>`, ended by the model's end-of-turn token, so the model chooses
-with its first tokens. (llama.cpp's lazy grammars, which wait for a trigger word, are GBNF's only: it
-applies an llguidance grammar from the first token whatever `grammar_lazy` says, which made `auto` behave
-as `required`.) A text answer may still go on to write a call; the splitter below takes it, unconstrained,
-as the model wrote it.
+a text that does not begin with `<tool_call>`, ended by the model's end-of-turn token (or, with a
+`response_format`, a JSON answer matching it), so the model chooses with its first tokens. (llama.cpp's
+lazy grammars, which wait for a trigger word, are GBNF's only: it applies an llguidance grammar from the
+first token whatever `grammar_lazy` says, which made `auto` behave as `required`.) A text answer may still
+go on to write a call; the splitter below takes it, unconstrained, as the model wrote it.
 
 llama.cpp compiles these grammars with llguidance when a slot takes the request, and where llguidance
 refuses one (a conflicting `allOf`, a keyword it does not implement, a look-around pattern) it logs
@@ -96,7 +96,7 @@ def json_grammar(schema: Any) -> str:
 
 def _call_schema(name: str, arguments: Any) -> dict[str, Any]:
     return {"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
-            "required": ["name", "arguments"]}
+            "required": ["name", "arguments"], "additionalProperties": False}  # nothing after the arguments
 
 
 def _offered(spec: ToolSpec) -> list[tuple[int, dict[str, Any]]]:
@@ -120,13 +120,17 @@ def _call_rules(calls: list[dict[str, Any]], parallel: bool) -> str:
             f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
 
 
-def _grammar(rules: str, turn_ends: tuple[int, ...] = ()) -> str:
-    """The calls' grammar. With `turn_ends` (tool_choice auto: the tokens the model may end its turn with),
-    a text answer instead of calls is admitted too, ended by one of those tokens: llguidance ends a grammar
-    with the one end-of-text token llama.cpp gives it, which a text lexeme open to any character never
-    yields to (every text answer then ran to max_tokens), so the grammar names the model's own."""
+def _grammar(rules: str, turn_ends: tuple[int, ...] = (), answer: Any = None) -> str:
+    """The calls' grammar. With `answer` (tool_choice auto with a `response_format`: its JSON schema), the
+    model may instead answer with a JSON value matching it, which ends the grammar by itself. Else with
+    `turn_ends` (tool_choice auto: the tokens the model may end its turn with), a text answer instead of
+    calls is admitted too, ended by one of those tokens: llguidance ends a grammar with the one end-of-text
+    token llama.cpp gives it, which a text lexeme open to any character never yields to (every text answer
+    then ran to max_tokens), so the grammar names the model's own."""
     start = "start: tc_calls\n"
-    if turn_ends:
+    if answer is not None:
+        start = f"start: tc_calls | tc_answer\ntc_answer: %json {json.dumps(answer)}\n"
+    elif turn_ends:
         ends = " | ".join(f"<[{token}]>" for token in turn_ends)
         start = (f"start: tc_calls | TC_TEXT tc_end\ntc_end: {ends}\n"
                  f"TC_TEXT: /{_not_beginning_with(CALL_OPEN)}/\n")
@@ -166,32 +170,47 @@ class Constraints:
 def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple[int, ...] = ()) -> Constraints:
     """What constrains this request's output (`limit`: the model's context in tokens, which bounds the
     counts a schema may ask for; `turn_ends`: the tokens the model ends a turn with, which a text answer
-    under tool_choice auto ends with). Tools take precedence over `response_format`. With tool_choice auto
-    and no `turn_ends` known, nothing constrains the answer: its calls are taken as the model writes them."""
-    if request.tools is not None:
-        calls, checks = [], []
-        for index, fn in _offered(request.tools):
-            param = tool_param(index)
-            arguments = bounded(fn.get("parameters") or {"type": "object"}, limit, param=param)
-            calls.append(_call_schema(fn["name"], arguments))
-            checks.append(GrammarCheck(param, f"the parameters schema of function {fn['name']!r}",
-                                       json_grammar(arguments)))
-        rules = _call_rules(calls, request.tools.parallel)
-        grammar = _grammar(rules)  # what the client's schemas make: checked
-        checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
-        if request.tools.choice != "auto":
-            return Constraints({"grammar": grammar}, tuple(checks))
-        if not turn_ends:
-            return Constraints({}, tuple(checks))
-        return Constraints({"grammar": _grammar(rules, turn_ends)}, tuple(checks))
-    if request.structured is not None:
-        schema = request.structured.schema if request.structured.type == "json_schema" else None
-        if not schema:
-            return Constraints({"json_schema": {"type": "object"}})
-        settled = bounded(schema, limit, param=RESPONSE_FORMAT)
-        return Constraints({"json_schema": settled},
-                           (GrammarCheck(RESPONSE_FORMAT, "response_format's JSON schema", json_grammar(settled)),))
-    return Constraints({})
+    under tool_choice auto ends with). With tools, `response_format` shapes the answer that is not a call:
+    under tool_choice auto the model writes calls or a JSON answer matching it; under `required` or a named
+    function the answer is calls only, so it has nothing to shape. With tool_choice auto, no
+    `response_format` and no `turn_ends` known, nothing constrains the answer: its calls are taken as the
+    model writes them."""
+    answer, answer_checks = _answer_schema(request, limit)
+    if request.tools is None:
+        if answer is None:
+            return Constraints({})
+        return Constraints({"json_schema": answer}, answer_checks)
+    calls, checks = [], []
+    for index, fn in _offered(request.tools):
+        param = tool_param(index)
+        arguments = bounded(fn.get("parameters") or {"type": "object"}, limit, param=param)
+        calls.append(_call_schema(fn["name"], arguments))
+        checks.append(GrammarCheck(param, f"the parameters schema of function {fn['name']!r}",
+                                   json_grammar(arguments)))
+    rules = _call_rules(calls, request.tools.parallel)
+    grammar = _grammar(rules)  # what the client's schemas make: checked
+    checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
+    if request.tools.choice != "auto":
+        return Constraints({"grammar": grammar}, tuple(checks))
+    if answer is not None:
+        both = _grammar(rules, answer=answer)
+        return Constraints({"grammar": both}, (*checks, *answer_checks, GrammarCheck(
+            RESPONSE_FORMAT, "the grammar of the tools' calls or response_format's answer", both)))
+    if not turn_ends:
+        return Constraints({}, tuple(checks))
+    return Constraints({"grammar": _grammar(rules, turn_ends)}, tuple(checks))
+
+
+def _answer_schema(request: TextRequest, limit: int | None) -> tuple[Any, tuple[GrammarCheck, ...]]:
+    """`response_format`'s schema, bounded (json_object, or json_schema without one: any object), and its
+    check; (None, ()) without one."""
+    if request.structured is None:
+        return None, ()
+    schema = request.structured.schema if request.structured.type == "json_schema" else None
+    if not schema:
+        return {"type": "object"}, ()
+    settled = bounded(schema, limit, param=RESPONSE_FORMAT)
+    return settled, (GrammarCheck(RESPONSE_FORMAT, "response_format's JSON schema", json_grammar(settled)),)
 
 
 def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str | None]) -> None:
