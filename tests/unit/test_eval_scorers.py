@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from fastapi.testclient import TestClient
 
+from llmops.app import create_app
 from llmops.engines.base import Message
 from llmops.errors import ConfigError
 from llmops.eval.dataset import load_rows, load_spec, parse_rows
@@ -20,7 +23,7 @@ from llmops.eval.models import combine, embedding_scorer, judge_scorer, pairwise
 from llmops.eval.online import OnlineEvaluator
 from llmops.eval.scorers import Item, ScorerError, build
 from llmops.observability.metrics import Metrics
-from llmops.settings import EvalScorer, OnlineEval, RouteConfig
+from llmops.settings import EvalScorer, OnlineEval, RouteConfig, load_settings
 
 EVALS = Path(__file__).resolve().parents[2] / "evals"
 
@@ -215,3 +218,98 @@ def test_online_evaluator_samples_scores_and_exports() -> None:
     assert value("llmops_eval_score", {"route": "chat", "variant": "a", "scorer": "regex"}) == 0.0
     assert value("llmops_eval_score", {"route": "chat", "variant": "b", "scorer": "regex"}) == 0.0
     assert value("llmops_eval_samples_total", {"route": "chat", "variant": "a", "scorer": "regex"}) == 3
+
+
+def short_reading_embeddings(limit: int, refusal: dict[str, Any]) -> Callable[[httpx.Request], httpx.Response]:
+    """An embeddings endpoint reading at most `limit` words per input, refusing longer ones with `refusal`
+    (an OpenAI error object) as a real model does; a text's vector counts its words Paris and Berlin."""
+    def respond(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        words = [re.findall(r"\w+", text) for text in body["input"]]
+        for index, said in enumerate(words):
+            if len(said) > limit:
+                return httpx.Response(400, json={"error": {**refusal, "param": refusal.get("param", f"input.{index}")}})
+        data = [{"object": "embedding", "index": i, "embedding": [float(w.count("Paris")), float(w.count("Berlin"))]}
+                for i, w in enumerate(words)]
+        return httpx.Response(200, json={"object": "list", "data": data, "model": body["model"],
+                                         "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    return respond
+
+
+OURS = {"message": "Invalid 'input.0': this model's maximum context length is 8 tokens, however the input has 20 "
+                   "tokens (special tokens included). Embed it in shorter pieces.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}
+VLLM = {"message": "This model's maximum context length is 8 tokens. However, you requested 20 tokens in the input "
+                   "for embedding generation. Please reduce the length of the input.",
+        "type": "BadRequestError", "param": None, "code": 400}
+
+
+def recording(respond: Callable[[httpx.Request], httpx.Response], calls: list[list[str]]) -> openai.AsyncOpenAI:
+    def record(request: httpx.Request) -> httpx.Response:
+        calls.append(json.loads(request.content)["input"])
+        return respond(request)
+
+    return openai.AsyncOpenAI(base_url="http://fake/v1", api_key="x", max_retries=0,
+                              http_client=httpx.AsyncClient(transport=httpx.MockTransport(record)))
+
+
+@pytest.mark.parametrize("refusal", [OURS, VLLM], ids=["context_length_exceeded", "maximum-context-length-message"])
+def test_embedding_similarity_of_a_text_longer_than_the_model_reads(refusal: dict[str, Any]) -> None:
+    """A long answer is scored from windows the model reads, not failed: half of it says Paris, half Berlin,
+    so its direction is halfway between (cos 45° to the reference Paris)."""
+    calls: list[list[str]] = []
+    scorer = embedding_scorer(recording(short_reading_embeddings(8, refusal), calls), "embed")
+    answer = "Paris " * 10 + "Berlin\n" * 10
+    assert asyncio.run(scorer(answer, Item("q", "Paris"))) == pytest.approx(0.5 ** 0.5)
+    assert calls[0] == [answer, "Paris"]  # one request, as for short texts: refused
+    assert calls[1:4] == [[answer], [" ".join(["Paris"] * 10), " ".join(["Berlin"] * 10)],  # 1, 2: refused
+                          ["Paris Paris Paris Paris Paris"] * 2 + ["Berlin Berlin Berlin Berlin Berlin"] * 2]
+    assert calls[4:] == [["Paris"]]  # the short reference, whole
+    calls.clear()
+    assert asyncio.run(scorer("Paris " * 30, Item("q", "Paris " * 9))) == pytest.approx(1.0)  # both too long
+    assert asyncio.run(scorer("Paris", Item("q", "Paris"))) == 1.0
+    assert calls[-1] == ["Paris", "Paris"]  # short texts: one request, as before
+
+
+def test_embedding_refusals_that_splitting_cannot_help_fail_the_item() -> None:
+    """A model that refuses every input as too long ends in ScorerError after a bounded number of requests
+    (down to one-character pieces), and any other 400 is not retried at all."""
+    calls: list[list[str]] = []
+    scorer = embedding_scorer(recording(short_reading_embeddings(-1, OURS), calls), "embed")
+    with pytest.raises(ScorerError, match="maximum context length"):
+        asyncio.run(scorer("Paris Berlin", Item("q", "Paris")))
+    assert len(calls) == 1 + 5  # [both]; the answer whole, in 2 words, then 4, 8 and 16 pieces of characters
+    assert calls[-3:] == [["Par", "is ", "Ber", "lin"], ["Pa", "ri", "s ", "Be", "rl", "in"], list("ParisBerlin")]
+    calls.clear()
+    other = {"message": "model not found", "type": "invalid_request_error", "code": "model_not_found"}
+    scorer = embedding_scorer(recording(short_reading_embeddings(-1, other), calls), "embed")
+    with pytest.raises(ScorerError, match="model not found"):
+        asyncio.run(scorer("Paris", Item("q", "Paris")))
+    assert len(calls) == 1
+
+
+def test_embedding_scorer_reads_a_long_answer_through_this_server() -> None:
+    """Against this server's own /v1/embeddings (the fake engine reading at most 8 words an input, refusing
+    longer ones as a real model does): a long answer is scored, and it scores as its words say."""
+    models = [{"name": "emb", "kind": "embeddings", "engine": "fake-embeddings",
+               "options": {"size": 64, "max_seq_length": 8}}]
+    with TestClient(create_app(load_settings(None, models=models, state={"backend": "memory"}))) as server:
+        def forward(request: httpx.Request) -> httpx.Response:
+            reply = server.post(request.url.path, content=request.content,
+                                headers={"content-type": "application/json"})
+            return httpx.Response(reply.status_code, content=reply.content, headers=reply.headers)
+
+        client = openai.AsyncOpenAI(base_url="http://fake/v1", api_key="x", max_retries=0,
+                                    http_client=httpx.AsyncClient(transport=httpx.MockTransport(forward)))
+        scorer = embedding_scorer(client, "emb")
+        reference = "the capital of France is Paris"
+        long_right = " ".join([reference] * 12)  # 72 words
+        long_wrong = " ".join(["Berlin lies on the Spree in Germany"] * 12)
+        assert server.post("/v1/embeddings", json={"model": "emb", "input": long_right}).json()["error"]["code"] \
+            == "context_length_exceeded"
+        right = asyncio.run(scorer(long_right, Item("q", reference)))
+        wrong = asyncio.run(scorer(long_wrong, Item("q", reference)))
+        assert right is not None
+        assert wrong is not None
+        assert right > 0.9 > 0.5 > wrong

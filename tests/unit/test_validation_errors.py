@@ -92,6 +92,15 @@ CASES = [
      "missing required parameter 'tool_choice.function'"),
     (CHAT, {"prompt": {"id": "p", "variables": {"who": [1]}}}, "prompt.variables.who",
      "invalid value for 'prompt.variables.who': Input should be a string, a number or a boolean"),
+    # 3. OpenAI's ranges for the refused fields that take a no-op value: best_of >= n, top_logprobs 0..20
+    (COMPLETIONS, {"n": 2, "best_of": 1}, "best_of",
+     "invalid value for 'best_of': best_of must be greater than or equal to n (2), got 1"),
+    (COMPLETIONS, {"best_of": 0}, "best_of",
+     "invalid value for 'best_of': best_of must be greater than or equal to n (1), got 0"),
+    (CHAT, {"top_logprobs": 21}, "top_logprobs",
+     "invalid value for 'top_logprobs': Input should be less than or equal to 20"),
+    (CHAT, {"top_logprobs": -1}, "top_logprobs",
+     "invalid value for 'top_logprobs': Input should be greater than or equal to 0"),
 ]
 
 
@@ -119,10 +128,45 @@ def test_errors_name_the_clients_parameter(client: TestClient, path: str, extra:
     (EMBED, {"input": ["a", "b"]}),
     (EMBED, {"input": [1, 2, 3]}),
     (EMBED, {"input": [[1, 2], [3]]}),
+    # values of refused fields that ask for nothing more, accepted as OpenAI accepts them
+    (COMPLETIONS, {"best_of": 1}),
+    (COMPLETIONS, {"best_of": 2, "n": 2}),
+    (COMPLETIONS, {"best_of": 1, "stream": True}),
+    (COMPLETIONS, {"best_of": None, "n": 2}),
+    (CHAT, {"top_logprobs": 0}),
+    (CHAT, {"top_logprobs": 0, "logprobs": False}),
+    (CHAT, {"top_logprobs": None, "logprobs": None}),
 ])
 def test_every_form_still_accepted(client: TestClient, path: str, extra: dict[str, Any]) -> None:
     response = post(client, path, extra)
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("path", "extra", "param"), [
+    (COMPLETIONS, {"best_of": 2}, "best_of"),  # candidates ranked by logprob: not implemented
+    (COMPLETIONS, {"n": 2, "best_of": 3}, "best_of"),
+    (COMPLETIONS, {"best_of": 1, "logprobs": 0}, "logprobs"),  # completions' logprobs 0 still returns logprobs
+    (CHAT, {"top_logprobs": 2}, "top_logprobs"),
+    (CHAT, {"top_logprobs": 0, "logprobs": True}, "logprobs"),  # what cannot be honoured is named, not top_logprobs
+    (CHAT, {"top_logprobs": 3, "logprobs": True}, "logprobs"),
+])
+def test_other_values_are_still_refused_by_name(client: TestClient, path: str, extra: dict[str, Any],
+                                                param: str) -> None:
+    response = post(client, path, extra)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, "unsupported_parameter", "invalid_request_error")
+
+
+def test_no_op_values_answer_as_without_them(client: TestClient) -> None:
+    """best_of = n gives the n answers n alone gives (the fake engine answers deterministically)."""
+    plain = post(client, COMPLETIONS, {"n": 2}).json()
+    with_best_of = post(client, COMPLETIONS, {"n": 2, "best_of": 2}).json()
+    assert [c["text"] for c in with_best_of["choices"]] == [c["text"] for c in plain["choices"]]
+    assert len(plain["choices"]) == 2
+    chat = post(client, CHAT, {"top_logprobs": 0}).json()
+    assert chat["choices"][0]["message"]["content"] == post(client, CHAT, {}).json()["choices"][0]["message"]["content"]
+    assert chat["choices"][0]["logprobs"] is None  # logprobs were not asked for
 
 
 def test_a_prompt_too_long_by_itself_names_the_messages(client: TestClient) -> None:

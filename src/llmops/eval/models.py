@@ -66,8 +66,85 @@ def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / norm
 
 
+MAX_WINDOWS = 2048  # pieces one long text is split into at most: OpenAI's limit on inputs per request
+
+
+class _TooLong(ScorerError):
+    """The embedding model refused an input as longer than it reads."""
+
+
+def _too_long(exc: openai.APIError) -> bool:
+    """A 400 saying an input is longer than the model reads: this server's and OpenAI's code
+    `context_length_exceeded`, or (vLLM, older OpenAI) no code and "maximum context length" in the message."""
+    return isinstance(exc, openai.BadRequestError) and (
+        exc.code == "context_length_exceeded" or "maximum context length" in (exc.message or "").lower())
+
+
+async def _embed(client: openai.AsyncOpenAI, model: str, texts: list[str]) -> list[list[float]]:
+    """One request's vectors, in the order of `texts`."""
+    try:
+        reply = await client.embeddings.create(model=model, input=texts, encoding_format="float")
+    except openai.APIError as exc:
+        error = _TooLong if _too_long(exc) else ScorerError
+        raise error(f"embedding model {model}: {exc.message}") from exc
+    vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
+    if len(vectors) != len(texts):
+        raise ScorerError(f"embedding model {model} returned {len(vectors)} vectors for {len(texts)} inputs")
+    return vectors
+
+
+def windows(text: str, count: int) -> list[str]:
+    """`text` in at most `count` consecutive pieces of (nearly) equal length: itself for one, whole words when
+    it has at least `count` words (whitespace becomes one space), else characters. Whitespace-only pieces
+    are left out."""
+    if count <= 1:
+        return [text]
+    words = text.split()
+    if len(words) >= count:
+        size = math.ceil(len(words) / count)
+        return [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+    size = math.ceil(len(text) / count)
+    return [piece for piece in (text[i:i + size] for i in range(0, len(text), size)) if piece.strip()]
+
+
+def mean_direction(vectors: list[list[float]], weights: list[int]) -> list[float]:
+    """The weighted mean of the vectors made unit length (all-zero ones left out): the direction of the
+    whole, whatever the lengths the model gives its vectors."""
+    total = [0.0] * len(vectors[0])
+    for vector, weight in zip(vectors, weights, strict=True):
+        norm = math.sqrt(sum(x * x for x in vector))
+        if norm > 0:
+            total = [t + weight * x / norm for t, x in zip(total, vector, strict=True)]
+    return total
+
+
+async def _embed_long(client: openai.AsyncOpenAI, model: str, text: str) -> list[float]:
+    """`text`'s vector, in as many windows as the model needs to read it all (1, 2, 4, ...): each window's
+    unit vector, weighted by its words, averaged. ScorerError when even one-character pieces (or
+    MAX_WINDOWS of them) are refused."""
+    count = 1
+    while True:
+        pieces = windows(text, count)
+        try:
+            vectors = await _embed(client, model, pieces)
+        except _TooLong:
+            if count >= MAX_WINDOWS or max(len(p) for p in pieces) <= 1:
+                raise
+            count *= 2
+            continue
+        return vectors[0] if len(vectors) == 1 else mean_direction(vectors, [max(1, len(p.split())) for p in pieces])
+
+
 def embedding_scorer(client: openai.AsyncOpenAI, model: str, fallback: str | None = None) -> ScoreFn:
-    """Cosine similarity of the answer's and the reference's embeddings (the row's, else `fallback`)."""
+    """Cosine similarity of the answer's and the reference's embeddings (the row's, else `fallback`).
+
+    Both are embedded in one request. A text longer than the embedding model reads (all-MiniLM: 256 tokens)
+    is refused, 400 context_length_exceeded, rather than cut to its beginning: it is then embedded in
+    windows, consecutive pieces of equal word counts, halved (2, 4, 8, ... windows, one request each) until
+    the model reads every one, and its vector is the mean of the windows' unit vectors weighted by their
+    words, so every part of a long answer counts, none twice (no overlap). The client cannot know the
+    model's limit or tokenizer (any OpenAI-compatible endpoint), so the refusal is what finds the size: a
+    long text costs about log2(its tokens / the limit) + 2 requests more, a short one nothing."""
     async def score(answer: str, item: Item) -> float | None:
         reference = item.reference if item.reference is not None else fallback
         if reference is None:
@@ -75,12 +152,9 @@ def embedding_scorer(client: openai.AsyncOpenAI, model: str, fallback: str | Non
         if not answer.strip():
             return 0.0
         try:
-            reply = await client.embeddings.create(model=model, input=[answer, reference], encoding_format="float")
-        except openai.APIError as exc:
-            raise ScorerError(f"embedding model {model}: {exc.message}") from exc
-        vectors = [d.embedding for d in sorted(reply.data, key=lambda d: d.index)]
-        if len(vectors) != 2:
-            raise ScorerError(f"embedding model {model} returned {len(vectors)} vectors for 2 inputs")
+            vectors = await _embed(client, model, [answer, reference])
+        except _TooLong:  # one of them, or both: each in the windows it needs
+            vectors = [await _embed_long(client, model, answer), await _embed_long(client, model, reference)]
         return max(0.0, min(1.0, cosine(vectors[0], vectors[1])))
 
     return score

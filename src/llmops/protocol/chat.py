@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from llmops.protocol.common import INT32_MAX, SamplingFields, Usage
+from llmops.protocol.common import INT32_MAX, SamplingFields, Usage, unset_is_none
 from llmops.protocol.fields import Endpoint
 from llmops.protocol.json_schema import schema_problem
 from llmops.protocol.unions import one_of
@@ -152,6 +152,10 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDef] | None = Field(None, max_length=128)
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="0 only (no alternatives): logprobs are "
+                                     "not implemented")
+
+    _top_logprobs_unset = field_validator("top_logprobs", mode="before")(unset_is_none)
 
     @field_validator("tool_choice")
     @classmethod
@@ -170,6 +174,15 @@ class ChatCompletionRequest(SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def unsupported_field(self) -> str | None:
+        """As SamplingFields', and `top_logprobs` above 0 (OpenAI takes 0..20; out of that range is invalid).
+        `top_logprobs: 0` asks for no alternatives and is accepted; with `logprobs: true` the 400 names
+        logprobs, which is what is not implemented."""
+        refused = super().unsupported_field()
+        if refused is None and self.top_logprobs:
+            return "top_logprobs"
+        return refused
 
 
 class ToolCallOut(BaseModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmops.protocol.fields import Endpoint, refused_field
+from llmops.protocol.fields import Endpoint, is_unset, refused_field
 from llmops.protocol.unions import one_of
 
 MAX_STOP_SEQUENCES = 4
@@ -17,6 +17,12 @@ NULLABLE_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "presence
                                      "frequency_penalty": 0.0, "n": 1, "stream": False}
 
 Stop = Annotated[str | list[str] | None, one_of(f"a string or a list of at most {MAX_STOP_SEQUENCES} strings")]
+
+
+def unset_is_none(v: Any) -> Any:
+    """A declared field that protocol/fields.py refuses takes what OpenAI clients send for an unset option
+    (null, false, empty) as unset, as `refused_field` does for the undeclared ones."""
+    return None if is_unset(v) else v
 
 
 class StreamOptions(BaseModel):

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from llmops.protocol.common import SamplingFields, Usage
+from llmops.protocol.common import INT32_MAX, SamplingFields, Usage, unset_is_none
 from llmops.protocol.unions import one_of
 
 
 class CompletionRequest(SamplingFields):
     prompt: Annotated[str | list[str], one_of("a string or a list of one string")] = \
         Field(json_schema_extra={"minLength": 1})  # the schema as it was; the rule is _not_empty's
+    best_of: int | None = Field(None, le=INT32_MAX, description="only equal to n (a no-op): candidates are not "
+                                "ranked; less than n is invalid, as OpenAI's")
+
+    _best_of_unset = field_validator("best_of", mode="before")(unset_is_none)
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_covers_n(cls, v: int | None, info: ValidationInfo) -> int | None:
+        """OpenAI returns the best n of best_of candidates: fewer candidates than n is a 400 naming best_of
+        (n is validated first; when it is invalid its own error is the answer)."""
+        n = info.data.get("n")
+        if v is not None and n is not None and v < n:
+            raise PydanticCustomError("best_of_below_n", "best_of must be greater than or equal to n ({n}), "
+                                      "got {best_of}", {"n": n, "best_of": v})
+        return v
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -43,6 +58,14 @@ class CompletionRequest(SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def unsupported_field(self) -> str | None:
+        """As SamplingFields', and `best_of` above n: ranking candidates (by their logprobs) is not
+        implemented. best_of equal to n asks for the n answers n gives, and is accepted."""
+        refused = super().unsupported_field()
+        if refused is None and self.best_of is not None and self.best_of != self.n:
+            return "best_of"
+        return refused
 
 
 class CompletionChoice(BaseModel):

@@ -3,8 +3,11 @@
 One table per endpoint. A refused field is still accepted when it is null or empty (or false), as OpenAI's
 own clients serialise unset options so; any other value gets 400 `unsupported_parameter` naming it. Fields
 that are not in the table at all (vLLM-style extras such as `top_k` or `ignore_eos`) are refused the same
-way. `tests/unit/test_fields.py` checks that every field of the openai SDK's request types is here and that
-the README's table is `markdown_table()`'s output.
+way. Two refused fields also take the one value that asks for nothing more, as OpenAI accepts it: chat's
+`top_logprobs: 0` and completions' `best_of` equal to `n` (less than n is invalid, as OpenAI's). The request
+models declare these two and refuse their other values themselves (protocol/chat.py, completions.py), as
+`refused_field` sees only undeclared fields. `tests/unit/test_fields.py` checks that every field of the
+openai SDK's request types is here and that the README's table is `markdown_table()`'s output.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ CHAT: dict[str, Fate] = {
     "tool_choice": _h("auto, none, required, or one named function"),
     "parallel_tool_calls": _h("false: at most one call per answer"),
     "service_tier": _h("`flex`: batch priority in admission; others: the key's priority (or interactive)"),
-    "top_logprobs": _r(),
+    "top_logprobs": _r("not implemented, as logprobs; 0 (no alternatives: a no-op) is accepted"),
     "audio": _r("text only"),
     "modalities": _r("text only"),
     "prediction": _r(),
@@ -78,7 +81,7 @@ CHAT: dict[str, Fate] = {
 COMPLETIONS: dict[str, Fate] = {
     **_SAMPLING,
     "prompt": _h("one string, or a list of one"),
-    "best_of": _r(),
+    "best_of": _r("not implemented; a value equal to n is accepted (a no-op), one below n is invalid"),
     "echo": _r(),
     "suffix": _r(),
 }
