@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from llmops.app import create_app
 from llmops.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import SESSION_STORE, write_config
 
 FAKE_MODELS = [
     {"name": "fake", "engine": "fake"},
@@ -25,7 +25,7 @@ def _isolated_key_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     """Every app and server in the tests uses a key store of its own, never the user's."""
     path = tmp_path_factory.mktemp("keys") / "llmops.db"
     saved = os.environ.get("LLMOPS_STATE__SQLITE_PATH")
-    os.environ["LLMOPS_STATE__SQLITE_PATH"] = str(path)
+    os.environ["LLMOPS_STATE__SQLITE_PATH"] = SESSION_STORE[0] = str(path)
     yield
     if saved is None:
         os.environ.pop("LLMOPS_STATE__SQLITE_PATH", None)

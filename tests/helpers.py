@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ import yaml
 def tool(name: str) -> str | None:
     """A command on PATH, or installed beside this interpreter (a venv's bin/)."""
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+SESSION_STORE: list[str | None] = [None]  # the test session's shared SQLite file (set by tests/conftest.py)
 
 
 def free_port() -> int:
@@ -37,13 +41,17 @@ def write_config(path: Path, models: list[dict[str, Any]], **extra: Any) -> Path
 @contextmanager
 def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[str, str] | None = None,
                 args: list[str] | None = None, wait_for: str = "/ready", port: int | None = None) -> Iterator[str]:
-    """Run `python -m llmops serve` on a free loopback port until `wait_for` answers 200; stop it after."""
+    """Run `python -m llmops serve` on a free loopback port until `wait_for` answers 200; stop it after. A config
+    that names no SQLite file gets one beside it: the session's store (tests/conftest.py) is shared by every
+    app and server of the run, and a key an earlier test created there would start this server keyed
+    (`env` may still name another)."""
     port = port or free_port()
+    env = {**own_state(config), **(env or {})}
     cmd = [sys.executable, "-m", "llmops", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
     if config is not None:
         cmd += ["--config", str(config)]
     log = open(config.with_suffix(".log") if config else os.devnull, "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base + wait_for, ready_timeout)
@@ -56,6 +64,22 @@ def live_server(config: Path | None, *, ready_timeout: float = 120.0, env: dict[
             proc.kill()
             proc.wait()
         log.close()
+
+
+def own_state(config: Path | None) -> dict[str, str]:
+    """LLMOPS_STATE__SQLITE_PATH for a server whose config names no SQLite file and whose test chose none
+    (it overrides the test session's shared one, tests/conftest.py, where a key an earlier test created
+    would key this server)."""
+    chosen = os.environ.get("LLMOPS_STATE__SQLITE_PATH")
+    if chosen is not None and chosen != SESSION_STORE[0]:
+        return {}
+    loaded = yaml.safe_load(config.read_text()) if config is not None else None
+    state = (loaded or {}).get("state") or {} if isinstance(loaded, dict) else {}
+    if isinstance(state, dict) and state.get("sqlite_path"):
+        return {}
+    folder = config.parent if config is not None else Path(tempfile.mkdtemp(prefix="llmops-test-"))
+    name = f"{config.stem}-state.db" if config is not None else "state.db"
+    return {"LLMOPS_STATE__SQLITE_PATH": str(folder / name)}
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:

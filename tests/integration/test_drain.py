@@ -4,6 +4,7 @@ gets its complete response, and the process exits 0."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port, wait_ready, write_config
+from tests.helpers import free_port, own_state, wait_ready, write_config
 
 REPLY = " ".join(f"w{i}" for i in range(20))
 
@@ -22,7 +23,7 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
         shutdown={"drain_timeout_s": 30})
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],  # noqa: ASYNC220
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **own_state(cfg)})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, f"{base}/ready", 60)
