@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmops.engines.base import ClassifyEngine, EmbeddingEngine, Engine, EngineHealth, ImageEngine, TextEngine
 from llmops.engines.registry import build_engine
@@ -24,11 +24,22 @@ class Served:
     engine: Engine
     admission: Admission
     error: str | None = None
+    _ready: bool = field(default=False, init=False)  # seen ready: engines leave that state only when closed
 
     def __post_init__(self) -> None:
         # a runtime-checkable Protocol's isinstance inspects every member: once per model, not per request
         self.text = self.engine if isinstance(self.engine, TextEngine) else None
         self.image = self.engine if isinstance(self.engine, ImageEngine) else None
+
+    def state(self) -> str:
+        """The engine's state, as `health().state`, without building its detail on every request: an engine
+        goes from loading to ready or failed in `start` and leaves ready only in `close` (ModelPool.close
+        forgets it first)."""
+        if self._ready:
+            return "ready"
+        state = "failed" if self.error is not None else self.engine.health().state
+        self._ready = state == "ready"
+        return state
 
     def health(self) -> EngineHealth:
         h = self.engine.health()
@@ -84,6 +95,7 @@ class ModelPool:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
         for served in self._models.values():
+            served._ready = False
             try:
                 await served.engine.close()
             except Exception:
@@ -121,8 +133,8 @@ class ModelPool:
     def get(self, name: str, kind: str) -> Served:
         self.config(name, kind)
         served = self._models[name]
-        state = served.health().state
-        if state == "failed" or served.error is not None:
+        state = served.state()
+        if state == "failed":
             raise ModelFailed(f"model {name!r} failed to load: {served.error or 'see /ready'}", param="model")
         if state != "ready":
             raise ModelNotReady(f"model {name!r} is {state}")
