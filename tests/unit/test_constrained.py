@@ -66,6 +66,28 @@ def test_response_format_with_tools_shapes_the_answer_that_is_not_a_call() -> No
     assert "tc_answer" not in required["grammar"]  # calls only: there is no answer to shape
 
 
+def test_the_answer_is_followed_in_the_grammar_llama_cpp_applies() -> None:
+    """What the answer's text is followed with (engines/llamacpp.py): the grammar llama.cpp constrains it
+    with; for tool_choice auto's text, without the end-of-turn tokens, which never appear in the text."""
+    from llmops.engines.constrained import json_grammar
+
+    shaped = StructuredOutput("json_schema", {"type": "object", "properties": {"answer": {"type": "integer"}}})
+    alone = constraints(request(structured=shaped), 4096)
+    assert alone.follow == json_grammar(alone.fields["json_schema"])
+    assert constraints(request(structured=StructuredOutput("json_object"))).follow == json_grammar({"type": "object"})
+    for choice in ("required", "get_time"):
+        calls = constraints(request(tools=ToolSpec((WEATHER, TIME), choice)), 4096, (2,))
+        assert calls.follow == calls.fields["grammar"]
+    both = constraints(request(tools=ToolSpec((WEATHER,), "auto"), structured=shaped), 4096, (2,))
+    assert both.follow == both.fields["grammar"]
+    auto = constraints(request(tools=ToolSpec((WEATHER, TIME), "auto")), 4096, (2, 106))
+    assert "start: tc_calls | TC_TEXT tc_end\ntc_end: <[2]> | <[106]>\n" in auto.fields["grammar"]
+    assert auto.follow == auto.fields["grammar"].replace("TC_TEXT tc_end\ntc_end: <[2]> | <[106]>\n", "TC_TEXT\n")
+    assert auto.checks[-1].grammar == auto.follow  # the calls' grammar is checked as it is followed
+    assert constraints(request(tools=ToolSpec((WEATHER,), "auto"))).follow is None  # unconstrained: not followed
+    assert constraints(request()).follow is None
+
+
 async def _chunks(pieces: list[str], finish: str = "stop") -> AsyncIterator[TextChunk]:
     for p in pieces:
         yield TextChunk(p)

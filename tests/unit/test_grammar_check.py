@@ -6,6 +6,7 @@ The check is llguidance's own, called in the llama.cpp library the engine runs."
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import time
 from typing import Any
@@ -255,3 +256,181 @@ def test_a_request_whose_checks_together_run_past_their_budget_is_refused(monkey
     with pytest.raises(InvalidRequest, match="too costly to compile together") as err:
         check_grammars(constraints(request(tools=spec), 4096).checks, problem)
     assert err.value.param.startswith("tools")
+
+
+# what validation does not see: a parser llguidance cannot build, and limits a parse reaches mid-answer -------------
+
+ARRAYS_BY_MAX_ITEMS = {"anyOf": [{"type": "array", "maxItems": i} for i in range(1, 371)]}
+
+
+def person(key: str, inner: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, key: inner},
+            "required": ["name", key], "additionalProperties": False}
+
+
+def test_a_grammar_whose_parser_llguidance_cannot_build_is_refused(compiler: GrammarCompiler) -> None:
+    """370 arrays told apart by maxItems validate, but the parser has over 65,535 symbols: llguidance panics
+    when llama.cpp builds it, and the answer was generated without a grammar (prose from the first token)."""
+    grammar = json_grammar(ARRAYS_BY_MAX_ITEMS)
+    message = ctypes.create_string_buffer(4096)
+    assert compiler._validate(compiler._init, b"lark", grammar.encode(), message, 4096) >= 0  # validation passes
+    found = constraints(request(structured=StructuredOutput("json_schema", ARRAYS_BY_MAX_ITEMS)), 4096)
+    with pytest.raises(InvalidRequest, match="response_format's JSON schema: llguidance cannot build its parser "
+                                             r"\(panic: .*symbols") as err:
+        check_grammars(found.checks, compiler.problem)
+    assert err.value.param == "response_format"
+    assert "panic_utils" not in err.value.message  # its first line, not the backtrace under it
+    with compiler.follower(grammar) as follower:  # were it followed: given up before the first byte
+        reason = follower.feed("[")
+        assert reason is not None
+        assert reason.startswith("llguidance cannot build its parser (panic: ")
+
+
+def test_the_follower_meets_a_limit_llguidance_reaches_mid_answer(compiler: GrammarCompiler) -> None:
+    """400 arrays told apart by their items' maxLength pass the check, but once `[` is read llguidance's Earley
+    row has 2,400 items (its limit is 2,000): it gives up there, and llama.cpp went on unconstrained."""
+    arrays = {"anyOf": [{"type": "array", "items": {"type": "string", "maxLength": i}} for i in range(1, 401)]}
+    grammar = json_grammar(person("tags", arrays))
+    assert compiler.problem(grammar) is None  # the check cannot see it: only a parse reaches the limit
+    with compiler.follower(grammar) as follower:
+        assert follower.feed('{\n  "name": "Ann",\n  "tags": ') is None
+        reason = follower.feed('[\n    "friend"')
+        assert reason is not None
+        assert "max is 2000" in reason
+        assert "\n" not in reason
+        assert follower.feed("]}") == reason  # it stays given up
+        assert not follower.complete()
+
+
+def test_the_follower_says_where_text_leaves_the_grammar_and_when_it_is_complete(compiler: GrammarCompiler) -> None:
+    grammar = json_grammar({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                            "additionalProperties": False})
+    with compiler.follower(grammar) as follower, compiler.follower(grammar) as other:
+        for piece in ('{"ci', 'ty": "Zü', 'rich"'):  # a clone each: the other follower is where it started
+            assert follower.feed(piece) is None
+        assert not follower.complete()
+        assert follower.feed("}") is None
+        assert follower.complete()
+        assert follower.feed("\n\nIn this example") == "the answer went on after the grammar's end"
+        reason = other.feed('{"town"')
+        assert reason is not None
+        assert "doesn't satisfy the grammar" in reason
+    closed = compiler.follower(grammar)
+    closed.close()
+    closed.close()  # freed once
+    with pytest.raises(ValueError, match="closed"):
+        closed.feed("{")
+
+
+def test_tool_choice_auto_text_is_followed_without_its_end_of_turn_token(compiler: GrammarCompiler) -> None:
+    found = constraints(request(tools=ToolSpec((GOOD,), "auto")), 4096, turn_ends=(2,))
+    check_grammars(found.checks, compiler.problem)
+    assert found.follow is not None
+    call = '<tool_call>\n{"name": "good", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    for text in ("It is sunny in Oslo.", "<tool", call):
+        with compiler.follower(found.follow) as follower:
+            assert follower.feed(text) is None, text
+            assert follower.complete(), text
+    with compiler.follower(found.follow) as follower:
+        assert follower.feed('<tool_call>\n{"name": "rm_rf"') is not None
+
+
+def test_built_parsers_are_kept_for_the_followers_a_few_at_a_time(compiler: GrammarCompiler,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constrained, "_MATCHERS", 2)
+    grammars = [json_grammar({"type": "object", "properties": {f"kept{i}": {"type": "integer"}}}) for i in range(3)]
+    for grammar in grammars:
+        assert compiler.problem(grammar) is None
+    assert list(compiler._matchers) == [constrained._digest(g.encode()) for g in grammars[1:]]
+    with compiler.follower(grammars[0]) as follower:  # evicted: built again, and kept
+        assert follower.feed('{"kept0": 5}') is None
+        assert follower.complete()
+    assert list(compiler._matchers) == [constrained._digest(g.encode()) for g in (grammars[2], grammars[0])]
+
+
+# in the engine: the answer followed as llama.cpp streams it --------------------------------------------------------
+
+class FakeServer:
+    """llama.cpp's handle_completions: the chunks, through the callback, until it returns True."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+        self.stopped_at: int | None = None
+
+    def handle_completions(self, body: dict[str, Any], callback: Any) -> None:
+        for i, raw in enumerate(self.chunks):
+            if callback(raw):
+                self.stopped_at = i
+                return
+
+
+def piece(text: str, finish: str | None = None) -> dict[str, Any]:
+    raw: dict[str, Any] = {"choices": [{"text": text, "index": 0, "finish_reason": finish}]}
+    if finish is not None:
+        raw["usage"] = {"completion_tokens": 9, "prompt_tokens": 5}
+    return raw
+
+
+CITY = json_grammar({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                     "additionalProperties": False})
+
+
+def streamed(compiler: GrammarCompiler, chunks: list[dict[str, Any]], *, follow: str | None = CITY,
+             stop: tuple[str, ...] = (), eager: bool = True,
+             constrained_by: str = "response_format") -> tuple[list[Any], InvalidRequest | None, FakeServer]:
+    engine = LlamaCppEngine("m", LlamaCppOptions(context_length=512))
+    engine._compiler = compiler
+    engine._server = server = FakeServer(chunks)
+    got: list[Any] = []
+
+    async def run() -> None:
+        async for chunk in engine._stream({"stop": list(stop)}, 0, eager=eager, constrained_by=constrained_by,
+                                          follow=follow):
+            got.append(chunk)
+
+    try:
+        asyncio.run(run())
+    except InvalidRequest as exc:
+        return got, exc, server
+    finally:
+        engine._executor.shutdown()
+    return got, None, server
+
+
+def test_a_chunk_that_leaves_the_grammar_is_not_sent_and_generation_stops(compiler: GrammarCompiler) -> None:
+    chunks = [piece('{"city"'), piece(': "Oslo"'), piece(',\n"country": "Norway"}'), piece(" more"),
+              piece("", "stop")]
+    for eager in (True, False):
+        got, error, server = streamed(compiler, chunks, eager=eager)
+        assert error is not None
+        assert error.param == "response_format"
+        assert error.message.startswith("llama.cpp's grammar engine (llguidance) gave up on response_format's "
+                                        "schema mid-answer (Parser Error: ")
+        assert "simplify the schema (for example fewer anyOf branches)" in error.message
+        assert "".join(c.text for c in got) == '{"city": "Oslo"'  # the bytes that broke it never reach the client
+        assert server.stopped_at == 2
+    got, error, server = streamed(compiler, [*chunks[:2], piece("}"), chunks[-1]])
+    assert error is None
+    assert "".join(c.text for c in got) == '{"city": "Oslo"}'
+    assert got[-1].finish_reason == "stop"
+    assert server.stopped_at is None
+    tools = streamed(compiler, chunks, constrained_by="tools")[1]
+    assert tools is not None
+    assert tools.param == "tools"
+    assert "gave up on the tools' schemas mid-answer" in tools.message
+
+
+def test_an_answer_that_stops_before_its_grammar_is_complete_fails_unless_cut_or_stopped_by_a_stop_string(
+        compiler: GrammarCompiler) -> None:
+    cut = [piece('{"city"'), piece(': "Os')]
+    got, error, _ = streamed(compiler, [*cut, piece("", "stop")])
+    assert error is not None
+    assert "the answer stopped before the grammar was complete" in error.message
+    assert "".join(c.text for c in got) == '{"city": "Os'
+    got, error, _ = streamed(compiler, [*cut, piece("", "length")])  # max_tokens: a cut answer is expected
+    assert error is None
+    assert got[-1].finish_reason == "length"
+    got, error, _ = streamed(compiler, [*cut, piece("", "stop")], stop=("lo",))  # a stop string ends it anywhere
+    assert error is None
+    got, error, _ = streamed(compiler, [*cut, piece("", "stop")], follow=None)  # nothing to follow: as it was
+    assert error is None

@@ -17,7 +17,15 @@ refuses one (a conflicting `allOf`, a keyword it does not implement, a look-arou
 "llg error" and generates without it. So every grammar is first checked by llguidance itself
 (`GrammarCompiler`, in the same library), and one it refuses is a 400 naming the parameter it came from:
 `response_format`, or `tools.<i>.function.parameters` for a tool's (each on its own: in a union of calls an
-unsatisfiable one would be dropped without a word), or `tools` for the calls' grammar as a whole.
+unsatisfiable one would be dropped without a word), or `tools` for the calls' grammar as a whole. The check
+builds llguidance's parser too (its matcher), since some grammars that validate cannot be built (a parser
+of over 65,535 symbols is a panic in llguidance, which llama.cpp logs and answers unconstrained).
+
+llguidance also has limits that only a parse reaches (an Earley row of over 2,000 items, a lexer of too many
+states), which a grammar may meet after some tokens of the answer; llama.cpp then logs "llg error" and goes
+on sampling unconstrained. So the answer is followed, as llama.cpp streams it, by a `GrammarFollower` (the
+same grammar, a byte-level matcher in the same library): the first text that leaves the grammar, or where
+llguidance gives up, is an error in the answer's place (engines/llamacpp.py).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import functools
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -120,20 +129,22 @@ def _call_rules(calls: list[dict[str, Any]], parallel: bool) -> str:
             f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
 
 
-def _grammar(rules: str, turn_ends: tuple[int, ...] = (), answer: Any = None) -> str:
+def _grammar(rules: str, turn_ends: tuple[int, ...] = (), answer: Any = None, *, followed: bool = False) -> str:
     """The calls' grammar. With `answer` (tool_choice auto with a `response_format`: its JSON schema), the
     model may instead answer with a JSON value matching it, which ends the grammar by itself. Else with
     `turn_ends` (tool_choice auto: the tokens the model may end its turn with), a text answer instead of
     calls is admitted too, ended by one of those tokens: llguidance ends a grammar with the one end-of-text
     token llama.cpp gives it, which a text lexeme open to any character never yields to (every text answer
-    then ran to max_tokens), so the grammar names the model's own."""
+    then ran to max_tokens), so the grammar names the model's own. `followed`: the grammar the streamed
+    text is followed with, where those tokens never appear (llama.cpp does not write them into the text),
+    so the text answer ends with the text."""
     start = "start: tc_calls\n"
     if answer is not None:
         start = f"start: tc_calls | tc_answer\ntc_answer: %json {json.dumps(answer)}\n"
     elif turn_ends:
         ends = " | ".join(f"<[{token}]>" for token in turn_ends)
-        start = (f"start: tc_calls | TC_TEXT tc_end\ntc_end: {ends}\n"
-                 f"TC_TEXT: /{_not_beginning_with(CALL_OPEN)}/\n")
+        text = "TC_TEXT\n" if followed else f"TC_TEXT tc_end\ntc_end: {ends}\n"
+        start = f"start: tc_calls | {text}TC_TEXT: /{_not_beginning_with(CALL_OPEN)}/\n"
     return f"%llguidance {{}}\n{start}{rules}"
 
 
@@ -165,6 +176,7 @@ class Constraints:
 
     fields: dict[str, Any]
     checks: tuple[GrammarCheck, ...] = ()
+    follow: str | None = None  # the grammar the answer's text is followed with (GrammarFollower); None: free
 
 
 def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple[int, ...] = ()) -> Constraints:
@@ -179,7 +191,7 @@ def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple
     if request.tools is None:
         if answer is None:
             return Constraints({})
-        return Constraints({"json_schema": answer}, answer_checks)
+        return Constraints({"json_schema": answer}, answer_checks, json_grammar(answer))
     calls, checks = [], []
     for index, fn in _offered(request.tools):
         param = tool_param(index)
@@ -189,16 +201,22 @@ def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple
                                    json_grammar(arguments)))
     rules = _call_rules(calls, request.tools.parallel)
     grammar = _grammar(rules)  # what the client's schemas make: checked
-    checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
     if request.tools.choice != "auto":
-        return Constraints({"grammar": grammar}, tuple(checks))
+        checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
+        return Constraints({"grammar": grammar}, tuple(checks), grammar)
     if answer is not None:
+        checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
         both = _grammar(rules, answer=answer)
         return Constraints({"grammar": both}, (*checks, *answer_checks, GrammarCheck(
-            RESPONSE_FORMAT, "the grammar of the tools' calls or response_format's answer", both)))
+            RESPONSE_FORMAT, "the grammar of the tools' calls or response_format's answer", both)), both)
     if not turn_ends:
+        checks.append(GrammarCheck("tools", "the grammar of the tools' calls", grammar))
         return Constraints({}, tuple(checks))
-    return Constraints({"grammar": _grammar(rules, turn_ends)}, tuple(checks))
+    # checked as it is followed: the calls, or a text (the turn's end is the model's token, not llguidance's
+    # here: its vocabulary in the check is bytes)
+    followed = _grammar(rules, turn_ends, followed=True)
+    checks.append(GrammarCheck("tools", "the grammar of the tools' calls", followed))
+    return Constraints({"grammar": _grammar(rules, turn_ends)}, tuple(checks), followed)
 
 
 def _answer_schema(request: TextRequest, limit: int | None) -> tuple[Any, tuple[GrammarCheck, ...]]:
@@ -230,14 +248,17 @@ def check_grammars(checks: Iterable[GrammarCheck], problem: Callable[[str], str 
 
 # llguidance's own check, in the library llama.cpp runs ----------------------------------------------------------
 
-CHECK_BUDGET_S = 0.25  # CPU seconds one grammar's check may take: llama.cpp's compile takes 3-4x as long,
-# in the loop that decodes every slot (8,000 optional properties: 1.7 s checked, every stream stalled 5.8 s)
-REQUEST_CHECK_BUDGET_S = 0.5  # CPU seconds all of one request's checks may take together
+CHECK_BUDGET_S = 1.0  # CPU seconds one grammar's check may take: validating it, then building its parser, which
+# is what llama.cpp does when a slot takes the request, in the loop that decodes every slot (the build takes 1-4x
+# as long as the validation; before builds were checked, 0.25 s of validation, about 1 s in all, was the limit)
+REQUEST_CHECK_BUDGET_S = 2.0  # CPU seconds all of one request's checks may take together
 _VERDICTS = 1024  # grammars whose verdict is remembered (a client sends the same tools every turn)
+_MATCHERS = 16  # grammars whose built parser is kept, for the followers of the answers (cloned: microseconds)
 _MESSAGE_BYTES = 4096
 _EXCERPT = re.compile(r"^\s*\d+ \| ")  # the start of llguidance's excerpt of the grammar under its message
 _POSITION = re.compile(r"^at \d+\(\d+\): ")
 _CARETS = re.compile(r"^\s*\^+\s*$")
+_STOPPED = re.compile(r"^parser stopped\b")  # llguidance's error for a byte after its grammar's end
 
 
 class _TokenizerInit(ctypes.Structure):
@@ -258,26 +279,116 @@ class _InitHead(ctypes.Structure):
                 ("log_stderr_level", ctypes.c_uint32)]
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    """The signatures (llguidance.h) of the functions called here."""
+    lib.llg_new_tokenizer.restype = ctypes.c_void_p
+    lib.llg_new_tokenizer.argtypes = [ctypes.POINTER(_TokenizerInit), ctypes.c_char_p, ctypes.c_size_t]
+    lib.llg_constraint_init_set_defaults.restype = None
+    lib.llg_constraint_init_set_defaults.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.llg_validate_grammar.restype = ctypes.c_int32
+    lib.llg_validate_grammar.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                         ctypes.c_size_t]
+    lib.llg_new_matcher.restype = ctypes.c_void_p
+    lib.llg_new_matcher.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    lib.llg_clone_matcher.restype = ctypes.c_void_p
+    lib.llg_clone_matcher.argtypes = [ctypes.c_void_p]
+    lib.llg_free_matcher.restype = None
+    lib.llg_free_matcher.argtypes = [ctypes.c_void_p]
+    for name in ("llg_matcher_is_error", "llg_matcher_is_accepting", "llg_matcher_is_stopped"):
+        getattr(lib, name).restype = ctypes.c_bool
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    lib.llg_matcher_get_error.restype = ctypes.c_char_p
+    lib.llg_matcher_get_error.argtypes = [ctypes.c_void_p]
+    lib.llg_matcher_consume_tokens.restype = ctypes.c_int32
+    lib.llg_matcher_consume_tokens.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _matcher_error(lib: ctypes.CDLL, matcher: int) -> str | None:
+    """The first line of a matcher's error (llguidance's message, a panic's backtrace below it), or None."""
+    if not lib.llg_matcher_is_error(matcher):
+        return None
+    raw = lib.llg_matcher_get_error(matcher)
+    lines = [x.strip() for x in (raw or b"").decode(errors="replace").splitlines() if x.strip()]
+    return _POSITION.sub("", lines[0])[:300] if lines else "llguidance gave no reason"
+
+
+class GrammarFollower:
+    """One answer's text followed by llguidance, byte by byte, in the grammar llama.cpp constrains it with:
+    where llguidance gives up mid-answer (a limit only a parse reaches) llama.cpp goes on unconstrained, and
+    the text leaves the grammar, or llguidance's own error is met here at the same byte. A clone of the
+    grammar's built matcher (`GrammarCompiler.follower`), used by one thread; `close` frees it."""
+
+    def __init__(self, lib: ctypes.CDLL, matcher: int) -> None:
+        self._lib = lib
+        self._matcher: int | None = matcher
+        self.error = _matcher_error(lib, matcher)
+        if self.error is not None:
+            self.error = f"llguidance cannot build its parser ({self.error})"
+
+    def feed(self, text: str) -> str | None:
+        """Consume the text's bytes: llguidance's error (its first line) once the text left the grammar or
+        llguidance gave up on it, else None."""
+        if self.error is not None or not text:
+            return self.error
+        if self._matcher is None:
+            raise ValueError("the follower is closed")
+        data = text.encode()
+        tokens = (ctypes.c_uint32 * len(data)).from_buffer_copy(_widen(data))
+        if self._lib.llg_matcher_consume_tokens(self._matcher, tokens, len(data)) != 0:
+            error = _matcher_error(self._lib, self._matcher) or "llguidance refused the text"
+            self.error = "the answer went on after the grammar's end" if _STOPPED.match(error) else error
+        return self.error
+
+    def complete(self) -> bool:
+        """Whether the text so far is a whole answer of the grammar (it may end here, or must)."""
+        if self.error is not None or self._matcher is None:
+            return False
+        lib, matcher = self._lib, self._matcher
+        return bool(lib.llg_matcher_is_accepting(matcher) or lib.llg_matcher_is_stopped(matcher))
+
+    def close(self) -> None:
+        matcher, self._matcher = self._matcher, None
+        if matcher is not None:
+            self._lib.llg_free_matcher(matcher)
+
+    def __enter__(self) -> GrammarFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _widen(data: bytes) -> bytes:
+    """Each byte as a uint32 in this machine's byte order (the byte vocabulary's token ids), as
+    consume_tokens takes them: one copy, not a Python int per byte."""
+    out = bytearray(4 * len(data))
+    out[0 if sys.byteorder == "little" else 3::4] = data
+    return bytes(out)
+
+
 class GrammarCompiler:
-    """llguidance's check of a grammar (`llg_validate_grammar`, "about twice as fast as creating a
-    matcher"), called through ctypes in the llama.cpp library the engine runs, so the verdict is the one
-    llama.cpp reaches when a slot starts the request. There a grammar llguidance refuses is logged and the
-    answer generated without it: a 200 no schema constrained. The check is run off the event loop (ctypes
-    releases the GIL); verdicts are remembered by the grammar's digest.
+    """llguidance's check of a grammar (`llg_validate_grammar`, then its parser built: `llg_new_matcher`),
+    called through ctypes in the llama.cpp library the engine runs, so the verdict is the one llama.cpp
+    reaches when a slot starts the request. There a grammar llguidance refuses is logged and the answer
+    generated without it: a 200 no schema constrained. The check is run off the event loop (ctypes
+    releases the GIL); verdicts are remembered by the grammar's digest, and the last grammars' parsers are
+    kept for the followers of their answers (`follower`).
 
     The vocabulary is 256 one-byte tokens: whether a JSON schema or grammar compiles does not depend on the
     model's tokens, and llguidance's tokenizer built from the model's costs seconds (llama.cpp's first
-    constrained request on Gemma 3, 262,144 tokens, waited 2 s for it)."""
+    constrained request on Gemma 3, 262,144 tokens, waited 2 s for it). A follower reads the answer's text
+    in those tokens, one per byte."""
 
     def __init__(self, library: str) -> None:
         lib = ctypes.CDLL(library)  # already loaded: the same handle
-        lib.llg_new_tokenizer.restype = ctypes.c_void_p
-        lib.llg_new_tokenizer.argtypes = [ctypes.POINTER(_TokenizerInit), ctypes.c_char_p, ctypes.c_size_t]
-        lib.llg_constraint_init_set_defaults.restype = None
-        lib.llg_constraint_init_set_defaults.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.llg_validate_grammar.restype = ctypes.c_int32
-        lib.llg_validate_grammar.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                             ctypes.c_size_t]
+        _declare(lib)
         self._lib = lib
         self._validate = lib.llg_validate_grammar
         tokens = [bytes([b]) for b in range(256)] + [b"\xff<eos>"]  # 0xff: llama.cpp's mark of a special token
@@ -297,12 +408,13 @@ class GrammarCompiler:
         head.log_buffer_level = head.log_stderr_level = 0
         self._lock = threading.Lock()
         self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()
+        self._matchers: OrderedDict[bytes, int] = OrderedDict()  # built parsers, cloned for followers
 
     def problem(self, grammar: str) -> str | None:
         """Why llguidance refuses `grammar`, or None. Blocks for as long as the check takes: call it off the
         event loop."""
         data = grammar.encode()
-        key = hashlib.blake2b(data, digest_size=16).digest()
+        key = _digest(data)
         with self._lock:
             if key in self._verdicts:
                 self._verdicts.move_to_end(key)
@@ -318,13 +430,56 @@ class GrammarCompiler:
         message = ctypes.create_string_buffer(_MESSAGE_BYTES)
         started = time.thread_time()
         status = self._validate(self._init, b"lark", data, message, _MESSAGE_BYTES)
-        spent = time.thread_time() - started
         if status < 0:  # 1 is a warning: the grammar compiles
             return compiler_reason(message.value.decode(errors="replace"))
+        matcher = None
+        if time.thread_time() - started <= CHECK_BUDGET_S:  # else over budget already: not built
+            matcher = self._lib.llg_new_matcher(self._init, b"lark", data)
+            if (reason := _matcher_error(self._lib, matcher)) is not None:
+                self._lib.llg_free_matcher(matcher)
+                return f"llguidance cannot build its parser ({reason})"
+        spent = time.thread_time() - started
         if spent > CHECK_BUDGET_S:
-            return (f"it is too costly to compile ({spent:.2f} s of CPU to check; llama.cpp would hold the model "
-                    f"several times as long; the limit is {CHECK_BUDGET_S} s)")
+            if matcher is not None:
+                self._lib.llg_free_matcher(matcher)
+            return (f"it is too costly to compile ({spent:.2f} s of CPU to check; llama.cpp would hold every "
+                    f"answer's decoding about as long; the limit is {CHECK_BUDGET_S} s)")
+        if matcher is not None:
+            self._keep(_digest(data), matcher)
         return None
+
+    def _keep(self, key: bytes, matcher: int, clone: bool = False) -> int | None:
+        """Keep `matcher` as `key`'s built parser (one already kept is kept instead, and this one freed);
+        with `clone`, a clone of the kept one (under the lock: an evicted parser is freed)."""
+        unused = []
+        with self._lock:
+            kept = self._matchers.setdefault(key, matcher)
+            if kept != matcher:
+                unused.append(matcher)
+            self._matchers.move_to_end(key)
+            copy = self._lib.llg_clone_matcher(kept) if clone else None
+            while len(self._matchers) > _MATCHERS:
+                unused.append(self._matchers.popitem(last=False)[1])
+        for old in unused:
+            self._lib.llg_free_matcher(old)
+        return copy
+
+    def follower(self, grammar: str) -> GrammarFollower:
+        """A follower of one answer in `grammar`: a clone of its parser, built once (kept from its check, or
+        built here: as long as the check took); one llguidance cannot build is a follower in error."""
+        data = grammar.encode()
+        key = _digest(data)
+        with self._lock:
+            kept = self._matchers.get(key)
+            if kept is not None:
+                self._matchers.move_to_end(key)
+                return GrammarFollower(self._lib, self._lib.llg_clone_matcher(kept))
+        built = self._lib.llg_new_matcher(self._init, b"lark", data)
+        if _matcher_error(self._lib, built) is not None:
+            return GrammarFollower(self._lib, built)
+        copy = self._keep(key, built, clone=True)
+        assert copy is not None
+        return GrammarFollower(self._lib, copy)
 
 
 def compiler_reason(message: str) -> str:

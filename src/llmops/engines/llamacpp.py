@@ -22,6 +22,12 @@ calls constrained to the offered functions and their argument schemas. llama.cpp
 slot takes the request and, where llguidance refuses it, logs the reason and generates without it (a 200
 that no schema constrained); so each grammar is first checked by llguidance itself, in a worker thread,
 before the request is templated or given to llama.cpp, and one it refuses is a 400 naming the parameter.
+Some of llguidance's limits are met only mid-answer, where llama.cpp again logs "llg error" and goes on
+unconstrained: so the answer's text is followed by llguidance in the same grammar (a GrammarFollower, on
+the worker thread, as each chunk arrives) and the first chunk that leaves it, or where llguidance gives
+up, is not sent: generation stops and the request fails with a 400 naming the parameter (a final error
+event when some of the answer was streamed already). An answer that stops (not cut by max_tokens) before
+the grammar is complete fails so too, unless stop strings were sent (a stop string ends it anywhere).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import json
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -52,6 +58,7 @@ from llmops.engines.constrained import (
     CALL_OPEN,
     RESPONSE_FORMAT,
     GrammarCompiler,
+    GrammarFollower,
     check_grammars,
     constraints,
     load_compiler,
@@ -149,6 +156,49 @@ def _map_error(err: dict[str, Any], constrained_by: str | None = None) -> LLMOps
     if err.get("code") == 400 or err.get("type") == "invalid_request_error":
         return InvalidRequest(message)
     return EngineError(f"llama.cpp: {message}")
+
+
+GRAMMAR_GAVE_UP = "llmops_grammar_gave_up"  # the key of the item a follower pushes in the chunk it refused
+
+
+def _gave_up(reason: str, constrained_by: str | None) -> InvalidRequest:
+    """The error for an answer that left its grammar mid-way (llguidance's `reason`)."""
+    subject = "response_format's schema" if constrained_by == RESPONSE_FORMAT else "the tools' schemas"
+    return InvalidRequest(f"llama.cpp's grammar engine (llguidance) gave up on {subject} mid-answer ({reason}); the "
+                          "answer no longer matched it; simplify the schema (for example fewer anyOf branches)",
+                          param=constrained_by)
+
+
+class _Followed:
+    """The worker's callback: each llama.cpp chunk's text is given to the follower before the chunk is pushed.
+    The chunk whose text leaves the grammar (or where llguidance gives up) is not pushed: an item saying why
+    is, and generation stops; so does a finish "stop" before the grammar is complete, unless `stops` (stop
+    strings were sent: one ends the answer anywhere). A finish "length" is the answer cut: incomplete is
+    expected. Called on the worker thread that runs handle_completions."""
+
+    def __init__(self, push: Callable[[dict[str, Any]], bool], follower: GrammarFollower | None,
+                 stops: bool) -> None:
+        self._push = push
+        self._follower = follower
+        self._stops = stops
+        self._failed = False
+
+    def __call__(self, raw: dict[str, Any]) -> bool:
+        if self._failed:
+            return True
+        if self._follower is not None and (reason := self._problem(raw, self._follower)) is not None:
+            self._failed = True
+            self._push({GRAMMAR_GAVE_UP: reason})
+            return True
+        return self._push(raw)
+
+    def _problem(self, raw: dict[str, Any], follower: GrammarFollower) -> str | None:
+        for choice in raw.get("choices", ()):
+            if (reason := follower.feed(choice.get("text") or "")) is not None:
+                return reason
+            if choice.get("finish_reason") == "stop" and not self._stops and not follower.complete():
+                return "the answer stopped before the grammar was complete"
+        return None
 
 
 def _grammar_compiler(xllamacpp: Any) -> tuple[bool, GrammarCompiler | None]:
@@ -320,28 +370,30 @@ class LlamaCppEngine:
             prompt = str((await self._post("/apply-template", body))["prompt"])
         return PreparedPrompt(prompt, request.sampling.stop, False)
 
-    async def _constraints(self, request: TextRequest) -> dict[str, Any]:
+    async def _constraints(self, request: TextRequest) -> tuple[dict[str, Any], str | None]:
         """The request's grammar fields, each grammar checked by llguidance first (400 naming the parameter
         it came from): in a worker thread, since building and checking a large schema's grammar takes
         milliseconds to a second, and before llama.cpp, whose slot would otherwise compile it, fail and
-        generate unconstrained."""
+        generate unconstrained. With them, the grammar the answer is followed with (None: not followed,
+        where nothing constrains it or there is no llguidance to follow it with)."""
         if request.tools is None and request.structured is None:
-            return {}
+            return {}, None
         if request.tools is not None and not self._llguidance:  # llama.cpp would abort the process on it
             raise UnsupportedParameter("this llama.cpp build has no llguidance, which tool calls' grammars need; "
                                        "'tools' is not supported here", param="tools")
         compiler, limit, turn_ends = self._compiler, self.context_length, self._turn_ends
 
-        def build() -> dict[str, Any]:
+        def build() -> tuple[dict[str, Any], str | None]:
             found = constraints(request, limit, turn_ends)
-            if compiler is not None:  # found only in a build with llguidance, whose grammars it checks
-                check_grammars(found.checks, compiler.problem)
-            return found.fields
+            if compiler is None:
+                return found.fields, None
+            check_grammars(found.checks, compiler.problem)  # found only in a build with llguidance
+            return found.fields, found.follow
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, build)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
-        fields = await self._constraints(request)  # a schema it refuses is refused first
+        fields, follow = await self._constraints(request)  # a schema it refuses is refused first
         prepared = await self._prepare(request)
         s = request.sampling
         prompt, counted = await self._prompt(prepared.text, s)
@@ -356,7 +408,7 @@ class LlamaCppEngine:
             body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
         body.update(fields)
         chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream,
-                              constrained_by=_constrained_by(request))
+                              constrained_by=_constrained_by(request), follow=follow)
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
@@ -365,25 +417,38 @@ class LlamaCppEngine:
             yield chunk
 
     async def _stream(self, body: dict[str, Any], prompt_tokens: int, *, eager: bool = True,
-                      constrained_by: str | None = None) -> AsyncIterator[TextChunk]:
+                      constrained_by: str | None = None, follow: str | None = None) -> AsyncIterator[TextChunk]:
         """The text as it comes, one chunk per batch of tokens that reached the loop together; then the
         finish and usage (the prompt's count as llama.cpp reports it, else `prompt_tokens`).
-        `constrained_by`: the parameter the body's grammar came from, which an error about it names."""
+        `constrained_by`: the parameter the body's grammar came from, which an error about it names;
+        `follow`: the grammar the text is followed with, on the worker thread (the chunk that leaves it is
+        not sent: the stream fails there)."""
         server = self._server
         if server is None:
             raise EngineError("the llama.cpp engine is not started")
         loop = asyncio.get_running_loop()
         self._waker = waker = LoopWaker.on(self._waker, loop)
         stream: ThreadStream[dict[str, Any]] = ThreadStream(loop, eager=eager, waker=waker)
-        run_worker(stream, lambda: server.handle_completions(body, stream.push), self._executor.submit)
+        compiler, stops = self._compiler, bool(body.get("stop"))
+
+        def work() -> None:
+            if compiler is None or follow is None:  # nothing to follow: no call of ours per token
+                server.handle_completions(body, stream.push)
+                return
+            with compiler.follower(follow) as follower:
+                server.handle_completions(body, _Followed(stream.push, follower, stops))
+
+        run_worker(stream, work, self._executor.submit)
         finish: Literal["stop", "length"] = "stop"
         completion_tokens = 0
         async for batch in stream.batches():
             texts: list[str] = []
             for raw in batch:
-                if "error" in raw:
+                if "error" in raw or GRAMMAR_GAVE_UP in raw:
                     if texts:
                         yield TextChunk("".join(texts))
+                    if GRAMMAR_GAVE_UP in raw:
+                        raise _gave_up(str(raw[GRAMMAR_GAVE_UP]), constrained_by)
                     raise _map_error(raw["error"], constrained_by)
                 if usage := raw.get("usage"):
                     completion_tokens = int(usage["completion_tokens"])
