@@ -106,4 +106,26 @@ def test_semantic_cache_is_part_of_the_cache_stage(tmp_path: Path) -> None:
         assert ask("What is the capital of France?", **{"Cache-Control": "no-cache"}).headers["X-Cache"] == "bypass"
         metrics = client.get("/metrics").text
         assert 'llmops_cache_requests_total{model="fake",result="semantic_hit"} 1.0' in metrics
+        # each request counted once: the semantic misses as misses, not also as exact-cache bypasses
+        assert 'llmops_cache_requests_total{model="fake",result="miss"} 2.0' in metrics
+        assert 'llmops_cache_requests_total{model="fake",result="bypass"} 1.0' in metrics
         assert client.get("/ready").json()["models"]["emb"]["calls"] == 3  # one lookup per request
+
+
+@pytest.mark.parametrize("scope", ["key", "global"])
+def test_semantic_cache_scoped_per_key_serves_no_key_anothers_answer(tmp_path: Path, scope: str) -> None:
+    cfg = write_config(tmp_path / "sem.yaml", MODELS, state={"backend": "memory"},
+                       auth={"admin_key": ADMIN["Authorization"].removeprefix("Bearer ")},
+                       cache={"scope": scope, "semantic": {"enabled": True, "model": "emb", "threshold": 0.99}})
+    with _client(cfg) as client:
+        alice, bob = _key(client), _key(client)
+
+        def ask(auth: dict[str, str]) -> Any:
+            resp = client.post("/v1/chat/completions", headers=auth, json={"model": "fake", "temperature": 0.7,
+                               "messages": [{"role": "user", "content": "My account number is 4242"}]})
+            assert resp.status_code == 200, resp.text
+            return resp
+
+        assert ask(alice).headers["X-Cache"] == "miss"
+        assert ask(alice).headers["X-Cache"] == "hit"  # her own answer
+        assert ask(bob).headers["X-Cache"] == ("miss" if scope == "key" else "hit")

@@ -199,7 +199,8 @@ class Metrics:
                                     "by operation", ["op"], registry=r)
         self.guardrail_actions = Counter("llmops_guardrail_actions", "Guardrail findings, by rule, hook point "
                                          "and the rule's action", ["rule", "stage", "action"], registry=r)
-        self.cache_requests = Counter("llmops_cache_requests", "Response cache lookups: hit, miss or bypass",
+        self.cache_requests = Counter("llmops_cache_requests", "Response cache lookups, one per request: hit (exact), "
+                                      "semantic_hit, miss or bypass (not cacheable, or opted out)",
                                       ["model", "result"], registry=r)
         self.variant_requests = Counter("llmops_route_requests", "Requests to a routed alias, by the variant "
                                         "that served them (role: primary, fallback, shadow)",

@@ -45,12 +45,19 @@ class ResponseCacher:
             payload = {**payload, "api_key": key_id}
         return cache_key(kind, payload)
 
-    async def get(self, key: str | None, model: str) -> dict[str, Any] | None:
+    def scoped(self, space: str, key_id: str | None) -> str:
+        """A semantic-cache namespace under the cache's scope: with `scope: key` each API key has its own, as
+        it has its own exact-cache keys (no key's answers are served to another)."""
+        if self.settings.scope != "key":
+            return space
+        return hashlib.sha256(f"{space}\0{key_id}".encode()).hexdigest()[:32]
+
+    async def get(self, key: str | None) -> dict[str, Any] | None:
+        """The stored answer (None: none, or no key). The lookup is counted by the caller, once, with the
+        semantic cache's outcome (pipeline/stages.cache_lookup)."""
         if key is None:
-            self.metrics.cache_requests.labels(model, "bypass").inc()
             return None
         raw = await self.store.get(key)
-        self.metrics.cache_requests.labels(model, "hit" if raw is not None else "miss").inc()
         return json.loads(raw) if raw is not None else None
 
     async def put(self, key: str | None, body: dict[str, Any]) -> None:

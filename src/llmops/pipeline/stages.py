@@ -179,12 +179,14 @@ async def cache_lookup(services: Services, call: Call) -> None:
     cacher = services.cacher
     call.cache_key = cacher.key(call.work.kind, lambda: call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
                                 key_id=call.ctx.subject)
-    call.hit = await cacher.get(call.cache_key, call.config.name)
+    call.hit = await cacher.get(call.cache_key)
     result = "bypass" if call.cache_key is None else "hit" if call.hit is not None else "miss"
+    counted = result  # llmops_cache_requests_total{result}: once a request, a semantic hit as its own
     if call.hit is None and (semantic := await semantic_lookup(services, call)) is not None:
-        call.hit, result = semantic, "hit"
+        call.hit, result, counted = semantic, "hit", "semantic_hit"
     elif result == "bypass" and call.semantic is not None:
-        result = "miss"
+        result = counted = "miss"
+    services.metrics.cache_requests.labels(call.config.name, counted).inc()
     call.extra_headers["X-Cache"] = call.ctx.log["cache"] = result
     if call.hit is not None:
         call.served = call.config.name
@@ -206,13 +208,13 @@ async def semantic_lookup(services: Services, call: Call) -> dict[str, Any] | No
     query = call.work.semantic_query(call) if semantic is not None and not call.ctx.cache_opt_out else None
     if semantic is None or query is None:
         return None
+    space, text = query
     try:
-        call.semantic = await semantic.lookup(*query, deadline=call.deadline, priority=call.priority)
+        call.semantic = await semantic.lookup(services.cacher.scoped(space, call.ctx.subject), text,
+                                              deadline=call.deadline, priority=call.priority)
     except LLMOpsError as exc:
         log.info("semantic cache skipped: %s", exc.code)
         return None
-    if call.semantic.body is not None:
-        services.metrics.cache_requests.labels(call.config.name, "semantic_hit").inc()
     return call.semantic.body
 
 
