@@ -128,6 +128,26 @@ def test_guardrails(tmp_path: Path) -> None:
         assert after_block - stopped_at < len(LONG.split())  # stopped at the block, not at the end
 
 
+def test_requests_cut_short_behind_output_guardrails_are_billed(tmp_path: Path) -> None:
+    """The output guardrails hold text back; a request cut before any was let through (by its deadline, or a
+    client gone) was billed nothing, which a budgeted key could repeat for free engine time. The tokens are
+    counted from the engine's chunks, and the prompt once the engine took the request."""
+    words = {"name": "slow", "engine": "fake", "options": {"reply": "x" * 20 + " y" * 200, "token_delay_s": 0.05},
+             "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
+    cfg = write_config(tmp_path / "cut.yaml", [words], guardrails=GUARDS)
+    with live_server(cfg) as base:
+        prompt = " ".join(["word"] * 400)
+        r = httpx.post(f"{base}/v1/chat/completions", headers={"X-Request-Timeout": "0.5"}, timeout=30, json={
+            "model": "slow", "messages": [{"role": "user", "content": prompt}]})
+        assert r.status_code == 504
+        made = tokens_generated(base, "slow")
+        assert made >= 2
+        billed = metric(base, "llmops_spend_usd_total", model="slow")
+        # the prompt (estimated from its 2,000 characters: 500 tokens) and the tokens made, at $1 per 1,000
+        assert billed == pytest.approx((500 + made) / 1000, abs=0.002)
+        assert metric(base, "llmops_generation_tokens_total", model="slow") >= made - 1
+
+
 def test_ab_routing_sticky_and_shadow(tmp_path: Path) -> None:
     models = [{"name": f"fake-{v}", "engine": "fake", "options": {"reply": f"from {v}"}} for v in "abc"]
     routes = [{"name": "chat", "sticky": "user", "shadow": {"model": "fake-c"},

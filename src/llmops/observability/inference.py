@@ -27,16 +27,20 @@ class Admitted(Protocol):
 
 
 class TokenTally:
-    """The tokens one request's chunks used, counted the one way both metrics and billing count them: a
-    choice's usage chunk (the engine's count) when it came, else its chunks with text (a choice cut short,
-    by a disconnect, a deadline or a failure, has no usage chunk); the prompt from the usage chunks, else
-    `estimated_prompt` once any chunk came."""
+    """The tokens one request used, counted the one way both metrics and billing count them, from the
+    engine's chunks (before output guardrails, which hold text back): a choice's usage chunk (the engine's
+    count) when it came, else its chunks with text (a choice cut short, by a disconnect, a deadline, a
+    guardrail's block or a failure, has no usage chunk). The prompt is the usage chunks' count, else
+    `estimated_prompt` once any chunk came, or once the engine took the request (`admitted`) and it ended
+    other than by the engine failing (`totals(engine_failed=...)`): a request cut by its deadline or its
+    client during a long prefill still used the engine."""
 
-    __slots__ = ("chunks", "completion", "estimated_prompt", "prompt", "reported")
+    __slots__ = ("admitted", "chunks", "completion", "estimated_prompt", "prompt", "reported")
 
     def __init__(self, estimated_prompt: int = 0) -> None:
         self.estimated_prompt = estimated_prompt
         self.prompt = self.completion = 0
+        self.admitted = False
         self.chunks: dict[int, int] = {}
         self.reported: set[int] = set()
 
@@ -48,18 +52,18 @@ class TokenTally:
             self.completion += usage.completion_tokens
             self.reported.add(index)
 
-    def totals(self) -> tuple[int, int]:
+    def totals(self, *, engine_failed: bool = False) -> tuple[int, int]:
         """(prompt, completion) tokens so far."""
         completion = self.completion + sum(n for i, n in self.chunks.items() if i not in self.reported)
-        prompt = self.prompt or (self.estimated_prompt if self.chunks else 0)
-        return prompt, completion
+        used = self.chunks or (self.admitted and not engine_failed)
+        return self.prompt or (self.estimated_prompt if used else 0), completion
 
 
 class InferenceObserver:
     def __init__(self, metrics: Metrics, tracer: Tracer, model: str, log: dict[str, Any],
                  estimated_prompt: int = 0) -> None:
         self.metrics, self.tracer, self.model, self.log = metrics, tracer, model, log
-        self.estimated_prompt = estimated_prompt
+        self.tally = TokenTally(estimated_prompt)
         self.started = time.perf_counter()
         self._admission = tracer.start("admission", {"llmops.model": model})
         self._engine: Any = None
@@ -68,13 +72,14 @@ class InferenceObserver:
     def admitted(self, ticket: Admitted) -> None:
         self.metrics.queue_time.labels(self.model).observe(ticket.queued_s)
         self.log.update(queue_position=ticket.position, queue_ms=round(ticket.queued_s * 1000, 1))
+        self.tally.admitted = True
         self._admission.end()
         self._engine = self.tracer.start("engine.generate", {"llmops.model": self.model})
 
     async def text(self, choices: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
         first: float | None = None
         last = self.started
-        tally = TokenTally(self.estimated_prompt)
+        tally = self.tally
         status = "error"
         itl = self.metrics.itl.labels(self.model)  # looked up once, observed per chunk
         try:
@@ -97,7 +102,7 @@ class InferenceObserver:
             status = self.outcome(exc)
             raise
         finally:
-            self._finish(status, *tally.totals())
+            self._finish(status, *tally.totals(engine_failed=status == "error"))
 
     def outcome(self, exc: BaseException) -> str:
         """The status label for a request that ended with `exc` (a refusal is counted as one, once)."""

@@ -142,13 +142,15 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
     if call.plan.shadow is not None:
         _start_shadow(services, call, work, call.plan.shadow)
     guard = services.guardrails
-    chunks = _fallback(services, call, work)
+    assert call.charge is not None
+    tally = TokenTally(call.charge.estimated_prompt)  # counted from the engine's chunks, before the guard
+    chunks = _fallback(services, call, work, tally)
     if guard.active("output"):
         chunks = _guarded(chunks, guard)
-    return _settled(services, call, chunks)
+    return _settled(services, call, chunks, tally)
 
 
-def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choices:
+def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: TokenTally) -> Choices:
     served, engine = services.pool.text_engine(name)
     reqs = work.requests(served.config)
     chat_controls.check_capabilities(engine, reqs)  # 400 naming a control this model's engine cannot honour
@@ -157,17 +159,19 @@ def _attempt(services: Services, call: Call, work: TextWork, name: str) -> Choic
 
     def on_admit(ticket: Ticket) -> None:
         call.ticket = ticket
+        tally.admitted = True
         obs.admitted(ticket)
 
     return obs.text(admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit))
 
 
-async def _fallback(services: Services, call: Call, work: TextWork) -> Choices:
-    """Try each model of the chain until one produces its first chunk; after that, errors are the answer's."""
+async def _fallback(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:
+    """Try each model of the chain until one produces its first chunk; after that, errors are the answer's.
+    Every chunk is counted into `tally`, and so is the engine taking the request."""
     metrics, chain = services.metrics, call.plan.chain
     for i, name in enumerate(chain):
         try:
-            choices = _attempt(services, call, work, name)
+            choices = _attempt(services, call, work, name, tally)
             first = await anext(choices)
         except StopAsyncIteration:
             return
@@ -184,8 +188,10 @@ async def _fallback(services: Services, call: Call, work: TextWork) -> Choices:
         if call.plan.route is not None:
             metrics.variant_requests.labels(call.plan.route, name, "primary" if i == 0 else "fallback").inc()
         async with closing(choices):
+            tally.add(*first)
             yield first
             async for item in choices:
+                tally.add(*item)
                 yield item
         return
 
@@ -206,23 +212,26 @@ async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
                 yield index, TextChunk(text, chunk.finish_reason, chunk.usage, chunk.tool_calls)
 
 
-async def _settled(services: Services, call: Call, choices: Choices) -> Choices:
-    """Pass the chunks through; at the end settle the tokens, counted as the metrics count them
-    (observability.inference.TokenTally: a choice cut short is billed for the chunks it streamed)."""
+async def _settled(services: Services, call: Call, choices: Choices, tally: TokenTally) -> Choices:
+    """Pass the chunks through; at the end settle the tokens `_fallback` counted from the engine's chunks (as
+    the metrics count them: observability.inference.TokenTally), however the request ended: a choice cut
+    short is billed for the chunks the engine made, whether or not a guardrail let them through."""
     assert call.charge is not None
-    tally = TokenTally(call.charge.estimated_prompt)
     answer: list[str] = []  # choice 0's text, for online evaluation (kept only when the route evaluates)
     evaluate = services.online_eval.wants(call.plan.route)
+    engine_failed = False
     try:
         async with closing(choices):
             async for index, chunk in choices:
-                tally.add(index, chunk)
                 if evaluate and index == 0 and chunk.text:
                     answer.append(chunk.text)
                 yield index, chunk
         services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
+    except FALLBACK_ON:
+        engine_failed = True
+        raise
     finally:
-        services.accountant.settle(call.charge, *tally.totals())
+        services.accountant.settle(call.charge, *tally.totals(engine_failed=engine_failed))
 
 
 def _request_of(call: Call) -> tuple[Message, ...] | str | None:
