@@ -47,6 +47,17 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
     assert client_ip(scope("127.0.0.1", "1.2.3.4"), []) == "127.0.0.1"
 
 
+def test_a_forwarded_address_is_one_bucket_whatever_its_port_or_spelling() -> None:
+    trusted = [ipaddress.ip_network("10.0.0.0/8")]
+    for hop in ("5.5.5.5", "5.5.5.5:1", "5.5.5.5:2", " 5.5.5.5:443 ", "::ffff:5.5.5.5", "[::ffff:5.5.5.5]:80"):
+        assert client_ip(scope("10.0.0.5", hop), trusted) == "5.5.5.5", hop
+    for hop in ("2001:db8::1", "2001:DB8:0:0::1", "[2001:db8::1]:443", "2001:0db8::0001", "fe80::1%eth0"):
+        expected = "fe80::1" if hop.startswith("fe80") else "2001:db8::1"
+        assert client_ip(scope("10.0.0.5", hop), trusted) == expected, hop
+    assert client_ip(scope("10.0.0.5", "[10.0.0.7]:5, 1.2.3.4:9, 10.0.0.8:1"), trusted) == "1.2.3.4"  # ports on proxies
+    assert client_ip(scope("10.0.0.5", "not-an-address"), trusted) == "not-an-address"
+
+
 def test_memory_counters_forget_subjects_whose_state_ran_out() -> None:
     import asyncio
 

@@ -32,11 +32,8 @@ def client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
     peer = (scope.get("client") or ("unknown", 0))[0]
 
     def is_trusted(addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr.strip())
-        except ValueError:
-            return False
-        return any(ip in net for net in trusted)
+        ip = _address(addr)
+        return ip is not None and any(ip in net for net in trusted)
 
     if not trusted or not is_trusted(peer):
         return str(peer)
@@ -44,8 +41,26 @@ def client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
     hops = [h.strip() for h in raw.decode("latin-1").split(",") if h.strip()]
     for hop in reversed(hops):
         if not is_trusted(hop):
-            return hop
+            ip = _address(hop)
+            return str(ip) if ip is not None else hop
     return str(peer)
+
+
+def _address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A forwarded hop's address in one canonical form, whatever port or spelling the proxy wrote: `1.2.3.4`,
+    `1.2.3.4:5678`, `[2001:db8::1]:443`, `2001:DB8:0::1` (each spelling a bucket of its own would let a
+    client escape its limit by changing ports); None when it is not an address."""
+    text = hop.strip()
+    if text.startswith("[") and "]" in text:  # [v6] or [v6]:port
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip
 
 
 def _headers(d: Decision) -> dict[str, str]:
