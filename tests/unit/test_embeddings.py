@@ -129,3 +129,13 @@ def test_semantic_cache_scoped_per_key_serves_no_key_anothers_answer(tmp_path: P
         assert ask(alice).headers["X-Cache"] == "miss"
         assert ask(alice).headers["X-Cache"] == "hit"  # her own answer
         assert ask(bob).headers["X-Cache"] == ("miss" if scope == "key" else "hit")
+
+
+def test_an_input_guardrail_refusal_names_the_field_the_input_came_from(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "limit.yaml", MODELS, state={"backend": "memory"},
+                       guardrails={"max_input_chars": 10})
+    with _client(cfg) as client:
+        assert_error(client.post(EMBED, json={"model": "emb", "input": "x" * 11}), 400, param="input")
+        assert_error(client.post("/v1/completions", json={"model": "fake", "prompt": "x" * 11}), 400, param="prompt")
+        assert_error(client.post("/v1/chat/completions", json={
+            "model": "fake", "messages": [{"role": "user", "content": "x" * 11}]}), 400, param="messages")

@@ -35,6 +35,8 @@ log = logging.getLogger("llmops.pipeline")
 STAGES = ("route", "prompt", "input_guardrails", "budget", "cache", "admission", "engine", "output_guardrails",
           "accounting", "cache_store")
 ModelKind = Literal["chat", "image", "embeddings", "classify"]
+INPUT_PARAM = {"completions": "prompt", "embeddings": "input", "images": "prompt"}  # the texts' field (chat's:
+# messages), named by an input guardrail's refusal
 
 
 class Work(Protocol):
@@ -153,7 +155,7 @@ async def input_guardrails(services: Services, call: Call) -> None:
     """The input rules; a large input is checked in a worker thread, off the event loop. The work's texts
     are replaced only when a rule changed one (a redaction)."""
     texts = call.work.texts()
-    checked = await services.guardrails.check_input_async(texts)
+    checked = await services.guardrails.check_input_async(texts, INPUT_PARAM.get(call.work.kind, "messages"))
     if checked != texts:
         call.work.with_texts(checked)
 

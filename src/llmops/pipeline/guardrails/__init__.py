@@ -85,22 +85,23 @@ class Guardrails:
             self.metrics.guardrail_actions.labels(rule.name, stage, rule.action).inc()
             log.info("guardrail %s %s at %s: %s", rule.name, rule.action, stage, ",".join(sorted(kinds)))
 
-    def check_input(self, texts: list[str]) -> list[str]:
-        """The input limits, then the input rules; the texts as the model should see them."""
+    def check_input(self, texts: list[str], param: str = "messages") -> list[str]:
+        """The input limits, then the input rules; the texts as the model should see them. A refusal names
+        `param`, the request field the texts came from."""
         total = sum(len(t) for t in texts)
         limit = self.settings.max_input_chars
         if limit is not None and total > limit:
             raise ContentFiltered(f"the input is {total} characters; this server accepts at most {limit}",
-                                  param="messages")
+                                  param=param)
         token_limit = self.settings.max_input_tokens
         if token_limit is not None and (total + 3) // 4 > token_limit:
             raise ContentFiltered(f"the input is about {(total + 3) // 4} tokens; this server accepts at most "
-                                  f"{token_limit}", param="messages")
+                                  f"{token_limit}", param=param)
         out = []
         for text in texts:
             verdict = self.check("input", text)
             if verdict.outcome == "block":
-                raise ContentFiltered(_blocked("input", verdict), param="messages")
+                raise ContentFiltered(_blocked("input", verdict), param=param)
             out.append(verdict.text)
         return out
 
@@ -110,11 +111,11 @@ class Guardrails:
             raise ContentFiltered(_blocked("output", verdict))
         return verdict.text
 
-    async def check_input_async(self, texts: list[str]) -> list[str]:
+    async def check_input_async(self, texts: list[str], param: str = "messages") -> list[str]:
         """`check_input`, in a worker thread when the texts are large (see the module docstring)."""
         if not self.active("input") or sum(len(t) for t in texts) <= OFF_LOOP_CHARS:
-            return self.check_input(texts)
-        return await asyncio.to_thread(self.check_input, texts)
+            return self.check_input(texts, param)
+        return await asyncio.to_thread(self.check_input, texts, param)
 
     async def check_output_async(self, text: str) -> str:
         """`check_output`, in a worker thread when the text is large."""
