@@ -79,9 +79,9 @@ def test_large_inputs_are_checked_in_a_worker_thread() -> None:
     threads: list[int] = []
     check = g.check_input
 
-    def spy(texts: list[str]) -> list[str]:
+    def spy(texts: list[str], param: str = "messages") -> list[str]:
         threads.append(threading.get_ident())
-        return check(texts)
+        return check(texts, param)
 
     g.check_input = spy  # type: ignore[method-assign]
 

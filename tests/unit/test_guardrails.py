@@ -105,6 +105,21 @@ def test_stream_guard_holds_a_growing_finding_back_only_so_long() -> None:
     assert "@" not in joined
 
 
+@pytest.mark.parametrize("address", [
+    "jonathan.alexander.richardson-smith@international-consulting-group.com",
+    "info@the-longest-domain-name-in-the-world-and-then-some-and-then-some-more-and-more.com"])
+@pytest.mark.parametrize("size", [1, 3])
+def test_stream_guard_sends_no_part_of_an_address_longer_than_its_hold(address: str, size: int) -> None:
+    """An e-mail address is found only once its top-level domain has come; the held tail (64 characters) was
+    sent before that for longer ones: all or part of the address went out."""
+    g = guardrails({"name": "pii", "detector": "pii", "stages": ["output"], "action": "redact"})
+    stream = g.stream()
+    text = f"Write to {address} today."
+    out = [stream.feed(text[i:i + size]) for i in range(0, len(text), size)]
+    joined = "".join([*out, stream.flush()])
+    assert joined == "Write to [REDACTED:email] today."
+
+
 def test_stream_guard_blocks_mid_stream() -> None:
     g = guardrails({"name": "words", "detector": "blocklist", "stages": ["output"], "terms": ["launch codes"]})
     stream = g.stream()

@@ -27,7 +27,7 @@ from llmops.settings import GuardrailRule, GuardrailSettings, Stage
 
 log = logging.getLogger("llmops.guardrails")
 Outcome = Literal["allow", "redact", "block"]
-HOLD_CHARS = 64  # a streamed tail kept back until the next chunk: longer than any span a rule redacts
+HOLD_CHARS = 64  # a streamed tail kept back until the next chunk, and the word it begins in (_word_start)
 LONGEST_HELD = 1024  # a finding still running at the end of the streamed text is held back whole up to this long
 OFF_LOOP_CHARS = 16_384  # larger texts are checked in a worker thread by the *_async methods
 
@@ -127,6 +127,19 @@ class Guardrails:
         return StreamGuard(self)
 
 
+def _word_start(text: str, cut: int) -> int:
+    """`cut`, moved back to the start of the word (run without spaces) it falls in, if that is at most
+    LONGEST_HELD back: an address is found only once it is whole (an e-mail's top-level domain), so a long
+    one not yet found must not be sent in part. A longer word is cut where it is (see `StreamGuard.feed`)."""
+    if cut == 0 or cut >= len(text) or text[cut - 1].isspace() or text[cut].isspace():
+        return cut
+    low = max(0, cut - LONGEST_HELD)
+    space = max(text.rfind(" ", low, cut), text.rfind("\n", low, cut), text.rfind("\t", low, cut))
+    if space >= 0:
+        return space + 1
+    return 0 if low == 0 else cut
+
+
 def _blocked(stage: str, verdict: Verdict) -> str:
     rules = sorted({rule.name for rule, _ in verdict.findings if rule.action == "block"})
     return f"the {stage} was blocked by guardrail {', '.join(rules)}"
@@ -145,7 +158,7 @@ class StreamGuard:
         if verdict.outcome == "block":
             self._g.record("output", list(verdict.findings))
             raise ContentFiltered(_blocked("output", verdict))
-        cut = max(0, len(self._pending) - HOLD_CHARS)
+        cut = _word_start(self._pending, max(0, len(self._pending) - HOLD_CHARS))
         for _, f in verdict.findings:  # never cut through a finding: it is redacted whole, later...
             if f.start < cut < f.end and cut - f.start <= LONGEST_HELD:
                 cut = f.start
