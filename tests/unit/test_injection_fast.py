@@ -1,6 +1,7 @@
 """The injection rule searches a folded copy of the text with patterns that have no leading \\b and no
 IGNORECASE (so the engine can skip to their first letters): it must find exactly what the patterns as
-written find with IGNORECASE on the text itself, look-alike letters and word boundaries included."""
+written find with IGNORECASE on the text with look-alike letters read as Latin ones (LOOKALIKES), case
+folding's look-alikes and word boundaries included."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, InjectionDetector, _possessive
+from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, LOOKALIKES, InjectionDetector, _possessive
 
 REFERENCE = [re.compile(_possessive(p), re.I | re.M) for p in INJECTION_PATTERNS]
 PIECES = ["ignore", "IGNORE", "Ignore", "all", "previous", "instructions", "prompt", "you", "are", "now", "dan",
           "developer", "mode", "enabled", "system", "override", "new", "instructions:", "[INST]", "<<SYS>>",
           "<|im_start|>", "##", "what", "is", "your", "x", "_", "1", " ", "  ", "\n", "\t", "\u0131", "\u0130",
-          "\u017f", "\u212a", "\u00e9", "-", "'", ":", "(", "do", "anything", "reveal", "show", "me", "rules"]
+          "\u017f", "\u212a", "\u00e9", "-", "'", ":", "(", "do", "anything", "reveal", "show", "me", "rules",
+          "ign\u043ere", "\uff49\uff47\uff4e\uff4f\uff52\uff45", "\u0430ll", "\u03bfverride",
+          "\uff3b\uff29\uff2e\uff33\uff34\uff3d"]
 
 
 def reference(text: str) -> list[tuple[int, int]]:
-    return sorted(m.span() for p in REFERENCE for m in p.finditer(text))
+    read = text.translate(LOOKALIKES)
+    return sorted(m.span() for p in REFERENCE for m in p.finditer(read))
 
 
 @settings(max_examples=600, deadline=None)

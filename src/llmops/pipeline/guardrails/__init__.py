@@ -103,7 +103,23 @@ class Guardrails:
             if verdict.outcome == "block":
                 raise ContentFiltered(_blocked("input", verdict), param=param)
             out.append(verdict.text)
+        if len(texts) > 1:
+            self._check_across(texts, param)
         return out
+
+    def _check_across(self, texts: list[str], param: str) -> None:
+        """Blocking injection rules over the messages together: a phrase split across two ("Ignore all
+        previous" then "instructions") is in neither alone. Only those: PII or a term found across a
+        boundary would be two halves of different things."""
+        joined: str | None = None
+        for rule, detector in self._rules:
+            if "input" not in rule.stages or rule.action != "block" or rule.detector != "injection":
+                continue
+            joined = "\n".join(texts) if joined is None else joined
+            found = detector.find(joined)
+            if found:
+                self.record("input", [(rule, f) for f in found])
+                raise ContentFiltered(f"the input was blocked by guardrail {rule.name}", param=param)
 
     def check_output(self, text: str) -> str:
         verdict = self.check("output", text)

@@ -86,6 +86,19 @@ def _possessive(pattern: str) -> str:
 # dotted capital I).
 _FOLD = str.maketrans({**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)},
                        "\u017f": "s", "\u212a": "k", "\u0131": "i", "\u0130": "i"})
+# Letters that read as Latin ones, one character for one (offsets hold), which the injection rule reads as
+# those: the fullwidth forms (NFKC's mapping of U+FF01..U+FF5E), and the Cyrillic and Greek look-alikes of
+# the letters its patterns use. "Ign\u043ere" (a Cyrillic o), or "ignore" in fullwidth letters, went past it.
+LOOKALIKES = str.maketrans({
+    **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)},
+    **dict(zip("аеорсхуіјѕԁһкмнтвАЕОРСХУІЈЅԀҺКМНТВ", "aeopcxyijsdhkmhtbaeopcxyijsdhkmhtb", strict=True)),
+    **dict(zip("οαεικνρτυχΟΑΕΙΚΝΡΤΥΧ", "oaeikvptuxoaeiknptyx", strict=True)),
+})
+# Characters that show as nothing: dropped before the injection rule searches ("Ig\u200bnore ...").
+IGNORABLE = frozenset("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
+                      "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\ufeff")
+_IGNORABLE_RE = re.compile("[" + "".join(sorted(IGNORABLE)) + "]")
+_FOLD_LOOKALIKES = {**_FOLD, **{k: str(v).lower() for k, v in LOOKALIKES.items()}}  # both, in one pass
 
 
 def _fast(pattern: str) -> tuple[re.Pattern[str], bool]:
@@ -103,20 +116,32 @@ class InjectionDetector:
         self._classifier, self._threshold = classifier, threshold
 
     def find(self, text: str) -> list[Finding]:
-        folded = _fold(text)
-        found = [Finding("injection", start, end) for p, bounded in self._patterns
-                 for start, end in _matches(p, folded, bounded)]
+        """The patterns' matches, on the text with look-alike letters read as Latin ones (LOOKALIKES) and
+        characters that show as nothing (IGNORABLE) left out; spans are the text's own."""
+        kept: list[int] | None = None
+        searched = text
+        if not text.isascii() and _IGNORABLE_RE.search(text) is not None:
+            kept = [i for i, ch in enumerate(text) if ch not in IGNORABLE]
+            searched = "".join([text[i] for i in kept])
+        folded = _fold(searched, _FOLD_LOOKALIKES)
+        spans = [(start, end) for p, bounded in self._patterns for start, end in _matches(p, folded, bounded)]
+        if kept is not None:
+            spans = [(kept[start], kept[end - 1] + 1) if end > start else (kept[start], kept[start])
+                     for start, end in spans]
+        found = [Finding("injection", start, end) for start, end in spans]
         if not found and self._classifier is not None and self._classifier.score(text) >= self._threshold:
             found.append(Finding("injection", 0, len(text)))
         return found
 
 
-def _fold(text: str) -> str:
-    """`text.translate(_FOLD)`, in parts of _CHUNK characters where the text is not ASCII: translating it
-    goes a character at a time then (50 ms a megabyte), and the GIL is held through each call."""
+def _fold(text: str, wide: dict[int, str] | None = None) -> str:
+    """`text.translate(_FOLD)` (or `wide`'s, for a text not ASCII), in parts of _CHUNK characters where the
+    text is not ASCII: translating it goes a character at a time then (50 ms a megabyte), and the GIL is
+    held through each call."""
     if text.isascii():
         return text.translate(_FOLD)
-    return "".join([text[i:i + _CHUNK].translate(_FOLD) for i in range(0, len(text), _CHUNK)])
+    table = _FOLD if wide is None else wide
+    return "".join([text[i:i + _CHUNK].translate(table) for i in range(0, len(text), _CHUNK)])
 
 
 def _matches(pattern: re.Pattern[str], text: str, bounded: bool) -> Iterator[tuple[int, int]]:
