@@ -8,7 +8,10 @@
 - a request body that stops arriving for `http.body_idle_timeout_s` closes the connection, and so does one
   still not complete `http.body_timeout_s` after it began (a byte now and then would otherwise hold the
   connection for ever: with enough of them, no connection is left for anyone, probes included);
-- above `http.max_connections` open connections, a new one is closed at once.
+- above `http.max_connections` open connections, a new one is closed at once; and above
+  `http.max_connections_per_client` from one address (loopback and trusted proxies exempt), that address's
+  new one is (a thousand half-sent heads from one client otherwise took every connection for
+  `head_timeout_s`, health probes' too, and it could start again at once).
 
 The number of headers (`http.max_headers`) is checked in middleware/body_limit.py, for both stacks: the
 size limit above already bounds their memory. Keep-alive idle time and uvicorn's own concurrency limit
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -28,14 +33,60 @@ from llmops.settings import HttpSettings
 HEAD_TOO_LARGE = b"request header fields too large"
 
 
+class PerClient:
+    """Open connections counted per client address, up to `limit` each; addresses in `exempt` (loopback,
+    trusted proxies) and connections without one (a Unix socket) are not counted."""
+
+    def __init__(self, limit: int, exempt: Sequence[str]) -> None:
+        self.limit = limit
+        self.exempt = [ipaddress.ip_network(n, strict=False) for n in ("127.0.0.0/8", "::1/128", *exempt)]
+        self.open: dict[str, int] = {}
+        self._verdicts: dict[str, bool] = {}  # address -> exempt, for the addresses seen (bounded below)
+
+    def enter(self, transport: asyncio.BaseTransport) -> tuple[bool, str | None]:
+        """Whether the connection may stay, and the address it is counted under (give it back with `leave`;
+        None: not counted)."""
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if not isinstance(address, str) or self._exempt(address):
+            return True, None
+        count = self.open.get(address, 0)
+        if count >= self.limit:
+            return False, None
+        self.open[address] = count + 1
+        return True, address
+
+    def leave(self, address: str) -> None:
+        count = self.open.get(address, 0) - 1
+        if count > 0:
+            self.open[address] = count
+        else:
+            self.open.pop(address, None)
+
+    def _exempt(self, address: str) -> bool:
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            try:
+                ip = ipaddress.ip_address(address.split("%", 1)[0])
+                verdict = any(ip in net for net in self.exempt)
+            except ValueError:
+                verdict = False
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[address] = verdict
+        return verdict
+
+
 class _Guard:
     """Timers and connection counting shared by both protocols (mixed in before the uvicorn class)."""
 
     limits: HttpSettings
+    clients: PerClient | None = None
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     connections: set[Any]
     cycle: Any
+    _client: str | None = None  # the address this connection is counted under
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _body_deadline: asyncio.TimerHandle | None = None  # absolute, from the body's first bytes
@@ -45,6 +96,11 @@ class _Guard:
         if len(self.connections) > self.limits.max_connections:
             transport.close()
             return
+        if self.clients is not None:
+            allowed, self._client = self.clients.enter(transport)
+            if not allowed:
+                transport.close()
+                return
         self._arm_head()
 
     def data_received(self, data: bytes) -> None:
@@ -66,6 +122,9 @@ class _Guard:
                 self._cancel("_body_deadline")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is not None and self.clients is not None:
+            self.clients.leave(self._client)
+            self._client = None
         self._cancel("_head_timer")
         self._cancel("_body_timer")
         self._cancel("_body_deadline")
@@ -166,10 +225,13 @@ def _httptools_class() -> type[asyncio.Protocol]:
     return GuardedHttpTools
 
 
-def protocol_class(limits: HttpSettings) -> type[asyncio.Protocol]:
-    """The HTTP protocol for `limits.implementation` (auto: httptools when installed, else h11)."""
+def protocol_class(limits: HttpSettings, trusted_proxies: Sequence[str] = ()) -> type[asyncio.Protocol]:
+    """The HTTP protocol for `limits.implementation` (auto: httptools when installed, else h11), its
+    connections counted per client address (but those of `trusted_proxies`) when limited."""
     name = limits.implementation
     if name == "auto":
         name = "httptools" if importlib.util.find_spec("httptools") else "h11"
     base = _httptools_class() if name == "httptools" else GuardedH11
-    return type(base.__name__, (base,), {"limits": limits})
+    per = limits.max_connections_per_client
+    clients = PerClient(per, trusted_proxies) if per is not None else None
+    return type(base.__name__, (base,), {"limits": limits, "clients": clients})

@@ -125,8 +125,9 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     (rate_limits.trusted_proxies). log_config None and access_log off: uvicorn's loggers go through
     llmops's one structured stream (observability/logging.py), and llmops.access writes the access line."""
     http = settings.http
+    protocol = protocol_class(http, settings.rate_limits.trusted_proxies)
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                           log_config=None, access_log=False, timeout_graceful_shutdown=5, lifespan="on",
-                          proxy_headers=False, http=protocol_class(http), timeout_keep_alive=http.keep_alive_timeout_s,
+                          proxy_headers=False, http=protocol, timeout_keep_alive=http.keep_alive_timeout_s,
                           h11_max_incomplete_event_size=http.max_header_bytes, limit_concurrency=http.limit_concurrency,
                           backlog=http.backlog)

@@ -164,6 +164,10 @@ class HttpSettings(_Strict):
                                   "it began closes the connection (however it trickles in)")
     max_connections: int = Field(1000, ge=1, description="open connections; beyond it new ones are closed "
                                  "at once (keep it below the process's file limit, ulimit -n)")
+    max_connections_per_client: int | None = Field(
+        256, ge=1, description="open connections from one client address; beyond it its new ones are closed at "
+        "once, so one client cannot take every connection (probes included). Loopback and "
+        "rate_limits.trusted_proxies (a proxy carries many clients) are exempt. Unset: no limit")
     limit_concurrency: int | None = Field(None, ge=1, description="uvicorn's limit on connections + requests "
                                           "in progress; beyond it plain 503. Unset: none")
     backlog: int = Field(2048, ge=1, description="the listening socket's accept queue")
