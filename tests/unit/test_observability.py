@@ -40,7 +40,8 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, InMemorySpanExporte
     cfg = write_config(tmp_path / "o.yaml", [
         {"name": "fake", "engine": "fake"},
         {"name": "busy", "engine": "fake", "options": {"capacity": 1, "token_delay_s": 0.2, "reply": "a b c d"},
-         "limits": {"max_queued": 0}}])
+         "limits": {"max_queued": 0}},
+        {"name": "fake-emb", "kind": "embeddings", "engine": "fake-embeddings"}])
     exporter = InMemorySpanExporter()
     with TestClient(create_app(load_settings(cfg), tracer=build_tracer(None, "t", exporter)),
                     raise_server_exceptions=False) as c:
@@ -123,6 +124,8 @@ def test_access_log_is_one_json_line_without_content(app_client: tuple[TestClien
         c.post("/v1/chat/completions", headers={"X-Request-Id": "req-42"},
                json={"model": "fake", "messages": [{"role": "user", "content": "secret prompt words"}]})
         err = capfd.readouterr().err
+        c.post("/v1/embeddings", json={"model": "fake-emb", "input": "x", "user": "end-user-7"})
+        embedded = capfd.readouterr().err
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
         logmod._handler = None  # structlog's lines went straight to the test's handler
@@ -136,6 +139,9 @@ def test_access_log_is_one_json_line_without_content(app_client: tuple[TestClien
     assert "queue_ms" in line
     assert "latency_ms" in line
     assert "secret" not in err
+    assert "user" not in line
+    logged = [json.loads(x) for x in embedded.splitlines() if x.startswith("{") and '"request"' in x]
+    assert [x["user"] for x in logged] == ["end-user-7"]  # the README's fields table says so
 
 
 def test_a_client_that_goes_away_is_cancelled_not_an_error() -> None:

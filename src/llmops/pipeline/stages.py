@@ -35,6 +35,7 @@ log = logging.getLogger("llmops.pipeline")
 STAGES = ("route", "prompt", "input_guardrails", "budget", "cache", "admission", "engine", "output_guardrails",
           "accounting", "cache_store")
 ModelKind = Literal["chat", "image", "embeddings", "classify"]
+USER_LOGGED_CHARS = 128  # of a request's `user`, on its access-log line
 INPUT_PARAM = {"completions": "prompt", "embeddings": "input", "images": "prompt"}  # the texts' field (chat's:
 # messages), named by an input guardrail's refusal
 
@@ -142,6 +143,8 @@ def route(services: Services, ctx: RequestContext, work: Work) -> Call:
     work.check(config)
     if plan.route is not None:
         ctx.log.update(alias=plan.route)
+    if work.user:  # the caller's end-user id, as OpenAI's `user` is meant for: on the access-log line
+        ctx.log["user"] = work.user[:USER_LOGGED_CHARS]
     return Call(services, ctx, work, plan, config, ctx.deadline(config), ctx.priority_for(work.service_tier))
 
 
