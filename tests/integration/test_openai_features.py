@@ -175,6 +175,62 @@ def test_streamed_tool_calls_assemble(client: openai.OpenAI) -> None:
     assert "city" in json.loads(calls[0].function.arguments)
 
 
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+class Contact(BaseModel):
+    """Add a person to the address book."""
+
+    name: str
+    address: Address
+
+
+def test_a_tool_whose_parameters_nest_a_pydantic_model(client: openai.OpenAI) -> None:
+    """openai.pydantic_function_tool (and LangChain's bind_tools) write a nested model as `$defs` and
+    `#/$defs/...` refs, which pointed into the calls' grammar's root: every such request was a 400 ("Pointer
+    '/$defs/Address' does not exist"). The call's arguments parse into the model: through the SDK's
+    `parse()`, among other tools (a union of calls), and named."""
+    contact = openai.pydantic_function_tool(Contact)
+    ask: list[Any] = [{"role": "user", "content": "Add Ann Lee, who lives at 1 Main Street in Oslo, to my contacts."}]
+    parsed = client.chat.completions.parse(model=CHAT, messages=ask, tools=[contact], tool_choice="required",
+                                           temperature=0, max_tokens=200)
+    assert parsed.choices[0].finish_reason == "tool_calls"
+    calls = parsed.choices[0].message.tool_calls
+    assert calls
+    assert all(isinstance(c.function.parsed_arguments, Contact) for c in calls)
+    choices: list[Any] = ["required", {"type": "function", "function": {"name": "Contact"}}]
+    for choice in choices:
+        done = client.chat.completions.create(model=CHAT, messages=ask, tools=[WEATHER, contact, TIME],
+                                              tool_choice=choice, temperature=0, max_tokens=200)
+        assert done.choices[0].finish_reason == "tool_calls"
+        made: list[Any] = done.choices[0].message.tool_calls or []
+        assert made
+        for call in made:
+            if call.function.name == "Contact":
+                assert Contact.model_validate_json(call.function.arguments).address.city
+            else:
+                assert isinstance(json.loads(call.function.arguments)["city"], str)
+        if choice != "required":
+            assert [c.function.name for c in made] == ["Contact"]
+
+
+
+def test_every_seed_gives_the_same_answer_each_time(client: openai.OpenAI) -> None:
+    """llama.cpp takes 32-bit seeds and draws a random one for 0xFFFFFFFF: seeds -1, 2^32 - 1 and 2^33 - 1
+    (and choice 1 of n=2 from seed 2^32 - 2) reached it as that and gave different answers each time,
+    while the response cache stores a seeded answer as the deterministic one (bypassed here)."""
+    uncached = client.with_options(default_headers={"Cache-Control": "no-cache"})
+    for seed, n in ((-1, 1), (2**32 - 1, 1), (2**33 - 1, 1), (2**32 - 2, 2)):
+        answers = [[c.text for c in uncached.completions.create(model=CHAT, prompt="My favourite animal is",
+                                                                 max_tokens=12, temperature=1.5, seed=seed,
+                                                                 n=n).choices]
+                   for _ in range(3)]
+        assert answers[0] == answers[1] == answers[2], (seed, answers)
+
+
 def test_embeddings_shapes(client: openai.OpenAI) -> None:
     one = client.embeddings.create(model=EMBED, input="The cat sat on the mat.")
     assert len(one.data) == 1
@@ -196,7 +252,7 @@ def test_embeddings_shapes(client: openai.OpenAI) -> None:
     assert ids.usage.prompt_tokens == 3
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=EMBED, input="x", dimensions=128)
-    assert err.value.body["param"] == "dimensions"  # type: ignore[index]
+    assert err.value.body["param"] == "dimensions"
 
 
 def test_langchain_openai_embeddings(base_url: str) -> None:

@@ -200,3 +200,70 @@ def test_past_call_arguments_become_json_objects_llama_cpp_parses() -> None:
     assert _json_arguments(' {"city": "Paris"} ') == ' {"city": "Paris"} '
     for text in ("not json", '{"city": "Par', '{"x": NaN}', "[1]", "null", '{"a": "\\ud800"}'):
         assert json.loads(_json_arguments(text)) == text  # kept as a JSON string: what the model wrote
+
+
+# tools whose parameters refer to their own parts ($defs, definitions, the whole) ------------------------------
+
+ADDRESS = {"type": "object", "properties": {"street": {"type": "string"}, "zip": {"type": "integer"}},
+           "required": ["street", "zip"]}
+NESTED = {"type": "function", "function": {"name": "add_person", "parameters": {
+    "$defs": {"Address": ADDRESS, "Home": {"type": "object", "properties": {"at": {"$ref": "#/$defs/Address"}}}},
+    "type": "object", "properties": {"home": {"$ref": "#/$defs/Home"},
+                                     "previous": {"type": "array", "items": {"$ref": "#/$defs/Address"}}},
+    "required": ["home"]}}}
+LEGACY = {"type": "function", "function": {"name": "legacy", "parameters": {
+    "definitions": {"A/B": ADDRESS}, "type": "object", "properties": {"a": {"$ref": "#/definitions/A~1B"}}}}}
+TREE = {"type": "function", "function": {"name": "tree", "parameters": {
+    "$id": "https://example.com/tree", "type": "object",
+    "properties": {"label": {"type": "string"}, "kids": {"type": "array", "items": {"$ref": "#"}},
+                   "$ref": {"type": "string", "const": {"$ref": "#/x"}},  # a property named $ref; a value
+                   "enum": {"enum": [{"$ref": "#"}]},
+                   "own": {"$id": "https://example.com/own", "$defs": {"s": {"type": "string"}},
+                           "$ref": "#/$defs/s"}}}}}  # a resource of its own: its $ref is its own
+
+
+def call_schema(grammar: str) -> Any:
+    """The JSON schema of one call in a tools grammar (what follows `%json` in its tc_call rule)."""
+    at = grammar.index("%json ", grammar.index("tc_call: ")) + len("%json ")
+    return json.JSONDecoder().raw_decode(grammar, at)[0]
+
+
+def pointer(root: Any, ref: str) -> Any:
+    """What a local `$ref` points to from `root`."""
+    assert ref == "#" or ref.startswith("#/"), ref
+    target = root
+    for part in filter(None, ref[1:].split("/")):
+        key = part.replace("~1", "/").replace("~0", "~")
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    return target
+
+
+def test_a_tools_refs_point_where_its_parameters_were_moved_in_the_calls_schema() -> None:
+    """A call is {"name", "arguments"}, the arguments the tool's parameters: `#/$defs/Address` would point
+    into the call's root (llguidance: "Pointer '/$defs/Address' does not exist"), so each local `$ref`
+    points to the same part of the parameters at their place in the call, or in the union of calls."""
+    single = call_schema(grammar_fields(request(tools=ToolSpec((NESTED,), "required")), 4096)["grammar"])
+    arguments = single["properties"]["arguments"]
+    assert arguments["properties"]["home"] == {"$ref": "#/properties/arguments/$defs/Home"}
+    assert pointer(single, "#/properties/arguments/$defs/Home")["properties"]["at"]["$ref"] == \
+        "#/properties/arguments/$defs/Address"
+    assert pointer(single, arguments["properties"]["previous"]["items"]["$ref"]) == arguments["$defs"]["Address"]
+    assert arguments["$defs"]["Address"]["properties"]["zip"]["maximum"] == SAFE_INTEGER  # bounded in $defs too
+
+    union = call_schema(grammar_fields(request(tools=ToolSpec((WEATHER, NESTED, LEGACY, TREE), "required")),
+                        4096)["grammar"])
+    nested, legacy, tree = (union["anyOf"][k]["properties"]["arguments"] for k in (1, 2, 3))
+    assert pointer(union, nested["properties"]["home"]["$ref"]) == nested["$defs"]["Home"]
+    assert pointer(union, nested["$defs"]["Home"]["properties"]["at"]["$ref"]) == nested["$defs"]["Address"]
+    assert legacy["properties"]["a"] == {"$ref": "#/anyOf/2/properties/arguments/definitions/A~1B"}
+    assert pointer(union, legacy["properties"]["a"]["$ref"]) == legacy["definitions"]["A/B"]
+    assert tree["properties"]["kids"]["items"] == {"$ref": "#/anyOf/3/properties/arguments"}  # the whole
+    assert "$id" not in tree  # under its own $id the moved pointers would point inside it
+    assert tree["properties"]["$ref"] == {"type": "string", "const": {"$ref": "#/x"}}  # values stay values
+    assert tree["properties"]["enum"] == {"enum": [{"$ref": "#"}]}
+    assert tree["properties"]["own"]["$ref"] == "#/$defs/s"
+
+    checks = constraints(request(tools=ToolSpec((WEATHER, NESTED), "auto")), 4096, (2,)).checks
+    alone = bounded(NESTED["function"]["parameters"], 4096)  # each tool's own check: its refs as written
+    assert checks[1].grammar == constrained.json_grammar(alone)
+    assert alone["properties"]["home"] == {"$ref": "#/$defs/Home"}

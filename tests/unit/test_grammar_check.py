@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib.util
+import json
 import time
 from typing import Any
 
+import openai
 import pytest
+from pydantic import BaseModel
 
 from llmops.engines import constrained
 from llmops.engines.base import Message, SamplingParams, StructuredOutput, TextRequest, ToolSpec
@@ -434,3 +437,67 @@ def test_an_answer_that_stops_before_its_grammar_is_complete_fails_unless_cut_or
     assert error is None
     got, error, _ = streamed(compiler, [*cut, piece("", "stop")], follow=None)  # nothing to follow: as it was
     assert error is None
+
+
+# tools built from nested pydantic models ($defs and $refs) -------------------------------------------------------
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+class Person(BaseModel):
+    """A person to add to the address book."""
+
+    name: str
+    home: Address
+    previous: list[Address]
+
+
+class Node(BaseModel):
+    value: int
+    children: list[Node]  # recursive: its $ref points into its own $defs
+
+
+def test_tools_from_nested_pydantic_models_compile_and_their_calls_follow_the_models(compiler: GrammarCompiler) -> None:
+    """openai.pydantic_function_tool (and LangChain's bind_tools) write a nested model as `$defs` and
+    `#/$defs/...` refs; inside the calls' grammar the parameters are a call's arguments, and the refs must
+    point there (they pointed into the grammar's root: "Pointer '/$defs/Address' does not exist", a 400 for
+    every such tool), alone, in a union of tools, and beside a response_format."""
+    person, node = (dict(openai.pydantic_function_tool(m)) for m in (Person, Node))
+    legacy = fn("legacy", {"definitions": {"A": {"type": "object", "properties": {"zip": {"type": "integer"}},
+                                                 "required": ["zip"]}},
+                           "type": "object", "properties": {"a": {"$ref": "#/definitions/A"}}, "required": ["a"]})
+    answer = StructuredOutput("json_schema", Person.model_json_schema())
+    for spec, turn_ends, structured in [(ToolSpec((person,), "required"), (), None),
+                                        (ToolSpec((person, node), "Person"), (), None),
+                                        (ToolSpec((GOOD, person, node, legacy), "required"), (), None),
+                                        (ToolSpec((GOOD, person, node, legacy), "auto"), (2,), None),
+                                        (ToolSpec((person, node), "auto"), (), answer)]:
+        found = constraints(request(tools=spec, structured=structured), 4096, turn_ends)
+        check_grammars(found.checks, compiler.problem)  # a 400 before the refs were moved
+        assert found.follow is not None
+
+    follow = constraints(request(tools=ToolSpec((GOOD, person, node, legacy), "required")), 4096).follow
+    assert follow is not None
+    home = {"name": "Ann", "home": {"street": "Main St 1", "city": "Oslo"},
+            "previous": [{"street": "Old Rd 2", "city": "Bergen"}]}
+    tree = {"value": 1, "children": [{"value": 2, "children": [{"value": 3, "children": []}]}]}
+    for name, arguments in [("Person", home), ("Node", tree), ("legacy", {"a": {"zip": 1234}})]:
+        with compiler.follower(follow) as follower:
+            text = f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+            assert follower.feed(text) is None, name
+            assert follower.complete(), name
+    for name, arguments in [("Person", {**home, "home": {"street": "Main St 1"}}),  # the Address lacks its city
+                            ("Node", {"value": 1, "children": [{"value": "two", "children": []}]}),
+                            ("legacy", {"a": {"zip": "1234"}})]:
+        with compiler.follower(follow) as follower:
+            text = f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+            assert follower.feed(text) is not None, name
+    # each tool's own check reads its refs as the client wrote them: a refused definition names that tool
+    refused = fn("refused", {"$defs": {"Bad": CONFLICTING}, "type": "object",
+                             "properties": {"x": {"$ref": "#/$defs/Bad"}}, "required": ["x"]})
+    with pytest.raises(InvalidRequest, match=r"function 'refused'.*incompatible types") as err:
+        check_grammars(constraints(request(tools=ToolSpec((person, refused), "required")), 4096).checks,
+                       compiler.problem)
+    assert err.value.param == "tools.1.function.parameters"

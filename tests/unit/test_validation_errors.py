@@ -8,7 +8,9 @@ should be a valid string" for a list of content parts). protocol/unions.py `one_
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import importlib.util
 import pkgutil
 import types
 import typing
@@ -228,3 +230,71 @@ def test_every_union_in_a_request_body_is_wrapped() -> None:
     seen: set[type] = set()
     found = [path for body in bodies for path in _unwrapped_unions(body, getattr(body, "__name__", ""), (), seen)]
     assert found == []
+
+
+# seeds: any 64-bit integer, as OpenAI's API takes them, each a fixed llama.cpp seed ---------------------------------
+
+INT64 = 2**63 - 1
+SEEDS = [-(2**63), -(2**32) - 1, -1, 0, 7, 2**32 - 2, 2**32 - 1, 2**32, 2**33 - 1, INT64]
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_any_64_bit_seed_is_accepted_as_openai_accepts_it(client: TestClient, path: str) -> None:
+    """OpenAI's SDK types a seed as any int and its API takes int64s, negative ones too; n > 1 takes seed + i,
+    which may pass 2^63 - 1. What does not fit in 64 bits is a 400 naming the seed."""
+    for seed in SEEDS:
+        response = post(client, path, {"seed": seed, "n": 2})
+        assert response.status_code == 200, (seed, response.text)
+    for seed in (INT64 + 1, -(2**63) - 1):
+        response = post(client, path, {"seed": seed})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "seed"
+
+
+def _llama_seeds(engine: Any, body: dict[str, Any]) -> list[int]:
+    """The seed each of the request's choices sends llama.cpp (its completion body's `seed`)."""
+    from llmops.pipeline.generation import text_requests
+    from llmops.protocol.completions import CompletionRequest
+    from llmops.settings import ModelConfig
+
+    sent: list[int] = []
+
+    async def stream(payload: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        sent.append(payload["seed"])
+        return
+        yield
+
+    engine._stream = stream
+    cfg = ModelConfig(name="m", engine="llamacpp")
+    for request in text_requests(CompletionRequest(model="m", prompt="hi", **body), cfg, 4):
+        asyncio.run(_drain(engine.generate(request)))
+    return sent
+
+
+async def _drain(chunks: Any) -> None:
+    async for _ in chunks:
+        pass
+
+
+def test_no_seed_reaches_llama_cpp_as_its_random_seed() -> None:
+    """llama.cpp's seeds are 32-bit and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) draws a random one: seed % 2^32 sent
+    -1, 2^32 - 1 and 2^33 - 1 (and choice i's seed + i landing there) as that, and the answers differed
+    though a seeded request is cached as deterministic. Every seed is a fixed one, the same each time; a
+    seed below 2^32 - 1 is itself, and the n choices' seeds differ."""
+    from llmops.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+
+    random_seed = 2**32 - 1
+    if importlib.util.find_spec("xllamacpp") is not None:
+        random_seed = importlib.import_module("xllamacpp").LLAMA_DEFAULT_SEED
+    assert random_seed == 0xFFFFFFFF
+    engine = LlamaCppEngine("m", LlamaCppOptions(context_length=512))
+    try:
+        for seed in SEEDS:
+            sent = _llama_seeds(engine, {"seed": seed, "n": 3})
+            assert len(set(sent)) == 3, (seed, sent)
+            assert all(0 <= s < random_seed for s in sent), (seed, sent)
+            assert sent == _llama_seeds(engine, {"seed": seed, "n": 3})
+        for seed in (0, 7, 2**32 - 4):  # below llama.cpp's random seed: as it was
+            assert _llama_seeds(engine, {"seed": seed, "n": 3}) == [seed, seed + 1, seed + 2]
+    finally:
+        engine._executor.shutdown()

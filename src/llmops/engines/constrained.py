@@ -5,12 +5,13 @@ always parses and matches). Tools follow the Hermes/Qwen convention that tool-aw
 the `chatml-tools` template in chat_format.py) write into the prompt: a call is
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. The grammar (llguidance syntax, which is
 what this llama.cpp build speaks) admits only calls of the offered functions with arguments matching their
-JSON schema, from the first token for `required` or a named function. For `auto` it admits those calls or
-a text that does not begin with `<tool_call>`, ended by the model's end-of-turn token (or, with a
-`response_format`, a JSON answer matching it), so the model chooses with its first tokens. (llama.cpp's
-lazy grammars, which wait for a trigger word, are GBNF's only: it applies an llguidance grammar from the
-first token whatever `grammar_lazy` says, which made `auto` behave as `required`.) A text answer may still
-go on to write a call; the splitter below takes it, unconstrained, as the model wrote it.
+JSON schema (moved under the call's `arguments`, its local `$ref`s moved with it), from the first token for
+`required` or a named function. For `auto` it admits those calls or a text that does not begin with
+`<tool_call>`, ended by the model's end-of-turn token (or, with a `response_format`, a JSON answer matching
+it), so the model chooses with its first tokens. (llama.cpp's lazy grammars, which wait for a trigger word,
+are GBNF's only: it applies an llguidance grammar from the first token whatever `grammar_lazy` says, which
+made `auto` behave as `required`.) A text answer may still go on to write a call; the splitter below takes
+it, unconstrained, as the model wrote it.
 
 llama.cpp compiles these grammars with llguidance when a slot takes the request, and where llguidance
 refuses one (a conflicting `allOf`, a keyword it does not implement, a look-around pattern) it logs
@@ -108,6 +109,57 @@ def _call_schema(name: str, arguments: Any) -> dict[str, Any]:
             "required": ["name", "arguments"], "additionalProperties": False}  # nothing after the arguments
 
 
+def _calls_schema(functions: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of one call of any of `functions` (name, argument schema): the call object, or a
+    union of them. Each argument schema is moved inside it, so its local `$ref`s are moved with it
+    (`relocated`): `#/$defs/Address` would otherwise point into the union's root, where nothing is."""
+    if len(functions) == 1:
+        name, arguments = functions[0]
+        return _call_schema(name, relocated(arguments, "/properties/arguments"))
+    return {"anyOf": [_call_schema(name, relocated(arguments, f"/anyOf/{k}/properties/arguments"))
+                      for k, (name, arguments) in enumerate(functions)]}
+
+
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas",
+                          "dependencies"})  # names to schemas (draft 7's dependencies: or to lists of names)
+_DATA_KEYS = frozenset({"enum", "const", "default", "examples"})  # JSON values, whatever their shape
+
+
+def relocated(schema: Any, base: str) -> Any:
+    """`schema` as it reads placed at `base` (a JSON pointer, "/properties/arguments") inside another: each
+    local `$ref` that is a JSON pointer (`#`, the schema itself, and `#/...`: `$defs`, `definitions` or
+    any place in it) points to the same place at its new location, `#/$defs/X` becoming
+    `#<base>/$defs/X`. Its own `$id` is dropped (under one it would be a resource of its own, where the
+    moved pointers resolve to nothing); a subschema with an `$id` is one, whose `$ref`s are its own and
+    stay as they are. Values (`const`, `enum`, `default`, `examples`) are never read as schemas."""
+    if not isinstance(schema, dict):
+        return schema
+    return _relocated({k: v for k, v in schema.items() if not (k == "$id" and _resource(schema))}, base)
+
+
+def _resource(schema: dict[str, Any]) -> bool:
+    """Whether `schema` has an `$id` of its own (a URI; an `$id` of "#name" is draft 6's anchor)."""
+    return isinstance(schema.get("$id"), str) and not schema["$id"].startswith("#")
+
+
+def _relocated(schema: Any, base: str) -> Any:
+    if not isinstance(schema, dict):
+        return [_relocated(x, base) for x in schema] if isinstance(schema, list) else schema
+    if _resource(schema):  # its `#` pointers are its own
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value.startswith("#/")):
+            out[key] = f"#{base}{value[1:]}"
+        elif key in _DATA_KEYS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _relocated(sub, base) for name, sub in value.items()}
+        else:
+            out[key] = _relocated(value, base)
+    return out
+
+
 def _offered(spec: ToolSpec) -> list[tuple[int, dict[str, Any]]]:
     """The functions the model may call, each with its index in the request's `tools`."""
     indexed = [(i, f.get("function", f)) for i, f in enumerate(spec.functions)]
@@ -121,9 +173,9 @@ def offered_names(spec: ToolSpec) -> frozenset[str]:
     return frozenset(str(fn.get("name")) for _, fn in _offered(spec))
 
 
-def _call_rules(calls: list[dict[str, Any]], parallel: bool) -> str:
-    """The grammar's rules for the calls (`tc_calls`), without its start."""
-    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+def _call_rules(functions: list[tuple[str, Any]], parallel: bool) -> str:
+    """The grammar's rules for calls of `functions` (name, argument schema): `tc_calls`, without its start."""
+    call = _calls_schema(functions)
     more = ' ("\\n" tc_call)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
     return (f"tc_calls: tc_call{more}\n"
             f'tc_call: "{CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{CALL_CLOSE}"\n')
@@ -192,13 +244,14 @@ def constraints(request: TextRequest, limit: int | None = None, turn_ends: tuple
         if answer is None:
             return Constraints({})
         return Constraints({"json_schema": answer}, answer_checks, json_grammar(answer))
-    calls, checks = [], []
+    calls: list[tuple[str, Any]] = []
+    checks = []
     for index, fn in _offered(request.tools):
         param = tool_param(index)
         arguments = bounded(fn.get("parameters") or {"type": "object"}, limit, param=param)
-        calls.append(_call_schema(fn["name"], arguments))
+        calls.append((fn["name"], arguments))
         checks.append(GrammarCheck(param, f"the parameters schema of function {fn['name']!r}",
-                                   json_grammar(arguments)))
+                                   json_grammar(arguments)))  # on its own: its $refs as the client wrote them
     rules = _call_rules(calls, request.tools.parallel)
     grammar = _grammar(rules)  # what the client's schemas make: checked
     if request.tools.choice != "auto":

@@ -83,6 +83,9 @@ TURN_END_TEXTS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|
 
 # The tokenizer adds a few tokens of its own (BOS, a space prefix) to at most one token per UTF-8 byte.
 TOKENIZER_MARGIN = 8
+# llama.cpp's seeds are 32-bit, and its LLAMA_DEFAULT_SEED (0xFFFFFFFF) means "draw a random one": a request's
+# seed is mapped onto the others (seed_for_llama)
+LLAMA_RANDOM_SEED = 2**32 - 1
 MIN_TOKENS_PER_MESSAGE = 2  # a chat turn's markers and role take at least this many in any template
 
 
@@ -136,6 +139,15 @@ def _json_arguments(arguments: str) -> str:
     except ValueError:  # UnicodeEncodeError is one
         return json.dumps(arguments)
     return arguments if isinstance(parsed, dict) else json.dumps(arguments)
+
+
+def seed_for_llama(seed: int) -> int:
+    """The llama.cpp seed for a request's seed (OpenAI's: any 64-bit integer, negative ones too; choice i of n
+    uses seed + i, which may pass 2^63): its remainder modulo 2^32 - 1, so a seed in 0..2^32-2 is itself,
+    every seed is one of those, and no seed is LLAMA_RANDOM_SEED, which llama.cpp answers with a random one
+    (seed -1, 2^32 - 1 or 2^33 - 1 gave answers that differed though the cache stores seeded ones as
+    deterministic). Consecutive seeds stay distinct, so n choices get n seeds."""
+    return seed % LLAMA_RANDOM_SEED
 
 
 def _no_constant(name: str) -> Any:
@@ -405,7 +417,7 @@ class LlamaCppEngine:
             "stream_options": {"include_usage": True}, "cache_prompt": True,
         }
         if s.seed is not None:
-            body["seed"] = s.seed % 2**32  # llama.cpp seeds are 32-bit; any 64-bit seed maps onto one
+            body["seed"] = seed_for_llama(s.seed)
         body.update(fields)
         chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream,
                               constrained_by=_constrained_by(request), follow=follow)
