@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,13 +46,16 @@ def _parser() -> argparse.ArgumentParser:
                           "using that store require keys)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, type=_text(1, 128), help="1 to 128 characters")
     create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
-    create.add_argument("--rpm", type=int, default=None, help="requests per minute (default: no limit)")
-    create.add_argument("--tpm", type=int, default=None, help="tokens per minute (default: no limit)")
-    create.add_argument("--max-concurrent", type=int, default=None, help="requests in flight (default: no limit)")
-    create.add_argument("--budget", type=float, default=None, help="dollars per budget period (default: none)")
+    create.add_argument("--rpm", type=_count(), default=None, help="requests per minute, at least 1 (default: no "
+                        "limit)")
+    create.add_argument("--tpm", type=_count(), default=None, help="tokens per minute, at least 1 (default: no limit)")
+    create.add_argument("--max-concurrent", type=_count(), default=None, help="requests in flight, at least 1 "
+                        "(default: no limit)")
+    create.add_argument("--budget", type=_dollars(), default=None, help="dollars per budget period, 0 or more "
+                        "(default: none)")
     create.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     create.add_argument("--secret-only", action="store_true", help="print only the secret (for scripts)")
     keys_sub.add_parser("list", help="list keys (never their secrets)")
@@ -68,6 +72,46 @@ def _parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     _uniform(p)  # last: every (sub)command, whoever added it, takes --config and --store and says where keys live
     return p
+
+
+# `keys create` takes what POST /admin/keys takes (api/admin.py's KeyCreate, which this package may not import:
+# docs/architecture.md); tests/unit/test_key_bounds.py checks that both refuse exactly the same values. A value
+# out of bounds is a usage error (exit status 2) naming its option, before any store is opened.
+def _count(least: int = 1) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, at least {least}; got {raw!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}; got {value}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+def _dollars(least: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of dollars, {least:g} or more; got {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number of dollars; got {raw!r}")
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least:g} or more; got {raw!r}")
+        return value
+    parse.__name__ = "dollars"
+    return parse
+
+
+def _text(shortest: int, longest: int) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not shortest <= len(raw) <= longest:
+            raise argparse.ArgumentTypeError(f"must be {shortest} to {longest} characters; got {len(raw)}")
+        return raw
+    parse.__name__ = "text"
+    return parse
 
 
 COMMON = {"--config": "YAML config file (default: the embedded models)",

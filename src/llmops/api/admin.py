@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.api import deps
 from llmops.api.usage import DayRange, report_rows
@@ -26,6 +26,11 @@ GROUPS = ("key", "model", "day")
 
 
 class KeyCreate(BaseModel):
+    """A new key's fields and their bounds; `llmops keys create` applies the same ones (tests/unit/test_key_bounds
+    checks that the two agree). Numbers must be finite: 1e309 in JSON reads as infinity."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
     name: str = Field(min_length=1, max_length=128)
     models: list[str] = Field(default_factory=list, description="models this key may use; empty: all")
     priority: Literal["interactive", "batch"] = "interactive"

@@ -4,7 +4,12 @@ redirecting there), the API docs at /docs and /redoc with their assets served fr
 
 None of these pages needs a key (which paths they are is `http_edge.browser_page`'s): the console asks for
 one and keeps it in the browser's session storage, and the docs show the OpenAPI schema only. Everything
-the console does goes through the public API."""
+the console does goes through the public API.
+
+Every console response carries `CONSOLE_SECURITY_HEADERS`: a Content-Security-Policy that lets the page run
+its own script and style sheet only (no inline script, no other origin; `fetch` to this server only), and
+forbids framing it, sniffing types and sending a Referer. The redirects to the console are relative, so they
+never name a host taken from the request's Host header."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmops.http_edge import CONSOLE, DOCS_ASSETS
 from llmops.settings import WebSettings
@@ -25,6 +30,40 @@ CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Admin-Key", "X-
                 "X-Request-Timeout", "Cache-Control"]
 CORS_EXPOSED = ["X-Request-Id", "X-Cache", "X-Queue-Position", "X-Queue-Time-Ms", "Retry-After",
                 "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+
+
+# What the console (index.html, app.js, style.css, favicon.svg) needs and nothing more: its own script and
+# style sheet; inline style attributes only (app.js sets the width of the spend bars with `style`; no inline
+# <style> or <script>); images from this server and the data: URLs of generated images; API calls to this
+# server. Forms are submitted by app.js (`preventDefault`), never by the browser.
+CONSOLE_CSP = "; ".join((
+    "default-src 'none'", "script-src 'self'", "style-src 'self'", "style-src-attr 'unsafe-inline'",
+    "img-src 'self' data:", "connect-src 'self'", "base-uri 'none'", "form-action 'none'",
+    "frame-ancestors 'none'"))
+CONSOLE_SECURITY_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Frame-Options": "DENY",
+                            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+_RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CONSOLE_SECURITY_HEADERS.items()]
+
+
+class SecurityHeaders:
+    """`app` with `CONSOLE_SECURITY_HEADERS` on every HTTP response (replacing any of the same name)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in _RAW_HEADERS}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + _RAW_HEADERS}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def console_dir() -> Path:
@@ -38,11 +77,17 @@ def docs_assets_dir() -> Path:
 def install_console(app: FastAPI, web: WebSettings) -> None:
     """The console and the docs, as `web` enables them."""
     if web.console:
-        app.mount(CONSOLE, StaticFiles(directory=console_dir(), html=True), name="console")
+        app.mount(CONSOLE, SecurityHeaders(StaticFiles(directory=console_dir(), html=True)), name="console")
 
         @app.get("/", include_in_schema=False)
         async def root() -> RedirectResponse:
             return RedirectResponse(CONSOLE + "/", status_code=307)
+
+        @app.get(CONSOLE, include_in_schema=False)
+        async def console_slash() -> RedirectResponse:
+            """/console to /console/, relative: the router's own slash redirect names the Host header's host."""
+            return RedirectResponse(CONSOLE.rsplit("/", 1)[-1] + "/", status_code=307,
+                                    headers=CONSOLE_SECURITY_HEADERS)
 
     if web.docs:
         _install_docs(app)

@@ -145,19 +145,30 @@ async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResp
     if call.ctx.timeout_s is None:  # a job may wait longer than a synchronous request
         call.deadline = call.ctx.received + call.config.limits.max_deadline_s
     job = images.submit(call.services, call, call.work)
+    job.owner = call.ctx.subject  # only this key may read or cancel it (None: an open server, anyone)
     await asyncio.sleep(0)  # let the worker pick it up if the queue was idle
     view = job_view(job, deps.services(request).image_jobs)
     return JSONResponse(view.model_dump(), status_code=202, headers={"Location": f"/v1/images/jobs/{job.id}"})
 
 
+def _key_id(request: Request) -> str | None:
+    """The caller's API key id; None on an open server."""
+    key = deps.api_key(request)
+    return key.id if key is not None else None
+
+
 @router.get("/v1/images/jobs/{job_id}", response_model=ImageJob)
 async def get_job(job_id: str, request: Request) -> ImageJob:
-    return job_view(deps.services(request).image_jobs.get(job_id), deps.services(request).image_jobs)
+    """The job, for the key that created it: another key gets 404, as for an id that does not exist."""
+    jobs = deps.services(request).image_jobs
+    return job_view(jobs.get_for(job_id, _key_id(request)), jobs)
 
 
 @router.delete("/v1/images/jobs/{job_id}", response_model=ImageJob)
 async def cancel_job(job_id: str, request: Request) -> ImageJob:
-    return job_view(deps.services(request).image_jobs.cancel(job_id), deps.services(request).image_jobs)
+    """Cancels the job, for the key that created it only (another key gets 404, and the job runs on)."""
+    jobs = deps.services(request).image_jobs
+    return job_view(jobs.cancel_for(job_id, _key_id(request)), jobs)
 
 
 @router.get("/v1/images/files/{name}", name="image_file")

@@ -115,7 +115,7 @@ class ClassifierEngine(WorkerEngine):
         self.model_calls += 1
         self.last_batch_size = int(batch.shape[0])
         with torch.inference_mode():
-            probs = self._model(pixel_values=batch).logits.float().softmax(-1)
+            probs = stable_softmax(self._model(pixel_values=batch).logits)
         k = min(max(r.top_k for r in requests), len(self.labels))
         scores, indices = (t.cpu().tolist() for t in probs.topk(k, dim=-1))
         out, row = [], 0
@@ -126,3 +126,19 @@ class ClassifierEngine(WorkerEngine):
 
     def _top(self, scores: list[float], indices: list[int], k: int) -> list[Label]:
         return [Label(self.labels[i], s, i) for s, i in zip(scores[:k], indices[:k], strict=True)]
+
+
+def stable_softmax(logits: Any) -> Any:
+    """Softmax over the last dimension in float32, each row shifted by its maximum first, so large finite logits
+    never overflow `exp`. A row whose logits are not all finite (an input so large that the model overflowed)
+    has no probabilities: it is all NaN, whatever its neighbours, and its request is refused as a whole by the
+    scheduler (`scheduling.image_jobs.ClassifyRunner.refusal`), never answered with made-up scores."""
+    import torch
+
+    wide = logits.float()
+    finite = torch.isfinite(wide).all(dim=-1, keepdim=True)
+    safe = torch.where(finite, wide, torch.zeros_like(wide))
+    shifted = safe - safe.amax(dim=-1, keepdim=True)
+    exp = shifted.exp()
+    probs = exp / exp.sum(dim=-1, keepdim=True)
+    return torch.where(finite, probs, torch.full_like(probs, float("nan")))

@@ -4,6 +4,9 @@ Requests stream from the upstream and are re-streamed here, so admission, deadli
 metrics and (later) keys and limits apply in front of it. Before the first token, a connection error,
 timeout, 429 or 5xx is retried with exponential backoff (honouring Retry-After); consecutive failures open
 a circuit breaker, and while it is open requests fail fast with 503 instead of waiting on a dead upstream.
+An answer that is not the OpenAI stream's shape (a data line that is not JSON, choices that are not objects,
+content that is not a string, ...) is an upstream failure too: counted by the breaker, retried before the
+first token, and then an EngineError (code upstream_malformed) saying so, never an internal error.
 """
 
 from __future__ import annotations
@@ -184,6 +187,13 @@ class UpstreamEngine:
                         started = True
                         self.breaker.success()
                     yield chunk
+        except _Malformed as exc:  # an upstream failure like a 5xx: counted, and retried before the first token
+            malformed = EngineError(f"upstream {self.shown_url} answered something malformed: {exc}",
+                                    code="upstream_malformed")
+            if started:
+                self.breaker.failure()
+                raise malformed from None
+            raise _Retryable(malformed) from None
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             if started:
                 raise EngineError(f"upstream stream broke: {type(exc).__name__}") from exc
@@ -201,23 +211,86 @@ class UpstreamEngine:
         return error
 
     async def _parse(self, r: httpx.Response) -> AsyncIterator[TextChunk]:
+        """The upstream's server-sent events as chunks. Anything that is not the OpenAI stream's shape (a data
+        line that is not JSON, an event that is not an object, choices that are not objects, content that is
+        not a string, token counts that are not counts, a 200 with no events at all) raises `_Malformed`."""
         finish: Literal["stop", "length"] = "stop"
         usage: TokenUsage | None = None
         pieces = 0
+        events = 0
         async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: "):
                 continue
-            event = json.loads(line[6:])
+            events += 1
+            if line == "data: [DONE]":
+                continue
+            event = _event(line[6:])
             if "error" in event:
-                raise EngineError(f"upstream: {event['error'].get('message', 'error')}")
+                raise _error_event(event["error"])
             if event.get("usage"):
-                u = event["usage"]
-                usage = TokenUsage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
-            for choice in event.get("choices", []):
-                text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                usage = _usage(event["usage"])
+            for choice in _choices(event):
+                text = _text(choice)
                 if choice.get("finish_reason") in ("stop", "length"):
                     finish = choice["finish_reason"]
                 if text:
                     pieces += 1
                     yield TextChunk(text)
+        if events == 0:
+            raise _Malformed("a response with no server-sent events (is base_url an OpenAI-compatible API?)")
         yield TextChunk("", finish_reason=finish, usage=usage or TokenUsage(0, pieces))
+
+
+class _Malformed(Exception):
+    """The upstream answered something that is not the OpenAI API's shape: what it was, in words."""
+
+
+def _event(data: str) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise _Malformed("a data line that is not JSON") from None
+    if not isinstance(event, dict):
+        raise _Malformed(f"an event that is not a JSON object (a {type(event).__name__})")
+    return event
+
+
+def _error_event(error: Any) -> Exception:
+    """An error event: EngineError with what the upstream said (redacted, then cut); one whose `error` is not an
+    object (`{"error": "a string"}`) is not the OpenAI shape, so `_Malformed`, what it said included."""
+    if not isinstance(error, dict):
+        return _Malformed(f"an error event whose error is not an object ({shown_message(str(error))[:300]})")
+    return EngineError(f"upstream: {shown_message(str(error.get('message') or 'error'))[:300]}")
+
+
+def _usage(u: Any) -> TokenUsage:
+    if not isinstance(u, dict):
+        raise _Malformed("usage that is not an object")
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        n = u.get(name) or 0
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise _Malformed(f"usage.{name} that is not a count of tokens")
+        counts.append(n)
+    return TokenUsage(counts[0], counts[1])
+
+
+def _choices(event: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = event.get("choices")
+    if choices is None:
+        return []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise _Malformed("choices that are not a list of objects")
+    return choices
+
+
+def _text(choice: dict[str, Any]) -> str:
+    delta = choice.get("delta")
+    if delta is not None and not isinstance(delta, dict):
+        raise _Malformed("a choice whose delta is not an object")
+    for text in (choice.get("text"), (delta or {}).get("content")):
+        if text is not None and not isinstance(text, str):
+            raise _Malformed("a choice whose text or content is not a string")
+        if text:
+            return text
+    return ""

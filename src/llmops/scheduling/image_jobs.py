@@ -1,6 +1,8 @@
 """Jobs: the batcher behind each image and classify model's admission. Every image request, synchronous or not,
 is a job here, so progress and cancellation mean the same thing everywhere; every classification request is one
-too (`ClassifyJobs`). Finished jobs are kept for `ttl_s`, then dropped (classification: at once).
+too (`ClassifyJobs`). Finished jobs are kept for `ttl_s`, then dropped (classification: at once). A job made
+through the jobs API remembers the API key that made it (`owner`), and only that key finds it (`get_for`,
+`cancel_for`); to any other key it does not exist.
 
 A job first takes a place in the model's `Admission` (the same queue, limits, priorities, deadlines and
 metrics as text: a full queue is refused at once, before the job exists). Once granted, it waits in the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 import uuid
@@ -33,7 +36,14 @@ from llmops.engines.base import (
     same_shape,
 )
 from llmops.engines.batching import gather_batch
-from llmops.errors import ContentFiltered, LLMOpsError, NotFound, RequestCancelled, internal_error
+from llmops.errors import (
+    ContentFiltered,
+    InvalidRequest,
+    LLMOpsError,
+    NotFound,
+    RequestCancelled,
+    internal_error,
+)
 from llmops.scheduling.admission import Admission, Place, Priority
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -82,6 +92,13 @@ class ClassifyRunner:
         return await self.engine.classify(requests)
 
     def refusal(self, result: Classes) -> LLMOpsError | None:
+        """A score that is not a finite number: the model overflowed on this request's input (the engine marks
+        such an image's scores NaN). 400 for this request alone; the others of its batch keep their answers."""
+        for i, labels in enumerate(result):
+            if any(not math.isfinite(label.score) for label in labels):
+                return InvalidRequest(f"image {i} of the request: the model's outputs (logits) overflowed, so it has "
+                                      "no scores; send inputs in the range its preprocessing produces (for a "
+                                      "tensor, normalised pixel values)", code="non_finite_output")
         return None
 
 
@@ -102,6 +119,7 @@ class BatchJob(Generic[Req, Res]):
     on_done: Callable[[BatchJob[Req, Res]], None] | None = None  # told once, when the job finishes (cost accounting)
     place: Place | None = None  # its place at the model's admission, given back when it finishes
     admitting: asyncio.Task[None] | None = None  # waits for the place to be granted
+    owner: str | None = None  # the id of the API key that created it (jobs API); None on an open server
 
     def finish(self, status: Status, *, result: Res | None = None, error: LLMOpsError | None = None) -> None:
         if self.done.is_set():
@@ -185,6 +203,15 @@ class Jobs(Generic[Req, Res]):
             raise NotFound(f"no job {job_id!r} (unknown, or finished and expired)", param="id")
         return job
 
+    def get_for(self, job_id: str, key_id: str | None) -> BatchJob[Req, Res]:
+        """The job, as the caller with API key `key_id` (None on an open server) may see it: a job created with
+        a key is found by that key only. Any other caller is answered exactly as for an unknown id (404, not
+        403), so no one learns which job ids exist."""
+        job = self.get(job_id)
+        if job.owner is not None and job.owner != key_id:
+            raise NotFound(f"no job {job_id!r} (unknown, or finished and expired)", param="id")
+        return job
+
     def position(self, job: BatchJob[Req, Res]) -> int | None:
         """Jobs ahead of this one: those in the batcher, then those ahead of it at admission."""
         queue = self._queues.get(job.model)
@@ -194,6 +221,10 @@ class Jobs(Generic[Req, Res]):
             return queue.waiting.index(job)
         ahead = job.place.queue_position()
         return None if ahead is None else len(queue.waiting) + ahead
+
+    def cancel_for(self, job_id: str, key_id: str | None) -> BatchJob[Req, Res]:
+        """`cancel`, for the caller with API key `key_id` only (see `get_for`)."""
+        return self.cancel(self.get_for(job_id, key_id).id)
 
     def cancel(self, job_id: str) -> BatchJob[Req, Res]:
         job = self.get(job_id)
