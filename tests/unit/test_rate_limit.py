@@ -136,3 +136,28 @@ def test_a_key_with_both_limits_is_refused_when_its_places_are_taken_and_admitte
         assert isinstance(await limiter.admit(request()), Admission)
 
     asyncio.run(run())
+
+
+def test_a_stored_key_with_a_rate_of_zero_or_less_is_refused_not_a_500() -> None:
+    """Keys stored before `keys create` checked its bounds can have rpm 0 (every request a ZeroDivisionError,
+    a 500) or -5 (no limit at all): below 1 is read as no request allowed."""
+    import asyncio
+
+    from llmops.errors import RateLimited
+    from llmops.http_edge import Refusal, set_api_key
+    from llmops.middleware.rate_limit import RateLimiter
+    from llmops.observability.metrics import Metrics
+    from llmops.stores.counters import MemoryCounters
+    from llmops.stores.keys import KeyLimits, new_key
+
+    async def admit(limits: KeyLimits) -> object:
+        key, _ = new_key("old", (), "interactive", limits)
+        request: dict[str, object] = {"type": "http", "path": "/v1/chat/completions", "headers": [],
+                                      "client": ("127.0.0.1", 1)}
+        set_api_key(request, key)
+        return await RateLimiter(MemoryCounters(), None, [], Metrics()).admit(request)
+
+    for limits in (KeyLimits(rpm=0), KeyLimits(rpm=-5), KeyLimits(rpm=0, max_concurrent=2)):
+        refused = asyncio.run(admit(limits))
+        assert isinstance(refused, Refusal), limits
+        assert isinstance(refused.error, RateLimited)

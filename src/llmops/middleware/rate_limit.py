@@ -20,7 +20,7 @@ from llmops.errors import LLMOpsError, RateLimited
 from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, Refusal, api_key, browser_page
 from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
-from llmops.stores.counters import Counters, Decision
+from llmops.stores.counters import WINDOW_S, Counters, Decision
 from llmops.stores.keys import ApiKey
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -124,6 +124,8 @@ class RateLimiter:
         if key is None or limit is None:
             return await self._requests(scope, key), None
         holder = unique_hex()
+        if key.limits.rpm is not None and key.limits.rpm < 1:
+            return await self._requests(scope, key), None
         if key.limits.rpm is None:
             return None, holder if await self.counters.acquire(key.id, limit, holder, HOLD_TTL_S) else FULL
         decision, placed = await self.counters.hit_and_acquire(f"key:{key.id}", key.limits.rpm, key.id, limit,
@@ -134,5 +136,7 @@ class RateLimiter:
         rpm = key.limits.rpm if key is not None else self.anonymous_rpm
         if rpm is None:
             return None
+        if rpm < 1:  # a key stored before its bounds were checked: no request allowed (0 was a 500, -5 none)
+            return Decision(False, max(rpm, 0), 0, WINDOW_S, WINDOW_S)
         subject = f"key:{key.id}" if key is not None else f"ip:{client_ip(scope, self.trusted)}"
         return await self.counters.hit_requests(subject, rpm)
