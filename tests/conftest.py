@@ -33,6 +33,14 @@ def _isolated_key_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ["LLMOPS_STATE__SQLITE_PATH"] = saved
 
 
+@pytest.fixture(autouse=True)
+def _own_key_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's apps and servers use a store of their own: a key one test adds to the session's store would
+    key every later app that reads it (a test's own LLMOPS_STATE__SQLITE_PATH, set in it, still wins)."""
+    if os.environ.get("LLMOPS_STATE__SQLITE_PATH") == SESSION_STORE[0]:
+        monkeypatch.setenv("LLMOPS_STATE__SQLITE_PATH", str(tmp_path_factory.mktemp("store") / "llmops.db"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/gpu/" in str(item.fspath):

@@ -345,3 +345,15 @@ def test_the_format_characters_class_is_unicodes_category_cf() -> None:
     import sys
     every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
     assert set(redaction._FORMAT.findall(every)) == {c for c in every if unicodedata.category(c) == "Cf"}
+
+
+def test_a_closed_stream_does_not_raise_from_the_log_writer() -> None:
+    """pytest closes the stream it captured while a BatchedStderr's writer thread may still flush it: the
+    flush raised ValueError in that thread (an unhandled thread exception, failing whichever test ran)."""
+    import io
+
+    handler = logmod.BatchedStderr(flush_s=60.0)
+    handler.setStream(io.StringIO())
+    handler.stream.close()
+    handler.write_line("a line", logging.INFO)
+    handler.flush()  # nothing raised

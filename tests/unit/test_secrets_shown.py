@@ -109,7 +109,7 @@ def test_the_missing_key_message_survives_the_redaction_of_error_messages(filter
     from llmops.app import create_app
     from llmops.stores.keys import new_key
 
-    settings = load_settings(models=[{"name": "fake", "engine": "fake"}])
+    settings = load_settings(models=[{"name": "fake", "engine": "fake"}], state={"backend": "memory"})
     with TestClient(create_app(settings)) as client:
         key, _ = new_key("team", (), "interactive")
         client.portal.call(client.app.state.services.state.keys.add, key)  # type: ignore[attr-defined]
