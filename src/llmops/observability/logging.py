@@ -97,10 +97,8 @@ class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write_held()
-            try:
+            with contextlib.suppress(ValueError, OSError):  # the stream was closed under us (by its owner)
                 super().flush()
-            except (ValueError, OSError):  # the stream was closed under us (its owner's): nothing to write to
-                pass
 
     def _write_held(self) -> None:
         if not self._held:
