@@ -30,7 +30,8 @@ from llmops.settings import load_settings
 
 CHAT, COMPLETIONS, EMBED = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 USER = [{"role": "user", "content": "hi"}]
-ACCEPTS_INPUT = "Input should be a string, a list of strings, a list of token ids or a list of token-id lists"
+INPUT_FORMS = "a string, a list of strings, a list of token ids or a list of token-id lists"
+ACCEPTS_INPUT = f"Input should be {INPUT_FORMS}"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,8 @@ CASES = [
      "invalid value for 'stop': Value error, stop sequences must not be empty"),
     (CHAT, {"stop": ["a", "b", "c", "d", "e"]}, "stop",
      "invalid value for 'stop': Value error, at most 4 stop sequences"),
-    (CHAT, {"stop": 5}, "stop", "invalid value for 'stop': Input should be a string or a list of at most 4 strings"),
+    (CHAT, {"stop": 5}, "stop",
+     "invalid type for 'stop': expected a string or a list of at most 4 strings, but got an integer instead"),
     # 2. the client's path, and one message saying what the field accepts when no form fits
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]},
      "messages.0.content.0",
@@ -71,19 +73,19 @@ CASES = [
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text",
      "missing required parameter 'messages.0.content.0.text'"),
     (CHAT, {"messages": [{"role": "user", "content": ["a"]}]}, "messages.0.content.0",
-     "invalid value for 'messages.0.content.0': Input should be an object"),
+     "invalid type for 'messages.0.content.0': expected an object, but got a string instead"),
     (CHAT, {"messages": [{"role": "user", "content": 5}]}, "messages.0.content",
-     "invalid value for 'messages.0.content': Input should be a string or a list of text parts"),
+     "invalid type for 'messages.0.content': expected a string or a list of text parts, but got an integer instead"),
     (COMPLETIONS, {"prompt": [818, 7217, 563]}, "prompt",
      "invalid value for 'prompt': token-id prompts are not supported: send the prompt as text"),
     (COMPLETIONS, {"prompt": [[818, 7217, 563]]}, "prompt",
      "invalid value for 'prompt': token-id prompts are not supported: send the prompt as text"),
     (COMPLETIONS, {"prompt": 5}, "prompt",
-     "invalid value for 'prompt': Input should be a string or a list of one string"),
+     "invalid type for 'prompt': expected a string or a list of one string, but got an integer instead"),
     (COMPLETIONS, {"prompt": ""}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
     (COMPLETIONS, {"prompt": [""]}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
     (COMPLETIONS, {"prompt": []}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
-    (EMBED, {"input": 5}, "input", f"invalid value for 'input': {ACCEPTS_INPUT}"),
+    (EMBED, {"input": 5}, "input", f"invalid type for 'input': expected {INPUT_FORMS}, but got an integer instead"),
     (EMBED, {"input": [1, "a"]}, "input", f"invalid value for 'input': {ACCEPTS_INPUT}"),
     (EMBED, {"input": []}, "input", "invalid value for 'input': Value error, input must hold at least one item"),
     (CHAT, {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}, "tool_choice",
@@ -93,7 +95,7 @@ CASES = [
     (CHAT, {"tool_choice": {"type": "function"}}, "tool_choice.function",
      "missing required parameter 'tool_choice.function'"),
     (CHAT, {"prompt": {"id": "p", "variables": {"who": [1]}}}, "prompt.variables.who",
-     "invalid value for 'prompt.variables.who': Input should be a string, a number or a boolean"),
+     "invalid type for 'prompt.variables.who': expected a string, a number or a boolean, but got an array instead"),
     # 3. OpenAI's ranges for the refused fields that take a no-op value: best_of >= n, top_logprobs 0..20
     (COMPLETIONS, {"n": 2, "best_of": 1}, "best_of",
      "invalid value for 'best_of': best_of must be greater than or equal to n (2), got 1"),
@@ -112,8 +114,9 @@ def test_errors_name_the_clients_parameter(client: TestClient, path: str, extra:
                                            message: str) -> None:
     response = post(client, path, extra)
     assert response.status_code == 400, response.text
+    code = "invalid_type" if message.startswith("invalid type") else None  # a value of the wrong JSON type
     assert response.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param,
-                                        "code": None}
+                                        "code": code}
 
 
 @pytest.mark.parametrize(("path", "extra"), [

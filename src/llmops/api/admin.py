@@ -12,12 +12,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from llmops.api import deps
 from llmops.api.usage import DayRange, report_rows
 from llmops.errors import InvalidRequest, PermissionDenied
 from llmops.http_edge import presented_admin_key
+from llmops.protocol.wire import WireModel
 from llmops.settings import admin_key_matches
 from llmops.stores.keys import KeyLimits, KeyStore, new_key
 
@@ -25,9 +26,10 @@ router = APIRouter(prefix="/admin")
 GROUPS = ("key", "model", "day")
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(WireModel):
     """A new key's fields and their bounds; `llmops keys create` applies the same ones (tests/unit/test_key_bounds
-    checks that the two agree). Numbers must be finite: 1e309 in JSON reads as infinity."""
+    checks that the two agree). Numbers must be finite: 1e309 in JSON reads as infinity. JSON types are strict, as
+    in every request body: `"rpm": "10"` is a 400."""
 
     model_config = ConfigDict(allow_inf_nan=False)
 

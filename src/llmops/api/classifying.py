@@ -23,6 +23,7 @@ from llmops.media.image_input import MAX_REQUEST_PIXELS, ImageLimits, decode_ima
 from llmops.pipeline import stages
 from llmops.pipeline.classify import ClassifyWork, check_count
 from llmops.pipeline.classify import classify as run_classify
+from llmops.protocol.wire import TYPE_ERROR, wrong_type
 from llmops.settings import ModelConfig
 
 M = TypeVar("M", bound=BaseModel)
@@ -85,6 +86,9 @@ def parse_json(raw: bytes, model: type[M]) -> M:
             raise InvalidRequest(f"request body is not valid JSON: {first['msg']}") from None
         param = ".".join(str(p) for p in first["loc"]) or None
         where = f"'{param}'" if param else "the request body"
+        expected = wrong_type(first)  # as api/direct.py invalid_request says it
+        if expected is not None and param is not None:
+            raise InvalidRequest(f"invalid type for {where}: {expected}", param=param, code=TYPE_ERROR) from None
         raise InvalidRequest(f"invalid value for {where}: {first['msg']}", param=param) from None
 
 

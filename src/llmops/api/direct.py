@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from llmops.errors import InvalidRequest, LLMOpsError, error_format
 from llmops.http_edge import UNKNOWN_MODEL, UNPARSED, error_response, log_fields
 from llmops.observability.metrics import Metrics
+from llmops.protocol.wire import TYPE_ERROR, wrong_type
 
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
 _UNPARSED_BODY = "request body is not valid JSON"
@@ -44,6 +45,9 @@ def invalid_request(errors: Iterable[Any]) -> InvalidRequest:
         return InvalidRequest(f"missing required parameter '{param}'", param=param)
     if param is None:
         return InvalidRequest(f"the request body must be a JSON object: {first.get('msg', 'invalid')}")
+    expected = wrong_type(first)  # "expected an integer, but got a string instead", as OpenAI says it
+    if expected is not None:
+        return InvalidRequest(f"invalid type for '{param}': {expected}", param=param, code=TYPE_ERROR)
     return InvalidRequest(f"invalid value for '{param}': {first.get('msg', 'invalid')}", param=param)
 
 

@@ -20,6 +20,7 @@ from llmops.protocol.common import INT32_MAX, SamplingFields, Usage, unset_is_no
 from llmops.protocol.fields import Endpoint
 from llmops.protocol.json_schema import schema_problem
 from llmops.protocol.unions import one_of
+from llmops.protocol.wire import WireModel
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -34,7 +35,7 @@ def _kind_refused(data: Any, supported: str, what: str) -> None:
                                   {"what": what, "kind": data["type"][:64], "supported": supported})
 
 
-class TextPart(BaseModel):
+class TextPart(WireModel):
     type: Literal["text"]
     text: str
 
@@ -45,18 +46,18 @@ class TextPart(BaseModel):
         return data
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(WireModel):
     name: str = Field(min_length=1, max_length=64)
     arguments: str = Field(description="JSON text")
 
 
-class ToolCallParam(BaseModel):
+class ToolCallParam(WireModel):
     id: str = Field(min_length=1, max_length=128)
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(WireModel):
     role: Role
     content: Annotated[str | list[TextPart] | None, one_of("a string or a list of text parts")] = None
     name: str | None = None
@@ -71,7 +72,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class PromptRef(BaseModel):
+class PromptRef(WireModel):
     """A versioned prompt from the server's registry; its messages come before the request's own."""
 
     id: str = Field(min_length=1, max_length=64)
@@ -87,7 +88,7 @@ def _compilable(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(WireModel):
     model_config = ConfigDict(populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -98,7 +99,7 @@ class JsonSchemaFormat(BaseModel):
     _schema_compiles = field_validator("schema_")(_compilable)
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -109,7 +110,7 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class FunctionDef(BaseModel):
+class FunctionDef(WireModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -118,16 +119,16 @@ class FunctionDef(BaseModel):
     _parameters_compile = field_validator("parameters")(_compilable)
 
 
-class ToolDef(BaseModel):
+class ToolDef(WireModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(BaseModel):
+class NamedFunction(WireModel):
     name: str
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(WireModel):
     type: Literal["function"]
     function: NamedFunction
 

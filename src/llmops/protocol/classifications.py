@@ -7,9 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.protocol.common import INT32_MAX
+from llmops.protocol.wire import WireModel
 
 
-class ClassificationRequest(BaseModel):
+class ClassificationRequest(WireModel):
     """The JSON form. The multipart form has the same fields: `model`, `top_k`, and one `file` per image."""
 
     model_config = ConfigDict(extra="forbid")

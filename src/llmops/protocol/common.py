@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops.protocol.fields import Endpoint, is_unset, refused_field
 from llmops.protocol.unions import one_of
+from llmops.protocol.wire import WireModel
 
 MAX_STOP_SEQUENCES = 4
 INT32_MAX = 2**31 - 1  # the most any count field takes: engines count in 32 bits, and cost arithmetic stays finite
@@ -25,7 +26,7 @@ def unset_is_none(v: Any) -> Any:
     return None if is_unset(v) else v
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(WireModel):
     include_usage: bool = False
 
 
@@ -35,7 +36,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(WireModel):
     """Sampling parameters common to chat and completions requests."""
 
     model_config = ConfigDict(extra="allow")

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmops.protocol.common import INT32_MAX, Usage
 from llmops.protocol.fields import refused_field
 from llmops.protocol.unions import one_of
+from llmops.protocol.wire import WireModel
 
 TokenIds = list[int]  # each 0 .. INT32_MAX (the engine checks its own vocabulary's size)
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(WireModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.protocol.common import INT32_MAX
+from llmops.protocol.wire import WireModel
 
 SEED_MAX = 2**63 - 1  # torch generators take up to 2^64 - 1: room for seed + i over a request's n images
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="0 to 2^63-1; the same seed gives the same image")]
@@ -21,7 +22,7 @@ Side = Annotated[int, Field(ge=1, le=65_536, description="pixels; the model's li
 SIZE_PATTERN = r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(WireModel):
     model_config = ConfigDict(extra="allow")
 
     prompt: str
@@ -49,7 +50,7 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(WireModel):
     """The guide's request, field for field (an optional `model` and `seed` added)."""
 
     prompt: str

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmops.protocol.wire import WireModel
+
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
                    "FP64", "BYTES"]
 Parameters = dict[str, Any]
@@ -21,7 +23,14 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RequestInput(_Wire):
+class _Request(WireModel):
+    """A request's objects: strict about JSON types (protocol/wire.py); the tensor's `data` and the
+    `parameters` stay free JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Request):
     name: str
     shape: list[int] = Field(description="the tensor's shape; -1 is not allowed in a request")
     datatype: Datatype
@@ -29,12 +38,12 @@ class RequestInput(_Wire):
     data: list[Any]
 
 
-class RequestOutput(_Wire):
+class RequestOutput(_Request):
     name: str
     parameters: Parameters | None = None
 
 
-class InferenceRequest(_Wire):
+class InferenceRequest(_Request):
     id: str | None = None
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
