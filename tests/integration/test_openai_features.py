@@ -263,3 +263,50 @@ def test_langchain_openai_embeddings(base_url: str) -> None:
     assert len(docs) == 2
     assert len(docs[0]) == 384
     assert len(emb.embed_query("a question")) == 384
+
+
+def test_logprobs_through_the_sdk(client: openai.OpenAI) -> None:
+    """Each token's log probability and its likeliest alternatives, as llama.cpp computed them: the tokens
+    spell the answer, greedy decoding picks the likeliest, and a stream's chunks carry their own tokens."""
+    ask = [{"role": "user", "content": "Name a colour."}]
+    done = client.chat.completions.create(model=CHAT, messages=ask, max_tokens=8, temperature=0, logprobs=True,
+                                          top_logprobs=3)
+    choice = done.choices[0]
+    assert choice.logprobs is not None
+    assert choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for t in tokens:
+        assert t.logprob <= 0
+        assert len(t.top_logprobs) == 3
+        assert bytes(t.bytes or []).decode(errors="replace")
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert t.top_logprobs[0].token == t.token  # temperature 0: the likeliest token is the one written
+    streamed, text = [], ""
+    for chunk in client.chat.completions.create(model=CHAT, messages=ask, max_tokens=8, temperature=0,
+                                                logprobs=True, stream=True):
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            streamed += c.logprobs.content if c.logprobs and c.logprobs.content else []
+    assert "".join(t.token for t in streamed) == text
+    assert streamed
+    legacy = client.completions.create(model=CHAT, prompt="The sky is", max_tokens=5, temperature=0, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert lp is not None
+    assert lp.tokens
+    assert "".join(lp.tokens) == legacy.choices[0].text
+    assert lp.top_logprobs is not None
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+
+def test_logprobs_with_a_json_schema(client: openai.OpenAI) -> None:
+    done = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=120,
+        temperature=0, logprobs=True, response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": {
+            "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
+            "additionalProperties": False}}})
+    choice = done.choices[0]
+    assert choice.logprobs is not None
+    assert choice.logprobs.content
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    json.loads(choice.message.content or "")

@@ -40,7 +40,7 @@ def test_readme_table_is_the_code_table() -> None:
     assert found.group(1).strip() == markdown_table()
 
 
-REFUSED_VALUES: dict[str, Any] = {"logit_bias": {"50256": -100}, "logprobs": True, "top_logprobs": 2,
+REFUSED_VALUES: dict[str, Any] = {"logit_bias": {"50256": -100},
                                   "audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"],
                                   "prediction": {"type": "content", "content": "x"}, "functions": [{"name": "f"}],
                                   "function_call": "auto", "metadata": {"a": "b"}, "store": True,

@@ -96,7 +96,7 @@ CASES = [
      "missing required parameter 'tool_choice.function'"),
     (CHAT, {"prompt": {"id": "p", "variables": {"who": [1]}}}, "prompt.variables.who",
      "invalid type for 'prompt.variables.who': expected a string, a number or a boolean, but got an array instead"),
-    # 3. OpenAI's ranges for the refused fields that take a no-op value: best_of >= n, top_logprobs 0..20
+    # 3. OpenAI's ranges: best_of >= n (a refused field that takes a no-op value), top_logprobs 0..20, logprobs 0..5
     (COMPLETIONS, {"n": 2, "best_of": 1}, "best_of",
      "invalid value for 'best_of': best_of must be greater than or equal to n (2), got 1"),
     (COMPLETIONS, {"best_of": 0}, "best_of",
@@ -105,6 +105,11 @@ CASES = [
      "invalid value for 'top_logprobs': Input should be less than or equal to 20"),
     (CHAT, {"top_logprobs": -1}, "top_logprobs",
      "invalid value for 'top_logprobs': Input should be greater than or equal to 0"),
+    (CHAT, {"top_logprobs": 2}, "top_logprobs",  # alternatives are asked for with logprobs: true, as OpenAI's
+     "invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set"),
+    (CHAT, {"top_logprobs": 2, "logprobs": False}, "top_logprobs",
+     "invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set"),
+    (COMPLETIONS, {"logprobs": 6}, "logprobs", "invalid value for 'logprobs': Input should be less than or equal to 5"),
 ]
 
 
@@ -150,10 +155,6 @@ def test_every_form_still_accepted(client: TestClient, path: str, extra: dict[st
 @pytest.mark.parametrize(("path", "extra", "param"), [
     (COMPLETIONS, {"best_of": 2}, "best_of"),  # candidates ranked by logprob: not implemented
     (COMPLETIONS, {"n": 2, "best_of": 3}, "best_of"),
-    (COMPLETIONS, {"best_of": 1, "logprobs": 0}, "logprobs"),  # completions' logprobs 0 still returns logprobs
-    (CHAT, {"top_logprobs": 2}, "top_logprobs"),
-    (CHAT, {"top_logprobs": 0, "logprobs": True}, "logprobs"),  # what cannot be honoured is named, not top_logprobs
-    (CHAT, {"top_logprobs": 3, "logprobs": True}, "logprobs"),
 ])
 def test_other_values_are_still_refused_by_name(client: TestClient, path: str, extra: dict[str, Any],
                                                 param: str) -> None:

@@ -391,7 +391,7 @@ OPENAI_CALLS = {
                 {"id": "c1", "type": "function", "function": {"name": "reply", "arguments": "{}"}}]},
             {"role": "tool", "content": "42", "tool_call_id": "c1"}],
         temperature=0.7, top_p=1, n=1, seed=7, max_tokens=5, max_completion_tokens=5, stop=["x"],
-        presence_penalty=0, frequency_penalty=0.5, user="u", service_tier="flex",
+        presence_penalty=0, frequency_penalty=0.5, user="u", logprobs=True, top_logprobs=2, service_tier="flex",
         tools=[openai.pydantic_function_tool(Reply)], tool_choice={"type": "function", "function": {"name": "Reply"}},
         parallel_tool_calls=False, response_format={"type": "json_schema", "json_schema": {
             "name": "reply", "strict": True, "schema": Reply.model_json_schema()}}),
@@ -399,7 +399,7 @@ OPENAI_CALLS = {
         model="fake", messages=[{"role": "user", "content": "hi"}], stream=True,
         stream_options={"include_usage": True}, temperature=1, response_format={"type": "json_object"}),
     "completions": lambda c: c.completions.create(
-        model="fake", prompt="hi", max_tokens=5, temperature=1, top_p=0.9, n=2, best_of=2, seed=-1,
+        model="fake", prompt="hi", max_tokens=5, temperature=1, top_p=0.9, n=2, best_of=2, logprobs=2, seed=-1,
         stop="x", presence_penalty=0.1, frequency_penalty=0, user="u"),
     "embeddings": lambda c: c.embeddings.create(model="emb", input=["a", "b"], dimensions=8, encoding_format="float",
                                                 user="u"),

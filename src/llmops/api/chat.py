@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall, tool_calls
 from llmops.api.chunks import ChunkEncoder
+from llmops.api.logprobs import chat_logprobs
 from llmops.api.sse import event
+from llmops.engines.base import TokenLogprob
 from llmops.pipeline import chat_controls
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
 from llmops.protocol.chat import (
@@ -30,13 +32,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     call = await textcall.prepare(request, body, "chat", messages=messages)
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
-                                  complete=lambda done: _completion(done, body.model, new_id("chatcmpl"), now()))
+                                  complete=lambda done: _completion(done, body, new_id("chatcmpl"), now()))
 
 
-def _completion(done: Collected, model: str, chunk_id: str, created: int) -> ChatCompletion:
+def _completion(done: Collected, body: ChatCompletionRequest, chunk_id: str, created: int) -> ChatCompletion:
     out = [ChatChoice(index=i, message=tool_calls.assistant_message(text, done.calls.get(i, [])),
-                      finish_reason=done.finish[i] or "stop") for i, text in enumerate(done.texts)]
-    return ChatCompletion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
+                      finish_reason=done.finish[i] or "stop",
+                      logprobs=chat_logprobs(done.logprobs.get(i, ())) if body.logprobs else None)
+           for i, text in enumerate(done.texts)]
+    return ChatCompletion(id=chunk_id, created=created, model=body.model, choices=out, usage=done.usage())
 
 
 async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
@@ -56,7 +60,7 @@ async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.
                 yield part
     if body.include_usage():
         yield encode.usage(totals.usage())
-    await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
+    await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
 
 
 async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIterator[bytes]:
@@ -69,20 +73,22 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
     for c in cached.choices:
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(
-            content=c.message.content, tool_calls=tool_calls.replay_deltas(c.message) or None))])
+            content=c.message.content, tool_calls=tool_calls.replay_deltas(c.message) or None),
+            logprobs=c.logprobs)])
         yield chunk([ChatChunkChoice(index=c.index, delta=ChatDelta(), finish_reason=c.finish_reason)])
     if body.include_usage():
         yield event(ChatCompletionChunk(id=cached.id, created=cached.created, model=cached.model, choices=[],
                                         usage=cached.usage))
 
 
-def _pieces(encode: ChunkEncoder, index: int, text: str, finish: str | None, totals: Collected,
-            sent: dict[int, int]) -> list[bytes]:
-    """The chunk's text (and the tool calls that arrived with it), then its finish: one event each."""
+def _pieces(encode: ChunkEncoder, index: int, text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...],
+            totals: Collected, sent: dict[int, int]) -> list[bytes]:
+    """The chunk's text (and the tool calls that arrived with it, or its tokens' logprobs), then its finish:
+    one event each."""
     calls = totals.calls.get(index, [])[sent.get(index, 0):]
     sent[index] = sent.get(index, 0) + len(calls)
     if not calls:
-        return [encode.piece(index, text, finish)]
+        return [encode.piece(index, text, finish, logprobs)]
     out = [encode.choice(ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
                                                                       tool_calls=tool_calls.call_deltas(calls))))]
     return [*out, encode.finish(index, finish)] if finish is not None else out

@@ -9,10 +9,13 @@ Anything rarer than text, a finish or the usage (a tool-call delta) goes through
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel
 
+from llmops.api.logprobs import chat_logprobs, completion_logprobs
+from llmops.engines.base import TokenLogprob
 from llmops.protocol.common import Usage
 
 _string = json.encoder.encode_basestring  # the C encoder: quotes and escapes, non-ASCII kept as is
@@ -28,6 +31,7 @@ class ChunkEncoder:
 
     def __init__(self, kind: StreamKind, chunk_id: str, created: int, model: str) -> None:
         self.kind = kind
+        self._sent: dict[int, int] = {}  # completions: characters of each choice sent (its tokens' text_offset)
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self._head = (f'data: {{"id":{_json_str(chunk_id)},"object":"{obj}","created":{int(created)},'
                       f'"model":{_json_str(model)},"choices":[')
@@ -36,12 +40,22 @@ class ChunkEncoder:
     def _event(self, choice: str) -> bytes:
         return (self._head + choice + self._tail).encode()
 
-    def text(self, index: int, text: str) -> bytes:
-        """A piece of the answer."""
+    def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        """A piece of the answer, with its tokens' logprobs when the request asked for them."""
         if self.kind == "chat":
             return self._event(f'{{"index":{index},"delta":{{"role":null,"content":{_json_str(text)}}},'
-                               '"finish_reason":null,"logprobs":null}')
-        return self._event(f'{{"index":{index},"text":{_json_str(text)},"finish_reason":null,"logprobs":null}}')
+                               f'"finish_reason":null,"logprobs":{self._logprobs(index, text, logprobs)}}}')
+        return self._event(f'{{"index":{index},"text":{_json_str(text)},"finish_reason":null,'
+                           f'"logprobs":{self._logprobs(index, text, logprobs)}}}')
+
+    def _logprobs(self, index: int, text: str, tokens: Sequence[TokenLogprob]) -> str:
+        if not tokens:
+            return "null"
+        if self.kind == "chat":
+            return json.dumps(chat_logprobs(tokens), separators=(",", ":"), ensure_ascii=False)
+        offset = self._sent.get(index, 0)
+        self._sent[index] = offset + len(text)
+        return json.dumps(completion_logprobs(tokens, offset), separators=(",", ":"), ensure_ascii=False)
 
     def role(self, index: int) -> bytes:
         """Chat's opening event of a choice: the assistant role, empty content."""
@@ -57,9 +71,13 @@ class ChunkEncoder:
         return self._event(f'{{"index":{index},"text":{_json_str(text)},"finish_reason":{_json_str(reason)},'
                            '"logprobs":null}')
 
-    def piece(self, index: int, text: str, finish: str | None) -> bytes:
-        """What the routes send for one (index, text, finish) of the stream."""
-        return self.text(index, text) if finish is None else self.finish(index, finish, text)
+    def piece(self, index: int, text: str, finish: str | None, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        """What the routes send for one (index, text, finish, logprobs) of the stream."""
+        if finish is None:
+            return self.text(index, text, logprobs)
+        if logprobs:  # tokens that came with the finish (engines send them before it): their own event first
+            return self.text(index, text, logprobs) + self.finish(index, finish)
+        return self.finish(index, finish, text)
 
     def choice(self, choice: BaseModel) -> bytes:
         """A rarer choice (a tool-call delta) through its model, in the same frame."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
 from llmops.api.chunks import ChunkEncoder
+from llmops.api.logprobs import completion_logprobs
 from llmops.api.sse import event
 from llmops.errors import InvalidRequest
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
@@ -26,30 +27,32 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     call = await textcall.prepare(request, body, "completions", prompt=prompt)
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
-                                  complete=lambda done: _completion(done, body.model, new_id("cmpl"), now()))
+                                  complete=lambda done: _completion(done, body, new_id("cmpl"), now()))
 
 
-def _completion(done: Collected, model: str, chunk_id: str, created: int) -> Completion:
-    out = [CompletionChoice(index=i, text=text, finish_reason=done.finish[i] or "stop")
+def _completion(done: Collected, body: CompletionRequest, chunk_id: str, created: int) -> Completion:
+    want = body.logprobs is not None
+    out = [CompletionChoice(index=i, text=text, finish_reason=done.finish[i] or "stop",
+                            logprobs=completion_logprobs(done.logprobs.get(i, ())) if want else None)
            for i, text in enumerate(done.texts)]
-    return Completion(id=chunk_id, created=created, model=model, choices=out, usage=done.usage())
+    return Completion(id=chunk_id, created=created, model=body.model, choices=out, usage=done.usage())
 
 
 async def _events(choices: Choices, body: CompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
     totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
     chunk_id, created = new_id("cmpl"), now()
     encode = ChunkEncoder("completions", chunk_id, created, body.model)  # the models' bytes, no model per token
-    async for index, text, finish in stream_choices(choices, totals):
-        yield encode.piece(index, text, finish)
+    async for index, text, finish, logprobs in stream_choices(choices, totals):
+        yield encode.piece(index, text, finish, logprobs)
     if body.include_usage():
         yield encode.usage(totals.usage())
-    await textcall.store(call, _completion(totals, body.model, chunk_id, created).model_dump())
+    await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
 
 
 async def _replay(hit: dict[str, Any], body: CompletionRequest) -> AsyncIterator[bytes]:
     cached = Completion.model_validate(hit)
     for c in cached.choices:
-        for choice in (CompletionChoice(index=c.index, text=c.text, finish_reason=None),
+        for choice in (CompletionChoice(index=c.index, text=c.text, finish_reason=None, logprobs=c.logprobs),
                        CompletionChoice(index=c.index, text="", finish_reason=c.finish_reason)):
             yield event(Completion(id=cached.id, created=cached.created, model=cached.model, choices=[choice]))
     if body.include_usage():

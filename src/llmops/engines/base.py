@@ -41,6 +41,7 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: none; k: each token's log probability and its k likeliest alternatives
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,27 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability (natural log) and, at its position, the likeliest tokens the
+    model could have written there, best first (as many as the request asked for; none for an alternative
+    itself). `bytes`: the token's UTF-8 bytes (a token may hold part of a character)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextChunk:
-    """A piece of generated text. The last chunk of a stream has `finish_reason` and `usage` set."""
+    """A piece of generated text. The last chunk of a stream has `finish_reason` and `usage` set.
+    `logprobs`: the tokens whose text this chunk carries, when the request asked for them."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: TokenUsage | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class TextCapabilities:
 
     structured_output: bool = False  # response_format json_object / json_schema
     tools: bool = False  # tools, tool_choice, parallel_tool_calls, tool turns in the history
+    logprobs: bool = False  # logprobs (and top_logprobs): each generated token's log probability
 
 
 NO_CAPABILITIES = TextCapabilities()

@@ -1,8 +1,9 @@
 """A real, deterministic engine with no ML dependencies, for tests and demos.
 
 Tokens are whitespace-separated words. The answer is `options.reply` if set, otherwise an echo of the
-prompt's last user message (or the prompt). Prompts containing `[[fail]]` make the engine raise before any
-output; `[[fail-mid-stream]]` raises after two tokens: both exercise the server's error paths.
+prompt's last user message (or the prompt). Asked for logprobs, each word gets a made-up one (`_logprob`).
+Prompts containing `[[fail]]` make the engine raise before any output; `[[fail-mid-stream]]` raises after
+two tokens: both exercise the server's error paths.
 `tokens_generated` in the health detail counts every token ever produced, so tests can see when
 generation stops.
 """
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
+from llmops.engines.base import EngineHealth, TextCapabilities, TextChunk, TextRequest, TokenLogprob, TokenUsage
 from llmops.engines.textgen import last_user_text, prepare_fallback, resolve_max_tokens
 
 
@@ -30,6 +31,7 @@ class FakeOptions(BaseModel):
 
 class FakeTextEngine:
     Options = FakeOptions
+    capabilities = TextCapabilities(logprobs=True)
 
     def __init__(self, model_name: str, options: FakeOptions) -> None:
         self.model_name = model_name
@@ -76,6 +78,16 @@ class FakeTextEngine:
             await asyncio.sleep(self.options.token_delay_s)
             self.tokens_generated += 1
             out.append(piece)
-            yield TextChunk(piece)
+            top = request.sampling.logprobs
+            yield TextChunk(piece, logprobs=() if top is None else (_logprob(piece, i, top),))
         usage = TokenUsage(prompt_tokens, len(out))
         yield TextChunk("", finish_reason="stop" if finish == "stop" else "length", usage=usage)
+
+
+def _logprob(piece: str, position: int, top: int) -> TokenLogprob:
+    """A made-up but well-formed log probability for the token at `position`: -0.25, -0.5, -0.75, -1.0 in
+    turn; its alternatives are the token itself, then ` alt1`, ` alt2`... each one less likely."""
+    own = -0.25 * (position % 4 + 1)
+    alternatives = [(piece, own), *((f" alt{j}", own - j) for j in range(1, top))][:top]
+    return TokenLogprob(piece, own, tuple(piece.encode()),
+                        tuple(TokenLogprob(t, lp, tuple(t.encode())) for t, lp in alternatives))

@@ -51,6 +51,7 @@ from llmops.engines.base import (
     TextCapabilities,
     TextChunk,
     TextRequest,
+    TokenLogprob,
     TokenUsage,
 )
 from llmops.engines.chat_format import chatml_tools_template
@@ -68,7 +69,13 @@ from llmops.engines.constrained import (
 )
 from llmops.engines.gguf_meta import read_metadata
 from llmops.engines.registry import require
-from llmops.engines.textgen import PreparedPrompt, prepare_fallback, resolve_max_tokens, strip_leading_space
+from llmops.engines.textgen import (
+    PreparedPrompt,
+    prepare_fallback,
+    resolve_max_tokens,
+    strip_leading_space,
+    token_logprobs,
+)
 from llmops.engines.threads import LoopWaker, ThreadStream, available_cores, run_worker
 from llmops.engines.weights import EMBEDDED_GEMMA, resolve_weights
 from llmops.errors import ContextLengthExceeded, EngineError, InvalidRequest, LLMOpsError, UnsupportedParameter
@@ -239,7 +246,7 @@ def _constrained_by(request: TextRequest) -> str | None:
 
 class LlamaCppEngine:
     Options = LlamaCppOptions
-    capabilities = TextCapabilities(structured_output=True, tools=True)
+    capabilities = TextCapabilities(structured_output=True, tools=True, logprobs=True)
 
     def __init__(self, model_name: str, options: LlamaCppOptions) -> None:
         self.model_name = model_name
@@ -418,9 +425,11 @@ class LlamaCppEngine:
         }
         if s.seed is not None:
             body["seed"] = seed_for_llama(s.seed)
+        if s.logprobs is not None:  # llama.cpp's n_probs: 0 would send no probabilities at all
+            body["logprobs"] = max(1, s.logprobs)
         body.update(fields)
         chunks = self._stream(body, counted if isinstance(prompt, list) else 0, eager=request.stream,
-                              constrained_by=_constrained_by(request), follow=follow)
+                              constrained_by=_constrained_by(request), follow=follow, top=s.logprobs)
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)
         if request.tools is not None:
@@ -429,12 +438,13 @@ class LlamaCppEngine:
             yield chunk
 
     async def _stream(self, body: dict[str, Any], prompt_tokens: int, *, eager: bool = True,
-                      constrained_by: str | None = None, follow: str | None = None) -> AsyncIterator[TextChunk]:
+                      constrained_by: str | None = None, follow: str | None = None,
+                      top: int | None = None) -> AsyncIterator[TextChunk]:
         """The text as it comes, one chunk per batch of tokens that reached the loop together; then the
         finish and usage (the prompt's count as llama.cpp reports it, else `prompt_tokens`).
         `constrained_by`: the parameter the body's grammar came from, which an error about it names;
         `follow`: the grammar the text is followed with, on the worker thread (the chunk that leaves it is
-        not sent: the stream fails there)."""
+        not sent: the stream fails there); `top`: the body asks for logprobs, with this many alternatives."""
         server = self._server
         if server is None:
             raise EngineError("the llama.cpp engine is not started")
@@ -455,6 +465,7 @@ class LlamaCppEngine:
         completion_tokens = 0
         async for batch in stream.batches():
             texts: list[str] = []
+            probs: list[TokenLogprob] = []
             for raw in batch:
                 if "error" in raw or GRAMMAR_GAVE_UP in raw:
                     if texts:
@@ -470,6 +481,8 @@ class LlamaCppEngine:
                         finish = choice["finish_reason"]
                     if text := choice.get("text"):
                         texts.append(text)
-            if texts:
-                yield TextChunk("".join(texts))
+                    if top is not None and (found := choice.get("logprobs")):
+                        probs.extend(token_logprobs(found, top))
+            if texts or probs:
+                yield TextChunk("".join(texts), logprobs=tuple(probs))
         yield TextChunk("", finish_reason=finish, usage=TokenUsage(prompt_tokens, completion_tokens))

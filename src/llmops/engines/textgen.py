@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from llmops.engines.base import Message, TextChunk, TextRequest
+from llmops.engines.base import Message, TextChunk, TextRequest, TokenLogprob
 from llmops.engines.chat_format import FALLBACK_STOPS, merge_stops, render_fallback
 from llmops.errors import ContextLengthExceeded
 
@@ -48,16 +50,58 @@ def find_stop(text: str, stops: Sequence[str]) -> int:
 
 
 async def strip_leading_space(chunks: AsyncIterator[TextChunk]) -> AsyncIterator[TextChunk]:
-    """Drop the whitespace a base model writes after 'Assistant:' in the fallback format."""
+    """Drop the whitespace a base model writes after 'Assistant:' in the fallback format (the tokens that
+    wrote it keep their logprobs: they were generated)."""
     started = False
+    held: tuple[TokenLogprob, ...] = ()
     async for chunk in chunks:
         if not started and chunk.finish_reason is None:
             text = chunk.text.lstrip()
             if not text:
+                held += chunk.logprobs
                 continue
             started = True
-            chunk = TextChunk(text)
+            chunk = TextChunk(text, logprobs=held + chunk.logprobs)
+        elif held:
+            chunk, held = TextChunk(chunk.text, chunk.finish_reason, chunk.usage, chunk.tool_calls,
+                                    held + chunk.logprobs), ()
         yield chunk
+
+
+def token_logprobs(found: Any, top: int) -> list[TokenLogprob]:
+    """The tokens of an OpenAI-format `logprobs` object (`{"content": [{"token", "logprob", "bytes",
+    "top_logprobs": [...]}]}`, as llama.cpp's server and OpenAI-compatible upstreams send it), with at most
+    `top` alternatives each. Anything else in its place is no tokens; a log probability that is not a
+    finite number or -inf (a token the sampler could not have picked) is -9999.0, as OpenAI writes it."""
+    content = found.get("content") if isinstance(found, dict) else None
+    if not isinstance(content, list):
+        return []
+    out = []
+    for item in content:
+        if not isinstance(item, dict):
+            continue
+        alternatives = item.get("top_logprobs")
+        alts = alternatives[:top] if isinstance(alternatives, list) and top else []
+        out.append(TokenLogprob(str(item.get("token", "")), _logprob(item.get("logprob")), _bytes(item.get("bytes")),
+                                tuple(TokenLogprob(str(a.get("token", "")), _logprob(a.get("logprob")),
+                                                   _bytes(a.get("bytes"))) for a in alts if isinstance(a, dict))))
+    return out
+
+
+LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token with no probability
+
+
+def _logprob(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return LOGPROB_FLOOR
+    value = float(value)
+    return max(value, LOGPROB_FLOOR) if not math.isnan(value) else LOGPROB_FLOOR
+
+
+def _bytes(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return None
+    return tuple(value)
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

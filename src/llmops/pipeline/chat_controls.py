@@ -57,10 +57,13 @@ def engine_fields(body: Any) -> dict[str, Any]:
     return {"structured": structured(body), "tools": spec}
 
 
-def check_capabilities(engine: object, requests: Sequence[TextRequest]) -> None:
-    """400 naming the first control the engine cannot honour."""
+def check_capabilities(engine: object, requests: Sequence[TextRequest], *, rewritten: bool = False) -> None:
+    """400 naming the first control the engine cannot honour. `rewritten`: output guardrails may change the
+    answer's text, so its tokens' logprobs would show what they hold back or redact."""
     caps = capabilities(engine)
     for req in requests[:1]:
+        if req.sampling.logprobs is not None:
+            _check_logprobs(req, caps.logprobs, rewritten)
         if req.structured is not None and not caps.structured_output:
             raise UnsupportedParameter("this model's engine cannot constrain output to JSON; "
                                        "'response_format' is not supported here", param="response_format")
@@ -71,6 +74,19 @@ def check_capabilities(engine: object, requests: Sequence[TextRequest]) -> None:
         if not caps.tools and any(m.tool_calls or m.role == "tool" for m in history):
             raise UnsupportedParameter("this model's engine does not call tools; tool turns in 'messages' "
                                        "are not supported here", param="messages")
+
+
+def _check_logprobs(req: TextRequest, capable: bool, rewritten: bool) -> None:
+    if not capable:
+        raise UnsupportedParameter("this model's engine does not report log probabilities; 'logprobs' is not "
+                                   "supported here", param="logprobs")
+    if req.tools is not None:
+        raise UnsupportedParameter("'logprobs' cannot be combined with 'tools' here (a tool call's tokens "
+                                   "have no place in either format)", param="logprobs")
+    if rewritten:
+        raise UnsupportedParameter("'logprobs' is not available where output guardrails are on: the tokens' "
+                                   "log probabilities would show the text they hold back or redact",
+                                   param="logprobs")
 
 
 def cache_part(body: Any) -> dict[str, Any] | None:

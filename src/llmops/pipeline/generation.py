@@ -7,7 +7,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from llmops.engines.base import Message, SamplingParams, TextChunk, TextRequest, TokenUsage, ToolCallDelta
+from llmops.engines.base import (
+    Message,
+    SamplingParams,
+    TextChunk,
+    TextRequest,
+    TokenLogprob,
+    TokenUsage,
+    ToolCallDelta,
+)
 from llmops.errors import InvalidRequest, LLMOpsError, UnsupportedParameter, internal_error
 from llmops.ids import unique_hex
 from llmops.pipeline import chat_controls
@@ -57,6 +65,7 @@ class Collected:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)  # tool calls per choice
+    logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # per choice, when asked for
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
@@ -73,6 +82,8 @@ class Collected:
         self.texts[index] += chunk.text
         if chunk.tool_calls:
             self.calls.setdefault(index, []).extend(chunk.tool_calls)
+        if chunk.logprobs:
+            self.logprobs.setdefault(index, []).extend(chunk.logprobs)
         self.finish[index] = chunk.finish_reason or self.finish[index]
 
 
@@ -92,14 +103,17 @@ async def collect(choices: Choices, n: int) -> Collected:
     return out
 
 
-async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[tuple[int, str, str | None]]:
-    """(index, text, finish_reason) as they come; texts, finish reasons and usage accumulate into `totals`
-    (sized for the request's n choices). An unexpected engine exception fails this request only, as a 500
-    without internals."""
+Piece = tuple[int, str, str | None, tuple[TokenLogprob, ...]]  # index, text, finish_reason, the text's logprobs
+
+
+async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[Piece]:
+    """(index, text, finish_reason, logprobs) as they come; texts, finish reasons, logprobs and usage
+    accumulate into `totals` (sized for the request's n choices). An unexpected engine exception fails this
+    request only, as a 500 without internals."""
     try:
         async for index, chunk in choices:
             totals.add(index, chunk)
-            yield index, chunk.text, chunk.finish_reason
+            yield index, chunk.text, chunk.finish_reason, chunk.logprobs
     except LLMOpsError:
         raise
     except Exception as exc:

@@ -153,7 +153,8 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
 def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: TokenTally) -> Choices:
     served, engine = services.pool.text_engine(name)
     reqs = work.requests(served.config)
-    chat_controls.check_capabilities(engine, reqs)  # 400 naming a control this model's engine cannot honour
+    # 400 naming a control this model's engine cannot honour, or logprobs that output guardrails would betray
+    chat_controls.check_capabilities(engine, reqs, rewritten=services.guardrails.active("output"))
     estimated = call.charge.estimated_prompt if call.charge is not None else 0
     obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log, estimated)
 

@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from llmops.protocol.common import INT32_MAX, SamplingFields, Usage, unset_is_none
+from llmops.protocol.common import INT32_MAX, SamplingFields, Usage
 from llmops.protocol.fields import Endpoint
 from llmops.protocol.json_schema import schema_problem
 from llmops.protocol.unions import one_of
@@ -153,10 +153,19 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDef] | None = Field(None, max_length=128)
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="0 only (no alternatives): logprobs are "
-                                     "not implemented")
+    logprobs: bool | None = Field(None, description="each generated token's log probability (engines that "
+                                  "report them: llama.cpp)")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="0..20 likeliest alternatives per token, "
+                                     "with logprobs: true")
 
-    _top_logprobs_unset = field_validator("top_logprobs", mode="before")(unset_is_none)
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        """OpenAI's rule: alternatives are asked for with `logprobs: true` (0 asks for none, and is accepted)."""
+        if v and not info.data.get("logprobs"):
+            raise PydanticCustomError("top_logprobs_without_logprobs",
+                                      "'logprobs' must be true when 'top_logprobs' is set")
+        return v
 
     @field_validator("tool_choice")
     @classmethod
@@ -176,14 +185,8 @@ class ChatCompletionRequest(SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def unsupported_field(self) -> str | None:
-        """As SamplingFields', and `top_logprobs` above 0 (OpenAI takes 0..20; out of that range is invalid).
-        `top_logprobs: 0` asks for no alternatives and is accepted; with `logprobs: true` the 400 names
-        logprobs, which is what is not implemented."""
-        refused = super().unsupported_field()
-        if refused is None and self.top_logprobs:
-            return "top_logprobs"
-        return refused
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class ToolCallOut(BaseModel):
@@ -209,11 +212,28 @@ class AssistantMessage(_ToolCallsWhenAny):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="natural log; -9999.0 for a token the model gives no probability")
+    bytes: list[int] | None = Field(description="the token's UTF-8 bytes (a token may hold part of a character)")
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the likeliest tokens at this place, top_logprobs of them")
+
+
+class ChoiceLogprobs(BaseModel):
+    """A choice's tokens with their log probabilities (api/logprobs.py writes it)."""
+
+    content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -248,7 +268,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

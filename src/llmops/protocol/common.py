@@ -81,6 +81,10 @@ class SamplingFields(WireModel):
         """The first field this request sets that the server does not honour (protocol/fields.py), if any."""
         return refused_field(self.ENDPOINT, dict(self.model_extra or {}))
 
+    def logprob_count(self) -> int | None:
+        """How many alternatives each generated token's log probability comes with; None: no logprobs."""
+        return None
+
     def sampling_fields(self) -> dict[str, Any]:
         """The engine-independent sampling parameters as plain values (max_tokens resolved elsewhere)."""
         return {
@@ -90,6 +94,7 @@ class SamplingFields(WireModel):
             "seed": self.seed,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
+            "logprobs": self.logprob_count(),
         }
 
     def service_tier(self) -> str | None:

@@ -17,6 +17,9 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(None, le=INT32_MAX, description="only equal to n (a no-op): candidates are not "
                                 "ranked; less than n is invalid, as OpenAI's")
 
+    logprobs: int | None = Field(None, ge=0, le=5, description="each generated token's log probability and "
+                                 "its 0..5 likeliest alternatives, in the legacy shape (engines that report them)")
+
     _best_of_unset = field_validator("best_of", mode="before")(unset_is_none)
 
     @field_validator("best_of")
@@ -59,6 +62,9 @@ class CompletionRequest(SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        return self.logprobs
+
     def unsupported_field(self) -> str | None:
         """As SamplingFields', and `best_of` above n: ranking candidates (by their logprobs) is not
         implemented. best_of equal to n asks for the n answers n gives, and is accepted."""
@@ -68,11 +74,21 @@ class CompletionRequest(SamplingFields):
         return refused
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: parallel lists, one place per token (api/logprobs.py writes it)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int] = Field(description="where each token starts, in characters from the start of the "
+                                   "choice's text (no echo: the prompt is not part of it)")
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -3,11 +3,11 @@
 One table per endpoint. A refused field is still accepted when it is null or empty (or false), as OpenAI's
 own clients serialise unset options so; any other value gets 400 `unsupported_parameter` naming it. Fields
 that are not in the table at all (vLLM-style extras such as `top_k` or `ignore_eos`) are refused the same
-way. Two refused fields also take the one value that asks for nothing more, as OpenAI accepts it: chat's
-`top_logprobs: 0` and completions' `best_of` equal to `n` (less than n is invalid, as OpenAI's). The request
-models declare these two and refuse their other values themselves (protocol/chat.py, completions.py), as
-`refused_field` sees only undeclared fields. `tests/unit/test_fields.py` checks that every field of the
-openai SDK's request types is here and that the README's table is `markdown_table()`'s output.
+way. One refused field also takes the one value that asks for nothing more, as OpenAI accepts it:
+completions' `best_of` equal to `n` (less than n is invalid, as OpenAI's). The request model declares it and
+refuses its other values itself (protocol/completions.py), as `refused_field` sees only undeclared fields.
+`tests/unit/test_fields.py` checks that every field of the openai SDK's request types is here and that the
+README's table is `markdown_table()`'s output.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ _SAMPLING: dict[str, Fate] = {
     "stream_options": _h("`include_usage`"),
     "user": _h("sticky A/B routing and prompt experiments when no API key is sent"),
     "logit_bias": _r(),
-    "logprobs": _r(),
 }
 
 CHAT: dict[str, Fate] = {
@@ -59,7 +58,9 @@ CHAT: dict[str, Fate] = {
     "tool_choice": _h("auto, none, required, or one named function"),
     "parallel_tool_calls": _h("false: at most one call per answer"),
     "service_tier": _h("`flex`: batch priority in admission; others: the key's priority (or interactive)"),
-    "top_logprobs": _r("not implemented, as logprobs; 0 (no alternatives: a no-op) is accepted"),
+    "logprobs": _h("each token's log probability, per choice and per streamed chunk (llama.cpp engines); 400 "
+                   "with tools, with output guardrails on, or on engines that do not report them"),
+    "top_logprobs": _h("0..20 likeliest alternatives per token; needs logprobs: true"),
     "audio": _r("text only"),
     "modalities": _r("text only"),
     "prediction": _r(),
@@ -81,6 +82,8 @@ CHAT: dict[str, Fate] = {
 COMPLETIONS: dict[str, Fate] = {
     **_SAMPLING,
     "prompt": _h("one string, or a list of one"),
+    "logprobs": _h("0..5: the legacy shape (tokens, token_logprobs, top_logprobs, text_offset counted from the "
+                   "answer's start); as chat's logprobs otherwise"),
     "best_of": _r("not implemented; a value equal to n is accepted (a no-op), one below n is invalid"),
     "echo": _r(),
     "suffix": _r(),
