@@ -69,7 +69,9 @@ def test_paraphrase_hits_through_redis(tmp_path: Path, redis_server: RedisServer
                        state={"backend": "redis", "redis_url": redis_server.url})
     with live_server(cfg, ready_timeout=180) as base, httpx.Client(base_url=base, timeout=60) as http:
         assert ask(http.post, "How tall is Mount Everest?").headers["X-Cache"] == "miss"
-        assert ask(http.post, "What is the height of Mount Everest?").headers["X-Cache"] == "hit"
+        # reworded, every word of the first kept ("the height of" for "tall" would be one word swapped for
+        # another, which the precision guard refuses: pipeline/cache_guard.py)
+        assert ask(http.post, "Tell me how tall Mount Everest is.").headers["X-Cache"] == "hit"
     with live_server(cfg, ready_timeout=180) as base, httpx.Client(base_url=base, timeout=60) as http:
         # a new process (a second replica): the entry lives in Redis
         assert ask(http.post, "how tall is mount everest").headers["X-Cache"] == "hit"
