@@ -54,6 +54,41 @@ def test_report_groups_sum_over_the_other_dimensions() -> None:
     assert [r["model"] for r in group(rows, ("model",))] == ["a", "b"]
 
 
+def test_tokens_per_minute_reserve_what_requests_in_flight_may_generate() -> None:
+    """Concurrent requests each passed a tokens/min check that counted only their prompts, then their
+    completions overran the limit: the most a request may generate is counted up front, and given back
+    when it settles with less."""
+    async def run() -> None:
+        state = build_state(StateSettings(backend="memory"))
+        accountant = Accountant(state, SpendSettings(), Metrics())
+        key, _ = new_key("k", (), "interactive", KeyLimits(tpm=100))
+        first = await accountant.admit(key, MODEL, prompt_chars=80, max_completion_tokens=50)  # 20 + 50
+        assert (first.estimated_prompt, first.counted_tokens) == (20, 70)
+        with pytest.raises(RateLimited, match="up to 50 completion tokens"):  # 70 + 70 would pass 100
+            await accountant.admit(key, MODEL, prompt_chars=80, max_completion_tokens=50)
+        accountant.settle(first, prompt_tokens=18, completion_tokens=2)  # used 20 of the 70: 50 given back
+        second = await accountant.admit(key, MODEL, prompt_chars=80, max_completion_tokens=50)
+        accountant.settle(second, prompt_tokens=20, completion_tokens=50)
+        await state.close()
+
+    asyncio.run(run())
+
+
+def test_a_completion_reserve_never_refuses_a_request_that_fits_alone() -> None:
+    """max_tokens beyond the limit reserves only what the limit leaves beside the prompt: a request the
+    limit admits on an empty minute is not refused for asking a large max_tokens."""
+    async def run() -> None:
+        state = build_state(StateSettings(backend="memory"))
+        accountant = Accountant(state, SpendSettings(), Metrics())
+        key, _ = new_key("k", (), "interactive", KeyLimits(tpm=100))
+        charge = await accountant.admit(key, MODEL, prompt_chars=80, max_completion_tokens=100_000)
+        assert charge.counted_tokens == 100
+        accountant.settle(charge, prompt_tokens=20, completion_tokens=5)
+        await state.close()
+
+    asyncio.run(run())
+
+
 def test_accountant_budget_tokens_and_breaker() -> None:
     async def run() -> None:
         state = build_state(StateSettings(backend="memory"))

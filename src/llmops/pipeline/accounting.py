@@ -10,10 +10,14 @@
   reservations (`stores.redis_store.RedisBudgets`; a reservation expires after the model's max deadline plus
   a minute, should its replica die). Either way concurrent requests see each other, and a key overshoots its
   budget by at most one request's worst-case cost, however many replicas serve it;
-- the key's tokens/min: the prompt's tokens are counted when the request is admitted (estimated at four
-  characters per token, since the engine tokenizes later), and the completion's when it settles, together
-  with the correction of the estimate to the engine's exact prompt count. On Redis, a key with a budget has
-  its tokens/min checked in the budget's script (one round trip, and a refusal of either holds nothing);
+- the key's tokens/min, reserved as OpenAI counts it: when the request is admitted, its prompt (estimated
+  at four characters per token, since the engine tokenizes later) and the most it may generate (max_tokens,
+  or the model's default, times n) are counted, and when it settles the count is corrected to what it used
+  (the engine's exact prompt and its completion: usually a giving back). Counting only the prompt up front
+  let a key's concurrent requests each pass the check with room that their completions then overran. The
+  completion reserve is capped at what the limit leaves beside the prompt, so a request that fits the limit
+  alone is never refused for its max_tokens. On Redis, a key with a budget has its tokens/min checked in
+  the budget's script (one round trip, and a refusal of either holds nothing);
 - the cost from the model's price table, recorded against the key and model.
 
 Spend totals are read from the store at most once per `spend.refresh_s` per key (and for the breaker), by one
@@ -55,11 +59,13 @@ def estimate_tokens(chars: int) -> int:
 
 @dataclass
 class Charge:
-    """One admitted request's account: who, which model, and the prompt tokens counted up front."""
+    """One admitted request's account: who, which model, the prompt's estimated tokens, and the tokens
+    counted against the key's tokens/min up front (the prompt and the completion reserved)."""
 
     key: ApiKey | None
     model: ModelConfig
     estimated_prompt: int = 0
+    counted_tokens: int = 0
     reserved_usd: float = 0.0  # held against the key's budget until the request settles
     holder: str | None = None  # the reservation's id in the shared store (Redis), when there is one
     settled: bool = field(default=False)
@@ -94,14 +100,19 @@ class Accountant:
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
 
     async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
-                    worst_case_usd: float = 0.0) -> Charge:
-        """Breaker, budget (reserving `worst_case_usd`) and tokens/min; raises the refusal."""
+                    worst_case_usd: float = 0.0, max_completion_tokens: int = 0) -> Charge:
+        """Breaker, budget (reserving `worst_case_usd`) and tokens/min (reserving the prompt and
+        `max_completion_tokens`); raises the refusal."""
         await self._check_breaker(model.name)
         charge = Charge(key, model, estimate_tokens(prompt_chars) if prompt_chars else 0)
         if key is None:
             return charge
         tpm = key.limits.tpm
-        tokens = TokenHit(tpm, charge.estimated_prompt) if tpm is not None and charge.estimated_prompt else None
+        tokens = None
+        if tpm is not None and charge.estimated_prompt:
+            reserve = min(max_completion_tokens, max(0, tpm - charge.estimated_prompt))
+            charge.counted_tokens = charge.estimated_prompt + reserve
+            tokens = TokenHit(tpm, charge.counted_tokens)
         decision = await self._reserve(key, model.name, charge, worst_case_usd, tokens)
         if tokens is not None and decision is None:  # not counted with the reservation: count it now
             try:
@@ -111,8 +122,10 @@ class Accountant:
                 raise
         if decision is not None and not decision.allowed:
             self._release(charge)
-            error = RateLimited(f"token limit of {tpm} tokens/min exceeded (this prompt: about "
-                                f"{charge.estimated_prompt} tokens)", retry_after=math.ceil(decision.retry_after_s))
+            error = RateLimited(f"token limit of {tpm} tokens/min exceeded (this request counts about "
+                                f"{charge.estimated_prompt} prompt tokens and up to "
+                                f"{charge.counted_tokens - charge.estimated_prompt} completion tokens until it "
+                                "ends)", retry_after=math.ceil(decision.retry_after_s))
             self.metrics.reject(model.name, error, "token_limit")
             raise error
         return charge
@@ -213,7 +226,7 @@ class Accountant:
         charge.settled = True
         key = charge.key
         if key is not None and key.limits.tpm is not None:
-            delta = prompt_tokens + completion_tokens - charge.estimated_prompt
+            delta = prompt_tokens + completion_tokens - charge.counted_tokens
             if delta:
                 self._add_tokens(key.id, delta)
         written = None

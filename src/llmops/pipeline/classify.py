@@ -57,6 +57,9 @@ class ClassifyWork:
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.request.count, deadline_s)
 
+    def max_completion_tokens(self, config: ModelConfig) -> int:
+        return 0
+
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         return {"model": call.config.name, "top_k": self.request.top_k, "inputs": self.fingerprint}
 

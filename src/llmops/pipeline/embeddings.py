@@ -48,6 +48,9 @@ class EmbeddingsWork:
         ids = sum(len(x) for x in self.inputs if isinstance(x, list))
         return cost_usd(config, prompt_tokens + ids, 0, 0, 0.0)
 
+    def max_completion_tokens(self, config: ModelConfig) -> int:
+        return 0
+
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         return None
 

@@ -55,6 +55,9 @@ class ImageWork:
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.n, deadline_s)
 
+    def max_completion_tokens(self, config: ModelConfig) -> int:
+        return 0
+
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         if self._cache_fields is None:
             return None

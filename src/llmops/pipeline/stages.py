@@ -77,6 +77,10 @@ class Work(Protocol):
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         """The most this work can cost on `config`: the budget reserves it until the work settles."""
 
+    def max_completion_tokens(self, config: ModelConfig) -> int:
+        """The most tokens this work may generate on `config` (0: it generates none): tokens/min reserves
+        them, with the prompt, until the work settles."""
+
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         """The normalised request the cache keys on, or None when its answer is not deterministic."""
 
@@ -164,18 +168,21 @@ async def input_guardrails(services: Services, call: Call) -> None:
 
 
 async def budget(services: Services, call: Call) -> None:
-    """The spend breaker, the key's budget (reserving the worst case) and tokens/min. The worst case is the
+    """The spend breaker, the key's budget (reserving the worst case) and tokens/min (reserving the prompt and
+    the most the request may generate). The worst case is the
     dearest of the models that may serve the request (a route's fallbacks too): the reservation must
     cover whichever one answers, since the answer is charged at its own prices."""
     chars = sum(len(t) for t in call.work.texts())
     accountant = services.accountant
     tokens, engine_s = -(-chars // 4), call.deadline - call.ctx.received
     estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
+    completion = call.work.max_completion_tokens(call.config)
     for name in call.plan.chain[1:]:
         fallback = services.pool.config(name, call.work.model_kind)
         estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
+        completion = max(completion, call.work.max_completion_tokens(fallback))
     call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind != "image" else 0,
-                                         estimate)
+                                         estimate, completion)
 
 
 async def cache_lookup(services: Services, call: Call) -> None:

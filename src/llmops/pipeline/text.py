@@ -74,6 +74,9 @@ class TextWork:
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_text_usd(config, prompt_tokens, self.body.requested_max_tokens(), self.body.n)
 
+    def max_completion_tokens(self, config: ModelConfig) -> int:
+        return int((self.body.requested_max_tokens() or config.limits.default_max_tokens) * self.body.n)
+
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         body = self.body
         if not (body.temperature == 0 or body.seed is not None):
