@@ -11,12 +11,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmops import __version__
@@ -120,6 +121,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
     app.include_router(unsupported.router)  # last: any other /v1/ route is named as unsupported
     install_error_handlers(app, metrics)
     install_error_schema(app)
+    install_slash_redirects(app)
     edge = build_edge(app.serve_routes, settings, lifecycle, metrics, tracer, state, EdgeGate(services),
                       [route for router in routers for route in router.routes])
     app.entry = cors(edge, settings.web)  # outermost: preflights never reach auth
@@ -176,6 +178,42 @@ def build_edge(app: ASGIApp, settings: Settings, lifecycle: Lifecycle, metrics: 
         drain=Drain(lifecycle, metrics), gate=AdmissionGate(gate, metrics),
         body_limit=BodyLimit(settings.limits.max_body_bytes, settings.http.max_headers),
         direct=direct_routes(routes, DIRECT_PATHS, metrics))
+
+
+def install_slash_redirects(app: FastAPI) -> None:
+    """Starlette's trailing-slash redirect (`/health/` to `/health`, 307), with a Location of the path alone.
+    Starlette's own writes an absolute URL whose host is the request's Host header: `Host: evil.example`
+    made this server redirect to evil.example, which a cache or proxy that does not key on Host would then
+    serve to everyone. A path-only Location stays on whatever origin the client asked."""
+    router = app.router
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def redirect_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        location = slash_location(router.routes, scope)
+        if location is None:
+            await not_found(scope, receive, send)
+            return
+        await RedirectResponse(location, status_code=307)(scope, receive, send)
+
+    router.default = redirect_or_not_found
+
+
+def slash_location(routes: list[BaseRoute], scope: Scope) -> str | None:
+    """The path (and query) with its trailing slash added or taken away, when a route serves that and not
+    this one; None otherwise. Never `//...`: a Location starting so names a host."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    route_path = path[len(root):] if root and path.startswith(root) else path
+    if scope["type"] != "http" or route_path in ("", "/"):
+        return None
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    moved = {**scope, "path": other}
+    if not other.startswith("/") or other.startswith("//") or \
+            all(route.matches(moved)[0] is Match.NONE for route in routes):
+        return None
+    query: bytes = scope.get("query_string", b"")
+    return quote(other) + ("?" + query.decode("latin-1") if query else "")
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

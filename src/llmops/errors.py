@@ -29,6 +29,15 @@
     │   └── StoreUnavailable         503, code store_unavailable (Redis unreachable and the policy fails closed)
     ├── DeadlineExceeded             504, code deadline_exceeded (queued or ran past the request's deadline)
     └── EngineError                  500 for that request only; the server keeps serving
+        ├── BadGateway               502, type server_error: an upstream engine answered something that is not
+        │                            the OpenAI API (code upstream_malformed) or broke off its answer
+        │                            (code upstream_broken)
+        └── GatewayTimeout           504, type timeout_error, code upstream_timeout: an upstream engine took
+                                     the request and then said nothing for its read_timeout_s
+
+An upstream that cannot be reached at all (connection refused, connect timeout) is ServiceUnavailable, code
+upstream_unavailable (503 + Retry-After), on purpose: it is the answer the upstream's circuit breaker gives
+once it opens on those failures, so clients see one answer for one outage, told when to retry.
 
 Retry-After values live here, on the classes (Overloaded and RateLimited compute theirs per request).
 Code raises; it never returns error values. `error_response_parts` is the only place that turns an
@@ -191,6 +200,19 @@ class EngineError(LLMOpsError):
     code = "engine_error"
 
 
+class BadGateway(EngineError):
+    """An upstream engine (engines/upstream.py) answered something that is not the OpenAI API's shape, or its
+    answer broke off: this server is a gateway whose upstream failed it, 502, not an error of its own."""
+
+    code = "upstream_malformed"
+
+
+class GatewayTimeout(EngineError):
+    """An upstream engine took the request and then sent nothing for longer than its `read_timeout_s`."""
+
+    code = "upstream_timeout"
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -210,6 +232,8 @@ ERROR_TABLE: tuple[tuple[type[LLMOpsError], ErrorKind], ...] = (
     (RequestCancelled, ErrorKind(499, "cancelled")),
     (ServiceUnavailable, ErrorKind(503, "service_unavailable_error")),
     (DeadlineExceeded, ErrorKind(504, "timeout_error")),
+    (BadGateway, ErrorKind(502, "server_error")),
+    (GatewayTimeout, ErrorKind(504, "timeout_error")),
     (EngineError, ErrorKind(500, "server_error")),
     (LLMOpsError, ErrorKind(500, "server_error")),
 )

@@ -2,7 +2,8 @@
 JSON, `{"error": "a string"}`, `[1,2]`, `choices: [null]`, content that is a number, token counts that are
 not counts) made a 500 "internal error (JSONDecodeError/AttributeError/TypeError)" and never reached the
 circuit breaker. Now it is an EngineError (code upstream_malformed) saying the upstream answered something
-malformed, counted as an upstream failure (retried before the first token, and opening the breaker)."""
+malformed, counted as an upstream failure (retried before the first token, and opening the breaker), and
+answered 502 Bad Gateway (errors.BadGateway), as a gateway whose upstream failed it."""
 
 from __future__ import annotations
 
@@ -168,6 +169,6 @@ def test_the_client_is_told_the_upstream_answered_something_malformed(
         assert "answered something malformed" in text
         assert "upstream_malformed" in text
         if not stream:
-            assert r.status_code == 500
+            assert r.status_code == 502  # a gateway whose upstream failed it: Bad Gateway, not its own 500
             assert r.json()["error"]["type"] == "server_error"
         assert c.get("/ready").json()["models"]["up"]["consecutive_failures"] == 1

@@ -9,10 +9,19 @@ the console does goes through the public API.
 Every console response carries `CONSOLE_SECURITY_HEADERS`: a Content-Security-Policy that lets the page run
 its own script and style sheet only (no inline script, no other origin; `fetch` to this server only), and
 forbids framing it, sniffing types and sending a Referer. The redirects to the console are relative, so they
-never name a host taken from the request's Host header."""
+never name a host taken from the request's Host header.
+
+The docs pages carry the same headers with a policy of their own (`docs_csp`): Swagger UI and ReDoc run
+from this server's assets only, Swagger UI's inline start-up script allowed by its hash and no other inline
+script; ReDoc's page may use inline styles (its bundle writes style elements as it loads, before anything
+could hand it a nonce). /openapi.json and the docs' assets get the strictest policy (they are no pages).
+ReDoc's footer asks cdn.redoc.ly for the Redocly logo: the policy refuses it, as an offline page should."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,6 +30,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmops.http_edge import CONSOLE, DOCS_ASSETS
@@ -29,7 +39,9 @@ from llmops.settings import WebSettings
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "X-Admin-Key", "X-Request-Id", "X-Priority",
                 "X-Request-Timeout", "Cache-Control"]
 CORS_EXPOSED = ["X-Request-Id", "X-Cache", "X-Queue-Position", "X-Queue-Time-Ms", "Retry-After",
-                "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+                "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
+                  for what in ("limit", "remaining", "reset"))]
 
 
 # What the console (index.html, app.js, style.css, favicon.svg) needs and nothing more: its own script and
@@ -42,14 +54,41 @@ CONSOLE_CSP = "; ".join((
     "frame-ancestors 'none'"))
 CONSOLE_SECURITY_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Frame-Options": "DENY",
                             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-_RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CONSOLE_SECURITY_HEADERS.items()]
+# What is no page (the schema, the docs' scripts and styles): nothing may run or load in its name.
+NO_PAGE_HEADERS = {**CONSOLE_SECURITY_HEADERS, "Content-Security-Policy": "default-src 'none'; "
+                   "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"}
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.S)  # an inline script or style sheet, no attributes
+
+
+def docs_csp(page: bytes, inline_styles: bool = False) -> str:
+    """The policy for a docs page: this server's scripts and the page's own inline scripts by their hashes
+    (Swagger UI's start-up script), no other; this server's style sheets and the page's inline ones by their
+    hashes, or with `inline_styles` any inline style (ReDoc writes its styles into the page as it loads,
+    before any option could give them a nonce: styles cannot run code). Swagger UI's "Try it out" calls the
+    API from the page (connect-src); ReDoc searches in a worker it makes from a blob: URL."""
+    hashes: dict[bytes, str] = {b"script": "", b"style": ""}
+    for tag, body in _INLINE.findall(page):
+        hashes[tag] += f" 'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'"
+    styles = " 'unsafe-inline'" if inline_styles else hashes[b"style"]
+    return "; ".join((
+        "default-src 'none'", f"script-src 'self'{hashes[b'script']}", f"style-src 'self'{styles}",
+        "img-src 'self' data:", "font-src 'self' data:", "connect-src 'self'", "worker-src blob:",
+        "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"))
+
+
+def docs_page(page: HTMLResponse, inline_styles: bool = False) -> HTMLResponse:
+    """`page` with the security headers, its policy made for what it holds."""
+    body = bytes(page.body)
+    headers = {**CONSOLE_SECURITY_HEADERS, "Content-Security-Policy": docs_csp(body, inline_styles)}
+    return HTMLResponse(body, headers=headers)
 
 
 class SecurityHeaders:
-    """`app` with `CONSOLE_SECURITY_HEADERS` on every HTTP response (replacing any of the same name)."""
+    """`app` with `headers` (the console's by default) on every HTTP response, replacing any of the same name."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: dict[str, str] | None = None) -> None:
         self.app = app
+        self._raw = [(k.lower().encode(), v.encode()) for k, v in (headers or CONSOLE_SECURITY_HEADERS).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,9 +97,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in _RAW_HEADERS}
+                names = {name for name, _ in self._raw}
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
-                message = {**message, "headers": kept + _RAW_HEADERS}
+                message = {**message, "headers": kept + self._raw}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -94,23 +133,30 @@ def install_console(app: FastAPI, web: WebSettings) -> None:
 
 
 def _install_docs(app: FastAPI) -> None:
-    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+    app.mount(DOCS_ASSETS, SecurityHeaders(StaticFiles(directory=docs_assets_dir()), NO_PAGE_HEADERS),
+              name="docs-assets")
+    for route in app.router.routes:  # FastAPI's own /openapi.json (added when the app was made)
+        if isinstance(route, Route) and route.path == app.openapi_url:
+            route.app = SecurityHeaders(route.app, NO_PAGE_HEADERS)
     title = f"{app.title} {app.version}"
 
     @app.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{title} - API",
-                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png")
+        return docs_page(get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title=f"{title} - API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None}))  # no badge fetched from swagger.io: offline
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{title} - API reference",
-                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+        return docs_page(get_redoc_html(
+            openapi_url=f"{root}/openapi.json", title=f"{title} - API reference",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False), inline_styles=True)
 
 
 def cors(app: ASGIApp, web: WebSettings) -> ASGIApp:

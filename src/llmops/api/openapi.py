@@ -1,8 +1,9 @@
 """The OpenAPI schema describes the errors the server really sends: every error is the OpenAI envelope
 (protocol/errors.py; under /v2 the Open Inference Protocol's `{"error": "..."}`) with status 400 (invalid
-input, FastAPI's validation included: never 422), 401, 403, 404, 413, 429 (Retry-After), 431, 500, 503
-(Retry-After) or 504. FastAPI's default 422 "HTTPValidationError" is removed. `install_error_schema(app)`
-wraps `app.openapi` once; the schema is built on first request, as FastAPI does."""
+input, FastAPI's validation included: never 422), 401, 403, 404, 413, 429 (Retry-After), 431, 500, 502 (an
+upstream engine failed this server), 503 (Retry-After) or 504. FastAPI's default 422 "HTTPValidationError" is
+removed. `install_error_schema(app)` wraps `app.openapi` once; the schema is built on first request, as FastAPI
+does."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ ERRORS: dict[str, str] = {
     "429": "Rate limit, concurrency limit or budget reached (see Retry-After)",
     "431": "Too many request headers, or too large",
     "500": "The engine failed on this request (the server keeps serving)",
-    "503": "Not ready, draining, overloaded (the queue is full) or the spend breaker is open (see Retry-After)",
-    "504": "The request's deadline passed while queued or running",
+    "502": "An upstream engine answered something that is not the OpenAI API (code upstream_malformed) or its "
+           "connection broke off (code upstream_broken)",
+    "503": "Not ready, draining, overloaded (the queue is full), the spend breaker is open, or an upstream engine "
+           "cannot be reached (code upstream_unavailable) (see Retry-After)",
+    "504": "The request's deadline passed while queued or running, or an upstream engine went silent past its "
+           "read_timeout_s (code upstream_timeout)",
 }
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

@@ -6,7 +6,14 @@ timeout, 429 or 5xx is retried with exponential backoff (honouring Retry-After);
 a circuit breaker, and while it is open requests fail fast with 503 instead of waiting on a dead upstream.
 An answer that is not the OpenAI stream's shape (a data line that is not JSON, choices that are not objects,
 content that is not a string, ...) is an upstream failure too: counted by the breaker, retried before the
-first token, and then an EngineError (code upstream_malformed) saying so, never an internal error.
+first token, and then a 502 (BadGateway, code upstream_malformed) saying so, never an internal error.
+
+What the client is answered once the retries are spent, as a gateway does (errors.py has the table):
+an upstream that cannot be reached (connection refused, connect timeout) is 503 upstream_unavailable with
+Retry-After, the same answer the breaker gives once it opens on those failures; one that took the request
+and then said nothing for `read_timeout_s` is 504 upstream_timeout; one whose connection broke off without
+an answer (reset, closed, not HTTP) is 502 upstream_broken; its own 429 and 503 are 503
+upstream_unavailable, its other 5xx a 500 with what it said.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llmops.engines.base import EngineHealth, TextChunk, TextRequest, TokenUsage
 from llmops.engines.breaker import CircuitBreaker
 from llmops.errors import (
+    BadGateway,
     ContextLengthExceeded,
     EngineError,
+    GatewayTimeout,
     InvalidRequest,
     LLMOpsError,
     ServiceUnavailable,
@@ -188,20 +197,33 @@ class UpstreamEngine:
                         self.breaker.success()
                     yield chunk
         except _Malformed as exc:  # an upstream failure like a 5xx: counted, and retried before the first token
-            malformed = EngineError(f"upstream {self.shown_url} answered something malformed: {exc}",
-                                    code="upstream_malformed")
+            malformed = BadGateway(f"upstream {self.shown_url} answered something malformed: {exc}")
             if started:
                 self.breaker.failure()
                 raise malformed from None
             raise _Retryable(malformed) from None
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+        except httpx.TransportError as exc:  # timeouts included
+            error = self._transport_error(exc, started)
             if started:
-                raise EngineError(f"upstream stream broke: {type(exc).__name__}") from exc
-            error = ServiceUnavailable(f"upstream {self.shown_url} unreachable ({type(exc).__name__})",
-                                       retry_after=2, code="upstream_unavailable")
+                raise error from exc
             raise _Retryable(error) from exc
         if not started:
             self.breaker.success()
+
+    def _transport_error(self, exc: httpx.TransportError, started: bool) -> LLMOpsError:
+        """What the client is told of a connection to the upstream that failed: before the first token, an
+        upstream that cannot be reached is 503 (what the breaker answers once it opens); one that went silent
+        is a gateway timeout (504), one that broke off a bad gateway (502)."""
+        name = type(exc).__name__
+        if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+            said = "stream went silent" if started else "took the request and did not answer"
+            return GatewayTimeout(f"upstream {self.shown_url} {said} within {self.options.read_timeout_s:g} s")
+        if started:
+            return BadGateway(f"upstream stream broke: {name}", code="upstream_broken")
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            return ServiceUnavailable(f"upstream {self.shown_url} unreachable ({name})", retry_after=2,
+                                      code="upstream_unavailable")
+        return BadGateway(f"upstream {self.shown_url} broke off without an answer ({name})", code="upstream_broken")
 
     def _refused(self, status: int, body: bytes, retry_after: str | None) -> Exception:
         error = _error_from(status, body)

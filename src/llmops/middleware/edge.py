@@ -68,6 +68,7 @@ class Edge:
             await send_error(admission.error, scope, receive, out, admission.headers)
             return
         out.headers.extend(admission.headers)
+        self.limiter.report_tokens(admission, out.headers)
         try:
             if not self.drain.counted(scope["path"]):
                 await self._dispatch(scope, receive, out)

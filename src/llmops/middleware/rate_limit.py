@@ -5,7 +5,15 @@ for the embedded default, in Redis for replicas (one shared limit, not one per r
 The client IP is the TCP peer. `X-Forwarded-For` is believed only when the peer is one of the configured
 `trusted_proxies`, and then the address used is the rightmost one that is not itself a trusted proxy: the
 guide's limiter took the header from anyone, so any client could rotate it to escape the limit.
-Over the limit: 429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset."""
+
+Every answer to a limited request says where it stands, as OpenAI does (the openai client's
+`with_raw_response`, LiteLLM and proxies read these): x-ratelimit-limit-requests, -remaining-requests and
+-reset-requests (a duration in Go's format, "1s", "6m0s", "120ms") for requests/min, from the decision this
+module makes; x-ratelimit-limit-tokens, -remaining-tokens and -reset-tokens for the key's tokens/min, from the
+decision the pipeline's accounting makes (told to the answer's headers through `listen_for_tokens`, so no
+store is asked twice). Only for the limits the request has: an unlimited key, or an open server without
+`anonymous_rpm`, gets none. Requests/min also keeps its older X-RateLimit-Limit / -Remaining / -Reset
+(seconds). Over a limit: 429 with Retry-After and the same headers."""
 
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from llmops.errors import LLMOpsError, RateLimited
 from llmops.http_edge import ADMIN_PREFIX, OPS, UNKNOWN_MODEL, Refusal, api_key, browser_page
 from llmops.ids import unique_hex
 from llmops.observability.metrics import Metrics
-from llmops.stores.counters import WINDOW_S, Counters, Decision
+from llmops.stores.counters import WINDOW_S, Counters, Decision, listen_for_tokens
 from llmops.stores.keys import ApiKey
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,18 +71,68 @@ def _address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return mapped or ip
 
 
+def duration(seconds: float) -> str:
+    """`seconds` as OpenAI writes a reset time (Go's duration format) to the millisecond, rounded up so that
+    it never says a limit is full again before it is: 0s, 17ms, 1s, 1.5s, 6m0s, 1h0m0s."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-3))  # less a microsecond: unix time's floats are that coarse
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest // 1000}" + (f".{rest % 1000:03d}".rstrip("0") if rest % 1000 else "") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    return f"{minutes}m{secs}" if minutes else secs
+
+
+def limit_headers(d: Decision, unit: str) -> dict[str, str]:
+    """OpenAI's headers for one limit (`unit`: requests or tokens); none for a decision the store could not
+    measure (Redis away, failing open)."""
+    if not d.measured:
+        return {}
+    return {f"x-ratelimit-limit-{unit}": str(d.limit), f"x-ratelimit-remaining-{unit}": str(d.remaining),
+            f"x-ratelimit-reset-{unit}": duration(d.reset_s)}
+
+
 def _headers(d: Decision) -> dict[str, str]:
-    return {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
-            "X-RateLimit-Reset": str(math.ceil(d.reset_s))}
+    """The requests/min headers: OpenAI's, and the older X-RateLimit-* this server sent before them."""
+    if not d.measured:
+        return {}
+    return {**limit_headers(d, "requests"), "X-RateLimit-Limit": str(d.limit),
+            "X-RateLimit-Remaining": str(d.remaining), "X-RateLimit-Reset": str(math.ceil(d.reset_s))}
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+TOKEN_HEADERS = frozenset(k.encode() for k in limit_headers(Decision(True, 0, 0, 0.0, 0.0), "tokens"))
+
+
+class TokenHeaders:
+    """Puts a tokens/min decision's headers in an answer's headers (replacing any earlier one's), until the
+    answer starts; what comes later changes nothing sent."""
+
+    __slots__ = ("_into",)
+
+    def __init__(self, into: list[tuple[bytes, bytes]]) -> None:
+        self._into = into
+
+    def __call__(self, decision: Decision) -> None:
+        self._into[:] = [h for h in self._into if h[0] not in TOKEN_HEADERS]
+        self._into.extend(_raw(limit_headers(decision, "tokens")))
 
 
 @dataclass
 class Admission:
-    """A request let through: the headers its answer carries, and the in-flight place it holds."""
+    """A request let through: the headers its answer carries, the in-flight place it holds, and whether
+    its key has a tokens/min limit to report."""
 
     headers: list[tuple[bytes, bytes]]
     key_id: str | None = None
     holder: str | None = None
+    tokens_limited: bool = False
+    listening: bool = False
 
 
 class RateLimiter:
@@ -106,13 +164,24 @@ class RateLimiter:
             assert key is not None
             error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
             self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
-            return Refusal(error)
-        headers = [] if decision is None else [(k.lower().encode(), v.encode()) for k, v in _headers(decision).items()]
-        return Admission(headers, key.id if key is not None else None, holder)
+            return Refusal(error, _headers(decision) if decision is not None else None)
+        headers = [] if decision is None else _raw(_headers(decision))
+        tpm = key.limits.tpm if key is not None else None
+        return Admission(headers, key.id if key is not None else None, holder, tpm is not None and tpm >= 1)
+
+    def report_tokens(self, admission: Admission, answer_headers: list[tuple[bytes, bytes]]) -> None:
+        """For a key with a tokens/min limit: its decision (made later, by the accounting) goes into
+        `answer_headers` (the answer's, sent when it starts), until `release`."""
+        if admission.tokens_limited:
+            listen_for_tokens(TokenHeaders(answer_headers))
+            admission.listening = True
 
     def release(self, admission: Admission) -> None:
         """Give the in-flight place back. It does not await, so a cancelled request (client gone) gives its
         place back too; a shared store sends it with its next batch of writes."""
+        if admission.listening:
+            listen_for_tokens(None)
+            admission.listening = False
         if admission.holder is not None and admission.key_id is not None:
             self.counters.release(admission.key_id, admission.holder)
 

@@ -6,12 +6,19 @@ GCRA (the generic cell rate algorithm) keeps one timestamp per subject: bursts u
 allowance, then one request every 60/limit seconds, and an exact Retry-After. Tokens use two fixed
 one-minute windows weighted by how far into the current one we are (the sliding-window approximation
 Cloudflare and Redis' own docs describe): prompt tokens are added when the request is admitted and the
-completion tokens when it settles, so one counter takes both."""
+completion tokens when it settles, so one counter takes both.
+
+Each decision carries what a client is told of its limit (OpenAI's x-ratelimit-* headers: the limit, what is
+left, when it is full again), computed from the same stored numbers, so telling costs no round trip. The
+requests/min decision is the rate limiter's own (middleware/rate_limit.py); the tokens/min one is made in the
+pipeline's accounting, deep below the HTTP edge, so the store tells it to whoever is listening for the request
+being served (`listen_for_tokens`, a context variable the rate limiter sets for the request it admitted)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +32,26 @@ class Decision:
     remaining: int
     retry_after_s: float
     reset_s: float  # when the allowance is full again
+    measured: bool = True  # False: the store could not be asked (failing open): nothing to tell a client
+
+
+TokensHeard = Callable[[Decision], None]
+_tokens_listener: ContextVar[TokensHeard | None] = ContextVar("llmops_tokens_listener", default=None)
+
+
+def listen_for_tokens(listener: TokensHeard | None) -> None:
+    """From now on, in this context (the request's task and the tasks it starts), tokens/min decisions are
+    told to `listener`; None: to nobody. The rate limiter sets it for a request it admits and clears it when
+    the request ends."""
+    _tokens_listener.set(listener)
+
+
+def tokens_decided(decision: Decision) -> None:
+    """Tell the request being served what its tokens/min check decided (the stores call it with each
+    measured decision, from the round trip that made it)."""
+    listener = _tokens_listener.get()
+    if listener is not None:
+        listener(decision)
 
 
 class Counters(Protocol):
@@ -65,7 +92,8 @@ def gcra(now: float, tat: float | None, per_minute: int) -> tuple[Decision, floa
     if now < allow_at:
         return Decision(False, per_minute, 0, allow_at - now, tat - now), None
     new_tat = tat + interval
-    remaining = int((WINDOW_S - (new_tat - now)) / interval)
+    # a tolerance: at unix time's size a float holds ~0.2 us, and 58.8 / 1.2 is 48.99999999999999 on its own
+    remaining = int((WINDOW_S - (new_tat - now)) / interval + 1e-3)
     return Decision(True, per_minute, max(0, remaining), 0.0, new_tat - now), new_tat
 
 
@@ -74,13 +102,22 @@ def window_index(now: float) -> tuple[int, float]:
     return int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
 
 
+def full_again(current: float, previous: float, elapsed: float) -> float:
+    """Seconds until nothing counted so far weighs on the sliding minute: the current window's tokens fade
+    through the next window; the previous window's are gone when this one ends."""
+    if current > 0:
+        return WINDOW_S * (2.0 - elapsed)
+    return WINDOW_S * (1.0 - elapsed) if previous > 0 else 0.0
+
+
 def sliding(current: float, previous: float, elapsed: float, per_minute: int, count: int) -> Decision:
     """May `count` more tokens go in, given the current and previous window totals?"""
     used = current + previous * (1.0 - elapsed)
     remaining = max(0, int(per_minute - used))
-    reset = WINDOW_S * (1.0 - elapsed) + (WINDOW_S if current > 0 else 0.0)
     if used + count <= per_minute:
+        reset = full_again(current + count, previous, elapsed)
         return Decision(True, per_minute, max(0, remaining - count), 0.0, reset)
+    reset = full_again(current, previous, elapsed)
     if count > per_minute:  # can never fit: say so rather than make the client retry forever
         return Decision(False, per_minute, remaining, WINDOW_S, reset)
     room = per_minute - count
@@ -135,6 +172,7 @@ class MemoryCounters:
         decision = sliding(windows.get(index, 0.0), windows.get(index - 1, 0.0), elapsed, per_minute, count)
         if decision.allowed:
             windows[index] = windows.get(index, 0.0) + count
+        tokens_decided(decision)
         return decision
 
     def add_tokens(self, subject: str, count: int) -> None:

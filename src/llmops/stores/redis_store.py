@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from llmops.errors import StoreUnavailable
-from llmops.stores.counters import Decision, gcra, sliding, window_index
+from llmops.stores.counters import Decision, gcra, sliding, tokens_decided, window_index
 from llmops.stores.group_commit import GroupCommit
 from llmops.stores.keys import ApiKey, missing, revoked
 from llmops.stores.ledger import LINGER_S, Reservation, SpendEntry, SpendRow, TokenHit, day_of, days_between
@@ -104,6 +104,11 @@ redis.call('HSET', KEYS[1], holder, string.format('%.17g %.6f', usd, now + ttl))
 if redis.call('TTL', KEYS[1]) < math.ceil(ttl) + 1 then redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1) end
 return {1, tostring(spent), tostring(reserved), tostring(cur), tostring(prev)}
 """
+
+
+def _unmeasured(per_minute: int) -> Decision:
+    """What a limit decides while Redis is unreachable and the policy fails open: allowed, nothing known."""
+    return Decision(True, per_minute, per_minute, 0.0, 0.0, measured=False)
 
 
 class RedisGuard:
@@ -260,7 +265,7 @@ class RedisCounters:
         self._gcra_then_acquire = guard.client.register_script(_GCRA_THEN_ACQUIRE)
 
     async def hit_requests(self, subject: str, per_minute: int) -> Decision:
-        allow = Decision(True, per_minute, per_minute, 0.0, 0.0)
+        allow = _unmeasured(per_minute)
         raw = await self.g.call("limits.requests", lambda: self._gcra(
             keys=[f"{self.p}rpm:{subject}"], args=[60.0 / per_minute, 60.0]), None)
         return allow if raw is None else gcra(float(raw[0]), float(raw[1]), per_minute)[0]
@@ -268,7 +273,7 @@ class RedisCounters:
     async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
                               ttl_s: float) -> tuple[Decision, bool]:
         """Both scripts' work in one script: one round trip where there were two."""
-        allow = Decision(True, per_minute, per_minute, 0.0, 0.0)
+        allow = _unmeasured(per_minute)
         raw = await self.g.call("limits.requests", lambda: self._gcra_then_acquire(
             keys=[f"{self.p}rpm:{subject}", f"{self.p}inflight:{place}"],
             args=[60.0 / per_minute, 60.0, limit, ttl_s, holder]), None)
@@ -282,8 +287,10 @@ class RedisCounters:
         raw = await self.g.call("limits.tokens", lambda: self._tokens(keys=keys, args=[per_minute, count, elapsed]),
                                 None)
         if raw is None:
-            return Decision(True, per_minute, per_minute, 0.0, 0.0)
-        return sliding(float(raw[0]), float(raw[1]), elapsed, per_minute, count)
+            return _unmeasured(per_minute)
+        decision = sliding(float(raw[0]), float(raw[1]), elapsed, per_minute, count)
+        tokens_decided(decision)
+        return decision
 
     def add_tokens(self, subject: str, count: int) -> None:
         key = f"{self.p}tpm:{subject}:{window_index(time.time())[0]}"
@@ -447,6 +454,7 @@ class RedisBudgets:
         decision = None
         if tokens is not None and len(raw) > 3:  # the budget allowed: tokens/min was checked
             decision = sliding(float(raw[3]), float(raw[4]), elapsed, tokens.per_minute, tokens.count)
+            tokens_decided(decision)
         return Reservation(bool(int(raw[0])), float(raw[1]), float(raw[2]), decision)
 
     def release(self, key_id: str, holder: str) -> None:
