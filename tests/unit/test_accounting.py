@@ -18,6 +18,7 @@ from llmops.pipeline.accounting import Accountant, cost_usd, estimate_tokens, wo
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings, StateSettings, load_settings
 from llmops.stores import build_state
+from llmops.stores.counters import MemoryCounters
 from llmops.stores.keys import KeyLimits, new_key
 from llmops.stores.ledger import SpendRow
 from tests.helpers import write_config
@@ -69,6 +70,37 @@ def test_tokens_per_minute_reserve_what_requests_in_flight_may_generate() -> Non
         accountant.settle(first, prompt_tokens=18, completion_tokens=2)  # used 20 of the 70: 50 given back
         second = await accountant.admit(key, MODEL, prompt_chars=80, max_completion_tokens=50)
         accountant.settle(second, prompt_tokens=20, completion_tokens=50)
+        await state.close()
+
+    asyncio.run(run())
+
+
+def test_a_reserve_given_back_after_the_minute_turned_leaves_the_new_minute_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request reserved near a minute's end and settled in the next: its give-back went into the new
+    window (a large negative count there) while the old one kept the whole reserve, which the sliding
+    minute only fades out, so the key then passed its limit by half (seen: 1,629 tokens in 56 s on 1,000)."""
+    clock = [60.0 * 1000 + 54]  # second 54 of a minute
+    monkeypatch.setattr("llmops.pipeline.accounting.time.time", lambda: clock[0])
+
+    async def run() -> None:
+        state = build_state(StateSettings(backend="memory"))
+        state.counters = MemoryCounters(clock=lambda: clock[0])
+        accountant = Accountant(state, SpendSettings(), Metrics())
+        key, _ = new_key("k", (), "interactive", KeyLimits(tpm=1000))
+        early = await accountant.admit(key, MODEL, prompt_chars=8, max_completion_tokens=990)  # 2 + 990
+        clock[0] += 9  # second 3 of the next minute
+        accountant.settle(early, prompt_tokens=3, completion_tokens=10)
+        clock[0] += 47  # second 50: the old minute still weighs 1/6 of what it holds
+        admitted = 0
+        for _ in range(6):
+            try:
+                charge = await accountant.admit(key, MODEL, prompt_chars=16, max_completion_tokens=400)
+            except RateLimited:
+                break
+            accountant.settle(charge, prompt_tokens=4, completion_tokens=400)
+            admitted += 1
+        assert 13 + 404 * admitted <= 1000, admitted  # what the last 56 seconds used stays within the limit
         await state.close()
 
     asyncio.run(run())

@@ -42,7 +42,7 @@ from llmops.pipeline.budget import period_bounds
 from llmops.pipeline.spend_totals import SpendTotals
 from llmops.settings import ModelConfig, SpendSettings
 from llmops.stores import State
-from llmops.stores.counters import Decision
+from llmops.stores.counters import Decision, window_index
 from llmops.stores.keys import ApiKey
 from llmops.stores.ledger import ANONYMOUS, Reservation, SpendEntry, TokenHit
 
@@ -66,6 +66,7 @@ class Charge:
     model: ModelConfig
     estimated_prompt: int = 0
     counted_tokens: int = 0
+    counted_window: int = 0  # the tokens/min window they were counted in (stores.counters.window_index)
     reserved_usd: float = 0.0  # held against the key's budget until the request settles
     holder: str | None = None  # the reservation's id in the shared store (Redis), when there is one
     settled: bool = field(default=False)
@@ -112,6 +113,7 @@ class Accountant:
         if tpm is not None and charge.estimated_prompt:
             reserve = min(max_completion_tokens, max(0, tpm - charge.estimated_prompt))
             charge.counted_tokens = charge.estimated_prompt + reserve
+            charge.counted_window = window_index(time.time())[0]
             tokens = TokenHit(tpm, charge.counted_tokens)
         decision = await self._reserve(key, model.name, charge, worst_case_usd, tokens)
         if tokens is not None and decision is None:  # not counted with the reservation: count it now
@@ -226,9 +228,7 @@ class Accountant:
         charge.settled = True
         key = charge.key
         if key is not None and key.limits.tpm is not None:
-            delta = prompt_tokens + completion_tokens - charge.counted_tokens
-            if delta:
-                self._add_tokens(key.id, delta)
+            self._correct_tokens(key.id, charge, prompt_tokens + completion_tokens)
         written = None
         try:
             if prompt_tokens or completion_tokens or images:
@@ -250,9 +250,24 @@ class Accountant:
         self._add_local(charge.key_id, cost)  # the real cost replaces the in-process reservation in one step
         return written
 
-    def _add_tokens(self, key_id: str, delta: int) -> None:
+    def _correct_tokens(self, key_id: str, charge: Charge, used: int) -> None:
+        """Replace what admission counted by what the request used. Within the minute it was counted in, one
+        correction there; after it turned, what was counted is taken back from its own window (a give-back
+        into the new one would make room the sliding minute still owes to the old one's tokens) and the use
+        counted in the new one."""
+        current = window_index(time.time())[0]
+        if not charge.counted_tokens or charge.counted_window == current:
+            self._add_tokens(key_id, used - charge.counted_tokens)
+            return
+        if charge.counted_window == current - 1:  # older windows no longer weigh on the sliding minute
+            self._add_tokens(key_id, -charge.counted_tokens, charge.counted_window)
+        self._add_tokens(key_id, used)
+
+    def _add_tokens(self, key_id: str, delta: int, window: int | None = None) -> None:
+        if not delta:
+            return
         try:
-            self.state.counters.add_tokens(key_id, delta)
+            self.state.counters.add_tokens(key_id, delta, window)
         except Exception:
             log.exception("could not correct a request's tokens/min count")
 

@@ -63,8 +63,9 @@ class Counters(Protocol):
         """Add `count` tokens, unless that would exceed `per_minute` over the sliding minute."""
         ...
 
-    def add_tokens(self, subject: str, count: int) -> None:
-        """Settle tokens after the fact (completion tokens; a correction of the prompt estimate, maybe < 0).
+    def add_tokens(self, subject: str, count: int, window: int | None = None) -> None:
+        """Settle tokens after the fact (completion tokens; a correction of the prompt estimate, maybe < 0)
+        into the one-minute `window` (`window_index`'s; None: the current one).
         Nobody waits for it: in the process it is done at once; a shared store sends it with its next batch
         of writes (a task per request for it cost more than the write)."""
         ...
@@ -113,7 +114,7 @@ def full_again(current: float, previous: float, elapsed: float) -> float:
 def sliding(current: float, previous: float, elapsed: float, per_minute: int, count: int) -> Decision:
     """May `count` more tokens go in, given the current and previous window totals?"""
     used = current + previous * (1.0 - elapsed)
-    remaining = max(0, int(per_minute - used))
+    remaining = min(per_minute, max(0, int(per_minute - used)))
     if used + count <= per_minute:
         reset = full_again(current + count, previous, elapsed)
         return Decision(True, per_minute, max(0, remaining - count), 0.0, reset)
@@ -175,8 +176,9 @@ class MemoryCounters:
         tokens_decided(decision)
         return decision
 
-    def add_tokens(self, subject: str, count: int) -> None:
+    def add_tokens(self, subject: str, count: int, window: int | None = None) -> None:
         windows, index, _ = self._window(subject)
+        index = index if window is None else window
         windows[index] = windows.get(index, 0.0) + count
 
     async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:

@@ -292,8 +292,8 @@ class RedisCounters:
         tokens_decided(decision)
         return decision
 
-    def add_tokens(self, subject: str, count: int) -> None:
-        key = f"{self.p}tpm:{subject}:{window_index(time.time())[0]}"
+    def add_tokens(self, subject: str, count: int, window: int | None = None) -> None:
+        key = f"{self.p}tpm:{subject}:{window_index(time.time())[0] if window is None else window}"
 
         def write(pipe: Any) -> None:
             pipe.incrbyfloat(key, count)
