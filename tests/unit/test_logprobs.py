@@ -48,6 +48,13 @@ def test_anything_but_a_content_list_is_no_tokens(found: Any) -> None:
     assert token_logprobs(found, 2) == []
 
 
+def test_the_token_that_ended_the_answer_is_not_listed() -> None:
+    """llama.cpp sends the end-of-turn token as an entry with no text and no bytes; OpenAI lists none."""
+    found = {"content": [{"token": "Hello", "logprob": -0.1, "bytes": list(b"Hello"), "top_logprobs": []},
+                         {"token": "", "logprob": -0.01, "bytes": [], "top_logprobs": []}]}
+    assert [t.token for t in token_logprobs(found, 0)] == ["Hello"]
+
+
 @pytest.mark.parametrize("value", [float("-inf"), float("nan"), None, "x", True, -1e12])
 def test_a_log_probability_that_is_not_a_finite_number_is_openais_floor(value: Any) -> None:
     [token] = token_logprobs({"content": [{"token": "a", "logprob": value, "bytes": [300]}]}, 0)

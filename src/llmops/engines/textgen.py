@@ -78,7 +78,7 @@ def token_logprobs(found: Any, top: int) -> list[TokenLogprob]:
         return []
     out = []
     for item in content:
-        if not isinstance(item, dict):
+        if not isinstance(item, dict) or _end_of_turn(item):
             continue
         alternatives = item.get("top_logprobs")
         alts = alternatives[:top] if isinstance(alternatives, list) and top else []
@@ -89,6 +89,11 @@ def token_logprobs(found: Any, top: int) -> list[TokenLogprob]:
 
 
 LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token with no probability
+
+
+def _end_of_turn(item: dict[str, Any]) -> bool:
+    """llama.cpp's entry for the token that ended the answer (no text, no bytes): OpenAI lists no such token."""
+    return item.get("token") == "" and not item.get("bytes")
 
 
 def _logprob(value: Any) -> float:
