@@ -418,3 +418,19 @@ def test_the_openai_clients_requests_are_accepted(name: str) -> None:
     parsed = REQUEST_MODELS[path].model_validate(body)  # as the edge validates the parsed body
     refused = getattr(parsed, "unsupported_field", lambda: None)()
     assert refused is None
+
+
+@pytest.mark.parametrize(("value", "code"), [(5, "invalid_type"), (True, "invalid_type"), ("bogus", None)])
+def test_service_tier_is_one_of_openais_tiers(client: TestClient, value: Any, code: str | None) -> None:
+    """It was read from the extra fields, where 5, true or "bogus" were ignored without a word."""
+    r = client.post(CHAT, json={"model": "fake", "messages": [{"role": "user", "content": "hi"}],
+                                "service_tier": value})
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("service_tier", code)
+
+
+@pytest.mark.parametrize("value", ["auto", "default", "flex", "scale", "priority", None])
+def test_every_openai_service_tier_is_accepted(client: TestClient, value: str | None) -> None:
+    r = client.post(CHAT, json={"model": "fake", "messages": [{"role": "user", "content": "hi"}],
+                                "service_tier": value})
+    assert r.status_code == 200, r.text

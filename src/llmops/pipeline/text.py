@@ -50,7 +50,7 @@ class TextWork:
 
     @property
     def service_tier(self) -> str | None:
-        return self.body.service_tier()  # type: ignore[no-any-return]
+        return self.body.tier()  # type: ignore[no-any-return]
 
     def check(self, config: ModelConfig) -> None:
         check_request(self.body, config)

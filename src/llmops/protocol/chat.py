@@ -153,6 +153,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDef] | None = Field(None, max_length=128)
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     logprobs: bool | None = Field(None, description="each generated token's log probability (engines that "
                                   "report them: llama.cpp)")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="0..20 likeliest alternatives per token, "
@@ -187,6 +188,9 @@ class ChatCompletionRequest(SamplingFields):
 
     def logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def tier(self) -> str | None:
+        return self.service_tier
 
 
 class ToolCallOut(BaseModel):

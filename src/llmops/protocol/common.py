@@ -97,9 +97,9 @@ class SamplingFields(WireModel):
             "logprobs": self.logprob_count(),
         }
 
-    def service_tier(self) -> str | None:
-        tier = (self.model_extra or {}).get("service_tier")
-        return tier if isinstance(tier, str) else None
+    def tier(self) -> str | None:
+        """The service tier asked for (chat's `service_tier`; completions take none)."""
+        return None
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
