@@ -14,7 +14,7 @@ grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   diffusers==0.42.1 importlib-metadata==10.2.0 \
-  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 fastapi-offline==1.7.7 python-multipart==0.0.34 \
+  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 fastapi-offline==1.7.7 python-multipart==0.0.34 \
   pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
   typing-extensions==4.16.0 typing-inspection==0.4.5 annotated-types==0.8.0 \
   structlog==26.1.0 opentelemetry-api==1.45.2 \
