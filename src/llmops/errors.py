@@ -30,10 +30,10 @@
     ├── DeadlineExceeded             504, code deadline_exceeded (queued or ran past the request's deadline)
     └── EngineError                  500 for that request only; the server keeps serving
         ├── BadGateway               502, type server_error: an upstream engine answered something that is not
-        │                            the OpenAI API (code upstream_malformed) or broke off its answer
-        │                            (code upstream_broken)
+        │                            the OpenAI API (code upstream_malformed), broke off its answer
+        │                            (code upstream_broken) or answered 502 itself (upstream_bad_gateway)
         └── GatewayTimeout           504, type timeout_error, code upstream_timeout: an upstream engine took
-                                     the request and then said nothing for its read_timeout_s
+                                     the request and then said nothing for its read_timeout_s, or answered 504
 
 An upstream that cannot be reached at all (connection refused, connect timeout) is ServiceUnavailable, code
 upstream_unavailable (503 + Retry-After), on purpose: it is the answer the upstream's circuit breaker gives

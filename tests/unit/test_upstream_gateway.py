@@ -110,6 +110,30 @@ def test_an_unreachable_upstream_stays_503_like_its_open_breaker(exc: type[httpx
     assert status(opened.value)[::2] == (503, "upstream_unavailable")
 
 
+@pytest.mark.parametrize(("code", "expected"), [(502, (502, "server_error", "upstream_bad_gateway")),
+                                                (504, (504, "timeout_error", "upstream_timeout"))])
+def test_an_upstream_that_is_itself_a_failed_gateway_is_passed_on_as_one(
+        code: int, expected: tuple[int, str, str]) -> None:
+    said = b'{"error": {"message": "no healthy upstream", "type": "server_error"}}'
+    eng = engine(lambda request: httpx.Response(code, content=said), max_retries=1)
+    with pytest.raises((BadGateway, GatewayTimeout)) as info:
+        collect(eng)
+    assert status(info.value) == expected
+    assert "no healthy upstream" in info.value.message
+    assert eng.calls == 2  # type: ignore[attr-defined]  # retried, as any 5xx
+    assert eng.breaker.failures == 2
+
+
+def test_an_upstreams_own_internal_error_stays_an_engine_error() -> None:
+    from llmops.errors import EngineError
+
+    eng = engine(lambda request: httpx.Response(500, content=b'{"error": {"message": "boom"}}'), max_retries=0)
+    with pytest.raises(EngineError) as info:
+        collect(eng)
+    assert not isinstance(info.value, BadGateway | GatewayTimeout)
+    assert error_response_parts(info.value)[0] == 500
+
+
 @pytest.mark.parametrize(("exc", "expected"), [(httpx.ReadTimeout, (504, "timeout_error", "upstream_timeout")),
                                                (httpx.ReadError, (502, "server_error", "upstream_broken"))])
 def test_mid_stream_failures_are_gateway_errors_not_internal_ones(

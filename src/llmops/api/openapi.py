@@ -26,12 +26,12 @@ ERRORS: dict[str, str] = {
     "429": "Rate limit, concurrency limit or budget reached (see Retry-After)",
     "431": "Too many request headers, or too large",
     "500": "The engine failed on this request (the server keeps serving)",
-    "502": "An upstream engine answered something that is not the OpenAI API (code upstream_malformed) or its "
-           "connection broke off (code upstream_broken)",
+    "502": "An upstream engine answered something that is not the OpenAI API (code upstream_malformed), its "
+           "connection broke off (code upstream_broken), or it answered 502 itself (code upstream_bad_gateway)",
     "503": "Not ready, draining, overloaded (the queue is full), the spend breaker is open, or an upstream engine "
            "cannot be reached (code upstream_unavailable) (see Retry-After)",
     "504": "The request's deadline passed while queued or running, or an upstream engine went silent past its "
-           "read_timeout_s (code upstream_timeout)",
+           "read_timeout_s or answered 504 itself (code upstream_timeout)",
 }
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

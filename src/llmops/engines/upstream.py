@@ -13,7 +13,8 @@ an upstream that cannot be reached (connection refused, connect timeout) is 503 
 Retry-After, the same answer the breaker gives once it opens on those failures; one that took the request
 and then said nothing for `read_timeout_s` is 504 upstream_timeout; one whose connection broke off without
 an answer (reset, closed, not HTTP) is 502 upstream_broken; its own 429 and 503 are 503
-upstream_unavailable, its other 5xx a 500 with what it said.
+upstream_unavailable, its own 502 a 502 upstream_bad_gateway and 504 a 504 upstream_timeout (it is a gateway
+whose upstream failed it), its other 5xx a 500 with what it said.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def _error_from(status: int, body: bytes) -> LLMOpsError:
         return InvalidRequest(message, param=err.get("param"))
     if status in (429, 503):
         return ServiceUnavailable(message, retry_after=2, code="upstream_unavailable")
+    if status == 502:  # the upstream is a gateway too, failed by its own upstream: so is this one
+        return BadGateway(message, code="upstream_bad_gateway")
+    if status == 504:
+        return GatewayTimeout(message)
     return EngineError(message)
 
 
