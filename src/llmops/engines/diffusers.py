@@ -200,7 +200,7 @@ def _split(requests: list[ImageRequest], seeds: list[list[int]], out: Any,
            encoder: ThreadPoolExecutor) -> list[ImageResult]:
     """Each request's PNGs, or none where the safety checker flagged one of its images. A batch's images are
     encoded in parallel on `encoder`'s threads (zlib runs without the GIL): a 512x512 PNG takes 30-40 ms,
-    four of them one after another ~150 ms of the model's thread, 14 % of a compiled batch of 4 on an H200."""
+    four of them one after another ~150 ms of the model's thread, ~13 % of a compiled batch of 4 on an H200."""
     flagged = list(getattr(out, "nsfw_content_detected", None) or [False] * len(out.images))
     kept: list[tuple[list[int], list[Any], bool]] = []  # per request: seeds, images to send, filtered
     i = 0
