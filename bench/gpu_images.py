@@ -1,48 +1,48 @@
 """Images on a GPU, in one run (issue 14's table): Stable Diffusion 1.5 geometry with random weights (timing
 does not depend on weight values), fp16, 512x512, 50 steps.
 
-What two device calls measured on H200s (bench/results/gpu_images-h200-s17.md): the uncompiled rows take ~100 s,
-but each compiled batch size took 63-101 s to compile cold (not the ~50-70 s estimated below), so all five
-phases with sizes 1 and 4 do not fit one 10-minute call: call 1 below got every row but the compiled batch-4
-ones and the warm restart. Next time, split it: one call `--phases llmops-cold,llmops-warm,bare-compiled`
-with `--cap llmops-cold=330 --cap bare-compiled=250` (no tests/gpu), and one with the rest and tests/gpu.
-
-Ready to run (one device call of ~9.7 minutes: this bench, then tests/gpu in what is left).
-The device tool sends the checkout the session was started in (this file must be there) and runs in its
-root; that machine has python3 with torch, transformers, pillow, numpy, pytest, prometheus-client, pyyaml,
-httpx, but not diffusers nor llmops' server deps, which travel as wheels:
+Measured on H200s (bench/results/gpu_images-h200-s17.md): each compiled batch size took 63-101 s to compile
+cold (the phase estimates below were ~50-70 s), so all five phases with sizes 1 and 4 take ~11-12 minutes
+and do not fit one 10-minute device call with tests/gpu; its call 1 (below, --budget-s 465) got every row but
+the compiled batch-4 ones and the warm restart. Run it as two calls. The device tool sends the checkout the
+session was started in (this file must be there) and runs in its root; that machine has python3 with torch,
+transformers, pillow, numpy, pytest, prometheus-client, pyyaml, httpx, but not diffusers nor llmops' server
+deps, which travel as wheels:
 
     bash bench/gpu_wheels.sh          # HERE, once, in that checkout: wheels into .whl/ (git-ignored), 11 MiB
-    device run  carry=[".whl"]  timeout_s=595  command=
+    call 1 (compiles; ~9.7 min)  device run  carry=[".whl"]  timeout_s=595  command=
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
       && export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 || exit 1; nvidia-smi -L;
-      timeout -k 15 540 python3 bench/gpu_images.py --out $OUT --budget-s 520;
-      left=$((585 - SECONDS)); unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; [ $left -gt 60 ] &&
-      timeout -k 5 $left python3 -m pytest tests/gpu -p
+      timeout -k 15 575 python3 bench/gpu_images.py --out $OUT --budget-s 560
+      --phases llmops-cold,llmops-warm,bare-compiled --cap llmops-cold=300 --cap bare-compiled=230
+    call 2 (~4 min): the same install line, then
+      timeout -k 15 200 python3 bench/gpu_images.py --out $OUT --budget-s 190 --phases bare,llmops;
+      unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; timeout -k 5 150 python3 -m pytest tests/gpu -p
       no:cacheprovider -W ignore::pytest.PytestConfigWarning -rA -s 2>&1 | tee $OUT/tests_gpu.log
-    (one line; pytest-asyncio is not carried: tests/gpu needs none, and -W quiets its unknown ini keys). Then
-    copy files_at/gpu_images.md over bench/results/gpu_images-h200.md and add how it ran; the phase logs
-    (files_at/<phase>.log: each phase's output with its llmops server's log) say where a stalled row stopped.
+    (each one line; pytest-asyncio is not carried: tests/gpu needs none, and -W quiets its unknown ini keys).
+    Each call is a fresh machine, so compare rows within a call (both compiled rows are in call 1); the warm
+    restart's ratio needs call 2's uncompiled ready time. Copy files_at/gpu_images.json and .md into
+    bench/results and add how it ran; the phase logs (files_at/<phase>.log: each phase's output with its
+    llmops server's log) say where a stalled row stopped.
 
 The run is a stdlib-only parent that starts each phase as its own process (own process group), time-boxed,
 in this order, cheapest and most informative first:
 
-    1. bare         bare diffusers, batch 1 and one call of batch 4                          (~30 s on an H200)
+    1. bare         bare diffusers, batch 1 and one call of batch 4                          (~40 s on an H200)
     2. llmops       llmops /generate sequential and 8 concurrent, no compile; its ready time is the
-                    "uncompiled load time" the warm restart is compared with                 (~30 s)
+                    "uncompiled load time" the warm restart is compared with                 (~60 s)
     3. llmops-cold  llmops with the compile option, cold: a fresh, empty inductor/triton cache folder of its
                     own, ready/compile/load seconds and the graphs compiled (cache misses), then sequential
-                    and 8 concurrent                                                         (~150 s)
+                    and 8 concurrent                                                         (~250 s)
     4. llmops-warm  the same server restarted on the cache phase 3 filled: ready/compile seconds against
                     phase 2's load time, the graphs read from the cache (hits; misses should be 0), and one
-                    timed request; run once phase 3's server was ready (its cache is complete then) (~60 s)
+                    timed request; run once phase 3's server was ready (its cache is complete then) (~45 s)
     5. bare-compiled  bare + channels_last + torch.compile(mode="reduce-overhead"), batch 1 then batch 4,
-                    each with its compile time (own inductor/triton cache folder)           (~140 s)
+                    each with its compile time (own inductor/triton cache folder)           (~200 s)
 
-The compile phases' times on an H200 are estimates from issue 14's table (51 s to compile batch 1, 73 s
-batch 4), so llmops' own rows come first and the bare compiled rows, which issue 14's table already has
-figures for, take whatever time is left. A model that fails to load ends its phase at once (its /ready
-answer says failed), not at the phase's cap.
+The times are those measured on H200s (gpu_images-h200-s17.md; a compile of one batch size 63-101 s), so in
+one call llmops' own rows come first and the bare compiled rows take whatever time is left. A model that fails
+to load ends its phase at once (its /ready answer says failed), not at the phase's cap.
 
 Each phase runs under min(its cap, what is left of --budget-s). A row whose phase ran out of time or failed
 is written as "not finished after N s" / "failed" with the stage it had reached (the last `@stage` of the
@@ -52,9 +52,9 @@ OUT/gpu_images.json and .md as soon as it exists. The device tool returns at mos
 are 7 (json, md, 5 logs), and tests_gpu.log the 8th.
 
 Batch sizes compiled by llmops here: 1 and 4 (`compile_batch_sizes: [1, 4]`), not the option's default
-1..max_batch_size. Each batch size is its own static graph, ~50-70 s cold on an H200 (issue 14's table), so
-the default 1..4 alone would take ~250 s of cold start, which with the other rows does not fit one ~9-minute
-call. The bench's traffic forms only those two sizes (sequential requests are batches of 1; 8 concurrent
+1..max_batch_size. Each batch size is its own static graph, 63-101 s cold on an H200, so the default 1..4
+alone would take ~5-7 minutes of cold start, which with the other rows does not fit one ~9-minute call. The
+bench's traffic forms only those two sizes (sequential requests are batches of 1; 8 concurrent
 requests coalesce into 2 batches of 4, which each row checks through the pipeline-call count in /ready and
 reports as `batches`). The cold start of the default four sizes is about this row's compile_s plus two
 more sizes at the per-size seconds the server log shows for 1 and 4 (OUT/llmops-cold.log, "compile warm-up"
@@ -145,9 +145,9 @@ def phases(s: Settings) -> list[Phase]:
     return [
         Phase("bare", ("bare diffusers, batch 1", f"bare diffusers, one call of batch {b}"), 90),
         Phase("llmops", plain, 90, True),
-        Phase("llmops-cold", cold, 200, True),
+        Phase("llmops-cold", cold, 300, True),
         Phase("llmops-warm", ("llmops + compile, warm restart (compile cache reused)",), 100, True),
-        Phase("bare-compiled", (f"{COMPILED}, batch 1", f"{COMPILED}, batch {b}"), 180),
+        Phase("bare-compiled", (f"{COMPILED}, batch 1", f"{COMPILED}, batch {b}"), 230),
     ]
 
 
