@@ -1,5 +1,8 @@
 """A circuit breaker: after `failures` consecutive failures it opens, and calls fail fast for `reset_s`;
-then one trial call is let through (half-open): success closes it, failure opens it again."""
+then one trial call is let through (half-open): success closes it, failure opens it again. A trial whose
+outcome never comes (its client went away, its deadline passed, it ended in an error that says nothing of the
+upstream's health) is given back (`abandon`), so the next call can be the trial: a trial held forever kept
+the circuit open for good, every call refused without the upstream ever being asked again."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ class CircuitBreaker:
         self.threshold, self.reset_s = failures, reset_s
         self.failures = 0
         self.opened_at: float | None = None
-        self._trial_out = False
+        self._trial = 0  # the trial out (its number), 0 when none
+        self._trials = 0
 
     @property
     def state(self) -> State:
@@ -23,13 +27,25 @@ class CircuitBreaker:
         return "half_open" if time.monotonic() - self.opened_at >= self.reset_s else "open"
 
     def allow(self) -> bool:
+        return self.take() is not None
+
+    def take(self) -> int | None:
+        """None: refused (open, or the half-open trial is out); 0: let through (closed); else the number of
+        the trial this call is, to `abandon` if it ends with neither `success` nor `failure`."""
         state = self.state
         if state == "closed":
-            return True
-        if state == "half_open" and not self._trial_out:
-            self._trial_out = True
-            return True
-        return False
+            return 0
+        if state == "half_open" and not self._trial:
+            self._trials += 1
+            self._trial = self._trials
+            return self._trial
+        return None
+
+    def abandon(self, trial: int) -> None:
+        """The trial `trial` ended without a verdict: the next call may be the trial (no-op once reported, or
+        when it is not the trial out)."""
+        if trial and self._trial == trial:
+            self._trial = 0
 
     def retry_after(self) -> int:
         if self.opened_at is None:
@@ -37,10 +53,10 @@ class CircuitBreaker:
         return max(1, round(self.reset_s - (time.monotonic() - self.opened_at)))
 
     def success(self) -> None:
-        self.failures, self.opened_at, self._trial_out = 0, None, False
+        self.failures, self.opened_at, self._trial = 0, None, 0
 
     def failure(self) -> None:
         self.failures += 1
-        self._trial_out = False
+        self._trial = 0
         if self.opened_at is not None or self.failures >= self.threshold:
             self.opened_at = time.monotonic()

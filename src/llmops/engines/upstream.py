@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +43,10 @@ from llmops.errors import (
     ServiceUnavailable,
     shown_message,
 )
+
+MAX_RETRY_WAIT_S = 10.0  # an upstream asking for a longer wait (Retry-After) is not retried: its client is told
+MAX_ERROR_BODY = 64 * 1024  # bytes of an upstream's error answer read (what it said is cut to 300 characters)
+MAX_LINE = 1024 * 1024  # characters of one server-sent-events line (an OpenAI chunk is a few hundred)
 
 
 class UpstreamOptions(BaseModel):
@@ -175,7 +181,8 @@ class UpstreamEngine:
         path, body = self._body(request)
         delay = self.options.backoff_s
         for attempt in range(self.options.max_retries + 1):
-            if not self.breaker.allow():
+            trial = self.breaker.take()
+            if trial is None:
                 raise ServiceUnavailable(f"upstream {self.shown_url} is failing; circuit open",
                                          retry_after=self.breaker.retry_after(), code="upstream_unavailable")
             try:
@@ -184,10 +191,13 @@ class UpstreamEngine:
                 return
             except _Retryable as exc:
                 self.breaker.failure()
-                if attempt == self.options.max_retries:
-                    raise exc.error from None
-                await asyncio.sleep(max(delay, min(exc.retry_after or 0.0, 10.0)))
+                wait = exc.retry_after or 0.0
+                if attempt == self.options.max_retries or wait > MAX_RETRY_WAIT_S:
+                    raise exc.error from None  # the upstream's own Retry-After goes to the client (_refused)
+                await asyncio.sleep(max(delay, wait))
                 delay *= 2
+            finally:  # cancelled, or an error saying nothing of the upstream's health: the next call tries
+                self.breaker.abandon(trial)
 
     async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[TextChunk]:
         assert self._client is not None, "the upstream engine is not started"
@@ -195,19 +205,19 @@ class UpstreamEngine:
         try:
             async with self._client.stream("POST", path, json=body) as r:
                 if r.status_code != 200:
-                    raise self._refused(r.status_code, await r.aread(), r.headers.get("retry-after"))
+                    raise self._refused(r.status_code, await _head(r), r.headers.get("retry-after"))
                 async for chunk in self._parse(r):
                     if not started:
                         started = True
                         self.breaker.success()
                     yield chunk
-        except _Malformed as exc:  # an upstream failure like a 5xx: counted, and retried before the first token
-            malformed = BadGateway(f"upstream {self.shown_url} answered something malformed: {exc}")
+        except (_Malformed, httpx.DecodingError) as exc:  # like a 5xx: counted, retried before the first token
+            malformed = BadGateway(f"upstream {self.shown_url} answered something malformed: {_said(exc)}")
             if started:
                 self.breaker.failure()
                 raise malformed from None
             raise _Retryable(malformed) from None
-        except httpx.TransportError as exc:  # timeouts included
+        except (httpx.TransportError, _Cut) as exc:  # timeouts included
             error = self._transport_error(exc, started)
             if started:
                 raise error from exc
@@ -215,11 +225,11 @@ class UpstreamEngine:
         if not started:
             self.breaker.success()
 
-    def _transport_error(self, exc: httpx.TransportError, started: bool) -> LLMOpsError:
+    def _transport_error(self, exc: httpx.TransportError | _Cut, started: bool) -> LLMOpsError:
         """What the client is told of a connection to the upstream that failed: before the first token, an
         upstream that cannot be reached is 503 (what the breaker answers once it opens); one that went silent
         is a gateway timeout (504), one that broke off a bad gateway (502)."""
-        name = type(exc).__name__
+        name = str(exc) if isinstance(exc, _Cut) else type(exc).__name__
         if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
             said = "stream went silent" if started else "took the request and did not answer"
             return GatewayTimeout(f"upstream {self.shown_url} {said} within {self.options.read_timeout_s:g} s")
@@ -233,7 +243,10 @@ class UpstreamEngine:
     def _refused(self, status: int, body: bytes, retry_after: str | None) -> Exception:
         error = _error_from(status, body)
         if status == 429 or status >= 500:
-            return _Retryable(error, float(retry_after) if retry_after and retry_after.isdigit() else None)
+            wait = _seconds(retry_after)
+            if wait is not None and isinstance(error, ServiceUnavailable):
+                error.retry_after = max(1, min(round(wait), 3600))  # the upstream's own wait, told on
+            return _Retryable(error, wait)
         self.breaker.success()  # the upstream answered: a client error is not an outage
         return error
 
@@ -243,33 +256,88 @@ class UpstreamEngine:
         not a string, token counts that are not counts, a 200 with no events at all) raises `_Malformed`."""
         finish: Literal["stop", "length"] = "stop"
         usage: TokenUsage | None = None
-        pieces = 0
-        events = 0
-        async for line in r.aiter_lines():
+        pieces = events = 0
+        done = ended = False  # [DONE] seen; a finish_reason seen
+        async for line in _lines(r):
             if not line.startswith("data: "):
                 continue
-            events += 1
             if line == "data: [DONE]":
+                done = True
                 continue
+            events += 1
             event = _event(line[6:])
             if "error" in event:
-                raise _error_event(event["error"])
+                error = _error_event(event["error"])
+                if not isinstance(error, _Malformed):  # the upstream answered, with an error of its own
+                    self.breaker.success()
+                raise error
             if event.get("usage"):
                 usage = _usage(event["usage"])
             for choice in _choices(event):
                 text = _text(choice)
-                if choice.get("finish_reason") in ("stop", "length"):
-                    finish = choice["finish_reason"]
+                if choice.get("finish_reason"):
+                    ended = True
+                    finish = "length" if choice["finish_reason"] == "length" else finish
                 if text:
                     pieces += 1
                     yield TextChunk(text)
         if events == 0:
             raise _Malformed("a response with no server-sent events (is base_url an OpenAI-compatible API?)")
+        if not (ended or done):  # the connection closed where the answer had no end
+            raise _Cut("the stream ended without a finish_reason or [DONE]")
         yield TextChunk("", finish_reason=finish, usage=usage or TokenUsage(0, pieces))
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After header's wait in seconds: delay-seconds or an HTTP date; None when absent or unreadable."""
+    if not retry_after:
+        return None
+    value = retry_after.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 class _Malformed(Exception):
     """The upstream answered something that is not the OpenAI API's shape: what it was, in words."""
+
+
+class _Cut(Exception):
+    """The upstream's answer ended before its end (a close-delimited stream closed early): a broken connection."""
+
+
+def _said(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, _Malformed) else f"a body that does not decode ({type(exc).__name__})"
+
+
+async def _head(r: httpx.Response) -> bytes:
+    """The first MAX_ERROR_BODY bytes of an answer (an error's): what it said is cut to 300 characters anyway,
+    and a huge body read whole held the event loop and the memory it took."""
+    out = bytearray()
+    async for part in r.aiter_bytes():
+        out += part
+        if len(out) >= MAX_ERROR_BODY:
+            break
+    return bytes(out[:MAX_ERROR_BODY])
+
+
+async def _lines(r: httpx.Response) -> AsyncIterator[str]:
+    """The answer's lines, none longer than MAX_LINE characters (httpx's `aiter_lines` buffers a line of any
+    length: an endless one took the memory it was sent)."""
+    pending = ""
+    async for text in r.aiter_text():
+        pending += text
+        if "\n" in text:
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                yield line.removesuffix("\r")
+        if len(pending) > MAX_LINE:
+            raise _Malformed(f"a line longer than {MAX_LINE} characters")
+    if pending:
+        yield pending.removesuffix("\r")
 
 
 def _event(data: str) -> dict[str, Any]:
