@@ -159,7 +159,9 @@ class DiffusersEngine(WorkerEngine):
     def _run(self, requests: list[ImageRequest], on_step: StepCallback | None,
              cancelled: Callable[[], bool]) -> list[ImageResult]:
         """One pipeline call for same-shape requests: one prompt, negative prompt and seeded generator per
-        image, so each request gets exactly the images it would get alone."""
+        image, so each request gets the images of its own seeds, the same images it would get alone up to
+        the numerical noise of a batched call (pixels may differ by about ±1, so the PNG bytes can differ);
+        byte-identical results hold only for a request run alone."""
         import torch
 
         if self._pipe is None:

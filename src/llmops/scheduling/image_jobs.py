@@ -274,7 +274,9 @@ class Jobs(Generic[Req, Res]):
             while not queue.waiting:
                 queue.wakeup.clear()
                 await queue.wakeup.wait()
-            batch = await self._take_batch(queue)
+            batch = self._start(await self._take_batch(queue))
+            if not batch:  # every job of it was cancelled while it gathered: nothing to run
+                continue
             if self._on_batch is not None:
                 self._on_batch(batch[0].model, len(batch))
             await self._run(queue.runner, batch)
@@ -284,12 +286,19 @@ class Jobs(Generic[Req, Res]):
         return await gather_batch(first, queue.waiting, lambda j: queue.runner.fits(first.request, j.request),
                                   queue.batching.max_batch_size, queue.batching.batch_timeout_s, queue.wakeup)
 
-    async def _run(self, runner: Runner[Req, Res], batch: list[BatchJob[Req, Res]]) -> None:
-        for job in batch:
+    @staticmethod
+    def _start(batch: list[BatchJob[Req, Res]]) -> list[BatchJob[Req, Res]]:
+        """The jobs of a gathered batch still to run, now running. A job cancelled while its batch gathered
+        (out of `waiting`, so `cancel` finished it and gave its place back) stays finished: it is neither
+        run nor counted, and a status never moves back."""
+        live = [job for job in batch if not job.done.is_set()]
+        for job in live:
             job.status = "running"
             if job.place is not None:
                 job.place.start()
+        return live
 
+    async def _run(self, runner: Runner[Req, Res], batch: list[BatchJob[Req, Res]]) -> None:
         def on_step(done: int, total: int) -> None:
             for job in batch:
                 job.step = done
