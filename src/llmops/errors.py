@@ -31,7 +31,8 @@
     └── EngineError                  500 for that request only; the server keeps serving
         ├── BadGateway               502, type server_error: an upstream engine answered something that is not
         │                            the OpenAI API (code upstream_malformed), broke off its answer
-        │                            (code upstream_broken) or answered 502 itself (upstream_bad_gateway)
+        │                            (code upstream_broken), answered 502 itself (upstream_bad_gateway) or
+        │                            refused this server's credentials (upstream_auth, x-should-retry: false)
         └── GatewayTimeout           504, type timeout_error, code upstream_timeout: an upstream engine took
                                      the request and then said nothing for its read_timeout_s, or answered 504
 

@@ -15,7 +15,7 @@ import pytest
 from llmops.engines import upstream as up
 from llmops.engines.base import Message, SamplingParams, TextRequest
 from llmops.engines.breaker import CircuitBreaker
-from llmops.errors import BadGateway, EngineError, ServiceUnavailable
+from llmops.errors import BadGateway, EngineError, ServiceUnavailable, error_response_parts
 from tests.unit.test_upstream_gateway import GOOD, collect, engine, status
 
 DONE = b"data: [DONE]\n\n"
@@ -157,3 +157,17 @@ def test_an_error_event_is_the_upstream_answering_not_an_outage() -> None:
 
 def _request() -> TextRequest:
     return TextRequest("r", SamplingParams(max_tokens=4), messages=(Message("user", "hi"),))
+
+
+@pytest.mark.parametrize(("code", "expected"), [(401, "upstream_auth"), (403, "upstream_auth"),
+                                                (302, "upstream_malformed"), (204, "upstream_malformed")])
+def test_an_upstream_refusing_the_servers_credentials_or_not_answering_the_api_is_final(
+        code: int, expected: str) -> None:
+    eng = engine(lambda request: httpx.Response(code, headers={"location": "https://elsewhere.test/v1"}),
+                 max_retries=2)
+    with pytest.raises(BadGateway) as info:
+        collect(eng)
+    status_code, body, headers = error_response_parts(info.value)
+    assert (status_code, body["error"]["code"]) == (502, expected)
+    assert headers.get("x-should-retry") == "false"  # the openai SDKs stop: an operator must change something
+    assert eng.calls == 1  # type: ignore[attr-defined]

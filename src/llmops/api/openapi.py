@@ -27,7 +27,8 @@ ERRORS: dict[str, str] = {
     "431": "Too many request headers, or too large",
     "500": "The engine failed on this request (the server keeps serving)",
     "502": "An upstream engine answered something that is not the OpenAI API (code upstream_malformed), its "
-           "connection broke off (code upstream_broken), or it answered 502 itself (code upstream_bad_gateway)",
+           "connection broke off (code upstream_broken), it answered 502 itself (code upstream_bad_gateway), or it "
+           "refused this server's credentials (code upstream_auth)",
     "503": "Not ready, draining, overloaded (the queue is full), the spend breaker is open, or an upstream engine "
            "cannot be reached (code upstream_unavailable) (see Retry-After)",
     "504": "The request's deadline passed while queued or running, or an upstream engine went silent past its "

@@ -117,8 +117,12 @@ def _error_from(status: int, body: bytes) -> LLMOpsError:
     message = f"upstream: {shown_message(said)[:300]}"  # redacted whole, then cut
     if status == 400 and err.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(message, param=err.get("param"))
-    if status in (401, 403):  # the upstream refused this server's credentials: not the client's request
-        return EngineError(message)
+    if status in (401, 403):  # the upstream refused this server's credentials: the operator's to fix
+        return _final(BadGateway(f"{message} (the upstream refused this server's credentials: see the model's "
+                                 "api_key_env)", code="upstream_auth"))
+    if status < 400:  # a redirect (an http:// base_url of an https server), a 204: not an answer of the API
+        return _final(BadGateway(f"upstream answered HTTP {status}, not the OpenAI API's answer (is base_url "
+                                 "right?)", code="upstream_malformed"))
     if 400 <= status < 500 and status != 429:
         return InvalidRequest(message, param=err.get("param"))
     if status in (429, 503):
@@ -128,6 +132,12 @@ def _error_from(status: int, body: bytes) -> LLMOpsError:
     if status == 504:
         return GatewayTimeout(message)
     return EngineError(message)
+
+
+def _final(error: LLMOpsError) -> LLMOpsError:
+    """`error`, sent with `x-should-retry: false`: retrying cannot help until an operator changes something."""
+    error.retryable = False
+    return error
 
 
 class UpstreamEngine:
