@@ -80,6 +80,131 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
     assert redact_text(text) == text
 
 
+# Third parties' credentials, as their issuers shape them (made-up values). The second of each pair is what
+# must not be left anywhere in the redacted text.
+_PEM_BODY = ("MIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n"
+             "aFDrBz9vFqU4yZ3Q+7kLmNoPqRsTuVwXyZ0123456789abcdefgh==")
+ISSUED = [
+    ("sk-proj-Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStT3BlbkFJ", "Ab3dEfGhIjKlMnOp"),
+    ("sk-svcacct-Zy9xWvUtSrQpOnMlKjIhGfEdCbA0123456789", "Zy9xWvUtSrQpOnMl"),
+    ("sk-admin-Zy9xWvUtSrQpOnMlKjIhGfEdCbA0123456789", "Zy9xWvUtSrQpOnMl"),
+    ("sk-None-Zy9xWvUtSrQpOnMlKjIhGfEdCbA0123456789", "Zy9xWvUtSrQpOnMl"),
+    ("sk-Zy9xWvUtSrQpT3BlbkFJOnMlKjIhGfEdCbA0123456789abcd", "Zy9xWvUtSrQpT3Blbk"),  # legacy OpenAI
+    ("sk-0123456789abcdef0123456789abcdef", "0123456789abcdef01234"),  # other providers' `sk-` + hex
+    ("sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "0123456789abcdef01234"),
+    ("sk-ant-api03-aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2yZ3aB4cD5eF6gH7iJ8kL9mN0oP1qR2sT3uV4wX5yZ6aB7cD8eF9gH0"
+     "iJ1kL2mN3o-AA", "aB1cD2eF3gH4iJ5k"),
+    ("sk-ant-admin01-aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2yZ3", "aB1cD2eF3gH4iJ5k"),
+    ("AKIAIOSFODNN7EXAMPLE", "IOSFODNN7EXAMPLE"),
+    ("ASIAY34FZKBOKMUTVV7A", "Y34FZKBOKMUTVV7A"),
+    ("ghp_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "aB1cD2eF3gH4iJ5k"),
+    ("gho_16C7e42F292c6912E7710c838347Ae178B4a", "16C7e42F292c6912"),
+    ("ghu_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "aB1cD2eF3gH4iJ5k"),
+    ("ghs_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "aB1cD2eF3gH4iJ5k"),
+    ("ghr_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "aB1cD2eF3gH4iJ5k"),
+    ("github_pat_11ABCDEFG0123456789abc_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2yZ3aB4cD5eF6gH7iJ8kL9mN0oP1qR2",
+     "11ABCDEFG0123456789abc"),
+    ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "1234567890123-AbCdEf"),
+    ("xoxp-123456789012-123456789012-123456789012-0123456789abcdef0123456789abcdef", "0123456789abcdef"),
+    ("xoxa-2-123456789012-AbCdEfGhIjKlMnOp", "123456789012-AbCdEf"),
+    ("xoxr-123456789012-AbCdEfGhIjKlMnOp", "123456789012-AbCdEf"),
+    ("xoxs-123456789012-AbCdEfGhIjKlMnOp", "123456789012-AbCdEf"),
+    ("xapp-1-A0123456789-0123456789012-abcdef0123456789", "A0123456789-012"),
+    ("AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "SyDaGmWKa4JsXZ"),
+    ("hf_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w", "aB1cD2eF3gH4iJ5k"),
+    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjt"),
+    ("rk_live_51H8aB1cD2eF3gH4iJ5kL6", "51H8aB1cD2eF3gH4"),
+    ("sk_test_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjt"),
+    ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0"
+     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "eyJzdWIiOiIxMjM0NTY3"),
+    ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0"
+     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "SflKxwRJSMeKKF2QT4fw"),
+    (f"-----BEGIN PRIVATE KEY-----\n{_PEM_BODY}\n-----END PRIVATE KEY-----", "0Z3VS5JJcds3xfn"),
+    (f"-----BEGIN RSA PRIVATE KEY-----\n{_PEM_BODY}\n-----END RSA PRIVATE KEY-----", "aFDrBz9vFqU4yZ3Q"),
+    (f"-----BEGIN OPENSSH PRIVATE KEY-----\n{_PEM_BODY}\n-----END OPENSSH PRIVATE KEY-----", "aFDrBz9vFqU4yZ3Q"),
+    ("-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,0123456789ABCDEF\n\n"
+     f"{_PEM_BODY}\n-----END EC PRIVATE KEY-----", "aFDrBz9vFqU4yZ3Q"),
+    (f"-----BEGIN ENCRYPTED PRIVATE KEY-----\n{_PEM_BODY}", "aFDrBz9vFqU4yZ3Q"),  # cut: no END line
+]
+
+
+@pytest.mark.parametrize(("credential", "gone"), ISSUED)
+@pytest.mark.parametrize("frame", [
+    "upstream: Incorrect API key provided: {}. Find yours at https://example.com/keys.",
+    "{}",
+    "key={}&x=1",
+    "the key ({}) was refused",
+    "json",  # in a JSON error body: json.dumps escapes the PEM's newlines as `\n`
+    "json-in-json",  # a JSON body quoted in another one's message: `\"` and `\\n`
+    "url",  # percent-encoded, in a URL: `%22sk-...`, `%0A` for a newline
+    "\\n{}",  # after an escaped newline, as an upstream's unparsed body shows
+])
+def test_third_party_credentials_are_masked(credential: str, gone: str, frame: str) -> None:
+    from urllib.parse import quote
+
+    if frame == "json":
+        text = json.dumps({"error": {"message": f"invalid credential: {credential}", "type": "auth"}})
+    elif frame == "json-in-json":
+        text = json.dumps({"error": {"message": json.dumps({"detail": f"bad: {credential}"})}})
+    elif frame == "url":
+        text = "GET /v1/x?q=" + quote(json.dumps({"k": credential}), safe="")
+    else:
+        text = frame.format(credential)
+    out = redact_text(text)
+    assert gone not in out, out
+    assert redaction.MASK in out
+    assert _every_pattern(text) == out  # the anchor words let every one of them through
+
+
+@pytest.mark.parametrize("text", [
+    "model=gpt-4o-mini", "gpt-4o-2024-08-06", "claude-3-5-sonnet-20241022", "text-embedding-3-small",
+    "sk-learn", "sk-", "sk-1", "the sk-proj-abc key is too short", "sk-ant-api03-short",
+    "sk-admin-dashboard-settings-page-layout", "sk-abcdefghijklmnopqrstuvwxyzabcdefghijkl",  # no capital, no digit
+    "task-0123456789abcdef0123456789abcdef01", "risk-admin-dashboard-settings-page-v2-Layout",  # inside a word
+    "request id 0123456789abcdef0123456789abcdef", "req_0123456789abcdef0123456789abcdef",
+    "chatcmpl-AbCdEf0123456789AbCdEf0123456789", "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "AKIA", "AKIAX%2F1", "AKIAIOSFODNN7EXAMPLEXY", "xAKIAIOSFODNN7EXAMPLE", "akiaiosfodnn7example",
+    "timezone Asia/Tokyo", "ASIA-PACIFIC-REGION-0001",
+    "ghp_short", "ghx_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "github_pat_", "GITHUB_PAT_TOKEN_NAME",
+    "xoxo-gossip", "xoxb-1", "xapp-", "AIza", "AIzaSyShort", "HF_HOME=/data/hf", "hf_hub_download",
+    "hf_transfer", "pk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_", "sk_live_short",
+    "eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9.payload.sig", "keyJar.eyJxxxx.y",
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----",
+    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYI\n-----END PUBLIC KEY-----",
+    "the private key was not found", "Bearer-less text", "a disk-full error, a task-runner, a risk-model",
+])
+def test_look_alikes_are_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+    shown = json.dumps({"error": {"message": text}})
+    assert redact_text(shown) == shown
+
+
+def test_the_issued_patterns_repeat_no_repetition() -> None:
+    """Linear time on hostile input: no quantifier repeats a group that holds another quantifier (the
+    shape of catastrophic backtracking), in any of the patterns. An optional part (`?`) repeats nothing."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    repeats = {_parser.MAX_REPEAT, _parser.MIN_REPEAT, _parser.POSSESSIVE_REPEAT}
+
+    def walk(items: Any, inside_repeat: bool) -> None:
+        for op, av in items:
+            if op in repeats and av[1] > 1:
+                assert not inside_repeat, f"a repetition inside a repetition: {av}"
+                walk(av[2], True)
+            elif op in repeats:
+                walk(av[2], inside_repeat)
+            elif op is _parser.SUBPATTERN:
+                walk(av[-1], inside_repeat)
+            elif op is _parser.BRANCH:
+                for branch in av[1]:
+                    walk(branch, inside_repeat)
+            elif op in (_parser.ASSERT, _parser.ASSERT_NOT):
+                walk(av[1], inside_repeat)
+
+    for pattern in redaction._PATTERNS:
+        walk(_parser.parse(pattern.pattern), False)
+
+
 def test_a_registered_secret_is_masked_in_any_case_and_through_invisible_characters() -> None:
     redaction.register_secret("AdmK07b23d0ad4650a78b2cfb1ae")
     for shown in ("AdmK07b23d0ad4650a78b2cfb1ae", "ADMK07B23D0AD4650A78B2CFB1AE", "admk07b23d0ad4650a78b2cfb1ae",
@@ -95,7 +220,8 @@ _LOOKALIKES = ["\u212a", "\u017f", "\u0131", "\u0130", "api\u212aey", "acce\u017
                "author\u0131zation", "Bearer\u0130"]
 _LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: ", "api_key=", "APIKEY:",
           "admin-key=", "access_token=", "access-token: ", "sk-llmops-", "SK-LLMOPS-", "token=", "Password: ",
-          "X-Amz-Signature=", "sig=", "client_secret=", "redis://:", "hf_", "\uff53\uff4b-llmops-"]
+          "X-Amz-Signature=", "sig=", "client_secret=", "redis://:", "hf_", "\uff53\uff4b-llmops-", "sk-proj-",
+          "sk-", "AKIA", "ghp_", "github_pat_", "xoxb-", "AIza", "sk_live_", "eyJ", "-----BEGIN PRIVATE KEY-----"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -107,7 +233,10 @@ _LEADS = ["Bearer ", "bearer\t", "Authorization: ", "X-Api-Key=", "x-admin-key: 
                                  "admin-key", "access_token", "sk-llmops-", "SK-LLMOPS-", ":", "=", " ", "'",
                                  '"', "abc", "k9", "-", "_", "\n", "é", "token", "tokens", "Secret", "PASSWD",
                                  "sig", "signature", "credential", "://", "@", "hf_", "AbCdEfGhIjKlMnOpQrStUv",
-                                 "\u200b", "\uff53", "\u00ad", "[REDACTED]", ",", "b", *_LOOKALIKES]),
+                                 "\u200b", "\uff53", "\u00ad", "[REDACTED]", ",", "b", "sk-proj-", "AKIA",
+                                 "ASIA", "IOSFODNN7EXAMPLE", "ghp_", "xoxb-", "eyJ", ".", "AIza", "\\n", "%22",
+                                 "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "\uff21\uff2b\uff29\uff21",
+                                 *_LOOKALIKES]),
                 max_size=12).map("".join))
 def test_the_anchor_check_skips_only_texts_no_pattern_changes(text: str) -> None:
     """redact_text searches for the patterns' leading words first and leaves a text without any as it is:

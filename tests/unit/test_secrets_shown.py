@@ -70,6 +70,25 @@ def test_an_upstream_echoing_its_key_is_masked_in_the_error_a_client_gets(filter
         "upstream: a plain string"
 
 
+@pytest.mark.parametrize("credential", [
+    "sk-proj-Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIj", "AKIAIOSFODNN7EXAMPLE",
+    "ghp_aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2", "github_pat_11ABCDEFG0123456789abc_aB1cD2eF3gH4iJ5kL6mN7oP8qR9",
+    "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "sk-ant-api03-aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2",
+    "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----"])
+def test_an_upstream_echoing_a_third_party_credential_is_masked(filtered: None, credential: str) -> None:
+    """Credentials the configuration does not know (no register_secret): recognised by their shapes, in what
+    an upstream's error says, before it is cut to 300 characters."""
+    secret = credential[12:30]
+    for status, body in ((401, json.dumps({"error": {"message": f"Invalid credentials: {credential}"}})),
+                         (400, json.dumps({"detail": f"bad request from {credential}"})),  # the raw body shown
+                         (500, json.dumps({"error": {"message": "x" * 279 + " " + credential}}))):  # cut inside
+        message = error_body(_error_from(status, body.encode()))["error"]["message"]
+        assert secret not in message, message
+        assert redaction.MASK in message
+
+
 def test_an_upstream_url_is_shown_without_credentials() -> None:
     url = "http://upuser:UpUrlPassw0rd@127.0.0.1:18156/v1?code=UpUrlC0de77"
     assert shown_url(url) == "http://127.0.0.1:18156/v1"

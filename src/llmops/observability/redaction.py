@@ -8,13 +8,22 @@ What is replaced by `[REDACTED]`:
   "tokens"), secret, password, signature, credential or is `sig`, whatever comes around it
   (`X-Amz-Signature=`, `access_token:`, `(b'x-api-key', b'...')`);
 - the password of a URL's user information (`redis://:pw@host`);
-- any string in the project's key format (`sk-llmops-...`, in any case) and Hugging Face tokens (`hf_...`);
+- any string in the project's key format (`sk-llmops-...`, in any case);
+- the credentials third parties issue, recognised by their shapes (`_ISSUED`): OpenAI's (`sk-proj-`,
+  `sk-svcacct-`, `sk-admin-`, `sk-None-` and legacy `sk-` keys) and Anthropic's (`sk-ant-api03-...`), any other
+  `sk-` key of 32 characters or more, AWS access key ids (`AKIA`/`ASIA` and 16 capitals or digits), GitHub
+  tokens (`ghp_` `gho_` `ghu_` `ghs_` `ghr_`, `github_pat_`), Slack tokens (`xoxb-` `xoxp-` `xoxa-` `xoxr-`
+  `xoxs-` `xoxe-`, `xapp-`), Google API keys (`AIza...`), Hugging Face tokens (`hf_...`), Stripe secret and
+  restricted keys (`sk_live_` `rk_live_` and their `_test_` forms), JWTs (`eyJ...`.`eyJ...`.`...`) and PEM
+  private key blocks (`-----BEGIN ... PRIVATE KEY-----` to its END line, or to where the text stops being
+  the block's);
 - the literal secrets registered with `register_secret` (every secret the configuration holds or names,
   at start-up: settings.Settings.secret_values), in any case.
 A text that is not ASCII is also searched in its NFKC form with invisible format characters removed
 (fullwidth letters, zero-width spaces): when that form holds a secret, it is the form logged, redacted.
-Every pattern is linear-time: a fixed word, bounded repetitions, then a bounded character class, so
-redacting a hostile log line cannot stall the process."""
+Every pattern is linear-time: a fixed word, bounded repetitions, then a bounded character class (no
+quantifier inside a repeated group, no unbounded repetition followed by anything that can fail but a JWT's
+`.`, see `_ISSUED`), so redacting a hostile log line cannot stall the process."""
 
 from __future__ import annotations
 
@@ -31,12 +40,61 @@ _NAME = (r"(?:api[_.-]?key|admin[_-]?key|authorization|token(?!s)|secret|passw(?
 _SEPARATOR = r"[\"']?\s{0,16}(?:[:=]|(?<=[\"']),\s{0,4}b?)\s{0,16}[\"']?"
 _SCHEME = r"(?:(?:bearer|basic|token|digest|apikey)\s{1,16})?"
 _MASKED = r"(?!" + _SCHEME + r"\[REDACTED\])"  # the credential after it was masked already (by `Bearer`'s)
+
+
+def _begins(head: str, inside: str = "A-Za-z0-9") -> str:
+    r"""`head` (a regular expression of a fixed width, starting with a plain character), where it starts a word:
+    no `inside` character before it (not `task-...`, `disk-admin-...`), or an escape that ends in one
+    (`\nsk-...` in JSON text, `%22sk-...` or `%3Dsk-...` in a URL, `\u0022sk-...`). The look-behinds come
+    after `head`, so the alternation starts with plain characters (re skips to the places they occur) and a
+    place where `head` is not is left at once."""
+    return (head + r"(?:(?<![" + inside + "]" + head + r")|(?<=\\[nrt]" + head + r")|(?<=%[0-9A-Fa-f]{2}" + head
+            + r")|(?<=\\u[0-9A-Fa-f]{4}" + head + "))")
+
+
+# The characters after `sk-` hold a capital or a digit within the first 64: a key does (32 random lower-case
+# hex digits have no digit with odds ~1e-14), a hyphenated lower-case slug (`sk-admin-dashboard-settings-page`)
+# does not.
+_MIXED = r"(?=[a-z_-]{0,63}[A-Z0-9])"
+_B64URL = r"[A-Za-z0-9_-]"
+# Credentials third parties issue, by their shapes: one alternation, case-sensitive (the issuers' prefixes
+# are; an upper-cased key is no longer the key). Each branch is a fixed prefix then one character class
+# repeated, at least as many times as the shortest real credential has (an ordinary word is never one), with
+# nothing after it that can fail but the AWS id's bounded end and the JWT's dots. A JWT starts where no
+# base64url character precedes it (or after an escape), so a run of them is tried from its start only and
+# each run followed by `.` is read at most twice (as a JWT's first segment, then as its second): linear,
+# however many `eyJ` a run holds. Run last: a name's pattern masks the whole value a credential is in. The
+# empty group, last, is the `m.group(1)` `_patterns` keeps (one first would hide the alternation's first
+# characters from re).
+_ISSUED = "|".join((
+    _begins("sk-") + "(?:proj|svcacct|admin|None|ant)-" + _MIXED + r"[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic
+    _begins("sk-") + _MIXED + r"[A-Za-z0-9_-]{32,}",  # legacy OpenAI keys, and other providers' `sk-` keys
+    _begins("A(?:KIA|SIA)") + r"[A-Z0-9]{16}(?![A-Za-z0-9])",  # AWS access key ids
+    _begins("gh[pousr]_") + r"[A-Za-z0-9]{36,}",  # GitHub
+    _begins("github_pat_") + r"[A-Za-z0-9_]{22,}",
+    _begins("xox[abeoprs]-") + r"[A-Za-z0-9-]{10,}",  # Slack
+    _begins("xapp-") + r"[A-Za-z0-9-]{10,}",
+    _begins("AIza") + r"[A-Za-z0-9_-]{35,}",  # Google API keys
+    _begins("hf_") + r"[A-Za-z0-9]{20,}",  # Hugging Face
+    _begins("sk_(?:live|test)_") + r"[A-Za-z0-9]{16,}",  # Stripe secret and restricted keys
+    _begins("rk_(?:live|test)_") + r"[A-Za-z0-9]{16,}",
+    _begins("eyJ", "A-Za-z0-9_-") + _B64URL + r"{4,}\.eyJ" + _B64URL + r"{4,}\." + _B64URL + "*",  # JWTs
+))
+# A PEM private key block: its own pattern, run first, as its words are apart (a name's pattern would mask
+# `-----BEGIN` alone after `credential:`, leaving the key). Its body is base64, whitespace, `\` (`\n` escaped
+# in JSON), `:` `,` and a `-` not starting `-----` (the `Proc-Type:`/`DEK-Info:` headers of an encrypted
+# key) and `%` (percent-encoded, in a URL): it stops at the END line, which is taken with it, or where the
+# text stops looking like the block (a message cut inside the block keeps nothing of the key).
+_SPACE = r"(?: |\+|%20)"
+_LABEL = r"(?:[A-Z0-9 +]|%20){0,32}PRIVATE" + _SPACE + "KEY(?:" + _SPACE + "BLOCK)?-----"
+_PEM = r"()-----BEGIN" + _LABEL + r"(?:[A-Za-z0-9+/=\s\\:,%]|-(?!----))*(?:-----END" + _LABEL + ")?"
 _PATTERNS = (
+    re.compile(_PEM),
     re.compile(r"(?i)(\bbearer\s{1,16})" + _VALUE),
     re.compile(r"(?i)(" + _NAME + r"[\w.-]{0,32}?" + _SEPARATOR + _MASKED + _SCHEME + ")" + _VALUE),
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{0,64}:)[^\s@/]{1,256}(?=@)"),
     re.compile("(?i)()" + re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_\-]*"),
-    re.compile(r"()\bhf_[A-Za-z0-9]{20,}"),
+    re.compile("(?:" + _ISSUED + ")()"),
 )
 # Every pattern above holds one of these words, in any case: a text without any of them (nearly every log
 # value: a method, a path, a model name, an id) needs no substitution. Looked for as substrings of the
@@ -44,7 +102,8 @@ _PATTERNS = (
 # a text that is not ASCII is looked at in its normal form, with the letters IGNORECASE matches to these
 # words' letters mapped onto them (`redact_text`).
 _WORDS = ("bearer", "authorization", "api", "admin", "token", "secret", "passw", "sig", "credential",
-          SECRET_PREFIX, "://", "hf_")
+          SECRET_PREFIX, "://", "sk-", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+          "xox", "xapp-", "aiza", "hf_", "k_live_", "k_test_", "eyj", "-----begin")
 _PLAIN = frozenset({int, float, bool, type(None)})  # a line's values that hold no text
 _secrets: dict[str, re.Pattern[str]] = {}  # lower-cased secret -> its case-insensitive pattern
 
