@@ -155,10 +155,19 @@ def _without_native_telemetry() -> dict[str, Any]:
 
 
 async def drain(app: FastAPI) -> bool:
-    """Begin draining (SIGTERM): refuse new work, let admitted work finish. True when all finished."""
+    """Begin draining (SIGTERM): refuse new work, let admitted work finish, then give the clients of image
+    jobs that finished meanwhile up to `result_pickup_s` to read them. True when all finished."""
     services: Services = app.state.services
     services.pool.close_admission()
-    return await services.lifecycle.drain(services.settings.shutdown.drain_timeout_s)
+    since, started, shutdown = time.time(), time.monotonic(), services.settings.shutdown
+    if not await services.lifecycle.drain(shutdown.drain_timeout_s):
+        return False
+    if unread := services.image_jobs.unread(since):  # within the drain's time: the pod's grace period holds
+        pickup = min(shutdown.result_pickup_s, max(0.0, shutdown.drain_timeout_s - (time.monotonic() - started)))
+        log.info("waiting up to %.1f s for %d image job result(s) to be read", pickup, unread)
+        if left := await services.image_jobs.wait_pickup(since, pickup):
+            log.warning("%d image job result(s) never read: they are lost with this process", left)
+    return True
 
 
 # The POST routes the edge serves itself (api/direct.py): the inference requests, where FastAPI's routing and

@@ -1,7 +1,9 @@
 """The server's life: serving, then draining after SIGTERM.
 
-While draining, /ready answers 503, new requests get 503 `shutting_down`, and every request already
-admitted runs to its complete response; the process exits once none is left or `drain_timeout_s` passed.
+While draining, /ready answers 503, new work gets 503 `shutting_down` (reads and cancellations are still
+served: middleware/drain.py), and every request and image job already admitted runs to its end (a job is
+in flight from its admission to its end: pipeline/images.submit_job); the process exits once none is left
+(and the results of jobs that finished meanwhile were read, app.drain) or `drain_timeout_s` passed.
 """
 
 from __future__ import annotations

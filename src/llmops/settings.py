@@ -488,6 +488,10 @@ class ProcessSettings(_Strict):
 
 class ShutdownSettings(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long admitted work may finish")
+    result_pickup_s: float = Field(10.0, ge=0, le=600, description="once admitted work has finished, how long "
+                                   "clients may still read the results of image jobs that finished during the "
+                                   "drain (they exist in this process only), within drain_timeout_s; the "
+                                   "process exits once all are read")
 
 
 class WebSettings(_Strict):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,6 +58,39 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
         plain = results[3]
         assert plain.status_code == 200
         assert plain.json()["choices"][0]["text"].endswith("w19")
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_an_image_job_admitted_before_the_drain_can_still_be_followed(tmp_path: Path) -> None:
+    """Draining refuses new work, not reads: a job's client polls it to its end (it was 503, the answer lost)."""
+    cfg = write_config(tmp_path / "jobs.yaml", [
+        {"name": "img", "kind": "image", "engine": "fake-image", "options": {"step_delay_s": 0.05}}],
+        shutdown={"drain_timeout_s": 30})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],  # noqa: ASYNC220
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **own_state(cfg)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, f"{base}/ready", 60)
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            job = (await c.post("/v1/images/jobs", json={"model": "img", "prompt": "x", "size": "256x256",
+                                                         "num_inference_steps": 20})).json()["id"]
+            proc.send_signal(signal.SIGTERM)
+            seen: list[dict[str, Any]] = []
+            while not seen or seen[-1]["status"] not in ("succeeded", "failed", "cancelled"):
+                r = await c.get(f"/v1/images/jobs/{job}")
+                assert r.status_code == 200, r.text  # read while draining
+                seen.append(r.json())
+                if len(seen) == 1:
+                    refused = await c.post("/v1/images/jobs", json={"model": "img", "prompt": "late"})
+                    assert refused.status_code == 503  # new work is refused once draining
+                await asyncio.sleep(0.02)
+            assert seen[-1]["status"] == "succeeded"
+            assert seen[-1]["data"]  # the answer, read after the job finished: then the process may go
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
         if proc.poll() is None:

@@ -1,5 +1,7 @@
-"""Count requests in flight, and refuse new ones with 503 once the server is draining. The probes
-(/health, /ready) and /metrics pass through and are not counted."""
+"""Count requests in flight, and refuse new work with 503 once the server is draining. The probes
+(/health, /ready) and /metrics pass through and are not counted. Reads and cancellations (GET, HEAD, DELETE)
+are still served while draining: an image job admitted before the drain runs to its end, and its client must
+be able to follow it, fetch its result and cancel it (they were 503 too, so a finished job's answer was lost)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from llmops.errors import ShuttingDown
 from llmops.http_edge import OPS, UNKNOWN_MODEL
 from llmops.lifecycle import Lifecycle
 from llmops.observability.metrics import Metrics
+
+STILL_SERVED = frozenset({"GET", "HEAD", "DELETE"})  # while draining: they start no new work
 
 
 class Drain:
@@ -17,9 +21,9 @@ class Drain:
     def counted(path: str) -> bool:
         return path not in OPS
 
-    def refusal(self) -> ShuttingDown | None:
-        """The 503 for a new request once draining (counted), else None."""
-        if not self.lifecycle.draining:
+    def refusal(self, method: str) -> ShuttingDown | None:
+        """The 503 for new work once draining (counted), else None."""
+        if not self.lifecycle.draining or method in STILL_SERVED:
             return None
         error = ShuttingDown("the server is shutting down")
         self.metrics.reject(UNKNOWN_MODEL, error)

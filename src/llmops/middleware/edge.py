@@ -73,7 +73,7 @@ class Edge:
             if not self.drain.counted(scope["path"]):
                 await self._dispatch(scope, receive, out)
                 return
-            draining = self.drain.refusal()
+            draining = self.drain.refusal(scope["method"])
             if draining is not None:
                 await send_error(draining, scope, receive, out)
                 return

@@ -82,12 +82,14 @@ def submit_job(services: Services, call: Call, jobs: Jobs[Req, Res], request: Re
                images_of: Callable[[Res], int]) -> BatchJob[Req, Res]:
     """Stage `admission` for batched kinds (images, classification): a job with a place at the model's
     admission (503 at once when its queue is full, counted as a rejection); its images and engine time are
-    charged when it ends."""
+    charged when it ends. A job is work in flight until it ends, as a request is: a drain waits for it (an
+    async job's request has ended, with its 202, long before it does)."""
     charge = call.charge
     assert charge is not None
-    accountant = services.accountant
+    accountant, lifecycle = services.accountant, services.lifecycle
 
     def on_done(job: BatchJob[Req, Res]) -> None:
+        lifecycle.leave()
         images = images_of(job.result) if job.result is not None else 0
         accountant.settle(charge, images=images, engine_s=job.engine_s if images else 0.0)
 
@@ -97,6 +99,7 @@ def submit_job(services: Services, call: Call, jobs: Jobs[Req, Res], request: Re
         settle_unused(services, call)
         services.metrics.reject(to.model, exc)
         raise
+    lifecycle.enter()
     call.served = to.model
     return job
 

@@ -120,6 +120,7 @@ class BatchJob(Generic[Req, Res]):
     place: Place | None = None  # its place at the model's admission, given back when it finishes
     admitting: asyncio.Task[None] | None = None  # waits for the place to be granted
     owner: str | None = None  # the id of the API key that created it (jobs API); None on an open server
+    picked_up: bool = False  # read back (jobs API) since it finished: its client has its answer
 
     def finish(self, status: Status, *, result: Res | None = None, error: LLMOpsError | None = None) -> None:
         if self.done.is_set():
@@ -166,6 +167,7 @@ class Jobs(Generic[Req, Res]):
         self._on_batch = on_batch
         self._queues: dict[str, _ModelQueue[Req, Res]] = {}
         self._jobs: dict[str, BatchJob[Req, Res]] = {}
+        self._picked = asyncio.Event()  # a finished job was read back
 
     def submit(self, to: Submission[Req, Res], request: Req,
                on_done: Callable[[BatchJob[Req, Res]], None] | None = None) -> BatchJob[Req, Res]:
@@ -201,7 +203,25 @@ class Jobs(Generic[Req, Res]):
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r} (unknown, or finished and expired)", param="id")
+        if job.done.is_set() and not job.picked_up:
+            job.picked_up = True
+            self._picked.set()
         return job
+
+    def unread(self, since: float) -> int:
+        """Jobs kept to be read back that finished at or after `since` (time.time()) and were not read since."""
+        return sum(1 for j in self._jobs.values() if j.finished_at is not None and j.finished_at >= since
+                   and not j.picked_up)
+
+    async def wait_pickup(self, since: float, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for the jobs that finished since `since` to be read back (a drain's last step:
+        an async job's answer exists only in this process); the number still unread."""
+        deadline = time.monotonic() + timeout_s
+        while (left := self.unread(since)) and (wait := deadline - time.monotonic()) > 0:
+            self._picked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._picked.wait(), wait)
+        return left
 
     def get_for(self, job_id: str, key_id: str | None) -> BatchJob[Req, Res]:
         """The job, as the caller with API key `key_id` (None on an open server) may see it: a job created with
