@@ -18,16 +18,26 @@ from tests.helpers import free_port, own_state, wait_ready, write_config
 REPLY = " ".join(f"w{i}" for i in range(20))
 
 
-async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "drain.yaml", [
-        {"name": "slow", "engine": "fake", "options": {"reply": REPLY, "token_delay_s": 0.05, "capacity": 2}}],
-        shutdown={"drain_timeout_s": 30})
+def serve(tmp_path: Path, model: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+    """A server of `model` on loopback with a 30 s drain, ready; the caller stops it."""
+    cfg = write_config(tmp_path / "drain.yaml", [model], shutdown={"drain_timeout_s": 30})
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],  # noqa: ASYNC220
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **own_state(cfg)})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, f"{base}/ready", 60)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, base
+
+
+async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
+    proc, base = serve(tmp_path, {"name": "slow", "engine": "fake",
+                                  "options": {"reply": REPLY, "token_delay_s": 0.05, "capacity": 2}})
+    try:
         async with httpx.AsyncClient(base_url=base, timeout=60) as c:
             async def stream() -> str:
                 r = await c.post("/v1/chat/completions", json={
@@ -67,15 +77,9 @@ async def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
 
 async def test_an_image_job_admitted_before_the_drain_can_still_be_followed(tmp_path: Path) -> None:
     """Draining refuses new work, not reads: a job's client polls it to its end (it was 503, the answer lost)."""
-    cfg = write_config(tmp_path / "jobs.yaml", [
-        {"name": "img", "kind": "image", "engine": "fake-image", "options": {"step_delay_s": 0.05}}],
-        shutdown={"drain_timeout_s": 30})
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],  # noqa: ASYNC220
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **own_state(cfg)})
-    base = f"http://127.0.0.1:{port}"
+    proc, base = serve(tmp_path, {"name": "img", "kind": "image", "engine": "fake-image",
+                                  "options": {"step_delay_s": 0.05}})
     try:
-        wait_ready(proc, f"{base}/ready", 60)
         async with httpx.AsyncClient(base_url=base, timeout=60) as c:
             job = (await c.post("/v1/images/jobs", json={"model": "img", "prompt": "x", "size": "256x256",
                                                          "num_inference_steps": 20})).json()["id"]
