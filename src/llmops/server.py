@@ -30,6 +30,7 @@ log = logging.getLogger("llmops.server")
 
 
 TICK_S = 0.5  # uvicorn's main_loop: 0.1
+CUT_OFF_S = 1  # after a drain ran out of time, what uvicorn still waits for before it cancels the rest (5 s)
 TICKS_PER_UVICORN_SECOND = 10  # on_tick's counter counts tenths: it refreshes the Date header when it divides by 10
 
 
@@ -90,7 +91,8 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain_then_exit(self) -> None:
         try:
-            await drain(self.app)
+            if not await drain(self.app):  # its time ran out: what is left is cut off now (middleware/drain.py)
+                self.config.timeout_graceful_shutdown = CUT_OFF_S
         finally:
             self._exit()
 

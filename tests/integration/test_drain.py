@@ -18,12 +18,13 @@ from tests.helpers import free_port, own_state, wait_ready, write_config
 REPLY = " ".join(f"w{i}" for i in range(20))
 
 
-def serve(tmp_path: Path, model: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-    """A server of `model` on loopback with a 30 s drain, ready; the caller stops it."""
-    cfg = write_config(tmp_path / "drain.yaml", [model], shutdown={"drain_timeout_s": 30})
+def serve(tmp_path: Path, model: dict[str, Any], drain_s: float = 30) -> tuple[subprocess.Popen[bytes], str]:
+    """A server of `model` on loopback, ready, its output in tmp_path/server.log; the caller stops it."""
+    cfg = write_config(tmp_path / "drain.yaml", [model], shutdown={"drain_timeout_s": drain_s})
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **own_state(cfg)})
+    with (tmp_path / "server.log").open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(cfg), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **own_state(cfg)})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, f"{base}/ready", 60)
@@ -96,6 +97,28 @@ async def test_an_image_job_admitted_before_the_drain_can_still_be_followed(tmp_
             assert seen[-1]["status"] == "succeeded"
             assert seen[-1]["data"]  # the answer, read after the job finished: then the process may go
         assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_request_cut_off_when_the_drain_runs_out_gets_a_503_in_the_envelope(tmp_path: Path) -> None:
+    """Past `drain_timeout_s` the server stops and cancels what is left: the client gets 503 shutting_down
+    as JSON (uvicorn's own answer was a plain-text 500, with a logged traceback)."""
+    proc, base = serve(tmp_path, {"name": "slow", "engine": "fake", "options": {"reply": REPLY, "token_delay_s": 1.0}},
+                       drain_s=1)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            slow = asyncio.create_task(c.post("/v1/completions", json={"model": "slow", "prompt": "x"}))
+            while (await c.get("/ready")).json()["models"]["slow"]["running"] < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            r = await slow
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "shutting_down"
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert "Exception in ASGI application" not in (tmp_path / "server.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

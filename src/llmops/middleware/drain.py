@@ -5,6 +5,8 @@ be able to follow it, fetch its result and cancel it (they were 503 too, so a fi
 
 from __future__ import annotations
 
+import asyncio
+
 from llmops.errors import ShuttingDown
 from llmops.http_edge import OPS, UNKNOWN_MODEL
 from llmops.lifecycle import Lifecycle
@@ -20,6 +22,18 @@ class Drain:
     @staticmethod
     def counted(path: str) -> bool:
         return path not in OPS
+
+    def cut_off(self, unanswered: bool) -> ShuttingDown | None:
+        """The answer for a request the server cancels as it stops after the drain's time ran out (uvicorn
+        cancels what is left): a 503 in the API's envelope where nothing was sent yet (uvicorn's own answer is a
+        plain-text 500 and a logged traceback), else None: the cancellation goes on. The task's cancellation is
+        taken back so the answer can be written."""
+        if not (self.lifecycle.draining and unanswered):
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return ShuttingDown("the server stopped before this request finished (its drain time ran out)")
 
     def refusal(self, method: str) -> ShuttingDown | None:
         """The 503 for new work once draining (counted), else None."""

@@ -22,6 +22,7 @@ scan of its headers per concern and one JSON parse."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -80,6 +81,11 @@ class Edge:
             self.drain.lifecycle.enter()
             try:
                 await self._dispatch(scope, receive, out)
+            except asyncio.CancelledError:
+                cut = self.drain.cut_off(out.sent == "none")
+                if cut is None:
+                    raise
+                await send_error(cut, scope, receive, out)
             finally:
                 self.drain.lifecycle.leave()
         finally:
