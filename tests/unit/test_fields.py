@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from openai.types import completion_create_params, embedding_create_params
+from openai.types import completion_create_params, embedding_create_params, image_generate_params
 from openai.types.chat import completion_create_params as chat_create_params
 
-from llmops.protocol.fields import CHAT, COMPLETIONS, EMBEDDINGS, markdown_table
+from llmops.protocol.fields import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, markdown_table
 from tests.unit.test_api import assert_error
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -27,6 +27,7 @@ def sdk_fields(typed_dict: Any) -> set[str]:
     (chat_create_params.CompletionCreateParamsStreaming, CHAT),
     (completion_create_params.CompletionCreateParamsStreaming, COMPLETIONS),
     (embedding_create_params.EmbeddingCreateParams, EMBEDDINGS),
+    (image_generate_params.ImageGenerateParamsStreaming, IMAGES),
 ])
 def test_every_sdk_field_has_a_fate(params: Any, table: dict[str, Any]) -> None:
     missing = sdk_fields(params) - set(table)

@@ -404,8 +404,10 @@ OPENAI_CALLS = {
     "embeddings": lambda c: c.embeddings.create(model="emb", input=["a", "b"], dimensions=8, encoding_format="float",
                                                 user="u"),
     "embeddings-ids": lambda c: c.embeddings.create(model="emb", input=[[1, 2], [3]]),  # base64, the default
+    # style is refused (protocol/fields.py's images table: it had been ignored without a word); quality
+    # "standard" is what is served
     "images": lambda c: c.images.generate(model="img", prompt="a cat", n=1, size="512x512", quality="standard",
-                                          style="vivid", response_format="b64_json", user="u"),
+                                          response_format="b64_json", user="u"),
 }
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,

@@ -20,7 +20,7 @@ from llmops.api import deps
 from llmops.api.disconnect import cancel_on_disconnect
 from llmops.api.image_params import ImageFields, parse_size, resolve
 from llmops.engines.base import ImageRequest, ImageResult
-from llmops.errors import InvalidRequest, NotFound, error_body
+from llmops.errors import InvalidRequest, NotFound, UnsupportedParameter, error_body
 from llmops.pipeline import images, stages
 from llmops.pipeline.images import ImageWork
 from llmops.pipeline.stages import Call
@@ -41,7 +41,8 @@ _FILE_NAME = r"^imgfile-[0-9a-f]{32}\.png$"
 
 
 def _work(body: ImageGenerationRequest, *, cached: bool = True) -> ImageWork:
-    """The OpenAI-shaped request as image work; seeded b64_json requests are deterministic (cacheable)."""
+    """The OpenAI-shaped request as image work; seeded b64_json requests are deterministic (cacheable): the
+    cache keys on the declared fields only, as a refused field left null (an extra) asks for nothing."""
     width, height = parse_size(body.size)
 
     def resolve_for(cfg: ModelConfig, prompt: str, negative: str | None) -> ImageRequest:
@@ -50,7 +51,8 @@ def _work(body: ImageGenerationRequest, *, cached: bool = True) -> ImageWork:
         return resolve(cfg, fields, size_params=("size", "size"))
 
     cacheable = cached and body.seed is not None and body.response_format == "b64_json"
-    cache_fields = body.model_dump(exclude={"user", "prompt", "negative_prompt"}) if cacheable else None
+    keyed = set(ImageGenerationRequest.model_fields) - {"user", "prompt", "negative_prompt"}
+    cache_fields = body.model_dump(include=keyed) if cacheable else None
     return ImageWork(body.model, body.prompt, body.negative_prompt, body.n, resolve_for, cache_fields)
 
 
@@ -82,6 +84,14 @@ def _data(request: Request, result: ImageResult, response_format: str) -> list[I
     return [ImageData(b64_json=base64.b64encode(png).decode()) for png in result.images]
 
 
+def _refuse_unsupported(body: ImageGenerationRequest) -> None:
+    """A field the server does not honour (protocol/fields.py's `images` table) is a 400 naming it, before
+    anything else is checked."""
+    refused = body.unsupported_field()
+    if refused:
+        raise UnsupportedParameter(f"'{refused}' is not supported by this server", param=refused)
+
+
 def _needs_store(request: Request, body: ImageGenerationRequest) -> None:
     if body.response_format == "url" and deps.settings(request).images.store_dir is None:
         raise InvalidRequest("response_format 'url' needs images.store_dir configured on the server",
@@ -92,6 +102,7 @@ def _needs_store(request: Request, body: ImageGenerationRequest) -> None:
 async def generations(body: ImageGenerationRequest, request: Request) -> JSONResponse:
     """Seeded b64_json requests are deterministic: they are answered from the response cache when it has them
     (after the budget check, like every cached answer)."""
+    _refuse_unsupported(body)
     _needs_store(request, body)
     call = await _prepared(request, _work(body))
     if call.hit is not None:
@@ -138,6 +149,7 @@ def job_view(job: Job, queue: ImageJobs) -> ImageJob:
 
 @router.post("/v1/images/jobs", status_code=202, response_model=ImageJob)
 async def create_job(body: ImageGenerationRequest, request: Request) -> JSONResponse:
+    _refuse_unsupported(body)
     if body.response_format == "url":
         raise InvalidRequest("image jobs return b64_json images", param="response_format")
     call = await _prepared(request, _work(body, cached=False))  # a job always runs

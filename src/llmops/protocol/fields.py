@@ -1,6 +1,7 @@
 """The fate of every OpenAI request field: honoured (with how), or refused with a 400 naming it.
 
-One table per endpoint. A refused field is still accepted when it is null or empty (or false), as OpenAI's
+One table per endpoint (`images`: POST /v1/images/generations and the image jobs API's POST /v1/images/jobs,
+which take the same body). A refused field is still accepted when it is null or empty (or false), as OpenAI's
 own clients serialise unset options so; any other value gets 400 `unsupported_parameter` naming it. Fields
 that are not in the table at all (vLLM-style extras such as `top_k` or `ignore_eos`) are refused the same
 way. One refused field also takes the one value that asks for nothing more, as OpenAI accepts it:
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Endpoint = Literal["chat", "completions", "embeddings"]
+Endpoint = Literal["chat", "completions", "embeddings", "images"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,38 @@ EMBEDDINGS: dict[str, Fate] = {
     "user": _h("logged with the request"),
 }
 
-TABLES: dict[Endpoint, dict[str, Fate]] = {"chat": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
+IMAGES: dict[str, Fate] = {
+    "prompt": _h("up to the model's `limits.image.max_prompt_chars`"),
+    "model": _h("an image model; null: the first configured; 404 for an unknown one"),
+    "n": _h("up to `limits.max_n`; image i uses seed + i; null: 1"),
+    "size": _h("\"WxH\" within the model's limits, multiples of 8; null: the model's default"),
+    "response_format": _h("b64_json or url (signed, needs `images.store_dir`; jobs: b64_json only); null: b64_json"),
+    "user": _h("accepted as OpenAI's end-user id; it changes nothing in the images"),
+    "negative_prompt": _h("this server's extension; null: the model's default"),
+    "num_inference_steps": _h("this server's extension: within the model's limits"),
+    "guidance_scale": _h("this server's extension: within the model's limits"),
+    "seed": _h("this server's extension: 0..2^63-1; a seed makes a b64_json request cacheable"),
+    "quality": _r("except `auto` and `standard` (OpenAI's defaults, what is served): one quality, the model's "
+                  "steps (`num_inference_steps`)"),
+    "style": _r(),
+    "background": _r("opaque PNG only"),
+    "output_format": _r("PNG only"),
+    "output_compression": _r("PNG only"),
+    "moderation": _r("use the guardrails (server configuration)"),
+    "safety_identifier": _r("use `user` or API keys"),
+    "stream": _r("use the jobs API (`/v1/images/jobs`) for progress"),
+    "partial_images": _r("use the jobs API (`/v1/images/jobs`) for progress"),
+    "complexity": _r(),
+    "frame_count": _r("still images only"),
+    "frame_duration_ms": _r("still images only"),
+    "svg": _r("PNG only"),
+}
+
+TABLES: dict[Endpoint, dict[str, Fate]] = {"chat": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS,
+                                           "images": IMAGES}
+# A refused field's values that ask for what is served anyway, as null does: OpenAI's own defaults, which its
+# examples send (`quality="standard"` in the DALL-E quickstart).
+SERVED_ANYWAY: dict[Endpoint, dict[str, frozenset[object]]] = {"images": {"quality": frozenset({"auto", "standard"})}}
 
 
 def is_unset(value: object) -> bool:
@@ -107,12 +139,16 @@ def is_unset(value: object) -> bool:
 
 def refused_field(endpoint: Endpoint, given: dict[str, object]) -> str | None:
     """The first field of `given` (a request's raw fields) that is set and not honoured, if any."""
-    table = TABLES[endpoint]
+    table, anyway = TABLES[endpoint], SERVED_ANYWAY.get(endpoint, {})
     for name, value in given.items():
         fate = table.get(name)
-        if (fate is None or not fate.honoured) and not is_unset(value):
+        if (fate is None or not fate.honoured) and not is_unset(value) and not _served(anyway.get(name), value):
             return name
     return None
+
+
+def _served(values: frozenset[object] | None, value: object) -> bool:
+    return values is not None and isinstance(value, str) and value in values
 
 
 def markdown_table() -> str:
