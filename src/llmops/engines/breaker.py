@@ -26,9 +26,6 @@ class CircuitBreaker:
             return "closed"
         return "half_open" if time.monotonic() - self.opened_at >= self.reset_s else "open"
 
-    def allow(self) -> bool:
-        return self.take() is not None
-
     def take(self) -> int | None:
         """None: refused (open, or the half-open trial is out); 0: let through (closed); else the number of
         the trial this call is, to `abandon` if it ends with neither `success` nor `failure`."""

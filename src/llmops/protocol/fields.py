@@ -23,14 +23,20 @@ Endpoint = Literal["chat", "completions", "embeddings", "images"]
 class Fate:
     honoured: bool
     note: str
+    # a refused field's values that ask for what is served anyway, as null does: OpenAI's own defaults, which
+    # its examples send (`quality="standard"` in the DALL-E quickstart)
+    served: frozenset[str] = frozenset()
+
+    def refuses(self, value: object) -> bool:
+        return not (self.honoured or is_unset(value) or (isinstance(value, str) and value in self.served))
 
 
 def _h(note: str) -> Fate:
     return Fate(True, note)
 
 
-def _r(note: str = "not implemented") -> Fate:
-    return Fate(False, note)
+def _r(note: str = "not implemented", served: frozenset[str] = frozenset()) -> Fate:
+    return Fate(False, note, served)
 
 
 _SAMPLING: dict[str, Fate] = {
@@ -110,7 +116,7 @@ IMAGES: dict[str, Fate] = {
     "guidance_scale": _h("this server's extension: within the model's limits"),
     "seed": _h("this server's extension: 0..2^63-1; a seed makes a b64_json request cacheable"),
     "quality": _r("except `auto` and `standard` (OpenAI's defaults, what is served): one quality, the model's "
-                  "steps (`num_inference_steps`)"),
+                  "steps (`num_inference_steps`)", frozenset({"auto", "standard"})),
     "style": _r(),
     "background": _r("opaque PNG only"),
     "output_format": _r("PNG only"),
@@ -127,9 +133,6 @@ IMAGES: dict[str, Fate] = {
 
 TABLES: dict[Endpoint, dict[str, Fate]] = {"chat": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS,
                                            "images": IMAGES}
-# A refused field's values that ask for what is served anyway, as null does: OpenAI's own defaults, which its
-# examples send (`quality="standard"` in the DALL-E quickstart).
-SERVED_ANYWAY: dict[Endpoint, dict[str, frozenset[object]]] = {"images": {"quality": frozenset({"auto", "standard"})}}
 
 
 def is_unset(value: object) -> bool:
@@ -139,16 +142,12 @@ def is_unset(value: object) -> bool:
 
 def refused_field(endpoint: Endpoint, given: dict[str, object]) -> str | None:
     """The first field of `given` (a request's raw fields) that is set and not honoured, if any."""
-    table, anyway = TABLES[endpoint], SERVED_ANYWAY.get(endpoint, {})
+    table = TABLES[endpoint]
     for name, value in given.items():
         fate = table.get(name)
-        if (fate is None or not fate.honoured) and not is_unset(value) and not _served(anyway.get(name), value):
+        if (not is_unset(value)) if fate is None else fate.refuses(value):
             return name
     return None
-
-
-def _served(values: frozenset[object] | None, value: object) -> bool:
-    return values is not None and isinstance(value, str) and value in values
 
 
 def markdown_table() -> str:
