@@ -1,29 +1,29 @@
 """Images on a GPU, in one run (issue 14's table): Stable Diffusion 1.5 geometry with random weights (timing
 does not depend on weight values), fp16, 512x512, 50 steps.
 
-Measured on H200s (bench/results/gpu_images-h200-s17.md): each compiled batch size took 63-101 s to compile
-cold (the phase estimates below were ~50-70 s), so all five phases with sizes 1 and 4 take ~11-12 minutes
-and do not fit one 10-minute device call with tests/gpu; its call 1 (below, --budget-s 465) got every row but
-the compiled batch-4 ones and the warm restart. Run it as two calls. The device tool sends the checkout the
-session was started in (this file must be there) and runs in its root; that machine has python3 with torch,
-transformers, pillow, numpy, pytest, prometheus-client, pyyaml, httpx, but not diffusers nor llmops' server
-deps, which travel as wheels:
+Measured on H200s (bench/results/gpu_images-h200-s17.md): a static compile of one batch size took 63-101 s
+cold, so llmops' compile option now compiles the batch dimension once, dynamic, for every size (its
+default; `--compile-batch static` measures the old way). The bare compiled rows stay static, one compile per
+batch size: they are the reference. All five phases and tests/gpu do not fit one 10-minute device call; run
+two. The device tool sends the checkout the session was started in (this file must be there) and runs in its
+root; that machine has python3 with torch, transformers, pillow, numpy, pytest, prometheus-client, pyyaml,
+httpx, but not diffusers nor llmops' server deps, which travel as wheels:
 
     bash bench/gpu_wheels.sh          # HERE, once, in that checkout: wheels into .whl/ (git-ignored), 11 MiB
-    call 1 (compiles; ~9.7 min)  device run  carry=[".whl"]  timeout_s=595  command=
+    call 1 (~3 min)  device run  carry=[".whl"]  timeout_s=240  command=
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
       && export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 || exit 1; nvidia-smi -L;
-      timeout -k 15 575 python3 bench/gpu_images.py --out $OUT --budget-s 560
-      --phases llmops-cold,llmops-warm,bare-compiled --cap llmops-cold=300 --cap bare-compiled=230
-    call 2 (~4 min): the same install line, then
-      timeout -k 15 200 python3 bench/gpu_images.py --out $OUT --budget-s 190 --phases bare,llmops;
-      unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; timeout -k 5 150 python3 -m pytest tests/gpu -p
+      timeout -k 15 150 python3 bench/gpu_images.py --out $OUT --budget-s 140 --phases bare,llmops;
+      unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR; timeout -k 5 75 python3 -m pytest tests/gpu -p
       no:cacheprovider -W ignore::pytest.PytestConfigWarning -rA -s 2>&1 | tee $OUT/tests_gpu.log
+    call 2 (the rest of the device time, up to ~9.5 min): the same install line, then
+      timeout -k 15 540 python3 bench/gpu_images.py --out $OUT --budget-s 525
+      --phases llmops-cold,llmops-warm,bare-compiled --cap llmops-cold=250 --cap llmops-warm=80
     (each one line; pytest-asyncio is not carried: tests/gpu needs none, and -W quiets its unknown ini keys).
-    Each call is a fresh machine, so compare rows within a call (both compiled rows are in call 1); the warm
-    restart's ratio needs call 2's uncompiled ready time. Copy files_at/gpu_images.json and .md into
-    bench/results and add how it ran; the phase logs (files_at/<phase>.log: each phase's output with its
-    llmops server's log) say where a stalled row stopped.
+    Each call is a fresh machine, so compare rows within a call (all compiled rows are in call 2); the warm
+    restart's ratio is its ready_s over call 1's uncompiled ready_s (across machines). Copy
+    files_at/gpu_images.json and .md into bench/results and add how it ran; the phase logs
+    (files_at/<phase>.log: each phase's output with its llmops server's log) say where a stalled row stopped.
 
 The run is a stdlib-only parent that starts each phase as its own process (own process group), time-boxed,
 in this order, cheapest and most informative first:
@@ -33,7 +33,7 @@ in this order, cheapest and most informative first:
                     "uncompiled load time" the warm restart is compared with                 (~60 s)
     3. llmops-cold  llmops with the compile option, cold: a fresh, empty inductor/triton cache folder of its
                     own, ready/compile/load seconds and the graphs compiled (cache misses), then sequential
-                    and 8 concurrent                                                         (~250 s)
+                    and 8 concurrent                          (static per size: ~250 s for sizes 1 and 4)
     4. llmops-warm  the same server restarted on the cache phase 3 filled: ready/compile seconds against
                     phase 2's load time, the graphs read from the cache (hits; misses should be 0), and one
                     timed request; run once phase 3's server was ready (its cache is complete then) (~45 s)
@@ -51,14 +51,13 @@ phase's output, its llmops server's log included, is kept as OUT/<phase>.log. Ev
 OUT/gpu_images.json and .md as soon as it exists. The device tool returns at most 8 files from $OUT: these
 are 7 (json, md, 5 logs), and tests_gpu.log the 8th.
 
-Batch sizes compiled by llmops here: 1 and 4 (`compile_batch_sizes: [1, 4]`), not the option's default
-1..max_batch_size. Each batch size is its own static graph, 63-101 s cold on an H200, so the default 1..4
-alone would take ~5-7 minutes of cold start, which with the other rows does not fit one ~9-minute call. The
-bench's traffic forms only those two sizes (sequential requests are batches of 1; 8 concurrent
-requests coalesce into 2 batches of 4, which each row checks through the pipeline-call count in /ready and
-reports as `batches`). The cold start of the default four sizes is about this row's compile_s plus two
-more sizes at the per-size seconds the server log shows for 1 and 4 (OUT/llmops-cold.log, "compile warm-up"
-lines); `--compile-sizes all` measures it instead when the time is there. The cold row never reuses any
+Batch sizes compiled by llmops here: 1..4, the option's default (1..max_batch_size), with the batch
+dimension dynamic: one compile of the UNet, two of the VAE decoder (batch 1 is its own), then a CUDA graph
+recorded per size; the cold row's graphs_per_size says what each size traced. The bench's traffic forms
+sizes 1 and 4 (sequential requests are batches of 1; 8 concurrent requests coalesce into 2 batches of 4,
+which each row checks through the pipeline-call count in /ready and reports as `batches`). With
+`--compile-batch static` each size is its own compile, 63-101 s cold on an H200: use `--compile-sizes 1,4`
+there, as the default four sizes would not fit a call. The cold row never reuses any
 cache: the bare compiled rows use their own folder, and TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR are
 removed from every llmops server's environment so its configured folder is the one used.
 
@@ -124,6 +123,7 @@ class Settings:
     concurrent: int  # the "8 concurrent" rows
     repeats: int
     compile_sizes: list[int]  # what llmops' compile option warms up
+    compile_batch: str  # llmops' compile of the batch dimension: dynamic (its default) or static
     port: int
     work: Path  # the saved model and the compile caches (never under --out: gigabytes)
 
@@ -279,6 +279,7 @@ def run_phase(report: Report, phase: Phase, argv: list[str], env: dict[str, str]
 
 def orchestrate(a: argparse.Namespace, s: Settings, out: Path) -> Report:
     report = Report(out, {"budget_s": a.budget_s, "compile_sizes": s.compile_sizes or f"1..{s.big_batch}",
+                          "compile_batch": s.compile_batch,
                           "dry_run": a.dry_run, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     if a.dry_run and not a.dry_run_compile:
         report.meta["compile"] = "dry run: torch.compile wraps with dynamo disabled (TORCHDYNAMO_DISABLE=1)"
@@ -495,6 +496,7 @@ class LlmopsServer:
                            compile_force=not s.device.startswith("cuda"))
             if s.compile_sizes:
                 options["compile_batch_sizes"] = s.compile_sizes
+            options["compile_dynamic_batch"] = s.compile_batch == "dynamic"
         limits = {"max_queued": 64, "default_deadline_s": 600, "max_deadline_s": 600,
                   "image": {"max_batch_size": s.big_batch, "default_size": s.size, "min_size": min(256, s.size),
                             "max_steps": max(50, s.steps), "batch_timeout_s": 0.05}}
@@ -551,7 +553,8 @@ def phase_llmops(s: Settings, compiled: bool, label: str) -> None:
         if compiled:
             compile_s = float(ready.get("compile_s", 0.0))
             startup.update(compile_s=compile_s, load_s=server.ready_s - compile_s,
-                           compiled_sizes=s.compile_sizes or f"1..{s.big_batch}",
+                           compiled_sizes=s.compile_sizes or f"1..{s.big_batch}", compile_batch=s.compile_batch,
+                           graphs_per_size=ready.get("compile_graphs_per_size"),
                            cache_hits=ready.get("compile_cache_hits"), cache_misses=ready.get("compile_cache_misses"))
             emit("meta", {"cold_ready_s": round(server.ready_s, 1)})  # the cache is complete: a restart can run
         emit("stage", "llmops: first request (2 steps)")
@@ -620,9 +623,10 @@ def run_child(a: argparse.Namespace, s: Settings) -> None:
 # the command line ---------------------------------------------------------------------------------------
 def settings(a: argparse.Namespace, work: Path) -> Settings:
     if a.dry_run:
-        return Settings(TINY, "cpu", "float32", 64, 2, 2, 2, 1, [1, 2], a.port, work)
+        return Settings(TINY, "cpu", "float32", 64, 2, 2, 2, 1, [1, 2], a.compile_batch, a.port, work)
     sizes = [] if a.compile_sizes == "all" else [int(x) for x in a.compile_sizes.split(",")]
-    return Settings(SD15, a.device, a.dtype, a.size, a.steps, 4, a.concurrent, a.repeats, sizes, a.port, work)
+    return Settings(SD15, a.device, a.dtype, a.size, a.steps, 4, a.concurrent, a.repeats, sizes, a.compile_batch,
+                    a.port, work)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -635,8 +639,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrent", type=int, default=8, help="requests of the llmops concurrent rows; 0 skips "
                    "them (with --compile-sizes 1 they would form batches of 4 and compile them while timed)")
-    p.add_argument("--compile-sizes", default="1,4",
+    p.add_argument("--compile-sizes", default="all",
                    help="batch sizes llmops' compile option warms (comma-separated), or 'all': 1..max_batch_size")
+    p.add_argument("--compile-batch", choices=("dynamic", "static"), default="dynamic",
+                   help="llmops' compile of the batch dimension: once for every size (its default), or a "
+                   "static compile per size (then --compile-sizes 1,4 keeps the cold start within a call)")
     p.add_argument("--budget-s", type=float, default=530, help="the whole run; each phase gets min(cap, what is left)")
     p.add_argument("--cap", action="append", default=[], metavar="PHASE=S", help="a phase's own time box")
     p.add_argument("--phases", default="", help="comma-separated subset of: bare, llmops, bare-compiled, "
@@ -654,7 +661,7 @@ def passthrough(a: argparse.Namespace) -> list[str]:
     """The settings flags a phase's process is started with."""
     args = ["--device", a.device, "--dtype", a.dtype, "--size", str(a.size), "--steps", str(a.steps),
             "--repeats", str(a.repeats), "--concurrent", str(a.concurrent), "--compile-sizes", a.compile_sizes,
-            "--port", str(a.port)]
+            "--compile-batch", a.compile_batch, "--port", str(a.port)]
     return args + (["--dry-run"] if a.dry_run else [])
 
 

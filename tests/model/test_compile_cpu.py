@@ -93,3 +93,37 @@ async def test_a_restart_compiles_nothing_the_cache_folder_has(tmp_path: Path,
     assert (warm["all_hits"], warm["all_misses"]) == (warm["hits"], 0), warm  # serving compiled nothing
     print(f"tiny-sd compiled on the CPU (64 px, batch 1): cold start {cold['compile_s']:.1f} s, "
           f"restart {warm['compile_s']:.1f} s")
+
+
+@pytest.mark.timeout(600)  # one compile, ~2 minutes on a quiet 2-core machine
+async def test_a_dynamic_batch_is_compiled_once_for_every_size(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default plan compiles the batch dimension once: the first warmed size traces the UNet and the VAE
+    decoder, the next traces nothing (a static plan would compile both again, 60-100 s each on an H200),
+    and serving a batch of a third size, unwarmed, traces nothing either."""
+    pytest.importorskip("diffusers")
+    from torch._dynamo.utils import counters
+
+    from llmops.engines.base import ImageRequest
+    from llmops.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    engine = DiffusersEngine("t", DiffusersOptions(
+        model="builtin:tiny-sd", safety_checker=False, n_threads=1, compile=True, compile_force=True,
+        compile_batch_sizes=[3, 2], compile_size=64, compile_cache_dir=str(tmp_path / "cache")))
+    try:
+        await engine.start()
+        per_size = engine.health().detail["compile_graphs_per_size"]
+        assert isinstance(per_size, dict), per_size
+        assert list(per_size) == [2, 3], per_size
+        assert per_size[2] > 0, per_size  # the UNet and the VAE decoder, traced with the batch a symbol
+        assert per_size[3] == 0, per_size  # a static plan traces both again here
+        graphs = counters["stats"]["unique_graphs"]
+        results = await engine.generate_images([ImageRequest(f"r{i}", "x", None, 64, 64, 2, 7.5, 1, i)
+                                                for i in range(4)])
+        assert [len(r.images) for r in results] == [1, 1, 1, 1]
+        assert engine.last_batch_size == 4
+        assert counters["stats"]["unique_graphs"] == graphs, "serving a batch of 4 traced a graph"
+    finally:
+        await engine.close()

@@ -1,8 +1,12 @@
 """Compiling a diffusers pipeline at load time: the UNet and the VAE decoder in channels_last, through
-`torch.compile(mode="reduce-overhead")` (CUDA graphs: a step no longer waits on kernel launches), with one
-static graph per batch size the image coalescer forms, recorded by warm-up calls before the model reports
-ready, so no request pays for a compile. The compile caches (inductor's FX graphs and kernels) go to a
-folder beside the weights, so a restart reuses them and only re-records the CUDA graphs."""
+`torch.compile(mode="reduce-overhead")` (CUDA graphs: a step no longer waits on kernel launches), warmed up
+at every batch size the image coalescer forms before the model reports ready, so no request pays for a
+compile. By default the batch dimension is compiled once, dynamic, for every size (a CUDA graph is still
+recorded per size, in seconds): a static compile per size took 63-101 s each for SD 1.5 on an H200, so the
+default sizes 1..4 were a cold start of several minutes. The VAE decoder's batch of 1 is its own static
+graph (a dynamic dimension of size 1 is specialised), so a dynamic plan is three compiles in all. The
+compile caches (inductor's FX graphs and kernels) go to a folder beside the weights, so a restart reuses
+them and only re-records the CUDA graphs."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class CompilePlan:
     guidance_scale: float
     mode: str
     cache_dir: Path
+    dynamic_batch: bool = True
 
 
 def cache_dir(configured: str | None, source: str) -> Path:
@@ -79,12 +84,14 @@ def use_cache(folder: Path) -> Path:
 
 @dataclass(frozen=True)
 class Compiled:
-    """What compiling at load did: its seconds, and the graphs inductor found in the cache folder (hits) or
-    had to compile (misses); a restart on a full cache has no misses."""
+    """What compiling at load did: its seconds, the graphs inductor found in the cache folder (hits) or
+    had to compile (misses; a restart on a full cache has none), and the graphs dynamo traced at each warmed
+    batch size (with a dynamic batch, none after the first size above 1)."""
 
     seconds: float
     cache_hits: int
     cache_misses: int
+    graphs_per_size: dict[int, int]
 
 
 def compile_pipeline(pipe: Any, plan: CompilePlan) -> Compiled:
@@ -99,29 +106,66 @@ def compile_pipeline(pipe: Any, plan: CompilePlan) -> Compiled:
     dynamo.cache_size_limit = max(dynamo.cache_size_limit, 2 * len(plan.batch_sizes) + 4)
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
-    pipe.unet = torch.compile(pipe.unet, mode=plan.mode, fullgraph=True, dynamic=False)
-    pipe.vae.decode = torch.compile(pipe.vae.decode, mode=plan.mode, dynamic=False)
-    warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
+    dynamic = None if plan.dynamic_batch else False  # None: what is marked dynamic stays so
+    pipe.unet = torch.compile(pipe.unet, mode=plan.mode, fullgraph=True, dynamic=dynamic)
+    decode = torch.compile(pipe.vae.decode, mode=plan.mode, dynamic=dynamic)
+    if plan.dynamic_batch:
+        pipe.unet.register_forward_pre_hook(_mark_unet_batch, with_kwargs=True)
+        pipe.vae.decode = _batch_dynamic(decode)
+    else:
+        pipe.vae.decode = decode
+    graphs = warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
     done = Compiled(time.perf_counter() - started, counters["inductor"]["fxgraph_cache_hit"] - hits,
-                    counters["inductor"]["fxgraph_cache_miss"] - misses)
-    log.info("compiled the UNet and VAE decoder (%s) for batch sizes %s at %dx%d in %.1f s, cache %s: %d graphs "
-             "read from it, %d compiled", plan.mode, list(plan.batch_sizes), plan.width, plan.height, done.seconds,
-             folder, done.cache_hits, done.cache_misses)
+                    counters["inductor"]["fxgraph_cache_miss"] - misses, graphs)
+    log.info("compiled the UNet and VAE decoder (%s, batch %s) for batch sizes %s at %dx%d in %.1f s, cache %s: "
+             "%d graphs read from it, %d compiled", plan.mode, "dynamic" if plan.dynamic_batch else "static",
+             list(plan.batch_sizes), plan.width, plan.height, done.seconds, folder, done.cache_hits,
+             done.cache_misses)
     return done
 
 
-def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guidance_scale: float) -> None:
-    """Run every batch size enough times for its graph to be compiled and recorded, logging each size's
-    seconds (a slow or stalled start shows in the log which size it had reached)."""
+def _mark_batch(tensor: Any) -> None:
+    """Ask dynamo to trace `tensor`'s first dimension as a symbol, unless it is 1 (which it specialises)."""
     import torch
+
+    if isinstance(tensor, torch.Tensor) and tensor.ndim and tensor.shape[0] > 1:
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
+def _mark_unet_batch(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A pre-hook on the compiled UNet (it runs outside the traced code): the latents and the text
+    embeddings share the batch dimension (twice the images' count with classifier-free guidance)."""
+    _mark_batch(args[0] if args else kwargs.get("sample"))
+    _mark_batch(kwargs.get("encoder_hidden_states"))
+
+
+def _batch_dynamic(decode: Any) -> Any:
+    def batch_dynamic_decode(z: Any, *args: Any, **kwargs: Any) -> Any:
+        _mark_batch(z)
+        return decode(z, *args, **kwargs)
+
+    return batch_dynamic_decode
+
+
+def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guidance_scale: float
+            ) -> dict[int, int]:
+    """Run every batch size enough times for its graph to be compiled and recorded, logging each size's
+    seconds (a slow or stalled start shows in the log which size it had reached); returns the graphs dynamo
+    traced at each size."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    traced: dict[int, int] = {}
 
     for n, size in enumerate(batch_sizes, 1):
         log.info("compile warm-up: batch size %d (%d of %d) starting", size, n, len(batch_sizes))
-        started = time.perf_counter()
+        started, graphs = time.perf_counter(), counters["stats"]["unique_graphs"]
         for _ in range(WARMUP_CALLS):
             with torch.inference_mode():
                 pipe(prompt=["warm-up"] * size, negative_prompt=[""] * size, num_inference_steps=WARMUP_STEPS,
                      guidance_scale=guidance_scale, width=width, height=height,
                      generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)])
-        log.info("compile warm-up: batch size %d (%d of %d) done in %.1f s", size, n, len(batch_sizes),
-                 time.perf_counter() - started)
+        traced[size] = counters["stats"]["unique_graphs"] - graphs
+        log.info("compile warm-up: batch size %d (%d of %d) done in %.1f s, %d graphs traced", size, n,
+                 len(batch_sizes), time.perf_counter() - started, traced[size])
+    return traced
