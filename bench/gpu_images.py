@@ -2,12 +2,13 @@
 does not depend on weight values), fp16, 512x512, 50 steps.
 
 Measured on H200s (bench/results/gpu_images-h200-s17.md): a static compile of one batch size took 63-101 s
-cold, so llmops' compile option now compiles the batch dimension once, dynamic, for every size (its
-default; `--compile-batch static` measures the old way). The bare compiled rows stay static, one compile per
-batch size: they are the reference. All five phases and tests/gpu do not fit one 10-minute device call; run
-two. The device tool sends the checkout the session was started in (this file must be there) and runs in its
-root; that machine has python3 with torch, transformers, pillow, numpy, pytest, prometheus-client, pyyaml,
-httpx, but not diffusers nor llmops' server deps, which travel as wheels:
+cold, so llmops' compile option can compile the batch dimension once, dynamic, for every size
+(`compile_dynamic_batch`, opt-in until measured here: this bench runs it unless `--compile-batch static`).
+The bare compiled rows stay static, one compile per batch size: they are the reference. All five phases and
+tests/gpu do not fit one 10-minute device call; run two. The device tool sends the checkout the session was
+started in (this file must be there) and runs in its root; that machine has python3 with torch,
+transformers, pillow, numpy, pytest, prometheus-client, pyyaml, httpx, but not diffusers nor llmops' server
+deps, which travel as wheels:
 
     bash bench/gpu_wheels.sh          # HERE, once, in that checkout: wheels into .whl/ (git-ignored), 11 MiB
     call 1 (~3 min)  device run  carry=[".whl"]  timeout_s=240  command=
@@ -52,12 +53,12 @@ OUT/gpu_images.json and .md as soon as it exists. The device tool returns at mos
 are 7 (json, md, 5 logs), and tests_gpu.log the 8th.
 
 Batch sizes compiled by llmops here: 1..4, the option's default (1..max_batch_size), with the batch
-dimension dynamic: one compile of the UNet, two of the VAE decoder (batch 1 is its own), then a CUDA graph
-recorded per size; the cold row's graphs_per_size says what each size traced. The bench's traffic forms
-sizes 1 and 4 (sequential requests are batches of 1; 8 concurrent requests coalesce into 2 batches of 4,
-which each row checks through the pipeline-call count in /ready and reports as `batches`). With
-`--compile-batch static` each size is its own compile, 63-101 s cold on an H200: use `--compile-sizes 1,4`
-there, as the default four sizes would not fit a call. The cold row never reuses any
+dimension dynamic (compile_dynamic_batch: true): one compile of the UNet, two of the VAE decoder (batch 1 is
+its own), then a CUDA graph recorded per size; the cold row's graphs_per_size says what each size traced.
+The bench's traffic forms sizes 1 and 4 (sequential requests are batches of 1; 8 concurrent requests
+coalesce into 2 batches of 4, which each row checks through the pipeline-call count in /ready and reports as
+`batches`). With `--compile-batch static` each size is its own compile, 63-101 s cold on an H200: use
+`--compile-sizes 1,4` there, as the default four sizes would not fit a call. The cold row never reuses any
 cache: the bare compiled rows use their own folder, and TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR are
 removed from every llmops server's environment so its configured folder is the one used.
 
@@ -642,8 +643,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-sizes", default="all",
                    help="batch sizes llmops' compile option warms (comma-separated), or 'all': 1..max_batch_size")
     p.add_argument("--compile-batch", choices=("dynamic", "static"), default="dynamic",
-                   help="llmops' compile of the batch dimension: once for every size (its default), or a "
-                   "static compile per size (then --compile-sizes 1,4 keeps the cold start within a call)")
+                   help="llmops' compile of the batch dimension: once for every size (compile_dynamic_batch), "
+                   "or a static compile per size (the option's default; with --compile-sizes 1,4 the cold "
+                   "start fits a call)")
     p.add_argument("--budget-s", type=float, default=530, help="the whole run; each phase gets min(cap, what is left)")
     p.add_argument("--cap", action="append", default=[], metavar="PHASE=S", help="a phase's own time box")
     p.add_argument("--phases", default="", help="comma-separated subset of: bare, llmops, bare-compiled, "

@@ -91,8 +91,8 @@ def test_tiny_sd_timings_on_gpu(tmp_path: Any) -> None:
 @pytest.mark.filterwarnings("ignore:The CUDA Graph is empty:UserWarning")
 def test_compiled_tiny_sd_serves_its_warmed_batch_sizes_without_compiling(tmp_path: Any) -> None:
     """The compile option compiles and records every configured batch size before ready: serving them
-    adds no graph; with the batch dimension dynamic (the default), neither does a size it did not warm (3),
-    which only records its CUDA graph. Timings printed for the record, never asserted."""
+    adds no graph; with the batch dimension dynamic (compile_dynamic_batch), neither does a size it did not
+    warm (3), which only records its CUDA graph. Timings printed for the record, never asserted."""
     import asyncio
 
     from torch._dynamo.utils import counters
@@ -103,7 +103,7 @@ def test_compiled_tiny_sd_serves_its_warmed_batch_sizes_without_compiling(tmp_pa
     async def run() -> None:
         engine = DiffusersEngine("t", DiffusersOptions(
             model="builtin:tiny-sd", safety_checker=False, compile=True, compile_batch_sizes=[1, 2],
-            compile_size=256, compile_cache_dir=str(tmp_path / "cache")))
+            compile_dynamic_batch=True, compile_size=256, compile_cache_dir=str(tmp_path / "cache")))
         started = time.perf_counter()
         await engine.start()
         health = engine.health()

@@ -98,8 +98,8 @@ async def test_a_restart_compiles_nothing_the_cache_folder_has(tmp_path: Path,
 @pytest.mark.timeout(600)  # one compile, ~2 minutes on a quiet 2-core machine
 async def test_a_dynamic_batch_is_compiled_once_for_every_size(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default plan compiles the batch dimension once: the first warmed size traces the UNet and the VAE
-    decoder, the next traces nothing (a static plan would compile both again, 60-100 s each on an H200),
+    """`compile_dynamic_batch` compiles the batch dimension once: the first warmed size traces the UNet and
+    the VAE decoder, the next traces nothing (a static plan compiles both again, 60-100 s each on an H200),
     and serving a batch of a third size, unwarmed, traces nothing either."""
     pytest.importorskip("diffusers")
     from torch._dynamo.utils import counters
@@ -111,7 +111,8 @@ async def test_a_dynamic_batch_is_compiled_once_for_every_size(tmp_path: Path,
         monkeypatch.delenv(name, raising=False)
     engine = DiffusersEngine("t", DiffusersOptions(
         model="builtin:tiny-sd", safety_checker=False, n_threads=1, compile=True, compile_force=True,
-        compile_batch_sizes=[3, 2], compile_size=64, compile_cache_dir=str(tmp_path / "cache")))
+        compile_batch_sizes=[3, 2], compile_dynamic_batch=True, compile_size=64,
+        compile_cache_dir=str(tmp_path / "cache")))
     try:
         await engine.start()
         per_size = engine.health().detail["compile_graphs_per_size"]

@@ -54,9 +54,9 @@ class DiffusersOptions(BaseModel):
     compile_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 2, 3, 4], min_length=1,
         description="batch sizes warmed up (each its own CUDA graph) at load; default: 1..limits.image.max_batch_size")
-    compile_dynamic_batch: bool = Field(True, description="compile the batch dimension once for every size (a "
-                                        "CUDA graph recorded per size); false: a static compile per size (60-100 "
-                                        "s each for SD 1.5 on an H200)")
+    compile_dynamic_batch: bool = Field(False, description="compile the batch dimension once for every size (a "
+                                        "CUDA graph still recorded per size) rather than a static compile per "
+                                        "size (60-100 s each for SD 1.5 on an H200); not yet measured on a GPU")
     compile_size: int = Field(512, ge=8, description="width and height warmed up at load (other sizes compile on "
                               "their first request); default: limits.image.default_size")
     compile_cache_dir: str | None = Field(None, description="inductor/triton caches; default: on the model volume "

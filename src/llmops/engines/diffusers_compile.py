@@ -1,10 +1,11 @@
 """Compiling a diffusers pipeline at load time: the UNet and the VAE decoder in channels_last, through
 `torch.compile(mode="reduce-overhead")` (CUDA graphs: a step no longer waits on kernel launches), warmed up
 at every batch size the image coalescer forms before the model reports ready, so no request pays for a
-compile. By default the batch dimension is compiled once, dynamic, for every size (a CUDA graph is still
-recorded per size, in seconds): a static compile per size took 63-101 s each for SD 1.5 on an H200, so the
-default sizes 1..4 were a cold start of several minutes. The VAE decoder's batch of 1 is its own static
-graph (a dynamic dimension of size 1 is specialised), so a dynamic plan is three compiles in all. The
+compile. Each size is its own static compile (63-101 s each for SD 1.5 on an H200, so the default sizes
+1..4 are a cold start of several minutes), unless the plan makes the batch dimension dynamic: compiled
+once for every size, a CUDA graph still recorded per size (in seconds). The VAE decoder's batch of 1 is
+its own graph there (a dynamic dimension of size 1 is specialised), so a dynamic plan is three compiles in
+all. It is opt-in until measured on a GPU (its kernels may be slower than static ones). The
 compile caches (inductor's FX graphs and kernels) go to a folder beside the weights, so a restart reuses
 them and only re-records the CUDA graphs."""
 
@@ -34,7 +35,7 @@ class CompilePlan:
     guidance_scale: float
     mode: str
     cache_dir: Path
-    dynamic_batch: bool = True
+    dynamic_batch: bool = False
 
 
 def cache_dir(configured: str | None, source: str) -> Path:
