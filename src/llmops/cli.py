@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True, type=_text(1, 128), help="1 to 128 characters")
-    create.add_argument("--models", default="", help="comma-separated models it may use (default: all)")
+    create.add_argument("--models", default="", help="comma-separated models it may use (default: all): "
+                        "models or routes the config serves")
     create.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
     create.add_argument("--rpm", type=_count(), default=None, help="requests per minute, at least 1 (default: no "
                         "limit)")
@@ -112,6 +113,11 @@ def _text(shortest: int, longest: int) -> Callable[[str], str]:
         return raw
     parse.__name__ = "text"
     return parse
+
+
+def _models_option(raw: str) -> tuple[str, ...]:
+    """`keys create --models a,b`: the names, each once, in order ("" and empty items: none, every model)."""
+    return tuple(dict.fromkeys(m.strip() for m in raw.split(",") if m.strip()))
 
 
 COMMON = {"--config": "YAML config file (default: the embedded models)",
@@ -202,8 +208,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import asyncio
 
     from llmops.stores import build_state
+    from llmops.stores.keys import unserved
 
     settings = _load(args)
+    if args.keys_command == "create":
+        served = [m.name for m in settings.models] + [r.name for r in settings.routes]
+        unknown = unserved(_models_option(args.models), served)
+        if unknown:  # a usage error, as for the bounds, before any store is opened
+            where = f"the config {args.config}" if getattr(args, "config", None) else "the default config"
+            print(f"llmops keys create: error: argument --models: {where} serves no model named "
+                  f"{', '.join(map(repr, unknown))} (it serves {', '.join(served) or 'none'}; give the server's "
+                  "--config, or leave --models out to allow every model)", file=sys.stderr)
+            return 2
 
     async def run() -> None:
         state = build_state(settings.state)
@@ -235,7 +251,7 @@ async def _keys_command(args: argparse.Namespace, store: KeyStore) -> None:
     from llmops.stores.keys import KeyLimits, new_key
 
     if args.keys_command == "create":
-        models = tuple(m for m in args.models.split(",") if m)
+        models = _models_option(args.models)
         limits = KeyLimits(args.rpm, args.tpm, args.max_concurrent, args.budget, args.budget_period)
         key, secret = new_key(args.name, models, args.priority, limits)
         await store.add(key)

@@ -20,7 +20,7 @@ from llmops.errors import InvalidRequest, PermissionDenied
 from llmops.http_edge import presented_admin_key
 from llmops.protocol.wire import WireModel
 from llmops.settings import admin_key_matches
-from llmops.stores.keys import KeyLimits, KeyStore, new_key
+from llmops.stores.keys import KeyLimits, KeyStore, new_key, unserved
 
 router = APIRouter(prefix="/admin")
 GROUPS = ("key", "model", "day")
@@ -29,9 +29,12 @@ GROUPS = ("key", "model", "day")
 class KeyCreate(WireModel):
     """A new key's fields and their bounds; `llmops keys create` applies the same ones (tests/unit/test_key_bounds
     checks that the two agree). Numbers must be finite: 1e309 in JSON reads as infinity. JSON types are strict, as
-    in every request body: `"rpm": "10"` is a 400."""
+    in every request body: `"rpm": "10"` is a 400. A field it does not declare is a 400 naming it (`extra`
+    "forbid"): `{"secret": ...}` or `{"id": ...}` silently ignored would let an admin believe they had chosen
+    them. `models` must name what this server serves (`stores.keys.unserved`), checked by the handler, which knows
+    that."""
 
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
     models: list[str] = Field(default_factory=list, description="models this key may use; empty: all")
@@ -59,7 +62,12 @@ def _guard(request: Request) -> KeyStore:
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request) -> JSONResponse:
     store = _guard(request)
-    key, secret = new_key(body.name, tuple(body.models), body.priority, body.limits())
+    unknown = unserved(body.models, deps.pool(request).names() + deps.router(request).names())
+    if unknown:
+        raise InvalidRequest(f"this server serves no model named {', '.join(map(repr, unknown))}: models must "
+                             "name served models or routes (an empty list, the default, allows every model)",
+                             param="models")
+    key, secret = new_key(body.name, tuple(dict.fromkeys(body.models)), body.priority, body.limits())
     await store.add(key)
     return JSONResponse({**key.public(), "secret": secret}, status_code=201)
 

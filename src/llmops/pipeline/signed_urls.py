@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from urllib.parse import urlencode
@@ -24,6 +25,10 @@ from llmops.stores.cache import ResponseCache
 
 _SHARED = "signed-url-secret"
 _SHARED_TTL_S = 10 * 365 * 86400.0
+# what `query` writes, and nothing else: unix seconds as str(int) writes them (no sign, no leading zero, no
+# underscore, no space, ASCII digits only; at most 20 of them), and a SHA-256 hexdigest
+_EXPIRES = re.compile(r"0|[1-9][0-9]{0,19}")
+_SIG = re.compile(r"[0-9a-f]{64}")
 
 
 class UrlSigner:
@@ -57,13 +62,15 @@ class UrlSigner:
         return urlencode({"expires": expires, "sig": _sign(self.secret(), name, expires)})
 
     def verify(self, name: str, expires: str | None, sig: str | None, now: float | None = None) -> None:
-        """403 unless `sig` signs `name` until `expires` and that has not passed."""
-        try:
-            until = int(expires or "")
-        except ValueError:
-            raise PermissionDenied("this image URL is not validly signed") from None
+        """403 unless `sig` signs `name` until `expires` and that has not passed. Only the forms `query` writes
+        are read: `expires` in plain ASCII decimal digits (int() would also take "+1", " 1", "01", "1_0" or other
+        scripts' digits), `sig` in 64 lowercase hex digits, compared as bytes (compare_digest raises TypeError on
+        a str that is not ASCII, which was a 500 for `sig=%C3%A9`)."""
+        if expires is None or not _EXPIRES.fullmatch(expires) or sig is None or not _SIG.fullmatch(sig):
+            raise PermissionDenied("this image URL is not validly signed")
+        until = int(expires)
         good = _sign(self.secret(), name, until)
-        if not sig or not hmac.compare_digest(good, sig):
+        if not hmac.compare_digest(good.encode(), sig.encode()):
             raise PermissionDenied("this image URL is not validly signed")
         if until < (now or time.time()):
             raise PermissionDenied("this image URL has expired: request the image again for a new one")

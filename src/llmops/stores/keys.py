@@ -12,6 +12,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -77,6 +78,14 @@ def new_key(name: str, models: tuple[str, ...], priority: Priority, limits: KeyL
     key = ApiKey(f"key_{secrets.token_hex(6)}", name, hash_secret(secret), secret[:16] + "...", models, priority,
                  limits=limits or KeyLimits())
     return key, secret
+
+
+def unserved(models: Sequence[str], served: Sequence[str]) -> list[str]:
+    """The names in `models` that are none of `served` (the models and routed aliases a request may name, what
+    `ApiKey.allows` is asked about), each once: what POST /admin/keys and `llmops keys create` refuse. A key
+    restricted to no served name could call nothing; "*" is no wildcard (an empty list is "every model")."""
+    known = set(served)
+    return list(dict.fromkeys(m for m in models if m not in known))
 
 
 class KeyStore(Protocol):
