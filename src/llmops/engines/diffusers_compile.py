@@ -86,13 +86,14 @@ def use_cache(folder: Path) -> Path:
 @dataclass(frozen=True)
 class Compiled:
     """What compiling at load did: its seconds, the graphs inductor found in the cache folder (hits) or
-    had to compile (misses; a restart on a full cache has none), and the graphs dynamo traced at each warmed
-    batch size (with a dynamic batch, none after the first size above 1)."""
+    had to compile (misses; a restart on a full cache has none), and at each warmed batch size the graphs
+    dynamo traced (with a dynamic batch, none after the first size above 1) and the warm-up's seconds."""
 
     seconds: float
     cache_hits: int
     cache_misses: int
     graphs_per_size: dict[int, int]
+    seconds_per_size: dict[int, float]
 
 
 def compile_pipeline(pipe: Any, plan: CompilePlan) -> Compiled:
@@ -115,9 +116,9 @@ def compile_pipeline(pipe: Any, plan: CompilePlan) -> Compiled:
         pipe.vae.decode = _batch_dynamic(decode)
     else:
         pipe.vae.decode = decode
-    graphs = warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
+    graphs, seconds = warm_up(pipe, plan.batch_sizes, plan.width, plan.height, plan.guidance_scale)
     done = Compiled(time.perf_counter() - started, counters["inductor"]["fxgraph_cache_hit"] - hits,
-                    counters["inductor"]["fxgraph_cache_miss"] - misses, graphs)
+                    counters["inductor"]["fxgraph_cache_miss"] - misses, graphs, seconds)
     log.info("compiled the UNet and VAE decoder (%s, batch %s) for batch sizes %s at %dx%d in %.1f s, cache %s: "
              "%d graphs read from it, %d compiled", plan.mode, "dynamic" if plan.dynamic_batch else "static",
              list(plan.batch_sizes), plan.width, plan.height, done.seconds, folder, done.cache_hits,
@@ -149,14 +150,15 @@ def _batch_dynamic(decode: Any) -> Any:
 
 
 def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guidance_scale: float
-            ) -> dict[int, int]:
+            ) -> tuple[dict[int, int], dict[int, float]]:
     """Run every batch size enough times for its graph to be compiled and recorded, logging each size's
     seconds (a slow or stalled start shows in the log which size it had reached); returns the graphs dynamo
-    traced at each size."""
+    traced and the seconds taken at each size."""
     import torch
     from torch._dynamo.utils import counters
 
     traced: dict[int, int] = {}
+    took: dict[int, float] = {}
 
     for n, size in enumerate(batch_sizes, 1):
         log.info("compile warm-up: batch size %d (%d of %d) starting", size, n, len(batch_sizes))
@@ -166,7 +168,7 @@ def warm_up(pipe: Any, batch_sizes: Sequence[int], width: int, height: int, guid
                 pipe(prompt=["warm-up"] * size, negative_prompt=[""] * size, num_inference_steps=WARMUP_STEPS,
                      guidance_scale=guidance_scale, width=width, height=height,
                      generator=[torch.Generator("cpu").manual_seed(i) for i in range(size)])
-        traced[size] = counters["stats"]["unique_graphs"] - graphs
+        traced[size], took[size] = counters["stats"]["unique_graphs"] - graphs, time.perf_counter() - started
         log.info("compile warm-up: batch size %d (%d of %d) done in %.1f s, %d graphs traced", size, n,
-                 len(batch_sizes), time.perf_counter() - started, traced[size])
-    return traced
+                 len(batch_sizes), took[size], traced[size])
+    return traced, took
