@@ -25,6 +25,7 @@ from llmops.api import (
     admin,
     chat,
     classifications,
+    classifying,
     completions,
     embeddings,
     images,
@@ -94,6 +95,7 @@ def create_app(settings: Settings, tracer: Tracer | None = None) -> FastAPI:
         finally:
             await image_jobs.close()
             await classify_jobs.close()
+            classifying.close_decode_threads(app)  # the image-decoding threads, if a request made them
             services.background.cancel()  # shadow requests: nobody waits for their answers
             await pool.close()
             if services.semantic_cache is not None:

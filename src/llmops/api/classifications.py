@@ -1,5 +1,6 @@
-"""POST /v1/classifications: base64 images in JSON, or a multipart upload (`file` parts, with `model` and
-`top_k` fields), answered with the top-k labels and scores of each image."""
+"""POST /v1/classifications: base64 images in JSON (declared application/json, as every JSON route here), or a
+multipart upload (`file` parts, with `model` and `top_k` fields), answered with the top-k labels and scores of
+each image. Any other body (text/plain, a urlencoded form, none declared) is a 400."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from llmops.api.classifying import ClassifyInputs, classify, parse_json, target, top_k
+from llmops.api.classifying import ClassifyInputs, classify, parse_json, require_json, target, top_k
 from llmops.errors import InvalidRequest
 from llmops.protocol.classifications import (
     Classification,
@@ -59,6 +60,8 @@ async def classifications(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         model, k, inputs = await _parse_form(request)
     else:
+        require_json(request, untyped=False, what="JSON, sent with Content-Type: application/json, or a "
+                     "multipart/form-data upload of 'file' parts")
         body = parse_json(await request.body(), ClassificationRequest)
         model, k, inputs = body.model, body.top_k, _decoded(body.images)
     tgt = target(request, model)

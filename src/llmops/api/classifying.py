@@ -1,12 +1,14 @@
-"""What the Open Inference Protocol routes and /v1/classifications share: find the model (404, 403, 503), check
-top_k, decode the images off the event loop within the model's limits and the request's pixel budget (a bad
-image is a 400 before anything is counted or charged), then the pipeline (pipeline/classify.py: budget, cache,
-admission, the batcher, cost per image, metrics) and the cache store. The routes only parse their wire format
-and format the answer."""
+"""What the Open Inference Protocol routes and /v1/classifications share: the body declared JSON (a cross-site
+form or text/plain POST is refused, as api/direct.py refuses it), find the model (the key's permission first:
+403, then 404, 503), check top_k, then the pipeline's stages before admission (pipeline/classify.py: the
+image count, budget, cache; a cache hit decodes nothing), then the images decoded within the model's limits and
+the request's pixel budget on the media side's own threads (media/workers.py: never the event loop nor
+asyncio's default executor, which the stores use; a bad image is a 400 and its budget reservation given back),
+then admission, the batcher, cost per image, metrics, and the cache store. The routes only parse their wire
+format and format the answer."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -16,13 +18,18 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from llmops.api import deps
+from llmops.api.direct import json_content
 from llmops.api.disconnect import cancel_on_disconnect
+from llmops.engines.base import Classes as EngineClasses
 from llmops.engines.base import ClassifyEngine, ClassifyRequest
 from llmops.errors import InvalidRequest
 from llmops.media.image_input import MAX_REQUEST_PIXELS, ImageLimits, decode_images
+from llmops.media.workers import DecodeThreads
 from llmops.pipeline import stages
-from llmops.pipeline.classify import ClassifyWork, check_count
+from llmops.pipeline.classify import ClassifyWork
 from llmops.pipeline.classify import classify as run_classify
+from llmops.pipeline.context import RequestContext
+from llmops.pipeline.services import Services
 from llmops.protocol.wire import TYPE_ERROR, wrong_type
 from llmops.settings import ModelConfig
 
@@ -66,18 +73,46 @@ class Target:
 
 
 def target(request: Request, name: str | None) -> Target:
-    """The named classify model (the first configured one when None), allowed for this key, loaded."""
+    """The named classify model (the first configured one when None), allowed for this key, loaded. The key's
+    permission is checked first, as chat's and embeddings' are: a key kept to other models gets the same 403
+    for a model that exists and one that does not, and learns nothing of which do."""
     pool = deps.pool(request)
     name = name or pool.default_model("classify")
-    pool.config(name, "classify")
     deps.authorize(request, name)
+    pool.config(name, "classify")
     served, engine = pool.classify_engine(name)
     return Target(served.config, engine)
 
 
+def require_json(request: Request, *, untyped: bool, what: str = "JSON, sent with Content-Type: application/json"
+                 ) -> None:
+    """400 unless the body is declared JSON (application/json or application/*+json: api/direct.json_content,
+    what the other JSON routes require). A page on another site can POST text/plain, a form or multipart to a
+    server on the loopback without a CORS preflight; those are refused. `untyped`: a body with no Content-Type
+    at all is accepted too (Triton's client sends none)."""
+    if json_content(request.scope) or (untyped and "content-type" not in request.headers):
+        return
+    raise InvalidRequest(f"the request body must be {what}")
+
+
+def decode_threads(request: Request) -> DecodeThreads:
+    """The app's threads for decoding client media, made on the first request that needs them; closed with
+    the app (`close_decode_threads`, from app.py's lifespan)."""
+    state = request.app.state
+    threads: DecodeThreads | None = getattr(state, "decode_threads", None)
+    if threads is None:
+        threads = state.decode_threads = DecodeThreads()
+    return threads
+
+
+def close_decode_threads(app: Any) -> None:
+    threads: DecodeThreads | None = getattr(app.state, "decode_threads", None)
+    if threads is not None:
+        threads.close()
+
+
 def parse_json(raw: bytes, model: type[M]) -> M:
-    """The body as `model` whatever its content type (Triton's client sends JSON without one); 400 naming the
-    first problem."""
+    """The body as `model` (its content type is checked by `require_json`); 400 naming the first problem."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -110,18 +145,30 @@ def image_limits(tgt: Target) -> ImageLimits:
                        max_request_pixels=max(MAX_REQUEST_PIXELS, c.max_pixels), keep_side=keep_side or None)
 
 
-async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int, count_param: str) -> Classified:
-    images: list[Any] = []
-    if inputs.pixels is None:
-        check_count(tgt.config, inputs.count, count_param)  # before decoding any
-        images = await asyncio.to_thread(decode_images, inputs.encoded, image_limits(tgt))
-    job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", tuple(images), inputs.pixels, k)
-    work = ClassifyWork(tgt.config.name, job, inputs.fingerprint(), count_param)
+async def classify(request: Request, tgt: Target, inputs: ClassifyInputs, k: int, count_param: str,
+                   ctx: RequestContext | None = None) -> Classified:
+    """The stages before admission on the encoded images (the image count, the key's budget, the cache), then
+    the images decoded, then the model."""
+    job = ClassifyRequest(f"clf-{uuid.uuid4().hex}", (), inputs.pixels, k)
+    work = ClassifyWork(tgt.config.name, job, inputs.fingerprint(), count_param, count=inputs.count)
     services = deps.services(request)
-    call = await stages.prepare(services, deps.context(request), work)
+    call = await stages.prepare(services, ctx or deps.context(request), work)
     if call.hit is not None:
         return Classified(call.config.name, call.hit["classes"], call.headers())
-    result = await cancel_on_disconnect(request, run_classify(services, call, work))
+    result = await cancel_on_disconnect(request, _decoded_then_run(request, services, call, work, tgt, inputs))
     classes = [[{"label": x.label, "score": x.score, "index": x.index} for x in labels] for labels in result]
     await stages.cache_store(services, call, {"classes": classes})
     return Classified(call.served, classes, call.headers())
+
+
+async def _decoded_then_run(request: Request, services: Services, call: stages.Call, work: ClassifyWork,
+                            tgt: Target, inputs: ClassifyInputs) -> EngineClasses:
+    if inputs.pixels is None:
+        try:
+            images = await decode_threads(request).run(decode_images, inputs.encoded, image_limits(tgt),
+                                                       deadline=call.deadline, waiting="its images were decoded")
+            work.with_images(images)
+        except BaseException:  # a bad image, the deadline, a disconnect: nothing ran, nothing is charged
+            stages.settle_unused(services, call)
+            raise
+    return await run_classify(services, call, work)

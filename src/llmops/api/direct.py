@@ -58,7 +58,7 @@ def llmops_error(exc: LLMOpsError, scope: Scope, metrics: Metrics) -> JSONRespon
     return error_response(exc, fmt=error_format(scope["path"]))
 
 
-def _json_content(scope: Scope) -> bool:
+def json_content(scope: Scope) -> bool:
     """What FastAPI parses as JSON: application/json or application/*+json (it reads no other type)."""
     value: bytes | None = next((v for k, v in scope["headers"] if k == b"content-type"), None)
     if value is None:
@@ -87,7 +87,7 @@ class DirectRoute:
     def _body(self, scope: Scope, raw: bytes, parsed: Any) -> BaseModel:
         if not raw:
             raise invalid_request([{"type": "missing", "loc": ("body",)}])
-        if not _json_content(scope):
+        if not json_content(scope):
             raise InvalidRequest("the request body must be JSON, sent with Content-Type: application/json")
         if parsed is UNPARSED:
             raise InvalidRequest(f"{_UNPARSED_BODY}: JSON decode error")

@@ -8,7 +8,13 @@ A classify model takes one input, either
 and answers three outputs, each [N, k]: `label` (BYTES), `score` (FP32, softmax probability) and `index`
 (INT64, the class id), best first. `parameters.top_k` sets k; `outputs` may ask for some of them only.
 A tensor's shape is checked (at most MAX_RANK dimensions, each at most MAX_DIMENSION, at most MAX_ELEMENTS in
-all) before any arithmetic on it, so no request makes the loop multiply or print a huge number.
+all) before any arithmetic on it, so no request makes the loop multiply or print a huge number; its `data`
+is flat, or nested exactly as its shape (a ragged nesting is refused even when its count matches).
+A body over OFF_LOOP_BYTES is parsed, flattened and checked on the media side's threads (media/workers.py),
+not on the event loop: a 1 MB tensor is about 90 ms of Python.
+The body is JSON, declared so or not declared at all (Triton's client sends no Content-Type); text/plain, forms
+and multipart, which a page on another site may POST without a CORS preflight, are refused.
+Each model has one version, MODEL_VERSION; the `/versions/{version}` routes serve it (another version is 404).
 Errors are `{"error": "<message>"}` with the same status codes as the rest of the API.
 """
 
@@ -23,7 +29,16 @@ from fastapi.responses import JSONResponse
 
 from llmops import __version__
 from llmops.api import deps
-from llmops.api.classifying import ClassifyInputs, Target, classify, parse_json, target, top_k
+from llmops.api.classifying import (
+    ClassifyInputs,
+    Target,
+    classify,
+    decode_threads,
+    parse_json,
+    require_json,
+    target,
+    top_k,
+)
 from llmops.errors import InvalidRequest, ModelNotFound
 from llmops.pipeline.classify import check_count
 from llmops.protocol.inference_v2 import (
@@ -48,6 +63,8 @@ MAX_RANK = 8
 MAX_DIMENSION = 2**31 - 1
 MAX_ELEMENTS = 2**26
 _FP32_MAX = 3.4028234663852886e38
+MODEL_VERSION = "1"  # each classify model is served at one version, as Triton numbers a model's first
+OFF_LOOP_BYTES = 32_768  # bodies larger than this are parsed off the event loop (smaller: the thread hop costs more)
 
 
 @router.get("/v2", response_model=ServerMetadata)
@@ -66,18 +83,32 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
 
-def _classify_config(request: Request, name: str) -> None:
-    """404 unless `name` is a classify model: only those are served over this protocol."""
+def _classify_config(request: Request, name: str, version: str | None) -> None:
+    """403 unless the key may use `name` (first: a key kept to other models learns nothing of which exist);
+    404 unless `name` is a classify model (only those are served over this protocol) and `version`, when
+    given, is its version."""
+    deps.authorize(request, name)
     cfg = deps.settings(request).model(name)
     if cfg is None or cfg.kind != "classify":
         what = "does not exist" if cfg is None else f"is a {cfg.kind} model, not served over this protocol"
         raise ModelNotFound(f"model {name!r} {what}", param="model")
+    if version is not None and version != MODEL_VERSION:
+        raise ModelNotFound(f"model {name!r} has no version {version[:64]!r}; its one version is {MODEL_VERSION!r}",
+                            param="version")
 
 
 @router.get("/v2/models/{name}/ready")
 async def model_ready(name: str, request: Request) -> JSONResponse:
-    _classify_config(request, name)
-    deps.authorize(request, name)
+    return _ready(request, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
+    return _ready(request, name, version)
+
+
+def _ready(request: Request, name: str, version: str | None) -> JSONResponse:
+    _classify_config(request, name, version)
     state = deps.pool(request).states()[name].state
     ok = state == "ready"
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
@@ -85,11 +116,21 @@ async def model_ready(name: str, request: Request) -> JSONResponse:
 
 @router.get("/v2/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
 async def model_metadata(name: str, request: Request) -> ModelMetadata:
-    _classify_config(request, name)
+    return _metadata(request, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata,
+            response_model_exclude_none=True)
+async def model_version_metadata(name: str, version: str, request: Request) -> ModelMetadata:
+    return _metadata(request, name, version)
+
+
+def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
+    _classify_config(request, name, version)
     tgt = target(request, name)
     c, h, w = tgt.engine.input_shape
     return ModelMetadata(
-        name=name, platform=f"llmops_{tgt.config.engine}",
+        name=name, versions=[MODEL_VERSION], platform=f"llmops_{tgt.config.engine}",
         inputs=[MetadataTensor(name="image", datatype="BYTES", shape=[-1]),
                 MetadataTensor(name="pixel_values", datatype="FP32", shape=[-1, c, h, w])],
         outputs=[MetadataTensor(name=o, datatype=_DATATYPES[o], shape=[-1, -1]) for o in OUTPUTS])
@@ -97,23 +138,47 @@ async def model_metadata(name: str, request: Request) -> ModelMetadata:
 
 @router.post("/v2/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True)
 async def infer(name: str, request: Request) -> JSONResponse:
-    """The body is an InferenceRequest, read whatever its content type (Triton's client sends none)."""
-    _classify_config(request, name)
+    """The body is an InferenceRequest in JSON, its Content-Type JSON or none (Triton's client sends none)."""
+    return await _infer(request, name, None)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
+             response_model_exclude_none=True)
+async def infer_version(name: str, version: str, request: Request) -> JSONResponse:
+    return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> JSONResponse:
+    _classify_config(request, name, version)
     tgt = target(request, name)
     if "inference-header-content-length" in request.headers:
         raise InvalidRequest("the binary tensor data extension is not supported: send the tensors as JSON "
                              "(tritonclient: binary_data=False)", param="Inference-Header-Content-Length")
-    body = parse_json(await request.body(), InferenceRequest)
+    require_json(request, untyped=True, what="JSON, sent with Content-Type: application/json or none")
+    ctx = deps.context(request)
+    raw = await request.body()
+    if len(raw) <= OFF_LOOP_BYTES:
+        body, wanted, k, inputs = _read(raw, tgt, name)
+    else:
+        body, wanted, k, inputs = await decode_threads(request).run(
+            _read, raw, tgt, name, deadline=ctx.deadline(tgt.config), waiting="its body was read")
+    result = await classify(request, tgt, inputs, k, "inputs[0].shape", ctx)
+    outputs = [_output(o, result.classes) for o in wanted]
+    response = InferenceResponse(model_name=result.model, model_version=MODEL_VERSION, id=body.id,
+                                 outputs=outputs)
+    return JSONResponse(response.model_dump(exclude_none=True), headers=result.headers)
+
+
+def _read(raw: bytes, tgt: Target, name: str) -> tuple[InferenceRequest, list[str], int, ClassifyInputs]:
+    """The request in `raw`: its body, the outputs it asks for, top_k and its input; 400 naming the first
+    problem. Pure work on the bytes (no await, no shared state): run off the event loop for a large body."""
+    body = parse_json(raw, InferenceRequest)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"model {name!r} takes one input (BYTES images or an FP32 tensor); got "
                              f"{len(body.inputs)}", param="inputs")
     wanted = _wanted_outputs(body)
     k = top_k(tgt, (body.parameters or {}).get("top_k"), "parameters.top_k")
-    inputs = _inputs(tgt, body.inputs[0])
-    result = await classify(request, tgt, inputs, k, "inputs[0].shape")
-    outputs = [_output(o, result.classes) for o in wanted]
-    response = InferenceResponse(model_name=result.model, id=body.id, outputs=outputs)
-    return JSONResponse(response.model_dump(exclude_none=True), headers=result.headers)
+    return body, wanted, k, _inputs(tgt, body.inputs[0])
 
 
 def _wanted_outputs(body: InferenceRequest) -> list[str]:
@@ -136,10 +201,10 @@ def _inputs(tgt: Target, tensor: RequestInput) -> ClassifyInputs:
                              "FP32 (the model's input tensor)", param=f"{where}.datatype")
     count = _elements(tensor.shape, f"{where}.shape")
     check_count(tgt.config, tensor.shape[0], f"{where}.shape")  # before any image or number is decoded
-    data = flatten(tensor.data)
-    if len(data) != count:
-        raise InvalidRequest(f"{where}: shape {tensor.shape} holds {count} elements but data has {len(data)}",
-                             param=f"{where}.data")
+    try:
+        data = flatten(tensor.data, tensor.shape, count)
+    except ValueError as exc:
+        raise InvalidRequest(f"{where}: {exc}", param=f"{where}.data") from None
     if tensor.datatype == "BYTES":
         return _encoded(tensor, data, where)
     return ClassifyInputs(pixels=_pixels(tgt, tensor.shape, data, where))

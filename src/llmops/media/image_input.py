@@ -14,14 +14,25 @@ In order, each refusal a 400 that names the input and the problem:
 A request's images together (`decode_images`): every header is read first, and images holding more than
 `max_request_pixels` in all are refused before any is decoded (the per-image limit alone let 64 small PNGs of
 blank 4000x4000 images decode to 4 GB). Then they are decoded one at a time, each scaled down to `keep_side`
-(its shorter side) before the next is decoded, so one full-size image at most is held at once.
+(its shorter side) before the next is decoded. An image more than `max_aspect_ratio` (MAX_ASPECT_RATIO) times
+as long as it is wide is refused from its header: a 1x16,000,000 PNG (31 KB) has a shorter side of 1, so no
+scaling by the shorter side would ever shrink it, and an image processor resizing its shortest edge to 256 would
+make it 256 x 4 billion. So while a request's images decode, it holds one image at full size at most (the one
+decoding, within `max_pixels`; in its file's mode and in RGB while converting), and every image decoded before
+it at most `keep_side` x `max_aspect_ratio * keep_side` pixels.
 
-Decoding blocks: callers run `decode_images` off the event loop (`await asyncio.to_thread(...)`).
+Whatever Pillow raises reading a client's bytes (OSError for a JPEG cut short, ValueError for a text or ICC
+chunk inflating past Pillow's limit, SyntaxError, struct.error, ...: CORRUPT) is a 400 `invalid_image`; anything
+else (MemoryError, a bug here) stays the server's fault, a 500.
+
+Decoding blocks: callers run `decode_images` on the media side's own threads (media/workers.py), never on the
+event loop or asyncio's default executor.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
 from collections.abc import Sequence
@@ -36,6 +47,18 @@ _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is module state: one ope
 # 224x224 images the classifiers take are 3.2 M; this allows 64 of 1000x1000, or four at the default per-image
 # limit (16 M). Callers raise it to the model's per-image limit where that is higher (api/classifying.py).
 MAX_REQUEST_PIXELS = 64_000_000
+# An image's longer side over its shorter side, read from its header. A module constant, not a setting: banners
+# (728x90) and panoramas (4:1 to 12:1) pass; a classifier centre-crops a square, so a longer image is mostly
+# thrown away, and 20:1 bounds what a decoded image kept at `keep_side` holds (and what a processor that resizes
+# the shortest edge makes of it) to 20 squares.
+MAX_ASPECT_RATIO = 20
+# What Pillow raises for bytes it cannot read as an image: the errors its own `Image.open` treats as "not this
+# format" (SyntaxError, IndexError, TypeError, struct.error), OSError (a file cut short: "Truncated File Read",
+# "image file is truncated"; a decoder refusing its data), ValueError (a zTXt or iCCP chunk inflating past
+# MAX_TEXT_CHUNK), EOFError and ArithmeticError (a header's numbers). A client's fault: 400 `invalid_image`.
+CORRUPT: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError, struct.error, LookupError,
+                                           TypeError, ArithmeticError)
+_DETAIL_CHARS = 200  # of Pillow's message, in the refusal
 
 
 @dataclass(frozen=True)
@@ -45,10 +68,16 @@ class ImageLimits:
     formats: tuple[str, ...] = SAFE_FORMATS
     max_request_pixels: int = MAX_REQUEST_PIXELS  # decode_images: all of a request's images together
     keep_side: int | None = None  # decode_images: each image scaled down to this shorter side; None keeps it whole
+    max_aspect_ratio: int = MAX_ASPECT_RATIO  # longer side / shorter side, from the header
 
 
 def _refuse(where: str, message: str, code: str) -> InvalidRequest:
     return InvalidRequest(f"{where}: {message}", param=where, code=code)
+
+
+def _corrupt(where: str, kind: str | None, exc: BaseException) -> InvalidRequest:
+    detail = str(exc)[:_DETAIL_CHARS] or type(exc).__name__
+    return _refuse(where, f"the {kind or 'image'} file is truncated or corrupt ({detail})", "invalid_image")
 
 
 def _open(data: bytes, limits: ImageLimits, where: str) -> Any:
@@ -66,6 +95,8 @@ def _open(data: bytes, limits: ImageLimits, where: str) -> Any:
         except UnidentifiedImageError:
             raise _refuse(where, f"not an image in an accepted format ({', '.join(limits.formats)})",
                           "unsupported_image_format") from None
+        except CORRUPT as exc:  # a format's header was recognised, then could not be read
+            raise _corrupt(where, None, exc) from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
@@ -82,6 +113,10 @@ def _header(data: bytes, limits: ImageLimits, where: str) -> Any:
     if width * height > limits.max_pixels:  # Pillow's check covers this; kept so the rule reads here
         raise _refuse(where, f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
                       "image_too_many_pixels")
+    ratio = limits.max_aspect_ratio
+    if max(width, height) > ratio * min(width, height):
+        raise _refuse(where, f"the image is {width}x{height} pixels, more than {ratio} times as long as it is wide "
+                      f"(the limit is {ratio}:1)", "invalid_image")
     return image
 
 
@@ -89,16 +124,18 @@ def _decoded(image: Any, where: str) -> Any:
     """The opened `image` decoded, upright, in RGB."""
     from PIL import Image, ImageOps
 
+    failures: tuple[type[BaseException], ...] = (*CORRUPT, Image.DecompressionBombError)
     try:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise _refuse(where, f"the {image.format} file is truncated or corrupt ({exc})", "invalid_image") from None
+    except failures as exc:
+        raise _corrupt(where, image.format, exc) from None
 
 
 def _shrunk(image: Any, keep_side: int | None) -> Any:
-    """`image` scaled down (aspect kept) so its shorter side is `keep_side`; as it is when already that small."""
+    """`image` scaled down (aspect kept) so its shorter side is `keep_side`; as it is when already that small.
+    Its longer side is then at most `max_aspect_ratio` times `keep_side` (_header refused longer images)."""
     from PIL import Image
 
     width, height = image.size

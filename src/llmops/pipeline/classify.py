@@ -2,12 +2,16 @@
 the model's admission, coalesced with other requests' jobs into one model call by the batcher
 (`scheduling/image_jobs.py`, `ClassifyRunner`), accounted per image when it finishes, however it finishes.
 
-The images arrive decoded (api/ decodes them off the event loop, within the model's limits, before the
-pipeline): the guardrails read no text, the budget reserves the images' worst-case cost, and the cache keys
-on the images' hashes and top_k, so an identical request is answered without running the model."""
+The work enters the stages with its images still encoded (their count and hashes known): the guardrails read
+no text, the budget reserves the images' worst-case cost, and the cache keys on the images' hashes and top_k,
+so an identical request is answered without decoding anything or running the model. Only then does api/
+decode them (on the media side's own threads, within the model's limits) and hand them over (`with_images`)
+before admission: a key refused by its permissions, budget or limits costs no decoding."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from llmops.engines.base import Classes, ClassifyRequest
@@ -32,18 +36,27 @@ def check_count(config: ModelConfig, count: int, param: str) -> None:
 
 class ClassifyWork:
     """A classification request as the pipeline sees it: the engine request (decoded images, or a pixel
-    tensor, and top_k) and a fingerprint of its inputs for the cache."""
+    tensor, and top_k), how many images it holds or will hold (`count`: its images may be handed over decoded
+    after the stages before admission, `with_images`) and a fingerprint of its inputs for the cache."""
 
     kind = "classify"
     model_kind: Literal["classify"] = "classify"
     user = None
     service_tier = None
 
-    def __init__(self, model: str | None, request: ClassifyRequest, fingerprint: list[str], param: str) -> None:
+    def __init__(self, model: str | None, request: ClassifyRequest, fingerprint: list[str], param: str,
+                 count: int | None = None) -> None:
         self.model, self.request, self.fingerprint, self.param = model, request, fingerprint, param
+        self.count = request.count if count is None else count
+
+    def with_images(self, images: Sequence[Any]) -> None:
+        """The request's images, decoded: as many as `count` said."""
+        if len(images) != self.count:
+            raise ValueError(f"{len(images)} images decoded for a request of {self.count}")
+        self.request = replace(self.request, images=tuple(images))
 
     def check(self, config: ModelConfig) -> None:
-        check_count(config, self.request.count, self.param)
+        check_count(config, self.count, self.param)
 
     def prompt(self, call: Call, services: Services) -> None:
         return None
@@ -55,7 +68,7 @@ class ClassifyWork:
         return None
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
-        return worst_case_image_usd(config, self.request.count, deadline_s)
+        return worst_case_image_usd(config, self.count, deadline_s)
 
     def max_completion_tokens(self, config: ModelConfig) -> int:
         return 0
@@ -72,6 +85,8 @@ def submit(services: Services, call: Call, work: ClassifyWork) -> ClassifyJob:
     served, engine = services.pool.classify_engine(call.config.name)
     lim = served.config.limits.classify
     count = work.request.count
+    if count != work.count:  # the images were never handed over (with_images)
+        raise ValueError(f"a classification of {work.count} images submitted with {count}")
     return submit_job(services, call, services.classify_jobs, work.request,
                       Submission(served.config.name, ClassifyRunner(engine), served.admission,
                                  Batching(lim.max_batch_size, lim.batch_timeout_s), call.priority, call.deadline),

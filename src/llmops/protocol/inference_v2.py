@@ -1,9 +1,11 @@
 """The Open Inference Protocol (KServe V2; also spoken by Triton, MLServer and TorchServe), REST/JSON.
 
 Endpoints: GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready,
-POST /v2/models/{name}/infer (the `/versions/{version}` forms too). Errors are `{"error": "<message>"}`.
+POST /v2/models/{name}/infer, and the `/v2/models/{name}/versions/{version}` forms of the last three (a model's
+one version: api/inference_v2.MODEL_VERSION). Errors are `{"error": "<message>"}`.
 A tensor is `{name, shape, datatype, parameters?, data}`; `data` is the tensor's elements in row-major
-order, flat or nested. Fields the protocol marks optional are left out of responses when unset.
+order, flat or nested as its shape is (`flatten`). Fields the protocol marks optional are left out of
+responses when unset.
 """
 
 from __future__ import annotations
@@ -90,20 +92,29 @@ class ErrorResponse(_Wire):
     error: str
 
 
-def flatten(data: list[Any]) -> list[Any]:
-    """The elements of a flat or nested `data` array, in row-major order."""
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        item = next(stack[-1], _END)
-        if item is _END:
-            stack.pop()
-        elif isinstance(item, list):
-            stack.append(iter(item))
-        else:
-            out.append(item)
-    return out
-
-
-_END = object()
+def flatten(data: list[Any], shape: list[int], count: int) -> list[Any]:
+    """The elements of `data`, a tensor of `shape` holding `count` elements, in row-major order: `data` is
+    flat (`count` elements, none a list) or nested exactly as `shape` (at depth d every list holds shape[d]
+    items, and only the innermost hold elements). ValueError naming the first mismatch otherwise: a ragged
+    nesting whose total happens to match (shape [1, 3, 32, 32] as [[3071 numbers], [1 number]]) included.
+    One pass a level, no recursion."""
+    if not any(isinstance(x, list) for x in data):
+        if len(data) != count:
+            raise ValueError(f"shape {shape} holds {count} elements but data has {len(data)}")
+        return data
+    level: list[Any] = [data]
+    for depth, size in enumerate(shape):
+        below: list[Any] = []
+        for item in level:
+            if not isinstance(item, list):
+                raise ValueError(f"data is nested {depth} deep where shape {shape} nests {len(shape)}: nest it "
+                                 "as the shape is, or send it flat")
+            if len(item) != size:
+                raise ValueError(f"data's nesting does not match shape {shape}: a list {depth} deep holds "
+                                 f"{len(item)} items where the shape has {size}")
+            below.extend(item)
+        level = below
+    if any(isinstance(x, list) for x in level):
+        raise ValueError(f"data is nested deeper than shape {shape}: nest it as the shape is, or send it flat")
+    return level
 
