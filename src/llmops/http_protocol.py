@@ -110,16 +110,16 @@ class _Guard:
         cycle = self.cycle
         if cycle is None or cycle.response_complete:  # between requests: a head is (being) sent
             self._arm_head()
-        else:
+        elif cycle.more_body:
             self._cancel("_head_timer")
-            if cycle.more_body:
-                self._cancel("_body_timer")
-                self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._timed_out)
-                if self._body_deadline is None:
-                    self._body_deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
-            else:
-                self._cancel("_body_timer")
-                self._cancel("_body_deadline")
+            self._cancel("_body_timer")
+            self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._timed_out)
+            if self._body_deadline is None:
+                self._body_deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
+        elif self._head_timer is not None or self._body_timer is not None or self._body_deadline is not None:
+            self._cancel("_head_timer")  # (a whole request in one read, the usual case, has none to cancel)
+            self._cancel("_body_timer")
+            self._cancel("_body_deadline")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._client is not None and self.clients is not None:
@@ -203,18 +203,20 @@ def _httptools_class() -> type[asyncio.Protocol]:
             self._head_bytes = 0
 
         def on_url(self, url: bytes) -> None:
-            self._count(len(url))
+            self._head_bytes += len(url)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._too_large()
             super().on_url(url)
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
+        def on_header(self, name: bytes, value: bytes) -> None:  # once per header: the count inlined
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._too_large()
             super().on_header(name, value)
 
-        def _count(self, n: int) -> None:
-            self._head_bytes += n
-            if self._head_bytes > self.limits.max_header_bytes:
-                self._head_too_large = True
-                raise ValueError("request head too large")  # httptools stops parsing: send_400_response
+        def _too_large(self) -> None:
+            self._head_too_large = True
+            raise ValueError("request head too large")  # httptools stops parsing: send_400_response
 
         def send_400_response(self, msg: str) -> None:
             if self._head_too_large:

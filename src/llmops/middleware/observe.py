@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -93,6 +94,15 @@ class Observer:
         self.metrics.http_latency.labels(route, method).observe(elapsed)
         if scope["path"] in UNLOGGED and status < 400:
             return
+        logger = self.log.bind()  # the logger `self.log.info` would resolve to (structlog caches it)
+        if not _info_enabled(logger):  # the line would be dropped: don't build its fields
+            return
         state = scope.get("state", {})
-        self.log.info("request", request_id=state.get("request_id"), method=method, path=scope["path"],
-                      route=route, status=status, latency_ms=round(elapsed * 1000, 1), **log_fields(scope))
+        logger.info("request", request_id=state.get("request_id"), method=method, path=scope["path"],
+                    route=route, status=status, latency_ms=round(elapsed * 1000, 1), **log_fields(scope))
+
+
+def _info_enabled(logger: Any) -> bool:
+    """Whether `logger` writes INFO lines: a filtering logger (configure_logging's) says; any other may."""
+    enabled = getattr(logger, "is_enabled_for", None)
+    return enabled is None or bool(enabled(logging.INFO))

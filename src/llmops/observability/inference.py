@@ -63,6 +63,7 @@ class InferenceObserver:
     def __init__(self, metrics: Metrics, tracer: Tracer, model: str, log: dict[str, Any],
                  estimated_prompt: int = 0) -> None:
         self.metrics, self.tracer, self.model, self.log = metrics, tracer, model, log
+        self.series = metrics.of_model(model)
         self.tally = TokenTally(estimated_prompt)
         self.started = time.perf_counter()
         self._admission = tracer.start("admission", {"llmops.model": model})
@@ -70,7 +71,7 @@ class InferenceObserver:
         log["model"] = model
 
     def admitted(self, ticket: Admitted) -> None:
-        self.metrics.queue_time.labels(self.model).observe(ticket.queued_s)
+        self.series.queue_time.observe(ticket.queued_s)
         self.log.update(queue_position=ticket.position, queue_ms=round(ticket.queued_s * 1000, 1))
         self.tally.admitted = True
         self._admission.end()
@@ -81,16 +82,16 @@ class InferenceObserver:
         last = self.started
         tally = self.tally
         status = "error"
-        itl = self.metrics.itl.labels(self.model)  # looked up once, observed per chunk
+        series = self.series
         try:
             async for index, chunk in choices:
                 now = time.perf_counter()
                 if chunk.text:
                     if first is None:
                         first = now
-                        self.metrics.ttft.labels(self.model).observe(now - self.started)
+                        series.ttft.observe(now - self.started)
                     else:
-                        itl.observe(now - last)
+                        series.itl.observe(now - last)
                     last = now
                 tally.add(index, chunk)
                 yield index, chunk
@@ -114,13 +115,13 @@ class InferenceObserver:
 
     def _finish(self, status: str, prompt: int, completion: int) -> None:
         elapsed = time.perf_counter() - self.started
-        m = self.metrics
-        m.requests.labels(self.model, status).inc()
+        series = self.series
+        series.requests(status).inc()
         if status == "success":
-            m.latency.labels(self.model).observe(elapsed)
-            m.e2e.labels(self.model).observe(elapsed)
-        m.prompt_tokens.labels(self.model).inc(prompt)
-        m.generation_tokens.labels(self.model).inc(completion)
+            series.latency.observe(elapsed)
+            series.e2e.observe(elapsed)
+        series.prompt_tokens.inc(prompt)
+        series.generation_tokens.inc(completion)
         self.log.update(outcome=status, prompt_tokens=prompt, completion_tokens=completion)
         self._end_spans()
 

@@ -162,9 +162,38 @@ class _Histogram(_ClosedModel, Histogram):
         super().observe(amount, exemplar)
 
 
+class ModelSeries:
+    """One model's series of the metrics every inference request touches, looked up once per model, not
+    once per request and metric (eight lookups a request). Built through `labels`, so the model's name is
+    mapped as there (an unknown one to "unknown")."""
+
+    __slots__ = ("_by_status", "_requests", "e2e", "generation_tokens", "itl", "latency", "prompt_tokens",
+                 "queue_time", "ttft")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.queue_time, self.ttft = metrics.queue_time.labels(model), metrics.ttft.labels(model)
+        self.itl, self.latency, self.e2e = metrics.itl.labels(model), metrics.latency.labels(model), \
+            metrics.e2e.labels(model)
+        self.prompt_tokens = metrics.prompt_tokens.labels(model)
+        self.generation_tokens = metrics.generation_tokens.labels(model)
+        self._requests: Callable[[str], Any] = lambda status: metrics.requests.labels(model, status)
+        self._by_status: dict[str, Any] = {}
+
+    def requests(self, status: str) -> Any:
+        """inference_requests_total's child for `status` (a closed set: outcomes and refusal reasons)."""
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._requests(status)
+        return child
+
+
+MAX_MODEL_SERIES = 1024  # ModelSeries kept; past it the cache starts over (names are a closed set anyway)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._series: dict[str, ModelSeries] = {}
         self.model_names = ModelNames()
         r = self.registry
         Counter, Histogram = _Counter, _Histogram  # every model-labelled metric maps unknown models
@@ -231,8 +260,17 @@ class Metrics:
         for metric in vars(self).values():
             if isinstance(metric, _ClosedModel):
                 metric.forget_children()  # keyed by the names known before
+        self._series = {}
         self.registry.register(_LiveCollector(loads, gpus))
 
+    def of_model(self, model: str) -> ModelSeries:
+        """`model`'s series of the per-request inference metrics (ModelSeries)."""
+        series = self._series.get(model)
+        if series is None:
+            if len(self._series) >= MAX_MODEL_SERIES:
+                self._series = {}
+            series = self._series[model] = ModelSeries(self, model)
+        return series
 
     def reject(self, model: str, error: LLMOpsError, reason: str | None = None) -> str | None:
         """Count a refusal in llmops_rejections_total once (the first site that sees it names the model):

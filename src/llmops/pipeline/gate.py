@@ -29,11 +29,15 @@ Cached = Literal["none", "exact", "semantic"]  # which caches may answer a path'
 class EdgeGate:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._sole: dict[str, str | None] = {}  # kind -> sole_model's answer: the models and routes are fixed
 
     def sole_model(self, kind: ModelKind) -> str | None:
-        """The one model every `kind` request reaches whatever its body says, when there is one."""
-        names = self.services.pool.names_of(kind)
-        return names[0] if len(names) == 1 and not self.services.router.names() else None
+        """The one model every `kind` request reaches whatever its body says, when there is one (worked out
+        once per kind: the configured models and routes do not change while the app runs)."""
+        if kind not in self._sole:
+            names = self.services.pool.names_of(kind)
+            self._sole[kind] = names[0] if len(names) == 1 and not self.services.router.names() else None
+        return self._sole[kind]
 
     def _semantic(self, cached: Cached) -> bool:
         return cached == "semantic" and self.services.semantic_cache is not None

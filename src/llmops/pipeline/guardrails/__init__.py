@@ -53,12 +53,15 @@ class Guardrails:
     def __init__(self, settings: GuardrailSettings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self._rules: list[tuple[GuardrailRule, Detector]] = [(r, build_detector(r)) for r in settings.rules]
+        self._stages = frozenset(stage for rule, _ in self._rules for stage in rule.stages)  # any rule's
 
     def active(self, stage: Stage) -> bool:
-        return any(stage in rule.stages for rule, _ in self._rules)
+        return stage in self._stages
 
     def check(self, stage: Stage, text: str, record: bool = True) -> Verdict:
         """Run every rule of `stage` over `text`; the strongest action wins (block > redact > allow)."""
+        if stage not in self._stages:  # no rule to run (nothing configured): allowed as it is
+            return Verdict("allow", text, ())
         outcome: Outcome = "allow"
         hits: list[tuple[GuardrailRule, Finding]] = []
         for rule, detector in self._rules:
