@@ -101,11 +101,12 @@ class Accountant:
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
 
     async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
-                    worst_case_usd: float = 0.0, max_completion_tokens: int = 0) -> Charge:
-        """Breaker, budget (reserving `worst_case_usd`) and tokens/min (reserving the prompt and
+                    worst_case_usd: float = 0.0, max_completion_tokens: int = 0, prompt_ids: int = 0) -> Charge:
+        """Breaker, budget (reserving `worst_case_usd`) and tokens/min (reserving the prompt, its text
+        estimated from `prompt_chars` plus the `prompt_ids` token ids sent as ids, and
         `max_completion_tokens`); raises the refusal."""
         await self._check_breaker(model.name)
-        charge = Charge(key, model, estimate_tokens(prompt_chars) if prompt_chars else 0)
+        charge = Charge(key, model, (estimate_tokens(prompt_chars) if prompt_chars else 0) + prompt_ids)
         if key is None:
             return charge
         tpm = key.limits.tpm

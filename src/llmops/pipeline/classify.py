@@ -67,6 +67,9 @@ class ClassifyWork:
     def with_texts(self, texts: list[str]) -> None:
         return None
 
+    def input_ids(self) -> int:
+        return 0
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.count, deadline_s)
 

@@ -44,9 +44,11 @@ class EmbeddingsWork:
         checked = iter(texts)
         self.inputs = [next(checked) if isinstance(x, str) else x for x in self.inputs]
 
+    def input_ids(self) -> int:
+        return sum(len(x) for x in self.inputs if isinstance(x, list))
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
-        ids = sum(len(x) for x in self.inputs if isinstance(x, list))
-        return cost_usd(config, prompt_tokens + ids, 0, 0, 0.0)
+        return cost_usd(config, prompt_tokens + self.input_ids(), 0, 0, 0.0)
 
     def max_completion_tokens(self, config: ModelConfig) -> int:
         return 0

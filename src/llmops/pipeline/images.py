@@ -52,6 +52,9 @@ class ImageWork:
             self.request = replace(self.request, prompt=self.prompt_text,
                                    negative_prompt=negative or self.request.negative_prompt)
 
+    def input_ids(self) -> int:
+        return 0
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.n, deadline_s)
 

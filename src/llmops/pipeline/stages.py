@@ -74,6 +74,10 @@ class Work(Protocol):
     def with_texts(self, texts: list[str]) -> None:
         """Take the texts back as the guardrails left them (redacted)."""
 
+    def input_ids(self) -> int:
+        """Token ids the input holds as ids (embeddings' token-array inputs), counted as prompt tokens one for
+        one, as `texts()` are by their characters: tokens/min and the budget count both."""
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         """The most this work can cost on `config`: the budget reserves it until the work settles."""
 
@@ -181,8 +185,9 @@ async def budget(services: Services, call: Call) -> None:
         fallback = services.pool.config(name, call.work.model_kind)
         estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
         completion = max(completion, call.work.max_completion_tokens(fallback))
-    call.charge = await accountant.admit(call.ctx.key, call.config, chars if call.work.model_kind != "image" else 0,
-                                         estimate, completion)
+    text = call.work.model_kind != "image"
+    call.charge = await accountant.admit(call.ctx.key, call.config, chars if text else 0, estimate, completion,
+                                         call.work.input_ids() if text else 0)
 
 
 async def cache_lookup(services: Services, call: Call) -> None:

@@ -71,6 +71,9 @@ class TextWork:
         else:
             self.prompt_text = texts[0]
 
+    def input_ids(self) -> int:
+        return 0
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_text_usd(config, prompt_tokens, self.body.requested_max_tokens(), self.body.n)
 
