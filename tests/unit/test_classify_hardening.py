@@ -140,11 +140,15 @@ def test_a_cache_hit_decodes_nothing(client: TestClient, data: Digits, decodes: 
 def test_decode_threads_drop_work_past_its_deadline() -> None:
     threads = DecodeThreads(1)
     ran: list[int] = []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        gate.wait(5)
 
     async def main() -> None:
-        blocker = asyncio.ensure_future(threads.run(gate.wait, 5))
-        await asyncio.sleep(0.05)
+        blocker = asyncio.ensure_future(threads.run(block))
+        assert await asyncio.to_thread(started.wait, 5)  # the pool's one thread is taken
         with pytest.raises(DeadlineExceeded, match="before its images were decoded"):
             await threads.run(ran.append, 1, deadline=time.monotonic() + 0.05, waiting="its images were decoded")
         gate.set()
