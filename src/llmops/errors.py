@@ -9,6 +9,8 @@
     │   └── ContentFiltered          400, code content_filter (a safety checker or guardrail blocked it)
     ├── Unauthorized                 401, code invalid_api_key (missing or unknown key)
     ├── PermissionDenied             403 (this key may not use this model; admin API without the admin key)
+    │   └── HostNotAllowed           403, code host_not_allowed (a Host header the server does not answer:
+    │                                DNS rebinding protection, settings.allowed_hosts)
     ├── RateLimited                  429 + Retry-After, code rate_limit_exceeded
     │   ├── QuotaExceeded            429, code insufficient_quota (the key's budget is spent)
     │   └── AuthLockedOut            429, code too_many_auth_failures, x-should-retry: false (this client
@@ -104,6 +106,14 @@ class Unauthorized(LLMOpsError):
 
 class PermissionDenied(LLMOpsError):
     code = "permission_denied"
+
+
+class HostNotAllowed(PermissionDenied):
+    """The request's Host header names no host this server answers to (`allowed_hosts`; automatic on a loopback
+    bind: loopback names only). A page a browser loaded from another site, whose name was then re-pointed at
+    127.0.0.1 (DNS rebinding), sends its own name: it is refused before anything else is done."""
+
+    code = "host_not_allowed"
 
 
 class RateLimited(LLMOpsError):
@@ -261,29 +271,52 @@ def _unfiltered(message: str) -> str:
     return message
 
 
-_shown: Callable[[str], str] = _unfiltered
+_shown: Callable[[str], str] = _unfiltered  # server text: every pattern and the server's literal secrets
+_echoed: Callable[[str], str] = _unfiltered  # a client error's message: the patterns only
 
 
-def filter_messages(shown: Callable[[str], str]) -> None:
-    """What every error message goes through before a client sees it: observability's redaction, installed
-    with the logging (`configure_logging`), so a secret an upstream or a library echoes in an error (its
-    key, a URL's password) is masked as it is in the logs. This module imports nothing of the app."""
-    global _shown
+def filter_messages(shown: Callable[[str], str], echoed: Callable[[str], str] | None = None) -> None:
+    """What error messages go through before a client sees them, installed with the logging
+    (`configure_logging`): `shown`, observability's whole redaction, for the messages of server errors
+    (5xx: an exception's or an upstream's text, where a secret the server holds could be: its key, a URL's
+    password), masked as the log lines are; `echoed` (default `shown`), the redaction without the server's
+    literal secrets, for client errors (4xx), whose messages quote what the client sent (a model name, a
+    parameter's value). Comparing those with the server's secrets would answer `[REDACTED]` exactly when a
+    client guessed one (the admin key sent as a model name): an oracle that skips the admin key's throttle.
+    Shapes of credentials are still masked there (they depend on the text alone, not on what the server
+    holds). Server text put in a client error is redacted whole where it enters (`shown_message`). This
+    module imports nothing of the app."""
+    global _shown, _echoed
     _shown = shown
+    _echoed = echoed or shown
 
 
 def shown_message(text: str) -> str:
-    """`text` as a client may see it (the installed filter): for code that must cut a message it did not
-    write, redacting first, so a cut secret cannot slip through a filter that no longer recognises it."""
+    """`text` (server text: an upstream's, an exception's) as a client may see it, every secret masked: for
+    code that puts text it did not write in an error message, redacting it first (and before cutting it, so
+    a cut secret cannot slip through a filter that no longer recognises it)."""
     return _shown(text)
+
+
+def echoed_message(text: str) -> str:
+    """`text` as a client error (4xx) shows it: for text that may quote the client (an upstream's 400 that
+    names a parameter's value), credentials' shapes masked, never compared with the server's secrets."""
+    return _echoed(text)
+
+
+def client_message(exc: LLMOpsError) -> str:
+    """The message of `exc` as its client is sent it: a server error's (5xx) with every secret masked, a
+    client error's (4xx) with shapes of credentials masked but never compared with the server's secrets
+    (`filter_messages`)."""
+    return (_shown if kind_of(exc).status >= 500 else _echoed)(exc.message)
 
 
 def error_body(exc: LLMOpsError, fmt: ErrorFormat = "openai") -> dict[str, Any]:
     """The OpenAI error envelope for `exc`, or the Open Inference Protocol's (KServe V2) `{"error": msg}`."""
-    message = _shown(exc.message)
+    kind = kind_of(exc)
+    message = (_shown if kind.status >= 500 else _echoed)(exc.message)  # client_message's choice
     if fmt == "v2":
         return {"error": message}
-    kind = kind_of(exc)
     return {"error": {"message": message, "type": kind.type, "param": exc.param, "code": exc.code}}
 
 

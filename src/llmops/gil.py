@@ -4,7 +4,7 @@ A thread that waits for the GIL asks the holder to drop it once it has waited `s
 (5 ms by default), but that wait starts over whenever the holder drops the GIL on its own and takes it
 straight back before the waiter can (CPython's take_gil). uvloop does that around each of libuv's callbacks
 into Python (libuv runs without the GIL), so a busy event loop kept the process's other threads waiting:
-the spend writer, the threads that read the stores (`asyncio.to_thread`), llama.cpp's callback threads.
+the spend writer, the threads that read the stores (stores/sqlite.py's own), llama.cpp's callback threads.
 
 Measured in-process under 16-way load with the fake engine (bench/gil_wait.py): at 5 ms a thread waited up
 to 0.5-0.8 s for the GIL, and a batch of spend took about 0.75 s to reach SQLite where it takes 2 ms; at

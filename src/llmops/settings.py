@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -238,6 +239,27 @@ PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placehold
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")  # tokens libraries read themselves
 OTEL_HEADER_ENV = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def allowed_host_entry(entry: str) -> str:
+    """An `allowed_hosts` entry as the Host check compares it: lower case, without a trailing dot, an IPv6
+    address in brackets; `*`, or `*.` before a domain for its subdomains. A port, a path or a scheme is
+    refused (the check strips the request's port: any port of an allowed name is allowed)."""
+    host = entry.strip().lower().rstrip(".")
+    if host == "*":
+        return host
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        address = None
+    if address is not None:
+        return f"[{address}]" if address.version == 6 else str(address)
+    name = host[2:] if host.startswith("*.") else host
+    if not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", name):
+        raise ValueError(f"allowed_hosts entries are host names, *.domain, IP addresses or *, without a port "
+                         f"or scheme; not {entry!r}")
+    return host
 
 
 def url_secrets(url: str) -> list[str]:
@@ -519,6 +541,13 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port)")
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host headers this server answers (the name, port stripped; env LLMOPS_ALLOWED_HOSTS as "
+        "a JSON list): others get 403, the probes excepted (DNS rebinding protection). Entries: a name "
+        "(api.example.com), *.example.com for its subdomains, an IP address, or * for any. Unset (automatic): "
+        "bound to loopback, only loopback names (localhost, *.localhost, 127.x.x.x, [::1]); bound elsewhere "
+        "(0.0.0.0 in containers), any. A list replaces the automatic one: behind a proxy that keeps the "
+        "client's Host on a loopback bind, list the public name, and localhost if it is still used")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     limits: ServerLimits = Field(default_factory=ServerLimits)
@@ -558,13 +587,21 @@ class Settings(BaseSettings):
         """Bound beyond loopback without the operator's `insecure_no_auth`: such a server is never open. It
         refuses to start without keys (server.check_exposure), and should its keys vanish while it runs
         (a Redis flushed or restarted empty), it refuses every request rather than serve them."""
-        loopback = self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
-        return not loopback and not self.insecure_no_auth
+        return not self.loopback_bind() and not self.insecure_no_auth
+
+    def loopback_bind(self) -> bool:
+        """Whether the server binds a loopback address only (127.0.0.0/8, ::1, localhost)."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.") or self.host == "[::1]"
 
     def keys_required(self) -> bool:
         """Whether every request needs a key from the start, with or without keys in the store: when
         `auth.require_keys` says so, or when exposed (bound beyond loopback)."""
         return self.auth.require_keys or self.exposed()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str] | None) -> list[str] | None:
+        return None if hosts is None else [allowed_host_entry(h) for h in hosts]
 
     @field_validator("models")
     @classmethod

@@ -110,10 +110,10 @@ def test_a_500_keeps_the_keep_alive_connection(attacked: Attacked) -> None:
 def test_idle_and_half_sent_connections_are_closed(attacked: Attacked) -> None:
     idle = [socket.create_connection(("127.0.0.1", attacked.port), timeout=15) for _ in range(150)]
     half = socket.create_connection(("127.0.0.1", attacked.port), timeout=15)
-    half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     body = socket.create_connection(("127.0.0.1", attacked.port), timeout=15)
     key = attacked.keys["low"]["secret"].encode()
-    body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + b"\r\n"
+    body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + key + b"\r\n"
                  b"Content-Length: 100\r\n\r\n{")
     try:
         assert chat(attacked).status_code == 200  # served while 152 connections hang
@@ -127,7 +127,7 @@ def test_idle_and_half_sent_connections_are_closed(attacked: Attacked) -> None:
 
 @pytest.mark.parametrize("size", [20_000, 1_000_000])
 def test_a_huge_request_header_is_refused(attacked: Attacked, size: int) -> None:
-    answer = raw(attacked, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+    answer = raw(attacked, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
@@ -141,7 +141,7 @@ def test_a_trickling_body_is_closed_at_its_deadline(attacked: Attacked) -> None:
     its first bytes) closes the connection, else a few hundred such clients hold every connection."""
     s = socket.create_connection(("127.0.0.1", attacked.port), timeout=1.5)
     key = attacked.keys["low"]["secret"].encode()
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + b"\r\n"
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + key + b"\r\n"
               b"Content-Length: 1000\r\n\r\n{")
     started, closed_after = time.monotonic(), None
     try:
@@ -165,7 +165,7 @@ def test_a_trickling_body_is_closed_at_its_deadline(attacked: Attacked) -> None:
 def test_slow_connections_do_not_block_others(attacked: Attacked) -> None:
     slow = socket.create_connection(("127.0.0.1", attacked.port), timeout=15)
     try:
-        for part in (b"POST /v1/chat", b"/completions HTTP/1.1\r\n", b"Host: x\r\n"):
+        for part in (b"POST /v1/chat", b"/completions HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n"):
             slow.sendall(part)
             assert chat(attacked).status_code == 200
         assert recv_all(slow) == b""  # the whole head did not arrive in time: closed

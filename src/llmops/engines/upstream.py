@@ -41,6 +41,8 @@ from llmops.errors import (
     InvalidRequest,
     LLMOpsError,
     ServiceUnavailable,
+    UnsupportedParameter,
+    echoed_message,
     shown_message,
 )
 
@@ -114,7 +116,11 @@ def _error_from(status: int, body: bytes) -> LLMOpsError:
     if not isinstance(err, dict):  # {"error": "a plain string"}
         err = {"message": str(err)}
     said = str(err.get("message") or body[:4096].decode(errors="replace") or status)
-    message = f"upstream: {shown_message(said)[:300]}"  # redacted whole, then cut
+    # redacted, then cut. A client error (400, 404, 422: it may quote what the client sent, a model name)
+    # gets the client errors' filter: credentials' shapes masked, never a comparison with the server's own
+    # secrets, which would answer [REDACTED] exactly when a client guessed one (errors.filter_messages).
+    client_error = 400 <= status < 500 and status not in (401, 403, 429)
+    message = f"upstream: {(echoed_message if client_error else shown_message)(said)[:300]}"
     if status == 400 and err.get("code") == "context_length_exceeded":
         return ContextLengthExceeded(message, param=err.get("param"))
     if status in (401, 403):  # the upstream refused this server's credentials: the operator's to fix
@@ -172,6 +178,9 @@ class UpstreamEngine:
 
     def _body(self, request: TextRequest) -> tuple[str, dict[str, Any]]:
         s = request.sampling
+        if s.max_tokens == 0:  # the prompt alone: upstreams answer it only with their own echo, not sent here
+            raise UnsupportedParameter("max_tokens 0 (the prompt alone, with echo) is not supported by this "
+                                       "model's upstream engine", param="max_tokens")
         body: dict[str, Any] = {
             "model": self.options.model or self.model_name, "stream": True,
             "stream_options": {"include_usage": True}, "temperature": s.temperature, "top_p": s.top_p,

@@ -1,8 +1,8 @@
 """The threads that decode what clients send (images to classify, large Open Inference Protocol tensors): a
 small pool of the media side's own, never the event loop and never asyncio's default executor.
 
-The default executor (`asyncio.to_thread`) is what the stores' reads (key lookups, spend totals), the ledger's
-writer, the guardrails and embeddings encoding use: twelve requests of four 4000x4000 PNGs decoding there once
+The default executor (`asyncio.to_thread`) is what the guardrails and embeddings encoding use (the SQLite
+store has threads of its own, stores/sqlite.py): twelve requests of four 4000x4000 PNGs decoding there once
 queued an unrelated key's lookup behind them for seconds. Here a client's bytes wait for one of `threads`
 workers (at most half the cores, at most MAX_THREADS), in order, up to their request's deadline: a decode that
 has not started when its request gives up (deadline, disconnect) never runs.

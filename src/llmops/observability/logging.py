@@ -36,7 +36,7 @@ from typing import Any, Literal
 import structlog
 
 from llmops.errors import filter_messages
-from llmops.observability.redaction import redact_event, redact_text, register_secret
+from llmops.observability.redaction import redact_event, redact_shapes, redact_text, register_secret
 
 QUIET_LIBRARIES = ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "opentelemetry", "urllib3", "filelock",
                    "huggingface_hub", "diffusers", "transformers", "torch", "PIL", "asyncio", "multipart",
@@ -211,7 +211,9 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     `flush_s`: INFO lines are written in batches at most this long after the first (BatchedStderr)."""
     for secret in secrets:
         register_secret(secret)
-    filter_messages(redact_text)  # the error messages clients are sent: masked as the log lines are
+    # the error messages clients are sent: a server error's masked as the log lines are; a client error's, which
+    # quotes the client, by the patterns alone (never compared with the secrets: that would confirm a guess)
+    filter_messages(redact_text, redact_shapes)
     # No renderer here shows the caller's file and line, the thread or the process: don't compute them
     # for every record (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None

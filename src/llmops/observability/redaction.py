@@ -18,7 +18,8 @@ What is replaced by `[REDACTED]`:
   private key blocks (`-----BEGIN ... PRIVATE KEY-----` to its END line, or to where the text stops being
   the block's);
 - the literal secrets registered with `register_secret` (every secret the configuration holds or names,
-  at start-up: settings.Settings.secret_values), in any case.
+  at start-up: settings.Settings.secret_values), in any case; not in a client error's message
+  (`redact_shapes`), which quotes what the client sent: masking a literal there would confirm a guess.
 A text that is not ASCII is also searched in its NFKC form with invisible format characters removed
 (fullwidth letters, zero-width spaces): when that form holds a secret, it is the form logged, redacted.
 Every pattern is linear-time: a fixed word, bounded repetitions, then a bounded character class (no
@@ -129,6 +130,24 @@ def redact_text(text: str) -> str:
         if redacted != normal:
             return redacted
     return _run(text)
+
+
+def redact_shapes(text: str) -> str:
+    """`text` with what every pattern recognises masked (credentials by their shapes, values after a secret's
+    name, a URL's password), but not compared with the registered literals: what a client error's message
+    goes through (errors.filter_messages), where the text quotes the client, and masking a literal would tell
+    the client its guess was one of the server's secrets. It depends on the text alone."""
+    if text.isascii():
+        lowered = text.lower()
+        return _patterns(text) if any(word in lowered for word in _WORDS) else text
+    normal = _normal(text)
+    if not any(word in normal.translate(_DOTTED).lower() for word in _WORDS):
+        return text
+    if normal != text:
+        redacted = _patterns(normal)
+        if redacted != normal:
+            return redacted
+    return _patterns(text)
 
 
 # The letters re's IGNORECASE matches to an ASCII one that NFKC leaves as they are (the long s and the Kelvin

@@ -19,7 +19,7 @@ class RequestContext:
     key: ApiKey | None  # None on an open server
     request_id: str = "-"
     timeout_s: float | None = None  # X-Request-Timeout, capped later by the model's max_deadline_s
-    priority: Priority | None = None  # X-Priority; None: the key's class (or service_tier flex)
+    priority: Priority | None = None  # X-Priority; None: the key's class (or service_tier flex); never above the key's
     cache_opt_out: bool = False  # Cache-Control: no-cache / no-store
     log: dict[str, Any] = field(default_factory=dict)  # the access-log line's fields (shared with the edge)
     received: float = field(default_factory=time.monotonic)
@@ -35,11 +35,16 @@ class RequestContext:
         return self.received + timeout
 
     def priority_for(self, service_tier: str | None) -> Priority:
-        if self.priority is not None:
-            return self.priority
-        if service_tier == "flex":
+        """The request's admission class: what it asked for (X-Priority, else `service_tier` flex: batch),
+        within its key's class, which is the ceiling: a batch key's requests are batch whatever they send
+        (a header may lower a request's priority, never raise it above what its key was given). Without a
+        key (an open server), what it asked for, else interactive."""
+        asked = self.priority if self.priority is not None else "batch" if service_tier == "flex" else None
+        if self.key is None:
+            return asked or "interactive"
+        if self.key.priority == "batch":
             return "batch"
-        return self.key.priority if self.key is not None else "interactive"
+        return asked or self.key.priority
 
 
 def parse_timeout(raw: str | None) -> float | None:

@@ -198,7 +198,7 @@ class SqliteLedger:
 
     async def _write(self, batch: list[SpendEntry]) -> None:
         try:
-            await asyncio.to_thread(self._db.insert_many, _INSERT, _rows(batch))
+            await self._db.call(self._db.insert_many, _INSERT, _rows(batch))  # the store's own threads
         except Exception as exc:  # never the server's problem; the lost spend is said, once per batch
             self._on_error("spend_record")
             log.error("could not write %d spend entries ($%.6f in all, keys %s) to SQLite: %s: %s; they are lost",

@@ -1,18 +1,27 @@
 """One SQLite connection shared by the SQLite-backed stores (keys, spend): autocommit (or one explicit
 transaction for a batch of rows), WAL so the CLI and the server can use the file at once, and statements run
-in a worker thread under a lock."""
+in a worker thread under a lock.
+
+The worker threads are the store's own (`THREADS` of them, made on first use and shut when the state closes,
+with the app), not asyncio's default executor: that one also runs the guardrails' and the embeddings' work
+(`asyncio.to_thread`), and a key lookup queued behind them there waited as long as they took. Statements take
+the connection's lock in turn anyway, so a few threads are all it can use."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llmops.errors import ConfigError
 
+T = TypeVar("T")
 ROWS_PER_STATEMENT = 2048  # rows in one INSERT at most (and within SQLite's limit on a statement's variables)
+THREADS = 2  # the store's own worker threads: one statement runs at a time (the lock), the next one is ready
 
 
 class SqliteDb:
@@ -33,6 +42,18 @@ class SqliteDb:
                 "use state.backend memory (nothing kept) or redis") from None
         self._lock = threading.Lock()
         self._max_vars = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._pool_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None  # made on first use (`call`), shut by `close`
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="llmops-sqlite")
+            return self._executor
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a method of this connection: `run`, `insert_many`) on one of the store's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
 
     def run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -69,8 +90,13 @@ class SqliteDb:
         self._db.execute(f"{insert} {values}", [v for row in rows for v in row])
 
     async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self.run, sql, args)
+        return await self.call(self.run, sql, args)
 
     def close(self) -> None:
+        """Shut the threads (statements still queued are dropped, a running one finishes) and the connection."""
+        with self._pool_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._db.close()
