@@ -81,7 +81,7 @@ CASES = [
     (COMPLETIONS, {"prompt": [[818, 7217, 563]]}, "prompt",
      "invalid value for 'prompt': token-id prompts are not supported: send the prompt as text"),
     (COMPLETIONS, {"prompt": 5}, "prompt",
-     "invalid type for 'prompt': expected a string or a list of one string, but got an integer instead"),
+     "invalid type for 'prompt': expected a string or a list of strings, but got an integer instead"),
     (COMPLETIONS, {"prompt": ""}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
     (COMPLETIONS, {"prompt": [""]}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),
     (COMPLETIONS, {"prompt": []}, "prompt", "invalid value for 'prompt': the prompt must not be empty"),

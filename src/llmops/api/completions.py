@@ -1,4 +1,5 @@
-"""POST /v1/completions."""
+"""POST /v1/completions: one prompt or several (each answered with n choices, choice p * n + j being prompt
+p's j-th, as OpenAI numbers them), and `echo` (each choice's text starts with its prompt)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from llmops.api.logprobs import completion_logprobs
 from llmops.api.sse import event
 from llmops.errors import InvalidRequest
 from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
+from llmops.pipeline.text import TextWork
 from llmops.protocol.completions import Completion, CompletionChoice, CompletionRequest
 
 router = APIRouter()
@@ -20,11 +22,10 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    prompt = body.prompt_text()
-    if prompt is None:
-        raise InvalidRequest("send one prompt per request (a list of several prompts is not supported)",
-                             param="prompt")
-    call = await textcall.prepare(request, body, "completions", prompt=prompt)
+    if body.max_tokens == 0 and not body.echo:
+        raise InvalidRequest("max_tokens must be at least 1 (0 asks for the prompt alone, with echo)",
+                             param="max_tokens")
+    call = await textcall.prepare(request, body, "completions", prompts=body.prompts())
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
                                   complete=lambda done: _completion(done, body, new_id("cmpl"), now()))
@@ -39,7 +40,8 @@ def _completion(done: Collected, body: CompletionRequest, chunk_id: str, created
 
 
 async def _events(choices: Choices, body: CompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
-    totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
+    count = call.work.choice_count if isinstance(call.work, TextWork) else body.n
+    totals = Collected(texts=[""] * count, finish=[None] * count)
     chunk_id, created = new_id("cmpl"), now()
     encode = ChunkEncoder("completions", chunk_id, created, body.model)  # the models' bytes, no model per token
     async for index, text, finish, logprobs in stream_choices(choices, totals):

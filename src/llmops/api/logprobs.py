@@ -4,12 +4,15 @@
   [{"token", "logprob", "bytes"}, ...]}], "refusal": null}`, per choice, and per chunk when streamed;
 - completions (`logprobs: k`, the legacy shape): `{"tokens": [...], "token_logprobs": [...], "top_logprobs":
   [{token: logprob, ...}, ...], "text_offset": [...]}`, where a token's offset counts characters from the
-  start of the choice's text (as vLLM counts them: there is no `echo` here, so the prompt is not part of it).
+  start of the choice's text (as vLLM counts them); with `echo` the prompt's tokens come first, the first
+  of them with a null logprob and null alternatives (nothing before it predicts it: engines mark it
+  UNSCORED).
 
 Plain dicts, encoded once: a streamed token's logprobs cost one json.dumps, not a pydantic model."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,5 +36,7 @@ def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict
     for t in tokens:
         offsets.append(offset)
         offset += len(t.token)
-    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens], "text_offset": offsets}
+    return {"tokens": [t.token for t in tokens],
+            "token_logprobs": [None if math.isnan(t.logprob) else t.logprob for t in tokens],
+            "top_logprobs": [None if math.isnan(t.logprob) else {a.token: a.logprob for a in t.top} for t in tokens],
+            "text_offset": offsets}

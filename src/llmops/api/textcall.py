@@ -4,7 +4,7 @@ completions.py) parse and format; this module sends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import Request, Response
@@ -24,9 +24,10 @@ TextCall = Call  # the name the routes' formatting functions use
 
 
 async def prepare(request: Request, body: Any, kind: TextKind, *, messages: list[Message] | None = None,
-                  prompt: str | None = None) -> Call:
-    """The stages before the engine; raises the request's 4xx/5xx (a block, a budget, a full breaker)."""
-    work = TextWork(kind, body, tuple(messages) if messages is not None else None, prompt)
+                  prompts: Sequence[str] = ()) -> Call:
+    """The stages before the engine; raises the request's 4xx/5xx (a block, a budget, a full breaker).
+    `prompts`: completions' (each answered with n choices)."""
+    work = TextWork(kind, body, tuple(messages) if messages is not None else None, tuple(prompts))
     return await stages.prepare(deps.services(request), deps.context(request), work)
 
 
@@ -51,7 +52,7 @@ async def respond(request: Request, call: Call, body: Any, *,
     if body.stream:
         return await sse_response(events(choices), call.headers)
     try:
-        done = await cancel_on_disconnect(request, collect(choices, body.n))
+        done = await cancel_on_disconnect(request, collect(choices, call.work.choice_count))
     finally:  # the chunks settle the request; this covers a client gone before they started
         stages.settle_unused(services, call)
     answer = complete(done)

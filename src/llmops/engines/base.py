@@ -7,6 +7,7 @@ the plain dataclasses below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -42,6 +43,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: none; k: each token's log probability and its k likeliest alternatives
+    # None: the prompt is not scored; k: each prompt token's log probability and its k likeliest alternatives,
+    # sent before the answer (completions' echo with logprobs; engines whose capabilities say prompt_logprobs)
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,10 @@ class ToolCallDelta:
     arguments: str = ""
 
 
+# The log probability of a prompt's first token, which nothing before it predicts (OpenAI sends null there)
+UNSCORED = math.nan
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """A generated token's log probability (natural log) and, at its position, the likeliest tokens the
@@ -109,13 +117,16 @@ class TokenLogprob:
 @dataclass(frozen=True)
 class TextChunk:
     """A piece of generated text. The last chunk of a stream has `finish_reason` and `usage` set.
-    `logprobs`: the tokens whose text this chunk carries, when the request asked for them."""
+    `logprobs`: the tokens whose text this chunk carries, when the request asked for them.
+    `prompt_logprobs`: the prompt's tokens, scored, when the request asked for them (`sampling.prompt_logprobs`):
+    in the stream's first chunk, before any text; the first token's logprob is UNSCORED."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: TokenUsage | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class TextCapabilities:
     structured_output: bool = False  # response_format json_object / json_schema
     tools: bool = False  # tools, tool_choice, parallel_tool_calls, tool turns in the history
     logprobs: bool = False  # logprobs (and top_logprobs): each generated token's log probability
+    prompt_logprobs: bool = False  # the prompt's tokens scored too (completions' echo with logprobs)
 
 
 NO_CAPABILITIES = TextCapabilities()

@@ -1,7 +1,9 @@
 """A real, deterministic engine with no ML dependencies, for tests and demos.
 
 Tokens are whitespace-separated words. The answer is `options.reply` if set, otherwise an echo of the
-prompt's last user message (or the prompt). Asked for logprobs, each word gets a made-up one (`_logprob`).
+prompt's last user message (or the prompt). Asked for logprobs, each word gets a made-up one (`_logprob`);
+asked to score the prompt (`sampling.prompt_logprobs`), its words get made-up ones too, in a first chunk
+before the answer.
 Prompts containing `[[fail]]` make the engine raise before any output; `[[fail-mid-stream]]` raises after
 two tokens: both exercise the server's error paths.
 `tokens_generated` in the health detail counts every token ever produced, so tests can see when
@@ -15,7 +17,15 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.engines.base import EngineHealth, TextCapabilities, TextChunk, TextRequest, TokenLogprob, TokenUsage
+from llmops.engines.base import (
+    UNSCORED,
+    EngineHealth,
+    TextCapabilities,
+    TextChunk,
+    TextRequest,
+    TokenLogprob,
+    TokenUsage,
+)
 from llmops.engines.textgen import last_user_text, prepare_fallback, resolve_max_tokens
 
 
@@ -27,17 +37,19 @@ class FakeOptions(BaseModel):
     load_delay_s: float = Field(0.0, ge=0, le=60, description="sleep in start(), to test readiness")
     context_length: int = Field(2048, ge=16)
     capacity: int = Field(4, ge=1, description="requests it works on at once (admission's default)")
+    prompt_logprobs: bool = Field(True, description="scores prompts (echo with logprobs); false: refuses to, "
+                                  "as engines that cannot (llama.cpp)")
 
 
 class FakeTextEngine:
     Options = FakeOptions
-    capabilities = TextCapabilities(logprobs=True)
 
     def __init__(self, model_name: str, options: FakeOptions) -> None:
         self.model_name = model_name
         self.options = options
         self.context_length = options.context_length
         self.capacity = options.capacity
+        self.capabilities = TextCapabilities(logprobs=True, prompt_logprobs=options.prompt_logprobs)
         self.tokens_generated = 0
         self._state: EngineHealth = EngineHealth("loading")
 
@@ -65,6 +77,8 @@ class FakeTextEngine:
                                     request.sampling.default_max_tokens)
         if "[[fail]]" in prepared.text:
             raise RuntimeError("fake engine failure requested by the prompt")
+        if request.sampling.prompt_logprobs is not None:
+            yield TextChunk("", prompt_logprobs=_scored_prompt(prepared.text, request.sampling.prompt_logprobs))
         words = self._answer(request).split(" ")
         out: list[str] = []
         finish: str = "length" if len(words) > budget else "stop"
@@ -91,3 +105,11 @@ def _logprob(piece: str, position: int, top: int) -> TokenLogprob:
     alternatives = [(piece, own), *((f" alt{j}", own - j) for j in range(1, top))][:top]
     return TokenLogprob(piece, own, tuple(piece.encode()),
                         tuple(TokenLogprob(t, lp, tuple(t.encode())) for t, lp in alternatives))
+
+
+def _scored_prompt(text: str, top: int) -> tuple[TokenLogprob, ...]:
+    """The prompt's words as tokens (together they are the prompt, spaces included), each scored as
+    `_logprob` scores an answer's; the first UNSCORED, with no alternatives."""
+    pieces = [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+    first = TokenLogprob(pieces[0], UNSCORED, tuple(pieces[0].encode()))
+    return (first, *(_logprob(piece, i, top) for i, piece in enumerate(pieces[1:], start=1)))

@@ -417,6 +417,10 @@ class LlamaCppEngine:
         s = request.sampling
         prompt, counted = await self._prompt(prepared.text, s)
         budget = resolve_max_tokens(s.max_tokens, counted, self.context_length, s.default_max_tokens)
+        if budget == 0:  # the prompt alone (echo): llama.cpp reads max_tokens 0 as unset, and would generate
+            count = counted if isinstance(prompt, list) else len(await self.tokenize(prepared.text))
+            yield TextChunk("", finish_reason="length", usage=TokenUsage(count, 0))
+            return
         body: dict[str, Any] = {
             "prompt": prompt, "max_tokens": budget, "temperature": s.temperature, "top_p": s.top_p,
             "stop": list(prepared.stops), "presence_penalty": s.presence_penalty,

@@ -173,6 +173,9 @@ class TransformersEngine:
         ids = self._tok(prepared.text, return_tensors="pt")["input_ids"]
         s = request.sampling
         budget = resolve_max_tokens(s.max_tokens, int(ids.shape[1]), self.context_length, s.default_max_tokens)
+        if budget == 0:  # the prompt alone (completions' echo with max_tokens 0)
+            yield TextChunk("", finish_reason="length", usage=TokenUsage(int(ids.shape[1]), 0))
+            return
         chunks = self._stream(ids, prepared, request, budget)
         if prepared.fallback_chat:
             chunks = strip_leading_space(chunks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from llmops.engines.base import (
@@ -42,19 +42,22 @@ def check_request(req: SamplingFields, cfg: ModelConfig) -> None:
 
 
 def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None, *,
-                  prompt: str | None = None, messages: tuple[Message, ...] | None = None) -> list[TextRequest]:
-    """One engine request per choice. With a seed, choice i uses seed + i so the n answers differ."""
+                  prompts: Sequence[str] = (), messages: tuple[Message, ...] | None = None) -> list[TextRequest]:
+    """One engine request per choice: n for the messages, or n per prompt (several prompts: choice p * n + j
+    is prompt p's j-th, as OpenAI numbers them). With a seed, choice j of each prompt uses seed + j, so the n
+    answers differ and a prompt gets the answers it would get sent alone."""
     base_id = new_id("req")
     out = []
-    for i in range(req.n):
-        fields = req.sampling_fields()
-        if req.seed is not None:
-            fields["seed"] = req.seed + i
-        sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
-                                  **fields)
-        out.append(TextRequest(f"{base_id}-{i}", sampling, prompt=prompt, messages=messages,
-                               stream=bool(getattr(req, "stream", True)),
-                               **chat_controls.engine_fields(req)))
+    for p, prompt in enumerate(prompts or [None]):
+        for j in range(req.n):
+            fields = req.sampling_fields()
+            if req.seed is not None:
+                fields["seed"] = req.seed + j
+            sampling = SamplingParams(max_tokens=max_tokens, default_max_tokens=cfg.limits.default_max_tokens,
+                                      **fields)
+            out.append(TextRequest(f"{base_id}-{p * req.n + j}", sampling, prompt=prompt, messages=messages,
+                                   stream=bool(getattr(req, "stream", True)),
+                                   **chat_controls.engine_fields(req)))
     return out
 
 
@@ -72,7 +75,8 @@ class Collected:
                      total_tokens=self.prompt_tokens + self.completion_tokens)
 
     def add_usage(self, usage: TokenUsage) -> None:
-        self.prompt_tokens = max(self.prompt_tokens, usage.prompt_tokens)  # one prompt, counted once
+        # one prompt, counted once over its n choices (several prompts: pipeline.text reports their running sum)
+        self.prompt_tokens = max(self.prompt_tokens, usage.prompt_tokens)
         self.completion_tokens += usage.completion_tokens
 
     def add(self, index: int, chunk: TextChunk) -> None:
@@ -91,7 +95,8 @@ Choices = AsyncIterator[tuple[int, TextChunk]]
 
 
 async def collect(choices: Choices, n: int) -> Collected:
-    """The whole answer, read without a generator of its own (one layer less per request than streaming)."""
+    """The whole answer, read without a generator of its own (one layer less per request than streaming).
+    `n`: the request's choices (n per prompt)."""
     out = Collected(texts=[""] * n, finish=[None] * n)
     try:
         async for index, chunk in choices:

@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmops.engines.base import Message, TextChunk, TextRequest
-from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable
+from llmops.engines.base import Message, TextChunk, TextRequest, TokenUsage, capabilities
+from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable, UnsupportedParameter
 from llmops.observability.inference import InferenceObserver, TokenTally
 from llmops.pipeline import chat_controls
 from llmops.pipeline.accounting import worst_case_text_usd
@@ -20,6 +20,7 @@ from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.semantic_cache import namespace, normalise
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call
+from llmops.protocol.completions import MAX_PROMPTS
 from llmops.scheduling.admission import Ticket
 from llmops.scheduling.runner import admitted_choices
 from llmops.settings import ModelConfig
@@ -37,8 +38,18 @@ class TextWork:
     kind: TextKind
     body: Any
     messages: tuple[Message, ...] | None = None
-    prompt_text: str | None = None
+    prompts: tuple[str, ...] = ()  # completions': one or several, each answered with n choices
     model_kind: Literal["chat"] = "chat"
+
+    @property
+    def prompt_text(self) -> str | None:
+        """The first prompt (completions), as online evaluation and the shadow's log see the request."""
+        return self.prompts[0] if self.prompts else None
+
+    @property
+    def choice_count(self) -> int:
+        """The choices the answer holds: n for each prompt (chat: n)."""
+        return int(self.body.n) * max(1, len(self.prompts))
 
     @property
     def model(self) -> str:
@@ -54,6 +65,9 @@ class TextWork:
 
     def check(self, config: ModelConfig) -> None:
         check_request(self.body, config)
+        if len(self.prompts) > 1 and self.choice_count > MAX_PROMPTS:
+            raise InvalidRequest(f"{len(self.prompts)} prompts with n={self.body.n} make {self.choice_count} "
+                                 f"choices; a request makes at most {MAX_PROMPTS}", param="n")
 
     def prompt(self, call: Call, services: Services) -> None:
         if self.kind == "chat" and getattr(self.body, "prompt", None) is not None:
@@ -63,22 +77,23 @@ class TextWork:
             raise InvalidRequest("messages must hold at least one message (or reference a prompt)", param="messages")
 
     def texts(self) -> list[str]:
-        return [m.content for m in self.messages] if self.messages is not None else [self.prompt_text or ""]
+        return [m.content for m in self.messages] if self.messages is not None else list(self.prompts)
 
     def with_texts(self, texts: list[str]) -> None:
         if self.messages is not None:
             self.messages = tuple(dataclasses.replace(m, content=t) for m, t in zip(self.messages, texts, strict=True))
         else:
-            self.prompt_text = texts[0]
+            self.prompts = tuple(texts)
 
     def input_ids(self) -> int:
         return 0
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
-        return worst_case_text_usd(config, prompt_tokens, self.body.requested_max_tokens(), self.body.n)
+        return worst_case_text_usd(config, prompt_tokens, self.body.requested_max_tokens(), self.choice_count)
 
     def max_completion_tokens(self, config: ModelConfig) -> int:
-        return int((self.body.requested_max_tokens() or config.limits.default_max_tokens) * self.body.n)
+        requested = self.body.requested_max_tokens()  # 0 (echo: the prompt alone) generates nothing
+        return int((config.limits.default_max_tokens if requested is None else requested) * self.choice_count)
 
     def cache_payload(self, call: Call) -> dict[str, Any] | None:
         body = self.body
@@ -99,12 +114,22 @@ class TextWork:
         return {"model": call.config.name, "n": body.n, "max_tokens": body.requested_max_tokens(),
                 "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in body.sampling_fields().items()},
                 "messages": [[m.role, m.content] for m in self.messages] if self.messages is not None else None,
-                "prompt": self.prompt_text,
+                "prompt": self._prompt_key(),
                 "prompt_version": list(call.prompt_version) if call.prompt_version else None,
-                "controls": chat_controls.cache_part(body)}
+                "controls": chat_controls.cache_part(body), **({"echo": True} if self.echo else {})}
+
+    def _prompt_key(self) -> str | list[str] | None:
+        """One prompt keys as itself (as before several were taken); several as their list."""
+        if not self.prompts:
+            return None
+        return self.prompts[0] if len(self.prompts) == 1 else list(self.prompts)
+
+    @property
+    def echo(self) -> bool:
+        return self.kind == "completions" and bool(self.body.echo)
 
     def requests(self, config: ModelConfig) -> list[TextRequest]:
-        return text_requests(self.body, config, self.body.requested_max_tokens(), prompt=self.prompt_text,
+        return text_requests(self.body, config, self.body.requested_max_tokens(), prompts=self.prompts,
                              messages=self.messages)
 
 
@@ -153,7 +178,8 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
     chunks = _fallback(services, call, work, tally)
     if guard.active("output"):
         chunks = _guarded(chunks, guard)
-    return _settled(services, call, chunks, tally)
+    chunks = _settled(services, call, chunks, tally)
+    return _echoed(chunks, work.prompts, work.body.n) if work.echo else chunks
 
 
 def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: TokenTally) -> Choices:
@@ -161,6 +187,9 @@ def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: T
     reqs = work.requests(served.config)
     # 400 naming a control this model's engine cannot honour, or logprobs that output guardrails would betray
     chat_controls.check_capabilities(engine, reqs, rewritten=services.guardrails.active("output"))
+    if reqs[0].sampling.prompt_logprobs is not None and not capabilities(engine).prompt_logprobs:
+        raise UnsupportedParameter("'echo' with 'logprobs' is not supported by this model: its engine cannot "
+                                   "score a prompt's tokens (echo without logprobs is)", param="echo")
     estimated = call.charge.estimated_prompt if call.charge is not None else 0
     obs = InferenceObserver(services.metrics, services.tracer, name, call.ctx.log, estimated)
 
@@ -169,7 +198,41 @@ def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: T
         tally.admitted = True
         obs.admitted(ticket)
 
-    return obs.text(admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit))
+    choices = admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit)
+    if len(work.prompts) > 1:
+        choices = _prompts_summed(choices, work.body.n)
+    return obs.text(choices)
+
+
+async def _prompts_summed(choices: Choices, n: int) -> Choices:
+    """Several prompts: each usage chunk reports as its prompt tokens those of every prompt counted so far (each
+    prompt once, from the first of its n choices to report), so what keeps the largest prompt count, as the
+    n choices of one prompt are counted (the tally that bills, the metrics, the usage sent), counts every
+    prompt once."""
+    counted: dict[int, int] = {}
+    async with closing(choices):
+        async for index, chunk in choices:
+            if chunk.usage is not None:
+                counted.setdefault(index // n, chunk.usage.prompt_tokens)
+                chunk = dataclasses.replace(chunk, usage=TokenUsage(sum(counted.values()),
+                                                                    chunk.usage.completion_tokens))
+            yield index, chunk
+
+
+async def _echoed(choices: Choices, prompts: tuple[str, ...], n: int) -> Choices:
+    """echo: each choice's first chunk is its prompt (choice i's is prompt i // n), with the prompt's tokens'
+    logprobs when the engine scored them (its first chunk carries them); the answer follows."""
+    started: set[int] = set()
+    async with closing(choices):
+        async for index, chunk in choices:
+            if index not in started:
+                started.add(index)
+                yield index, TextChunk(prompts[index // n], logprobs=chunk.prompt_logprobs)
+                if chunk.prompt_logprobs:
+                    chunk = dataclasses.replace(chunk, prompt_logprobs=())
+                    if not (chunk.text or chunk.finish_reason or chunk.usage or chunk.logprobs):
+                        continue
+            yield index, chunk
 
 
 async def _fallback(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:

@@ -88,11 +88,18 @@ CHAT: dict[str, Fate] = {
 
 COMPLETIONS: dict[str, Fate] = {
     **_SAMPLING,
-    "prompt": _h("one string, or a list of one"),
+    "prompt": _h("a string, or a list of up to 32 (each gets n choices: choice index = prompt index x n + j; "
+                 "usage sums them); token-id prompts: 400"),
     "logprobs": _h("0..5: the legacy shape (tokens, token_logprobs, top_logprobs, text_offset counted from the "
-                   "answer's start); as chat's logprobs otherwise"),
+                   "choice's start); as chat's logprobs otherwise"),
     "best_of": _r("not implemented; a value equal to n is accepted (a no-op), one below n is invalid"),
-    "echo": _r(),
+    "echo": _h("each choice's text starts with its prompt (streamed: its first chunk); max_tokens 0: the prompt "
+               "alone; with logprobs, the prompt's tokens first (the first one's null) where the engine scores "
+               "prompts (the fake engine), else 400"),
+    "max_tokens": _h("capped by the context left; default per model (`limits.default_max_tokens`); 0 only with "
+                     "echo (the prompt alone)"),
+    "n": _h("up to `limits.max_n`, and prompts x n up to 32; null: 1"),
+    "seed": _h("choice j of each prompt uses seed + j; a seed makes the request cacheable"),
     "suffix": _r(),
 }
 
