@@ -60,11 +60,11 @@ def llmops_error(exc: LLMOpsError, scope: Scope, metrics: Metrics) -> JSONRespon
 
 def json_content(scope: Scope) -> bool:
     """What FastAPI parses as JSON: application/json or application/*+json (it reads no other type)."""
-    value: bytes | None = next((v for k, v in scope["headers"] if k == b"content-type"), None)
-    if value is None:
-        return False
-    kind = value.split(b";", 1)[0].strip().lower()
-    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+    for name, value in scope["headers"]:  # the first Content-Type (a loop: no generator object a request)
+        if name == b"content-type":
+            kind: bytes = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+    return False
 
 
 class DirectRoute:

@@ -32,9 +32,11 @@ class BodyLimit:
         headers = scope["headers"]
         if len(headers) > self.max_headers:
             return HeadersTooLarge(f"more than {self.max_headers} header fields")
-        declared = next((v for k, v in headers if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return self._error()
+        for name, declared in headers:  # the first Content-Length (a loop: no generator object a request)
+            if name == b"content-length":
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    return self._error()
+                break
         return None
 
     @staticmethod

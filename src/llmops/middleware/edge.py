@@ -64,7 +64,7 @@ class Edge:
         if refused is not None:
             await send_error(refused.error, scope, receive, out, refused.headers)
             return
-        admission = await self.limiter.admit(scope)
+        admission = self.limiter.unlimited(scope) or await self.limiter.admit(scope)
         if isinstance(admission, Refusal):
             await send_error(admission.error, scope, receive, out, admission.headers)
             return
@@ -116,7 +116,8 @@ class Edge:
         if messages[-1]["type"] != "http.request":  # the client left mid-body: nobody to answer
             out.status = CLIENT_LEFT
             return
-        raw = b"".join(m.get("body", b"") for m in messages)
+        # a body read in one message (nearly every one) is its bytes as they are: no generator, no copy
+        raw = messages[0].get("body", b"") if len(messages) == 1 else b"".join(m.get("body", b"") for m in messages)
         error = self.body_limit.check_body(raw)
         if error is not None:
             await reject(error, scope, receive, out)

@@ -67,15 +67,23 @@ class Responder:
 Inner = Callable[[Scope, Receive, Responder], Awaitable[None]]
 
 
+MAX_HTTP_SERIES = 4096  # (route, method, status) series pairs kept by an Observer; past it, it starts over
+
+
 class Observer:
     def __init__(self, metrics: Metrics, tracer: Tracer) -> None:
         self.metrics, self.tracer = metrics, tracer
         self.log = request_logger()
+        off = tracer.span("")
+        self._untraced = off if off is tracer.span("") else None  # the tracer's one no-op span, when it is off
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # -> (requests, latency) children
 
     async def observe(self, scope: Scope, receive: Receive, out: Responder, inner: Inner) -> None:
         """Run `inner` as the request's root span; record it; answer 500 for an exception that escapes."""
         started = time.perf_counter()
-        with self.tracer.span("http " + method_label(scope["method"]), {"http.target": scope["path"]}) as span:
+        untraced = self._untraced  # tracing off: no span's name and attributes to build
+        opened = untraced or self.tracer.span("http " + method_label(scope["method"]), {"http.target": scope["path"]})
+        with opened as span:
             try:
                 await inner(scope, receive, out)
             except Exception as exc:
@@ -85,13 +93,21 @@ class Observer:
                 if out.sent == "none":
                     await error_response(internal_error(exc), fmt=error_format(scope["path"]))(scope, receive, out)
             finally:
-                span.set_attribute("http.status_code", out.status)
+                if untraced is None:
+                    span.set_attribute("http.status_code", out.status)
                 self._record(scope, out.status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route, method = _route(scope), method_label(scope["method"])
-        self.metrics.http_requests.labels(route, method, str(status)).inc()
-        self.metrics.http_latency.labels(route, method).observe(elapsed)
+        series = self._series.get((route, method, status))
+        if series is None:  # label values are closed sets (module docstring): few distinct triples
+            if len(self._series) >= MAX_HTTP_SERIES:
+                self._series = {}
+            series = self._series[(route, method, status)] = (
+                self.metrics.http_requests.labels(route, method, str(status)),
+                self.metrics.http_latency.labels(route, method))
+        series[0].inc()
+        series[1].observe(elapsed)
         if scope["path"] in UNLOGGED and status < 400:
             return
         logger = self.log.bind()  # the logger `self.log.info` would resolve to (structlog caches it)

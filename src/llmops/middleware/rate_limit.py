@@ -145,11 +145,20 @@ class RateLimiter:
     def exempt(path: str) -> bool:
         return path in OPS or path.startswith(ADMIN_PREFIX) or browser_page(path)
 
+    def unlimited(self, scope: Scope) -> Admission | None:
+        """`admit`'s answer where no limit applies (the probes and admin paths, an open server's requests),
+        made without a coroutine; None: call `admit`."""
+        if self.exempt(scope["path"]) or (self.anonymous_rpm is None and api_key(scope) is None):
+            return Admission([])
+        return None
+
     async def admit(self, scope: Scope) -> Admission | Refusal:
         """The request's place under its limits, or the 429 (counted here)."""
         if self.exempt(scope["path"]):
             return Admission([])
         key = api_key(scope)
+        if key is None and self.anonymous_rpm is None:  # no limit applies (an open server): nothing to count
+            return Admission([])
         try:
             decision, holder = await self._limits(scope, key)
         except LLMOpsError as exc:

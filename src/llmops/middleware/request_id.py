@@ -13,7 +13,11 @@ _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def assign_request_id(scope: Scope) -> str:
-    given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-    request_id = given if _SANE.match(given) else unique_hex()
+    given = ""
+    for name, value in scope["headers"]:  # a loop, not next() over a generator: one object fewer a request
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            break
+    request_id = given if given and _SANE.match(given) else unique_hex()
     scope.setdefault("state", {})["request_id"] = request_id
     return request_id

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -142,11 +142,21 @@ def _child_key(values: tuple[Any, ...], named: dict[str, Any]) -> Any:
     return (values, tuple(named.items())) if named else values
 
 
+_MUTEX_VALUES = values.ValueClass is values.MutexValue  # the process-local value (no multiprocess directory)
+
+
 class _Counter(_ClosedModel, Counter):
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
-        """prometheus_client's, without its checks' calls for a labelled child (a dozen calls a request)."""
+        """prometheus_client's, without its checks' calls for a labelled child (a dozen calls a request), and
+        with `MutexValue.inc` inlined: the same addition under the same lock, one Python call fewer (a
+        request makes 16 of these additions)."""
         if self._labelvalues and exemplar is None and amount >= 0:
-            self._value.inc(amount)
+            value = self._value
+            if _MUTEX_VALUES:
+                with value._lock:
+                    value._value += amount
+            else:  # pragma: no cover - multiprocess values
+                value.inc(amount)
             return
         super().inc(amount, exemplar)
 
@@ -154,10 +164,18 @@ class _Counter(_ClosedModel, Counter):
 class _Histogram(_ClosedModel, Histogram):
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         """prometheus_client's, the bucket found by bisection (the first bound >= amount, as its scan) and
-        without its checks' calls for a labelled child."""
+        without its checks' calls for a labelled child; the sum's and the bucket's additions inlined, each
+        under its own value's lock, as `MutexValue.inc` makes them."""
         if self._labelvalues and exemplar is None and amount == amount:  # NaN (in no bucket): its own path
-            self._sum.inc(amount)
-            self._buckets[bisect_left(self._upper_bounds, amount)].inc(1)
+            total, bucket = self._sum, self._buckets[bisect_left(self._upper_bounds, amount)]
+            if _MUTEX_VALUES:
+                with total._lock:
+                    total._value += amount
+                with bucket._lock:
+                    bucket._value += 1
+            else:  # pragma: no cover - multiprocess values
+                total.inc(amount)
+                bucket.inc(1)
             return
         super().observe(amount, exemplar)
 

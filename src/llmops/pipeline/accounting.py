@@ -105,7 +105,8 @@ class Accountant:
         """Breaker, budget (reserving `worst_case_usd`) and tokens/min (reserving the prompt, its text
         estimated from `prompt_chars` plus the `prompt_ids` token ids sent as ids, and
         `max_completion_tokens`); raises the refusal."""
-        await self._check_breaker(model.name)
+        if self.spend.max_usd_per_hour is not None:  # (no coroutine to make without a breaker)
+            await self._check_breaker(model.name)
         charge = Charge(key, model, (estimate_tokens(prompt_chars) if prompt_chars else 0) + prompt_ids)
         if key is None:
             return charge
@@ -132,6 +133,14 @@ class Accountant:
             self.metrics.reject(model.name, error, "token_limit")
             raise error
         return charge
+
+    def admit_now(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
+                  prompt_ids: int = 0) -> Charge | None:
+        """`admit`'s charge where admitting needs nothing checked or reserved (no key, no spend breaker), made
+        without a coroutine; None: call `admit`."""
+        if key is not None or self.spend.max_usd_per_hour is not None:
+            return None
+        return Charge(key, model, (estimate_tokens(prompt_chars) if prompt_chars else 0) + prompt_ids)
 
     def reserved(self, key_id: str) -> float:
         return self._reserved.get(key_id, 0.0)

@@ -130,7 +130,10 @@ async def prepare(services: Services, ctx: RequestContext, work: Work) -> Call:
     budget holds a reservation (`call.charge`) and `call.hit` is the cached answer, if any (then settled)."""
     call = route(services, ctx, work)
     work.prompt(call, services)
-    await input_guardrails(services, call)
+    if services.guardrails.active("input"):
+        await input_guardrails(services, call)
+    else:
+        input_limits(services, call)
     await budget(services, call)
     try:
         await cache_lookup(services, call)
@@ -171,13 +174,24 @@ async def input_guardrails(services: Services, call: Call) -> None:
         call.work.with_texts(checked)
 
 
+def input_limits(services: Services, call: Call) -> None:
+    """`input_guardrails` where no input rule is configured (most servers): the input limits alone, which
+    nothing changes texts under, checked without a coroutine to make and await."""
+    services.guardrails.check_input(call.work.texts(), INPUT_PARAM.get(call.work.kind, "messages"))
+
+
 async def budget(services: Services, call: Call) -> None:
     """The spend breaker, the key's budget (reserving the worst case) and tokens/min (reserving the prompt and
     the most the request may generate). The worst case is the
     dearest of the models that may serve the request (a route's fallbacks too): the reservation must
     cover whichever one answers, since the answer is charged at its own prices."""
-    chars = sum(len(t) for t in call.work.texts())
+    chars = sum(map(len, call.work.texts()))
     accountant = services.accountant
+    text = call.work.model_kind != "image"
+    charge = accountant.admit_now(call.ctx.key, call.config, chars if text else 0, call.work.input_ids() if text else 0)
+    if charge is not None:  # nothing to check or reserve (no key, no breaker): no worst case to work out
+        call.charge = charge
+        return
     tokens, engine_s = -(-chars // 4), call.deadline - call.ctx.received
     estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
     completion = call.work.max_completion_tokens(call.config)
@@ -185,7 +199,6 @@ async def budget(services: Services, call: Call) -> None:
         fallback = services.pool.config(name, call.work.model_kind)
         estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
         completion = max(completion, call.work.max_completion_tokens(fallback))
-    text = call.work.model_kind != "image"
     call.charge = await accountant.admit(call.ctx.key, call.config, chars if text else 0, estimate, completion,
                                          call.work.input_ids() if text else 0)
 
@@ -196,10 +209,11 @@ async def cache_lookup(services: Services, call: Call) -> None:
     cacher = services.cacher
     call.cache_key = cacher.key(call.work.kind, lambda: call.work.cache_payload(call), opt_out=call.ctx.cache_opt_out,
                                 key_id=call.ctx.subject)
-    call.hit = await cacher.get(call.cache_key)
+    call.hit = await cacher.get(call.cache_key) if call.cache_key is not None else None
     result = "bypass" if call.cache_key is None else "hit" if call.hit is not None else "miss"
     counted = result  # llmops_cache_requests_total{result}: once a request, a semantic hit as its own
-    if call.hit is None and (semantic := await semantic_lookup(services, call)) is not None:
+    if call.hit is None and services.semantic_cache is not None and \
+            (semantic := await semantic_lookup(services, call)) is not None:
         call.hit, result, counted = semantic, "hit", "semantic_hit"
     elif result == "bypass" and call.semantic is not None:
         result = counted = "miss"
