@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 SECRET_PREFIX = "sk-llmops-"  # stores/keys.py's (not imported: logging must import nothing of the app)
@@ -125,11 +125,7 @@ def redact_text(text: str) -> str:
     normal = _normal(text)
     if _clean_words(normal.translate(_DOTTED).lower()):  # no pattern's word, no secret, in any of their forms
         return text
-    if normal != text:
-        redacted = _run(normal)
-        if redacted != normal:
-            return redacted
-    return _run(text)
+    return _normal_first(text, normal, _run)
 
 
 def redact_shapes(text: str) -> str:
@@ -143,11 +139,17 @@ def redact_shapes(text: str) -> str:
     normal = _normal(text)
     if not any(word in normal.translate(_DOTTED).lower() for word in _WORDS):
         return text
+    return _normal_first(text, normal, _patterns)
+
+
+def _normal_first(text: str, normal: str, run: Callable[[str], str]) -> str:
+    """`run` over the normal form of a text that is not ASCII, when that finds something to mask (the mask
+    then covers what fullwidth letters or invisible characters hid); else over the text as it is."""
     if normal != text:
-        redacted = _patterns(normal)
+        redacted = run(normal)
         if redacted != normal:
             return redacted
-    return _patterns(text)
+    return run(text)
 
 
 # The letters re's IGNORECASE matches to an ASCII one that NFKC leaves as they are (the long s and the Kelvin
