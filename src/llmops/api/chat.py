@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall, tool_calls
-from llmops.api.chunks import ChunkEncoder
+from llmops.api.chunks import ChunkEncoder, whole_answer
 from llmops.api.logprobs import chat_logprobs
 from llmops.api.sse import event
 from llmops.engines.base import TokenLogprob
@@ -32,7 +32,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     call = await textcall.prepare(request, body, "chat", messages=messages)
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
-                                  complete=lambda done: _completion(done, body, new_id("chatcmpl"), now()))
+                                  complete=lambda done: _completion(done, body, new_id("chatcmpl"), now()),
+                                  encode=lambda done: _answer_json(done, body))
+
+
+def _answer_json(done: Collected, body: ChatCompletionRequest) -> bytes | None:
+    """`_completion(...).model_dump_json()`'s bytes without the models, for an answer of text alone (no tool
+    calls, no logprobs asked for); None otherwise, and the route builds the model."""
+    if body.logprobs or done.calls:
+        return None
+    return whole_answer("chat", new_id("chatcmpl"), now(), body.model, done)
 
 
 def _completion(done: Collected, body: ChatCompletionRequest, chunk_id: str, created: int) -> ChatCompletion:

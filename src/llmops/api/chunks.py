@@ -4,7 +4,10 @@ A streamed answer sends one event per piece of text, and all of them share the s
 model: the encoder renders that frame once and writes each piece's text into it with the standard
 library's C string encoder. The bytes are exactly what `sse.event` writes for the protocol's models
 (`ChatCompletionChunk`, `Completion`) with the same fields; tests/unit/test_chunks.py holds them equal.
-Anything rarer than text, a finish or the usage (a tool-call delta) goes through the models."""
+Anything rarer than text, a finish or the usage (a tool-call delta) goes through the models.
+
+`whole_answer` does the same for a non-streamed answer: the JSON `ChatCompletion` / `Completion` give
+for it, without the models (four or five per answer, and AssistantMessage's wrap serializer)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,14 @@ from pydantic import BaseModel
 
 from llmops.api.logprobs import chat_logprobs, completion_logprobs
 from llmops.engines.base import TokenLogprob
+from llmops.pipeline.generation import Collected
 from llmops.protocol.common import Usage
 
 _string = json.encoder.encode_basestring  # the C encoder: quotes and escapes, non-ASCII kept as is
 StreamKind = Literal["chat", "completions"]
+# the finish reasons each answer model accepts (protocol.chat.FinishReason, CompletionChoice.finish_reason)
+_FINISH: dict[str, frozenset[str]] = {"chat": frozenset({"stop", "length", "tool_calls"}),
+                                      "completions": frozenset({"stop", "length"})}
 
 
 def _json_str(text: str) -> str:
@@ -89,3 +96,28 @@ class ChunkEncoder:
                 f'"total_tokens":{usage.total_tokens}}}')
         tail = self._tail.replace('"usage":null', '"usage":' + body, 1)
         return (self._head + tail).encode()
+
+
+def whole_answer(kind: StreamKind, answer_id: str, created: int, model: str, done: Collected) -> bytes | None:
+    """A non-streamed answer of text choices (no tool calls, no logprobs: the caller checks) as the bytes
+    `model_dump_json()` of the route's model gives (ChatCompletion, Completion: same key order, nulls,
+    escapes; tests/unit/test_gateway_cuts_s20.py holds them equal). None where only the model can say it:
+    a finish reason it refuses (its ValidationError is the answer) or text that is not valid UTF-8."""
+    allowed = _FINISH[kind]
+    choices = []
+    for i, text in enumerate(done.texts):
+        reason = done.finish[i] or "stop"
+        if reason not in allowed:
+            return None
+        body = (f'"message":{{"role":"assistant","content":{_json_str(text)}}}' if kind == "chat"
+                else f'"text":{_json_str(text)}')
+        choices.append(f'{{"index":{i},{body},"finish_reason":"{reason}","logprobs":null}}')
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+    prompt, completion = done.prompt_tokens, done.completion_tokens
+    out = (f'{{"id":{_json_str(answer_id)},"object":"{obj}","created":{int(created)},"model":{_json_str(model)},'
+           f'"choices":[{",".join(choices)}],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},'
+           f'"total_tokens":{prompt + completion}}},"system_fingerprint":null}}')
+    try:
+        return out.encode()
+    except UnicodeEncodeError:  # a lone surrogate: the model's serializer decides what happens
+        return None

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from llmops.api import textcall
-from llmops.api.chunks import ChunkEncoder
+from llmops.api.chunks import ChunkEncoder, whole_answer
 from llmops.api.logprobs import completion_logprobs
 from llmops.api.sse import event
 from llmops.errors import InvalidRequest
@@ -28,7 +28,16 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     call = await textcall.prepare(request, body, "completions", prompts=body.prompts())
     return await textcall.respond(request, call, body, replay=lambda hit: _replay(hit, body),
                                   events=lambda choices: _events(choices, body, call),
-                                  complete=lambda done: _completion(done, body, new_id("cmpl"), now()))
+                                  complete=lambda done: _completion(done, body, new_id("cmpl"), now()),
+                                  encode=lambda done: _answer_json(done, body))
+
+
+def _answer_json(done: Collected, body: CompletionRequest) -> bytes | None:
+    """`_completion(...).model_dump_json()`'s bytes without the models when no logprobs were asked for;
+    None otherwise, and the route builds the model."""
+    if body.logprobs is not None:
+        return None
+    return whole_answer("completions", new_id("cmpl"), now(), body.model, done)
 
 
 def _completion(done: Collected, body: CompletionRequest, chunk_id: str, created: int) -> Completion:

@@ -38,10 +38,12 @@ async def store(call: Call, body: dict[str, Any]) -> None:
 async def respond(request: Request, call: Call, body: Any, *,
                   replay: Callable[[dict[str, Any]], AsyncIterator[bytes]],
                   events: Callable[[Choices], AsyncIterator[bytes]],
-                  complete: Callable[[Collected], BaseModel]) -> Response:
+                  complete: Callable[[Collected], BaseModel],
+                  encode: Callable[[Collected], bytes | None] = lambda _: None) -> Response:
     """The answer as JSON or SSE: from the cache when it has it, else from the engine (and then cached).
     The route gives the formats: `replay` a cached body as events, `events` for live chunks, `complete`
-    for the whole answer."""
+    for the whole answer, and `encode` its JSON bytes without the model when it can (None: it cannot),
+    used when no cache keeps the answer (a cache wants the model's dict)."""
     if call.hit is not None:
         if body.stream:
             return await sse_response(replay(call.hit), call.headers)
@@ -55,6 +57,10 @@ async def respond(request: Request, call: Call, body: Any, *,
         done = await cancel_on_disconnect(request, collect(choices, call.work.choice_count))
     finally:  # the chunks settle the request; this covers a client gone before they started
         stages.settle_unused(services, call)
+    if not stages.keeps_answer(services, call):
+        raw = encode(done)
+        if raw is not None:
+            return Response(raw, headers=call.headers(), media_type="application/json")
     answer = complete(done)
     await stages.cache_store(services, call, answer)
     return encode_answer(answer, call.headers())

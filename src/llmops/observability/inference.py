@@ -68,6 +68,8 @@ class InferenceObserver:
         self.started = time.perf_counter()
         self._admission = tracer.start("admission", {"llmops.model": model})
         self._engine: Any = None
+        self._first: float | None = None  # when the first chunk with text came (time to first token)
+        self._last = self.started  # when the last one did (inter-token latency)
         log["model"] = model
 
     def admitted(self, ticket: Admitted) -> None:
@@ -78,32 +80,41 @@ class InferenceObserver:
         self._engine = self.tracer.start("engine.generate", {"llmops.model": self.model})
 
     async def text(self, choices: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
-        first: float | None = None
-        last = self.started
-        tally = self.tally
-        status = "error"
-        series = self.series
+        """`choices` observed as they pass (`chunk` each, `end` however it ends)."""
         try:
             async for index, chunk in choices:
-                now = time.perf_counter()
-                if chunk.text:
-                    if first is None:
-                        first = now
-                        series.ttft.observe(now - self.started)
-                    else:
-                        series.itl.observe(now - last)
-                    last = now
-                tally.add(index, chunk)
+                self.chunk(index, chunk)
                 yield index, chunk
+        except BaseException as exc:
+            self.end(exc)
+            raise
+        self.end()
+
+    def chunk(self, index: int, chunk: TextChunk) -> None:
+        """One chunk from the engine: time to first token or inter-token latency, the token tally. A method
+        the pipeline calls as chunks pass (pipeline.text), rather than a generator layer of its own."""
+        now = time.perf_counter()
+        if chunk.text:
+            if self._first is None:
+                self._first = now
+                self.series.ttft.observe(now - self.started)
+            else:
+                self.series.itl.observe(now - self._last)
+            self._last = now
+        self.tally.add(index, chunk)
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """The output ended: with no exception a success; cancelled when the client went away (a cancellation,
+        or the reader closing the output mid-stream); a refusal's reason (counted once) or error otherwise."""
+        if exc is None:
             status = "success"
-        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
             status = "cancelled"
-            raise
-        except LLMOpsError as exc:
+        elif isinstance(exc, LLMOpsError):
             status = self.outcome(exc)
-            raise
-        finally:
-            self._finish(status, *tally.totals(engine_failed=status == "error"))
+        else:
+            status = "error"
+        self._finish(status, *self.tally.totals(engine_failed=status == "error"))
 
     def outcome(self, exc: BaseException) -> str:
         """The status label for a request that ended with `exc` (a refusal is counted as one, once)."""

@@ -249,12 +249,18 @@ async def semantic_lookup(services: Services, call: Call) -> dict[str, Any] | No
     return call.semantic.body
 
 
+def keeps_answer(services: Services, call: Call) -> bool:
+    """Whether `cache_store` keeps this request's answer (the exact cache has a key for it, or the semantic
+    cache a lookup): only then does the answer need to exist as a model."""
+    return call.cache_key is not None or (services.semantic_cache is not None and call.semantic is not None)
+
+
 async def cache_store(services: Services, call: Call, body: dict[str, Any] | BaseModel) -> None:
     """Keep the answer for the next identical (or similar) request; a model is dumped to a dict only when a
     cache keeps it (most answers are sent and forgotten)."""
-    semantic, lookup = services.semantic_cache, call.semantic
-    if call.cache_key is None and (semantic is None or lookup is None):
+    if not keeps_answer(services, call):
         return
+    semantic, lookup = services.semantic_cache, call.semantic
     data = body.model_dump() if isinstance(body, BaseModel) else body
     await services.cacher.put(call.cache_key, data)
     if semantic is not None and lookup is not None:

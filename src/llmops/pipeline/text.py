@@ -175,14 +175,17 @@ def run(services: Services, call: Call, work: TextWork) -> Choices:
     guard = services.guardrails
     assert call.charge is not None
     tally = TokenTally(call.charge.estimated_prompt)  # counted from the engine's chunks, before the guard
-    chunks = _fallback(services, call, work, tally)
     if guard.active("output"):
-        chunks = _guarded(chunks, guard)
-    chunks = _settled(services, call, chunks, tally)
+        chunks = _settled(services, call, _guarded(_fallback(services, call, work, tally), guard), tally)
+    else:
+        chunks = _served(services, call, work, tally)
     return _echoed(chunks, work.prompts, work.body.n) if work.echo else chunks
 
 
-def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: TokenTally) -> Choices:
+def _open(services: Services, call: Call, work: TextWork, name: str,
+          tally: TokenTally) -> tuple[Choices, InferenceObserver]:
+    """One model's attempt: its admitted choices (not started yet) and the observer the caller tells of
+    each chunk and of the end (`chunk`, `end`), called inline rather than as a generator layer."""
     served, engine = services.pool.text_engine(name)
     reqs = work.requests(served.config)
     # 400 naming a control this model's engine cannot honour, or logprobs that output guardrails would betray
@@ -201,7 +204,72 @@ def _attempt(services: Services, call: Call, work: TextWork, name: str, tally: T
     choices = admitted_choices(served.admission, engine, reqs, call.deadline, call.priority, on_admit)
     if len(work.prompts) > 1:
         choices = _prompts_summed(choices, work.body.n)
-    return obs.text(choices)
+    return choices, obs
+
+
+Opened = tuple[Choices, InferenceObserver, tuple[int, TextChunk]]  # the served attempt: its rest, observer, first
+
+
+async def _first(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Opened | None:
+    """Try each model of the chain until one produces its first chunk (None: the engine ended with none).
+    Each attempt's observer is told how it ended, a failure counted once; the served model is recorded."""
+    metrics, chain = services.metrics, call.plan.chain
+    for i, name in enumerate(chain):
+        obs: InferenceObserver | None = None
+        try:
+            choices, obs = _open(services, call, work, name, tally)
+            first = await anext(choices)
+        except StopAsyncIteration:
+            if obs is not None:
+                obs.end()
+            return None
+        except BaseException as exc:
+            if obs is not None:
+                obs.end(exc)
+            if not isinstance(exc, FALLBACK_ON):
+                raise
+            if i == len(chain) - 1:
+                metrics.reject(name, exc)
+                raise
+            log.warning("model %s failed before answering (%s): falling back to %s", name, exc.code, chain[i + 1])
+            continue
+        obs.chunk(*first)
+        call.served = name
+        assert call.charge is not None
+        call.charge.model = call.config = services.pool.config(name, "chat")
+        call.ctx.log.update(variant=name)
+        if call.plan.route is not None:
+            metrics.variant_requests.labels(call.plan.route, name, "primary" if i == 0 else "fallback").inc()
+        return choices, obs, first
+    raise AssertionError("a route's chain holds at least one model")  # pragma: no cover
+
+
+async def _close(items: Choices) -> None:
+    """Stop the source now (the engine, the admission slot) rather than when it is garbage-collected."""
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _fallback(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:
+    """The served model's chunks (`_first`); after the first, errors are the answer's. Every chunk is
+    counted into `tally` and told to the attempt's observer."""
+    opened = await _first(services, call, work, tally)
+    if opened is None:
+        return
+    choices, obs, (index, chunk) = opened
+    try:
+        tally.add(index, chunk)
+        yield index, chunk
+        async for index, chunk in choices:
+            obs.chunk(index, chunk)
+            tally.add(index, chunk)
+            yield index, chunk
+    except BaseException as exc:  # a failure, a cancellation, the reader closing this early
+        obs.end(exc)
+        await _close(choices)
+        raise
+    obs.end()
 
 
 async def _prompts_summed(choices: Choices, n: int) -> Choices:
@@ -235,37 +303,6 @@ async def _echoed(choices: Choices, prompts: tuple[str, ...], n: int) -> Choices
             yield index, chunk
 
 
-async def _fallback(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:
-    """Try each model of the chain until one produces its first chunk; after that, errors are the answer's.
-    Every chunk is counted into `tally`, and so is the engine taking the request."""
-    metrics, chain = services.metrics, call.plan.chain
-    for i, name in enumerate(chain):
-        try:
-            choices = _attempt(services, call, work, name, tally)
-            first = await anext(choices)
-        except StopAsyncIteration:
-            return
-        except FALLBACK_ON as exc:
-            if i == len(chain) - 1:
-                metrics.reject(name, exc)
-                raise
-            log.warning("model %s failed before answering (%s): falling back to %s", name, exc.code, chain[i + 1])
-            continue
-        call.served = name
-        assert call.charge is not None
-        call.charge.model = call.config = services.pool.config(name, "chat")
-        call.ctx.log.update(variant=name)
-        if call.plan.route is not None:
-            metrics.variant_requests.labels(call.plan.route, name, "primary" if i == 0 else "fallback").inc()
-        async with closing(choices):
-            tally.add(*first)
-            yield first
-            async for item in choices:
-                tally.add(*item)
-                yield item
-        return
-
-
 async def _guarded(choices: Choices, guard: Guardrails) -> Choices:
     """Output rules per choice as chunks arrive; a finish flushes that choice's held-back tail."""
     guards: dict[int, Any] = {}
@@ -296,6 +333,43 @@ async def _settled(services: Services, call: Call, choices: Choices, tally: Toke
                 if evaluate and index == 0 and chunk.text:
                     answer.append(chunk.text)
                 yield index, chunk
+        services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
+    except FALLBACK_ON:
+        engine_failed = True
+        raise
+    finally:
+        services.accountant.settle(call.charge, *tally.totals(engine_failed=engine_failed))
+
+
+async def _served(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:
+    """`_settled(_fallback(...))` in one generator, for output no guardrail reads (most servers), the
+    observer called inline: one async-generator frame per chunk where there were three. The same on every
+    path: the attempt's observer told of each chunk and of the end, the source closed when the reader stops
+    early, the answer sent to online evaluation when it completes, the tokens settled however it ends."""
+    assert call.charge is not None
+    answer: list[str] = []  # choice 0's text, for online evaluation (kept only when the route evaluates)
+    evaluate = services.online_eval.wants(call.plan.route)
+    engine_failed = False
+    try:
+        opened = await _first(services, call, work, tally)
+        if opened is not None:
+            choices, obs, (index, chunk) = opened
+            try:
+                tally.add(index, chunk)
+                if evaluate and index == 0 and chunk.text:
+                    answer.append(chunk.text)
+                yield index, chunk
+                async for index, chunk in choices:
+                    obs.chunk(index, chunk)
+                    tally.add(index, chunk)
+                    if evaluate and index == 0 and chunk.text:
+                        answer.append(chunk.text)
+                    yield index, chunk
+            except BaseException as exc:  # as `_fallback`
+                obs.end(exc)
+                await _close(choices)
+                raise
+            obs.end()
         services.online_eval.observe(call.plan.route, call.served, _request_of(call), "".join(answer))
     except FALLBACK_ON:
         engine_failed = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from llmops.engines.base import TextChunk, TextEngine, TextRequest
 from llmops.errors import DeadlineExceeded
@@ -18,9 +18,14 @@ T = TypeVar("T")
 
 class _Deadline:
     """One timer for the whole request (not one per item): when it fires while the reader waits on the
-    source, it cancels that wait; when it fires while the item is with the consumer, the next read fails."""
+    source, it cancels that wait; when it fires while the item is with the consumer, the next read fails.
+    The reading loop (`with_deadline`, and `admitted_choices` for one choice) asks `due` before each read,
+    sets `waiting` around it, asks `cut` of a cancellation, and ends with `stop`."""
+
+    __slots__ = ("_handle", "deadline", "fired", "waiting")
 
     def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.fired = False
         self.waiting: asyncio.Task[object] | None = None
         # the loop's clock is time.monotonic(), the deadline's
@@ -31,24 +36,38 @@ class _Deadline:
         if self.waiting is not None:
             self.waiting.cancel()
 
+    def due(self) -> bool:
+        """The deadline has passed (its timer may not have run yet): no more reads."""
+        return self.fired or time.monotonic() >= self.deadline
+
+    def cut(self, task: asyncio.Task[object] | None) -> bool:
+        """A cancellation of the read in `task` was the deadline's (taken back), not the request's."""
+        return self.fired and task is not None and task.uncancel() == 0
+
     def cancel(self) -> None:
         self._handle.cancel()
+
+    @staticmethod
+    async def stop(items: AsyncIterator[object]) -> NoReturn:
+        """The deadline passed: stop the source, answer 504."""
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        raise DeadlineExceeded("the request ran past its deadline; generation was stopped")
 
 
 async def with_deadline(items: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
     """Yield from `items` until `deadline` (time.monotonic()); then stop the source and raise 504."""
     timer = _Deadline(deadline)
     try:
-        while True:
-            if timer.fired or time.monotonic() >= deadline:
-                break
+        while not timer.due():
             timer.waiting = task = asyncio.current_task()  # async generators run in their reader's task
             try:
                 item = await anext(items)
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
-                if not timer.fired or task is None or task.uncancel() > 0:
+                if not timer.cut(task):
                     raise  # a cancellation of the request itself, not the deadline's
                 break
             finally:
@@ -56,22 +75,36 @@ async def with_deadline(items: AsyncIterator[T], deadline: float) -> AsyncIterat
             yield item
     finally:
         timer.cancel()
-    aclose = getattr(items, "aclose", None)
-    if aclose is not None:
-        await aclose()
-    raise DeadlineExceeded("the request ran past its deadline; generation was stopped")
+    await timer.stop(items)
 
 
 async def admitted_choices(admission: Admission, engine: TextEngine, requests: Sequence[TextRequest],
                            deadline: float, priority: Priority,
                            on_admit: Callable[[Ticket], None]) -> AsyncIterator[tuple[int, TextChunk]]:
     """The n choices of one request, run under one admission slot and the request's deadline. One choice
-    (nearly every request) is read from the engine without the merge's layer."""
+    (nearly every request) is read from the engine in this generator's own frame: `with_deadline`'s loop,
+    without its generator (a frame resumed per chunk) or the merge's."""
     async with admission.slot(deadline, priority) as ticket:
         on_admit(ticket)
-        if len(requests) == 1:
-            async for chunk in with_deadline(engine.generate(requests[0]), deadline):
-                yield 0, chunk
+        if len(requests) != 1:
+            async for item in with_deadline(generate_choices(engine, requests), deadline):
+                yield item
             return
-        async for item in with_deadline(generate_choices(engine, requests), deadline):
-            yield item
+        source, timer = engine.generate(requests[0]), _Deadline(deadline)
+        try:
+            while not timer.due():  # as with_deadline
+                timer.waiting = task = asyncio.current_task()
+                try:
+                    chunk = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not timer.cut(task):
+                        raise
+                    break
+                finally:
+                    timer.waiting = None
+                yield 0, chunk
+        finally:
+            timer.cancel()
+        await timer.stop(source)
