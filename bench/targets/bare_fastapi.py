@@ -1,11 +1,16 @@
 """The floor under the gateway-overhead scenario: a bare FastAPI app on the same uvicorn (same loop and
 HTTP implementations, uvicorn's defaults as llmops serve uses them) answering /v1/chat/completions with
-the JSON llmops' fake engine gives: the reply's words as the answer, or as SSE chunks when streaming."""
+the JSON llmops' fake engine gives: the reply's words as the answer, or as SSE chunks when streaming.
+
+It logs at the level llmops is run at in the same bench (LLMOPS_LOG_LEVEL, warning when unset, as the
+bench's llmops configuration says): at info, uvicorn's own access line for each request, as `uvicorn app:app`
+writes it by default, so a comparison at info sets an access line against an access line."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -60,7 +65,9 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--reply", default="ok")
     a = p.parse_args()
-    uvicorn.run(build(a.reply), host="127.0.0.1", port=a.port, log_level="warning", proxy_headers=False)
+    level = os.environ.get("LLMOPS_LOG_LEVEL", "warning").lower()
+    uvicorn.run(build(a.reply), host="127.0.0.1", port=a.port, log_level=level, access_log=level in ("debug", "info"),
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

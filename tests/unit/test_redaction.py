@@ -324,7 +324,7 @@ def json_logs(capfd: pytest.CaptureFixture[str], flush_s: float = 0.0) -> Iterat
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         warnings.showwarning = saved[2]
-        logmod._handler = None  # structlog's lines went straight to the test's handler
+        logmod._handler = logmod._access = None  # structlog's lines went straight to the test's handler
 
 
 def _fail(api_key: str, prompt: str) -> None:

@@ -110,15 +110,8 @@ class Observer:
         series[1].observe(elapsed)
         if scope["path"] in UNLOGGED and status < 400:
             return
-        logger = self.log.bind()  # the logger `self.log.info` would resolve to (structlog caches it)
-        if not _info_enabled(logger):  # the line would be dropped: don't build its fields
+        if not self.log.writes_info():  # the line would be dropped: don't build its fields
             return
         state = scope.get("state", {})
-        logger.info("request", request_id=state.get("request_id"), method=method, path=scope["path"],
+        self.log.info("request", request_id=state.get("request_id"), method=method, path=scope["path"],
                     route=route, status=status, latency_ms=round(elapsed * 1000, 1), **log_fields(scope))
-
-
-def _info_enabled(logger: Any) -> bool:
-    """Whether `logger` writes INFO lines: a filtering logger (configure_logging's) says; any other may."""
-    enabled = getattr(logger, "is_enabled_for", None)
-    return enabled is None or bool(enabled(logging.INFO))

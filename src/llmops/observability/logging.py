@@ -24,6 +24,7 @@ before these; 14 us now, either format."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -31,8 +32,10 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pydantic_core
 import structlog
 
 from llmops.errors import filter_messages
@@ -169,19 +172,52 @@ class ConsoleLine:
         self.colors = colors
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> str:
-        event = dict(event)
-        timestamp, level = event.pop("timestamp", ""), str(event.pop("level", ""))
-        text, logger = str(event.pop("event", "")), event.pop("logger", None)
-        tail = [event.pop(k) for k in ("stack", "exception") if k in event]
-        event.pop("exc_info", None)
+        get = event.get
+        level, text, logger = str(get("level", "")), str(get("event", "")), get("logger")
         shown = f"[{level:<9}]"
         if self.colors:
             shown = f"{_COLOURS.get(level, '')}{shown}\x1b[0m"
-        parts = [f"{timestamp} {shown} {text:<30}"] if timestamp else [f"{shown} {text:<30}"]
+        timestamp = get("timestamp", "")
+        head = f"{timestamp} {shown} {text:<30}" if timestamp else f"{shown} {text:<30}"
         if logger:
-            parts.append(f"[{logger}]")
-        parts.extend(f"{key}={_shown(event[key])}" for key in sorted(event))
-        return "\n".join([" ".join(parts), *map(str, tail)])
+            head = f"{head} [{logger}]"
+        keys = sorted(event.keys() - _NOT_FIELDS)
+        line = " ".join([head, *[f"{key}={_shown(event[key])}" for key in keys]]) if keys else head
+        tail = [str(event[k]) for k in ("stack", "exception") if k in event]
+        return "\n".join([line, *tail]) if tail else line
+
+
+_NOT_FIELDS = frozenset({"timestamp", "level", "event", "logger", "stack", "exception", "exc_info"})
+
+
+class _Timestamp:
+    """structlog processor: `timestamp`, ISO 8601 in UTC to the microsecond (`2026-12-05T12:00:00.123456Z`),
+    the date and time formatted once a second (structlog's TimeStamper formats a datetime per line: 1.7 us of
+    an access line's 15). Runs after redaction: the time holds nothing to redact, and a value new on every
+    line would defeat redaction's memory of the values it has seen."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second, self._prefix = -1, ""
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        event["timestamp"] = f"{self._prefix}.{nanoseconds // 1000:06d}Z"
+        return event
+
+
+def _json_line(event: Any, **_: Any) -> str:
+    """JSONRenderer's serializer: pydantic-core's encoder (a fifth of json.dumps' time for an access line);
+    what it cannot write (a lone surrogate) falls back to json.dumps. The values are plain by now:
+    `redact_event` turned anything else into its redacted repr."""
+    try:
+        return pydantic_core.to_json(event, fallback=repr).decode()
+    except (ValueError, TypeError):
+        return json.dumps(event, default=repr)
 
 
 def _shown(value: Any) -> str:
@@ -222,13 +258,14 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else ConsoleLine(sys.stderr.isatty())
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_json_line) if fmt == "json"
+                     else ConsoleLine(sys.stderr.isatty()))
     last = [structlog.processors.format_exc_info,  # plain traceback text, no locals
-            redact_event, _never_raising(renderer)]
-    global _handler
+            redact_event, _Timestamp(), _never_raising(renderer)]
+    global _handler, _access
     _handler = handler = BatchedStderr(flush_s)
+    _access = (logging.getLevelName(level.upper()) <= logging.INFO, (redact_event, *last[2:]))
     # structlog's loggers render their line and hand it to the handler (LineLogger); the libraries' and the
     # stdlib loggers' records are formatted by the same processors (foreign_pre_chain, then `last`).
     structlog.configure(  # below `level`, a call is a no-op: no processors run for a line that is dropped
@@ -258,8 +295,41 @@ def configure_logging(level: str, fmt: Literal["console", "json"], secrets: tupl
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def request_logger() -> Any:
-    return structlog.get_logger("llmops.access")
+class AccessLog:
+    """The access line, one a request (middleware/observe.py): the same redaction, timestamp, renderer and
+    handler as every other line, without structlog's per-call machinery (the bound logger's dispatch and
+    context copy, and the processors that add what is fixed here: the level, the logger's name; an access
+    line has no exception to format), a third of the line's cost. Nothing in llmops binds structlog
+    context variables, so none are merged into it. Before `configure_logging` (an app built by a test), the
+    line goes through structlog like any other."""
+
+    __slots__ = ()
+
+    def writes_info(self) -> bool:
+        if _access is None:
+            return bool(structlog.get_logger("llmops.access").bind().is_enabled_for(logging.INFO))
+        return _access[0]
+
+    def info(self, event: str, **fields: Any) -> None:
+        if _access is None:
+            structlog.get_logger("llmops.access").info(event, **fields)
+            return
+        enabled, chain = _access
+        if not enabled:
+            return
+        line: Any = fields
+        line["event"], line["level"], line["logger"] = event, "info", "llmops.access"
+        for step in chain:
+            line = step(None, "info", line)
+        _write(line, logging.INFO)
+
+
+# configure_logging's: whether INFO lines are written, and the access line's processors (the last of them renders)
+_access: tuple[bool, tuple[Any, ...]] | None = None
+
+
+def request_logger() -> AccessLog:
+    return AccessLog()
 
 
 @contextlib.contextmanager

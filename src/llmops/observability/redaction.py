@@ -107,6 +107,12 @@ _WORDS = ("bearer", "authorization", "api", "admin", "token", "secret", "passw",
           "xox", "xapp-", "aiza", "hf_", "k_live_", "k_test_", "eyj", "-----begin")
 _PLAIN = frozenset({int, float, bool, type(None)})  # a line's values that hold no text
 _secrets: dict[str, re.Pattern[str]] = {}  # lower-cased secret -> its case-insensitive pattern
+# `_clean`'s answer for the short strings log lines carry: most values come back line after line (a method, a
+# path, a route, a model name, the logger's), and a lookup is ~30 ns where the 28 word searches are ~2 us.
+# Emptied when full (ids seen once fill it) and whenever a secret is registered (an answer depends on them).
+_clean_seen: dict[str, bool] = {}
+_CLEAN_SEEN_MAX = 4096
+_CLEAN_SEEN_LONGEST = 256
 
 
 def register_secret(value: str | None) -> None:
@@ -117,6 +123,7 @@ def register_secret(value: str | None) -> None:
         return
     for form in {value, repr(value)[1:-1]}:
         _secrets[form.lower()] = re.compile(re.escape(form), re.IGNORECASE)
+    _clean_seen.clear()
 
 
 def redact_text(text: str) -> str:
@@ -226,20 +233,31 @@ def redact_value(value: Any, depth: int = 0) -> Any:
 def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: runs last before rendering, on every record (ours and foreign ones).
 
-    A line of flat values (the access line: strings, numbers, None) is searched once, its strings joined:
-    every pattern needs a leading word or a secret inside one value, and a joined text holds every
-    substring its parts hold. Only a line where that search finds something is walked value by value."""
-    texts: list[str] = []
+    A line of flat values (the access line: strings, numbers, None) whose every string is clean (`_clean`:
+    every pattern needs a leading word or a secret inside one value) is returned as it is; only a line
+    where some value is not is walked value by value."""
     for value in event.values():
         kind = type(value)
         if kind is str:
-            texts.append(value)
+            if not _clean_value(value):
+                break
         elif kind not in _PLAIN:
             break
     else:
-        if _clean("\n".join(texts)):
-            return event
+        return event
     return {k: redact_value(v) for k, v in event.items()}
+
+
+def _clean_value(text: str) -> bool:
+    """`_clean(text)`, remembered for short texts (`_clean_seen`)."""
+    known = _clean_seen.get(text)
+    if known is None:
+        known = _clean(text)
+        if len(text) <= _CLEAN_SEEN_LONGEST:
+            if len(_clean_seen) >= _CLEAN_SEEN_MAX:
+                _clean_seen.clear()
+            _clean_seen[text] = known
+    return known
 
 
 def _clean(text: str) -> bool:
