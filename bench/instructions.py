@@ -10,7 +10,12 @@ that window). Per request = the dump's total / requests. With --functions, the t
 window (callgrind_annotate's inclusive-free listing: where the interpreter spends, e.g. `sre_*` for regular
 expressions, `dict_*`, pydantic-core's Rust symbols).
 
+With --stream, the per-token case instead (bench/overhead.py's stream phase): streamed chat answers of the
+fake engine's 64-word reply, usage included, 16 at once; per token = the window's total / the completion
+tokens the answers' usage events report (both servers answer 64 tokens a request).
+
     python -m bench.instructions --cases bare-fastapi,llmops-open [--requests 1000] [--cache-sim]
+    python -m bench.instructions --stream --requests 200 --functions 30 --keep /tmp/dumps   # per token
     python -m bench.instructions --cases llmops-open@baseline --baseline-src /tmp/base/src   # before/after
 """
 
@@ -48,8 +53,8 @@ def _totals(path: Path) -> dict[str, int]:
 
 
 def measure(case: str, requests: int, warmup: int, port: int, tmp: Path, baseline_src: str | None,
-            cache_sim: bool, functions: int, keep: Path | None = None) -> dict[str, Any]:
-    out = tmp / f"callgrind.{case.replace('@', '-')}.out"
+            cache_sim: bool, functions: int, keep: Path | None = None, stream: bool = False) -> dict[str, Any]:
+    out = tmp / f"callgrind.{case.replace('@', '-')}{'.stream' if stream else ''}.out"
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
                f"--cache-sim={'yes' if cache_sim else 'no'}", *server_command(case, port, tmp)]
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -62,10 +67,10 @@ def measure(case: str, requests: int, warmup: int, port: int, tmp: Path, baselin
             wait_ready(proc, f"http://127.0.0.1:{port}/ready", 600)
             server = Server(case, port, proc)
             _control(proc.pid, "-i", "on")
-            asyncio.run(parallel(server, warmup, 16, False))
+            asyncio.run(parallel(server, warmup, 16, stream))
             _control(proc.pid, "-z")
             t0 = time.perf_counter()
-            asyncio.run(parallel(server, requests, 16, False))
+            _, tokens, _ = asyncio.run(parallel(server, requests, 16, stream))
             wall = time.perf_counter() - t0
             _control(proc.pid, "-d")
         finally:
@@ -78,22 +83,28 @@ def measure(case: str, requests: int, warmup: int, port: int, tmp: Path, baselin
         (keep / out.name).write_bytes(dump.read_bytes())
     row: dict[str, Any] = {"case": case, "requests": requests, "wall_s_under_valgrind": round(wall, 1),
                            "instructions_per_request": totals["Ir"] / requests}
+    per = requests
+    if stream:  # per token: what a streamed answer costs, spread over the tokens it carried
+        per = max(1, tokens)
+        row.update(stream=True, tokens=tokens, instructions_per_token=totals["Ir"] / per)
     if cache_sim:
-        row["d1_misses_per_request"] = (totals.get("D1mr", 0) + totals.get("D1mw", 0)) / requests
+        misses = totals.get("D1mr", 0) + totals.get("D1mw", 0)
+        row["d1_misses_per_" + ("token" if stream else "request")] = misses / per
     if functions:
         listing = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=99", str(dump)],
                                  capture_output=True, text=True, check=True).stdout
-        row["top"] = _top(listing, functions, requests)
+        row["top"] = _top(listing, functions, per)
     return row
 
 
-def _top(listing: str, n: int, requests: int) -> list[str]:
+def _top(listing: str, n: int, per: int) -> list[str]:
+    """The listing's first `n` functions, each one's instructions divided by `per` (requests, or tokens)."""
     rows = []
     for line in listing.splitlines():
         m = re.match(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(.+)$", line)
         if m and ":" in m.group(2) and not m.group(2).startswith("PROGRAM TOTALS"):
             name = re.sub(r"^\S*/", "", m.group(2).split(" [", 1)[0])  # file:function, the file without its folders
-            rows.append(f"{int(m.group(1).replace(',', '')) / requests:9.0f}  {name}")
+            rows.append(f"{int(m.group(1).replace(',', '')) / per:9.0f}  {name}")
         if len(rows) >= n:
             break
     return rows
@@ -110,12 +121,14 @@ def main() -> None:
     p.add_argument("--functions", type=int, default=0, help="list the top N C functions of the window")
     p.add_argument("--out", default=None, help="a JSON file for the rows")
     p.add_argument("--keep", default=None, help="a folder to copy the callgrind dumps to (callgrind_annotate them)")
+    p.add_argument("--stream", action="store_true",
+                   help="streamed answers (64 tokens each): instructions per token; --requests counts answers")
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for case in a.cases.split(","):
             row = measure(case, a.requests, a.warmup, a.port, Path(folder), a.baseline_src, a.cache_sim, a.functions,
-                          Path(a.keep) if a.keep else None)
+                          Path(a.keep) if a.keep else None, a.stream)
             rows.append(row)
             top = row.pop("top", None)
             print(json.dumps(row), flush=True)

@@ -299,7 +299,9 @@ def main() -> None:
                    help="another checkout's src/: adds the case BASELINE-CASE" + BASELINE + ", served from it")
     p.add_argument("--baseline-case", default="llmops-open", help="the case the baseline source serves")
     a = p.parse_args()
-    cases = tuple(a.cases.split(",")) + ((a.baseline_case + BASELINE,) if a.baseline_src else ())
+    cases = tuple(a.cases.split(","))
+    if a.baseline_src and a.baseline_case + BASELINE not in cases:  # named in --cases already: once
+        cases += (a.baseline_case + BASELINE,)
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         if any(base_case(c) == "llmops-keyed-redis" for c in cases):
             from tests.helpers import RedisServer

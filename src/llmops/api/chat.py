@@ -11,9 +11,10 @@ from llmops.api import textcall, tool_calls
 from llmops.api.chunks import ChunkEncoder, whole_answer
 from llmops.api.logprobs import chat_logprobs
 from llmops.api.sse import event
-from llmops.engines.base import TokenLogprob
+from llmops.engines.base import TextChunk
+from llmops.errors import LLMOpsError
 from llmops.pipeline import chat_controls
-from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
+from llmops.pipeline.generation import Choices, Collected, new_id, now, unexpected
 from llmops.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -53,23 +54,42 @@ def _completion(done: Collected, body: ChatCompletionRequest, chunk_id: str, cre
 
 
 async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
-    totals = Collected(texts=[""] * body.n, finish=[None] * body.n)
+    """The answer's events, read straight from the pipeline's chunks (no generator between them and this
+    one): the choices' role events once the first chunk exists (errors before any output stay plain HTTP
+    errors), a text event per chunk, the usage. The texts are gathered only when a cache keeps the answer
+    (the usage needs the counts alone)."""
+    n = body.n
+    totals = Collected(texts=[""] * n, finish=[None] * n)
     chunk_id, created = new_id("chatcmpl"), now()
     encode = ChunkEncoder("chat", chunk_id, created, body.model)  # the models' bytes, no model per token
-    pieces = stream_choices(choices, totals)
-    first = await anext(pieces, None)  # errors before any output surface as plain HTTP errors
-    for i in range(body.n):
-        yield encode.role(i)
-    sent: dict[int, int] = {}  # tool-call deltas sent per choice
-    if first is not None:
-        for part in _pieces(encode, *first, totals, sent):
-            yield part
-        async for item in pieces:
-            for part in _pieces(encode, *item, totals, sent):
-                yield part
+    piece, keep = encode.piece, textcall.keeps(call)
+    started = False
+    try:
+        async for index, chunk in choices:
+            if not started:
+                started = True
+                for i in range(n):
+                    yield encode.role(i)
+            if keep:
+                totals.add(index, chunk)
+            elif chunk.usage is not None:
+                totals.add_usage(chunk.usage)
+            if chunk.tool_calls:
+                for part in _tool_pieces(encode, index, chunk):
+                    yield part
+            else:
+                yield piece(index, chunk.text, chunk.finish_reason, chunk.logprobs)
+    except LLMOpsError:
+        raise
+    except Exception as exc:  # as stream_choices: an unexpected engine exception fails this request alone
+        raise unexpected(exc) from exc
+    if not started:
+        for i in range(n):
+            yield encode.role(i)
     if body.include_usage():
         yield encode.usage(totals.usage())
-    await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
+    if keep:
+        await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
 
 
 async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIterator[bytes]:
@@ -90,14 +110,8 @@ async def _replay(hit: dict[str, Any], body: ChatCompletionRequest) -> AsyncIter
                                         usage=cached.usage))
 
 
-def _pieces(encode: ChunkEncoder, index: int, text: str, finish: str | None, logprobs: tuple[TokenLogprob, ...],
-            totals: Collected, sent: dict[int, int]) -> list[bytes]:
-    """The chunk's text (and the tool calls that arrived with it, or its tokens' logprobs), then its finish:
-    one event each."""
-    calls = totals.calls.get(index, [])[sent.get(index, 0):]
-    sent[index] = sent.get(index, 0) + len(calls)
-    if not calls:
-        return [encode.piece(index, text, finish, logprobs)]
-    out = [encode.choice(ChatChunkChoice(index=index, delta=ChatDelta(content=text or None,
-                                                                      tool_calls=tool_calls.call_deltas(calls))))]
-    return [*out, encode.finish(index, finish)] if finish is not None else out
+def _tool_pieces(encode: ChunkEncoder, index: int, chunk: TextChunk) -> list[bytes]:
+    """A chunk with tool calls: its text and the calls in one event (through the models), then its finish."""
+    out = [encode.choice(ChatChunkChoice(index=index, delta=ChatDelta(
+        content=chunk.text or None, tool_calls=tool_calls.call_deltas(chunk.tool_calls))))]
+    return [*out, encode.finish(index, chunk.finish_reason)] if chunk.finish_reason is not None else out

@@ -30,7 +30,7 @@ _FINISH: dict[str, frozenset[str]] = {"chat": frozenset({"stop", "length", "tool
 
 
 def _json_str(text: str) -> str:
-    return str(_string(text))
+    return _string(text)
 
 
 class ChunkEncoder:
@@ -43,12 +43,25 @@ class ChunkEncoder:
         self._head = (f'data: {{"id":{_json_str(chunk_id)},"object":"{obj}","created":{int(created)},'
                       f'"model":{_json_str(model)},"choices":[')
         self._tail = '],"usage":null}\n\n' if kind == "chat" else '],"usage":null,"system_fingerprint":null}\n\n'
+        self._frames: dict[int, tuple[str, str]] = {}  # choice -> a text event's frame around its text
 
     def _event(self, choice: str) -> bytes:
         return (self._head + choice + self._tail).encode()
 
+    def _frame(self, index: int) -> tuple[str, str]:
+        """What a text event without logprobs holds before and after the text's JSON string, made once per
+        choice: each token's event is then one concatenation and one encode."""
+        chat = self.kind == "chat"
+        before = f'{{"index":{index},"delta":{{"role":null,"content":' if chat else f'{{"index":{index},"text":'
+        after = ('}' if chat else '') + ',"finish_reason":null,"logprobs":null}'
+        frame = self._frames[index] = (self._head + before, after + self._tail)
+        return frame
+
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         """A piece of the answer, with its tokens' logprobs when the request asked for them."""
+        if not logprobs:
+            before, after = self._frames.get(index) or self._frame(index)
+            return (before + _string(text) + after).encode()
         if self.kind == "chat":
             return self._event(f'{{"index":{index},"delta":{{"role":null,"content":{_json_str(text)}}},'
                                f'"finish_reason":null,"logprobs":{self._logprobs(index, text, logprobs)}}}')
@@ -81,6 +94,9 @@ class ChunkEncoder:
     def piece(self, index: int, text: str, finish: str | None, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         """What the routes send for one (index, text, finish, logprobs) of the stream."""
         if finish is None:
+            if not logprobs:  # nearly every event: `text`'s, inline
+                before, after = self._frames.get(index) or self._frame(index)
+                return (before + _string(text) + after).encode()
             return self.text(index, text, logprobs)
         if logprobs:  # tokens that came with the finish (engines send them before it): their own event first
             return self.text(index, text, logprobs) + self.finish(index, finish)

@@ -1,5 +1,5 @@
-"""Stop work when the client leaves. Streams are stopped by Starlette itself (it cancels the response
-when the connection drops); this covers plain JSON responses, whose handler otherwise runs to the end.
+"""Stop work when the client leaves: plain JSON responses, whose handler otherwise runs to the end, and
+streams (api/sse.py's `EventStream` runs its stream under this watch).
 
 The work runs in the request's own task; a watcher task waits for the disconnect and cancels it. The
 watcher starts only once the work has run for WATCH_AFTER_S: most answers from the cache or a fast model
@@ -13,14 +13,22 @@ once its watcher runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
-from fastapi import Request
+from starlette.types import Message
 
 from llmops.errors import RequestCancelled
 
 T = TypeVar("T")
+Receive = Callable[[], Awaitable[Message]]
+
+
+class HasReceive(Protocol):
+    """What is watched: a Request (or anything with its `receive`)."""
+
+    @property
+    def receive(self) -> Receive: ...
 
 
 WATCH_AFTER_S = 0.05  # a request done sooner never starts a watcher
@@ -28,17 +36,17 @@ SWEEP_S = 0.025  # how often the loop's sweep looks for requests that have run W
 
 
 class _Watcher:
-    __slots__ = ("left", "request", "task", "work")
+    __slots__ = ("left", "receive", "task", "work")
 
-    def __init__(self, request: Request, work: asyncio.Task[Any]) -> None:
-        self.request, self.work, self.left = request, work, False
+    def __init__(self, receive: Receive, work: asyncio.Task[Any]) -> None:
+        self.receive, self.work, self.left = receive, work, False
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
-        while (await self.request.receive())["type"] != "http.disconnect":
+        while (await self.receive())["type"] != "http.disconnect":
             pass
         self.left = True
         self.work.cancel()
@@ -49,19 +57,19 @@ class _Watcher:
 
 
 class _Sweep:
-    """One event loop's watched requests: task -> (when its work began, its request), and the watchers
+    """One event loop's watched requests: task -> (when its work began, its `receive`), and the watchers
     started for those that ran WATCH_AFTER_S. Its timer runs only while a request is watched."""
 
     __slots__ = ("loop", "pending", "timer", "watchers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: dict[asyncio.Task[Any], tuple[float, Request]] = {}
+        self.pending: dict[asyncio.Task[Any], tuple[float, Receive]] = {}
         self.watchers: dict[asyncio.Task[Any], _Watcher] = {}
         self.timer: asyncio.TimerHandle | None = None
 
-    def watch(self, task: asyncio.Task[Any], request: Request) -> None:
-        self.pending[task] = (self.loop.time(), request)
+    def watch(self, task: asyncio.Task[Any], receive: Receive) -> None:
+        self.pending[task] = (self.loop.time(), receive)
         if self.timer is None:
             self.timer = self.loop.call_later(SWEEP_S, self._sweep)
 
@@ -79,8 +87,8 @@ class _Sweep:
         due = self.loop.time() - WATCH_AFTER_S
         started = [task for task, (began, _) in self.pending.items() if began <= due]
         for task in started:
-            _, request = self.pending.pop(task)
-            watcher = self.watchers[task] = _Watcher(request, task)
+            _, receive = self.pending.pop(task)
+            watcher = self.watchers[task] = _Watcher(receive, task)
             watcher.start()
         if self.pending:
             self.timer = self.loop.call_later(SWEEP_S, self._sweep)
@@ -98,13 +106,14 @@ def _loop_sweep() -> _Sweep:
     return sweep
 
 
-async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """`work`'s result; RequestCancelled (and `work` cancelled) when the client disconnects first."""
+async def cancel_on_disconnect(request: HasReceive, work: Awaitable[T]) -> T:
+    """`work`'s result; RequestCancelled (and `work` cancelled) when the client disconnects first. `work`
+    may be a task (a stream's, api/sse.py): cancelling the awaiting task cancels it too."""
     current = asyncio.current_task()
     if current is None:  # pragma: no cover - always called from a task
         return await work
     sweep = _loop_sweep()
-    sweep.watch(current, request)
+    sweep.watch(current, request.receive)
     try:
         return await work
     except asyncio.CancelledError:

@@ -31,6 +31,11 @@ async def prepare(request: Request, body: Any, kind: TextKind, *, messages: list
     return await stages.prepare(deps.services(request), deps.context(request), work)
 
 
+def keeps(call: Call) -> bool:
+    """Whether a cache keeps this request's answer (a stream gathers its texts only then)."""
+    return stages.keeps_answer(call.services, call)
+
+
 async def store(call: Call, body: dict[str, Any]) -> None:
     await stages.cache_store(call.services, call, body)
 

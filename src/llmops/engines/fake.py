@@ -13,7 +13,9 @@ generation stops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+import re
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,22 +82,37 @@ class FakeTextEngine:
         if request.sampling.prompt_logprobs is not None:
             yield TextChunk("", prompt_logprobs=_scored_prompt(prepared.text, request.sampling.prompt_logprobs))
         words = self._answer(request).split(" ")
-        out: list[str] = []
+        stops = prepared.stops
+        find_stop, longest = (_stop_finder(stops), max(map(len, stops))) if stops else (None, 0)
+        sent, count = "", 0  # the answer so far (only its last `longest` characters are read), its tokens
         finish: str = "length" if len(words) > budget else "stop"
+        fail_mid_stream = "[[fail-mid-stream]]" in prepared.text
         for i, word in enumerate(words[:budget]):
-            if i == 2 and "[[fail-mid-stream]]" in prepared.text:
+            if i == 2 and fail_mid_stream:
                 raise RuntimeError("fake engine failure in the middle of a stream")
             piece = word if i == 0 else " " + word
-            if any(s in "".join(out) + piece for s in prepared.stops):
+            if find_stop is not None and find_stop(sent[-longest:] + piece):  # the tail suffices (`_stop_finder`)
                 finish = "stop"
                 break
             await asyncio.sleep(self.options.token_delay_s)
             self.tokens_generated += 1
-            out.append(piece)
+            count += 1
+            if find_stop is not None:
+                sent += piece
             top = request.sampling.logprobs
-            yield TextChunk(piece, logprobs=() if top is None else (_logprob(piece, i, top),))
-        usage = TokenUsage(prompt_tokens, len(out))
+            yield TextChunk(piece) if top is None else TextChunk(piece, logprobs=(_logprob(piece, i, top),))
+        usage = TokenUsage(prompt_tokens, count)
         yield TextChunk("", finish_reason="stop" if finish == "stop" else "length", usage=usage)
+
+
+@functools.lru_cache(maxsize=256)
+def _stop_finder(stops: tuple[str, ...]) -> Callable[[str], object]:
+    """What finds any of `stops` in a text, in one search (made once per set of stops: most requests share the
+    chat format's). It is given the answer's tail and the next piece: a stop the answer so far held would
+    have ended it already, so a new one ends in the piece and starts within the tail's last `len(stop) - 1`
+    characters. Reading that, not the whole answer joined again for every token (quadratic in the answer's
+    length), finds the same stops."""
+    return re.compile("|".join(map(re.escape, stops))).search
 
 
 def _logprob(piece: str, position: int, top: int) -> TokenLogprob:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from llmops.engines.base import TextChunk
+from llmops.engines.base import TextChunk, TokenUsage
 from llmops.errors import LLMOpsError, RequestCancelled
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import Tracer
@@ -45,12 +45,16 @@ class TokenTally:
         self.reported: set[int] = set()
 
     def add(self, index: int, chunk: TextChunk) -> None:
+        """One chunk of choice `index` (InferenceObserver.chunk counts the same way, inline)."""
         self.chunks[index] = self.chunks.get(index, 0) + (1 if chunk.text else 0)
-        usage = chunk.usage
-        if usage:
-            self.prompt = max(self.prompt, usage.prompt_tokens)
-            self.completion += usage.completion_tokens
-            self.reported.add(index)
+        if chunk.usage:
+            self.add_usage(index, chunk.usage)
+
+    def add_usage(self, index: int, usage: TokenUsage) -> None:
+        """Choice `index`'s usage chunk: the engine's count replaces its chunks'."""
+        self.prompt = max(self.prompt, usage.prompt_tokens)
+        self.completion += usage.completion_tokens
+        self.reported.add(index)
 
     def totals(self, *, engine_failed: bool = False) -> tuple[int, int]:
         """(prompt, completion) tokens so far."""
@@ -79,6 +83,14 @@ class InferenceObserver:
         self._admission.end()
         self._engine = self.tracer.start("engine.generate", {"llmops.model": self.model})
 
+    def count_into(self, tally: TokenTally) -> None:
+        """Count the chunks from now on into `tally` (the request's, which bills), not into one of this
+        attempt's own: once an attempt has answered, the two would count the same chunks (the pipeline's
+        fallback ends at the first chunk), so one `add` a chunk instead of two. Call it before the first
+        chunk; the tally then also holds this attempt's admission."""
+        tally.admitted = tally.admitted or self.tally.admitted
+        self.tally = tally
+
     async def text(self, choices: AsyncIterator[tuple[int, TextChunk]]) -> AsyncIterator[tuple[int, TextChunk]]:
         """`choices` observed as they pass (`chunk` each, `end` however it ends)."""
         try:
@@ -93,15 +105,20 @@ class InferenceObserver:
     def chunk(self, index: int, chunk: TextChunk) -> None:
         """One chunk from the engine: time to first token or inter-token latency, the token tally. A method
         the pipeline calls as chunks pass (pipeline.text), rather than a generator layer of its own."""
-        now = time.perf_counter()
+        chunks = self.tally.chunks  # `TokenTally.add`, inline (a call fewer per chunk): the chunks with text...
         if chunk.text:
+            now = time.perf_counter()
             if self._first is None:
                 self._first = now
                 self.series.ttft.observe(now - self.started)
             else:
                 self.series.itl.observe(now - self._last)
             self._last = now
-        self.tally.add(index, chunk)
+            chunks[index] = chunks.get(index, 0) + 1
+        elif index not in chunks:
+            chunks[index] = 0
+        if chunk.usage:  # ...and the engine's count
+            self.tally.add_usage(index, chunk.usage)
 
     def end(self, exc: BaseException | None = None) -> None:
         """The output ended: with no exception a success; cancelled when the client went away (a cancellation,

@@ -104,7 +104,7 @@ async def collect(choices: Choices, n: int) -> Collected:
     except LLMOpsError:
         raise
     except Exception as exc:
-        raise _unexpected(exc) from exc
+        raise unexpected(exc) from exc
     return out
 
 
@@ -122,10 +122,10 @@ async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[P
     except LLMOpsError:
         raise
     except Exception as exc:
-        raise _unexpected(exc) from exc
+        raise unexpected(exc) from exc
 
 
-def _unexpected(exc: Exception) -> LLMOpsError:
+def unexpected(exc: Exception) -> LLMOpsError:
     """An unexpected engine exception fails this request only: logged here with its traceback, answered
     as a 500 without internals."""
     log.exception("engine failed while serving a request", exc_info=exc)

@@ -212,7 +212,8 @@ Opened = tuple[Choices, InferenceObserver, tuple[int, TextChunk]]  # the served 
 
 async def _first(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Opened | None:
     """Try each model of the chain until one produces its first chunk (None: the engine ended with none).
-    Each attempt's observer is told how it ended, a failure counted once; the served model is recorded."""
+    Each attempt's observer is told how it ended, a failure counted once; the served model is recorded,
+    and its observer counts into `tally` from the first chunk on (told of it here)."""
     metrics, chain = services.metrics, call.plan.chain
     for i, name in enumerate(chain):
         obs: InferenceObserver | None = None
@@ -233,6 +234,7 @@ async def _first(services: Services, call: Call, work: TextWork, tally: TokenTal
                 raise
             log.warning("model %s failed before answering (%s): falling back to %s", name, exc.code, chain[i + 1])
             continue
+        obs.count_into(tally)  # the served attempt's chunks: counted once, for the metrics and the bill
         obs.chunk(*first)
         call.served = name
         assert call.charge is not None
@@ -252,18 +254,16 @@ async def _close(items: Choices) -> None:
 
 
 async def _fallback(services: Services, call: Call, work: TextWork, tally: TokenTally) -> Choices:
-    """The served model's chunks (`_first`); after the first, errors are the answer's. Every chunk is
-    counted into `tally` and told to the attempt's observer."""
+    """The served model's chunks (`_first`); after the first, errors are the answer's. Every chunk is told
+    to the attempt's observer, which counts it into `tally`."""
     opened = await _first(services, call, work, tally)
     if opened is None:
         return
     choices, obs, (index, chunk) = opened
     try:
-        tally.add(index, chunk)
         yield index, chunk
         async for index, chunk in choices:
-            obs.chunk(index, chunk)
-            tally.add(index, chunk)
+            obs.chunk(index, chunk)  # counted into `tally` (`_first`)
             yield index, chunk
     except BaseException as exc:  # a failure, a cancellation, the reader closing this early
         obs.end(exc)
@@ -355,13 +355,11 @@ async def _served(services: Services, call: Call, work: TextWork, tally: TokenTa
         if opened is not None:
             choices, obs, (index, chunk) = opened
             try:
-                tally.add(index, chunk)
                 if evaluate and index == 0 and chunk.text:
                     answer.append(chunk.text)
                 yield index, chunk
                 async for index, chunk in choices:
-                    obs.chunk(index, chunk)
-                    tally.add(index, chunk)
+                    obs.chunk(index, chunk)  # counted into `tally` (`_first`)
                     if evaluate and index == 0 and chunk.text:
                         answer.append(chunk.text)
                     yield index, chunk
