@@ -18,8 +18,9 @@ cost); the fields no renderer here shows are not computed (the caller's frame, t
 the logging module's documented switches); a line without a secret's leading words is searched once,
 not put through the redaction patterns value by value; and INFO lines are written in batches
 (`BatchedStderr`): one write per `observability.log_flush_ms`, where a write per line cost the server a
-system call and a hand-over of the GIL each time. One access line took 46 us (JSON) and 67 us (console)
-before these; 14 us now, either format."""
+system call and a hand-over of the GIL each time. The access line skips structlog's dispatch (`AccessLog`),
+the timestamp is formatted once a second, and JSON lines are written by pydantic-core. One access line took
+46 us (JSON) and 67 us (console) before all of these; 5.5 and 9 us now."""
 
 from __future__ import annotations
 
