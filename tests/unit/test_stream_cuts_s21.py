@@ -35,7 +35,7 @@ from llmops.observability.inference import InferenceObserver, TokenTally
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import build_tracer
 from llmops.protocol.chat import ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta
-from llmops.protocol.completions import CompletionChoice
+from llmops.protocol.completions import Completion, CompletionChoice
 from llmops.settings import load_settings
 from tests.helpers import write_config
 from tests.unit.test_chunks import IDS, TEXTS, chat, completion
@@ -576,3 +576,46 @@ def test_the_fake_engines_stops_are_found_as_before(stops: list[str]) -> None:
 
 def _fallback_stops(request: TextRequest) -> list[str]:
     return list(prepare_fallback(request).stops)
+
+
+# -- /v1/completions streams the same way -------------------------------------------------------------------
+
+
+def _completion_stream(c: TestClient, **extra: Any) -> list[bytes]:
+    resp = c.post("/v1/completions", json={"model": "fixed", "stream": True, "prompt": "hi", **extra})
+    assert resp.status_code == 200, resp.text
+    return [e + b"\n\n" for e in resp.content.split(b"\n\n")[:-1]]
+
+
+def _completion_text(events: list[bytes], index: int = 0) -> str:
+    chunks = [Completion.model_validate_json(e[6:-2]) for e in events if e.startswith(b"data: {")]
+    return "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == index)
+
+
+def test_a_completions_stream_counts_usage_and_is_the_models_bytes(tmp_path: Path) -> None:
+    with _client(tmp_path) as c:
+        events = _completion_stream(c, n=2, prompt=["a", "b"], stream_options={"include_usage": True})
+        assert events[-1] == DONE
+        for e in events[:-1]:
+            assert event(Completion.model_validate_json(e[6:-2])) == e
+        usage = json.loads(events[-2][6:])["usage"]
+        assert usage["completion_tokens"] == 24  # 4 choices of 6 words
+        assert [_completion_text(events, i) for i in range(4)] == ["one two three four five six"] * 4
+        assert _metric(c, "llmops_generation_tokens_total", model="fixed") == 24
+
+
+def test_a_streamed_completion_is_cached_only_when_a_cache_keeps_it_and_replayed(tmp_path: Path) -> None:
+    with _client(tmp_path, cache={"enabled": True}) as c:
+        first = _completion_stream(c, temperature=0)
+        second = c.post("/v1/completions", json={"model": "fixed", "stream": True, "prompt": "hi",
+                                                 "temperature": 0})
+        assert second.headers["x-cache"] == "hit"
+        replayed = [e + b"\n\n" for e in second.content.split(b"\n\n")[:-1]]
+        assert _completion_text(replayed) == _completion_text(first) == "one two three four five six"
+
+
+def test_an_engine_failure_mid_completion_stream_is_the_last_event(tmp_path: Path) -> None:
+    with _client(tmp_path) as c:
+        events = _completion_stream(c, prompt="go [[fail-mid-stream]]")
+        assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
+        assert _metric(c, "inference_requests_total", model="fixed", status="error") == 1

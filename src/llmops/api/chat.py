@@ -81,7 +81,7 @@ async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.
                 yield piece(index, chunk.text, chunk.finish_reason, chunk.logprobs)
     except LLMOpsError:
         raise
-    except Exception as exc:  # as stream_choices: an unexpected engine exception fails this request alone
+    except Exception as exc:  # an unexpected engine exception fails this request alone
         raise unexpected(exc) from exc
     if not started:
         for i in range(n):

@@ -12,8 +12,8 @@ from llmops.api import textcall
 from llmops.api.chunks import ChunkEncoder, whole_answer
 from llmops.api.logprobs import completion_logprobs
 from llmops.api.sse import event
-from llmops.errors import InvalidRequest
-from llmops.pipeline.generation import Choices, Collected, new_id, now, stream_choices
+from llmops.errors import InvalidRequest, LLMOpsError
+from llmops.pipeline.generation import Choices, Collected, new_id, now, unexpected
 from llmops.pipeline.text import TextWork
 from llmops.protocol.completions import Completion, CompletionChoice, CompletionRequest
 
@@ -49,15 +49,29 @@ def _completion(done: Collected, body: CompletionRequest, chunk_id: str, created
 
 
 async def _events(choices: Choices, body: CompletionRequest, call: textcall.TextCall) -> AsyncIterator[bytes]:
+    """The answer's events, read straight from the pipeline's chunks as chat's are (api/chat.py): a text
+    event per chunk, the usage; the texts gathered, and the answer's model built, only when a cache keeps
+    the answer (the usage needs the counts alone)."""
     count = call.work.choice_count if isinstance(call.work, TextWork) else body.n
     totals = Collected(texts=[""] * count, finish=[None] * count)
     chunk_id, created = new_id("cmpl"), now()
     encode = ChunkEncoder("completions", chunk_id, created, body.model)  # the models' bytes, no model per token
-    async for index, text, finish, logprobs in stream_choices(choices, totals):
-        yield encode.piece(index, text, finish, logprobs)
+    piece, keep = encode.piece, textcall.keeps(call)
+    try:
+        async for index, chunk in choices:
+            if keep:
+                totals.add(index, chunk)
+            elif chunk.usage is not None:
+                totals.add_usage(chunk.usage)
+            yield piece(index, chunk.text, chunk.finish_reason, chunk.logprobs)
+    except LLMOpsError:
+        raise
+    except Exception as exc:  # an unexpected engine exception fails this request alone
+        raise unexpected(exc) from exc
     if body.include_usage():
         yield encode.usage(totals.usage())
-    await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
+    if keep:
+        await textcall.store(call, _completion(totals, body, chunk_id, created).model_dump())
 
 
 async def _replay(hit: dict[str, Any], body: CompletionRequest) -> AsyncIterator[bytes]:

@@ -108,21 +108,6 @@ async def collect(choices: Choices, n: int) -> Collected:
     return out
 
 
-Piece = tuple[int, str, str | None, tuple[TokenLogprob, ...]]  # index, text, finish_reason, the text's logprobs
-
-
-async def stream_choices(choices: Choices, totals: Collected) -> AsyncIterator[Piece]:
-    """(index, text, finish_reason, logprobs) as they come; texts, finish reasons, logprobs and usage
-    accumulate into `totals` (sized for the request's n choices). An unexpected engine exception fails this
-    request only, as a 500 without internals."""
-    try:
-        async for index, chunk in choices:
-            totals.add(index, chunk)
-            yield index, chunk.text, chunk.finish_reason, chunk.logprobs
-    except LLMOpsError:
-        raise
-    except Exception as exc:
-        raise unexpected(exc) from exc
 
 
 def unexpected(exc: Exception) -> LLMOpsError:
