@@ -193,3 +193,18 @@ def ready_client(config: Path, timeout: float = 60.0) -> Iterator[Any]:
             assert time.monotonic() < deadline, "the app never became ready"
             time.sleep(0.02)
         yield client
+
+
+class LeavingClient:
+    """What the disconnect watch reads of a request (api/disconnect.py): `receive`, which gives
+    http.disconnect once `left` is set; `reads` counts the reads."""
+
+    def __init__(self) -> None:
+        import asyncio
+        self.left = asyncio.Event()
+        self.reads = 0
+
+    async def receive(self) -> dict[str, Any]:
+        self.reads += 1
+        await self.left.wait()
+        return {"type": "http.disconnect"}

@@ -22,6 +22,7 @@ from llmops.middleware.observe import Observer, Responder
 from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import build_tracer
 from llmops.settings import HttpSettings
+from tests.helpers import LeavingClient
 
 DATE = [(b"date", b"Fri, 04 Dec 2026 21:00:00 GMT"), (b"server", b"uvicorn")]
 
@@ -203,17 +204,7 @@ def test_a_connection_close_answer_closes_after_its_one_write() -> None:
     assert theirs.closed
 
 
-class _Client:
-    """What cancel_on_disconnect reads of a Request: `receive`, giving http.disconnect once `left` is set."""
-
-    def __init__(self) -> None:
-        self.left = asyncio.Event()
-        self.reads = 0
-
-    async def receive(self) -> dict[str, Any]:
-        self.reads += 1
-        await self.left.wait()
-        return {"type": "http.disconnect"}
+_Client = LeavingClient
 
 
 def test_fast_work_starts_no_watcher_and_no_timer_per_request() -> None:

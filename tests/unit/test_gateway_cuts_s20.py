@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from llmops.api import chat, completions
 from llmops.api.chunks import whole_answer
-from llmops.app import create_app
 from llmops.engines.base import ToolCallDelta
 from llmops.errors import DeadlineExceeded, EngineError, LLMOpsError
 from llmops.pipeline import chat_controls, stages, text
@@ -32,8 +31,7 @@ from llmops.protocol.chat import ChatCompletion, ChatCompletionRequest
 from llmops.protocol.completions import Completion, CompletionRequest
 from llmops.scheduling.admission import Admission
 from llmops.scheduling.runner import admitted_choices
-from llmops.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import ready_client, write_config
 
 TEXTS = ["", "hello", 'quote " and \\ backslash', "new\nline\ttab\r\b\f", "\x00\x01\x1f\x7f",
          "émoji 🦙 中文 \u2028 \u2029", "</script>", "{\"json\": [1, 2]}", "\ud7ff\ue000\uffff"]
@@ -115,12 +113,7 @@ def _client(tmp_path: Path, *, guarded: bool = False, cache: bool = False) -> It
         extra["guardrails"] = {"rules": [OUTPUT_RULE]}
     if cache:
         extra["cache"] = {"enabled": True}
-    app = create_app(load_settings(write_config(tmp_path / "s20.yaml", MODELS, **extra)))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(500):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.01)
+    with ready_client(write_config(tmp_path / "s20.yaml", MODELS, **extra)) as c:
         yield c
 
 

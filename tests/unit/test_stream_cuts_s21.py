@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +25,6 @@ from llmops.api import disconnect
 from llmops.api.chunks import ChunkEncoder
 from llmops.api.disconnect import WATCH_AFTER_S
 from llmops.api.sse import DONE, SSE_HEADERS, event, sse_response
-from llmops.app import create_app
 from llmops.engines.base import SamplingParams, TextChunk, TextRequest, TokenLogprob, TokenUsage, ToolCallDelta
 from llmops.engines.fake import FakeOptions, FakeTextEngine
 from llmops.engines.textgen import prepare_fallback
@@ -36,8 +34,7 @@ from llmops.observability.metrics import Metrics
 from llmops.observability.tracing import build_tracer
 from llmops.protocol.chat import ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta
 from llmops.protocol.completions import Completion, CompletionChoice
-from llmops.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import LeavingClient, ready_client, write_config
 from tests.unit.test_chunks import IDS, TEXTS, chat, completion
 from tests.unit.test_gateway_cuts_s19 import POST, _serve
 
@@ -68,17 +65,7 @@ def test_a_lone_surrogate_still_fails_as_before() -> None:
 # -- EventStream: the ASGI messages of StreamingResponse with the guard in front ---------------------------------
 
 
-class _Client:
-    """The request's `receive` (the body read already): http.disconnect once `left` is set."""
-
-    def __init__(self) -> None:
-        self.left = asyncio.Event()
-        self.reads = 0
-
-    async def receive(self) -> dict[str, Any]:
-        self.reads += 1
-        await self.left.wait()
-        return {"type": "http.disconnect"}
+_Client = LeavingClient
 
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "path": "/x",
@@ -185,16 +172,18 @@ def _wait_until(condition: Any) -> Any:
     return wait()
 
 
+async def _endless(stopped: asyncio.Event) -> AsyncIterator[bytes]:
+    """Events until stopped from outside; `stopped` set when the generator ends."""
+    try:
+        while True:
+            await asyncio.sleep(0.001)
+            yield b"data: x\n\n"
+    finally:
+        stopped.set()
+
+
 def test_a_client_gone_mid_stream_stops_it_and_the_response_ends_quietly() -> None:
     stopped, sent = asyncio.Event(), []
-
-    async def endless() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                await asyncio.sleep(0.001)
-                yield b"data: x\n\n"
-        finally:
-            stopped.set()
 
     async def run() -> None:
         client = _Client()
@@ -202,7 +191,7 @@ def test_a_client_gone_mid_stream_stops_it_and_the_response_ends_quietly() -> No
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        response = await sse_response(endless())
+        response = await sse_response(_endless(stopped))
         task = asyncio.ensure_future(response(SCOPE, client.receive, send))
         await _wait_until(lambda: client.reads > 0)
         client.left.set()
@@ -257,19 +246,11 @@ def test_a_watched_stream_that_ends_ends_as_it_should() -> None:
 def test_the_server_cancelling_a_stream_is_a_cancellation() -> None:
     stopped = asyncio.Event()
 
-    async def endless() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                await asyncio.sleep(0.001)
-                yield b"data: x\n\n"
-        finally:
-            stopped.set()
-
     async def run() -> None:
         async def send(message: dict[str, Any]) -> None:
             pass
 
-        response = await sse_response(endless())
+        response = await sse_response(_endless(stopped))
         task = asyncio.ensure_future(response(SCOPE, _Client().receive, send))
         for _ in range(20):
             await asyncio.sleep(0)
@@ -454,12 +435,7 @@ OUTPUT_RULE = {"name": "words", "detector": "blocklist", "stages": ["output"], "
 
 @contextmanager
 def _client(tmp_path: Path, **extra: Any) -> Iterator[TestClient]:
-    app = create_app(load_settings(write_config(tmp_path / "s21.yaml", MODELS, **extra)))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        for _ in range(500):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.01)
+    with ready_client(write_config(tmp_path / "s21.yaml", MODELS, **extra)) as c:
         yield c
 
 
