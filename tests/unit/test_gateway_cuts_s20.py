@@ -40,7 +40,8 @@ FINISHES: list[list[str | None]] = [["stop"], ["length"], [None], ["stop", "leng
 
 
 def _done(texts: list[str], finish: list[str | None], prompt: int = 3, completion: int = 7) -> Collected:
-    return Collected(texts=list(texts), finish=list(finish), prompt_tokens=prompt, completion_tokens=completion)
+    return Collected(parts=[[t] for t in texts], finish=list(finish), prompt_tokens=prompt,
+                     completion_tokens=completion)
 
 
 def _chat_body(model: str, **extra: Any) -> ChatCompletionRequest:

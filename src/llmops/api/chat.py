@@ -59,7 +59,7 @@ async def _events(choices: Choices, body: ChatCompletionRequest, call: textcall.
     errors), a text event per chunk, the usage. The texts are gathered only when a cache keeps the answer
     (the usage needs the counts alone)."""
     n = body.n
-    totals = Collected(texts=[""] * n, finish=[None] * n)
+    totals = Collected.empty(n)
     chunk_id, created = new_id("chatcmpl"), now()
     encode = ChunkEncoder("chat", chunk_id, created, body.model)  # the models' bytes, no model per token
     piece, keep = encode.piece, textcall.keeps(call)

@@ -53,7 +53,7 @@ async def _events(choices: Choices, body: CompletionRequest, call: textcall.Text
     event per chunk, the usage; the texts gathered, and the answer's model built, only when a cache keeps
     the answer (the usage needs the counts alone)."""
     count = call.work.choice_count if isinstance(call.work, TextWork) else body.n
-    totals = Collected(texts=[""] * count, finish=[None] * count)
+    totals = Collected.empty(count)
     chunk_id, created = new_id("cmpl"), now()
     encode = ChunkEncoder("completions", chunk_id, created, body.model)  # the models' bytes, no model per token
     piece, keep = encode.piece, textcall.keeps(call)

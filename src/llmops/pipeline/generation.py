@@ -63,12 +63,26 @@ def text_requests(req: SamplingFields, cfg: ModelConfig, max_tokens: int | None,
 
 @dataclass
 class Collected:
-    texts: list[str]
+    """A whole answer as its chunks arrive: each choice's text pieces (joined once, when `texts` is read: text
+    added with `+=` to a list item copies the whole text each time, quadratic in a long answer), finish reasons,
+    usage, tool calls and logprobs."""
+
+    parts: list[list[str]]
     finish: list[str | None]
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)  # tool calls per choice
     logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # per choice, when asked for
+
+    @classmethod
+    def empty(cls, n: int) -> Collected:
+        """Nothing yet for `n` choices."""
+        return cls(parts=[[] for _ in range(n)], finish=[None] * n)
+
+    @property
+    def texts(self) -> list[str]:
+        """Each choice's text."""
+        return ["".join(p) for p in self.parts]
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
@@ -83,7 +97,7 @@ class Collected:
         """One chunk of choice `index`: its text, tool calls, finish reason and usage."""
         if chunk.usage:
             self.add_usage(chunk.usage)
-        self.texts[index] += chunk.text
+        self.parts[index].append(chunk.text)
         if chunk.tool_calls:
             self.calls.setdefault(index, []).extend(chunk.tool_calls)
         if chunk.logprobs:
@@ -97,7 +111,7 @@ Choices = AsyncIterator[tuple[int, TextChunk]]
 async def collect(choices: Choices, n: int) -> Collected:
     """The whole answer, read without a generator of its own (one layer less per request than streaming).
     `n`: the request's choices (n per prompt)."""
-    out = Collected(texts=[""] * n, finish=[None] * n)
+    out = Collected.empty(n)
     try:
         async for index, chunk in choices:
             out.add(index, chunk)
