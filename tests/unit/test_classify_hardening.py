@@ -251,6 +251,26 @@ def test_v2_takes_json_declared_or_undeclared(client: TestClient, data: Digits) 
     assert bare.status_code == 200, bare.text
 
 
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://testserver.evil.example", "null",
+                                    "http://127.0.0.1:9", "testserver"])
+def test_v2_refuses_an_undeclared_body_from_another_origin(client: TestClient, data: Digits, origin: str) -> None:
+    """A page on another site can POST a Blob with no type (no Content-Type, no preflight); its browser names
+    the page's origin."""
+    raw = inference_v2.InferenceRequest.model_validate(bytes_request([digit_png(data, data.test[1])])) \
+        .model_dump_json().encode()
+    v2_error(client.post(INFER, content=raw, headers={"origin": origin}), 400, "must be JSON")
+    declared = client.post(INFER, content=raw, headers={"origin": origin, "content-type": "application/json"})
+    assert declared.status_code == 200, declared.text  # JSON declared needs a preflight: CORS decides
+
+
+@pytest.mark.parametrize("origin", ["http://testserver", "https://TestServer"])
+def test_v2_takes_an_undeclared_body_from_its_own_origin(client: TestClient, data: Digits, origin: str) -> None:
+    raw = inference_v2.InferenceRequest.model_validate(bytes_request([digit_png(data, data.test[1])])) \
+        .model_dump_json().encode()
+    resp = client.post(INFER, content=raw, headers={"origin": origin})
+    assert resp.status_code == 200, resp.text
+
+
 @pytest.mark.parametrize("content_type", [*CROSS_SITE_TYPES[:2], CROSS_SITE_TYPES[3], None])
 def test_classifications_refuse_a_body_not_declared_json(client: TestClient, data: Digits,
                                                          content_type: str | None) -> None:

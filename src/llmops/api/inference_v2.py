@@ -12,8 +12,9 @@ all) before any arithmetic on it, so no request makes the loop multiply or print
 is flat, or nested exactly as its shape (a ragged nesting is refused even when its count matches).
 A body over OFF_LOOP_BYTES is parsed, flattened and checked on the media side's threads (media/workers.py),
 not on the event loop: a 1 MB tensor is about 90 ms of Python.
-The body is JSON, declared so or not declared at all (Triton's client sends no Content-Type); text/plain, forms
-and multipart, which a page on another site may POST without a CORS preflight, are refused.
+The body is JSON, declared so or not declared at all (Triton's client sends no Content-Type); text/plain, forms,
+multipart and an undeclared body from a browser page on another origin, which a page on another site may POST
+without a CORS preflight, are refused (api/classifying.require_json).
 Each model has one version, MODEL_VERSION; the `/versions/{version}` routes serve it (another version is 404).
 Errors are `{"error": "<message>"}` with the same status codes as the rest of the API.
 """
