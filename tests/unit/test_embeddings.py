@@ -139,3 +139,65 @@ def test_an_input_guardrail_refusal_names_the_field_the_input_came_from(tmp_path
         assert_error(client.post("/v1/completions", json={"model": "fake", "prompt": "x" * 11}), 400, param="prompt")
         assert_error(client.post("/v1/chat/completions", json={
             "model": "fake", "messages": [{"role": "user", "content": "x" * 11}]}), 400, param="messages")
+
+
+# --- token ids are read by the input guardrails and counted by the input limits ----------------------------
+
+def _guarded(tmp_path: Path, action: str, **limits: Any) -> Any:
+    rules = [{"name": "words", "detector": "blocklist", "stages": ["input"], "terms": ["1234"], "action": action}]
+    models = [MODELS[0], {**MODELS[1], "options": {"size": 16, "vocab_size": 5000}}]
+    cfg = write_config(tmp_path / f"guard-{action}.yaml", models, state={"backend": "memory"},
+                       guardrails={"rules": rules, **limits})
+    return _client(cfg)
+
+
+def _vector(client: TestClient, given: Any) -> list[float]:
+    resp = client.post(EMBED, json={"model": "emb", "input": given})
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["data"][0]["embedding"])
+
+
+def test_a_blocked_term_sent_as_token_ids_is_refused(tmp_path: Path) -> None:
+    """The fake engine's token ids are its words ("1234"): a rule's term sent as ids is still the term."""
+    with _guarded(tmp_path, "block") as client:
+        for given in ([1234, 5], [[5, 6], [7, 1234]], [[1234]]):
+            assert_error(client.post(EMBED, json={"model": "emb", "input": given}), 400, param="input",
+                         code="content_filter")
+        assert_error(client.post(EMBED, json={"model": "emb", "input": [[5000]]}), 400, param="input")  # vocab
+        assert len(_vector(client, [[5, 6], [7]])) == 16
+
+
+def test_redacted_token_ids_are_embedded_as_the_redacted_text(tmp_path: Path) -> None:
+    with _guarded(tmp_path, "redact") as client:
+        engine = client.app.state.services.pool.embedding_engine("emb")[1]  # type: ignore[attr-defined]
+        seen: list[Any] = []
+        embed = engine.embed
+
+        async def spy(inputs: Any, dimensions: Any = None) -> Any:
+            seen.append(list(inputs))
+            return await embed(inputs, dimensions)
+
+        engine.embed = spy
+        redacted = _vector(client, [[1234, 5]])
+        assert redacted == _vector(client, "1234 5")  # the same text once redacted
+        assert seen[0] == [seen[1][0]]
+        assert seen[0][0] == "[REDACTED:blocklist] 5"
+        _vector(client, [[7, 8], [1234, 5]])
+        assert seen[2] == [[7, 8], seen[0][0]]  # ids no rule changed stay ids
+    with _client(write_config(tmp_path / "plain.yaml", MODELS, state={"backend": "memory"})) as plain:
+        assert _vector(plain, [[1234, 5]]) != redacted
+
+
+def test_token_ids_count_against_the_input_token_limit(tmp_path: Path) -> None:
+    for action in ("flag", None):  # with an input rule (ids decoded) and without (the limits alone)
+        guard: dict[str, Any] = {"max_input_tokens": 10}
+        if action:
+            guard["rules"] = [{"name": "words", "detector": "blocklist", "terms": ["x"], "action": action}]
+        cfg = write_config(tmp_path / f"limit-{action}.yaml", MODELS, state={"backend": "memory"}, guardrails=guard)
+        with _client(cfg) as client:
+            err = assert_error(client.post(EMBED, json={"model": "emb", "input": [[1] * 11]}), 400, param="input")
+            assert "about 11 tokens" in err["message"]
+            assert_error(client.post(EMBED, json={"model": "emb", "input": [[1] * 6, [2] * 5]}), 400,
+                         param="input")
+            assert_error(client.post(EMBED, json={"model": "emb", "input": "x " * 21}), 400, param="input")
+            assert len(_vector(client, [[1] * 10])) == 16

@@ -7,6 +7,7 @@ byte as JSONResponse would."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -164,6 +165,25 @@ async def test_the_engine_refuses_ids_outside_its_vocabulary(engine: Any) -> Non
     assert isinstance(results.pop(3), InvalidRequest)
     assert all(not isinstance(r, BaseException) for r in results)
     assert (await engine.embed([[999]])).prompt_tokens == 1
+
+
+async def test_token_ids_are_decoded_on_the_engines_thread(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the input guardrails read of token ids: the tokenizer's text, decoded on the thread that runs the
+    forward passes (a fast tokenizer must not decode while another thread encodes with it)."""
+    threads: list[str] = []
+    decode = _Tokenizer.decode
+
+    def spy(self: _Tokenizer, ids: list[int], skip_special_tokens: bool = True) -> str:
+        threads.append(threading.current_thread().name)
+        return decode(self, ids, skip_special_tokens)
+
+    monkeypatch.setattr(_Tokenizer, "decode", spy)
+    assert await engine.decode([[5, 6], [7]]) == ["t5 t6", "t7"]
+    assert set(threads) == {"embed-stub_0"}
+    with pytest.raises(InvalidRequest):
+        await engine.decode([[1000]])  # outside the vocabulary, as embed() says
+    with pytest.raises(EngineError, match="embedding failed"):
+        await engine.decode([[BAD_ID]])
 
 
 async def test_an_input_longer_than_the_model_reads_fails_alone(engine: Any) -> None:

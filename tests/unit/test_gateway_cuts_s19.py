@@ -334,13 +334,14 @@ def test_without_input_rules_the_limits_are_checked_without_the_async_path(monke
     guard = Guardrails(GuardrailSettings(max_input_chars=10), Metrics())
 
     async def refused(*args: Any) -> list[str]:
-        raise AssertionError("check_input_async called with no input rule")
+        raise AssertionError("the rules' async path called with no input rule")
 
+    monkeypatch.setattr(guard, "check_rules_async", refused)
     monkeypatch.setattr(guard, "check_input_async", refused)
     services: Any = SimpleNamespace(guardrails=guard)
 
     def call(text: str) -> Any:
-        return SimpleNamespace(work=SimpleNamespace(kind="completions", texts=lambda: [text]))
+        return SimpleNamespace(work=SimpleNamespace(kind="completions", texts=lambda: [text], input_ids=lambda: 0))
 
     async def run() -> None:
         work: Any = SimpleNamespace(prompt=lambda call, services: None)

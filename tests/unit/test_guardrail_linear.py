@@ -77,13 +77,13 @@ def test_the_reported_stalls_are_found_quickly_and_still_detect() -> None:
 def test_large_inputs_are_checked_in_a_worker_thread() -> None:
     g = Guardrails(GuardrailSettings(rules=[GuardrailRule(name="pii", detector="pii", action="redact")]), Metrics())
     threads: list[int] = []
-    check = g.check_input
+    check = g.check_rules
 
     def spy(texts: list[str], param: str = "messages") -> list[str]:
         threads.append(threading.get_ident())
         return check(texts, param)
 
-    g.check_input = spy  # type: ignore[method-assign]
+    g.check_rules = spy  # type: ignore[method-assign]
 
     async def run() -> tuple[list[str], list[str]]:
         small = await g.check_input_async(["mail bob@example.com"])

@@ -192,6 +192,11 @@ class EmbeddingEngine(Engine, Protocol):
 
     async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult: ...
 
+    async def decode(self, items: Sequence[Sequence[int]]) -> list[str]:
+        """Token-id inputs as the texts the model reads (what the input guardrails check); InvalidRequest for
+        an id outside the vocabulary, as `embed` would."""
+        ...
+
 
 @dataclass(frozen=True)
 class ImageRequest:

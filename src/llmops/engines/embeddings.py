@@ -128,6 +128,22 @@ class SentenceTransformersEngine:
             return result
         return EmbeddingResult([_shorten(v, dimensions) for v in result.vectors], result.prompt_tokens)
 
+    async def decode(self, items: Sequence[Sequence[int]]) -> list[str]:
+        """On the engine's thread: the tokenizer is not shared with another thread while a forward pass
+        runs (a fast tokenizer's encode borrows it mutably, and a decode beside it fails)."""
+        if self._model is None:
+            raise EngineError("the embeddings engine is not started")
+        check_token_ids(items, self.vocab_size)
+        tokenizer = self._model.tokenizer
+
+        def decode() -> list[str]:
+            try:
+                return [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in items]
+            except Exception as exc:  # ids the tokenizer cannot read: what embed() would say of them
+                raise _failed(exc) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, decode)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -57,6 +57,11 @@ class FakeEmbeddingEngine:
     def health(self) -> EngineHealth:
         return EngineHealth(self._state.state, {"calls": self.calls})
 
+    async def decode(self, items: Sequence[Sequence[int]]) -> list[str]:
+        """Each id as a word: "12 7" (the words this engine embeds for them)."""
+        check_token_ids(items, self.vocab_size)
+        return [" ".join(map(str, ids)) for ids in items]
+
     async def embed(self, inputs: Sequence[str | Sequence[int]], dimensions: int | None = None) -> EmbeddingResult:
         if dimensions is not None and dimensions not in self.dimensions_allowed:
             raise InvalidRequest(f"this model's vectors have {self.options.size} dimensions", param="dimensions")

@@ -64,6 +64,9 @@ class ClassifyWork:
     def texts(self) -> list[str]:
         return []
 
+    async def readable(self, call: Call) -> list[str]:
+        return self.texts()
+
     def with_texts(self, texts: list[str]) -> None:
         return None
 

@@ -22,7 +22,7 @@ Input = str | list[int]  # a text, or token ids of the model's own vocabulary
 
 class EmbeddingsWork:
     """An embeddings request as the pipeline sees it: its items (texts, token-id lists) and dimensions.
-    The guardrails read the texts; token ids pass as they are."""
+    The guardrails read the texts and the token ids decoded; ids a rule did not change pass as they are."""
 
     kind = "embeddings"
     model_kind: Literal["embeddings"] = "embeddings"
@@ -30,6 +30,7 @@ class EmbeddingsWork:
 
     def __init__(self, model: str, inputs: list[Input], dimensions: int | None, user: str | None) -> None:
         self.model, self.inputs, self.dimensions, self.user = model, inputs, dimensions, user
+        self._read: list[str] | None = None  # readable()'s texts, one per item
 
     def check(self, config: ModelConfig) -> None:
         return None  # dimensions are the engine's to check (it knows its sizes)
@@ -40,9 +41,24 @@ class EmbeddingsWork:
     def texts(self) -> list[str]:
         return [x for x in self.inputs if isinstance(x, str)]
 
+    async def readable(self, call: Call) -> list[str]:
+        """Every item as text: token ids decoded by the model's own tokenizer (a rule must not be passed by
+        sending its words as ids)."""
+        ids = [x for x in self.inputs if not isinstance(x, str)]
+        if not ids:
+            self._read = self.texts()
+            return list(self._read)
+        _, engine = call.services.pool.embedding_engine(call.config.name)
+        decoded = iter(await engine.decode(ids))
+        self._read = [x if isinstance(x, str) else next(decoded) for x in self.inputs]
+        return list(self._read)
+
     def with_texts(self, texts: list[str]) -> None:
-        checked = iter(texts)
-        self.inputs = [next(checked) if isinstance(x, str) else x for x in self.inputs]
+        """Texts take the guardrails' version; token ids stay ids unless a rule changed their text (then the
+        redacted text is embedded in their place)."""
+        read = self._read if self._read is not None else self.texts()
+        self.inputs = [t if isinstance(x, str) or t != r else x
+                       for x, r, t in zip(self.inputs, read, texts, strict=True)]
 
     def input_ids(self) -> int:
         return sum(len(x) for x in self.inputs if isinstance(x, list))

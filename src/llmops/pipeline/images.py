@@ -45,6 +45,9 @@ class ImageWork:
     def texts(self) -> list[str]:
         return [self.prompt_text, self.negative_prompt or ""]
 
+    async def readable(self, call: Call) -> list[str]:
+        return self.texts()
+
     def with_texts(self, texts: list[str]) -> None:
         self.prompt_text, negative = texts
         self.negative_prompt = negative or self.negative_prompt

@@ -69,10 +69,13 @@ class Work(Protocol):
         """Stage `prompt`: render a referenced prompt template into the work (most kinds: nothing)."""
 
     def texts(self) -> list[str]:
-        """What the input guardrails read."""
+        """The input's texts: the input limits and the budget count their characters."""
+
+    async def readable(self, call: Call) -> list[str]:
+        """What the input guardrails read: `texts()`, and the text of any input given as token ids."""
 
     def with_texts(self, texts: list[str]) -> None:
-        """Take the texts back as the guardrails left them (redacted)."""
+        """Take `readable()`'s texts back as the guardrails left them (redacted)."""
 
     def input_ids(self) -> int:
         """Token ids the input holds as ids (embeddings' token-array inputs), counted as prompt tokens one for
@@ -166,18 +169,22 @@ def authorize(key: ApiKey | None, model: str) -> None:
 
 
 async def input_guardrails(services: Services, call: Call) -> None:
-    """The input rules; a large input is checked in a worker thread, off the event loop. The work's texts
-    are replaced only when a rule changed one (a redaction)."""
-    texts = call.work.texts()
-    checked = await services.guardrails.check_input_async(texts, INPUT_PARAM.get(call.work.kind, "messages"))
+    """The input limits, then the input rules over what the work reads as text (token ids decoded); a large
+    input is checked in a worker thread, off the event loop. The work's texts are replaced only when a rule
+    changed one (a redaction)."""
+    input_limits(services, call)
+    param = INPUT_PARAM.get(call.work.kind, "messages")
+    texts = await call.work.readable(call)
+    checked = await services.guardrails.check_rules_async(texts, param)
     if checked != texts:
         call.work.with_texts(checked)
 
 
 def input_limits(services: Services, call: Call) -> None:
-    """`input_guardrails` where no input rule is configured (most servers): the input limits alone, which
-    nothing changes texts under, checked without a coroutine to make and await."""
-    services.guardrails.check_input(call.work.texts(), INPUT_PARAM.get(call.work.kind, "messages"))
+    """The input limits alone (where no input rule is configured, most servers, the whole stage): characters
+    of text, and tokens, counting ids given as ids one for one."""
+    services.guardrails.check_limits(call.work.texts(), INPUT_PARAM.get(call.work.kind, "messages"),
+                                     call.work.input_ids())
 
 
 async def budget(services: Services, call: Call) -> None:

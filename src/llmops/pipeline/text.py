@@ -79,6 +79,9 @@ class TextWork:
     def texts(self) -> list[str]:
         return [m.content for m in self.messages] if self.messages is not None else list(self.prompts)
 
+    async def readable(self, call: Call) -> list[str]:
+        return self.texts()
+
     def with_texts(self, texts: list[str]) -> None:
         if self.messages is not None:
             self.messages = tuple(dataclasses.replace(m, content=t) for m, t in zip(self.messages, texts, strict=True))

@@ -88,18 +88,28 @@ class Guardrails:
             self.metrics.guardrail_actions.labels(rule.name, stage, rule.action).inc()
             log.info("guardrail %s %s at %s: %s", rule.name, rule.action, stage, ",".join(sorted(kinds)))
 
-    def check_input(self, texts: list[str], param: str = "messages") -> list[str]:
+    def check_input(self, texts: list[str], param: str = "messages", ids: int = 0) -> list[str]:
         """The input limits, then the input rules; the texts as the model should see them. A refusal names
         `param`, the request field the texts came from."""
+        self.check_limits(texts, param, ids)
+        return self.check_rules(texts, param)
+
+    def check_limits(self, texts: list[str], param: str = "messages", ids: int = 0) -> None:
+        """`max_input_chars` over the texts; `max_input_tokens` over the texts (about 4 characters a token)
+        and `ids`, token ids given as such (embeddings' token-array inputs), one for one."""
         total = sum(len(t) for t in texts)
         limit = self.settings.max_input_chars
         if limit is not None and total > limit:
             raise ContentFiltered(f"the input is {total} characters; this server accepts at most {limit}",
                                   param=param)
         token_limit = self.settings.max_input_tokens
-        if token_limit is not None and (total + 3) // 4 > token_limit:
-            raise ContentFiltered(f"the input is about {(total + 3) // 4} tokens; this server accepts at most "
+        tokens = (total + 3) // 4 + ids
+        if token_limit is not None and tokens > token_limit:
+            raise ContentFiltered(f"the input is about {tokens} tokens; this server accepts at most "
                                   f"{token_limit}", param=param)
+
+    def check_rules(self, texts: list[str], param: str = "messages") -> list[str]:
+        """The input rules alone; the texts as the model should see them."""
         out = []
         for text in texts:
             verdict = self.check("input", text)
@@ -130,11 +140,16 @@ class Guardrails:
             raise ContentFiltered(_blocked("output", verdict))
         return verdict.text
 
-    async def check_input_async(self, texts: list[str], param: str = "messages") -> list[str]:
-        """`check_input`, in a worker thread when the texts are large (see the module docstring)."""
+    async def check_input_async(self, texts: list[str], param: str = "messages", ids: int = 0) -> list[str]:
+        """`check_input`, the rules in a worker thread when the texts are large (see the module docstring)."""
+        self.check_limits(texts, param, ids)
+        return await self.check_rules_async(texts, param)
+
+    async def check_rules_async(self, texts: list[str], param: str = "messages") -> list[str]:
+        """`check_rules`, in a worker thread when the texts are large."""
         if not self.active("input") or sum(len(t) for t in texts) <= OFF_LOOP_CHARS:
-            return self.check_input(texts, param)
-        return await asyncio.to_thread(self.check_input, texts, param)
+            return self.check_rules(texts, param)
+        return await asyncio.to_thread(self.check_rules, texts, param)
 
     async def check_output_async(self, text: str) -> str:
         """`check_output`, in a worker thread when the text is large."""
