@@ -38,7 +38,7 @@ from llmops.media.image_input import (
 from llmops.media.workers import DecodeThreads
 from llmops.protocol.inference_v2 import flatten
 from llmops.stores.keys import KeyLimits, new_key
-from tests.helpers import encode_image
+from tests.helpers import encode_image, ready_client, write_config
 from tests.unit.test_classify import INFER, b64, bytes_request, digit_png, serve, v2_error
 from tests.unit.test_image_input import png_header_only
 
@@ -269,6 +269,34 @@ def test_v2_takes_an_undeclared_body_from_its_own_origin(client: TestClient, dat
         .model_dump_json().encode()
     resp = client.post(INFER, content=raw, headers={"origin": origin})
     assert resp.status_code == 200, resp.text
+
+
+def test_a_multipart_upload_from_another_origin_is_refused(client: TestClient, data: Digits) -> None:
+    """A page on another site can post a FormData (multipart) without a preflight: refused when its browser
+    names another origin; curl -F (no Origin) and the server's own pages are served."""
+    files = [("file", ("d.png", digit_png(data, data.test[1]), "image/png"))]
+    for origin in ("https://evil.example", "null"):
+        resp = client.post("/v1/classifications", files=files, headers={"origin": origin})
+        assert resp.status_code == 400, resp.text
+        assert "another origin" in resp.json()["error"]["message"]
+    for headers in ({}, {"origin": "http://testserver"}):
+        assert client.post("/v1/classifications", files=files, headers=headers).status_code == 200
+
+
+def test_an_origin_cors_allows_may_send_what_needs_no_preflight(tmp_path: Path, tiny_resnet_dir: Path,
+                                                                 data: Digits) -> None:
+    models = [{"name": "digits", "kind": "classify", "engine": "classifier",
+               "options": {"model": str(tiny_resnet_dir), "n_threads": 1}}]
+    cfg = write_config(tmp_path / "cors.yaml", models, state={"backend": "memory"},
+                       web={"cors_origins": ["https://app.example"]})
+    files = [("file", ("d.png", digit_png(data, data.test[1]), "image/png"))]
+    raw = inference_v2.InferenceRequest.model_validate(bytes_request([digit_png(data, data.test[1])])) \
+        .model_dump_json().encode()
+    with ready_client(cfg, 60) as c:
+        for origin, status in (("https://app.example", 200), ("https://evil.example", 400)):
+            headers = {"origin": origin}
+            assert c.post("/v1/classifications", files=files, headers=headers).status_code == status
+            assert c.post(INFER, content=raw, headers=headers).status_code == status
 
 
 @pytest.mark.parametrize("content_type", [*CROSS_SITE_TYPES[:2], CROSS_SITE_TYPES[3], None])

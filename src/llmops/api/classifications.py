@@ -1,6 +1,7 @@
 """POST /v1/classifications: base64 images in JSON (declared application/json, as every JSON route here), or a
 multipart upload (`file` parts, with `model` and `top_k` fields), answered with the top-k labels and scores of
-each image. Any other body (text/plain, a urlencoded form, none declared) is a 400."""
+each image. Any other body (text/plain, a urlencoded form, none declared) is a 400, as is a multipart upload
+from a browser page on another origin (classifying.trusted_origin)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from llmops.api.classifying import ClassifyInputs, classify, parse_json, require_json, target, top_k
+from llmops.api.classifying import (
+    ClassifyInputs,
+    classify,
+    parse_json,
+    require_json,
+    target,
+    top_k,
+    trusted_origin,
+)
 from llmops.errors import InvalidRequest
 from llmops.protocol.classifications import (
     Classification,
@@ -58,6 +67,10 @@ async def _parse_form(request: Request) -> tuple[str | None, int | None, Classif
 @router.post("/v1/classifications", response_model=ClassificationResponse)
 async def classifications(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not trusted_origin(request):  # a form a page on another site can post without a preflight
+            raise InvalidRequest("a multipart upload from a browser page on another origin is refused (send "
+                                 "JSON with Content-Type: application/json, or list the origin in "
+                                 "web.cors_origins)")
         model, k, inputs = await _parse_form(request)
     else:
         require_json(request, untyped=False, what="JSON, sent with Content-Type: application/json, or a "

@@ -89,26 +89,29 @@ def require_json(request: Request, *, untyped: bool, what: str = "JSON, sent wit
     """400 unless the body is declared JSON (application/json or application/*+json: api/direct.json_content,
     what the other JSON routes require). A page on another site can POST text/plain, a form or multipart to a
     server on the loopback without a CORS preflight; those are refused. `untyped`: a body with no Content-Type
-    at all is accepted too (Triton's client sends none), but not from a browser page on another origin: such a
-    page can send an untyped body (a Blob with no type) without a preflight, and a browser names its origin
-    on every cross-origin POST."""
+    at all is accepted too (Triton's client sends none), but not from a browser page on another origin
+    (`trusted_origin`): such a page can send an untyped body (a Blob with no type) without a preflight, and a
+    browser names its origin on every cross-origin POST."""
     if json_content(request.scope):
         return
-    if untyped and "content-type" not in request.headers and same_origin(request):
+    if untyped and "content-type" not in request.headers and trusted_origin(request):
         return
     raise InvalidRequest(f"the request body must be {what}")
 
 
-def same_origin(request: Request) -> bool:
-    """No `Origin` (not a browser, or a browser's same-origin request that omits it) or this server's own
-    (its host and port as the request's `Host` names them; the scheme is not compared, as a TLS proxy in
-    front changes it). `Origin: null` (a sandboxed frame, a file page) is another origin."""
+def trusted_origin(request: Request) -> bool:
+    """Whether a body a browser sends without a CORS preflight (untyped, multipart) may be taken: no `Origin`
+    (not a browser, or a browser's same-origin request that omits it), this server's own (its host and port
+    as the request's `Host` names them; the scheme is not compared, as a TLS proxy in front changes it), or
+    one `web.cors_origins` allows. `Origin: null` (a sandboxed frame, a file page) is another origin."""
     origin = request.headers.get("origin")
     if origin is None:
         return True
     host = request.headers.get("host", "")
     scheme, sep, rest = origin.partition("://")
-    return bool(sep) and scheme in ("http", "https") and bool(host) and rest.lower() == host.lower()
+    if sep and scheme in ("http", "https") and host and rest.lower() == host.lower():
+        return True
+    return origin in deps.settings(request).web.cors_origins
 
 
 def decode_threads(request: Request) -> DecodeThreads:
