@@ -1,7 +1,8 @@
 """Instructions (and optionally first-level data-cache misses) per request in the server, under valgrind's
 callgrind: repeatable on a shared machine where CPU time is not. The gateway-overhead case (bench/overhead.py:
 non-streaming chat, one token, the fake engine, auth and limits off, cache off) or the bare FastAPI app, each
-under 16-way load from bench.overhead's client.
+under 16-way load from bench.overhead's client. A keyed case (llmops-keyed-sqlite, llmops-keyed-redis) has its
+key made through the admin API before counting starts, and every request sends it (bench.overhead.give_key).
 
 The server runs under callgrind with instrumentation off while it starts (imports are not counted and run
 faster); then instrumentation goes on, a warm-up load runs, the counters are zeroed, the measured load runs,
@@ -33,7 +34,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.overhead import BASELINE, Server, parallel, server_command
+from bench.overhead import BASELINE, Server, give_key, parallel, server_command
 from bench.run import stop, wait_ready
 
 EVENTS = re.compile(r"^(?:summary|totals):\s*([\d\s]+)$", re.M)
@@ -66,6 +67,7 @@ def measure(case: str, requests: int, warmup: int, port: int, tmp: Path, baselin
         try:
             wait_ready(proc, f"http://127.0.0.1:{port}/ready", 600)
             server = Server(case, port, proc)
+            give_key(server)  # a keyed case's key, made before the counting starts
             _control(proc.pid, "-i", "on")
             asyncio.run(parallel(server, warmup, 16, stream))
             _control(proc.pid, "-z")

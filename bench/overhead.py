@@ -104,12 +104,17 @@ def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str |
     except RuntimeError as exc:
         log.flush()
         raise RuntimeError(f"{case}: {exc}\n{Path(log.name).read_text()[-2000:]}") from None
-    if base_case(case) in KEYED:
-        created = httpx.post(f"http://127.0.0.1:{port}/admin/keys", json=LIMITS,
+    give_key(server)
+    return server
+
+
+def give_key(server: Server) -> None:
+    """For a keyed case: create its key (every limit, `LIMITS`) through the admin API and send it from now on."""
+    if base_case(server.name) in KEYED:
+        created = httpx.post(f"http://127.0.0.1:{server.port}/admin/keys", json=LIMITS,
                              headers={"Authorization": f"Bearer {ADMIN}"})
         created.raise_for_status()
         server.key = created.json()["secret"]
-    return server
 
 
 class Connection:
