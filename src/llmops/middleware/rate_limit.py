@@ -102,8 +102,30 @@ def _headers(d: Decision) -> dict[str, str]:
             "X-RateLimit-Remaining": str(d.remaining), "X-RateLimit-Reset": str(math.ceil(d.reset_s))}
 
 
-def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+def _raw_limit(d: Decision, unit: str) -> list[tuple[bytes, bytes]]:
+    """`limit_headers(d, unit)` as an answer's raw headers, made without the dict (every limited answer
+    carries these)."""
+    if not d.measured:
+        return []
+    limit, remaining, reset = _NAMES[unit]
+    return [(limit, str(d.limit).encode()), (remaining, str(d.remaining).encode()),
+            (reset, duration(d.reset_s).encode())]
+
+
+_NAMES = {unit: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
+          for unit in ("requests", "tokens")}
+
+
+def _raw_requests(d: Decision) -> list[tuple[bytes, bytes]]:
+    """`_headers(d)` as an answer's raw headers (names in lower case), made without the dicts: an admitted
+    request's requests/min headers."""
+    if not d.measured:
+        return []
+    limit, remaining = str(d.limit).encode(), str(d.remaining).encode()
+    names = _NAMES["requests"]
+    return [(names[0], limit), (names[1], remaining), (names[2], duration(d.reset_s).encode()),
+            (b"x-ratelimit-limit", limit), (b"x-ratelimit-remaining", remaining),
+            (b"x-ratelimit-reset", str(math.ceil(d.reset_s)).encode())]
 
 
 TOKEN_HEADERS = frozenset(k.encode() for k in limit_headers(Decision(True, 0, 0, 0.0, 0.0), "tokens"))
@@ -111,16 +133,21 @@ TOKEN_HEADERS = frozenset(k.encode() for k in limit_headers(Decision(True, 0, 0,
 
 class TokenHeaders:
     """Puts a tokens/min decision's headers in an answer's headers (replacing any earlier one's), until the
-    answer starts; what comes later changes nothing sent."""
+    answer starts; what comes later changes nothing sent. The answer's headers hold none before the first
+    decision (a request makes one): only a later one has earlier ones to take out."""
 
-    __slots__ = ("_into",)
+    __slots__ = ("_added", "_into")
 
     def __init__(self, into: list[tuple[bytes, bytes]]) -> None:
         self._into = into
+        self._added = False
 
     def __call__(self, decision: Decision) -> None:
-        self._into[:] = [h for h in self._into if h[0] not in TOKEN_HEADERS]
-        self._into.extend(_raw(limit_headers(decision, "tokens")))
+        if self._added:
+            self._into[:] = [h for h in self._into if h[0] not in TOKEN_HEADERS]
+        raw = _raw_limit(decision, "tokens")
+        self._into.extend(raw)
+        self._added = self._added or bool(raw)
 
 
 @dataclass
@@ -174,7 +201,7 @@ class RateLimiter:
             error = RateLimited(f"this API key may have {key.limits.max_concurrent} requests in flight at once")
             self.metrics.reject(UNKNOWN_MODEL, error, "concurrency")
             return Refusal(error, _headers(decision) if decision is not None else None)
-        headers = [] if decision is None else _raw(_headers(decision))
+        headers = [] if decision is None else _raw_requests(decision)
         tpm = key.limits.tpm if key is not None else None
         return Admission(headers, key.id if key is not None else None, holder, tpm is not None and tpm >= 1)
 

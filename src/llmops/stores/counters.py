@@ -16,6 +16,7 @@ being served (`listen_for_tokens`, a context variable the rate limiter sets for 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -130,10 +131,29 @@ def sliding(current: float, previous: float, elapsed: float, per_minute: int, co
     return Decision(False, per_minute, remaining, WINDOW_S * (1.0 - elapsed) + fade * WINDOW_S, reset)
 
 
+class _Places:
+    """One subject's in-flight places: holder -> expiry, and a time at or before the earliest expiry (so
+    that while it is in the future, no place has expired and none need be swept)."""
+
+    __slots__ = ("earliest", "held")
+
+    def __init__(self) -> None:
+        self.held: dict[str, float] = {}
+        self.earliest = math.inf
+
+    def sweep(self, now: float) -> None:
+        """Drop the expired places (only when one may have expired)."""
+        if now < self.earliest:
+            return
+        self.held = {h: exp for h, exp in self.held.items() if exp > now}
+        self.earliest = min(self.held.values(), default=math.inf)
+
+
 class MemoryCounters:
     """One process's counters: the embedded default (and SQLite) backend. Replicas share Redis ones.
     Subjects whose state has run out (a client IP seen once) are pruned, so memory stays bounded by the
-    subjects active in the last minute or two."""
+    subjects active in the last minute or two. The async methods do their work in plain calls (no await
+    inside): a request's limits cost one coroutine, not one per counter."""
 
     PRUNE_EVERY = 1024  # calls between sweeps
 
@@ -141,7 +161,7 @@ class MemoryCounters:
         self._now = clock
         self._tat: dict[str, float] = {}
         self._windows: dict[str, dict[int, float]] = {}
-        self._holders: dict[str, dict[str, float]] = {}
+        self._holders: dict[str, _Places] = {}
         self._calls = 0
 
     def _maybe_prune(self, now: float) -> None:
@@ -151,9 +171,12 @@ class MemoryCounters:
         self._tat = {s: tat for s, tat in self._tat.items() if tat > now}
         current = window_index(now)[0]
         self._windows = {s: w for s, w in self._windows.items() if any(i >= current - 1 for i in w)}
-        self._holders = {s: h for s, h in self._holders.items() if any(exp > now for exp in h.values())}
+        self._holders = {s: p for s, p in self._holders.items() if any(exp > now for exp in p.held.values())}
 
     async def hit_requests(self, subject: str, per_minute: int) -> Decision:
+        return self._hit(subject, per_minute)
+
+    def _hit(self, subject: str, per_minute: int) -> Decision:
         now = self._now()
         self._maybe_prune(now)
         decision, tat = gcra(now, self._tat.get(subject), per_minute)
@@ -162,10 +185,16 @@ class MemoryCounters:
         return decision
 
     def _window(self, subject: str) -> tuple[dict[int, float], int, float]:
+        """The subject's windows, the current one's index and how far into it we are. Windows older than
+        the previous one weigh nothing; they are dropped when a window begins (a sweep of every request
+        cost more than the counting)."""
         index, elapsed = window_index(self._now())
-        windows = self._windows.setdefault(subject, {})
-        for old in [w for w in windows if w < index - 1]:
-            del windows[old]
+        windows = self._windows.get(subject)
+        if windows is None:
+            windows = self._windows[subject] = {}
+        elif index not in windows:
+            for old in [w for w in windows if w < index - 1]:
+                del windows[old]
         return windows, index, elapsed
 
     async def hit_tokens(self, subject: str, per_minute: int, count: int) -> Decision:
@@ -182,18 +211,28 @@ class MemoryCounters:
         windows[index] = windows.get(index, 0.0) + count
 
     async def acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
+        return self._acquire(subject, limit, holder, ttl_s)
+
+    def _acquire(self, subject: str, limit: int, holder: str, ttl_s: float) -> bool:
         now = self._now()
-        holders = {h: exp for h, exp in self._holders.get(subject, {}).items() if exp > now}
-        self._holders[subject] = holders
-        if len(holders) >= limit:
+        places = self._holders.get(subject)
+        if places is None:
+            places = self._holders[subject] = _Places()
+        else:
+            places.sweep(now)
+        if len(places.held) >= limit:
             return False
-        holders[holder] = now + ttl_s
+        expires = now + ttl_s
+        places.held[holder] = expires
+        places.earliest = min(places.earliest, expires)
         return True
 
     def release(self, subject: str, holder: str) -> None:
-        self._holders.get(subject, {}).pop(holder, None)
+        places = self._holders.get(subject)
+        if places is not None:
+            places.held.pop(holder, None)
 
     async def hit_and_acquire(self, subject: str, per_minute: int, place: str, limit: int, holder: str,
                               ttl_s: float) -> tuple[Decision, bool]:
-        decision = await self.hit_requests(subject, per_minute)
-        return decision, decision.allowed and await self.acquire(place, limit, holder, ttl_s)
+        decision = self._hit(subject, per_minute)
+        return decision, decision.allowed and self._acquire(place, limit, holder, ttl_s)

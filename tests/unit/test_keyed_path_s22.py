@@ -1,0 +1,102 @@
+"""The keyed request path's cheaper steps (session 22) decide as before: in-flight places expire and are
+swept only when one may have expired, old token windows are dropped when a window begins, and the
+rate-limit headers are the bytes the dicts made."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmops.stores.counters import MemoryCounters, window_index
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_places_free_themselves_when_their_holders_expire_in_any_order() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+
+    async def run() -> None:
+        assert await counters.acquire("k", 2, "long", 100.0)
+        assert await counters.acquire("k", 2, "short", 10.0)  # expires before the one taken first
+        assert not await counters.acquire("k", 2, "third", 10.0)
+        clock.now += 11.0  # "short" has expired, "long" has not
+        assert await counters.acquire("k", 2, "third", 10.0)
+        assert not await counters.acquire("k", 2, "fourth", 10.0)
+        counters.release("k", "third")
+        assert await counters.acquire("k", 2, "fourth", 10.0)
+        clock.now += 200.0  # every one expired
+        assert await counters.acquire("k", 2, "a", 10.0)
+        assert await counters.acquire("k", 2, "b", 10.0)
+        assert not await counters.acquire("k", 2, "c", 10.0)
+
+    asyncio.run(run())
+
+
+def test_hit_and_acquire_takes_no_place_when_the_rate_refuses() -> None:
+    clock = Clock()
+    counters = MemoryCounters(clock)
+
+    async def run() -> None:
+        first, placed = await counters.hit_and_acquire("key:k", 1, "k", 5, "a", 60.0)
+        assert first.allowed
+        assert placed
+        second, placed = await counters.hit_and_acquire("key:k", 1, "k", 5, "b", 60.0)
+        assert not second.allowed
+        assert not placed
+        assert await counters.acquire("k", 2, "c", 60.0)  # "b" took none: one held, one free
+        assert not await counters.acquire("k", 2, "d", 60.0)
+
+    asyncio.run(run())
+
+
+def test_token_windows_older_than_the_previous_one_are_dropped_when_a_window_begins() -> None:
+    clock = Clock(60.0 * 1000)
+    counters = MemoryCounters(clock)
+
+    async def run() -> None:
+        assert (await counters.hit_tokens("k", 100, 60)).allowed
+        clock.now += 60.0
+        assert not (await counters.hit_tokens("k", 100, 60)).allowed  # the previous window's 60 still weighs
+        clock.now += 60.0
+        assert (await counters.hit_tokens("k", 100, 60)).allowed
+        counters.add_tokens("k", 5)
+        windows = counters._windows["k"]
+        assert set(windows) == {window_index(clock.now)[0]}  # the first window is gone
+        assert windows[window_index(clock.now)[0]] == 65
+
+    asyncio.run(run())
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
+def test_raw_limit_headers_are_the_bytes_of_the_header_dicts() -> None:
+    from llmops.middleware import rate_limit as rl
+    from llmops.stores.counters import Decision
+
+    decisions = [Decision(True, 100, 99, 0.0, 0.6), Decision(True, 5, 0, 0.0, 61.25), Decision(True, 7, 3, 0.0, 0.0),
+                 Decision(False, 10, 0, 3.0, 3725.5), Decision(True, 1, 1, 0.0, 1.0, measured=False)]
+    for d in decisions:
+        assert rl._raw_requests(d) == _raw(rl._headers(d))
+        assert rl._raw_limit(d, "tokens") == _raw(rl.limit_headers(d, "tokens"))
+
+
+def test_token_headers_replace_an_earlier_decisions() -> None:
+    from llmops.middleware.rate_limit import TokenHeaders
+    from llmops.stores.counters import Decision
+
+    into = [(b"x-request-id", b"r")]
+    told = TokenHeaders(into)
+    told(Decision(True, 100, 40, 0.0, 60.0))
+    told(Decision(True, 100, 30, 0.0, 60.0))
+    assert [h for h in into if h[0] == b"x-ratelimit-remaining-tokens"] == [(b"x-ratelimit-remaining-tokens", b"30")]
+    assert len(into) == 4
+    told(Decision(True, 100, 30, 0.0, 60.0, measured=False))  # not measured: nothing to tell, the old ones go
+    assert into == [(b"x-request-id", b"r")]
