@@ -1,6 +1,7 @@
 """The keyed request path's cheaper steps (session 22) decide as before: in-flight places expire and are
-swept only when one may have expired, old token windows are dropped when a window begins, and the
-rate-limit headers are the bytes the dicts made."""
+swept only when one may have expired, old token windows are dropped when a window begins, the
+rate-limit headers are the bytes the dicts made, budget periods come from a per-day cache, the budget
+gauge is scraped as set, and a known spend total is answered without a coroutine."""
 
 from __future__ import annotations
 
@@ -100,3 +101,57 @@ def test_token_headers_replace_an_earlier_decisions() -> None:
     assert len(into) == 4
     told(Decision(True, 100, 30, 0.0, 60.0, measured=False))  # not measured: nothing to tell, the old ones go
     assert into == [(b"x-request-id", b"r")]
+
+
+def test_budget_periods_from_the_day_cache_are_the_calendars() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from llmops.pipeline.budget import period_bounds
+
+    def reference(period: str, now: float) -> tuple[float, float]:
+        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = {"day": day, "week": day - timedelta(days=day.weekday()), "month": day.replace(day=1)}[period]
+        end = {"day": start + timedelta(days=1), "week": start + timedelta(days=7),
+               "month": (start + timedelta(days=32)).replace(day=1)}[period]
+        return start.timestamp(), end.timestamp()
+
+    first = datetime(2026, 12, 28, tzinfo=UTC).timestamp()
+    for hours in range(0, 24 * 70, 7):  # across a month's and a year's end, at several times of day
+        for offset in (0.0, 0.5, 3599.999):
+            now = first + hours * 3600 + offset
+            for period in ("day", "week", "month"):
+                assert period_bounds(period, now) == reference(period, now)  # type: ignore[arg-type]
+    assert period_bounds("total", first) == (0.0, None)
+    assert period_bounds("day", first - 0.001) == reference("day", first - 0.001)  # the last instant before
+
+
+def test_the_budget_gauge_set_is_scraped_as_before() -> None:
+    from llmops.observability.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.budget_used.labels("key_a").set(0.25)
+    metrics.budget_used.labels("key_a").set(0.5)
+    metrics.budget_used.labels("key_b").set(1)
+    assert metrics.registry.get_sample_value("llmops_budget_used_ratio", {"key": "key_a"}) == 0.5
+    assert metrics.registry.get_sample_value("llmops_budget_used_ratio", {"key": "key_b"}) == 1.0
+
+
+def test_a_known_spend_total_is_answered_without_waiting() -> None:
+    from llmops.pipeline.spend_totals import SpendTotals
+
+    reads: list[float] = []
+
+    async def read() -> float:
+        reads.append(1.0)
+        return 2.0
+
+    async def run() -> None:
+        totals = SpendTotals("key", refresh_s=3600.0)
+        assert totals.known("k", 0.0, read) is None  # none read yet: `get` waits for the read
+        assert await totals.get("k", 0.0, read) == 2.0
+        totals.add("k", 0.5)
+        assert totals.known("k", 0.0, read) == 2.5
+        assert totals.known("k", 86400.0, read) is None  # another period: read again
+        assert reads == [1.0]
+
+    asyncio.run(run())

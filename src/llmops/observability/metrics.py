@@ -180,6 +180,18 @@ class _Histogram(_ClosedModel, Histogram):
         super().observe(amount, exemplar)
 
 
+class _Gauge(_ClosedModel, Gauge):
+    def set(self, value: float) -> None:
+        """prometheus_client's, without its check's call for a labelled child, and with `MutexValue.set`
+        inlined: the same assignment under the same lock (a keyed request with a budget sets one)."""
+        if self._labelvalues and _MUTEX_VALUES and not self._is_most_recent:
+            current = self._value
+            with current._lock:
+                current._value = float(value)
+            return
+        super().set(value)
+
+
 class ModelSeries:
     """One model's series of the metrics every inference request touches, looked up once per model, not
     once per request and metric (eight lookups a request). Built through `labels`, so the model's name is
@@ -239,7 +251,7 @@ class Metrics:
         self.rejections = Counter("llmops_rejections", "Requests refused, by reason", ["model", "reason"], registry=r)
         self.spend = Counter("llmops_spend_usd", "Spend recorded from the price table, by model and API key",
                              ["model", "key"], registry=r)
-        self.budget_used = Gauge("llmops_budget_used_ratio", "Share of the key's budget spent in this period, "
+        self.budget_used = _Gauge("llmops_budget_used_ratio", "Share of the key's budget spent in this period, "
                                  "as of its last request", ["key"], registry=r)
         self.store_errors = Counter("llmops_state_store_errors", "Calls to the state store that failed or timed "
                                     "out (Redis), or batches of spend SQLite could not write (op spend_record), "

@@ -33,6 +33,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
@@ -186,7 +187,9 @@ class Accountant:
             made, spent, reserved, decision = shared.made, shared.spent, shared.reserved, shared.tokens
             self._key_spend.observed(key.id, start, spent)  # what to go by should Redis fail open later
         else:  # in-process backends, or Redis unreachable and failing open: this process's reservations
-            spent = await self.key_spend(key, start)
+            read = self._spend_reader(key.id, start)
+            known = self._key_spend.known(key.id, start, read)  # a key's every request but its first
+            spent = known if known is not None else await self._key_spend.get(key.id, start, read)
             reserved = self._reserved.get(key.id, 0.0)
             made = spent + reserved < budget
         self.metrics.budget_used.labels(key.id).set(spent / budget if budget else 1.0)
@@ -225,7 +228,11 @@ class Accountant:
         return answer
 
     async def key_spend(self, key: ApiKey, start: float) -> float:
-        return await self._key_spend.get(key.id, start, lambda: self.state.ledger.key_spend(key.id, start))
+        return await self._key_spend.get(key.id, start, self._spend_reader(key.id, start))
+
+    def _spend_reader(self, key_id: str, start: float) -> Callable[[], Awaitable[float | None]]:
+        """The store's read of `key_id`'s spend from `start` (made when the total is due)."""
+        return lambda: self.state.ledger.key_spend(key_id, start)
 
     def settle(self, charge: Charge, prompt_tokens: int = 0, completion_tokens: int = 0, images: int = 0,
                engine_s: float = 0.0) -> None:

@@ -43,12 +43,20 @@ class SpendTotals:
     async def get(self, name: str, period: float, read: Callable[[], Awaitable[float | None]]) -> float:
         """`name`'s total from `period`: the last one read plus this process's spend since, or, when none
         was read for this period yet, the one `read()` returns."""
-        total = self._totals.get(name)
-        if total is not None and total.period == period:
-            if time.monotonic() - total.read_at >= self.refresh_s:  # due: re-read, and go by this one meanwhile
-                self._reads.start((name, period), lambda: self._read(name, period, read))
-            return total.usd
+        known = self.known(name, period, read)
+        if known is not None:
+            return known
         return await asyncio.shield(self._reads.start((name, period), lambda: self._read(name, period, read)))
+
+    def known(self, name: str, period: float, read: Callable[[], Awaitable[float | None]]) -> float | None:
+        """`get`'s answer when it needs no waiting (a total of this period was read: the last one, its
+        re-read started when due), without a coroutine; None: none is known yet, await `get`."""
+        total = self._totals.get(name)
+        if total is None or total.period != period:
+            return None
+        if time.monotonic() - total.read_at >= self.refresh_s:  # due: re-read, and go by this one meanwhile
+            self._reads.start((name, period), lambda: self._read(name, period, read))
+        return total.usd
 
     def observed(self, name: str, period: float, usd: float) -> None:
         """A total read elsewhere just now (a shared budget check's answer: every replica's spend), kept as
