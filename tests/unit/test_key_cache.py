@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llmops.stores.keys import CachedKeys, SqliteKeyStore, hash_secret, new_key, verify
+from llmops.stores.keys import CachedKeys, SqliteKeyStore, hash_secret, new_key, remembered, verify
 from llmops.stores.sqlite import SqliteDb
 
 
@@ -124,5 +124,62 @@ def test_a_failed_lookup_fails_every_request_that_waited_for_it(clock: list[floa
         assert all(isinstance(r, RuntimeError) for r in results)
         assert store.lookups == 1
         assert not cached._looking  # the next request tries again
+
+    asyncio.run(run())
+
+
+def test_a_verified_secret_is_remembered_under_the_same_expiry_and_revocation(clock: list[float]) -> None:
+    """`remembered` answers what `verify` would, without hashing: only for a secret verified before, only
+    while its key is remembered by hash, and never for a key revoked here (at once) or elsewhere (after
+    the refresh)."""
+    async def run() -> None:
+        store = Counting()
+        cached = CachedKeys(store, ttl_s=1.0)
+        here, here_secret = new_key("here", (), "standard")
+        there, there_secret = new_key("there", (), "standard")
+        for key in (here, there):
+            await cached.add(key)
+        assert remembered(cached, here_secret) is None  # never verified: no answer without a hash
+        for secret in (here_secret, there_secret):
+            assert await verify(cached, secret) is not None
+        found = remembered(cached, here_secret)
+        assert found is not None
+        assert found.id == here.id
+        assert remembered(cached, "sk-llmops-made-up") is None
+        assert remembered(store, here_secret) is None  # a store that remembers nothing: always verify
+
+        clock[0] += 1.01  # expired: verified again, which looks it up again
+        assert remembered(cached, here_secret) is None
+        assert await verify(cached, here_secret) is not None
+        assert store.lookups == 3
+        assert remembered(cached, here_secret) is not None
+
+        await cached.revoke(here.id)  # here: at once
+        assert remembered(cached, here_secret) is None
+        assert await verify(cached, here_secret) is None
+        assert here_secret not in cached._digests
+
+        assert await verify(cached, there_secret) is not None
+        await store.revoke(there.id)  # the CLI or another replica: within the refresh
+        assert remembered(cached, there_secret) is not None
+        clock[0] += 1.01
+        assert remembered(cached, there_secret) is None
+        assert await verify(cached, there_secret) is None  # looked up: revoked
+        assert remembered(cached, there_secret) is None
+
+    asyncio.run(run())
+
+
+def test_remembering_a_secret_needs_no_hash(clock: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        cached = CachedKeys(Counting(), ttl_s=60.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        assert await verify(cached, secret) is not None
+        hashed: list[str] = []
+        monkeypatch.setattr("llmops.stores.keys.hash_secret", lambda s: hashed.append(s) or "")
+        for _ in range(5):
+            assert remembered(cached, secret) is not None
+        assert hashed == []
 
     asyncio.run(run())

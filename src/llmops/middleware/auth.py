@@ -53,7 +53,7 @@ from llmops.http_edge import (
 from llmops.middleware.auth_throttle import FailureThrottle
 from llmops.observability.metrics import Metrics
 from llmops.settings import Settings, admin_key_matches
-from llmops.stores.keys import KeyStore, verify
+from llmops.stores.keys import KeyStore, remembered, verify
 from llmops.tasks import SingleFlight
 
 log = logging.getLogger("llmops.auth")
@@ -233,11 +233,11 @@ class Authenticator:
         if self.exempt(scope):
             return self._check_admin(scope) if scope["path"].startswith(ADMIN_PREFIX) else None
         try:
-            keyed = await self._any_keys()
+            keyed = self._keyed or await self._any_keys()  # once keyed, no coroutine to ask
             if not keyed:
                 return None
             secret = presented_key(scope)
-            key = await verify(self.store, secret) if secret else None
+            key = (remembered(self.store, secret) or await verify(self.store, secret)) if secret else None
         except LLMOpsError as exc:  # the store is unreachable and cannot vouch for the key
             self.metrics.reject(UNKNOWN_MODEL, exc)
             return Refusal(exc)

@@ -100,12 +100,22 @@ class KeyStore(Protocol):
 
 
 async def verify(store: KeyStore, secret: str) -> ApiKey | None:
-    """The active key whose hash matches `secret`, compared in constant time."""
+    """The active key whose hash matches `secret`, compared in constant time. A key store that remembers
+    keys (`CachedKeys`) is told which secret it was, so the next request with it needs no hash
+    (`remembered`)."""
     digest = hash_secret(secret)
     key = await store.by_hash(digest)
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.hash, digest):
         return None
+    if isinstance(store, CachedKeys):
+        store.remember(secret, key)
     return key
+
+
+def remembered(store: KeyStore, secret: str) -> ApiKey | None:
+    """What `verify` would answer for `secret`, when the store remembers it (`CachedKeys.remembered`):
+    without a hash, a store call or a coroutine; None: `verify` it."""
+    return store.remembered(secret) if isinstance(store, CachedKeys) else None
 
 
 def revoked(key: ApiKey) -> ApiKey:
@@ -121,12 +131,32 @@ class CachedKeys:
     no store round trip (on SQLite, a worker-thread hop; on Redis, a network one). A key revoked through
     this store is forgotten at once; one revoked elsewhere (the CLI, another replica) stops working within
     `ttl_s`, as a key created elsewhere starts working within `auth.key_refresh_s`. Only hashes of stored
-    keys are remembered: a client sending made-up keys cannot grow the cache."""
+    keys are remembered: a client sending made-up keys cannot grow the cache.
+
+    The secrets `verify` found a stored key for are remembered too, each with its hash (`remember`), so a
+    request with a remembered key costs no SHA-256 (`remembered`: two dict lookups, under the same `ttl_s`
+    and revocation as by hash). They are the secrets of stored keys only, held as long as the process, as
+    the requests bringing them are; the lookup compares a presented secret to them by its str hash, which is
+    keyed by the process's random hash seed, so its timing tells a client nothing of a stored secret."""
 
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store, self.ttl_s = store, ttl_s
         self._found: dict[str, tuple[ApiKey, float]] = {}
         self._looking: SingleFlight[str, ApiKey | None] = SingleFlight()  # lookups in flight, by hash
+        self._digests: dict[str, str] = {}  # secret -> its hash, for the secrets of stored keys
+
+    def remember(self, secret: str, key: ApiKey) -> None:
+        """`secret` is `key`'s (`verify` found it by the secret's hash)."""
+        self._digests[secret] = key.hash
+
+    def remembered(self, secret: str) -> ApiKey | None:
+        """The active key of a remembered `secret`, found by hash less than `ttl_s` ago; None: not known
+        now (never verified, expired, revoked through this store, or revoked when last looked up)."""
+        digest = self._digests.get(secret)
+        hit = self._found.get(digest) if digest is not None else None
+        if hit is None or time.monotonic() - hit[1] >= self.ttl_s or hit[0].revoked_at is not None:
+            return None
+        return hit[0]
 
     async def add(self, key: ApiKey) -> None:
         await self.store.add(key)
@@ -157,6 +187,8 @@ class CachedKeys:
     async def revoke(self, key_id: str) -> ApiKey:
         key = await self.store.revoke(key_id)
         self._found.pop(key.hash, None)
+        for secret in [s for s, digest in self._digests.items() if digest == key.hash]:
+            del self._digests[secret]
         return key
 
     async def key_count(self) -> int:
