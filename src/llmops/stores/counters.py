@@ -20,14 +20,15 @@ import math
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 WINDOW_S = 60.0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """One limit's decision (a request makes two or three: a named tuple is made in one call, where a
+    frozen dataclass sets each field through `object.__setattr__`)."""
+
     allowed: bool
     limit: int
     remaining: int

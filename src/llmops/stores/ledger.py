@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from llmops.stores.counters import Decision
 from llmops.stores.group_commit import GroupCommit
@@ -22,8 +22,10 @@ log = logging.getLogger("llmops.ledger")
 ANONYMOUS = "-"  # the key id spend is recorded under when the server runs without keys
 
 
-@dataclass(frozen=True)
-class SpendEntry:
+class SpendEntry(NamedTuple):
+    """One request's spend (every request that used something makes one: a named tuple is made in one
+    call, where a frozen dataclass sets each field through `object.__setattr__`)."""
+
     key_id: str
     model: str
     cost_usd: float
@@ -33,7 +35,7 @@ class SpendEntry:
     at: float = 0.0  # unix time; 0: now
 
     def stamped(self) -> SpendEntry:
-        return self if self.at else SpendEntry(**{**self.__dict__, "at": time.time()})
+        return self if self.at else self._replace(at=time.time())
 
 
 @dataclass(frozen=True)
