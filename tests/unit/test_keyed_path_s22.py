@@ -155,3 +155,39 @@ def test_a_known_spend_total_is_answered_without_waiting() -> None:
         assert reads == [1.0]
 
     asyncio.run(run())
+
+
+def _duration_before(seconds: float) -> str:
+    """rate_limit.duration as it was written before session 22 (the reference for the shorter one)."""
+    import math
+
+    ms = max(0, math.ceil(seconds * 1000 - 1e-3))
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest // 1000}" + (f".{rest % 1000:03d}".rstrip("0") if rest % 1000 else "") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    return f"{minutes}m{secs}" if minutes else secs
+
+
+def test_reset_durations_are_written_as_before() -> None:
+    import random
+
+    from llmops.middleware.rate_limit import duration
+
+    rng = random.Random(22)
+    samples = [-5.0, 0.0, 1e-7, 0.0009, 0.001, 0.017, 0.9999, 1.0, 1.5, 59.999, 60.0, 61.25, 119.9999, 3599.9991,
+               3600.0, 3661.5, 86400.0, 90061.007]
+    samples += [rng.uniform(0, 130) for _ in range(2000)] + [rng.uniform(0, 200_000) for _ in range(2000)]
+    for seconds in samples:
+        assert duration(seconds) == _duration_before(seconds), seconds
+
+
+def test_window_index_is_floor_division_and_remainder() -> None:
+    import random
+
+    rng = random.Random(60)
+    for now in [0.0, 59.999999, 60.0, 1_764_979_200.0, *(rng.uniform(1.7e9, 1.8e9) for _ in range(5000))]:
+        assert window_index(now) == (int(now // 60.0), (now % 60.0) / 60.0)

@@ -64,7 +64,7 @@ class Edge:
         if refused is not None:
             await send_error(refused.error, scope, receive, out, refused.headers)
             return
-        admission = self.limiter.unlimited(scope) or await self.limiter.admit(scope)
+        admission = self.limiter.unlimited(scope) or await self.limiter.limited(scope)
         if isinstance(admission, Refusal):
             await send_error(admission.error, scope, receive, out, admission.headers)
             return

@@ -74,15 +74,15 @@ def _address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def duration(seconds: float) -> str:
     """`seconds` as OpenAI writes a reset time (Go's duration format) to the millisecond, rounded up so that
     it never says a limit is full again before it is: 0s, 17ms, 1s, 1.5s, 6m0s, 1h0m0s."""
-    ms = max(0, math.ceil(seconds * 1000 - 1e-3))  # less a microsecond: unix time's floats are that coarse
+    ms = math.ceil(seconds * 1000 - 1e-3)  # less a microsecond: unix time's floats are that coarse
     if ms < 1000:
-        return f"{ms}ms" if ms else "0s"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs = f"{rest // 1000}" + (f".{rest % 1000:03d}".rstrip("0") if rest % 1000 else "") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{secs}"
-    return f"{minutes}m{secs}" if minutes else secs
+        return f"{ms}ms" if ms > 0 else "0s"
+    secs, frac = divmod(ms, 1000)
+    text = (f"{secs % 60}.{frac:03d}".rstrip("0") if frac else str(secs % 60)) + "s"
+    if secs < 60:
+        return text
+    minutes = secs // 60
+    return f"{minutes}m{text}" if minutes < 60 else f"{minutes // 60}h{minutes % 60}m{text}"
 
 
 def limit_headers(d: Decision, unit: str) -> dict[str, str]:
@@ -181,11 +181,12 @@ class RateLimiter:
 
     async def admit(self, scope: Scope) -> Admission | Refusal:
         """The request's place under its limits, or the 429 (counted here)."""
-        if self.exempt(scope["path"]):
-            return Admission([])
+        return self.unlimited(scope) or await self.limited(scope)
+
+    async def limited(self, scope: Scope) -> Admission | Refusal:
+        """`admit` for a request `unlimited` found limits apply to (the edge asks that first, then this:
+        the path and the key are not looked at twice)."""
         key = api_key(scope)
-        if key is None and self.anonymous_rpm is None:  # no limit applies (an open server): nothing to count
-            return Admission([])
         try:
             decision, holder = await self._limits(scope, key)
         except LLMOpsError as exc:

@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
 from llmops.ids import unique_hex
@@ -100,6 +101,14 @@ class Accountant:
         self._key_spend = SpendTotals("key", spend.refresh_s)  # by key id, from its budget period's start
         self._hour = SpendTotals("the last", spend.refresh_s)
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
+        self._budget_gauges: dict[str, Any] = {}  # key id -> its llmops_budget_used_ratio series
+
+    def _budget_gauge(self, key_id: str) -> Any:
+        """The key's budget gauge, looked up once (one series per key with a budget, as the metric has)."""
+        gauge = self._budget_gauges.get(key_id)
+        if gauge is None:
+            gauge = self._budget_gauges[key_id] = self.metrics.budget_used.labels(key_id)
+        return gauge
 
     async def admit(self, key: ApiKey | None, model: ModelConfig, prompt_chars: int = 0,
                     worst_case_usd: float = 0.0, max_completion_tokens: int = 0, prompt_ids: int = 0) -> Charge:
@@ -192,7 +201,7 @@ class Accountant:
             spent = known if known is not None else await self._key_spend.get(key.id, start, read)
             reserved = self._reserved.get(key.id, 0.0)
             made = spent + reserved < budget
-        self.metrics.budget_used.labels(key.id).set(spent / budget if budget else 1.0)
+        self._budget_gauge(key.id).set(spent / budget if budget else 1.0)
         if decision is not None and not decision.allowed:  # the budget allowed; tokens/min refused
             return decision
         if not made:

@@ -101,8 +101,10 @@ def gcra(now: float, tat: float | None, per_minute: int) -> tuple[Decision, floa
 
 
 def window_index(now: float) -> tuple[int, float]:
-    """(index of the current one-minute window, fraction of it elapsed)."""
-    return int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
+    """(index of the current one-minute window, fraction of it elapsed). One `divmod`: `//` and `%` on
+    floats each compute the same remainder (an fmod, long at unix time's size)."""
+    index, into = divmod(now, WINDOW_S)
+    return int(index), into / WINDOW_S
 
 
 def full_again(current: float, previous: float, elapsed: float) -> float:
