@@ -183,3 +183,82 @@ def test_remembering_a_secret_needs_no_hash(clock: list[float], monkeypatch: pyt
         assert hashed == []
 
     asyncio.run(run())
+
+
+async def lookups_done(cached: CachedKeys) -> None:
+    """Wait for the lookups in flight (a poll would race the store's worker thread)."""
+    await asyncio.gather(*cached._looking._running.values(), return_exceptions=True)
+    assert not cached._looking
+
+
+def test_a_key_in_use_is_looked_up_ahead_of_its_expiry_without_waiting(clock: list[float]) -> None:
+    """Past half its ttl, a remembered key starts one lookup that no request waits for; the key stays
+    usable no longer than its ttl from the start of the lookup that found it."""
+    async def run() -> None:
+        store = Held()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        store.release.set()
+        assert await verify(cached, secret) is not None
+        assert store.lookups == 1
+        store.release.clear()  # the next lookups wait until the test lets them finish
+        clock[0] += 0.6  # past half the ttl: a lookup starts, and the answer is the remembered key, at once
+        assert remembered(cached, secret) is not None
+        assert await verify(cached, secret) is not None
+        assert len(cached._looking) == 1  # one lookup, however many requests came
+        await store.revoke(key.id)  # elsewhere, while the lookup waits
+        store.release.set()
+        await lookups_done(cached)
+        assert store.lookups == 2
+        assert remembered(cached, secret) is None  # the lookup saw the revocation
+        assert await verify(cached, secret) is None
+
+    asyncio.run(run())
+
+
+def test_a_key_is_never_used_past_its_ttl_when_the_lookup_ahead_is_slow(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Held()
+        store.release.set()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        assert await verify(cached, secret) is not None
+        store.release.clear()
+        clock[0] += 0.6
+        assert remembered(cached, secret) is not None  # starts the lookup ahead, which hangs
+        clock[0] += 0.5  # the ttl has run out: the remembered key is not used
+        assert remembered(cached, secret) is None
+        waiting = asyncio.ensure_future(verify(cached, secret))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # it waits for the lookup in flight
+        store.release.set()
+        assert await waiting is not None
+        assert store.lookups == 2
+
+    asyncio.run(run())
+
+
+def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> None:
+    async def run() -> None:
+        store = Held()
+        store.release.set()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        assert await verify(cached, secret) is not None
+        store.release.clear()
+        clock[0] += 0.6
+        assert remembered(cached, secret) is not None  # the lookup ahead starts and waits
+        gone = asyncio.ensure_future(cached.revoke(key.id))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        store.release.set()
+        await gone
+        await lookups_done(cached)
+        assert remembered(cached, secret) is None
+        assert await verify(cached, secret) is None
+
+    asyncio.run(run())

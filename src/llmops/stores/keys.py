@@ -126,12 +126,26 @@ def missing(key_id: str) -> NotFound:
     return NotFound(f"no API key {key_id!r}", param="id")
 
 
+@dataclass
+class _Found:
+    """A key found by hash: when the lookup that found it began, and whether it is being looked up again."""
+
+    key: ApiKey
+    at: float  # time.monotonic() when its lookup began: the store said this no earlier
+    refreshing: bool = False
+
+
 class CachedKeys:
     """A key store whose keys found by hash are remembered for `ttl_s`, so a request with a valid key costs
     no store round trip (on SQLite, a worker-thread hop; on Redis, a network one). A key revoked through
     this store is forgotten at once; one revoked elsewhere (the CLI, another replica) stops working within
     `ttl_s`, as a key created elsewhere starts working within `auth.key_refresh_s`. Only hashes of stored
     keys are remembered: a client sending made-up keys cannot grow the cache.
+
+    A key in use is looked up again once half its `ttl_s` has passed, by one lookup the requests do not
+    wait for (they go by the key remembered, which is still within `ttl_s` of its own lookup's start);
+    only a key not used for half its `ttl_s` is waited for. Before, every request of a busy key that came
+    once its `ttl_s` ran out waited for the store, once per `ttl_s` (SpendTotals' reads were the same).
 
     The secrets `verify` found a stored key for are remembered too, each with its hash (`remember`), so a
     request with a remembered key costs no SHA-256 (`remembered`: two dict lookups, under the same `ttl_s`
@@ -141,9 +155,10 @@ class CachedKeys:
 
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store, self.ttl_s = store, ttl_s
-        self._found: dict[str, tuple[ApiKey, float]] = {}
+        self._found: dict[str, _Found] = {}
         self._looking: SingleFlight[str, ApiKey | None] = SingleFlight()  # lookups in flight, by hash
         self._digests: dict[str, str] = {}  # secret -> its hash, for the secrets of stored keys
+        self._revocations = 0  # revocations through this store: a lookup across one is not kept
 
     def remember(self, secret: str, key: ApiKey) -> None:
         """`secret` is `key`'s (`verify` found it by the secret's hash)."""
@@ -153,10 +168,22 @@ class CachedKeys:
         """The active key of a remembered `secret`, found by hash less than `ttl_s` ago; None: not known
         now (never verified, expired, revoked through this store, or revoked when last looked up)."""
         digest = self._digests.get(secret)
-        hit = self._found.get(digest) if digest is not None else None
-        if hit is None or time.monotonic() - hit[1] >= self.ttl_s or hit[0].revoked_at is not None:
+        key = self._fresh(digest) if digest is not None else None
+        return key if key is not None and key.revoked_at is None else None
+
+    def _fresh(self, digest: str) -> ApiKey | None:
+        """The key remembered for `digest` while within `ttl_s` of its lookup (past half of it, its next
+        lookup started); None when there is none."""
+        hit = self._found.get(digest)
+        if hit is None:
             return None
-        return hit[0]
+        age = time.monotonic() - hit.at
+        if age >= self.ttl_s:
+            return None
+        if age >= self.ttl_s / 2 and not hit.refreshing:
+            hit.refreshing = True
+            self._looking.start(digest, lambda: self._look_up(digest))
+        return hit.key
 
     async def add(self, key: ApiKey) -> None:
         await self.store.add(key)
@@ -165,17 +192,20 @@ class CachedKeys:
         """The key, remembered or looked up. Requests with the same key that arrive while it is being looked
         up wait for that one lookup instead of each sending its own (every request of a busy client would
         otherwise query the store once per `ttl_s`, all at once, and queue behind each other)."""
-        hit = self._found.get(digest)
-        if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
-            return hit[0]
+        key = self._fresh(digest)
+        if key is not None:
+            return key
         return await asyncio.shield(self._looking.start(digest, lambda: self._look_up(digest)))
 
     async def _look_up(self, digest: str) -> ApiKey | None:
+        """One lookup (its error goes to whoever waits for it; a failed lookup ahead of time is not tried
+        again before the key's `ttl_s` runs out, when requests wait for the next one, as they did before)."""
+        started, revocations = time.monotonic(), self._revocations
         key = await self.store.by_hash(digest)
         if key is None:
             self._found.pop(digest, None)
-        else:
-            self._found[digest] = (key, time.monotonic())
+        elif revocations == self._revocations:  # else it may be from before a revocation here: not kept
+            self._found[digest] = _Found(key, started)
         return key
 
     async def get(self, key_id: str) -> ApiKey:
@@ -186,6 +216,7 @@ class CachedKeys:
 
     async def revoke(self, key_id: str) -> ApiKey:
         key = await self.store.revoke(key_id)
+        self._revocations += 1
         self._found.pop(key.hash, None)
         for secret in [s for s, digest in self._digests.items() if digest == key.hash]:
             del self._digests[secret]
