@@ -191,3 +191,43 @@ def test_window_index_is_floor_division_and_remainder() -> None:
     rng = random.Random(60)
     for now in [0.0, 59.999999, 60.0, 1_764_979_200.0, *(rng.uniform(1.7e9, 1.8e9) for _ in range(5000))]:
         assert window_index(now) == (int(now // 60.0), (now % 60.0) / 60.0)
+
+
+def _gcra_before(now: float, tat: float | None, per_minute: int) -> tuple[object, float | None]:
+    """counters.gcra as it was written before session 22 (with builtin max)."""
+    from llmops.stores.counters import WINDOW_S, Decision
+
+    interval = WINDOW_S / per_minute
+    tat = max(tat if tat is not None else now, now)
+    allow_at = tat - WINDOW_S + interval
+    if now < allow_at:
+        return Decision(False, per_minute, 0, allow_at - now, tat - now), None
+    new_tat = tat + interval
+    remaining = int((WINDOW_S - (new_tat - now)) / interval + 1e-3)
+    return Decision(True, per_minute, max(0, remaining), 0.0, new_tat - now), new_tat
+
+
+def _sliding_remaining_before(current: float, previous: float, elapsed: float, per_minute: int, count: int) -> int:
+    """What counters.sliding said remained before session 22 (with builtin min and max)."""
+    used = current + previous * (1.0 - elapsed)
+    remaining = min(per_minute, max(0, int(per_minute - used)))
+    return max(0, remaining - count) if used + count <= per_minute else remaining
+
+
+def test_gcra_and_sliding_decide_as_with_builtin_max() -> None:
+    import random
+
+    from llmops.stores.counters import gcra, sliding
+
+    rng = random.Random(14)
+    for _ in range(20000):
+        now = rng.uniform(1.7e9, 1.7e9 + 600)
+        tat = rng.choice([None, now + rng.uniform(-120, 120), now])
+        per_minute = rng.choice([1, 3, 60, 1000, 100_000_000])
+        assert gcra(now, tat, per_minute) == _gcra_before(now, tat, per_minute)
+        current, previous = rng.choice([0.0, rng.uniform(0, 2000)]), rng.choice([0.0, rng.uniform(0, 2000)])
+        elapsed, count = rng.random(), rng.choice([0, 1, 10, 500, 5000])
+        tokens = rng.choice([1, 100, 1000, 10_000])
+        decision = sliding(current, previous, elapsed, tokens, count)
+        assert decision.remaining == _sliding_remaining_before(current, previous, elapsed, tokens, count)
+        assert decision.remaining >= 0

@@ -56,7 +56,8 @@ RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is roundin
 
 
 def estimate_tokens(chars: int) -> int:
-    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+    tokens = math.ceil(chars / CHARS_PER_TOKEN)
+    return tokens if tokens > 1 else 1  # (not builtin max: it parses keywords, a request's every call)
 
 
 @dataclass
@@ -123,7 +124,9 @@ class Accountant:
         tpm = key.limits.tpm
         tokens = None
         if tpm is not None and charge.estimated_prompt:
-            reserve = min(max_completion_tokens, max(0, tpm - charge.estimated_prompt))
+            room = tpm - charge.estimated_prompt  # what the limit leaves beside the prompt, at least 0
+            room = room if room > 0 else 0
+            reserve = max_completion_tokens if max_completion_tokens < room else room
             charge.counted_tokens = charge.estimated_prompt + reserve
             charge.counted_window = window_index(time.time())[0]
             tokens = TokenHit(tpm, charge.counted_tokens)

@@ -90,14 +90,14 @@ class Counters(Protocol):
 def gcra(now: float, tat: float | None, per_minute: int) -> tuple[Decision, float | None]:
     """The decision for one request, and the new theoretical arrival time to store (None: store nothing)."""
     interval = WINDOW_S / per_minute
-    tat = max(tat if tat is not None else now, now)
+    tat = now if tat is None or tat < now else tat  # (no builtin max/min here: each parses keywords)
     allow_at = tat - WINDOW_S + interval
     if now < allow_at:
         return Decision(False, per_minute, 0, allow_at - now, tat - now), None
     new_tat = tat + interval
     # a tolerance: at unix time's size a float holds ~0.2 us, and 58.8 / 1.2 is 48.99999999999999 on its own
     remaining = int((WINDOW_S - (new_tat - now)) / interval + 1e-3)
-    return Decision(True, per_minute, max(0, remaining), 0.0, new_tat - now), new_tat
+    return Decision(True, per_minute, remaining if remaining > 0 else 0, 0.0, new_tat - now), new_tat
 
 
 def window_index(now: float) -> tuple[int, float]:
@@ -118,10 +118,11 @@ def full_again(current: float, previous: float, elapsed: float) -> float:
 def sliding(current: float, previous: float, elapsed: float, per_minute: int, count: int) -> Decision:
     """May `count` more tokens go in, given the current and previous window totals?"""
     used = current + previous * (1.0 - elapsed)
-    remaining = min(per_minute, max(0, int(per_minute - used)))
+    left = int(per_minute - used)
+    remaining = per_minute if left > per_minute else left if left > 0 else 0
     if used + count <= per_minute:
         reset = full_again(current + count, previous, elapsed)
-        return Decision(True, per_minute, max(0, remaining - count), 0.0, reset)
+        return Decision(True, per_minute, remaining - count if remaining > count else 0, 0.0, reset)
     reset = full_again(current, previous, elapsed)
     if count > per_minute:  # can never fit: say so rather than make the client retry forever
         return Decision(False, per_minute, remaining, WINDOW_S, reset)
@@ -227,7 +228,8 @@ class MemoryCounters:
             return False
         expires = now + ttl_s
         places.held[holder] = expires
-        places.earliest = min(places.earliest, expires)
+        if expires < places.earliest:
+            places.earliest = expires
         return True
 
     def release(self, subject: str, holder: str) -> None:
