@@ -160,11 +160,12 @@ class Accountant:
 
     def _release(self, charge: Charge) -> None:
         if charge.reserved_usd:
-            left = self._reserved.get(charge.key_id, 0.0) - charge.reserved_usd
+            key_id = charge.key_id
+            left = self._reserved.get(key_id, 0.0) - charge.reserved_usd
             if left > RESERVED_EPSILON_USD:
-                self._reserved[charge.key_id] = left
+                self._reserved[key_id] = left
             else:  # the last one out: none left, not a float's rounding residue of the sums
-                self._reserved.pop(charge.key_id, None)
+                self._reserved.pop(key_id, None)
             charge.reserved_usd = 0.0
         budgets, holder = self.state.budgets, charge.holder
         if budgets is not None and holder is not None:
@@ -271,12 +272,12 @@ class Accountant:
 
     def _record(self, charge: Charge, prompt: int, completion: int, images: int,
                 engine_s: float) -> asyncio.Future[None]:
-        model = charge.model
+        model, key_id = charge.model, charge.key_id
         cost = cost_usd(model, prompt, completion, images, engine_s)
-        written = self.state.ledger.queue(SpendEntry(charge.key_id, model.name, cost, prompt, completion, images,
+        written = self.state.ledger.queue(SpendEntry(key_id, model.name, cost, prompt, completion, images,
                                                      time.time()))
-        self.metrics.spend.labels(model.name, charge.key_id).inc(cost)
-        self._add_local(charge.key_id, cost)  # the real cost replaces the in-process reservation in one step
+        self.metrics.spend.labels(model.name, key_id).inc(cost)
+        self._add_local(key_id, cost)  # the real cost replaces the in-process reservation in one step
         return written
 
     def _correct_tokens(self, key_id: str, charge: Charge, used: int) -> None:
