@@ -49,7 +49,8 @@ class TextWork:
     @property
     def choice_count(self) -> int:
         """The choices the answer holds: n for each prompt (chat: n)."""
-        return int(self.body.n) * max(1, len(self.prompts))
+        prompts = len(self.prompts)
+        return int(self.body.n) * (prompts if prompts > 1 else 1)  # (builtin max parses keywords: it costs more)
 
     @property
     def model(self) -> str:
