@@ -27,6 +27,7 @@ from llmops.api import chat, classifications, completions, embeddings, images, i
 from llmops.app import create_app
 from llmops.protocol import unions
 from llmops.settings import load_settings
+from tests.unit.test_api import assert_error
 
 CHAT, COMPLETIONS, EMBED = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 USER = [{"role": "user", "content": "hi"}]
@@ -302,3 +303,27 @@ def test_no_seed_reaches_llama_cpp_as_its_random_seed() -> None:
             assert _llama_seeds(engine, {"seed": seed, "n": 3}) == [seed, seed + 1, seed + 2]
     finally:
         engine._executor.shutdown()
+
+
+# --- item counts: refused before any stage works through the items (an attack run stalled /health with 25,000
+# messages or 150,000 inputs a request, each under the body limit) ----------------------------------------------
+
+@pytest.mark.parametrize(("url", "field", "items"), [
+    (CHAT, "messages", [{"role": "user", "content": "a"}]),
+    (EMBED, "input", ["a"]),
+    (EMBED, "input", [[1, 2]]),
+])
+def test_more_than_2048_items_are_a_400_before_their_items_are_read(client: TestClient, url: str, field: str,
+                                                                    items: list[Any]) -> None:
+    model = "emb" if url == EMBED else "fake"
+    err = assert_error(client.post(url, json={"model": model, field: items * 2049}), 400, param=field)
+    assert err["message"] == (f"invalid value for '{field}': array too long. Expected an array with maximum "
+                              "length 2048, but got an array with length 2049 instead.")
+    at_limit = client.post(url, json={"model": model, field: items * 2048})
+    assert at_limit.status_code == 200 or at_limit.json()["error"]["code"] == "context_length_exceeded", at_limit.text
+
+
+def test_one_input_of_token_ids_is_one_item_however_long(client: TestClient) -> None:
+    resp = client.post(EMBED, json={"model": "emb", "input": [7] * 5000})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["prompt_tokens"] == 5000

@@ -44,7 +44,8 @@ class EmbeddingOptions(BaseModel):
     batch_timeout_s: float = Field(0.01, ge=0, le=1, description="how long the first request waits for company")
     dimensions: list[int] = Field(default_factory=list, description="shorter sizes this model allows "
                                   "(Matryoshka-trained models); the model's own size is always allowed")
-    max_inputs: int = Field(2048, ge=1, description="inputs per request (OpenAI's limit)")
+    max_inputs: int = Field(2048, ge=1, le=2048, description="inputs per request (OpenAI's limit, which the "
+                            "protocol holds every request to: protocol/common.MAX_ITEMS)")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from llmops.protocol.common import INT32_MAX, SamplingFields, Usage
+from llmops.protocol.common import INT32_MAX, SamplingFields, Usage, too_many
 from llmops.protocol.fields import Endpoint
 from llmops.protocol.json_schema import schema_problem
 from llmops.protocol.unions import one_of
@@ -158,6 +158,12 @@ class ChatCompletionRequest(SamplingFields):
                                   "report them: llama.cpp)")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="0..20 likeliest alternatives per token, "
                                      "with logprobs: true")
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _few_enough(cls, v: Any) -> Any:
+        too_many(v)
+        return v
 
     @field_validator("top_logprobs")
     @classmethod

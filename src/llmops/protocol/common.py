@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from llmops.protocol.fields import Endpoint, is_unset, refused_field
 from llmops.protocol.unions import one_of
@@ -12,6 +13,17 @@ from llmops.protocol.wire import WireModel
 
 MAX_STOP_SEQUENCES = 4
 INT32_MAX = 2**31 - 1  # the most any count field takes: engines count in 32 bits, and cost arithmetic stays finite
+MAX_ITEMS = 2048  # a request's messages, or embeddings inputs, at most (OpenAI's limit for both): each item costs
+# Python work in several stages (templates, guardrails, counting) before an engine could refuse the request
+
+
+def too_many(value: Any) -> None:
+    """Refuse `value` (a field's raw value, before its items are validated) when it is a list longer than
+    MAX_ITEMS: before any per-item work (OpenAI's words)."""
+    if isinstance(value, list) and len(value) > MAX_ITEMS:
+        raise PydanticCustomError("array_too_long", "array too long. Expected an array with maximum length "
+                                  "{limit}, but got an array with length {length} instead.",
+                                  {"limit": MAX_ITEMS, "length": len(value)})
 
 # Options OpenAI accepts as null meaning "unset": null here means the default.
 NULLABLE_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0,

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmops.protocol.common import INT32_MAX, Usage
+from llmops.protocol.common import INT32_MAX, Usage, too_many
 from llmops.protocol.fields import refused_field
 from llmops.protocol.unions import one_of
 from llmops.protocol.wire import WireModel
@@ -23,6 +23,14 @@ class EmbeddingRequest(WireModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = Field(None, max_length=256)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _few_enough(cls, v: Any) -> Any:
+        """A list of texts or id lists of at most MAX_ITEMS (a flat list of ids is one input, any length)."""
+        if isinstance(v, list) and not all(isinstance(x, int) for x in v[:1]):
+            too_many(v)
+        return v
 
     @field_validator("input")
     @classmethod

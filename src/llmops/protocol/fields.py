@@ -57,7 +57,8 @@ _SAMPLING: dict[str, Fate] = {
 
 CHAT: dict[str, Fate] = {
     **_SAMPLING,
-    "messages": _h("system, developer, user, assistant (with tool_calls) and tool turns; text content parts"),
+    "messages": _h("system, developer, user, assistant (with tool_calls) and tool turns; text content parts; "
+                   "at most 2048"),
     "max_completion_tokens": _h("as max_tokens (wins over it)"),
     "response_format": _h("text, json_object, json_schema (strict or not) through llama.cpp's JSON-schema "
                           "grammar; 400 on an engine without structured output"),
@@ -105,7 +106,8 @@ COMPLETIONS: dict[str, Fate] = {
 
 EMBEDDINGS: dict[str, Fate] = {
     "model": _h("an embeddings model; 404 for an unknown one"),
-    "input": _h("a string, a list of strings, token ids or a list of token-id lists (the model's vocabulary)"),
+    "input": _h("a string, a list of strings, token ids or a list of token-id lists (the model's vocabulary); "
+                "at most 2048 items"),
     "encoding_format": _h("float or base64 (little-endian float32)"),
     "dimensions": _h("only sizes the model allows (`dimensions_allowed`); 400 for others"),
     "user": _h("logged with the request"),
