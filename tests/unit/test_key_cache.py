@@ -262,3 +262,40 @@ def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> No
         assert await verify(cached, secret) is None
 
     asyncio.run(run())
+
+
+def test_a_store_answering_from_its_own_copy_does_not_extend_the_key(clock: list[float]) -> None:
+    """Redis' key store keeps each key a second and gives back the same object meanwhile: a lookup ahead
+    that gets that copy leaves the key's time as it was, so a revocation elsewhere still shows within
+    the ttl of the lookup that really read the store."""
+    class OwnCopy(Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.copy: Any = None
+
+        async def by_hash(self, digest: str) -> Any:
+            if self.copy is None:
+                self.copy = await super().by_hash(digest)
+            else:
+                self.lookups += 1
+            return self.copy
+
+    async def run() -> None:
+        store = OwnCopy()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        assert await verify(cached, secret) is not None
+        clock[0] += 0.6
+        assert remembered(cached, secret) is not None  # the lookup ahead: the store's own copy
+        await lookups_done(cached)
+        assert store.lookups == 2
+        assert remembered(cached, secret) is not None
+        assert store.lookups == 2  # not looked up ahead again
+        clock[0] += 0.5  # a second since the store was read: the key is looked up, waited for
+        assert remembered(cached, secret) is None
+        assert await verify(cached, secret) is not None
+        assert store.lookups == 3
+        assert remembered(cached, secret) is not None  # a lookup waited for keeps what it found, as before
+
+    asyncio.run(run())

@@ -131,7 +131,7 @@ class _Found:
     """A key found by hash: when the lookup that found it began, and whether it is being looked up again."""
 
     key: ApiKey
-    at: float  # time.monotonic() when its lookup began: the store said this no earlier
+    at: float  # time.monotonic() when its lookup ended
     refreshing: bool = False
 
 
@@ -143,8 +143,8 @@ class CachedKeys:
     keys are remembered: a client sending made-up keys cannot grow the cache.
 
     A key in use is looked up again once half its `ttl_s` has passed, by one lookup the requests do not
-    wait for (they go by the key remembered, which is still within `ttl_s` of its own lookup's start);
-    only a key not used for half its `ttl_s` is waited for. Before, every request of a busy key that came
+    wait for (they go by the key remembered, which is still within `ttl_s` of its own lookup); only a key
+    not used for half its `ttl_s` is waited for. Before, every request of a busy key that came
     once its `ttl_s` ran out waited for the store, once per `ttl_s` (SpendTotals' reads were the same).
 
     The secrets `verify` found a stored key for are remembered too, each with its hash (`remember`), so a
@@ -182,7 +182,7 @@ class CachedKeys:
             return None
         if age >= self.ttl_s / 2 and not hit.refreshing:
             hit.refreshing = True
-            self._looking.start(digest, lambda: self._look_up(digest))
+            self._looking.start(digest, lambda: self._look_up(digest, ahead=True))
         return hit.key
 
     async def add(self, key: ApiKey) -> None:
@@ -197,15 +197,19 @@ class CachedKeys:
             return key
         return await asyncio.shield(self._looking.start(digest, lambda: self._look_up(digest)))
 
-    async def _look_up(self, digest: str) -> ApiKey | None:
+    async def _look_up(self, digest: str, ahead: bool = False) -> ApiKey | None:
         """One lookup (its error goes to whoever waits for it; a failed lookup ahead of time is not tried
-        again before the key's `ttl_s` runs out, when requests wait for the next one, as they did before)."""
-        started, revocations = time.monotonic(), self._revocations
+        again before the key's `ttl_s` runs out, when requests wait for the next one, as they did before).
+        A store that answers a lookup ahead from its own copy (Redis' key store, within its second) gives
+        back the very object it gave before: that says nothing newer, so the key keeps its time (and is
+        not looked up ahead again): the two copies together never keep a key longer than before."""
+        revocations = self._revocations
         key = await self.store.by_hash(digest)
+        hit = self._found.get(digest)
         if key is None:
             self._found.pop(digest, None)
-        elif revocations == self._revocations:  # else it may be from before a revocation here: not kept
-            self._found[digest] = _Found(key, started)
+        elif revocations == self._revocations and not (ahead and hit is not None and key is hit.key):
+            self._found[digest] = _Found(key, time.monotonic())  # (across a revocation here: not kept)
         return key
 
     async def get(self, key_id: str) -> ApiKey:
