@@ -217,16 +217,22 @@ def test_a_key_in_use_is_looked_up_ahead_of_its_expiry_without_waiting(clock: li
     asyncio.run(run())
 
 
+async def _looking_ahead(clock: list[float]) -> tuple[Held, CachedKeys, Any, str]:
+    """A key verified once, then past half its ttl with the store's next lookups held back."""
+    store = Held()
+    store.release.set()
+    cached = CachedKeys(store, ttl_s=1.0)
+    key, secret = new_key("k", (), "standard")
+    await cached.add(key)
+    assert await verify(cached, secret) is not None
+    store.release.clear()
+    clock[0] += 0.6
+    return store, cached, key, secret
+
+
 def test_a_key_is_never_used_past_its_ttl_when_the_lookup_ahead_is_slow(clock: list[float]) -> None:
     async def run() -> None:
-        store = Held()
-        store.release.set()
-        cached = CachedKeys(store, ttl_s=1.0)
-        key, secret = new_key("k", (), "standard")
-        await cached.add(key)
-        assert await verify(cached, secret) is not None
-        store.release.clear()
-        clock[0] += 0.6
+        store, cached, _key, secret = await _looking_ahead(clock)
         assert remembered(cached, secret) is not None  # starts the lookup ahead, which hangs
         clock[0] += 0.5  # the ttl has run out: the remembered key is not used
         assert remembered(cached, secret) is None
@@ -243,14 +249,7 @@ def test_a_key_is_never_used_past_its_ttl_when_the_lookup_ahead_is_slow(clock: l
 
 def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> None:
     async def run() -> None:
-        store = Held()
-        store.release.set()
-        cached = CachedKeys(store, ttl_s=1.0)
-        key, secret = new_key("k", (), "standard")
-        await cached.add(key)
-        assert await verify(cached, secret) is not None
-        store.release.clear()
-        clock[0] += 0.6
+        store, cached, key, secret = await _looking_ahead(clock)
         assert remembered(cached, secret) is not None  # the lookup ahead starts and waits
         gone = asyncio.ensure_future(cached.revoke(key.id))
         for _ in range(20):
