@@ -1,6 +1,6 @@
 """The injection rule searches a folded copy of the text with patterns that have no leading \\b and no
 IGNORECASE (so the engine can skip to their first letters): it must find exactly what the patterns as
-written find with IGNORECASE on the text with look-alike letters read as Latin ones (LOOKALIKES), case
+written find with IGNORECASE on the text with look-alike letters read as Latin ones (`lookalikes()`), case
 folding's look-alikes and word boundaries included."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, LOOKALIKES, InjectionDetector, _possessive
+from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, InjectionDetector, _possessive, lookalikes
 
 REFERENCE = [re.compile(_possessive(p), re.I | re.M) for p in INJECTION_PATTERNS]
 PIECES = ["ignore", "IGNORE", "Ignore", "all", "previous", "instructions", "prompt", "you", "are", "now", "dan",
@@ -18,11 +18,12 @@ PIECES = ["ignore", "IGNORE", "Ignore", "all", "previous", "instructions", "prom
           "<|im_start|>", "##", "what", "is", "your", "x", "_", "1", " ", "  ", "\n", "\t", "\u0131", "\u0130",
           "\u017f", "\u212a", "\u00e9", "-", "'", ":", "(", "do", "anything", "reveal", "show", "me", "rules",
           "ign\u043ere", "\uff49\uff47\uff4e\uff4f\uff52\uff45", "\u0430ll", "\u03bfverride",
-          "\uff3b\uff29\uff2e\uff33\uff34\uff3d"]
+          "\uff3b\uff29\uff2e\uff33\uff34\uff3d", "\U0001d422\U0001d420\U0001d427\U0001d428\U0001d42b\U0001d41e",
+          "\u24d8\u24d6\u24dd\u24de\u24e1\u24d4", "\u00b2"]
 
 
 def reference(text: str) -> list[tuple[int, int]]:
-    read = text.translate(LOOKALIKES)
+    read = text.translate(lookalikes())
     return sorted(m.span() for p in REFERENCE for m in p.finditer(read))
 
 

@@ -42,7 +42,8 @@ class Verdict:
 def redact(text: str, findings: list[Finding]) -> str:
     out, last = [], 0
     for f in sorted(findings, key=lambda f: f.start):
-        if f.start < last:
+        if f.start < last:  # within the span before: what it goes on past is redacted with it
+            last = max(last, f.end)
             continue
         out += [text[last:f.start], f"[REDACTED:{f.kind}]"]
         last = f.end

@@ -5,8 +5,14 @@ chunk as well as on whole requests and answers.
   extraction, role hijack, fake chat-template markers), plus any classifier plugged in by settings;
 - pii: e-mail addresses, phone numbers, payment card numbers (13-19 digits passing the Luhn check) and
   IBANs (passing the ISO 13616 mod-97 check), each found span labelled for redaction;
-- blocklist: words or phrases on word boundaries, case-insensitive;
+- blocklist: words or phrases on word boundaries, case-insensitive, their words apart by any whitespace;
 - regex: the operator's own patterns.
+
+Injection, PII and blocklist rules read a text as a reader sees it (`_in_readings`): look-alike and
+compatibility letters as the Latin ones they show, characters that show as nothing left out (and, searched
+again, read as spaces), tag characters (searched again) as the ASCII they shadow; the spans they report are
+the text's own. A text's invisible characters are read all one way in each search: one used as a space and
+another inside a word, in the same text, are not both read. The regex rule reads the text as it is.
 
 Every built-in pattern runs in linear time on any input (tests/unit/test_guardrail_linear.py runs them
 over adversarial inputs of growing size): an unbounded repeat is possessive (`++`, `*+`, no backtracking
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import importlib
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 from llmops.errors import ConfigError
@@ -86,19 +94,96 @@ def _possessive(pattern: str) -> str:
 # dotted capital I).
 _FOLD = str.maketrans({**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)},
                        "\u017f": "s", "\u212a": "k", "\u0131": "i", "\u0130": "i"})
-# Letters that read as Latin ones, one character for one (offsets hold), which the injection rule reads as
-# those: the fullwidth forms (NFKC's mapping of U+FF01..U+FF5E), and the Cyrillic and Greek look-alikes of
-# the letters its patterns use. "Ign\u043ere" (a Cyrillic o), or "ignore" in fullwidth letters, went past it.
-LOOKALIKES = str.maketrans({
-    **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)},
+# Letters that read as Latin ones, one character for one (offsets hold), which the rules read as those
+# (`lookalikes()`): the fullwidth forms, every other character whose compatibility form (NFKC) is one printable
+# ASCII character (mathematical bold and script letters, circled letters, superscripts, small forms), and the
+# Cyrillic and Greek look-alikes of Latin letters. "Ign\u043ere" (a Cyrillic o), "ignore" in fullwidth or
+# mathematical bold letters, or an e-mail address with a fullwidth '@', went past the rules.
+_CYRILLIC_GREEK = {
     **dict(zip("аеорсхуіјѕԁһкмнтвАЕОРСХУІЈЅԀҺКМНТВ", "aeopcxyijsdhkmhtbaeopcxyijsdhkmhtb", strict=True)),
     **dict(zip("οαεικνρτυχΟΑΕΙΚΝΡΤΥΧ", "oaeikvptuxoaeiknptyx", strict=True)),
-})
-# Characters that show as nothing: dropped before the injection rule searches ("Ig\u200bnore ...").
-IGNORABLE = frozenset("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
-                      "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\ufeff")
-_IGNORABLE_RE = re.compile("[" + "".join(sorted(IGNORABLE)) + "]")
-_FOLD_LOOKALIKES = {**_FOLD, **{k: str(v).lower() for k, v in LOOKALIKES.items()}}  # both, in one pass
+}
+_COMPATIBLE = ((0xA0, 0x3400), (0xFB00, 0xFFF0), (0x1D400, 0x1D800), (0x1F100, 0x1F200))  # where NFKC has them
+
+
+@cache
+def lookalikes() -> dict[int, str]:
+    """The translate table of the characters above (made on first use: 15,000 NFKC lookups, about 6 ms)."""
+    table: dict[int, str] = {}
+    for low, high in _COMPATIBLE:
+        for code in range(low, high):
+            form = unicodedata.normalize("NFKC", chr(code))
+            if len(form) == 1 and "!" <= form <= "~":
+                table[code] = form
+    table.update(str.maketrans(_CYRILLIC_GREEK))
+    return table
+
+
+# Characters that show as nothing, left out before the rules search (or read as a space: see `_in_readings`):
+# Unicode's format characters (category Cf: zero-width spaces and joiners, soft hyphen, bidi marks and
+# isolates, tags; Unicode 14's, as observability/redaction.py's), the combining grapheme joiner, variation
+# selectors, and the fillers that render blank (Hangul, Khmer, Mongolian).
+IGNORABLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+             "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff"
+             "\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3"
+             "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef")
+_IGNORABLE_RE = re.compile(f"[{IGNORABLE}]")
+# The tag characters that shadow printable ASCII (U+E0020..U+E007E), and the ASCII they shadow.
+_TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}
+_TAGS_RE = re.compile("[\U000e0020-\U000e007e]")
+
+
+def _in_readings(text: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
+    """`search`'s findings in `text` as the rules read it, spans the text's own. ASCII text is searched as it
+    is; other text with look-alike letters read as Latin ones (`lookalikes()`, one for one), and where it holds
+    characters that show as nothing, twice: with them read as spaces ("previous\u200binstructions" is two
+    words to a reader) and left out ("ig\u200bnore" is one). Where it holds tag characters, which show as
+    nothing but which a model may read as the ASCII they shadow ("ASCII smuggling"), searched again with them
+    read as that ASCII. Findings of the readings that overlap are joined into one span."""
+    if text.isascii():
+        return search(text)
+    read = _translate(text, lookalikes())
+    found = _unseen(read, search)
+    if _TAGS_RE.search(read) is not None:
+        found = _union(found, _unseen(_translate(read, _TAGS), search))
+    return found
+
+
+def _unseen(read: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
+    """`search`'s findings in `read` with the characters that show as nothing read as spaces, and left out."""
+    if _IGNORABLE_RE.search(read) is None:
+        return search(read)
+    kept: list[int] = []
+    at = 0
+    for m in _IGNORABLE_RE.finditer(read):
+        kept.extend(range(at, m.start()))
+        at = m.end()
+    kept.extend(range(at, len(read)))
+    joined = [Finding(f.kind, kept[f.start], kept[f.end - 1] + 1)
+              for f in search(_IGNORABLE_RE.sub("", read)) if f.end > f.start]
+    return _union(search(_IGNORABLE_RE.sub(" ", read)), joined)
+
+
+def _union(first: list[Finding], second: list[Finding]) -> list[Finding]:
+    """The findings of two readings, sorted, those that overlap joined into one span (the earlier's kind): a
+    phone number one reading finds from its "+1" and the other from its area code is redacted whole."""
+    out: list[Finding] = []
+    for f in sorted(first + second, key=_span):
+        if out and f.start < out[-1].end:
+            out[-1] = Finding(out[-1].kind, out[-1].start, max(out[-1].end, f.end))
+        else:
+            out.append(f)
+    return out
+
+
+def _span(f: Finding) -> tuple[int, int]:
+    return f.start, f.end
+
+
+def _translate(text: str, table: dict[int, str]) -> str:
+    """`text.translate(table)` in parts of _CHUNK characters (a character at a time: the GIL is held through
+    each call)."""
+    return "".join([text[i:i + _CHUNK].translate(table) for i in range(0, len(text), _CHUNK)])
 
 
 def _fast(pattern: str) -> tuple[re.Pattern[str], bool]:
@@ -116,32 +201,24 @@ class InjectionDetector:
         self._classifier, self._threshold = classifier, threshold
 
     def find(self, text: str) -> list[Finding]:
-        """The patterns' matches, on the text with look-alike letters read as Latin ones (LOOKALIKES) and
-        characters that show as nothing (IGNORABLE) left out; spans are the text's own."""
-        kept: list[int] | None = None
-        searched = text
-        if not text.isascii() and _IGNORABLE_RE.search(text) is not None:
-            kept = [i for i, ch in enumerate(text) if ch not in IGNORABLE]
-            searched = "".join([text[i] for i in kept])
-        folded = _fold(searched, _FOLD_LOOKALIKES)
-        spans = [(start, end) for p, bounded in self._patterns for start, end in _matches(p, folded, bounded)]
-        if kept is not None:
-            spans = [(kept[start], kept[end - 1] + 1) if end > start else (kept[start], kept[start])
-                     for start, end in spans]
-        found = [Finding("injection", start, end) for start, end in spans]
+        """The patterns' matches in the text as the rules read it (`_in_readings`); spans are the text's own."""
+        found = _in_readings(text, self._search)
         if not found and self._classifier is not None and self._classifier.score(text) >= self._threshold:
             found.append(Finding("injection", 0, len(text)))
         return found
 
+    def _search(self, read: str) -> list[Finding]:
+        folded = _fold(read)  # the look-alikes are read already: case alone
+        return [Finding("injection", start, end) for p, bounded in self._patterns
+                for start, end in _matches(p, folded, bounded)]
 
-def _fold(text: str, wide: dict[int, str] | None = None) -> str:
-    """`text.translate(_FOLD)` (or `wide`'s, for a text not ASCII), in parts of _CHUNK characters where the
-    text is not ASCII: translating it goes a character at a time then (50 ms a megabyte), and the GIL is
-    held through each call."""
+
+def _fold(text: str) -> str:
+    """`text.translate(_FOLD)`, in parts of _CHUNK characters where the text is not ASCII: translating it goes
+    a character at a time then (50 ms a megabyte), and the GIL is held through each call."""
     if text.isascii():
         return text.translate(_FOLD)
-    table = _FOLD if wide is None else wide
-    return "".join([text[i:i + _CHUNK].translate(table) for i in range(0, len(text), _CHUNK)])
+    return _translate(text, _FOLD)
 
 
 def _matches(pattern: re.Pattern[str], text: str, bounded: bool) -> Iterator[tuple[int, int]]:
@@ -465,6 +542,11 @@ class PiiDetector:
         self._digits = bool(set(entities) - {"email"})
 
     def find(self, text: str) -> list[Finding]:
+        """What the finders find in the text as the rules read it (`_in_readings`: a fullwidth '@', digits
+        split by zero-width spaces)."""
+        return _in_readings(text, self._find)
+
+    def _find(self, text: str) -> list[Finding]:
         found: list[Finding] = []
         digits = _Digits(text) if self._digits else None
         for finder in self._finders:  # each finder's spans come in order: one merge pass, not a pairwise check
@@ -484,6 +566,24 @@ def _merge_free(kept: list[Finding], new: list[Finding]) -> list[Finding]:
         if not clashes:
             out.append(f)
     return out + kept[i:]
+
+
+class BlocklistDetector:
+    """The terms on word boundaries, case-insensitive, in the text as the rules read it (`_in_readings`: look-
+    alike and compatibility letters, characters that show as nothing), a term's words apart by any whitespace
+    ("secret  plan", "secret\nplan")."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        words = [_IGNORABLE_RE.sub("", _translate(t, lookalikes())).split() for t in terms]
+        self._patterns = [re.compile(r"(?<!\w)" + r"\s++".join(map(re.escape, w)) + r"(?!\w)", re.I)
+                          for w in words if w]
+
+    def find(self, text: str) -> list[Finding]:
+        return _in_readings(text, self._search)
+
+    def _search(self, read: str) -> list[Finding]:
+        return [Finding("blocklist", m.start(), m.end()) for p in self._patterns for m in p.finditer(read)
+                if m.end() > m.start()]
 
 
 class PatternDetector:
@@ -513,5 +613,5 @@ def build_detector(rule: GuardrailRule) -> Detector:
     if rule.detector == "pii":
         return PiiDetector(rule.entities)
     if rule.detector == "blocklist":
-        return PatternDetector("blocklist", [rf"(?<!\w){re.escape(t)}(?!\w)" for t in rule.terms], re.I)
+        return BlocklistDetector(rule.terms)
     return PatternDetector("regex", rule.patterns)
