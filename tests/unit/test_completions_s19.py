@@ -138,6 +138,26 @@ def test_every_prompt_goes_through_the_input_guardrails(tmp_path: Path) -> None:
         assert done.choices[0].text == "fineecho: fine"
 
 
+def test_the_output_rules_read_an_echoed_prompt_with_its_answer(tmp_path: Path) -> None:
+    """echo sends the prompt back as part of the answer: output rules read it, a match that begins in the
+    prompt and ends in the answer included, streamed or not."""
+    rules = {"rules": [{"name": "words", "detector": "blocklist", "stages": ["output"], "terms": ["key echo"]},
+                       {"name": "pii", "detector": "pii", "stages": ["output"], "action": "redact",
+                        "entities": ["email"]}]}
+    for tc in _ready(write_config(tmp_path / "g.yaml", MODELS, guardrails=rules)):
+        client = _openai(tc)
+        done = client.completions.create(model="fake", prompt="mail me at a@b.example", max_tokens=0, echo=True)
+        assert done.choices[0].text == "mail me at [REDACTED:email]"
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="fake", prompt="mail me at a@b.example", max_tokens=0, echo=True, stream=True) if c.choices)
+        assert streamed == "mail me at [REDACTED:email]"
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="fake", prompt="open my key ", max_tokens=3, echo=True)
+        assert info.value.body["code"] == "content_filter"  # type: ignore[index]
+        # the fake engine answers "echo: <prompt>": "key echo" spans the prompt and the answer
+        assert client.completions.create(model="fake", prompt="open my key ", max_tokens=3).choices[0].text
+
+
 def test_the_cache_keys_a_list_of_prompts_on_the_whole_list(tmp_path: Path) -> None:
     for tc in _ready(write_config(tmp_path / "c.yaml", MODELS, cache={"enabled": True})):
         _cached_by_list(_openai(tc))

@@ -173,16 +173,20 @@ class closing:  # lower case: used like contextlib.aclosing
 
 def run(services: Services, call: Call, work: TextWork) -> Choices:
     """The answer's chunks: the chain of models tried in order, output guardrails applied as text flows,
-    tokens and cost settled at the end however it ends; a shadow copy started if the route has one."""
+    tokens and cost settled at the end however it ends; a shadow copy started if the route has one. An echoed
+    prompt is part of the answer the output rules read (a rule's match may begin in the prompt and end in the
+    answer); online evaluation then reads it too."""
     if call.plan.shadow is not None:
         _start_shadow(services, call, work, call.plan.shadow)
     guard = services.guardrails
     assert call.charge is not None
     tally = TokenTally(call.charge.estimated_prompt)  # counted from the engine's chunks, before the guard
     if guard.active("output"):
-        chunks = _settled(services, call, _guarded(_fallback(services, call, work, tally), guard), tally)
-    else:
-        chunks = _served(services, call, work, tally)
+        answer = _fallback(services, call, work, tally)
+        if work.echo:
+            answer = _echoed(answer, work.prompts, work.body.n)
+        return _settled(services, call, _guarded(answer, guard), tally)
+    chunks = _served(services, call, work, tally)
     return _echoed(chunks, work.prompts, work.body.n) if work.echo else chunks
 
 
