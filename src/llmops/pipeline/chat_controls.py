@@ -6,7 +6,8 @@ edge's (api/chat.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from llmops.engines.base import (
@@ -28,6 +29,57 @@ def messages(body: ChatCompletionRequest) -> list[Message]:
 def _message(m: ChatMessage) -> Message:
     calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or [])
     return Message(m.role, m.text(), tool_calls=calls, tool_call_id=m.tool_call_id)
+
+
+def tool_texts(history: Sequence[Message], body: Any) -> list[str]:
+    """What the model reads of tools beside the messages' contents: the arguments of the history's tool calls,
+    then every string of each tool definition (its description, and the descriptions, enums and defaults of
+    its parameters' schema), in that order. The input rules read them (and may redact them: `with_tool_texts`
+    takes them back), and the input limits and the budget count them."""
+    out = [c.arguments for m in history for c in m.tool_calls]
+    for t in getattr(body, "tools", None) or ():
+        if t.function.description is not None:
+            out.append(t.function.description)
+        _strings(t.function.parameters, out)
+    return out
+
+
+def with_tool_texts(history: tuple[Message, ...], body: Any,
+                    texts: Sequence[str]) -> tuple[tuple[Message, ...], Any]:
+    """The history and body with `tool_texts`' strings replaced by `texts` (as the rules left them)."""
+    it = iter(texts)
+    history = tuple(replace(m, tool_calls=tuple(replace(c, arguments=next(it)) for c in m.tool_calls))
+                    if m.tool_calls else m for m in history)
+    defs = getattr(body, "tools", None)
+    if defs:
+        defs = [t.model_copy(update={"function": t.function.model_copy(update={
+            "description": None if t.function.description is None else next(it),
+            "parameters": _replaced(t.function.parameters, it)})}) for t in defs]
+        body = body.model_copy(update={"tools": defs})
+    return history, body
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    """The strings in a JSON value (not its objects' keys), depth first."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+
+
+def _replaced(value: Any, texts: Iterator[str]) -> Any:
+    """`value` with its strings, in `_strings`' order, taken from `texts`."""
+    if isinstance(value, str):
+        return next(texts)
+    if isinstance(value, dict):
+        return {k: _replaced(v, texts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, texts) for v in value]
+    return value
 
 
 def structured(body: Any) -> StructuredOutput | None:

@@ -78,16 +78,24 @@ class TextWork:
             raise InvalidRequest("messages must hold at least one message (or reference a prompt)", param="messages")
 
     def texts(self) -> list[str]:
-        return [m.content for m in self.messages] if self.messages is not None else list(self.prompts)
+        """The prompts, or the messages' contents followed by what the model reads of tools (tool-call
+        arguments, tool definitions' strings: `chat_controls.tool_texts`)."""
+        if self.messages is None:
+            return list(self.prompts)
+        return [m.content for m in self.messages] + chat_controls.tool_texts(self.messages, self.body)
 
     async def readable(self, call: Call) -> list[str]:
         return self.texts()
 
     def with_texts(self, texts: list[str]) -> None:
-        if self.messages is not None:
-            self.messages = tuple(dataclasses.replace(m, content=t) for m, t in zip(self.messages, texts, strict=True))
-        else:
+        if self.messages is None:
             self.prompts = tuple(texts)
+            return
+        count = len(self.messages)
+        self.messages = tuple(dataclasses.replace(m, content=t)
+                              for m, t in zip(self.messages, texts[:count], strict=True))
+        if len(texts) > count:
+            self.messages, self.body = chat_controls.with_tool_texts(self.messages, self.body, texts[count:])
 
     def input_ids(self) -> int:
         return 0
