@@ -240,7 +240,11 @@ def test_a_cancelled_request_settles_and_counts_a_cancellation(app: TestClient) 
     async def scenario(services: Services) -> None:
         call = await _call(services, "slow", "hi")
         task = asyncio.ensure_future(collect(text.run(services, call, call.work), 1))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)  # a token in, the next one on its way
+        engine = services.pool.text_engine("slow")[1]
+        deadline = asyncio.get_running_loop().time() + 10
+        while engine.tokens_generated < 1:  # a token in, the next one on its way
+            assert asyncio.get_running_loop().time() < deadline, "no token came"
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
