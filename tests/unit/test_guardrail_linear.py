@@ -16,13 +16,15 @@ import time
 import pytest
 
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.guardrails import OFF_LOOP_CHARS, Guardrails
+from llmops.pipeline.guardrails import NOT_ASCII_WEIGHT, OFF_LOOP_CHARS, Guardrails
 from llmops.pipeline.guardrails.detectors import Detector, build_detector
 from llmops.settings import GuardrailRule, GuardrailSettings
 
 TOKENS = ["\n", " ", "\t", "%", "a", "a@", "@", ".", "a.", "@a.", "a@b.", "1", "1 ", "1-", "+1", "(1)", "-",
           "#", "## ", "##\n", "ignore ", "ignore", "you ", "stop following ", "mode on ", "DE89", "de89 ",
-          "x" + "\u00e9", "<|im_start|>", "0 ", "4111", "a-1", "new ", "\r\n"]
+          "x" + "\u00e9", "<|im_start|>", "0 ", "4111", "a-1", "new ", "\r\n",
+          # read several ways (look-alikes, invisible characters left out and as spaces, tags as ASCII)
+          "\u200b", "ig\u200b", "forbidden\u200b", "\U000e0061", "\U000e0020", "\uff41@", "4\u200b1", "\u0430 "]
 N = 2_000
 GROWTH = 8
 REPEAT_SMALL = 8
@@ -85,13 +87,16 @@ def test_large_inputs_are_checked_in_a_worker_thread() -> None:
 
     g.check_rules = spy  # type: ignore[method-assign]
 
-    async def run() -> tuple[list[str], list[str]]:
+    async def run() -> tuple[list[str], list[str], list[str]]:
         small = await g.check_input_async(["mail bob@example.com"])
         large = await g.check_input_async(["x" * OFF_LOOP_CHARS + " bob@example.com"])
-        return small, large
+        wide = await g.check_input_async(["\u00e9" * (OFF_LOOP_CHARS // NOT_ASCII_WEIGHT) + " bob@example.com"])
+        return small, large, wide
 
-    small, large = asyncio.run(run())
+    small, large, wide = asyncio.run(run())
     assert small == ["mail [REDACTED:email]"]
     assert large[0].endswith(" [REDACTED:email]")
+    assert wide[0].endswith(" [REDACTED:email]")
     assert threads[0] == threading.get_ident()  # small: on the loop's thread
     assert threads[1] != threading.get_ident()  # large: a worker thread
+    assert threads[2] != threading.get_ident()  # not ASCII, 1/NOT_ASCII_WEIGHT as long: a worker thread too

@@ -8,8 +8,9 @@ counted in `llmops_guardrail_actions_total{rule,stage,action}` and logged (rule,
 text).
 
 The detectors are linear-time, but a large input still costs milliseconds of CPU: `check_input_async` and
-`check_output_async` run the same checks in a worker thread when the text is larger than
-`OFF_LOOP_CHARS`, so one big request cannot stall the event loop (and /health) for everyone else. The
+`check_output_async` run the same checks in a worker thread when the text weighs more than
+`OFF_LOOP_CHARS` (`_weight`: a character not ASCII weighs NOT_ASCII_WEIGHT, its readings cost as much), so
+one big request cannot stall the event loop (and /health) for everyone else. The
 pipeline calls those from async code; the sync `check_input`/`check_output` stay for small texts and
 for the per-chunk stream guard (whose pending text is bounded)."""
 
@@ -29,7 +30,8 @@ log = logging.getLogger("llmops.guardrails")
 Outcome = Literal["allow", "redact", "block"]
 HOLD_CHARS = 64  # a streamed tail kept back until the next chunk, and the word it begins in (_word_start)
 LONGEST_HELD = 1024  # a finding still running at the end of the streamed text is held back whole up to this long
-OFF_LOOP_CHARS = 16_384  # larger texts are checked in a worker thread by the *_async methods
+OFF_LOOP_CHARS = 16_384  # texts that weigh more are checked in a worker thread by the *_async methods
+NOT_ASCII_WEIGHT = 16  # a text not ASCII is read several ways (detectors._in_readings): up to 17x the CPU
 
 
 @dataclass(frozen=True)
@@ -148,18 +150,23 @@ class Guardrails:
 
     async def check_rules_async(self, texts: list[str], param: str = "messages") -> list[str]:
         """`check_rules`, in a worker thread when the texts are large."""
-        if not self.active("input") or sum(len(t) for t in texts) <= OFF_LOOP_CHARS:
+        if not self.active("input") or sum(map(_weight, texts)) <= OFF_LOOP_CHARS:
             return self.check_rules(texts, param)
         return await asyncio.to_thread(self.check_rules, texts, param)
 
     async def check_output_async(self, text: str) -> str:
         """`check_output`, in a worker thread when the text is large."""
-        if not self.active("output") or len(text) <= OFF_LOOP_CHARS:
+        if not self.active("output") or _weight(text) <= OFF_LOOP_CHARS:
             return self.check_output(text)
         return await asyncio.to_thread(self.check_output, text)
 
     def stream(self) -> StreamGuard:
         return StreamGuard(self)
+
+
+def _weight(text: str) -> int:
+    """What checking `text` costs, in ASCII characters' worth."""
+    return len(text) if text.isascii() else len(text) * NOT_ASCII_WEIGHT
 
 
 def _word_start(text: str, cut: int) -> int:
