@@ -24,7 +24,8 @@ TOKENS = ["\n", " ", "\t", "%", "a", "a@", "@", ".", "a.", "@a.", "a@b.", "1", "
           "#", "## ", "##\n", "ignore ", "ignore", "you ", "stop following ", "mode on ", "DE89", "de89 ",
           "x" + "\u00e9", "<|im_start|>", "0 ", "4111", "a-1", "new ", "\r\n",
           # read several ways (look-alikes, invisible characters left out and as spaces, tags as ASCII)
-          "\u200b", "ig\u200b", "forbidden\u200b", "\U000e0061", "\U000e0020", "\uff41@", "4\u200b1", "\u0430 "]
+          "\u200b", "ig\u200b", "forbidden\u200b", "\U000e0061", "\U000e0020", "\uff41@", "4\u200b1", "\u0430 ",
+          "\u0301", "e\u0301", "\u00e9@"]
 N = 2_000
 GROWTH = 8
 REPEAT_SMALL = 8

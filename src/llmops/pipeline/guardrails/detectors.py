@@ -108,15 +108,27 @@ _COMPATIBLE = ((0xA0, 0x3400), (0xFB00, 0xFFF0), (0x1D400, 0x1D800), (0x1F100, 0
 
 @cache
 def lookalikes() -> dict[int, str]:
-    """The translate table of the characters above (made on first use: 15,000 NFKC lookups, about 6 ms)."""
+    """The translate table of the characters above, and of the Latin letters with diacritics as their base
+    letters ("ign\u00f6re", "pr\u00e9vious"): made on first use, 15,000 Unicode lookups, about 10 ms."""
     table: dict[int, str] = {}
     for low, high in _COMPATIBLE:
         for code in range(low, high):
             form = unicodedata.normalize("NFKC", chr(code))
             if len(form) == 1 and "!" <= form <= "~":
                 table[code] = form
+            elif (base := _base_letter(chr(code))) is not None:
+                table[code] = base
     table.update(str.maketrans(_CYRILLIC_GREEK))
     return table
+
+
+def _base_letter(ch: str) -> str | None:
+    """The Latin letter (or Greek/Cyrillic look-alike's) `ch` is with diacritics, if it is one."""
+    parts = unicodedata.normalize("NFKD", ch)
+    if len(parts) < 2 or not all(unicodedata.combining(c) for c in parts[1:]):
+        return None
+    base = parts[0]
+    return base if base.isascii() and base.isalpha() else _CYRILLIC_GREEK.get(base)
 
 
 # Characters that show as nothing, left out before the rules search (or read as a space: see `_in_readings`):
@@ -130,19 +142,29 @@ IGNORABLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u11
 _IGNORABLE_RE = re.compile(f"[{IGNORABLE}]")
 # The tag characters that shadow printable ASCII (U+E0020..U+E007E), and the ASCII they shadow.
 _TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}
+# Combining marks (diacritics, Zalgo's stacks): left out, a letter read without them.
+_MARKS_RE = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _TAGS_RE = re.compile("[\U000e0020-\U000e007e]")
 
 
 def _in_readings(text: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
     """`search`'s findings in `text` as the rules read it, spans the text's own. ASCII text is searched as it
-    is; other text with look-alike letters read as Latin ones (`lookalikes()`, one for one), and where it holds
-    characters that show as nothing, twice: with them read as spaces ("previous\u200binstructions" is two
-    words to a reader) and left out ("ig\u200bnore" is one). Where it holds tag characters, which show as
-    nothing but which a model may read as the ASCII they shadow ("ASCII smuggling"), searched again with them
-    read as that ASCII. Findings of the readings that overlap are joined into one span."""
+    is; other text with look-alike letters read as Latin ones (`lookalikes()`, one for one), combining marks
+    left out ("i\u0301gnore", and Zalgo text), and where it holds characters that show as nothing, twice: with
+    them read as spaces ("previous\u200binstructions" is two words to a reader) and left out ("ig\u200bnore"
+    is one). Where it holds tag characters, which show as nothing but which a model may read as the ASCII they
+    shadow ("ASCII smuggling"), searched again with them read as that ASCII. Findings of the readings that
+    overlap are joined into one span."""
     if text.isascii():
         return search(text)
     read = _translate(text, lookalikes())
+    if _MARKS_RE.search(read) is not None:
+        read, kept = _without(read, _MARKS_RE)
+        return _back(_unseen_or_smuggled(read, search), kept)
+    return _unseen_or_smuggled(read, search)
+
+
+def _unseen_or_smuggled(read: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
     found = _unseen(read, search)
     if _TAGS_RE.search(read) is not None:
         found = _union(found, _unseen(_translate(read, _TAGS), search))
@@ -153,15 +175,24 @@ def _unseen(read: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
     """`search`'s findings in `read` with the characters that show as nothing read as spaces, and left out."""
     if _IGNORABLE_RE.search(read) is None:
         return search(read)
+    joined, kept = _without(read, _IGNORABLE_RE)
+    return _union(search(_IGNORABLE_RE.sub(" ", read)), _back(search(joined), kept))
+
+
+def _without(text: str, pattern: re.Pattern[str]) -> tuple[str, list[int]]:
+    """`text` without `pattern`'s matches, and where each character left came from in `text`."""
     kept: list[int] = []
     at = 0
-    for m in _IGNORABLE_RE.finditer(read):
+    for m in pattern.finditer(text):
         kept.extend(range(at, m.start()))
         at = m.end()
-    kept.extend(range(at, len(read)))
-    joined = [Finding(f.kind, kept[f.start], kept[f.end - 1] + 1)
-              for f in search(_IGNORABLE_RE.sub("", read)) if f.end > f.start]
-    return _union(search(_IGNORABLE_RE.sub(" ", read)), joined)
+    kept.extend(range(at, len(text)))
+    return pattern.sub("", text), kept
+
+
+def _back(found: list[Finding], kept: list[int]) -> list[Finding]:
+    """Findings in a text `_without` made, as spans of the text it was made from."""
+    return [Finding(f.kind, kept[f.start], kept[f.end - 1] + 1) for f in found if f.end > f.start]
 
 
 def _union(first: list[Finding], second: list[Finding]) -> list[Finding]:
