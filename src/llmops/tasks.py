@@ -54,6 +54,14 @@ class SingleFlight(Generic[K, V]):
             running.add_done_callback(lambda done: self._ended(key, done))
         return running
 
+    async def cancel(self) -> None:
+        """Cancel every run in flight and wait for them to end."""
+        running = list(self._running.values())
+        for run in running:
+            run.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
     def _ended(self, key: K, done: asyncio.Future[V]) -> None:
         self._running.pop(key, None)
         if not done.cancelled():

@@ -32,7 +32,7 @@ class SlowCount:
             raise self.fail
         return self.count
 
-    async def by_hash(self, digest: str) -> ApiKey | None:
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
         return None
 
 

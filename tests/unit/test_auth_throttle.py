@@ -41,7 +41,7 @@ class Keys:
     async def add(self, key: ApiKey) -> None:
         self.keys[key.hash] = key
 
-    async def by_hash(self, digest: str) -> ApiKey | None:
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
         self.lookups += 1
         return self.keys.get(digest)
 

@@ -17,7 +17,7 @@ class Counting(SqliteKeyStore):
         super().__init__(SqliteDb(":memory:"))
         self.lookups = 0
 
-    async def by_hash(self, digest: str) -> Any:
+    async def by_hash(self, digest: str, fresh: bool = False) -> Any:
         self.lookups += 1
         return await super().by_hash(digest)
 
@@ -83,7 +83,7 @@ class Held(Counting):
         super().__init__()
         self.release = asyncio.Event()
 
-    async def by_hash(self, digest: str) -> Any:
+    async def by_hash(self, digest: str, fresh: bool = False) -> Any:
         await self.release.wait()
         return await super().by_hash(digest)
 
@@ -111,7 +111,7 @@ def test_concurrent_requests_with_one_key_share_one_lookup(clock: list[float]) -
 
 def test_a_failed_lookup_fails_every_request_that_waited_for_it(clock: list[float]) -> None:
     class Down(Counting):
-        async def by_hash(self, digest: str) -> Any:
+        async def by_hash(self, digest: str, fresh: bool = False) -> Any:
             self.lookups += 1
             await asyncio.sleep(0)
             raise RuntimeError("the store is down")
@@ -247,15 +247,38 @@ def test_a_key_is_never_used_past_its_ttl_when_the_lookup_ahead_is_slow(clock: l
     asyncio.run(run())
 
 
+class ReadThenHeld(Counting):
+    """Lookups read the store, then wait until the test releases them: an answer read before a revocation
+    that comes back after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.read = asyncio.Event(), asyncio.Event()
+
+    async def by_hash(self, digest: str, fresh: bool = False) -> Any:
+        key = await super().by_hash(digest)
+        self.read.set()
+        await self.release.wait()
+        return key
+
+
 def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> None:
+    """A lookup ahead that read the key before it was revoked here, and answers after, is not kept: the
+    revoked key is refused at once (without the guard, `verify` took the answer read before)."""
     async def run() -> None:
-        store, cached, key, secret = await _looking_ahead(clock)
-        assert remembered(cached, secret) is not None  # the lookup ahead starts and waits
-        gone = asyncio.ensure_future(cached.revoke(key.id))
-        for _ in range(20):
-            await asyncio.sleep(0)
+        store = ReadThenHeld()
         store.release.set()
-        await gone
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
+        assert await verify(cached, secret) is not None
+        store.release.clear()
+        store.read.clear()
+        clock[0] += 0.6
+        assert remembered(cached, secret) is not None  # the lookup ahead starts
+        await asyncio.wait_for(store.read.wait(), 10)  # it has read the key, still active
+        await cached.revoke(key.id)
+        store.release.set()
         await lookups_done(cached)
         assert remembered(cached, secret) is None
         assert await verify(cached, secret) is None
@@ -263,21 +286,18 @@ def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> No
     asyncio.run(run())
 
 
-def test_a_store_answering_from_its_own_copy_does_not_extend_the_key(clock: list[float]) -> None:
-    """Redis' key store keeps each key a second and gives back the same object meanwhile: a lookup ahead
-    that gets that copy leaves the key's time as it was, so a revocation elsewhere still shows within
-    the ttl of the lookup that really read the store."""
+def test_lookups_read_the_store_itself_not_a_copy_it_keeps(clock: list[float]) -> None:
+    """Redis' key store keeps each key a second: the cache's lookups ask for the store itself (`fresh`), so
+    a lookup ahead renews the key (requests do not wait for the store when its ttl runs out), and a
+    revocation elsewhere shows within the ttl of the lookup that last read the store."""
     class OwnCopy(Counting):
         def __init__(self) -> None:
             super().__init__()
-            self.copy: Any = None
+            self.fresh: list[bool] = []
 
-        async def by_hash(self, digest: str) -> Any:
-            if self.copy is None:
-                self.copy = await super().by_hash(digest)
-            else:
-                self.lookups += 1
-            return self.copy
+        async def by_hash(self, digest: str, fresh: bool = False) -> Any:
+            self.fresh.append(fresh)
+            return await super().by_hash(digest)
 
     async def run() -> None:
         store = OwnCopy()
@@ -286,15 +306,51 @@ def test_a_store_answering_from_its_own_copy_does_not_extend_the_key(clock: list
         await cached.add(key)
         assert await verify(cached, secret) is not None
         clock[0] += 0.6
-        assert remembered(cached, secret) is not None  # the lookup ahead: the store's own copy
+        assert remembered(cached, secret) is not None  # the lookup ahead
         await lookups_done(cached)
-        assert store.lookups == 2
+        clock[0] += 0.5  # past the first lookup's ttl, within the second's: the third starts
         assert remembered(cached, secret) is not None
-        assert store.lookups == 2  # not looked up ahead again
-        clock[0] += 0.5  # a second since the store was read: the key is looked up, waited for
+        await lookups_done(cached)
+        assert store.fresh == [True, True, True]
+        await store.revoke(key.id)  # elsewhere
+        clock[0] += 1.0
         assert remembered(cached, secret) is None
+        assert await verify(cached, secret) is None
+        assert store.fresh == [True, True, True, True]
+
+    asyncio.run(run())
+
+
+def test_a_failed_lookup_ahead_is_logged_and_close_cancels_those_in_flight(
+        clock: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    class Failing(Held):
+        async def by_hash(self, digest: str, fresh: bool = False) -> Any:
+            key = await super().by_hash(digest)
+            if self.lookups > 1:
+                raise ConnectionError("the store is away")
+            return key
+
+    async def run() -> None:
+        store = Failing()
+        store.release.set()
+        cached = CachedKeys(store, ttl_s=1.0)
+        key, secret = new_key("k", (), "standard")
+        await cached.add(key)
         assert await verify(cached, secret) is not None
-        assert store.lookups == 3
-        assert remembered(cached, secret) is not None  # a lookup waited for keeps what it found, as before
+        clock[0] += 0.6
+        assert remembered(cached, secret) is not None  # the lookup ahead fails
+        await lookups_done(cached)
+        assert "looking API key" in caplog.text
+        assert key.hash not in caplog.text  # a prefix of the hash at most
+        assert remembered(cached, secret) is not None  # the key remembered serves until its ttl
+        store.release.clear()
+        clock[0] += 0.5
+        hanging = asyncio.ensure_future(verify(cached, secret))  # waits on a lookup that hangs
+        await asyncio.sleep(0)  # (one step: the lookup starts in verify's first)
+        assert cached._looking
+        await cached.close()
+        assert not cached._looking
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
 
     asyncio.run(run())

@@ -43,7 +43,8 @@ def build_state(settings: StateSettings, on_error: Callable[[str], None] | None 
     (keys.CachedKeys: the server's; the CLI reads the store)."""
     state = _build_state(settings, on_error, cache_entries)
     if key_cache_s > 0:
-        state.keys = CachedKeys(state.keys, key_cache_s)
+        cached = state.keys = CachedKeys(state.keys, key_cache_s)
+        state._close.insert(0, cached.close)  # its lookups ahead end before the store they read closes
     return state
 
 

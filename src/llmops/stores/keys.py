@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from llmops.errors import NotFound
 from llmops.stores.sqlite import SqliteDb
 from llmops.tasks import SingleFlight
 
+log = logging.getLogger("llmops.auth")
 Priority = Literal["interactive", "batch"]
 BudgetPeriod = Literal["day", "week", "month", "total"]
 SECRET_PREFIX = "sk-llmops-"
@@ -90,7 +92,11 @@ def unserved(models: Sequence[str], served: Sequence[str]) -> list[str]:
 
 class KeyStore(Protocol):
     async def add(self, key: ApiKey) -> None: ...
-    async def by_hash(self, digest: str) -> ApiKey | None: ...
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
+        """The key whose hash is `digest`; `fresh`: as the store holds it now, not a copy kept of it (Redis'
+        key store keeps each key a second)."""
+        ...
+
     async def get(self, key_id: str) -> ApiKey: ...
     async def all(self) -> list[ApiKey]: ...
     async def revoke(self, key_id: str) -> ApiKey: ...
@@ -128,7 +134,7 @@ def missing(key_id: str) -> NotFound:
 
 @dataclass
 class _Found:
-    """A key found by hash: when the lookup that found it began, and whether it is being looked up again."""
+    """A key found by hash: when the lookup that found it ended, and whether it is being looked up again."""
 
     key: ApiKey
     at: float  # time.monotonic() when its lookup ended
@@ -139,8 +145,9 @@ class CachedKeys:
     """A key store whose keys found by hash are remembered for `ttl_s`, so a request with a valid key costs
     no store round trip (on SQLite, a worker-thread hop; on Redis, a network one). A key revoked through
     this store is forgotten at once; one revoked elsewhere (the CLI, another replica) stops working within
-    `ttl_s`, as a key created elsewhere starts working within `auth.key_refresh_s`. Only hashes of stored
-    keys are remembered: a client sending made-up keys cannot grow the cache.
+    `ttl_s` of the lookup that last found it (which reads the store itself: `by_hash(fresh=True)`, never a
+    copy the store keeps), as a key created elsewhere starts working within `auth.key_refresh_s`. Only hashes
+    of stored keys are remembered: a client sending made-up keys cannot grow the cache.
 
     A key in use is looked up again once half its `ttl_s` has passed, by one lookup the requests do not
     wait for (they go by the key remembered, which is still within `ttl_s` of its own lookup); only a key
@@ -149,9 +156,13 @@ class CachedKeys:
 
     The secrets `verify` found a stored key for are remembered too, each with its hash (`remember`), so a
     request with a remembered key costs no SHA-256 (`remembered`: two dict lookups, under the same `ttl_s`
-    and revocation as by hash). They are the secrets of stored keys only, held as long as the process, as
-    the requests bringing them are; the lookup compares a presented secret to them by its str hash, which is
-    keyed by the process's random hash seed, so its timing tells a client nothing of a stored secret."""
+    and revocation as by hash). They are the secrets of stored keys only, in this process's memory (as the
+    requests bringing them are) until a lookup finds their key revoked or gone; the lookup compares a
+    presented secret to them by its str hash, which is keyed by the process's random hash seed, so its
+    timing tells a client nothing of a stored secret.
+
+    A failed lookup ahead is logged (requests are not told: they go by the key remembered); `close` cancels
+    those in flight before the store closes."""
 
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store, self.ttl_s = store, ttl_s
@@ -188,29 +199,42 @@ class CachedKeys:
     async def add(self, key: ApiKey) -> None:
         await self.store.add(key)
 
-    async def by_hash(self, digest: str) -> ApiKey | None:
-        """The key, remembered or looked up. Requests with the same key that arrive while it is being looked
-        up wait for that one lookup instead of each sending its own (every request of a busy client would
-        otherwise query the store once per `ttl_s`, all at once, and queue behind each other)."""
-        key = self._fresh(digest)
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
+        """The key, remembered (unless `fresh`) or looked up. Requests with the same key that arrive while it
+        is being looked up wait for that one lookup instead of each sending its own (every request of a busy
+        client would otherwise query the store once per `ttl_s`, all at once, and queue behind each other)."""
+        key = None if fresh else self._fresh(digest)
         if key is not None:
             return key
         return await asyncio.shield(self._looking.start(digest, lambda: self._look_up(digest)))
 
     async def _look_up(self, digest: str, ahead: bool = False) -> ApiKey | None:
-        """One lookup (its error goes to whoever waits for it; a failed lookup ahead of time is not tried
-        again before the key's `ttl_s` runs out, when requests wait for the next one, as they did before).
-        A store that answers a lookup ahead from its own copy (Redis' key store, within its second) gives
-        back the very object it gave before: that says nothing newer, so the key keeps its time (and is
-        not looked up ahead again): the two copies together never keep a key longer than before."""
+        """One lookup of the store itself (its error goes to whoever waits for it; a failed lookup ahead of
+        time is logged and not tried again before the key's `ttl_s` runs out, when requests wait for the next
+        one). A key found revoked or gone takes its remembered secrets with it."""
         revocations = self._revocations
-        key = await self.store.by_hash(digest)
-        hit = self._found.get(digest)
+        try:
+            key = await self.store.by_hash(digest, fresh=True)
+        except Exception as exc:
+            if ahead:
+                log.warning("looking API key %s... up ahead of its expiry failed (requests wait for the store "
+                            "once it expires): %s", digest[:8], type(exc).__name__)
+            raise
+        if key is None or key.revoked_at is not None:
+            self._forget_secrets(digest)
         if key is None:
             self._found.pop(digest, None)
-        elif revocations == self._revocations and not (ahead and hit is not None and key is hit.key):
+        elif revocations == self._revocations:
             self._found[digest] = _Found(key, time.monotonic())  # (across a revocation here: not kept)
         return key
+
+    def _forget_secrets(self, digest: str) -> None:
+        for secret in [s for s, d in self._digests.items() if d == digest]:
+            del self._digests[secret]
+
+    async def close(self) -> None:
+        """Cancel the lookups ahead in flight (before the store they read closes)."""
+        await self._looking.cancel()
 
     async def get(self, key_id: str) -> ApiKey:
         return await self.store.get(key_id)
@@ -222,8 +246,7 @@ class CachedKeys:
         key = await self.store.revoke(key_id)
         self._revocations += 1
         self._found.pop(key.hash, None)
-        for secret in [s for s, digest in self._digests.items() if digest == key.hash]:
-            del self._digests[secret]
+        self._forget_secrets(key.hash)
         return key
 
     async def key_count(self) -> int:
@@ -250,8 +273,8 @@ class SqliteKeyStore:
         await self._db.query("INSERT INTO llmops_keys VALUES (?, ?, ?, ?)",
                              (key.id, key.hash, key.created_at, key.to_json()))
 
-    async def by_hash(self, digest: str) -> ApiKey | None:
-        return await self._one("hash", digest)
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
+        return await self._one("hash", digest)  # (no copy kept: always fresh)
 
     async def get(self, key_id: str) -> ApiKey:
         key = await self._one("id", key_id)

@@ -211,11 +211,12 @@ class RedisKeyStore:
                 await pipe.execute()
         await self.g.call("keys.add", run)
 
-    async def by_hash(self, digest: str) -> ApiKey | None:
-        """A key read in the last second is used as is (a revocation reaches every replica within a second);
-        when Redis is unreachable and the policy is fail-open, the last copy of a key seen before."""
+    async def by_hash(self, digest: str, fresh: bool = False) -> ApiKey | None:
+        """A key read in the last second is used as is, unless `fresh` (a revocation reaches every replica
+        within a second); when Redis is unreachable and the policy is fail-open, the last copy of a key seen
+        before."""
         known, read_at = self._known.get(digest, (None, 0.0))
-        if known is not None and time.monotonic() - read_at < KEY_FRESH_S:
+        if known is not None and not fresh and time.monotonic() - read_at < KEY_FRESH_S:
             return known
         raw = await self.g.call("keys.lookup", lambda: self.g.client.get(f"{self.p}keyhash:{digest}"),
                                 _NONE if known is None else known.to_json())
