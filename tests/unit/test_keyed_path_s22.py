@@ -74,19 +74,23 @@ def test_token_windows_older_than_the_previous_one_are_dropped_when_a_window_beg
     asyncio.run(run())
 
 
-def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-
-
-def test_raw_limit_headers_are_the_bytes_of_the_header_dicts() -> None:
+def test_the_limit_headers_as_bytes_and_as_text() -> None:
     from llmops.middleware import rate_limit as rl
     from llmops.stores.counters import Decision
 
-    decisions = [Decision(True, 100, 99, 0.0, 0.6), Decision(True, 5, 0, 0.0, 61.25), Decision(True, 7, 3, 0.0, 0.0),
-                 Decision(False, 10, 0, 3.0, 3725.5), Decision(True, 1, 1, 0.0, 1.0, measured=False)]
-    for d in decisions:
-        assert rl._raw_requests(d) == _raw(rl._headers(d))
-        assert rl._raw_limit(d, "tokens") == _raw(rl.limit_headers(d, "tokens"))
+    full = Decision(True, 5, 0, 0.0, 61.25)
+    assert rl._raw_requests(full) == [
+        (b"x-ratelimit-limit-requests", b"5"), (b"x-ratelimit-remaining-requests", b"0"),
+        (b"x-ratelimit-reset-requests", b"1m1.25s"), (b"x-ratelimit-limit", b"5"), (b"x-ratelimit-remaining", b"0"),
+        (b"x-ratelimit-reset", b"62")]
+    assert rl._headers(full)["x-ratelimit-reset-requests"] == "1m1.25s"
+    assert rl.limit_headers(Decision(True, 100, 99, 0.0, 0.6), "tokens") == {
+        "x-ratelimit-limit-tokens": "100", "x-ratelimit-remaining-tokens": "99", "x-ratelimit-reset-tokens": "600ms"}
+    unmeasured = Decision(True, 1, 1, 0.0, 1.0, measured=False)
+    assert rl._raw_requests(unmeasured) == rl._raw_limit(unmeasured, "tokens") == []
+    assert rl._headers(unmeasured) == rl.limit_headers(unmeasured, "tokens") == {}
+    assert {b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens"} == \
+        rl.TOKEN_HEADERS
 
 
 def test_token_headers_replace_an_earlier_decisions() -> None:

@@ -88,23 +88,25 @@ def duration(seconds: float) -> str:
 def limit_headers(d: Decision, unit: str) -> dict[str, str]:
     """OpenAI's headers for one limit (`unit`: requests or tokens); none for a decision the store could not
     measure (Redis away, failing open)."""
-    if not d.measured:
-        return {}
-    return {f"x-ratelimit-limit-{unit}": str(d.limit), f"x-ratelimit-remaining-{unit}": str(d.remaining),
-            f"x-ratelimit-reset-{unit}": duration(d.reset_s)}
+    return _text(_raw_limit(d, unit))
 
 
 def _headers(d: Decision) -> dict[str, str]:
     """The requests/min headers: OpenAI's, and the older X-RateLimit-* this server sent before them."""
-    if not d.measured:
-        return {}
-    return {**limit_headers(d, "requests"), "X-RateLimit-Limit": str(d.limit),
-            "X-RateLimit-Remaining": str(d.remaining), "X-RateLimit-Reset": str(math.ceil(d.reset_s))}
+    return _text(_raw_requests(d))
+
+
+def _text(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {name.decode(): value.decode() for name, value in raw}
+
+
+_NAMES = {unit: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
+          for unit in ("requests", "tokens")}
 
 
 def _raw_limit(d: Decision, unit: str) -> list[tuple[bytes, bytes]]:
-    """`limit_headers(d, unit)` as an answer's raw headers, made without the dict (every limited answer
-    carries these)."""
+    """`limit_headers` as an answer's raw headers (what every limited answer carries; the dicts are made from
+    these for the rare refusal)."""
     if not d.measured:
         return []
     limit, remaining, reset = _NAMES[unit]
@@ -112,13 +114,9 @@ def _raw_limit(d: Decision, unit: str) -> list[tuple[bytes, bytes]]:
             (reset, duration(d.reset_s).encode())]
 
 
-_NAMES = {unit: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
-          for unit in ("requests", "tokens")}
-
-
 def _raw_requests(d: Decision) -> list[tuple[bytes, bytes]]:
-    """`_headers(d)` as an answer's raw headers (names in lower case), made without the dicts: an admitted
-    request's requests/min headers."""
+    """`_headers` as an answer's raw headers (names in lower case): an admitted request's requests/min
+    headers."""
     if not d.measured:
         return []
     limit, remaining = str(d.limit).encode(), str(d.remaining).encode()
@@ -128,7 +126,7 @@ def _raw_requests(d: Decision) -> list[tuple[bytes, bytes]]:
             (b"x-ratelimit-reset", str(math.ceil(d.reset_s)).encode())]
 
 
-TOKEN_HEADERS = frozenset(k.encode() for k in limit_headers(Decision(True, 0, 0, 0.0, 0.0), "tokens"))
+TOKEN_HEADERS = frozenset(_NAMES["tokens"])
 
 
 class TokenHeaders:
