@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -34,8 +33,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.overhead import BASELINE, Server, give_key, parallel, server_command
-from bench.run import stop, wait_ready
+from bench.overhead import BASELINE, parallel, start
+from bench.run import stop
 
 EVENTS = re.compile(r"^(?:summary|totals):\s*([\d\s]+)$", re.M)
 
@@ -57,26 +56,20 @@ def measure(case: str, requests: int, warmup: int, port: int, tmp: Path, baselin
             cache_sim: bool, functions: int, keep: Path | None = None, stream: bool = False) -> dict[str, Any]:
     out = tmp / f"callgrind.{case.replace('@', '-')}{'.stream' if stream else ''}.out"
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-               f"--cache-sim={'yes' if cache_sim else 'no'}", *server_command(case, port, tmp)]
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    if case.endswith(BASELINE) and baseline_src:
-        env["PYTHONPATH"] = os.pathsep.join([baseline_src, *env.get("PYTHONPATH", "").split(os.pathsep)])
+               f"--cache-sim={'yes' if cache_sim else 'no'}"]
     with ExitStack() as stack:
-        log = stack.enter_context((tmp / f"{case.replace('@', '-')}.log").open("w"))
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        server = start(case, port, tmp, stack, baseline_src, prefix=command, env={"PYTHONHASHSEED": "0"},
+                       ready_s=600)  # a keyed case's key made before the counting starts
         try:
-            wait_ready(proc, f"http://127.0.0.1:{port}/ready", 600)
-            server = Server(case, port, proc)
-            give_key(server)  # a keyed case's key, made before the counting starts
-            _control(proc.pid, "-i", "on")
+            _control(server.proc.pid, "-i", "on")
             asyncio.run(parallel(server, warmup, 16, stream))
-            _control(proc.pid, "-z")
+            _control(server.proc.pid, "-z")
             t0 = time.perf_counter()
             _, tokens, _ = asyncio.run(parallel(server, requests, 16, stream))
             wall = time.perf_counter() - t0
-            _control(proc.pid, "-d")
+            _control(server.proc.pid, "-d")
         finally:
-            stop(proc)
+            stop(server.proc)
     dumps = sorted(tmp.glob(f"{out.name}.*"), key=lambda p: p.stat().st_mtime)
     dump = next(p for p in reversed(dumps) if p.stat().st_size > 0)
     totals = _totals(dump)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,20 +92,24 @@ def server_command(case: str, port: int, tmp: Path) -> list[str]:
     return [sys.executable, "-m", "llmops", "serve", "--config", str(path), "--port", str(port)]
 
 
-def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str | None = None) -> Server:
+def start(case: str, port: int, tmp: Path, stack: ExitStack, baseline_src: str | None = None,
+          prefix: Sequence[str] = (), env: dict[str, str] | None = None, ready_s: float = 120) -> Server:
+    """The case's server, ready, with its key made (a keyed case); `prefix` runs it under another command
+    (valgrind: bench/instructions.py), with `env` added to the environment. The caller stops it."""
     log = stack.enter_context((tmp / f"{case.replace('@', '-')}.log").open("w"))
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     if case.endswith(BASELINE) and baseline_src:
         env["PYTHONPATH"] = os.pathsep.join([baseline_src, *env.get("PYTHONPATH", "").split(os.pathsep)])
-    proc = subprocess.Popen(server_command(case, port, tmp), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*prefix, *server_command(case, port, tmp)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
     server = Server(case, port, proc)
     try:
-        wait_ready(proc, f"http://127.0.0.1:{port}/ready", 120)
-    except RuntimeError as exc:
+        wait_ready(proc, f"http://127.0.0.1:{port}/ready", ready_s)
+        give_key(server)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        stop(proc)
         log.flush()
         raise RuntimeError(f"{case}: {exc}\n{Path(log.name).read_text()[-2000:]}") from None
-    give_key(server)
     return server
 
 
