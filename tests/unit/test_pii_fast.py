@@ -57,14 +57,25 @@ def ref_phones(text: str) -> Found:
         marked = text_.startswith(("+", "("))
         if (9 if not marked else 8) <= len(digits) <= 15 and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text_):
             found.append(("phone", m.start(), m.end()))
+        else:  # the runs of its groups that pass (the same step after both searches: tested on its own)
+            found += [("phone", s, e) for s, e in d._parts(text, m.start(), m.end(), d._PHONE_PART)]
+    return found
+
+
+def ref_cards(text: str) -> Found:
+    found: Found = []
+    for m in REF_CARD.finditer(text):
+        if ref_luhn_ok(re.sub(r"\D", "", m.group())):
+            found.append(("card", m.start(), m.end()))
+        else:
+            found += [("card", s, e) for s, e in d._parts(text, m.start(), m.end(), d._CARD_PART)]
     return found
 
 
 REF_FINDERS: dict[str, Callable[[str], Found]] = {
     "email": lambda t: [("email", m.start(), m.end()) for m in REF_EMAIL.finditer(t)],
     "iban": lambda t: [("iban", m.start(), m.end()) for m in REF_IBAN.finditer(t) if ref_iban_ok(m.group())],
-    "card": lambda t: [("card", m.start(), m.end()) for m in REF_CARD.finditer(t)
-                       if ref_luhn_ok(re.sub(r"\D", "", m.group()))],
+    "card": ref_cards,
     "phone": ref_phones,
 }
 
