@@ -1,6 +1,6 @@
 """The injection rule searches a folded copy of the text with patterns that have no leading \\b and no
 IGNORECASE (so the engine can skip to their first letters): it must find exactly what the patterns as
-written find with IGNORECASE on the text with look-alike letters read as Latin ones (`lookalikes()`), case
+written find with IGNORECASE on the text with look-alike letters read as Latin ones (`readings.one_for_one`), case
 folding's look-alikes and word boundaries included."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, InjectionDetector, _possessive, lookalikes
+from llmops.pipeline.guardrails.detectors import INJECTION_PATTERNS, InjectionDetector, _possessive
+from llmops.pipeline.guardrails.readings import one_for_one
 
 REFERENCE = [re.compile(_possessive(p), re.I | re.M) for p in INJECTION_PATTERNS]
 PIECES = ["ignore", "IGNORE", "Ignore", "all", "previous", "instructions", "prompt", "you", "are", "now", "dan",
@@ -23,7 +24,7 @@ PIECES = ["ignore", "IGNORE", "Ignore", "all", "previous", "instructions", "prom
 
 
 def reference(text: str) -> list[tuple[int, int]]:
-    read = text.translate(lookalikes())
+    read = one_for_one(text)
     return sorted(m.span() for p in REFERENCE for m in p.finditer(read))
 
 

@@ -23,7 +23,8 @@ from typing import Literal
 
 from llmops.errors import ContentFiltered
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.guardrails.detectors import Detector, Finding, build_detector
+from llmops.pipeline.guardrails.detectors import Detector, build_detector
+from llmops.pipeline.guardrails.readings import Finding
 from llmops.settings import GuardrailRule, GuardrailSettings, Stage
 
 log = logging.getLogger("llmops.guardrails")
@@ -31,7 +32,7 @@ Outcome = Literal["allow", "redact", "block"]
 HOLD_CHARS = 64  # a streamed tail kept back until the next chunk, and the word it begins in (_word_start)
 LONGEST_HELD = 1024  # a finding still running at the end of the streamed text is held back whole up to this long
 OFF_LOOP_CHARS = 16_384  # texts that weigh more are checked in a worker thread by the *_async methods
-NOT_ASCII_WEIGHT = 16  # a text not ASCII is read several ways (detectors._in_readings): up to 17x the CPU
+NOT_ASCII_WEIGHT = 16  # a text not ASCII is read several ways (readings.read): up to 17x the CPU
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,9 @@ chunk as well as on whole requests and answers.
 - blocklist: words or phrases on word boundaries, case-insensitive, their words apart by any whitespace;
 - regex: the operator's own patterns.
 
-Injection, PII and blocklist rules read a text as a reader sees it (`_in_readings`): look-alike and
-compatibility letters as the Latin ones they show, characters that show as nothing left out (and, searched
-again, read as spaces), tag characters (searched again) as the ASCII they shadow; the spans they report are
-the text's own. A text's invisible characters are read all one way in each search: one used as a space and
-another inside a word, in the same text, are not both read. The regex rule reads the text as it is.
+Injection, PII and blocklist rules read a text as a reader sees it (readings.py: look-alikes, invisible
+characters, marks, other scripts); the spans they report are the text's own. The regex rule reads the text
+as it is.
 
 Every built-in pattern runs in linear time on any input (tests/unit/test_guardrail_linear.py runs them
 over adversarial inputs of growing size): an unbounded repeat is possessive (`++`, `*+`, no backtracking
@@ -29,22 +27,15 @@ from __future__ import annotations
 
 import importlib
 import re
-import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from typing import Protocol
 
 from llmops.errors import ConfigError
+from llmops.pipeline.guardrails import readings
+from llmops.pipeline.guardrails.readings import Finding
 from llmops.settings import GuardrailRule
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    kind: str  # injection, email, phone, card, iban, blocklist, regex
-    start: int
-    end: int
 
 
 class Detector(Protocol):
@@ -79,7 +70,7 @@ INJECTION_PATTERNS = (
     r"\b(?:act|respond|behave)\s+(?:as\s+if|like)\s+you\s+(?:have|had)\s+no\s+(?:rules|restrictions|filters)",
     r"\bnew\s+(?:system\s+)?instructions?\s*:",
     r"<\|im_start\|>[ \t\r\n]{0,64}system|\[/?INST\]|<<SYS>>",
-    r"^[ \t]*+#{2,}+[ \t]*+(?:system|instruction)s?[ \t]*+:?[ \t]*+$",
+    r"^[ \t]*+#{2,}+[ \t]*+(?:system|instruction)s?[ \t]*+:?[ \t\r]*+$",  # \r: a CRLF line
 )
 
 
@@ -89,132 +80,6 @@ def _possessive(pattern: str) -> str:
     return re.sub(r"\\s\+(?![+?])", lambda m: m.group() + "+", pattern)
 
 
-# What re.IGNORECASE matches to the patterns' ASCII letters, one character for one (so offsets hold): the
-# upper-case letters, and the four others Unicode case-folds onto them (long s, Kelvin sign, dotless i,
-# dotted capital I).
-_FOLD = str.maketrans({**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)},
-                       "\u017f": "s", "\u212a": "k", "\u0131": "i", "\u0130": "i"})
-# Letters that read as Latin ones, one character for one (offsets hold), which the rules read as those
-# (`lookalikes()`): the fullwidth forms, every other character whose compatibility form (NFKC) is one printable
-# ASCII character (mathematical bold and script letters, circled letters, superscripts, small forms), and the
-# Cyrillic and Greek look-alikes of Latin letters. "Ign\u043ere" (a Cyrillic o), "ignore" in fullwidth or
-# mathematical bold letters, or an e-mail address with a fullwidth '@', went past the rules.
-_CYRILLIC_GREEK = {
-    **dict(zip("аеорсхуіјѕԁһкмнтвАЕОРСХУІЈЅԀҺКМНТВ", "aeopcxyijsdhkmhtbaeopcxyijsdhkmhtb", strict=True)),
-    **dict(zip("οαεικνρτυχΟΑΕΙΚΝΡΤΥΧ", "oaeikvptuxoaeiknptyx", strict=True)),
-}
-_COMPATIBLE = ((0xA0, 0x3400), (0xFB00, 0xFFF0), (0x1D400, 0x1D800), (0x1F100, 0x1F200))  # where NFKC has them
-
-
-@cache
-def lookalikes() -> dict[int, str]:
-    """The translate table of the characters above, and of the Latin letters with diacritics as their base
-    letters ("ign\u00f6re", "pr\u00e9vious"): made on first use, 15,000 Unicode lookups, about 10 ms."""
-    table: dict[int, str] = {}
-    for low, high in _COMPATIBLE:
-        for code in range(low, high):
-            form = unicodedata.normalize("NFKC", chr(code))
-            if len(form) == 1 and "!" <= form <= "~":
-                table[code] = form
-            elif (base := _base_letter(chr(code))) is not None:
-                table[code] = base
-    table.update(str.maketrans(_CYRILLIC_GREEK))
-    return table
-
-
-def _base_letter(ch: str) -> str | None:
-    """The Latin letter (or Greek/Cyrillic look-alike's) `ch` is with diacritics, if it is one."""
-    parts = unicodedata.normalize("NFKD", ch)
-    if len(parts) < 2 or not all(unicodedata.combining(c) for c in parts[1:]):
-        return None
-    base = parts[0]
-    return base if base.isascii() and base.isalpha() else _CYRILLIC_GREEK.get(base)
-
-
-# Characters that show as nothing, left out before the rules search (or read as a space: see `_in_readings`):
-# Unicode's format characters (category Cf: zero-width spaces and joiners, soft hyphen, bidi marks and
-# isolates, tags; Unicode 14's, as observability/redaction.py's), the combining grapheme joiner, variation
-# selectors, and the fillers that render blank (Hangul, Khmer, Mongolian).
-IGNORABLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f\u1160\u17b4\u17b5"
-             "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff"
-             "\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3"
-             "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef")
-_IGNORABLE_RE = re.compile(f"[{IGNORABLE}]")
-# The tag characters that shadow printable ASCII (U+E0020..U+E007E), and the ASCII they shadow.
-_TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}
-# Combining marks (diacritics, Zalgo's stacks): left out, a letter read without them.
-_MARKS_RE = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
-_TAGS_RE = re.compile("[\U000e0020-\U000e007e]")
-
-
-def _in_readings(text: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
-    """`search`'s findings in `text` as the rules read it, spans the text's own. ASCII text is searched as it
-    is; other text with look-alike letters read as Latin ones (`lookalikes()`, one for one), combining marks
-    left out ("i\u0301gnore", and Zalgo text), and where it holds characters that show as nothing, twice: with
-    them read as spaces ("previous\u200binstructions" is two words to a reader) and left out ("ig\u200bnore"
-    is one). Where it holds tag characters, which show as nothing but which a model may read as the ASCII they
-    shadow ("ASCII smuggling"), searched again with them read as that ASCII. Findings of the readings that
-    overlap are joined into one span."""
-    if text.isascii():
-        return search(text)
-    read = _translate(text, lookalikes())
-    if _MARKS_RE.search(read) is not None:
-        read, kept = _without(read, _MARKS_RE)
-        return _back(_unseen_or_smuggled(read, search), kept)
-    return _unseen_or_smuggled(read, search)
-
-
-def _unseen_or_smuggled(read: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
-    found = _unseen(read, search)
-    if _TAGS_RE.search(read) is not None:
-        found = _union(found, _unseen(_translate(read, _TAGS), search))
-    return found
-
-
-def _unseen(read: str, search: Callable[[str], list[Finding]]) -> list[Finding]:
-    """`search`'s findings in `read` with the characters that show as nothing read as spaces, and left out."""
-    if _IGNORABLE_RE.search(read) is None:
-        return search(read)
-    joined, kept = _without(read, _IGNORABLE_RE)
-    return _union(search(_IGNORABLE_RE.sub(" ", read)), _back(search(joined), kept))
-
-
-def _without(text: str, pattern: re.Pattern[str]) -> tuple[str, list[int]]:
-    """`text` without `pattern`'s matches, and where each character left came from in `text`."""
-    kept: list[int] = []
-    at = 0
-    for m in pattern.finditer(text):
-        kept.extend(range(at, m.start()))
-        at = m.end()
-    kept.extend(range(at, len(text)))
-    return pattern.sub("", text), kept
-
-
-def _back(found: list[Finding], kept: list[int]) -> list[Finding]:
-    """Findings in a text `_without` made, as spans of the text it was made from."""
-    return [Finding(f.kind, kept[f.start], kept[f.end - 1] + 1) for f in found if f.end > f.start]
-
-
-def _union(first: list[Finding], second: list[Finding]) -> list[Finding]:
-    """The findings of two readings, sorted, those that overlap joined into one span (the earlier's kind): a
-    phone number one reading finds from its "+1" and the other from its area code is redacted whole."""
-    out: list[Finding] = []
-    for f in sorted(first + second, key=_span):
-        if out and f.start < out[-1].end:
-            out[-1] = Finding(out[-1].kind, out[-1].start, max(out[-1].end, f.end))
-        else:
-            out.append(f)
-    return out
-
-
-def _span(f: Finding) -> tuple[int, int]:
-    return f.start, f.end
-
-
-def _translate(text: str, table: dict[int, str]) -> str:
-    """`text.translate(table)` in parts of _CHUNK characters (a character at a time: the GIL is held through
-    each call)."""
-    return "".join([text[i:i + _CHUNK].translate(table) for i in range(0, len(text), _CHUNK)])
 
 
 def _fast(pattern: str) -> tuple[re.Pattern[str], bool]:
@@ -232,24 +97,16 @@ class InjectionDetector:
         self._classifier, self._threshold = classifier, threshold
 
     def find(self, text: str) -> list[Finding]:
-        """The patterns' matches in the text as the rules read it (`_in_readings`); spans are the text's own."""
-        found = _in_readings(text, self._search)
+        """The patterns' matches in the text as the rules read it (`readings.read`); spans are the text's own."""
+        found = readings.read(text, self._search)
         if not found and self._classifier is not None and self._classifier.score(text) >= self._threshold:
             found.append(Finding("injection", 0, len(text)))
         return found
 
     def _search(self, read: str) -> list[Finding]:
-        folded = _fold(read)  # the look-alikes are read already: case alone
+        folded = read.lower()  # ASCII: its look-alikes are read already, case alone is left
         return [Finding("injection", start, end) for p, bounded in self._patterns
                 for start, end in _matches(p, folded, bounded)]
-
-
-def _fold(text: str) -> str:
-    """`text.translate(_FOLD)`, in parts of _CHUNK characters where the text is not ASCII: translating it goes
-    a character at a time then (50 ms a megabyte), and the GIL is held through each call."""
-    if text.isascii():
-        return text.translate(_FOLD)
-    return _translate(text, _FOLD)
 
 
 def _matches(pattern: re.Pattern[str], text: str, bounded: bool) -> Iterator[tuple[int, int]]:
@@ -629,9 +486,9 @@ class PiiDetector:
         self._digits = bool(set(entities) - {"email"})
 
     def find(self, text: str) -> list[Finding]:
-        """What the finders find in the text as the rules read it (`_in_readings`: a fullwidth '@', digits
-        split by zero-width spaces)."""
-        return _in_readings(text, self._find)
+        """What the finders find in the text as the rules read it (`readings.read`: a fullwidth '@', digits
+        split by zero-width spaces, an address against Chinese)."""
+        return readings.read(text, self._find)
 
     def _find(self, text: str) -> list[Finding]:
         found: list[Finding] = []
@@ -656,21 +513,44 @@ def _merge_free(kept: list[Finding], new: list[Finding]) -> list[Finding]:
 
 
 class BlocklistDetector:
-    """The terms on word boundaries, case-insensitive, in the text as the rules read it (`_in_readings`: look-
-    alike and compatibility letters, characters that show as nothing), a term's words apart by any whitespace
-    ("secret  plan", "secret\nplan")."""
+    """The terms, case-insensitive, in the text as the rules read it (`readings.read`), as the terms read too
+    (look-alikes, marks and invisible characters); a term's words apart by any whitespace ("secret  plan",
+    "secret\nplan"). A term in ASCII is searched on the Latin reading (other scripts read as spaces: a term
+    against Chinese is found), on ASCII word boundaries; any other term on the reading that keeps its script,
+    on word boundaries where its first or last character is a letter of a script written with spaces."""
 
     def __init__(self, terms: Iterable[str]) -> None:
-        words = [_IGNORABLE_RE.sub("", _translate(t, lookalikes())).split() for t in terms]
-        self._patterns = [re.compile(r"(?<!\w)" + r"\s++".join(map(re.escape, w)) + r"(?!\w)", re.I)
-                          for w in words if w]
+        read = [readings.without_unseen(readings.one_for_one(t, latin=False)).split() for t in terms]
+        self._latin = [_term(w, True) for w in read if w and all(x.isascii() for x in w)]
+        self._other = [_term(w, False) for w in read if w and not all(x.isascii() for x in w)]
 
     def find(self, text: str) -> list[Finding]:
-        return _in_readings(text, self._search)
+        found = readings.read(text, self._search_latin) if self._latin else []
+        if self._other:
+            found = readings.union(found, readings.read(text, self._search_other, latin=False))
+        return found
 
-    def _search(self, read: str) -> list[Finding]:
-        return [Finding("blocklist", m.start(), m.end()) for p in self._patterns for m in p.finditer(read)
-                if m.end() > m.start()]
+    def _search_latin(self, read: str) -> list[Finding]:
+        return _found(self._latin, read)
+
+    def _search_other(self, read: str) -> list[Finding]:
+        return _found(self._other, read)
+
+
+_NO_SPACES = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                        "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f]")  # scripts written without spaces
+
+
+def _term(words: list[str], latin: bool) -> re.Pattern[str]:
+    first, last = words[0][0], words[-1][-1]
+    before = r"(?<!\w)" if latin or (first.isalnum() and not _NO_SPACES.match(first)) else ""
+    after = r"(?!\w)" if latin or (last.isalnum() and not _NO_SPACES.match(last)) else ""
+    return re.compile(before + r"\s++".join(map(re.escape, words)) + after, re.I)
+
+
+def _found(patterns: list[re.Pattern[str]], read: str) -> list[Finding]:
+    return [Finding("blocklist", m.start(), m.end()) for p in patterns for m in p.finditer(read)
+            if m.end() > m.start()]
 
 
 class PatternDetector:
