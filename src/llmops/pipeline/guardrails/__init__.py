@@ -23,6 +23,7 @@ from typing import Literal
 
 from llmops.errors import ContentFiltered
 from llmops.observability.metrics import Metrics
+from llmops.pipeline.guardrails import readings
 from llmops.pipeline.guardrails.detectors import Detector, build_detector
 from llmops.pipeline.guardrails.readings import Finding
 from llmops.settings import GuardrailRule, GuardrailSettings, Stage
@@ -170,6 +171,21 @@ def _weight(text: str) -> int:
     return len(text) if text.isascii() else len(text) * NOT_ASCII_WEIGHT
 
 
+def _hold_start(text: str) -> int:
+    """Where the held tail starts: HOLD_CHARS characters back, not counting runs of two or more that show as
+    blank or nothing (a phrase's words may stand apart by any number of them, which a reader does not see:
+    "Ignore", 70 zero-width spaces, "all previous instructions" is held whole), at most LONGEST_HELD back;
+    then at the start of the word that falls in (`_word_start`)."""
+    low = max(0, len(text) - LONGEST_HELD)
+    need, end = HOLD_CHARS, len(text)
+    for start, stop in reversed(readings.blank_runs(text, low)):
+        if end - stop >= need:
+            break
+        need -= end - stop
+        end = start
+    return _word_start(text, max(low, end - need))
+
+
 def _word_start(text: str, cut: int) -> int:
     """`cut`, moved back to the start of the word (run without spaces) it falls in, if that is at most
     LONGEST_HELD back: an address is found only once it is whole (an e-mail's top-level domain), so a long
@@ -201,7 +217,7 @@ class StreamGuard:
         if verdict.outcome == "block":
             self._g.record("output", list(verdict.findings))
             raise ContentFiltered(_blocked("output", verdict))
-        cut = _word_start(self._pending, max(0, len(self._pending) - HOLD_CHARS))
+        cut = _hold_start(self._pending)
         for _, f in verdict.findings:  # never cut through a finding: it is redacted whole, later...
             if f.start < cut < f.end and cut - f.start <= LONGEST_HELD:
                 cut = f.start

@@ -110,6 +110,35 @@ _TAG = re.compile("[\U000e0020-\U000e007e]")
 _NOT_ASCII = re.compile("[^\x00-\x7f]")
 
 
+@cache
+def blanks() -> str:
+    """The characters that show as blank or nothing: whitespace, the blank fillers, the invisible ones (the
+    stream guard holds a run of them back with the word before it)."""
+    codes = [*range(0x3400), *range(0xFE00, 0x10000), *range(0xE0000, 0xE0200)]
+    return "".join(ch for ch in map(chr, codes) if ch.isspace() or ch in _SPACES or _IGNORABLE.match(ch))
+
+
+@cache
+def _blank_runs() -> re.Pattern[str]:
+    codes = sorted(map(ord, blanks()))
+    ranges: list[list[int]] = []
+    for code in codes:  # as ranges: a class of 400 single characters is tried one by one
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]{2,}+")
+
+
+_ASCII_RUNS = re.compile(r"\s{2,}+", re.ASCII)
+
+
+def blank_runs(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """The runs of two or more characters that show as blank or nothing in text[start:]."""
+    runs = _ASCII_RUNS if text.isascii() else _blank_runs()
+    return [m.span() for m in runs.finditer(text, start)]
+
+
 def one_for_one(text: str, latin: bool = True) -> str:
     """The text with look-alikes, digits, spaces and punctuation read (`lookalikes()`) and, for `latin`, every
     other character not ASCII as a space; offsets hold."""
