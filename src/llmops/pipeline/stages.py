@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from llmops.errors import LLMOpsError, PermissionDenied
-from llmops.pipeline.accounting import Charge
+from llmops.pipeline.accounting import CHARS_PER_TOKEN, Charge
 from llmops.pipeline.context import RequestContext
 from llmops.pipeline.routing import Plan
 from llmops.pipeline.semantic_cache import Lookup
@@ -199,7 +199,7 @@ async def budget(services: Services, call: Call) -> None:
     if charge is not None:  # nothing to check or reserve (no key, no breaker): no worst case to work out
         call.charge = charge
         return
-    tokens, engine_s = -(-chars // 4), call.deadline - call.ctx.received
+    tokens, engine_s = -(-chars // CHARS_PER_TOKEN), call.deadline - call.ctx.received
     estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
     completion = call.work.max_completion_tokens(call.config)
     for name in call.plan.chain[1:]:

@@ -23,6 +23,7 @@ from typing import Literal
 
 from llmops.errors import ContentFiltered
 from llmops.observability.metrics import Metrics
+from llmops.pipeline.accounting import CHARS_PER_TOKEN
 from llmops.pipeline.guardrails import readings
 from llmops.pipeline.guardrails.detectors import Detector, build_detector
 from llmops.pipeline.guardrails.readings import Finding
@@ -108,7 +109,7 @@ class Guardrails:
             raise ContentFiltered(f"the input is {total} characters; this server accepts at most {limit}",
                                   param=param)
         token_limit = self.settings.max_input_tokens
-        tokens = (total + 3) // 4 + ids
+        tokens = -(-total // CHARS_PER_TOKEN) + ids
         if token_limit is not None and tokens > token_limit:
             raise ContentFiltered(f"the input is about {tokens} tokens; this server accepts at most "
                                   f"{token_limit}", param=param)
