@@ -240,11 +240,13 @@ def test_no_invisible_character_or_look_alike_inside_words_hides_a_term(data: st
     ("Visa 4111111111111111 123", "Visa [REDACTED:card] 123"),
     ("card 4111 1111 1111 1111 exp 12 30", "card [REDACTED:card] exp 12 30"),
     ("qty 2 4111 1111 1111 1111", "qty 2 [REDACTED:card]"),
-    ("Phones: 415 555 2671 415 555 2672", "Phones: [REDACTED:phone] [REDACTED:phone]"),
-    ("1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9", "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9")])
-def test_a_number_beside_a_card_or_phone_does_not_hide_it(text: str, redacted: str) -> None:
-    """The pattern takes the neighbouring number into its match, whose check then fails: the runs of its
-    digit groups that pass are found (a card's groups of 3 digits or more, as cards are written)."""
+    ("1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9", "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9"),
+    ("120 340 560 780 910 230", "120 340 560 780 910 230"),
+    ("9400 1000 0000 0000 0000 00", "9400 1000 0000 0000 0000 00")])
+def test_a_number_beside_a_card_does_not_hide_it(text: str, redacted: str) -> None:
+    """The pattern takes the neighbouring number into its match, whose Luhn check then fails: the runs of its
+    digit groups written as a card is that pass are found; numbers in other groups never are (an attack
+    run found a retry on any run of groups taking tables of numbers for cards and phones)."""
     g = guardrails({"name": "pii", "detector": "pii", "action": "redact"})
     assert g.check_input([text]) == [redacted]
 

@@ -58,8 +58,6 @@ def ref_phones(text: str) -> Found:
         marked = text_.startswith(("+", "("))
         if (9 if not marked else 8) <= len(digits) <= 15 and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text_):
             found.append(("phone", m.start(), m.end()))
-        else:  # the runs of its groups that pass (the same step after both searches: tested on its own)
-            found += [("phone", s, e) for s, e in d._parts(text, m.start(), m.end(), d._PHONE_PART)]
     return found
 
 
@@ -69,7 +67,8 @@ def ref_cards(text: str) -> Found:
         if ref_luhn_ok(re.sub(r"\D", "", m.group())):
             found.append(("card", m.start(), m.end()))
         else:
-            found += [("card", s, e) for s, e in d._parts(text, m.start(), m.end(), d._CARD_PART)]
+            # the parts of it written as cards that pass (the same step after both searches: tested on its own)
+            found += [("card", s, e) for s, e in d._card_parts(text, m.start(), m.end())]
     return found
 
 

@@ -29,7 +29,6 @@ import importlib
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from llmops.errors import ConfigError
@@ -281,18 +280,18 @@ class _Digits:
         self.count = {c: classes.count(c.encode()) for c in "0a_+(-"}
 
     def checked(self, spans: Spans, fast: Callable[[bytes], bool], slow: Callable[[str], bool],
-                part: _Part | None = None) -> Spans:
+                parts: Callable[[str, int, int], Spans] | None = None) -> Spans:
         """The spans whose text passes the check (`fast` on the ASCII bytes of those that are ASCII: no '?',
-        which no card, IBAN or phone match holds), where they are in the original text. With `part`, a span
-        that fails gives the runs of its digit groups that pass `part` (`_parts`)."""
+        which no card, IBAN or phone match holds), where they are in the original text. With `parts`, a span
+        that fails gives the parts of it that `parts` finds (`_card_parts`)."""
         a, t = self.ascii, self.text
         if self.is_ascii:
             ok = [(s, e) for s, e in spans if fast(a[s:e])]
         else:
             ok = [(s, e) for s, e in spans if (fast(b) if b"?" not in (b := a[s:e]) else slow(t[s:e]))]
-        if part is not None and len(ok) < len(spans):
+        if parts is not None and len(ok) < len(spans):
             passed = set(ok)
-            ok = sorted(ok + [p for span in spans if span not in passed for p in _parts(t, *span, part)])
+            ok = sorted(ok + [p for span in spans if span not in passed for p in parts(t, *span)])
         if len(self.shifts) == 1:
             shift = self.shifts[0]
             return [(s + shift, e + shift) for s, e in ok]
@@ -300,49 +299,35 @@ class _Digits:
         return [(s + (d := shifts[bisect_right(starts, s) - 1]), e + d) for s, e in ok]
 
 
-_GROUP = re.compile(r"[^ .-]++")  # a card's or a phone's digit group (with a phone's '+' or brackets)
-_MARKS = re.compile(r"[+()]")
+_GROUP = re.compile(r"[^ -]++")  # a card's digit group
 
 
-@dataclass(frozen=True)
-class _Part:
-    """What a run of a failed match's digit groups must be to be taken (`_parts`): its digits in [low, high],
-    each group at least `group` digits; then `ok` on its text and its count of digits."""
-
-    low: int
-    high: int
-    group: int
-    ok: Callable[[str, int], bool]
+# How cards are written: one run of digits, or groups of these sizes (Visa/Mastercard, Amex, Diners, 19 digits)
+_CARD_SHAPES = (*((n,) for n in range(19, 12, -1)), (4, 4, 4, 4, 3), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
 
 
-def _parts(text: str, start: int, end: int, part: _Part) -> Spans:
-    """Within a match that failed its check, runs of whole digit groups that pass `part`, chosen to cover the
-    most characters (then in the fewest runs): a card followed by another number ("4111 1111 1111 1111 123"),
-    or two phone numbers in a row, were one match that failed, and nothing was found. A match has at most 19
-    groups, and a run is checked only when its digits are in range: arithmetic for most."""
+def _card_parts(text: str, start: int, end: int) -> Spans:
+    """Within a card match that failed the Luhn check, the runs of its digit groups written as a card is
+    (`_CARD_SHAPES`) that pass it, leftmost first: a card beside another number ("Visa 4111111111111111 123",
+    "qty 2 4111 1111 1111 1111") was one match that failed, and nothing was found. Groups of other sizes
+    (a table's numbers, a timestamp) are never taken for a card."""
     groups = [m.span() for m in _GROUP.finditer(text, start, end)]
-    if _MARKS.search(text, start, end) is None:
-        sizes = [b - a for a, b in groups]
-    else:
-        sizes = [b - a - text.count("+", a, b) - text.count("(", a, b) - text.count(")", a, b) for a, b in groups]
-    n = len(groups)
-    best: list[tuple[int, int, Spans]] = [(0, 0, [])] * (n + 1)  # from group i on: (covered, -runs, runs)
-    for i in range(n - 1, -1, -1):
-        choice = best[i + 1]  # group i in no run
-        digits = 0
-        for j in range(i, n):
-            if sizes[j] < part.group:
+    sizes = tuple(b - a for a, b in groups)
+    if len(groups) < 2 or max(sizes) < 4:  # one group is the match itself; every shape has a group of 4+
+        return []
+    out: Spans = []
+    i = 0
+    while i < len(groups):
+        for shape in _CARD_SHAPES:
+            j = i + len(shape)
+            if sizes[i:j] == shape and (groups[i][0], groups[j - 1][1]) != (start, end) and \
+                    _luhn(text[groups[i][0]:groups[j - 1][1]]):
+                out.append((groups[i][0], groups[j - 1][1]))
+                i = j
                 break
-            digits += sizes[j]
-            if digits > part.high:
-                break
-            lo, hi = groups[i][0], groups[j][1]
-            if digits >= part.low and (lo, hi) != (start, end) and part.ok(text[lo:hi], digits):
-                covered, runs, spans = best[j + 1]
-                if (covered + hi - lo, runs - 1) > choice[:2]:
-                    choice = (covered + hi - lo, runs - 1, [(lo, hi), *spans])
-        best[i] = choice
-    return best[0][2]
+        else:
+            i += 1
+    return out
 
 
 def _emails(text: str, _: _Digits | None) -> Iterable[Finding]:
@@ -405,7 +390,7 @@ def _cards(_: str, digits: _Digits | None) -> Iterable[Finding]:
     count = digits.count  # of the characters each form is tried at
     first, after = count["0"], len(digits.ascii) - count["0"] - count["-"]
     spans = (_CARD_FIRST if first <= after else _CARD_AFTER).spans(digits.text, chunk=_CHUNK)
-    return [Finding("card", s, e) for s, e in digits.checked(spans, _luhn_ascii, _luhn, _CARD_PART)]
+    return [Finding("card", s, e) for s, e in digits.checked(spans, _luhn_ascii, _luhn, _card_parts)]
 
 
 def _ibans(_: str, digits: _Digits | None) -> Iterable[Finding]:
@@ -423,17 +408,11 @@ def _phones(_: str, digits: _Digits | None) -> Iterable[Finding]:
     first = count["0"] + count["+"] + count["("]
     after = len(digits.ascii) - count["0"] - count["a"] - count["_"] - count["+"]
     spans = (_PHONE_FIRST if first <= after else _PHONE_AFTER).spans(digits.text, chunk=_CHUNK)
-    return [Finding("phone", s, e) for s, e in digits.checked(spans, _phone_ascii, _phone, _PHONE_PART)]
+    return [Finding("phone", s, e) for s, e in digits.checked(spans, _phone_ascii, _phone)]
 
 
 def _luhn(card: str) -> bool:
     return luhn_ok(re.sub(r"\D", "", card))
-
-
-# the parts of a failed match taken for a card: 13 to 19 digits in groups of 3 or more, as cards are written
-# (a run of single digits, "4 5 6 7 ...", is not taken for one); for a phone: its check again
-_CARD_PART = _Part(13, 19, 3, lambda card, _: _luhn(card))
-_PHONE_PART = _Part(8, 15, 1, lambda phone, digits: digits >= (8 if phone[0] in "+(" else 9))  # `_phone`
 
 
 def _luhn_ascii(card: bytes) -> bool:
