@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +61,8 @@ class Guardrails:
         self.settings, self.metrics = settings, metrics
         self._rules: list[tuple[GuardrailRule, Detector]] = [(r, build_detector(r)) for r in settings.rules]
         self._stages = frozenset(stage for rule, _ in self._rules for stage in rule.stages)  # any rule's
+        if any(rule.detector != "regex" for rule, _ in self._rules):
+            readings.prepare()  # the reading tables made at start-up, not by the first request that needs them
 
     def active(self, stage: Stage) -> bool:
         return stage in self._stages
@@ -173,13 +176,14 @@ def _weight(text: str) -> int:
 
 
 def _hold_start(text: str) -> int:
-    """Where the held tail starts: HOLD_CHARS characters back, not counting runs of two or more that show as
-    blank or nothing (a phrase's words may stand apart by any number of them, which a reader does not see:
-    "Ignore", 70 zero-width spaces, "all previous instructions" is held whole), at most LONGEST_HELD back;
-    then at the start of the word that falls in (`_word_start`)."""
+    """Where the held tail starts: HOLD_CHARS characters back, not counting those a reader does not see
+    (`readings.unseen_runs`: a phrase's words may stand apart by any number of blanks or invisible
+    characters, and its letters carry any number of marks: "Ignore", 70 zero-width spaces, "all previous
+    instructions" is held whole), at most LONGEST_HELD back; then at the start of the word that falls in
+    (`_word_start`)."""
     low = max(0, len(text) - LONGEST_HELD)
     need, end = HOLD_CHARS, len(text)
-    for start, stop in reversed(readings.blank_runs(text, low)):
+    for start, stop in reversed(readings.unseen_runs(text, low)):
         if end - stop >= need:
             break
         need -= end - stop
@@ -188,16 +192,28 @@ def _hold_start(text: str) -> int:
 
 
 def _word_start(text: str, cut: int) -> int:
-    """`cut`, moved back to the start of the word (run without spaces) it falls in, if that is at most
-    LONGEST_HELD back: an address is found only once it is whole (an e-mail's top-level domain), so a long
-    one not yet found must not be sent in part. A longer word is cut where it is (see `StreamGuard.feed`)."""
-    if cut == 0 or cut >= len(text) or text[cut - 1].isspace() or text[cut].isspace():
+    """`cut`, moved back to the start of the word it falls in (a run of characters that are neither spaces
+    nor of a script written without spaces, where each character is a word), if that is at most LONGEST_HELD
+    back: an address is found only once it is whole (an e-mail's top-level domain), so a long one not yet
+    found must not be sent in part. A longer word is cut where it is (see `StreamGuard.feed`)."""
+    if cut == 0 or cut >= len(text) or _BREAK.match(text, cut - 1) or _BREAK.match(text, cut):
         return cut
     low = max(0, cut - LONGEST_HELD)
-    space = max(text.rfind(" ", low, cut), text.rfind("\n", low, cut), text.rfind("\t", low, cut))
+    before = text[low:cut]
+    if before.isascii():
+        space = max(before.rfind(" "), before.rfind("\n"), before.rfind("\t"))
+    else:
+        last = _BREAK.search(before[::-1])
+        space = len(before) - 1 - last.start() if last is not None else -1
     if space >= 0:
-        return space + 1
+        return low + space + 1
     return 0 if low == 0 else cut
+
+
+# what ends a word: a space (a zero-width one too), or a character of a script written without spaces (each
+# is a word of its own)
+_BREAK = re.compile("[\\s\u180e\u200b\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                    "\uf900-\ufaff\uff01-\uff65\U00020000-\U0003134f]")
 
 
 def _blocked(stage: str, verdict: Verdict) -> str:

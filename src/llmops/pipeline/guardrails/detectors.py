@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -492,20 +493,24 @@ def _merge_free(kept: list[Finding], new: list[Finding]) -> list[Finding]:
 
 
 class BlocklistDetector:
-    """The terms, case-insensitive, in the text as the rules read it (`readings.read`), as the terms read too
-    (look-alikes, marks and invisible characters); a term's words apart by any whitespace ("secret  plan",
-    "secret\nplan"). A term in ASCII is searched on the Latin reading (other scripts read as spaces: a term
-    against Chinese is found), on ASCII word boundaries; any other term on the reading that keeps its script,
-    on word boundaries where its first or last character is a letter of a script written with spaces."""
+    """The terms, case-insensitive, in the text as the rules read it (`readings.read`); a term's words apart
+    by any whitespace ("secret  plan", "secret\nplan"). A term in ASCII is read as texts are, on the Latin
+    reading (look-alikes and letters with diacritics as Latin letters, marks and invisible characters left
+    out, other scripts apart: a term against Chinese is found), on word boundaries. Any other term (another
+    script, or diacritics, which tell words apart: "g\u00f6t" is not "got") is searched as written, composed or
+    decomposed, in the text with its invisible characters left out, on word boundaries where its first or
+    last character is a letter of a script written with spaces."""
 
     def __init__(self, terms: Iterable[str]) -> None:
-        read = [readings.without_unseen(readings.one_for_one(t, latin=False)).split() for t in terms]
-        self._latin = [_term(w, True) for w in read if w and all(x.isascii() for x in w)]
-        self._other = [_term(w, False) for w in read if w and not all(x.isascii() for x in w)]
+        latin = [t.split() for t in terms if t.isascii()]
+        other = [unicodedata.normalize("NFC", readings.without_unseen(t, marks=False)).split()
+                 for t in terms if not t.isascii()]
+        self._latin = _terms([w for w in latin if w], True)
+        self._other = _terms([w for w in other if w], False)
 
     def find(self, text: str) -> list[Finding]:
-        found = readings.read(text, self._search_latin) if self._latin else []
-        if self._other:
+        found = readings.read(text, self._search_latin) if self._latin is not None else []
+        if self._other is not None:
             found = readings.union(found, readings.read(text, self._search_other, latin=False))
         return found
 
@@ -520,16 +525,32 @@ _NO_SPACES = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u
                         "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f]")  # scripts written without spaces
 
 
-def _term(words: list[str], latin: bool) -> re.Pattern[str]:
+def _terms(terms: list[list[str]], latin: bool) -> re.Pattern[str] | None:
+    """One pattern for the terms (each a list of words), the longer first where they start alike: the text
+    is searched once, whatever the number of terms."""
+    if not terms:
+        return None
+    parts = sorted({_term(words, latin) for words in terms}, key=len, reverse=True)
+    return re.compile("|".join(parts), re.I)
+
+
+def _term(words: list[str], latin: bool) -> str:
     first, last = words[0][0], words[-1][-1]
     before = r"(?<!\w)" if latin or (first.isalnum() and not _NO_SPACES.match(first)) else ""
     after = r"(?!\w)" if latin or (last.isalnum() and not _NO_SPACES.match(last)) else ""
-    return re.compile(before + r"\s++".join(map(re.escape, words)) + after, re.I)
+    written = r"\s++".join("".join(map(_written, word)) for word in words)
+    return f"{before}(?:{written}){after}"
 
 
-def _found(patterns: list[re.Pattern[str]], read: str) -> list[Finding]:
-    return [Finding("blocklist", m.start(), m.end()) for p in patterns for m in p.finditer(read)
-            if m.end() > m.start()]
+def _written(ch: str) -> str:
+    """A character as written composed or decomposed ("\u00e9" or "e\u0301")."""
+    split = unicodedata.normalize("NFD", ch)
+    return re.escape(ch) if split == ch else f"(?:{re.escape(ch)}|{re.escape(split)})"
+
+
+def _found(pattern: re.Pattern[str] | None, read: str) -> list[Finding]:
+    assert pattern is not None
+    return [Finding("blocklist", m.start(), m.end()) for m in pattern.finditer(read) if m.end() > m.start()]
 
 
 class PatternDetector:

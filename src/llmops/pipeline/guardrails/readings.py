@@ -8,10 +8,14 @@ itself:
   as an ASCII digit; space separators and blank fillers (no-break, narrow and ideographic spaces, Hangul
   fillers, the Braille blank) as a space, line and paragraph separators as a newline; dashes and the minus
   sign as '-', typographic apostrophes and quotes as ASCII ones, the ideographic full stop as '.'. For
-  rules written in ASCII (`latin`), every other character not ASCII reads as a space: a Latin phrase,
-  address or number written against Chinese, Japanese or Thai (scripts without spaces between words) or any
-  other script stands apart;
-- combining marks (diacritics written apart, Zalgo stacks) are left out;
+  rules written in ASCII (`latin`), every other character not ASCII reads as a word character ('_') if it
+  is a letter or digit of a script written with spaces (so "Fußballs" or a Russian word holds no Latin
+  word, and "jürgen.straße@example.de" is one address), and otherwise (symbols, and the scripts
+  written without spaces: Chinese, Japanese, Korean, Thai, Lao, Khmer, Myanmar) as a character that is
+  neither a word character nor a space ('\0'): a Latin phrase, address or number written against Chinese
+  stands apart, and numbers joined by symbols or by Chinese dates ("3840×2160", "2024年11月")
+  do not read as separated groups;
+- combining marks (diacritics written apart, Zalgo stacks, any other mark) are left out;
 - characters that show as nothing (format characters: zero-width spaces and joiners, soft hyphens, bidi
   controls, tags, variation selectors) are left out; where the text holds a zero-width space (or a Mongolian
   vowel separator), it is searched again with those read as spaces and the rest left out ("previous
@@ -23,7 +27,7 @@ Findings of the readings that overlap are joined into one span. Not read: look-a
 hold (Unicode's confusables list has more), letters written as several characters (ligatures such as 'st'
 read as one), text reordered for display by bidi overrides, and zero-width spaces used both between words
 and inside one in the same text."""
-# ruff: noqa: RUF001 (the look-alike letters are this module's subject)
+# ruff: noqa: RUF001, RUF002 (the look-alike letters are this module's subject)
 
 from __future__ import annotations
 
@@ -94,81 +98,115 @@ def _base_letter(ch: str) -> str | None:
 
 
 # Characters that show as nothing: Unicode's format characters (category Cf; Unicode 14's, as
-# observability/redaction.py's), the combining grapheme joiner, variation selectors, Khmer's inherent vowels.
-# Of them, BREAKS separate words (read both as nothing and as a space); the others never do.
+# observability/redaction.py's), the other default-ignorable code points, the combining grapheme joiner,
+# variation selectors, Khmer's inherent vowels. Of them, BREAKS separate words (read both as nothing and as a
+# space); the others never do.
 IGNORABLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u17b4\u17b5"
-             "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufe00-\ufe0f\ufeff"
-             "\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3"
-             "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000e0100-\U000e01ef")
+             "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufe00-\ufe0f\ufeff"
+             "\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+             "\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
 _IGNORABLE = re.compile(f"[{IGNORABLE}]")
 _BREAKS = {0x200B: " ", 0x180E: " "}
 _BREAK = re.compile("[\u200b\u180e]")
-# Combining marks (diacritics written apart, Zalgo's stacks, enclosing marks): left out.
-_MARKS = re.compile("[\u0300-\u036f\u0483-\u0489\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ua66f-\ua672\ufe20-\ufe2f]")
 _TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}  # tags as the ASCII they shadow
 _TAG = re.compile("[\U000e0020-\U000e007e]")
 _NOT_ASCII = re.compile("[^\x00-\x7f]")
+# letters and digits of scripts written with spaces, not ASCII
+_WORDLIKE = re.compile("[^\\W\x00-\x7f\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff"
+                       "\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+                       "\uff66-\uffdc\U00020000-\U0003134f]")
+# where the combining marks, blanks and invisible characters are (`_scan`)
+_SCANNED = ((0, 0x3400), (0xA600, 0xAB00), (0xFB00, 0x10000), (0x11000, 0x11100), (0x13430, 0x13440),
+            (0x1BCA0, 0x1BCB0), (0x1D100, 0x1D250), (0x1E000, 0x1E030), (0xE0000, 0xE1000))
+
+
+def _latin(text: str) -> str:
+    """`text` for rules written in ASCII: its other characters as '_' or '\\0' (the last one-for-one step)."""
+    return _NOT_ASCII.sub("\0", _WORDLIKE.sub("_", text))
 
 
 @cache
-def blanks() -> str:
-    """The characters that show as blank or nothing: whitespace, the blank fillers, the invisible ones (the
-    stream guard holds a run of them back with the word before it)."""
-    codes = [*range(0x3400), *range(0xFE00, 0x10000), *range(0xE0000, 0xE0200)]
-    return "".join(ch for ch in map(chr, codes) if ch.isspace() or ch in _SPACES or _IGNORABLE.match(ch))
+def _scan() -> dict[str, re.Pattern[str]]:
+    """Classes made from Unicode's tables, as ranges (a class of single characters is tried one by one):
+    `marks`, every combining mark (categories Mn and Me: diacritics, Zalgo stacks, Hebrew points, kana voicing
+    marks); `unseen`, a run of two or more blank, invisible or mark characters, or one invisible or mark
+    (what the stream guard does not count in its held tail)."""
+    marks, unseen, spaces = [], [], []
+    for low, high in _SCANNED:
+        for code in range(low, high):
+            ch = chr(code)
+            if unicodedata.category(ch) in ("Mn", "Me"):
+                marks.append(code)
+                unseen.append(code)
+            elif _IGNORABLE.match(ch) or (ch in _SPACES and not ch.isspace()):
+                unseen.append(code)
+            elif ch.isspace():
+                spaces.append(code)
+    seen_not = _ranges(unseen)
+    return {"marks": re.compile(f"[{_ranges(marks)}]"),
+            "unseen": re.compile(f"[{seen_not}{_ranges(spaces)}]{{2,}}+|[{seen_not}]++")}
 
 
-@cache
-def _blank_runs() -> re.Pattern[str]:
-    codes = sorted(map(ord, blanks()))
-    ranges: list[list[int]] = []
-    for code in codes:  # as ranges: a class of 400 single characters is tried one by one
-        if ranges and code == ranges[-1][1] + 1:
-            ranges[-1][1] = code
+def _ranges(codes: list[int]) -> str:
+    spans: list[list[int]] = []
+    for code in sorted(codes):
+        if spans and code == spans[-1][1] + 1:
+            spans[-1][1] = code
         else:
-            ranges.append([code, code])
-    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]{2,}+")
+            spans.append([code, code])
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in spans)
 
 
 _ASCII_RUNS = re.compile(r"\s{2,}+", re.ASCII)
 
 
-def blank_runs(text: str, start: int = 0) -> list[tuple[int, int]]:
-    """The runs of two or more characters that show as blank or nothing in text[start:]."""
-    runs = _ASCII_RUNS if text.isascii() else _blank_runs()
+def unseen_runs(text: str, start: int = 0) -> list[tuple[int, int]]:
+    """The runs in text[start:] that a reader does not see as characters: two or more blank, invisible or
+    mark characters together, or one invisible or mark character."""
+    runs = _ASCII_RUNS if text.isascii() else _scan()["unseen"]
     return [m.span() for m in runs.finditer(text, start)]
+
+
+def prepare() -> None:
+    """Make the tables now (at start-up) rather than on the first request that needs them (some 20 ms)."""
+    lookalikes()
+    _scan()
 
 
 def one_for_one(text: str, latin: bool = True) -> str:
     """The text with look-alikes, digits, spaces and punctuation read (`lookalikes()`) and, for `latin`, every
-    other character not ASCII as a space; offsets hold."""
+    other character not ASCII as '_' or '\\0' (`_latin`); offsets hold."""
     read = translate(text, lookalikes())
-    return _NOT_ASCII.sub(" ", read) if latin else read
+    return _latin(read) if latin else read
 
 
 def read(text: str, search: Search, latin: bool = True) -> list[Finding]:
     """`search`'s findings in `text` as the rules read it (the module's readings), spans the text's own;
-    ASCII text is searched as it is. `latin`: the rules are written in ASCII (`one_for_one`)."""
+    ASCII text is searched as it is. `latin`: the rules are written in ASCII (`one_for_one`); otherwise the
+    text keeps its letters and marks as they are, invisible characters alone left out (a blocklist's term
+    in another script, or with diacritics, which tell its words apart: "g\u00f6t" is not "got")."""
     if text.isascii():
         return search(text)
-    found = _unseen(translate(text, lookalikes()), search, latin)
+    table = lookalikes() if latin else {}
+    found = _unseen(translate(text, table), search, latin)
     if _TAG.search(text) is not None:
-        found = union(found, _unseen(translate(translate(text, _TAGS), lookalikes()), search, latin))
+        found = union(found, _unseen(translate(translate(text, _TAGS), table), search, latin))
     return found
 
 
 def _unseen(text: str, search: Search, latin: bool) -> list[Finding]:
-    """`search`'s findings with combining marks and invisible characters left out, and again with the breaks
-    among them as spaces."""
+    """`search`'s findings with invisible characters (and, for `latin`, combining marks) left out, and again
+    with the breaks among them as spaces."""
     ways = [_IGNORABLE]
     if _BREAK.search(text) is not None:
         ways.append(_BREAK)
+    drop = (_scan()["marks"], _IGNORABLE) if latin else (_IGNORABLE,)
     found: list[Finding] = []
     for way in ways:
         spaced = text if way is _IGNORABLE else translate(text, _BREAKS)
-        kept_text, kept = _without(spaced, _MARKS, _IGNORABLE)
+        kept_text, kept = _without(spaced, *drop)
         if latin:
-            kept_text = _NOT_ASCII.sub(" ", kept_text)
+            kept_text = _latin(kept_text)
         found = union(found, _back(search(kept_text), kept))
     return found
 
@@ -201,9 +239,10 @@ def _back(found: list[Finding], kept: list[int] | None) -> list[Finding]:
     return [Finding(f.kind, kept[f.start], kept[f.end]) for f in found if f.end > f.start]
 
 
-def without_unseen(text: str) -> str:
-    """`text` without its combining marks and invisible characters (a blocklist's term, read as texts are)."""
-    return _without(text, _MARKS, _IGNORABLE)[0]
+def without_unseen(text: str, marks: bool = True) -> str:
+    """`text` without its invisible characters and (with `marks`) combining marks: a blocklist's term, read
+    as texts are."""
+    return _without(text, *((_scan()["marks"], _IGNORABLE) if marks else (_IGNORABLE,)))[0]
 
 
 def union(first: list[Finding], second: list[Finding]) -> list[Finding]:
