@@ -210,10 +210,9 @@ def _word_start(text: str, cut: int) -> int:
     return 0 if low == 0 else cut
 
 
-# what ends a word: a space (a zero-width one too), or a character of a script written without spaces (each
-# is a word of its own)
-_BREAK = re.compile("[\\s\u180e\u200b\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                    "\uf900-\ufaff\uff01-\uff65\U00020000-\U0003134f]")
+# what ends a word: a space (a zero-width one too), CJK punctuation, or a character of a script written
+# without spaces (each is a word of its own)
+_BREAK = re.compile(f"[\\s\u180e\u200b\u3000-\u303f\uff01-\uff65{readings.NO_SPACES}]")
 
 
 def _blocked(stage: str, verdict: Verdict) -> str:

@@ -521,10 +521,6 @@ class BlocklistDetector:
         return _found(self._other, read)
 
 
-_NO_SPACES = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                        "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f]")  # scripts written without spaces
-
-
 def _terms(terms: list[list[str]], latin: bool) -> re.Pattern[str] | None:
     """One pattern for the terms (each a list of words), the longer first where they start alike: the text
     is searched once, whatever the number of terms."""
@@ -536,8 +532,8 @@ def _terms(terms: list[list[str]], latin: bool) -> re.Pattern[str] | None:
 
 def _term(words: list[str], latin: bool) -> str:
     first, last = words[0][0], words[-1][-1]
-    before = r"(?<!\w)" if latin or (first.isalnum() and not _NO_SPACES.match(first)) else ""
-    after = r"(?!\w)" if latin or (last.isalnum() and not _NO_SPACES.match(last)) else ""
+    before = r"(?<!\w)" if latin or (first.isalnum() and not readings.NO_SPACE.match(first)) else ""
+    after = r"(?!\w)" if latin or (last.isalnum() and not readings.NO_SPACE.match(last)) else ""
     written = r"\s++".join("".join(map(_written, word)) for word in words)
     return f"{before}(?:{written}){after}"
 

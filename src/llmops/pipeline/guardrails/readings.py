@@ -111,10 +111,12 @@ _BREAK = re.compile("[\u200b\u180e]")
 _TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}  # tags as the ASCII they shadow
 _TAG = re.compile("[\U000e0020-\U000e007e]")
 _NOT_ASCII = re.compile("[^\x00-\x7f]")
-# letters and digits of scripts written with spaces, not ASCII
-_WORDLIKE = re.compile("[^\\W\x00-\x7f\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff"
-                       "\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
-                       "\uff66-\uffdc\U00020000-\U0003134f]")
+# the scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, the ideographs), and
+# Korean, whose particles join the word before them
+NO_SPACES = ("\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
+             "\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uffdc\U00020000-\U0003134f")
+NO_SPACE = re.compile(f"[{NO_SPACES}]")
+_WORDLIKE = re.compile(f"[^\\W\x00-\x7f{NO_SPACES}]")  # letters and digits of the other scripts, not ASCII
 # where the combining marks, blanks and invisible characters are (`_scan`)
 _SCANNED = ((0, 0x3400), (0xA600, 0xAB00), (0xFB00, 0x10000), (0x11000, 0x11100), (0x13430, 0x13440),
             (0x1BCA0, 0x1BCB0), (0x1D100, 0x1D250), (0x1E000, 0x1E030), (0xE0000, 0xE1000))
