@@ -171,8 +171,9 @@ class Guardrails:
 
 
 def _weight(text: str) -> int:
-    """What checking `text` costs, in ASCII characters' worth."""
-    return len(text) if text.isascii() else len(text) * NOT_ASCII_WEIGHT
+    """What checking `text` costs, in ASCII characters' worth (markup is read a second time, as rendered)."""
+    weight = len(text) if text.isascii() else len(text) * NOT_ASCII_WEIGHT
+    return weight * 2 if readings.marked(text) else weight
 
 
 def _hold_start(text: str) -> int:

@@ -98,7 +98,7 @@ class InjectionDetector:
 
     def find(self, text: str) -> list[Finding]:
         """The patterns' matches in the text as the rules read it (`readings.read`); spans are the text's own."""
-        found = readings.read(text, self._search)
+        found = readings.read(text, self._search, markup=True)
         if not found and self._classifier is not None and self._classifier.score(text) >= self._threshold:
             found.append(Finding("injection", 0, len(text)))
         return found
@@ -509,7 +509,7 @@ class BlocklistDetector:
         self._other = _terms([w for w in other if w], False)
 
     def find(self, text: str) -> list[Finding]:
-        found = readings.read(text, self._search_latin) if self._latin is not None else []
+        found = readings.read(text, self._search_latin, markup=True) if self._latin is not None else []
         if self._other is not None:
             found = readings.union(found, readings.read(text, self._search_other, latin=False))
         return found

@@ -21,7 +21,9 @@ itself:
   vowel separator), it is searched again with those read as spaces and the rest left out ("previous
   \u200binstructions" is two words, "pre\u00advious" one);
 - where it holds tag characters, which show as nothing but which a model may read as the ASCII they shadow
-  ("ASCII smuggling"), it is searched again with them as that ASCII.
+  ("ASCII smuggling"), it is searched again with them as that ASCII;
+- for the injection and blocklist rules (`markup`), where it holds Markdown emphasis, HTML tags or words
+  joined by '-' or '_', it is searched again as rendered (tags and emphasis left out, joins as spaces).
 
 Findings of the readings that overlap are joined into one span. Not read: look-alikes this table does not
 hold (Unicode's confusables list has more), letters written as several characters (ligatures such as 'st'
@@ -111,6 +113,10 @@ _BREAK = re.compile("[\u200b\u180e]")
 _TAGS = {code: chr(code - 0xE0000) for code in range(0xE0020, 0xE007F)}  # tags as the ASCII they shadow
 _TAG = re.compile("[\U000e0020-\U000e007e]")
 _NOT_ASCII = re.compile("[^\x00-\x7f]")
+# Markdown emphasis and code marks, HTML tags (left out), words joined by '-' or '_' (the join read as a space)
+_MARKUP = re.compile(r"<[A-Za-z/!][^<>\n]{0,64}+>|[*~`]")
+_JOINED = re.compile(r"(?<=\w)[-_](?=\w)")
+_MARKED = re.compile(r"[*~`<]|\w[-_]\w")
 # the scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, the ideographs), and
 # Korean, whose particles join the word before them
 NO_SPACES = ("\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
@@ -182,11 +188,26 @@ def one_for_one(text: str, latin: bool = True) -> str:
     return _latin(read) if latin else read
 
 
-def read(text: str, search: Search, latin: bool = True) -> list[Finding]:
+def read(text: str, search: Search, latin: bool = True, markup: bool = False) -> list[Finding]:
     """`search`'s findings in `text` as the rules read it (the module's readings), spans the text's own;
     ASCII text is searched as it is. `latin`: the rules are written in ASCII (`one_for_one`); otherwise the
     text keeps its letters and marks as they are, invisible characters alone left out (a blocklist's term
-    in another script, or with diacritics, which tell its words apart: "g\u00f6t" is not "got")."""
+    in another script, or with diacritics, which tell its words apart: "g\u00f6t" is not "got"). `markup`:
+    where the text holds Markdown emphasis, HTML tags or words joined by '-' or '_', it is read again as
+    rendered ("**Ignore** all <b>previous</b> instructions", "ignore_all_previous_instructions")."""
+    found = _read(text, search, latin)
+    if markup and marked(text):
+        bare, kept = _without(text, _MARKUP)
+        found = union(found, _back(_read(_JOINED.sub(" ", bare), search, latin), kept))
+    return found
+
+
+def marked(text: str) -> bool:
+    """Whether `read(..., markup=True)` reads `text` a second time, as rendered."""
+    return _MARKED.search(text) is not None
+
+
+def _read(text: str, search: Search, latin: bool) -> list[Finding]:
     if text.isascii():
         return search(text)
     table = lookalikes() if latin else {}
