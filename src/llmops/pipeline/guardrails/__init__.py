@@ -34,6 +34,7 @@ log = logging.getLogger("llmops.guardrails")
 Outcome = Literal["allow", "redact", "block"]
 HOLD_CHARS = 64  # a streamed tail kept back until the next chunk, and the word it begins in (_word_start)
 LONGEST_HELD = 1024  # a finding still running at the end of the streamed text is held back whole up to this long
+UNSEEN_SHARE = 8  # characters a reader does not see count as 1/8 of one in the stream guard's held tail
 OFF_LOOP_CHARS = 16_384  # texts that weigh more are checked in a worker thread by the *_async methods
 NOT_ASCII_WEIGHT = 16  # a text not ASCII is read several ways (readings.read): up to 17x the CPU
 
@@ -177,19 +178,24 @@ def _weight(text: str) -> int:
 
 
 def _hold_start(text: str) -> int:
-    """Where the held tail starts: HOLD_CHARS characters back, not counting those a reader does not see
-    (`readings.unseen_runs`: a phrase's words may stand apart by any number of blanks or invisible
-    characters, and its letters carry any number of marks: "Ignore", 70 zero-width spaces, "all previous
-    instructions" is held whole), at most LONGEST_HELD back; then at the start of the word that falls in
+    """Where the held tail starts: HOLD_CHARS characters back, counting those a reader does not see at one
+    UNSEEN_SHARE of a character (`readings.unseen_runs`: a phrase's words may stand apart by many blanks or
+    invisible characters, and its letters carry many marks: "Ignore", 70 zero-width spaces, "all previous
+    instructions" is held whole; a tail of nothing but them is not held a kilobyte at a time, each chunk
+    searching it again), at most LONGEST_HELD back; then at the start of the word that falls in
     (`_word_start`)."""
     low = max(0, len(text) - LONGEST_HELD)
-    need, end = HOLD_CHARS, len(text)
+    need, end = HOLD_CHARS * UNSEEN_SHARE, len(text)  # in UNSEEN_SHARE-ths of a character seen
     for start, stop in reversed(readings.unseen_runs(text, low)):
-        if end - stop >= need:
+        seen = (end - stop) * UNSEEN_SHARE
+        if seen >= need:
             break
-        need -= end - stop
+        need -= seen
+        if stop - start >= need:
+            return _word_start(text, stop - need)
+        need -= stop - start
         end = start
-    return _word_start(text, max(low, end - need))
+    return _word_start(text, max(low, end - -(-need // UNSEEN_SHARE)))
 
 
 def _word_start(text: str, cut: int) -> int:
