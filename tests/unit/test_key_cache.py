@@ -217,16 +217,26 @@ def test_a_key_in_use_is_looked_up_ahead_of_its_expiry_without_waiting(clock: li
     asyncio.run(run())
 
 
-async def _looking_ahead(clock: list[float]) -> tuple[Held, CachedKeys, Any, str]:
-    """A key verified once, then past half its ttl with the store's next lookups held back."""
-    store = Held()
-    store.release.set()
+async def _past_half_ttl(store: Counting, clock: list[float]) -> tuple[CachedKeys, Any, str]:
+    """A key verified once through a cache over `store`, then past half its ttl; a store that holds lookups
+    back (`release`) lets that first one through and holds the next."""
+    release: asyncio.Event | None = getattr(store, "release", None)
+    if release is not None:
+        release.set()
     cached = CachedKeys(store, ttl_s=1.0)
     key, secret = new_key("k", (), "standard")
     await cached.add(key)
     assert await verify(cached, secret) is not None
-    store.release.clear()
+    if release is not None:
+        release.clear()
     clock[0] += 0.6
+    return cached, key, secret
+
+
+async def _looking_ahead(clock: list[float]) -> tuple[Held, CachedKeys, Any, str]:
+    """A key verified once, then past half its ttl with the store's next lookups held back."""
+    store = Held()
+    cached, key, secret = await _past_half_ttl(store, clock)
     return store, cached, key, secret
 
 
@@ -267,14 +277,8 @@ def test_a_lookup_across_a_revocation_here_is_not_kept(clock: list[float]) -> No
     revoked key is refused at once (without the guard, `verify` took the answer read before)."""
     async def run() -> None:
         store = ReadThenHeld()
-        store.release.set()
-        cached = CachedKeys(store, ttl_s=1.0)
-        key, secret = new_key("k", (), "standard")
-        await cached.add(key)
-        assert await verify(cached, secret) is not None
-        store.release.clear()
+        cached, key, secret = await _past_half_ttl(store, clock)
         store.read.clear()
-        clock[0] += 0.6
         assert remembered(cached, secret) is not None  # the lookup ahead starts
         await asyncio.wait_for(store.read.wait(), 10)  # it has read the key, still active
         await cached.revoke(key.id)
@@ -301,11 +305,7 @@ def test_lookups_read_the_store_itself_not_a_copy_it_keeps(clock: list[float]) -
 
     async def run() -> None:
         store = OwnCopy()
-        cached = CachedKeys(store, ttl_s=1.0)
-        key, secret = new_key("k", (), "standard")
-        await cached.add(key)
-        assert await verify(cached, secret) is not None
-        clock[0] += 0.6
+        cached, key, secret = await _past_half_ttl(store, clock)
         assert remembered(cached, secret) is not None  # the lookup ahead
         await lookups_done(cached)
         clock[0] += 0.5  # past the first lookup's ttl, within the second's: the third starts
@@ -332,12 +332,8 @@ def test_a_failed_lookup_ahead_is_logged_and_close_cancels_those_in_flight(
 
     async def run() -> None:
         store = Failing()
+        cached, key, secret = await _past_half_ttl(store, clock)
         store.release.set()
-        cached = CachedKeys(store, ttl_s=1.0)
-        key, secret = new_key("k", (), "standard")
-        await cached.add(key)
-        assert await verify(cached, secret) is not None
-        clock[0] += 0.6
         assert remembered(cached, secret) is not None  # the lookup ahead fails
         await lookups_done(cached)
         assert "looking API key" in caplog.text
