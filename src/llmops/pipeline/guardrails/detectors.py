@@ -503,7 +503,7 @@ class BlocklistDetector:
 
     def __init__(self, terms: Iterable[str]) -> None:
         latin = [t.split() for t in terms if t.isascii()]
-        other = [unicodedata.normalize("NFC", readings.without_unseen(t, marks=False)).split()
+        other = [unicodedata.normalize("NFC", readings.without_invisible(t)).split()
                  for t in terms if not t.isascii()]
         self._latin = _terms([w for w in latin if w], True)
         self._other = _terms([w for w in other if w], False)

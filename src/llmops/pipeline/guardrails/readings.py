@@ -262,10 +262,10 @@ def _back(found: list[Finding], kept: list[int] | None) -> list[Finding]:
     return [Finding(f.kind, kept[f.start], kept[f.end]) for f in found if f.end > f.start]
 
 
-def without_unseen(text: str, marks: bool = True) -> str:
-    """`text` without its invisible characters and (with `marks`) combining marks: a blocklist's term, read
-    as texts are."""
-    return _without(text, *((_scan()["marks"], _IGNORABLE) if marks else (_IGNORABLE,)))[0]
+def without_invisible(text: str) -> str:
+    """`text` without its invisible characters (a blocklist's term written in another script, read as texts
+    are for it)."""
+    return _IGNORABLE.sub("", text)
 
 
 def union(first: list[Finding], second: list[Finding]) -> list[Finding]:
