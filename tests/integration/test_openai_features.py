@@ -16,6 +16,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from llmops.pipeline.accounting import TEMPLATE_TOKENS, TOKENS_PER_PART, text_tokens_bound
 from tests.helpers import live_server, write_config
 
 pytestmark = pytest.mark.model
@@ -253,6 +254,28 @@ def test_embeddings_shapes(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=EMBED, input="x", dimensions=128)
     assert err.value.body["param"] == "dimensions"
+
+
+DENSE = ["价格上涨了百分之五\uff0c市场反应强烈。" * 8, "🙂🚀🧪👩‍👩‍👧‍👦" * 12, "Zalgo" + "\u0301\u0302\u0303" * 60,
+         "aGVsbG8gd29y/+ZA==Qk9C" * 10, "ข้อความภาษาไทย" * 10, "x\u200by" * 80, "a" * 400, "9" * 300]
+
+
+@pytest.mark.parametrize("text", DENSE, ids=["chinese", "emoji", "marks", "base64", "thai", "zwsp", "runs", "digits"])
+def test_the_budget_bound_holds_for_the_real_tokenizers(client: openai.OpenAI, text: str) -> None:
+    """The budget reserves a prompt's most tokens (pipeline/accounting.py): its texts' UTF-8 bytes,
+    TOKENS_PER_PART a part and TEMPLATE_TOKENS for the template's own text. SmolLM2's tokenizer, its chat
+    template (with tools and without) and MiniLM's stay within it on text far denser than four characters a
+    token."""
+    chat = client.chat.completions.create(model=CHAT, max_tokens=1, messages=[{"role": "user", "content": text}])
+    assert chat.usage is not None
+    assert chat.usage.prompt_tokens <= text_tokens_bound([text]) + TOKENS_PER_PART + TEMPLATE_TOKENS
+    tooled = client.chat.completions.create(model=CHAT, max_tokens=1, tools=[WEATHER, TIME],
+                                            messages=[{"role": "user", "content": text}])
+    assert tooled.usage is not None
+    tools_json = len(json.dumps([WEATHER, TIME]))
+    assert tooled.usage.prompt_tokens <= text_tokens_bound([text]) + TOKENS_PER_PART + tools_json + TEMPLATE_TOKENS
+    embedded = client.embeddings.create(model=EMBED, input=[text, text[:50]])
+    assert embedded.usage.prompt_tokens <= text_tokens_bound([text, text[:50]]) + 2 * TOKENS_PER_PART
 
 
 def test_langchain_openai_embeddings(base_url: str) -> None:

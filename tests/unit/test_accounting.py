@@ -14,7 +14,7 @@ from llmops.api.usage import group
 from llmops.app import create_app
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.accounting import Accountant, cost_usd, estimate_tokens, worst_case_text_usd
+from llmops.pipeline.accounting import TEMPLATE_TOKENS, TOKENS_PER_PART, Accountant, cost_usd, worst_case_text_usd
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings, StateSettings, load_settings
 from llmops.stores import build_state
@@ -162,8 +162,8 @@ def _budget_burst(cfg: Path, budget: dict[str, Any], body: dict[str, Any], at_on
         made = c.post("/admin/keys", json={"name": "k", **budget}, headers=ADMIN_AUTH).json()
         auth = {"Authorization": f"Bearer {made['secret']}"}
         services = c.app.state.services  # type: ignore[attr-defined]
-        worst = worst_case_text_usd(services.pool.config(worst_model, "chat"), estimate_tokens(len("hello there")),
-                                    body["max_tokens"], 1)
+        prompt = len("hello there") + TOKENS_PER_PART + TEMPLATE_TOKENS  # what admission reserves for HELLO
+        worst = worst_case_text_usd(services.pool.config(worst_model, "chat"), prompt, body["max_tokens"], 1)
         with ThreadPoolExecutor(at_once) as pool:
             answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth),
                                     range(at_once)))
@@ -192,7 +192,7 @@ def test_concurrent_requests_cannot_overspend_a_budget(tmp_path: Path) -> None:
 
 def test_a_route_reserves_for_its_dearest_fallback(tmp_path: Path) -> None:
     """A route whose first model is free and cannot take the load falls back to a priced one: each request
-    reserves the fallback's worst case, so 16 at once on a $0.10 budget spend at most the budget plus one
+    reserves the fallback's worst case, so 16 at once on a $0.50 budget spend at most the budget plus one
     request's worst case at the fallback's prices (reserving at the free model's prices admitted them all)."""
     free = {"name": "free", "engine": "fake", "options": {"capacity": 1, "token_delay_s": 0.05},
             "limits": {"max_queued": 0}}
@@ -202,8 +202,67 @@ def test_a_route_reserves_for_its_dearest_fallback(tmp_path: Path) -> None:
                        routes=[{"name": "auto", "variants": [{"model": "free"}], "fallbacks": ["priced"]}],
                        auth=AUTH_SETTINGS, state={"backend": "memory"},
                        spend={"refresh_s": 0})
-    answers, spent, worst = _budget_burst(cfg, {"budget_usd": 0.1, "budget_period": "total"},
+    answers, spent, worst = _budget_burst(cfg, {"budget_usd": 0.5, "budget_period": "total"},
                                           {"model": "auto", "max_tokens": 4, "messages": HELLO}, 16, "priced")
     assert 429 in [a.status_code for a in answers]
     assert any(a.headers.get("x-llmops-variant") == "priced" for a in answers)
-    assert spent <= 0.1 + worst
+    assert spent <= 0.5 + worst
+
+
+def _real_costs(answers: list[Any], prompt_usd_per_1k: float, completion_usd_per_1k: float) -> list[float]:
+    """What each answered request cost, from the usage it reported."""
+    return [(a.json()["usage"]["prompt_tokens"] * prompt_usd_per_1k +
+             a.json()["usage"]["completion_tokens"] * completion_usd_per_1k) / 1000
+            for a in answers if a.status_code == 200]
+
+
+@pytest.mark.parametrize("text", ["价格上涨了百分之五" * 20, "🙂🚀" * 90, "Zalgo" + "\u0301\u0302\u0303" * 100,
+                                  "aGVsbG8gd29y/+ZA==" * 20], ids=["chinese", "emoji", "marks", "base64"])
+def test_dense_prompts_at_once_cannot_overspend_a_budget(tmp_path: Path, text: str) -> None:
+    """20 requests at once of text that tokenizes far denser than four characters a token, on an engine that
+    makes a token of every byte (the densest a byte-level tokenizer can be): the key spends less than the
+    budget plus one request's real cost. Reserving the estimate (a quarter of the characters) let all 20 in,
+    spending two to six times the budget."""
+    dense = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02, "tokenizer": "bytes"},
+             "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
+    cfg = write_config(tmp_path / "c.yaml", [dense], auth=AUTH_SETTINGS, state={"backend": "memory"},
+                       spend={"refresh_s": 0})
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    answers, spent, _ = _budget_burst(cfg, {"budget_usd": 5.0, "budget_period": "day"}, body, 20, "fake")
+    costs = _real_costs(answers, 1.0, 1.0)
+    assert costs
+    assert 429 in [a.status_code for a in answers]
+    assert spent < 5.0 + max(costs)
+
+
+def test_a_template_longer_than_the_margin_is_reserved_once_seen(tmp_path: Path) -> None:
+    """A template whose own text (a default system prompt of 300 bytes, at a token a byte) is longer than
+    TEMPLATE_TOKENS: the first request's prompt comes out over its bound, the model's margin grows to what it
+    showed, and then 20 requests at once spend less than the budget plus one request's real cost (with the
+    margin left as it was, all 20 were let in)."""
+    dense = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02, "tokenizer": "bytes",
+                                                           "template_text": "You are a helpful assistant. " * 10},
+             "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
+    cfg = write_config(tmp_path / "c.yaml", [dense], auth=AUTH_SETTINGS, state={"backend": "memory"},
+                       spend={"refresh_s": 0})
+    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 5.0, "budget_period": "day"},
+                      headers=ADMIN_AUTH).json()
+        auth = {"Authorization": f"Bearer {made['secret']}"}
+        first = c.post("/v1/chat/completions", json=body, headers=auth)
+        assert first.status_code == 200
+        accountant = c.app.state.services.accountant  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while accountant.reserved(made["id"]) > 0:  # the margin is learned as the request settles
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert accountant.prompt_margin("fake") > TEMPLATE_TOKENS
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth), range(20)))
+        while accountant.reserved(made["id"]) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
+    assert 429 in [a.status_code for a in answers]
+    assert spent < 5.0 + max(_real_costs([first, *answers], 1.0, 1.0))

@@ -1,6 +1,7 @@
 """A real, deterministic engine with no ML dependencies, for tests and demos.
 
-Tokens are whitespace-separated words. The answer is `options.reply` if set, otherwise an echo of the
+Tokens are whitespace-separated words (`tokenizer: bytes`: the prompt's every UTF-8 byte is a token, the most
+any byte-level tokenizer makes, for the budget's tests). The answer is `options.reply` if set, otherwise an echo of the
 prompt's last user message (or the prompt). Asked for logprobs, each word gets a made-up one (`_logprob`);
 asked to score the prompt (`sampling.prompt_logprobs`), its words get made-up ones too, in a first chunk
 before the answer.
@@ -16,6 +17,7 @@ import asyncio
 import functools
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +41,10 @@ class FakeOptions(BaseModel):
     load_delay_s: float = Field(0.0, ge=0, le=60, description="sleep in start(), to test readiness")
     context_length: int = Field(2048, ge=16)
     capacity: int = Field(4, ge=1, description="requests it works on at once (admission's default)")
+    tokenizer: Literal["words", "bytes"] = Field("words", description="how the prompt's tokens are counted: "
+                                                 "its words, or its UTF-8 bytes (a tokenizer at its densest)")
+    template_text: str = Field("", max_length=65536, description="text the prompt format adds before every "
+                               "prompt, as a chat template's default system prompt does")
     prompt_logprobs: bool = Field(True, description="scores prompts (echo with logprobs); false: refuses to, "
                                   "as engines that cannot (llama.cpp)")
 
@@ -74,7 +80,9 @@ class FakeTextEngine:
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextChunk]:
         prepared = prepare_fallback(request)
-        prompt_tokens = len(prepared.text.split())
+        text = self.options.template_text + prepared.text
+        prompt_tokens = len(text.split()) if self.options.tokenizer == "words" else \
+            len(text.encode("utf-8", "surrogatepass"))
         budget = resolve_max_tokens(request.sampling.max_tokens, prompt_tokens, self.context_length,
                                     request.sampling.default_max_tokens)
         if "[[fail]]" in prepared.text:

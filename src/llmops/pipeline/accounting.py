@@ -2,14 +2,17 @@
 
 - the global spend circuit breaker: while the last hour's spend (all keys) is above `spend.max_usd_per_hour`,
   new requests get 503 spend_limit_reached (the guide's "cost circuit breakers");
-- the key's budget, reserved: each request reserves its worst-case cost (the prompt estimate plus its
+- the key's budget, reserved: each request reserves its worst-case cost (its prompt's most tokens plus its
   max_tokens, or its images plus its deadline's engine time, at the model's prices) when admitted, and the
-  reservation is replaced by the real cost when it settles. A request is refused (429 insufficient_quota)
-  while spent + reserved >= budget. With the in-process backends the check and the reservation happen
-  without an await between them; with Redis they are one Lua script over every replica's spend and
-  reservations (`stores.redis_store.RedisBudgets`; a reservation expires after the model's max deadline plus
-  a minute, should its replica die). Either way concurrent requests see each other, and a key overshoots its
-  budget by at most one request's worst-case cost, however many replicas serve it;
+  reservation is replaced by the real cost when it settles. The prompt's most tokens are its texts' UTF-8
+  bytes (`text_tokens_bound`), what their framing may add (`TOKENS_PER_PART` each) and the template's own text
+  (`TEMPLATE_TOKENS`, raised for a model whose prompts have come out longer: `prompt_margin`): an estimate
+  there let concurrent requests of dense text (Chinese, base64) each pass on an undercount. A request is
+  refused (429 insufficient_quota) while spent + reserved >= budget. With the in-process backends the check
+  and the reservation happen without an await between them; with Redis they are one Lua script over every
+  replica's spend and reservations (`stores.redis_store.RedisBudgets`; a reservation expires after the model's
+  max deadline plus a minute, should its replica die). Either way concurrent requests see each other, and a
+  key overshoots its budget by at most one request's worst-case cost, however many replicas serve it;
 - the key's tokens/min, reserved as OpenAI counts it: when the request is admitted, its prompt (estimated
   at four characters per token, since the engine tokenizes later) and the most it may generate (max_tokens,
   or the model's default, times n) are counted, and when it settles the count is corrected to what it used
@@ -33,7 +36,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,8 @@ from llmops.stores.ledger import ANONYMOUS, Reservation, SpendEntry, TokenHit
 
 log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
+TOKENS_PER_PART = 8  # a chat turn's markers, an input's special tokens, a tool call's framing: at most this many
+TEMPLATE_TOKENS = 64  # a template's own text (a default system prompt, a tools preamble) until a model shows more
 HOUR = "hour"  # the name of the last hour's total (all keys)
 SETTLE_MARGIN_S = 60.0  # a shared reservation outlives its request's longest deadline by this much
 RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is rounding residue: nothing
@@ -58,6 +63,16 @@ RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is roundin
 def estimate_tokens(chars: int) -> int:
     tokens = math.ceil(chars / CHARS_PER_TOKEN)
     return tokens if tokens > 1 else 1  # (not builtin max: it parses keywords, a request's every call)
+
+
+def text_tokens_bound(texts: Iterable[str]) -> int:
+    """The most tokens `texts` can make in any tokenizer in use: their UTF-8 bytes. Byte-level BPE and
+    SentencePiece with byte fallback make at most one token per byte; WordPiece at most one per character.
+    (The budget's worst case counts this, where tokens/min counts the four-characters-a-token estimate.)"""
+    total = 0
+    for text in texts:
+        total += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return total
 
 
 @dataclass
@@ -71,6 +86,7 @@ class Charge:
     counted_tokens: int = 0
     counted_window: int = 0  # the tokens/min window they were counted in (stores.counters.window_index)
     reserved_usd: float = 0.0  # held against the key's budget until the request settles
+    prompt_bound: int = 0  # the most tokens the prompt's parts make (the reservation adds the template's margin)
     holder: str | None = None  # the reservation's id in the shared store (Redis), when there is one
     settled: bool = field(default=False)
 
@@ -103,6 +119,12 @@ class Accountant:
         self._hour = SpendTotals("the last", spend.refresh_s)
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
         self._budget_gauges: dict[str, Any] = {}  # key id -> its llmops_budget_used_ratio series
+        self._margins: dict[str, int] = {}  # model -> its template's own tokens, where more than TEMPLATE_TOKENS
+
+    def prompt_margin(self, model: str) -> int:
+        """What `model`'s template adds to a prompt beyond its parts' bound: TEMPLATE_TOKENS, or what a settled
+        prompt showed it needs."""
+        return self._margins.get(model, TEMPLATE_TOKENS)
 
     def _budget_gauge(self, key_id: str) -> Any:
         """The key's budget gauge, looked up once (one series per key with a budget, as the metric has)."""
@@ -256,6 +278,8 @@ class Accountant:
         if charge.settled:
             return
         charge.settled = True
+        if charge.prompt_bound and prompt_tokens - charge.prompt_bound > self.prompt_margin(charge.model.name):
+            self._learn_margin(charge.model.name, prompt_tokens - charge.prompt_bound)
         key = charge.key
         if key is not None and key.limits.tpm is not None:
             self._correct_tokens(key.id, charge, prompt_tokens + completion_tokens)
@@ -269,6 +293,13 @@ class Accountant:
             self._release(charge)
         else:
             written.add_done_callback(lambda _: self._release(charge))
+
+    def _learn_margin(self, model: str, margin: int) -> None:
+        """A prompt of `model` came out `margin` tokens over its parts' bound: more than the margin reserved
+        (the template has more text of its own); later reservations add this much."""
+        log.info("a prompt of %s made %d tokens more than its parts can: its template margin is now %d tokens "
+                    "(was %d)", model, margin, margin, self.prompt_margin(model))
+        self._margins[model] = margin
 
     def _record(self, charge: Charge, prompt: int, completion: int, images: int,
                 engine_s: float) -> asyncio.Future[None]:

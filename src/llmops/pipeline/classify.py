@@ -73,6 +73,9 @@ class ClassifyWork:
     def input_ids(self) -> int:
         return 0
 
+    def prompt_bound(self) -> int:
+        return 0  # charged by the image, not by tokens
+
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.count, deadline_s)
 

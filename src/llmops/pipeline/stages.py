@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from llmops.errors import LLMOpsError, PermissionDenied
-from llmops.pipeline.accounting import CHARS_PER_TOKEN, Charge
+from llmops.pipeline.accounting import Charge
 from llmops.pipeline.context import RequestContext
 from llmops.pipeline.routing import Plan
 from llmops.pipeline.semantic_cache import Lookup
@@ -80,6 +80,11 @@ class Work(Protocol):
     def input_ids(self) -> int:
         """Token ids the input holds as ids (embeddings' token-array inputs), counted as prompt tokens one for
         one, as `texts()` are by their characters: tokens/min and the budget count both."""
+
+    def prompt_bound(self) -> int:
+        """The most prompt tokens `texts()` can make with their framing (their UTF-8 bytes and
+        `TOKENS_PER_PART` a part: `accounting.text_tokens_bound`), a template's own text aside; 0 for work not
+        charged by its prompt's tokens."""
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         """The most this work can cost on `config`: the budget reserves it until the work settles."""
@@ -199,15 +204,18 @@ async def budget(services: Services, call: Call) -> None:
     if charge is not None:  # nothing to check or reserve (no key, no breaker): no worst case to work out
         call.charge = charge
         return
-    tokens, engine_s = -(-chars // CHARS_PER_TOKEN), call.deadline - call.ctx.received
+    bound, engine_s = call.work.prompt_bound(), call.deadline - call.ctx.received
+    tokens = bound + accountant.prompt_margin(call.config.name) if bound else 0
     estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
     completion = call.work.max_completion_tokens(call.config)
     for name in call.plan.chain[1:]:
         fallback = services.pool.config(name, call.work.model_kind)
+        tokens = bound + accountant.prompt_margin(name) if bound else 0
         estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
         completion = max(completion, call.work.max_completion_tokens(fallback))
     call.charge = await accountant.admit(call.ctx.key, call.config, chars if text else 0, estimate, completion,
                                          call.work.input_ids() if text else 0)
+    call.charge.prompt_bound = bound
 
 
 async def cache_lookup(services: Services, call: Call) -> None:
