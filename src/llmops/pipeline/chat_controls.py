@@ -32,12 +32,15 @@ def _message(m: ChatMessage) -> Message:
 
 
 def tool_texts(history: Sequence[Message], body: Any) -> list[str]:
-    """What the model reads of tools beside the messages' contents: the arguments of the history's tool calls,
-    then every string of each tool definition (its description, and the descriptions, enums and defaults of
-    its parameters' schema), in that order. The input rules read them (and may redact them: `with_tool_texts`
-    takes them back), and the input limits and the budget count them."""
-    out = [c.arguments for m in history for c in m.tool_calls]
+    """What the model reads of tools beside the messages' contents: the name and arguments of each of the
+    history's tool calls, then every string of each tool definition (its name, its description, and its
+    parameters' schema's keys and strings: property names, descriptions, enums, defaults), in that order.
+    The input rules read them (and may redact them: `with_tool_texts` takes them back), and the input
+    limits count them. (A property named `ignore_all_previous_instructions` is read by the model as much as
+    a description is.)"""
+    out = [text for m in history for c in m.tool_calls for text in (c.name, c.arguments)]
     for t in getattr(body, "tools", None) or ():
+        out.append(t.function.name)
         if t.function.description is not None:
             out.append(t.function.description)
         _strings(t.function.parameters, out)
@@ -48,23 +51,24 @@ def with_tool_texts(history: tuple[Message, ...], body: Any,
                     texts: Sequence[str]) -> tuple[tuple[Message, ...], Any]:
     """The history and body with `tool_texts`' strings replaced by `texts` (as the rules left them)."""
     it = iter(texts)
-    history = tuple(replace(m, tool_calls=tuple(replace(c, arguments=next(it)) for c in m.tool_calls))
+    history = tuple(replace(m, tool_calls=tuple(replace(c, name=next(it), arguments=next(it)) for c in m.tool_calls))
                     if m.tool_calls else m for m in history)
     defs = getattr(body, "tools", None)
     if defs:
         defs = [t.model_copy(update={"function": t.function.model_copy(update={
-            "description": None if t.function.description is None else next(it),
+            "name": next(it), "description": None if t.function.description is None else next(it),
             "parameters": _replaced(t.function.parameters, it)})}) for t in defs]
         body = body.model_copy(update={"tools": defs})
     return history, body
 
 
 def _strings(value: Any, out: list[str]) -> None:
-    """The strings in a JSON value (not its objects' keys), depth first."""
+    """The strings in a JSON value, its objects' keys included (each before its value), depth first."""
     if isinstance(value, str):
         out.append(value)
     elif isinstance(value, dict):
-        for v in value.values():
+        for k, v in value.items():
+            out.append(k)
             _strings(v, out)
     elif isinstance(value, list):
         for v in value:
@@ -76,7 +80,7 @@ def _replaced(value: Any, texts: Iterator[str]) -> Any:
     if isinstance(value, str):
         return next(texts)
     if isinstance(value, dict):
-        return {k: _replaced(v, texts) for k, v in value.items()}
+        return {next(texts): _replaced(v, texts) for v in value.values()}
     if isinstance(value, list):
         return [_replaced(v, texts) for v in value]
     return value
