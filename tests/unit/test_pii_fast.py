@@ -24,7 +24,7 @@ from llmops.settings import GuardrailRule, GuardrailSettings
 
 REF_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b")
 REF_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-REF_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.I)
+REF_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b", re.I)
 REF_PHONE = re.compile(r"(?<![\w+])(?<![A-Za-z]-)"
                        r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})"
                        r"(?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)")
@@ -40,7 +40,7 @@ def ref_luhn_ok(digits: str) -> bool:
 
 
 def ref_iban_ok(iban: str) -> bool:
-    compact = iban.replace(" ", "").upper()
+    compact = re.sub("[ -]", "", iban).upper()
     if not 15 <= len(compact) <= 34:
         return False
     moved = compact[4:] + compact[:4]
@@ -56,8 +56,14 @@ def ref_phones(text: str) -> Found:
         text_ = m.group()
         digits = re.sub(r"\D", "", text_)
         marked = text_.startswith(("+", "("))
-        if (9 if not marked else 8) <= len(digits) <= 15 and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text_):
+        dated = re.match(r"(19|20)\d\d([.-])[01]?\d\2[0-3]?\d(?!\d)|[0-3]?\d([.-])[01]?\d\3(19|20)\d\d(?!\d)", text_)
+        if (9 if not marked else 8) <= len(digits) <= 15 and not dated:
             found.append(("phone", m.start(), m.end()))
+        elif dated and (rest := m.start() + dated.end() + 1) < m.end() and text[rest] in "+(0123456789":
+            tail = text[rest:m.end()]  # what follows the date and one separator, when it is a phone
+            if (8 if tail[0] in "+(" else 9) <= len(re.sub(r"\D", "", tail)) <= 15 and not re.match(
+                    r"(19|20)\d\d([.-])[01]?\d\2[0-3]?\d(?!\d)|[0-3]?\d([.-])[01]?\d\3(19|20)\d\d(?!\d)", tail):
+                found.append(("phone", rest, m.end()))
     return found
 
 

@@ -132,7 +132,7 @@ def luhn_ok(digits: str) -> bool:
 
 
 def iban_ok(iban: str) -> bool:
-    compact = iban.replace(" ", "").upper()
+    compact = iban.replace(" ", "").replace("-", "").upper()
     if not 15 <= len(compact) <= 34:
         return False
     moved = compact[4:] + compact[:4]
@@ -146,7 +146,7 @@ def iban_ok(iban: str) -> bool:
 # exactly what they find, spans and all):
 #   email (?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b
 #   card  (?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])                             and the Luhn check
-#   iban  \b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b, IGNORECASE  and mod-97
+#   iban  \b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b, IGNORECASE  and mod-97
 #   phone (?<![\w+])(?<![A-Za-z]-)(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})
 #         (?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)               and 9-15 digits (8 after + or ()
 # A leading lookbehind or \b, or IGNORECASE, makes the engine try a pattern at every position (20-40 ns each:
@@ -168,7 +168,7 @@ _L = "A-Za-z0-9._%+-"  # an address's local part
 _EMAIL_REST = r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b"
 _CARD_REST = r"[ -]?+\d" * 12 + r"(?:[ -]?+\d){0,6}(?![\d-])"
 _AZ, _AZ09 = "A-Za-z\u0130\u0131\u017f\u212a", "A-Za-z0-9\u0130\u0131\u017f\u212a"  # [A-Z], [A-Z0-9] IGNORECASE
-_IBAN_REST = rf" ?+[{_AZ09}]{{4}} ?+[{_AZ09}]{{4}}(?: ?+[{_AZ09}]{{4}}){{0,5}}(?: ?+[{_AZ09}]{{1,3}}+)?\b"
+_IBAN_REST = rf"[ -]?+[{_AZ09}]{{4}}[ -]?+[{_AZ09}]{{4}}(?:[ -]?+[{_AZ09}]{{4}}){{0,5}}(?:[ -]?+[{_AZ09}]{{1,3}}+)?\b"
 # After a '+': its first digits whole (1-3) and what may follow them, or else a run of 2-7 digits: the heads'
 # ends in the order the pattern as written reaches them, none tried twice.
 _PLUS_HEAD = r"(?:\d{1,3}+(?!\d)[ .-]?+(?:\(\d{1,4}+\)[ .-]?+)?+\d{1,4}+|\d{2,7}+)"
@@ -409,7 +409,7 @@ def _phones(_: str, digits: _Digits | None) -> Iterable[Finding]:
     first = count["0"] + count["+"] + count["("]
     after = len(digits.ascii) - count["0"] - count["a"] - count["_"] - count["+"]
     spans = (_PHONE_FIRST if first <= after else _PHONE_AFTER).spans(digits.text, chunk=_CHUNK)
-    return [Finding("phone", s, e) for s, e in digits.checked(spans, _phone_ascii, _phone)]
+    return [Finding("phone", s, e) for s, e in digits.checked(spans, _phone_ascii, _phone, _after_date)]
 
 
 def _luhn(card: str) -> bool:
@@ -431,7 +431,7 @@ _COUNTRY = {(a + b).encode(): int(_IBAN_DIGITS[a] + _IBAN_DIGITS[b]) for a in _I
 
 def _iban_ascii(iban: bytes) -> bool:
     """`iban_ok`: with the first four characters moved to the end, a number of digits only is taken whole."""
-    compact = iban.translate(None, b" ").upper()
+    compact = iban.translate(None, b" -").upper()
     if not 15 <= len(compact) <= 34:
         return False
     rest = compact[4:]
@@ -440,15 +440,30 @@ def _iban_ascii(iban: bytes) -> bool:
     return int("".join(map(_IBAN_DIGITS.__getitem__, (rest + compact[:4]).decode()))) % 97 == 1
 
 
+# a calendar date, its year first or last and its two separators alike: a phone match that starts with one
+# is a date and a time ("2026-12-06 07:02:34", "06.12.2026 10:15"), no phone
+_DATE_HEAD = r"(?:(?:19|20)\d\d([.-])[01]?\d\1[0-3]?\d|[0-3]?\d([.-])[01]?\d\2(?:19|20)\d\d)(?!\d)"
+_DATE, _DATE_ASCII = re.compile(_DATE_HEAD), re.compile(_DATE_HEAD.encode())
+
+
 def _phone(phone: str) -> bool:
     """9 to 15 digits, 8 after an international prefix or an area code in brackets (a date, 2024-05-01, has
-    8 and neither)."""
-    return (8 if phone[0] in "+(" else 9) <= len(re.sub(r"\D", "", phone)) <= 15
+    8 and neither), not starting with a date."""
+    return (8 if phone[0] in "+(" else 9) <= len(re.sub(r"\D", "", phone)) <= 15 and _DATE.match(phone) is None
+
+
+def _after_date(text: str, start: int, end: int) -> Spans:
+    """A phone match that failed for starting with a date: what follows the date and one separator, when
+    that is a phone ("2026-12-06 0712 345 678": a date cannot hide one)."""
+    m = _DATE.match(text, start, end)
+    rest = m.end() + 1 if m is not None else end
+    return [(rest, end)] if rest < end and text[rest] in "+(0123456789" and _phone(text[rest:end]) else []
 
 
 def _phone_ascii(phone: bytes) -> bool:
     """`_phone`: every character of a match that is not a digit is one of `+() .-`."""
-    return (8 if phone[0] in b"+(" else 9) <= len(phone.translate(None, b"+() .-")) <= 15
+    return (8 if phone[0] in b"+(" else 9) <= len(phone.translate(None, b"+() .-")) <= 15 and \
+        _DATE_ASCII.match(phone) is None
 
 
 PII_FINDERS: dict[str, Callable[[str, _Digits | None], Iterable[Finding]]] = {
