@@ -49,11 +49,14 @@ class InjectionClassifier(Protocol):
 
 
 _OVERRIDE = r"(?:ignore|disregard|forget|skip|override|bypass)"
-_PRIOR = r"(?:all\s+|any\s+|the\s+|your\s+|my\s+)?(?:previous|prior|above|earlier|preceding|original|initial|system)"
+# up to three determiners ("all your", "all of the", "any of these"): one alone let "ignore all your previous
+# instructions" pass
+_DETS = r"(?:(?:all|any|the|your|my|of|these|those|each|every|their)\s+){0,3}"
+_PRIOR = rf"{_DETS}(?:previous|prior|above|earlier|preceding|original|initial|system)"
 _RULES = r"(?:instructions?|prompts?|rules|directions|guidelines|directives|context|constraints)"
 INJECTION_PATTERNS = (
-    rf"\b{_OVERRIDE}\s+{_PRIOR}\s+{_RULES}",
-    rf"\b{_OVERRIDE}\s+(?:all\s+|any\s+|the\s+|your\s+|these\s+|those\s+)?{_RULES}\b",
+    rf"\b{_OVERRIDE}\s+{_PRIOR}\s+(?:\w+\s+)?{_RULES}",
+    rf"\b{_OVERRIDE}\s+{_DETS}{_RULES}\b",
     rf"\b(?:stop|quit|cease|no\s+longer)\s+(?:following|obeying|respecting)\s+(?:all\s+|any\s+|the\s+|your\s+)?"
     rf"(?:\w+\s+)?{_RULES}",
     r"\b(?:system|admin|administrator|developer|security|safety)\s+override\b",
