@@ -10,13 +10,16 @@ milliseconds, not microseconds: the ratio has a 2x margin or more both ways, so 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.guardrails import NOT_ASCII_WEIGHT, OFF_LOOP_CHARS, Guardrails
+from llmops.pipeline.guardrails import DIGIT_WEIGHT, NOT_ASCII_WEIGHT, OFF_LOOP_CHARS, Guardrails, readings
 from llmops.pipeline.guardrails.detectors import Detector, build_detector
 from llmops.settings import GuardrailRule, GuardrailSettings
 
@@ -88,16 +91,24 @@ def test_large_inputs_are_checked_in_a_worker_thread() -> None:
 
     g.check_rules = spy  # type: ignore[method-assign]
 
-    async def run() -> tuple[list[str], list[str], list[str]]:
+    async def run() -> tuple[list[str], list[str], list[str], list[str]]:
         small = await g.check_input_async(["mail bob@example.com"])
         large = await g.check_input_async(["x" * OFF_LOOP_CHARS + " bob@example.com"])
         wide = await g.check_input_async(["\u00e9" * (OFF_LOOP_CHARS // NOT_ASCII_WEIGHT) + " bob@example.com"])
-        return small, large, wide
+        digits = await g.check_input_async(["4111 1111 1111 1112 " * (OFF_LOOP_CHARS // (20 + 16 * DIGIT_WEIGHT) + 1)])
+        return small, large, wide, digits
 
-    small, large, wide = asyncio.run(run())
+    small, large, wide, _ = asyncio.run(run())
     assert small == ["mail [REDACTED:email]"]
     assert large[0].endswith(" [REDACTED:email]")
     assert wide[0].endswith(" [REDACTED:email]")
     assert threads[0] == threading.get_ident()  # small: on the loop's thread
     assert threads[1] != threading.get_ident()  # large: a worker thread
     assert threads[2] != threading.get_ident()  # not ASCII, 1/NOT_ASCII_WEIGHT as long: a worker thread too
+    assert threads[3] != threading.get_ident()  # mostly digits, a quarter as long: a worker thread too
+
+
+@given(st.text(alphabet="ab1_- .*<~`\u00e9\u0430\u4e2d", max_size=12))
+def test_marked_is_its_pattern(text: str) -> None:
+    """`readings.marked` finds by substring searches what its pattern finds."""
+    assert readings.marked(text) == (re.search(r"[*~`<]|\w[-_]\w", text) is not None)
