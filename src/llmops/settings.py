@@ -357,7 +357,7 @@ class CacheSettings(_Strict):
 
 
 Stage = Literal["input", "output"]
-PiiEntity = Literal["email", "phone", "card", "iban"]
+PiiEntity = Literal["email", "phone", "card", "iban", "ssn"]
 
 
 class GuardrailRule(_Strict):
@@ -369,7 +369,8 @@ class GuardrailRule(_Strict):
     detector: Literal["injection", "pii", "blocklist", "regex"]
     stages: list[Stage] = Field(default_factory=lambda: list[Stage](["input"]), min_length=1)
     action: Literal["block", "redact", "flag"] = "block"
-    entities: list[PiiEntity] = Field(default_factory=lambda: list[PiiEntity](["email", "phone", "card", "iban"]))
+    entities: list[PiiEntity] = Field(default_factory=lambda: list[PiiEntity](
+        ["email", "phone", "card", "iban", "ssn"]))
     terms: list[str] = Field(default_factory=list, description="blocklist: words or phrases, case-insensitive")
     patterns: list[str] = Field(default_factory=list, description="regex: Python regular expressions")
     classifier: str | None = Field(None, description="injection: 'module:factory' of a classifier whose "

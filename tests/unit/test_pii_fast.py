@@ -28,6 +28,7 @@ REF_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]
 REF_PHONE = re.compile(r"(?<![\w+])(?<![A-Za-z]-)"
                        r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})"
                        r"(?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)")
+REF_SSN = re.compile(r"(?<![\d-])\d{3}([ -])\d{2}\1\d{4}(?![\d-])")
 Found = list[tuple[str, int, int]]
 
 
@@ -48,6 +49,15 @@ def ref_iban_ok(iban: str) -> bool:
         return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
     except ValueError:  # fixed in both: this raised, and the guardrail with it (a 500)
         return False
+
+
+def ref_ssns(text: str) -> Found:
+    found = []
+    for m in REF_SSN.finditer(text):
+        digits = "".join(str(int(c)) for c in re.sub(r"\D", "", m.group()))
+        if digits[:3] not in ("000", "666") and digits[0] != "9" and digits[3:5] != "00" and digits[5:] != "0000":
+            found.append(("ssn", m.start(), m.end()))
+    return found
 
 
 def ref_phones(text: str) -> Found:
@@ -82,6 +92,7 @@ REF_FINDERS: dict[str, Callable[[str], Found]] = {
     "email": lambda t: [("email", m.start(), m.end()) for m in REF_EMAIL.finditer(t)],
     "iban": lambda t: [("iban", m.start(), m.end()) for m in REF_IBAN.finditer(t) if ref_iban_ok(m.group())],
     "card": ref_cards,
+    "ssn": ref_ssns,
     "phone": ref_phones,
 }
 
@@ -99,17 +110,17 @@ def ref_merge_free(kept: Found, new: Found) -> Found:
     return out + kept[i:]
 
 
-def reference(text: str, entities: Iterable[str] = ("email", "phone", "card", "iban")) -> Found | str:
+def reference(text: str, entities: Iterable[str] = ("email", "phone", "card", "iban", "ssn")) -> Found | str:
     try:
         found: Found = []
-        for kind in [k for k in ("email", "iban", "card", "phone") if k in set(entities)]:
+        for kind in [k for k in ("email", "iban", "card", "ssn", "phone") if k in set(entities)]:
             found = ref_merge_free(found, REF_FINDERS[kind](text))
         return found
     except ValueError as exc:
         return f"ValueError: {exc}"
 
 
-def fast(text: str, entities: Iterable[str] = ("email", "phone", "card", "iban")) -> Found | str:
+def fast(text: str, entities: Iterable[str] = ("email", "phone", "card", "iban", "ssn")) -> Found | str:
     try:
         return [(f.kind, f.start, f.end) for f in d.PiiDetector(entities).find(text)]
     except ValueError as exc:
@@ -141,12 +152,13 @@ PIECES = ["jane.doe", "a", "@", "@", "example", "ex-ample", ".", ".", "com", "or
           "12345", "123456", "4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "DE", "de", "DE89",
           "3704", "0044", "0532", "0130", "00", "GB82WEST12345698765432", "de89 3704 0044 0532 0130 00",
           "FR14 2004 1010 0505 0001 3M02 606", "+1 415-555-0132", "(020) 7946 0958", "+44", "+919876543210",
-          "2024-05-01", "SN-", "\u00e9", "\u0663", "\u0661\u0662\u0663\u0664", "\u017f", "\u0131", "\u0130", "\u212a",
+          "2024-05-01", "SN-", "123-45-6789", "078 05 1120", "666-12-3456", "123-00-4567", "1234-5",
+          "\u00e9", "\u0663", "\u0661\u0662\u0663\u0664", "\u017f", "\u0131", "\u0130", "\u212a",
           "\u00df", "x" * 130, "word " * 30, "-" * 70, "1" * 20]
 TEXTS = (st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
          | st.lists(st.sampled_from(PIECES), max_size=30).map(" ".join))
-ALL = ("email", "phone", "card", "iban")
-ENTITIES = st.sampled_from([ALL, ("email",), ("phone",), ("card",), ("iban",),
+ALL = ("email", "phone", "card", "iban", "ssn")
+ENTITIES = st.sampled_from([ALL, ("email",), ("phone",), ("card",), ("iban",), ("ssn",), ("ssn", "phone"),
                             ("card", "phone"), ("email", "iban")])
 
 
@@ -168,8 +180,8 @@ def test_the_rule_finds_what_the_patterns_as_written_find(text: str, entities: t
 
 
 FORMS = {"email": [d._EMAIL_FIRST, d._EMAIL_AFTER], "card": [d._CARD_FIRST, d._CARD_AFTER],
-         "iban": [d._IBAN_DIGIT, d._IBAN_FIRST], "phone": [d._PHONE_FIRST, d._PHONE_AFTER]}
-REF_PATTERNS = {"email": REF_EMAIL, "card": REF_CARD, "iban": REF_IBAN, "phone": REF_PHONE}
+         "iban": [d._IBAN_DIGIT, d._IBAN_FIRST], "phone": [d._PHONE_FIRST, d._PHONE_AFTER], "ssn": [d._SSN]}
+REF_PATTERNS = {"email": REF_EMAIL, "card": REF_CARD, "iban": REF_IBAN, "phone": REF_PHONE, "ssn": REF_SSN}
 
 
 @settings(max_examples=500, deadline=None)

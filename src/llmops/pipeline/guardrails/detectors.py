@@ -3,8 +3,9 @@ chunk as well as on whole requests and answers.
 
 - injection: rules for the known prompt-injection phrasings (instruction override, system-prompt
   extraction, role hijack, fake chat-template markers), plus any classifier plugged in by settings;
-- pii: e-mail addresses, phone numbers, payment card numbers (13-19 digits passing the Luhn check) and
-  IBANs (passing the ISO 13616 mod-97 check), each found span labelled for redaction;
+- pii: e-mail addresses, phone numbers, payment card numbers (13-19 digits passing the Luhn check), IBANs
+  (passing the ISO 13616 mod-97 check) and US Social Security numbers (3-2-4 digits in groups, a number
+  the SSA could issue), each found span labelled for redaction;
 - blocklist: words or phrases on word boundaries, case-insensitive, their words apart by any whitespace;
 - regex: the operator's own patterns.
 
@@ -150,6 +151,8 @@ def iban_ok(iban: str) -> bool:
 #   email (?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b
 #   card  (?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])                             and the Luhn check
 #   iban  \b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b, IGNORECASE  and mod-97
+#   ssn   (?<![\d-])\d{3}([ -])\d{2}\1\d{4}(?![\d-])                          and no 000, 666 or 9xx area,
+#                                                                        00 group or 0000 serial
 #   phone (?<![\w+])(?<![A-Za-z]-)(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})
 #         (?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)               and 9-15 digits (8 after + or ()
 # A leading lookbehind or \b, or IGNORECASE, makes the engine try a pattern at every position (20-40 ns each:
@@ -223,6 +226,7 @@ _EMAIL_FIRST = _Form(rf"[{_L}](?<![\w.%+-][{_L}])[{_L}]*+{_EMAIL_REST}")
 _EMAIL_AFTER = _Form(rf"[^\w.%+-]([{_L}]++{_EMAIL_REST})", 1, at_start=_EMAIL_FIRST)
 _CARD_FIRST = _Form(rf"\d(?<![\d-]\d){_CARD_REST}")
 _CARD_AFTER = _Form(rf"[^\d-](\d{_CARD_REST})", 1, at_start=_CARD_FIRST)
+_SSN = _Form(r"\d(?<![\d-]\d)\d\d([ -])\d\d\1\d{4}+(?![\d-])")
 _IBAN_DIGIT = _Form(rf"\d(?<=\b[{_AZ}]{{2}}\d)\d{_IBAN_REST}", back=2)  # from its check digits
 _IBAN_FIRST = _Form(rf"[{_AZ}](?<=\b[{_AZ}])[{_AZ}]\d\d{_IBAN_REST}")
 # a phone's first character is followed by a digit in every branch: (?=\d) turns most attempts away at once
@@ -405,6 +409,25 @@ def _ibans(_: str, digits: _Digits | None) -> Iterable[Finding]:
     return [Finding("iban", s, e) for s, e in digits.checked(spans, _iban_ascii, iban_ok)]
 
 
+def _ssns(_: str, digits: _Digits | None) -> Iterable[Finding]:
+    if digits is None or not digits.starts:
+        return []
+    spans = _SSN.spans(digits.text, chunk=_CHUNK)
+    return [Finding("ssn", s, e) for s, e in digits.checked(spans, _ssn_ascii, _ssn)]
+
+
+def _ssn(ssn: str) -> bool:
+    """`_ssn_ascii` on a match with digits of other scripts (int() reads any decimal digit)."""
+    return _ssn_ascii("".join(str(int(c)) for c in re.sub(r"\D", "", ssn)).encode())
+
+
+def _ssn_ascii(ssn: bytes) -> bool:
+    """A number the SSA could issue: no area 000, 666 or 900-999, no group 00, no serial 0000."""
+    digits = ssn.translate(None, b" -")
+    return digits[:3] not in (b"000", b"666") and digits[:1] != b"9" and digits[3:5] != b"00" and \
+        digits[5:] != b"0000"
+
+
 def _phones(_: str, digits: _Digits | None) -> Iterable[Finding]:
     if digits is None or not digits.starts:
         return []
@@ -473,13 +496,14 @@ PII_FINDERS: dict[str, Callable[[str, _Digits | None], Iterable[Finding]]] = {
     "email": _emails,
     "iban": _ibans,
     "card": _cards,
+    "ssn": _ssns,
     "phone": _phones,
 }
 
 
 class PiiDetector:
     def __init__(self, entities: Iterable[str]) -> None:
-        order = ("email", "iban", "card", "phone")  # the more specific first: a card is not also a phone
+        order = ("email", "iban", "card", "ssn", "phone")  # the more specific first: a card is not also a phone
         self._finders = [PII_FINDERS[e] for e in order if e in set(entities)]
         self._digits = bool(set(entities) - {"email"})
 
