@@ -278,6 +278,22 @@ def test_the_budget_bound_holds_for_the_real_tokenizers(client: openai.OpenAI, t
     assert embedded.usage.prompt_tokens <= text_tokens_bound([text, text[:50]]) + 2 * TOKENS_PER_PART
 
 
+def test_the_budget_bound_holds_for_tool_call_history(client: openai.OpenAI) -> None:
+    """30 past tool calls: ChatML's framing of each (the <tool_call> lines) is about 20 tokens, within the
+    bound's TOKENS_PER_PART a call (an attack run found 8 short of it)."""
+    turns: list[Any] = [{"role": "user", "content": "go"}]
+    for i in range(30):
+        turns += [{"role": "assistant", "content": None, "tool_calls": [
+                      {"id": f"c{i}", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": f"c{i}", "content": "ok"}]
+    done = client.chat.completions.create(model=CHAT, max_tokens=1, tools=[TIME], messages=turns)
+    assert done.usage is not None
+    texts = ["go"] + ["{}get_time" + f"c{i}" for i in range(30)] + [f"okc{i}" for i in range(30)] + [""] * 30
+    parts = len(turns) + 30
+    bound = text_tokens_bound(texts) + TOKENS_PER_PART * parts + len(json.dumps([TIME])) + TEMPLATE_TOKENS
+    assert done.usage.prompt_tokens <= bound
+
+
 def test_langchain_openai_embeddings(base_url: str) -> None:
     embeddings_cls = pytest.importorskip("langchain_openai").OpenAIEmbeddings
     emb = embeddings_cls(model=EMBED, base_url=f"{base_url}/v1", api_key="unused", check_embedding_ctx_length=False,

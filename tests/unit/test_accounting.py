@@ -14,7 +14,14 @@ from llmops.api.usage import group
 from llmops.app import create_app
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached
 from llmops.observability.metrics import Metrics
-from llmops.pipeline.accounting import TEMPLATE_TOKENS, TOKENS_PER_PART, Accountant, cost_usd, worst_case_text_usd
+from llmops.pipeline.accounting import (
+    TEMPLATE_TOKENS,
+    TOKENS_PER_PART,
+    Accountant,
+    PromptBound,
+    cost_usd,
+    worst_case_text_usd,
+)
 from llmops.pipeline.budget import period_bounds
 from llmops.settings import ModelConfig, SpendSettings, StateSettings, load_settings
 from llmops.stores import build_state
@@ -216,18 +223,23 @@ def _real_costs(answers: list[Any], prompt_usd_per_1k: float, completion_usd_per
             for a in answers if a.status_code == 200]
 
 
+EMPTY_TURNS = [{"role": "assistant", "content": ""}] * 300
+
+
 @pytest.mark.parametrize("text", ["价格上涨了百分之五" * 20, "🙂🚀" * 90, "Zalgo" + "\u0301\u0302\u0303" * 100,
-                                  "aGVsbG8gd29y/+ZA==" * 20], ids=["chinese", "emoji", "marks", "base64"])
+                                  "aGVsbG8gd29y/+ZA==" * 20, ""], ids=["chinese", "emoji", "marks", "base64", "turns"])
 def test_dense_prompts_at_once_cannot_overspend_a_budget(tmp_path: Path, text: str) -> None:
     """20 requests at once of text that tokenizes far denser than four characters a token, on an engine that
     makes a token of every byte (the densest a byte-level tokenizer can be): the key spends less than the
     budget plus one request's real cost. Reserving the estimate (a quarter of the characters) let all 20 in,
     spending two to six times the budget."""
-    dense = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02, "tokenizer": "bytes"},
+    dense = {"name": "fake", "engine": "fake", "options": {"token_delay_s": 0.02, "tokenizer": "bytes",
+                                                           "context_length": 8192},
              "pricing": {"prompt_usd_per_1k": 1.0, "completion_usd_per_1k": 1.0}}
     cfg = write_config(tmp_path / "c.yaml", [dense], auth=AUTH_SETTINGS, state={"backend": "memory"},
                        spend={"refresh_s": 0})
-    body = {"model": "fake", "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    messages = [{"role": "user", "content": text}] if text else [*EMPTY_TURNS, {"role": "user", "content": "hi"}]
+    body = {"model": "fake", "max_tokens": 2, "messages": messages}  # turns: 300 empty ones, framing alone
     answers, spent, _ = _budget_burst(cfg, {"budget_usd": 5.0, "budget_period": "day"}, body, 20, "fake")
     costs = _real_costs(answers, 1.0, 1.0)
     assert costs
@@ -257,7 +269,7 @@ def test_a_template_longer_than_the_margin_is_reserved_once_seen(tmp_path: Path)
         while accountant.reserved(made["id"]) > 0:  # the margin is learned as the request settles
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert accountant.prompt_margin("fake") > TEMPLATE_TOKENS
+        assert accountant.prompt_margin("fake", 1) > TEMPLATE_TOKENS
         with ThreadPoolExecutor(20) as pool:
             answers = list(pool.map(lambda _: c.post("/v1/chat/completions", json=body, headers=auth), range(20)))
         while accountant.reserved(made["id"]) > 0:
@@ -266,3 +278,50 @@ def test_a_template_longer_than_the_margin_is_reserved_once_seen(tmp_path: Path)
         spent = c.get("/v1/usage", headers=auth).json()["budget"]["spent_usd"]
     assert 429 in [a.status_code for a in answers]
     assert spent < 5.0 + max(_real_costs([first, *answers], 1.0, 1.0))
+
+
+def test_the_template_margin_is_a_line_in_the_parts_that_prompts_showed() -> None:
+    """A prompt of many parts over its bound raises the margin per part (each turn's framing), one of few
+    parts the fixed margin (a template's own text): either to what the engine counted, no more, so a client
+    sending many parts does not make every prompt of the model reserve as if it had as many."""
+    async def run() -> None:
+        state = build_state(StateSettings(backend="memory"))
+        accountant = Accountant(state, SpendSettings(), Metrics())
+        assert accountant.prompt_margin("m", 300) == TEMPLATE_TOKENS
+        many = await accountant.admit(None, MODEL)
+        many.prompt_bound = PromptBound(3000, 300)
+        accountant.settle(many, prompt_tokens=3000 + TEMPLATE_TOKENS + 1200)  # 4 more tokens a part
+        assert accountant.prompt_margin("m", 1) == TEMPLATE_TOKENS + 4
+        assert accountant.prompt_margin("m", 300) == TEMPLATE_TOKENS + 1200
+        few = await accountant.admit(None, MODEL)
+        few.prompt_bound = PromptBound(50, 1)
+        accountant.settle(few, prompt_tokens=50 + 500)  # a long default system prompt
+        assert accountant.prompt_margin("m", 1) == 500
+        assert accountant.prompt_margin("m", 300) == 500 - 4 + 4 * 300
+        within = await accountant.admit(None, MODEL)
+        within.prompt_bound = PromptBound(50, 2)
+        accountant.settle(within, prompt_tokens=60)  # under its bound: nothing learned
+        assert accountant.prompt_margin("m", 1) == 500
+        await state.close()
+
+    asyncio.run(run())
+
+
+def test_token_ids_are_in_the_embeddings_bound(tmp_path: Path) -> None:
+    """Ids sent as ids count one for one in the bound: 2,000 of them once raised the model's margin for every
+    key by 2,000 tokens (they were counted by the engine and not by the bound)."""
+    models = [{"name": "emb", "kind": "embeddings", "engine": "fake-embeddings"}]
+    cfg = write_config(tmp_path / "c.yaml", models, auth=AUTH_SETTINGS, state={"backend": "memory"})
+    with TestClient(create_app(load_settings(cfg)), raise_server_exceptions=False) as c:
+        made = c.post("/admin/keys", json={"name": "k", "budget_usd": 5.0, "budget_period": "day"},
+                      headers=ADMIN_AUTH).json()
+        answer = c.post("/v1/embeddings", json={"model": "emb", "input": [[1] * 2000]},
+                        headers={"Authorization": f"Bearer {made['secret']}"})
+        assert answer.status_code == 200
+        assert answer.json()["usage"]["prompt_tokens"] >= 2000
+        accountant = c.app.state.services.accountant  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while accountant.reserved(made["id"]) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert accountant.prompt_margin("emb", 1) == TEMPLATE_TOKENS

@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmops.errors import QuotaExceeded, RateLimited, SpendLimitReached, StoreUnavailable
 from llmops.ids import unique_hex
@@ -53,8 +53,10 @@ from llmops.stores.ledger import ANONYMOUS, Reservation, SpendEntry, TokenHit
 
 log = logging.getLogger("llmops.accounting")
 CHARS_PER_TOKEN = 4
-TOKENS_PER_PART = 8  # a chat turn's markers, an input's special tokens, a tool call's framing: at most this many
+TOKENS_PER_PART = 24  # a chat turn's markers and role, an input's special tokens, a tool call's framing (ChatML's
+# <tool_call> lines: about 20 tokens); more is learned per model (Accountant.prompt_margin)
 TEMPLATE_TOKENS = 64  # a template's own text (a default system prompt, a tools preamble) until a model shows more
+FEW_PARTS = 4  # a prompt of at most this many parts that comes out over its bound raises the fixed margin
 HOUR = "hour"  # the name of the last hour's total (all keys)
 SETTLE_MARGIN_S = 60.0  # a shared reservation outlives its request's longest deadline by this much
 RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is rounding residue: nothing
@@ -63,6 +65,21 @@ RESERVED_EPSILON_USD = 1e-9  # below this, what a key holds in flight is roundin
 def estimate_tokens(chars: int) -> int:
     tokens = math.ceil(chars / CHARS_PER_TOKEN)
     return tokens if tokens > 1 else 1  # (not builtin max: it parses keywords, a request's every call)
+
+
+class PromptBound(NamedTuple):
+    """The most tokens a prompt's parts make (`tokens`: their UTF-8 bytes and TOKENS_PER_PART each) and how
+    many parts (messages, tool calls, prompts, inputs) it has, for the template's margin."""
+
+    tokens: int
+    parts: int
+
+
+NO_PROMPT = PromptBound(0, 0)
+
+
+def parts_bound(texts: Iterable[str], parts: int) -> PromptBound:
+    return PromptBound(text_tokens_bound(texts) + TOKENS_PER_PART * parts, parts)
 
 
 def text_tokens_bound(texts: Iterable[str]) -> int:
@@ -86,7 +103,7 @@ class Charge:
     counted_tokens: int = 0
     counted_window: int = 0  # the tokens/min window they were counted in (stores.counters.window_index)
     reserved_usd: float = 0.0  # held against the key's budget until the request settles
-    prompt_bound: int = 0  # the most tokens the prompt's parts make (the reservation adds the template's margin)
+    prompt_bound: PromptBound = NO_PROMPT  # what the prompt's parts make at most (the reservation adds the margin)
     holder: str | None = None  # the reservation's id in the shared store (Redis), when there is one
     settled: bool = field(default=False)
 
@@ -119,12 +136,13 @@ class Accountant:
         self._hour = SpendTotals("the last", spend.refresh_s)
         self._reserved: dict[str, float] = {}  # key id -> worst-case cost of its requests not settled yet
         self._budget_gauges: dict[str, Any] = {}  # key id -> its llmops_budget_used_ratio series
-        self._margins: dict[str, int] = {}  # model -> its template's own tokens, where more than TEMPLATE_TOKENS
+        self._margins: dict[str, tuple[int, int]] = {}  # model -> (fixed, per part), where prompts showed more
 
-    def prompt_margin(self, model: str) -> int:
-        """What `model`'s template adds to a prompt beyond its parts' bound: TEMPLATE_TOKENS, or what a settled
-        prompt showed it needs."""
-        return self._margins.get(model, TEMPLATE_TOKENS)
+    def prompt_margin(self, model: str, parts: int) -> int:
+        """What `model`'s template adds to a prompt of `parts` parts beyond their bound: TEMPLATE_TOKENS, or a
+        line in the number of parts that settled prompts showed it needs (`_learn_margin`)."""
+        fixed, per_part = self._margins.get(model, (TEMPLATE_TOKENS, 0))
+        return fixed + per_part * parts
 
     def _budget_gauge(self, key_id: str) -> Any:
         """The key's budget gauge, looked up once (one series per key with a budget, as the metric has)."""
@@ -278,8 +296,9 @@ class Accountant:
         if charge.settled:
             return
         charge.settled = True
-        if charge.prompt_bound and prompt_tokens - charge.prompt_bound > self.prompt_margin(charge.model.name):
-            self._learn_margin(charge.model.name, prompt_tokens - charge.prompt_bound)
+        bound, model = charge.prompt_bound, charge.model.name
+        if bound.tokens and prompt_tokens - bound.tokens > self.prompt_margin(model, bound.parts):
+            self._learn_margin(model, prompt_tokens - bound.tokens, bound.parts)
         key = charge.key
         if key is not None and key.limits.tpm is not None:
             self._correct_tokens(key.id, charge, prompt_tokens + completion_tokens)
@@ -294,12 +313,20 @@ class Accountant:
         else:
             written.add_done_callback(lambda _: self._release(charge))
 
-    def _learn_margin(self, model: str, margin: int) -> None:
-        """A prompt of `model` came out `margin` tokens over its parts' bound: more than the margin reserved
-        (the template has more text of its own); later reservations add this much."""
-        log.info("a prompt of %s made %d tokens more than its parts can: its template margin is now %d tokens "
-                    "(was %d)", model, margin, margin, self.prompt_margin(model))
-        self._margins[model] = margin
+    def _learn_margin(self, model: str, excess: int, parts: int) -> None:
+        """A prompt of `model` in `parts` parts made `excess` tokens more than its parts' bound, more than the
+        margin reserved: the margin, a fixed part and a part per part, is raised to cover it, the fixed part
+        from a prompt of few parts (a template's own text), else the part per part (each turn's or call's
+        framing). Either stays at what the engine's counts showed: a client cannot raise it past its
+        template's real cost."""
+        fixed, per_part = self._margins.get(model, (TEMPLATE_TOKENS, 0))
+        if parts <= FEW_PARTS:
+            fixed = excess - per_part * parts
+        else:
+            per_part = -(-(excess - fixed) // parts)
+        log.info("a prompt of %s in %d parts made %d tokens more than its parts' bound: its template margin is now "
+                 "%d tokens and %d a part", model, parts, excess, fixed, per_part)
+        self._margins[model] = (fixed, per_part)
 
     def _record(self, charge: Charge, prompt: int, completion: int, images: int,
                 engine_s: float) -> asyncio.Future[None]:

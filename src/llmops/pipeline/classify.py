@@ -17,7 +17,7 @@ from typing import Any, Literal
 from llmops.engines.base import Classes, ClassifyRequest
 from llmops.errors import InvalidRequest
 from llmops.observability.inference import InferenceObserver
-from llmops.pipeline.accounting import worst_case_image_usd
+from llmops.pipeline.accounting import NO_PROMPT, PromptBound, worst_case_image_usd
 from llmops.pipeline.images import submit_job, wait_for
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call
@@ -73,8 +73,8 @@ class ClassifyWork:
     def input_ids(self) -> int:
         return 0
 
-    def prompt_bound(self) -> int:
-        return 0  # charged by the image, not by tokens
+    def prompt_bound(self) -> PromptBound:
+        return NO_PROMPT  # charged by the image, not by tokens
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.count, deadline_s)

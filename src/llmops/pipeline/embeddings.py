@@ -12,7 +12,7 @@ from typing import Any, Literal
 from llmops.engines.base import EmbeddingResult
 from llmops.errors import DeadlineExceeded
 from llmops.observability.inference import InferenceObserver
-from llmops.pipeline.accounting import TOKENS_PER_PART, cost_usd, text_tokens_bound
+from llmops.pipeline.accounting import PromptBound, cost_usd, parts_bound
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call
 from llmops.settings import ModelConfig
@@ -63,12 +63,13 @@ class EmbeddingsWork:
     def input_ids(self) -> int:
         return sum(len(x) for x in self.inputs if isinstance(x, list))
 
-    def prompt_bound(self) -> int:
-        """The texts' bound, with an input's special tokens (ids given as ids are counted by `worst_case_usd`)."""
-        return text_tokens_bound(self.texts()) + TOKENS_PER_PART * len(self.inputs)
+    def prompt_bound(self) -> PromptBound:
+        """The texts' bound and the ids given as ids, one for one, with each input's special tokens."""
+        bound = parts_bound(self.texts(), len(self.inputs))
+        return PromptBound(bound.tokens + self.input_ids(), bound.parts)
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
-        return cost_usd(config, prompt_tokens + self.input_ids(), 0, 0, 0.0)
+        return cost_usd(config, prompt_tokens, 0, 0, 0.0)
 
     def max_completion_tokens(self, config: ModelConfig) -> int:
         return 0

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from llmops.engines.base import ImageRequest, ImageResult
 from llmops.errors import DeadlineExceeded, LLMOpsError
 from llmops.observability.inference import InferenceObserver
-from llmops.pipeline.accounting import worst_case_image_usd
+from llmops.pipeline.accounting import NO_PROMPT, PromptBound, worst_case_image_usd
 from llmops.pipeline.services import Services
 from llmops.pipeline.stages import Call, settle_unused
 from llmops.scheduling.image_jobs import Batching, BatchJob, ImageRunner, Job, Jobs, Req, Res, Submission
@@ -58,8 +58,8 @@ class ImageWork:
     def input_ids(self) -> int:
         return 0
 
-    def prompt_bound(self) -> int:
-        return 0  # charged by the image, not by tokens
+    def prompt_bound(self) -> PromptBound:
+        return NO_PROMPT  # charged by the image, not by tokens
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         return worst_case_image_usd(config, self.n, deadline_s)

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from llmops.errors import LLMOpsError, PermissionDenied
-from llmops.pipeline.accounting import Charge
+from llmops.pipeline.accounting import Charge, PromptBound
 from llmops.pipeline.context import RequestContext
 from llmops.pipeline.routing import Plan
 from llmops.pipeline.semantic_cache import Lookup
@@ -81,10 +81,10 @@ class Work(Protocol):
         """Token ids the input holds as ids (embeddings' token-array inputs), counted as prompt tokens one for
         one, as `texts()` are by their characters: tokens/min and the budget count both."""
 
-    def prompt_bound(self) -> int:
-        """The most prompt tokens `texts()` can make with their framing (their UTF-8 bytes and
-        `TOKENS_PER_PART` a part: `accounting.text_tokens_bound`), a template's own text aside; 0 for work not
-        charged by its prompt's tokens."""
+    def prompt_bound(self) -> PromptBound:
+        """The most prompt tokens the input can make with its framing (texts' UTF-8 bytes, ids one for one,
+        `TOKENS_PER_PART` a part: `accounting.parts_bound`), a template's own text aside; NO_PROMPT for work
+        not charged by its prompt's tokens."""
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
         """The most this work can cost on `config`: the budget reserves it until the work settles."""
@@ -205,12 +205,12 @@ async def budget(services: Services, call: Call) -> None:
         call.charge = charge
         return
     bound, engine_s = call.work.prompt_bound(), call.deadline - call.ctx.received
-    tokens = bound + accountant.prompt_margin(call.config.name) if bound else 0
+    tokens = bound.tokens + accountant.prompt_margin(call.config.name, bound.parts) if bound.tokens else 0
     estimate = call.work.worst_case_usd(call.config, tokens, engine_s)
     completion = call.work.max_completion_tokens(call.config)
     for name in call.plan.chain[1:]:
         fallback = services.pool.config(name, call.work.model_kind)
-        tokens = bound + accountant.prompt_margin(name) if bound else 0
+        tokens = bound.tokens + accountant.prompt_margin(name, bound.parts) if bound.tokens else 0
         estimate = max(estimate, call.work.worst_case_usd(fallback, tokens, engine_s))
         completion = max(completion, call.work.max_completion_tokens(fallback))
     call.charge = await accountant.admit(call.ctx.key, call.config, chars if text else 0, estimate, completion,

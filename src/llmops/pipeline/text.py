@@ -15,7 +15,7 @@ from llmops.engines.base import Message, TextChunk, TextRequest, TokenUsage, cap
 from llmops.errors import EngineError, InvalidRequest, LLMOpsError, ServiceUnavailable, UnsupportedParameter
 from llmops.observability.inference import InferenceObserver, TokenTally
 from llmops.pipeline import chat_controls
-from llmops.pipeline.accounting import TOKENS_PER_PART, text_tokens_bound, worst_case_text_usd
+from llmops.pipeline.accounting import PromptBound, parts_bound, worst_case_text_usd
 from llmops.pipeline.generation import Choices, check_request, collect, text_requests
 from llmops.pipeline.guardrails import Guardrails
 from llmops.pipeline.semantic_cache import namespace, normalise
@@ -101,18 +101,18 @@ class TextWork:
     def input_ids(self) -> int:
         return 0
 
-    def prompt_bound(self) -> int:
+    def prompt_bound(self) -> PromptBound:
         """The prompts', or the messages' contents and tool calls' with their framing; tools as the JSON the
         template shows them in (at most their JSON's bytes, with non-ASCII escaped: longer than UTF-8)."""
         if self.messages is None:
-            return text_tokens_bound(self.prompts) + TOKENS_PER_PART * len(self.prompts)
+            return parts_bound(self.prompts, len(self.prompts))
         calls = [c for m in self.messages for c in m.tool_calls]
-        contents = (m.content if m.tool_call_id is None else m.content + m.tool_call_id for m in self.messages)
-        bound = text_tokens_bound(contents) + text_tokens_bound(c.arguments + c.name + c.id for c in calls) + \
-            TOKENS_PER_PART * (len(self.messages) + len(calls))
+        contents = [m.content if m.tool_call_id is None else m.content + m.tool_call_id for m in self.messages]
+        bound = parts_bound([*contents, *(c.arguments + c.name + c.id for c in calls)], len(self.messages) + len(calls))
         tools = getattr(self.body, "tools", None)
         if tools:
-            bound += len(json.dumps([t.model_dump(exclude_none=True) for t in tools]))
+            return PromptBound(bound.tokens + len(json.dumps([t.model_dump(exclude_none=True) for t in tools])),
+                               bound.parts)
         return bound
 
     def worst_case_usd(self, config: ModelConfig, prompt_tokens: int, deadline_s: float) -> float:
