@@ -24,7 +24,8 @@ from llmops.settings import GuardrailRule, GuardrailSettings
 
 REF_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b")
 REF_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-REF_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b", re.I)
+REF_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:(?:-[A-Z0-9]{4}){2,7}(?:-[A-Z0-9]{1,3})?|"
+                      r"(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b", re.I)
 REF_PHONE = re.compile(r"(?<![\w+])(?<![A-Za-z]-)"
                        r"(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})"
                        r"(?:[ .-]\d{2,6}){1,5}(?!\w)|(?<![\w+])\+\d{8,15}(?!\w)")
@@ -60,21 +61,34 @@ def ref_ssns(text: str) -> Found:
     return found
 
 
+REF_DATE = re.compile(r"(19|20)\d\d([.-])[01]?\d\2[0-3]?\d(?!\d)|[0-3]?\d([.-])[01]?\d\3(19|20)\d\d(?!\d)")
+
+
+def ref_phone_ok(text: str) -> bool:
+    digits = re.sub(r"\D", "", text)
+    return (8 if text.startswith(("+", "(")) else 9) <= len(digits) <= 15 and not REF_DATE.match(text)
+
+
 def ref_phones(text: str) -> Found:
     found = []
     for m in REF_PHONE.finditer(text):
-        text_ = m.group()
-        digits = re.sub(r"\D", "", text_)
-        marked = text_.startswith(("+", "("))
-        dated = re.match(r"(19|20)\d\d([.-])[01]?\d\2[0-3]?\d(?!\d)|[0-3]?\d([.-])[01]?\d\3(19|20)\d\d(?!\d)", text_)
-        if (9 if not marked else 8) <= len(digits) <= 15 and not dated:
+        if ref_phone_ok(m.group()):
             found.append(("phone", m.start(), m.end()))
-        elif dated and (rest := m.start() + dated.end() + 1) < m.end() and text[rest] in "+(0123456789":
-            tail = text[rest:m.end()]  # what follows the date and one separator, when it is a phone
-            if (8 if tail[0] in "+(" else 9) <= len(re.sub(r"\D", "", tail)) <= 15 and not re.match(
-                    r"(19|20)\d\d([.-])[01]?\d\2[0-3]?\d(?!\d)|[0-3]?\d([.-])[01]?\d\3(19|20)\d\d(?!\d)", tail):
-                found.append(("phone", rest, m.end()))
-    return found
+            continue
+        pos = m.start()
+        while (date := REF_DATE.match(text, pos)) is not None:  # a phone matched afresh after each date
+            pos = date.end() + 1
+            again = REF_PHONE.match(text, pos) if pos < len(text) else None
+            if again is None:
+                break
+            if ref_phone_ok(again.group()):
+                found.append(("phone", again.start(), again.end()))
+                break
+    out: Found = []
+    for f in sorted(found, key=lambda f: f[1]):  # a phone after a date may run on over the next match
+        if not out or f[1] >= out[-1][2]:
+            out.append(f)
+    return out
 
 
 def ref_cards(text: str) -> Found:
@@ -152,7 +166,8 @@ PIECES = ["jane.doe", "a", "@", "@", "example", "ex-ample", ".", ".", "com", "or
           "12345", "123456", "4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "DE", "de", "DE89",
           "3704", "0044", "0532", "0130", "00", "GB82WEST12345698765432", "de89 3704 0044 0532 0130 00",
           "FR14 2004 1010 0505 0001 3M02 606", "+1 415-555-0132", "(020) 7946 0958", "+44", "+919876543210",
-          "2024-05-01", "SN-", "123-45-6789", "078 05 1120", "666-12-3456", "123-00-4567", "1234-5",
+          "2024-05-01", "SN-", "de89-3704-0044-0532-0130-00", "cf766ede-4ad3-4fb5-a554-83e395679759",
+          "123-45-6789", "078 05 1120", "666-12-3456", "123-00-4567", "1234-5",
           "\u00e9", "\u0663", "\u0661\u0662\u0663\u0664", "\u017f", "\u0131", "\u0130", "\u212a",
           "\u00df", "x" * 130, "word " * 30, "-" * 70, "1" * 20]
 TEXTS = (st.lists(st.sampled_from(PIECES), max_size=30).map("".join)

@@ -150,7 +150,8 @@ def iban_ok(iban: str) -> bool:
 # exactly what they find, spans and all):
 #   email (?<![\w.%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b
 #   card  (?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])                             and the Luhn check
-#   iban  \b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b, IGNORECASE  and mod-97
+#   iban  \b[A-Z]{2}\d{2}(?:(?:-[A-Z0-9]{4}){2,7}(?:-[A-Z0-9]{1,3})?|(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b,
+#         IGNORECASE                                                     and mod-97
 #   ssn   (?<![\d-])\d{3}([ -])\d{2}\1\d{4}(?![\d-])                          and no 000, 666 or 9xx area,
 #                                                                        00 group or 0000 serial
 #   phone (?<![\w+])(?<![A-Za-z]-)(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}|\(\d{1,4}\)[ .-]?\d{2,4}|\d{2,4})
@@ -174,7 +175,11 @@ _L = "A-Za-z0-9._%+-"  # an address's local part
 _EMAIL_REST = r"@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*\.[A-Za-z]{2,}+\b"
 _CARD_REST = r"[ -]?+\d" * 12 + r"(?:[ -]?+\d){0,6}(?![\d-])"
 _AZ, _AZ09 = "A-Za-z\u0130\u0131\u017f\u212a", "A-Za-z0-9\u0130\u0131\u017f\u212a"  # [A-Z], [A-Z0-9] IGNORECASE
-_IBAN_REST = rf"[ -]?+[{_AZ09}]{{4}}[ -]?+[{_AZ09}]{{4}}(?:[ -]?+[{_AZ09}]{{4}}){{0,5}}(?:[ -]?+[{_AZ09}]{{1,3}}+)?\b"
+# an IBAN's groups of four apart by single spaces or none (as printed), or by a hyphen each (every one: a
+# UUID's hyphens, between groups of 8 and 12, read as an IBAN's 1 time in 500)
+_IBAN_SPACED = rf" ?+[{_AZ09}]{{4}} ?+[{_AZ09}]{{4}}(?: ?+[{_AZ09}]{{4}}){{0,5}}(?: ?+[{_AZ09}]{{1,3}}+)?\b"
+_IBAN_HYPHENED = rf"-[{_AZ09}]{{4}}-[{_AZ09}]{{4}}(?:-[{_AZ09}]{{4}}){{0,5}}(?:-[{_AZ09}]{{1,3}}+)?\b"
+_IBAN_REST = rf"(?:{_IBAN_HYPHENED}|{_IBAN_SPACED})"
 # After a '+': its first digits whole (1-3) and what may follow them, or else a run of 2-7 digits: the heads'
 # ends in the order the pattern as written reaches them, none tried twice.
 _PLUS_HEAD = r"(?:\d{1,3}+(?!\d)[ .-]?+(?:\(\d{1,4}+\)[ .-]?+)?+\d{1,4}+|\d{2,7}+)"
@@ -435,7 +440,8 @@ def _phones(_: str, digits: _Digits | None) -> Iterable[Finding]:
     first = count["0"] + count["+"] + count["("]
     after = len(digits.ascii) - count["0"] - count["a"] - count["_"] - count["+"]
     spans = (_PHONE_FIRST if first <= after else _PHONE_AFTER).spans(digits.text, chunk=_CHUNK)
-    return [Finding("phone", s, e) for s, e in digits.checked(spans, _phone_ascii, _phone, _after_date)]
+    found = _disjoint(digits.checked(spans, _phone_ascii, _phone, _after_date))  # a phone after a date may run on
+    return [Finding("phone", s, e) for s, e in found]
 
 
 def _luhn(card: str) -> bool:
@@ -479,11 +485,27 @@ def _phone(phone: str) -> bool:
 
 
 def _after_date(text: str, start: int, end: int) -> Spans:
-    """A phone match that failed for starting with a date: what follows the date and one separator, when
-    that is a phone ("2026-12-06 0712 345 678": a date cannot hide one)."""
-    m = _DATE.match(text, start, end)
-    rest = m.end() + 1 if m is not None else end
-    return [(rest, end)] if rest < end and text[rest] in "+(0123456789" and _phone(text[rest:end]) else []
+    """A phone match that failed for starting with a date: a phone matched afresh after the date and one
+    separator, where there is one (the date's groups had taken part of its place in the match: "2026-12-06
+    06 12 34 56 78"), dates after dates passed over likewise. A date cannot hide a phone."""
+    pos = start
+    while (date := _DATE.match(text, pos)) is not None:
+        pos = date.end() + 1
+        phone = _PHONE_FIRST.pattern.match(text, pos) if pos < len(text) else None
+        if phone is None:
+            return []
+        if _phone(phone.group()):
+            return [phone.span()]
+    return []
+
+
+def _disjoint(spans: Spans) -> Spans:
+    """The sorted spans less those overlapping the one kept before them."""
+    kept: Spans = []
+    for s, e in spans:
+        if not kept or s >= kept[-1][1]:
+            kept.append((s, e))
+    return kept
 
 
 def _phone_ascii(phone: bytes) -> bool:
