@@ -6,6 +6,7 @@ edge's (api/chat.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,7 @@ from llmops.engines.base import (
     ToolSpec,
     capabilities,
 )
-from llmops.errors import UnsupportedParameter
+from llmops.errors import ContentFiltered, UnsupportedParameter
 from llmops.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 
@@ -56,16 +57,20 @@ def with_tool_texts(history: tuple[Message, ...], body: Any,
     defs = getattr(body, "tools", None)
     if defs:
         defs = [t.model_copy(update={"function": t.function.model_copy(update={
-            "name": next(it), "description": None if t.function.description is None else next(it),
+            "name": _unchanged(t.function.name, next(it)),
+            "description": None if t.function.description is None else next(it),
             "parameters": _replaced(t.function.parameters, it)})}) for t in defs]
         body = body.model_copy(update={"tools": defs})
     return history, body
 
 
 def _strings(value: Any, out: list[str]) -> None:
-    """The strings in a JSON value, its objects' keys included (each before its value), depth first."""
+    """The strings in a JSON value, its objects' keys (each before its value) and its numbers (as JSON writes
+    them: the model reads them too) included, depth first."""
     if isinstance(value, str):
         out.append(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out.append(json.dumps(value))
     elif isinstance(value, dict):
         for k, v in value.items():
             out.append(k)
@@ -75,12 +80,25 @@ def _strings(value: Any, out: list[str]) -> None:
             _strings(v, out)
 
 
+def _unchanged(name: str, checked: str) -> str:
+    """A tool's name, or a schema's key or number, as the rules left it: it must be as it was (a redacted name
+    no longer matches the tool_choice naming it, nor the pattern of names; two redacted keys become one; a
+    number would become a string)."""
+    if checked != name:
+        raise ContentFiltered("a rule would redact part of a tool's name, or of a key or a number of its "
+                              "parameters' schema; a tool cannot be sent with them changed", param="tools")
+    return name
+
+
 def _replaced(value: Any, texts: Iterator[str]) -> Any:
-    """`value` with its strings, in `_strings`' order, taken from `texts`."""
+    """`value` with its strings, in `_strings`' order, taken from `texts` (its keys and numbers unchanged)."""
     if isinstance(value, str):
         return next(texts)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        _unchanged(json.dumps(value), next(texts))
+        return value
     if isinstance(value, dict):
-        return {next(texts): _replaced(v, texts) for v in value.values()}
+        return {_unchanged(k, next(texts)): _replaced(v, texts) for k, v in value.items()}
     if isinstance(value, list):
         return [_replaced(v, texts) for v in value]
     return value
